@@ -1,0 +1,35 @@
+"""The `edge` typer app: one console script, a subcommand per process or tool.
+
+Each subcommand lives in its own module and is registered here; this file owns only
+the wiring and the rule that a person sees one clear line, never a traceback, for
+bad input (exit status 2 for usage errors, 1 for runtime failures).
+"""
+
+from __future__ import annotations
+
+import typer
+
+from cli import origin as origin_cmd
+from cli import serve as serve_cmd
+from cli import up as up_cmd
+
+app = typer.Typer(
+    name="edge",
+    help="edge: a CDN for public-domain archives.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("serve", help="Run an edge node: a caching reverse proxy.")(serve_cmd.serve)
+app.command("origin", help="Serve a directory as an origin (the demo archive).")(
+    origin_cmd.origin
+)
+app.command("up", help="Run the CDN on this machine (demo origin + edge).")(up_cmd.up)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
