@@ -1,0 +1,151 @@
+"""A cache node: the aiohttp server around the pipeline, with its store, upstream,
+in-flight fills and metrics, and the node's own endpoints under /_edge/.
+
+A node is an object with `start()` and `stop()`; nothing is global, so a test can run
+two nodes in one process. This module owns lifetimes and routing, not caching rules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import time
+
+import aiohttp
+from aiohttp import http_parser as _http_parser
+from aiohttp import web
+
+from edge.config import ConfigError, NodeConfig
+from edge.fill import InFlight
+from edge.metrics import CONTENT_TYPE_LATEST, NodeMetrics
+from edge.pipeline import Engine, Transaction
+from edge.store import DiskStore
+from edge.upstream import Upstream
+
+log = logging.getLogger("edge.node")
+
+ADMIN_PREFIX = "/_edge/"
+
+
+def require_c_parser() -> None:
+    """The pure-Python HTTP parser is more lenient than llhttp (aiohttp's C parser);
+    a proxy must not accept what the origin would parse differently."""
+    if _http_parser.HttpRequestParser.__module__ != "aiohttp._http_parser":
+        raise ConfigError(
+            "aiohttp's C HTTP parser is required (unset AIOHTTP_NO_EXTENSIONS, "
+            "install a binary aiohttp wheel)"
+        )
+
+
+class EdgeNode:
+    """One caching reverse proxy, edge or shield."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.started_at = time.time()
+        self.runner: web.AppRunner | None = None
+        self.engine: Engine | None = None
+        self.port: int | None = None
+
+    def build_app(self) -> web.Application:
+        app = web.Application(client_max_size=16 << 20, handler_args={})
+        app.router.add_get(ADMIN_PREFIX + "health", self._health)
+        app.router.add_get(ADMIN_PREFIX + "metrics", self._metrics)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        return app
+
+    async def start(self) -> None:
+        require_c_parser()
+        store = DiskStore(self.config.cache_dir, self.config.cache_size)
+        upstream = Upstream(
+            self.config.upstream,
+            connect_timeout=self.config.upstream_connect_timeout,
+            read_timeout=self.config.upstream_read_timeout,
+        )
+        await upstream.start()
+        self.engine = Engine(
+            config=self.config,
+            store=store,
+            upstream=upstream,
+            inflight=InFlight(),
+            metrics=NodeMetrics(self.config.name, store.stats),
+        )
+        self.runner = web.AppRunner(
+            self.build_app(),
+            access_log=None,  # the pipeline logs one line per request itself
+            auto_decompress=False,  # pass request bodies through untouched
+            handle_signals=False,
+        )
+        await self.runner.setup()
+        host, port = self.config.host_port
+        site = web.TCPSite(self.runner, host, port, reuse_address=True)
+        await site.start()
+        sockets = self.runner.addresses
+        self.port = sockets[0][1] if sockets else port
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+        if self.engine is not None:
+            await self.engine.inflight.close()
+            await self.engine.upstream.close()
+            self.engine.store.close()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        assert self.engine is not None
+        txn = Transaction(self.engine, request)
+        try:
+            return await txn.run()
+        except (ConnectionError, asyncio.CancelledError, aiohttp.ClientConnectionResetError):
+            raise
+        except Exception:
+            log.exception("internal error on %s %s", request.method, request.raw_path)
+            if txn.response is not None and txn.response.prepared:
+                raise
+            return web.Response(
+                status=500,
+                text="500 Internal Server Error\n",
+                headers={"Cache-Status": f"{self.config.name}; detail=internal-error"},
+            )
+
+    async def _health(self, request: web.Request) -> web.Response:
+        assert self.engine is not None
+        size, count = self.engine.store.stats()
+        body = {
+            "status": "ok",
+            "name": self.config.name,
+            "role": self.config.role,
+            "upstream": self.config.upstream,
+            "uptime": round(time.time() - self.started_at, 3),
+            "store": {"bytes": size, "objects": count},
+        }
+        return web.Response(
+            text=json.dumps(body),
+            content_type="application/json",
+            headers={"Cache-Control": "no-store"},
+        )
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        assert self.engine is not None
+        return web.Response(
+            body=self.engine.metrics.render(),
+            headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"},
+        )
+
+
+async def serve_forever(config: NodeConfig, ready: str = "") -> None:
+    """Run a node until SIGINT/SIGTERM; print `ready` once listening."""
+    node = EdgeNode(config)
+    await node.start()
+    if ready:
+        print(ready.format(port=node.port), flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await node.stop()

@@ -1,0 +1,724 @@
+"""The request pipeline: one client request walks named states, as in Varnish.
+
+    recv ─▶ hash ─▶ lookup ─▶ hit ─────────────▶ deliver
+                          ├─▶ stale (swr) ─────▶ deliver (+ background refresh)
+                          ├─▶ miss ─▶ fetch ──▶ deliver (read-while-writer) / pass
+                          └─▶ pass ─▶ deliver (streamed, never stored)
+    any state ─▶ synth (an error or a refusal made here)
+
+Each state is a method `st_<name>` returning the next state's name; `run` walks them
+and records the walk for the access log. The caching rules come from `edge.policy`;
+this module owns the order of things and all I/O of a request: the store, the
+in-flight fills, the upstream and the client response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import IO
+
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from edge import policy
+from edge.cachestatus import CacheStatus
+from edge.config import NodeConfig
+from edge.fill import Fill, FillHead, InFlight
+from edge.metrics import NodeMetrics
+from edge.policy import ResponsePolicy, Reuse
+from edge.ranges import ByteRange, Unsatisfiable, if_range_allows, parse_range
+from edge.store import Entry, Store, new_variant_id
+from edge.upstream import Upstream, UpstreamError, UpstreamResponse
+
+log = logging.getLogger("edge.pipeline")
+access_log = logging.getLogger("edge.access")
+
+#: Request fields that belong to this hop or to the client's own cache; a fill asks
+#: upstream for the whole, unconditional representation and answers them itself.
+_CLIENT_CONDITIONALS = ("If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since")
+_RANGE_FIELDS = ("Range", "If-Range")
+#: Consumed here (W3C Edge Architecture): never passed on to clients.
+_SURROGATE_ONLY = ("surrogate-control",)
+#: RFC 5861 Section 4: the statuses that count as errors for stale-if-error.
+_ERROR_STATUSES = frozenset({500, 502, 503, 504})
+
+
+class UpstreamStatusError(UpstreamError):
+    """The upstream answered with a server error while a stale copy may be served."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"upstream answered {status}")
+        self.status = status
+        self.detail = f"upstream-{status}"
+
+
+@dataclass
+class Engine:
+    """Everything a request needs from its node, shared by all its transactions."""
+
+    config: NodeConfig
+    store: Store
+    upstream: Upstream
+    inflight: InFlight
+    metrics: NodeMetrics
+
+    def response_policy(self, headers: policy.Headers) -> ResponsePolicy:
+        return policy.response_policy(
+            headers, self.config.targeted_fields, surrogate_targets=(self.config.name,)
+        )
+
+    def lifetime(self, entry: Entry, headers: policy.Headers, rp: ResponsePolicy) -> float:
+        lifetime, _ = policy.freshness_lifetime(
+            entry.status,
+            headers,
+            rp,
+            entry.response_time,
+            heuristic_fraction=self.config.heuristic_fraction,
+            heuristic_max=self.config.heuristic_max,
+        )
+        return lifetime
+
+
+def cache_key(scheme: str, host: str, path_qs: str) -> str:
+    """The primary cache key: the effective request URI (RFC 9111 Section 2), host
+    lower-cased and the scheme's default port dropped."""
+    host = host.lower()
+    default = ":443" if scheme == "https" else ":80"
+    if host.endswith(default):
+        host = host[: -len(default)]
+    return f"{scheme}://{host}{path_qs}"
+
+
+def key_from_uri(uri: str) -> str:
+    scheme, _, rest = uri.partition("://")
+    host, slash, path = rest.partition("/")
+    return cache_key(scheme, host, slash + path if slash else "/")
+
+
+class Transaction:
+    """One client request on its walk through the states."""
+
+    def __init__(self, engine: Engine, request: web.Request) -> None:
+        self.e = engine
+        self.req = request
+        self.method = request.method
+        self.headers: CIMultiDictProxy[str] = request.headers
+        self.now = time.time()
+        self.started = time.monotonic()
+        self.status = CacheStatus(engine.config.name)
+        self.request_cc = policy.request_cache_control(request.headers)
+        self.walk: list[str] = []
+        self.key = ""
+        self.entry: Entry | None = None
+        self.entry_headers: CIMultiDict[str] = CIMultiDict()
+        self.body: IO[bytes] | None = None
+        self.reuse: Reuse | None = None
+        self.fill: Fill | None = None
+        self.head: FillHead | None = None
+        self.upstream_response: UpstreamResponse | None = None
+        self.response: web.StreamResponse | None = None
+        self.code = 0
+        self.sent = 0
+        self.upstream_ms: float | None = None
+        self.synth_reason = ""
+
+    # -- the walk -------------------------------------------------------------------
+
+    async def run(self) -> web.StreamResponse:
+        state = "recv"
+        try:
+            while state != "done":
+                self.walk.append(state)
+                state = await getattr(self, f"st_{state}")()
+        finally:
+            if self.body is not None:
+                self.body.close()
+            if self.upstream_response is not None:
+                self.upstream_response.close()
+            self._account()
+        assert self.response is not None
+        return self.response
+
+    # -- states ---------------------------------------------------------------------
+
+    async def st_recv(self) -> str:
+        """Refuse loops (RFC 8586), route by method."""
+        loop_tokens = policy.split_list(self.headers.getall("CDN-Loop", []))
+        if any(t.split(";")[0].strip() == self.e.config.name for t in loop_tokens):
+            return self.synth(508, "loop detected (CDN-Loop)")
+        if self.method in policy.CACHEABLE_METHODS:
+            return "hash"
+        if self.method == "CONNECT":
+            return self.synth(405, "CONNECT is not supported", allow="GET, HEAD, POST")
+        self.status.fwd = "method"
+        return "pass"
+
+    async def st_hash(self) -> str:
+        self.key = cache_key(self.req.scheme, self.req.host, self.req.raw_path)
+        return "lookup"
+
+    async def st_lookup(self) -> str:
+        """RFC 9111 Section 4: select a stored response (URI, Vary) and decide how it
+        may be used."""
+        variants = self.e.store.variants(self.key)
+        for entry in variants:
+            if policy.vary_matches(entry.vary, self.headers):
+                body = self.e.store.open_body(entry)
+                if body is None:  # evicted under us: the metadata is stale
+                    self.e.store.remove(self.key)
+                    variants = []
+                    break
+                self.entry, self.body = entry, body
+                self.entry_headers = CIMultiDict(entry.headers)
+                break
+        if self.entry is None:
+            self.status.fwd = "vary-miss" if variants else "uri-miss"
+            if "only-if-cached" in self.request_cc:
+                return self.synth(504, "only-if-cached and not stored")
+            if self.method == "HEAD":
+                return "pass"  # a HEAD miss is not worth fetching a whole body for
+            return "miss"
+        rp = self.e.response_policy(self.entry_headers)
+        lifetime = self.e.lifetime(self.entry, self.entry_headers, rp)
+        age = policy.current_age(
+            self.entry_headers, self.entry.request_time, self.entry.response_time, self.now
+        )
+        self.reuse = policy.evaluate_reuse(age, lifetime, self.request_cc, rp)
+        if self.reuse.kind in ("fresh", "stale-ok"):
+            return "hit"
+        if self.reuse.kind == "stale-while-revalidate":
+            return "stale"
+        if "only-if-cached" in self.request_cc:
+            return self.synth(504, "only-if-cached and the stored response is stale")
+        self.status.fwd = "request" if "no-cache" in self.request_cc else "stale"
+        return "miss"
+
+    async def st_hit(self) -> str:
+        self.status.hit = True
+        assert self.reuse is not None
+        self.status.ttl = int(self.reuse.ttl)
+        return "deliver"
+
+    async def st_stale(self) -> str:
+        """RFC 5861 Section 3: serve the stale response, refresh in the background."""
+        assert self.entry is not None and self.reuse is not None
+        self.status.hit = True
+        self.status.ttl = int(self.reuse.ttl)
+        self.status.detail = "stale-while-revalidate"
+        if self.e.inflight.get(self.key) is None:
+            fill = self.e.inflight.start(self.key)
+            self.e.inflight.spawn(self._run_fill(fill, self._fill_headers(self.entry)))
+        return "deliver"
+
+    async def st_miss(self) -> str:
+        return "fetch"
+
+    async def st_fetch(self) -> str:
+        """Join the key's fill in flight, or start one; then act on what it became."""
+        fill = self.e.inflight.get(self.key)
+        initiator = fill is None
+        if fill is None:
+            fill = self.e.inflight.start(self.key)
+            self.e.inflight.spawn(
+                self._run_fill(fill, self._fill_headers(self.entry), self._stale_on_error())
+            )
+        else:
+            self.status.collapsed = True
+        started = time.monotonic()
+        head = await asyncio.shield(fill.head)
+        self.upstream_ms = (time.monotonic() - started) * 1000
+        if head.kind == "not-modified":
+            assert head.entry is not None
+            self.status.fwd_status = 304
+            self._use_entry(head.entry)
+            return "deliver"
+        if head.kind == "body":
+            self.status.fwd_status = head.status
+            if not initiator and not policy.vary_matches(head.vary, self.headers):
+                self.status.collapsed = False
+                return "pass"
+            if self.body is not None:
+                self.body.close()
+                self.body = None
+            self.fill, self.head = fill, head
+            self.status.stored = head.storable
+            return "deliver"
+        if head.kind == "private":
+            if initiator:
+                self.upstream_response = head.response
+                self.status.fwd_status = head.status
+                return "deliver"
+            self.status.collapsed = False
+            return "pass"
+        # head.kind == "error"
+        assert head.error is not None
+        return self._upstream_failed(head.error)
+
+    async def st_pass(self) -> str:
+        """Forward the request as it came (less hop-by-hop fields); nothing stored.
+        Unsafe methods invalidate what they touch (RFC 9111 Section 4.4)."""
+        if self.body is not None:
+            self.body.close()
+            self.body = None
+        try:
+            body = await self.req.read() if self.req.body_exists else None
+        except web.HTTPRequestEntityTooLarge:
+            return self.synth(413, "request body too large")
+        started = time.monotonic()
+        try:
+            response = await self.e.upstream.request(
+                self.method, self.req.raw_path, self._upstream_headers(), body
+            )
+        except UpstreamError as exc:
+            self.e.metrics.upstream_errors.labels(self.e.config.name, exc.detail).inc()
+            return self.synth(exc.status, str(exc), detail=exc.detail)
+        self.upstream_ms = (time.monotonic() - started) * 1000
+        self.e.metrics.upstream_latency.labels(self.e.config.name).observe(self.upstream_ms / 1000)
+        self.upstream_response = response
+        self.status.fwd_status = response.status
+        self.status.fwd = self.status.fwd or "bypass"
+        effective = cache_key(self.req.scheme, self.req.host, self.req.raw_path)
+        for uri in policy.invalidated_uris(
+            self.method, response.status, effective, response.headers
+        ):
+            removed = self.e.store.remove(key_from_uri(uri))
+            log.debug("invalidated %s (%d variants) after %s", uri, removed, self.method)
+        return "deliver"
+
+    async def st_deliver(self) -> str:
+        if self.fill is not None and self.head is not None:
+            await self._deliver_fill(self.fill, self.head)
+        elif self.upstream_response is not None:
+            await self._deliver_upstream(self.upstream_response)
+        else:
+            await self._deliver_entry()
+        return "done"
+
+    # -- the fill task (runs on its own, not tied to any client) ----------------------
+
+    def _fill_headers(self, entry: Entry | None) -> list[tuple[str, str]]:
+        """The upstream request of a fill: the client's end-to-end fields without its
+        own conditionals and ranges, plus our validators when revalidating."""
+        drop = (*_CLIENT_CONDITIONALS, *_RANGE_FIELDS)
+        headers = self._upstream_headers(drop=drop)
+        if entry is not None:
+            headers += policy.conditional_headers(CIMultiDict(entry.headers))
+        return headers
+
+    def _stale_on_error(self) -> bool:
+        if self.entry is None or self.reuse is None:
+            return False
+        rp = self.e.response_policy(self.entry_headers)
+        return policy.may_serve_stale_on_error(
+            self.reuse.age,
+            self.reuse.lifetime,
+            self.request_cc,
+            rp,
+            self.e.config.stale_if_error_grace,
+        )
+
+    async def _run_fill(
+        self, fill: Fill, headers: list[tuple[str, str]], stale_ok: bool = False
+    ) -> None:
+        e, entry = self.e, self.entry
+        path_qs = self.req.raw_path
+        request_headers = CIMultiDict(headers)
+        try:
+            try:
+                response = await e.upstream.request("GET", path_qs, headers)
+            except UpstreamError as exc:
+                e.metrics.upstream_errors.labels(e.config.name, exc.detail).inc()
+                fill.head.set_result(FillHead("error", error=exc))
+                return
+            e.metrics.upstream_latency.labels(e.config.name).observe(
+                response.response_time - response.request_time
+            )
+            if response.status == 304 and entry is not None:
+                if policy.validator_matches(CIMultiDict(entry.headers), response.headers):
+                    fill.head.set_result(self._freshen(entry, response))
+                    response.release()
+                    return
+                # Section 4.3.4: a 304 that matches nothing stored cannot be used;
+                # ask again without conditions.
+                response.release()
+                unconditional = [(k, v) for k, v in headers if k not in _CLIENT_CONDITIONALS]
+                response = await e.upstream.request("GET", path_qs, unconditional)
+            if response.status in _ERROR_STATUSES and stale_ok:
+                response.release()
+                fill.head.set_result(FillHead("error", error=UpstreamStatusError(response.status)))
+                return
+            await self._fill_body(fill, response, request_headers)
+        except UpstreamError as exc:
+            if not fill.head.done():
+                fill.head.set_result(FillHead("error", error=exc))
+        except Exception as exc:  # never leave waiters hanging
+            log.exception("fill of %s failed", fill.key)
+            if not fill.head.done():
+                fill.head.set_result(FillHead("error", error=UpstreamError(str(exc))))
+            fill.finish(exc)
+        finally:
+            if not fill.finished:
+                fill.finish()
+            e.inflight.done(fill)
+
+    def _freshen(self, entry: Entry, response: UpstreamResponse) -> FillHead:
+        """RFC 9111 Section 4.3.3/3.2: a 304 refreshes the stored response."""
+        headers = policy.freshen_headers(entry.headers, response.headers)
+        if not any(k.lower() == "date" for k, _ in headers):
+            headers.append(("Date", _http_date(response.response_time)))
+        updated = entry.with_headers(headers, response.request_time, response.response_time)
+        self.e.store.update(updated)
+        return FillHead("not-modified", status=304, entry=updated)
+
+    async def _fill_body(
+        self, fill: Fill, response: UpstreamResponse, request_headers: CIMultiDict[str]
+    ) -> None:
+        e = self.e
+        rp = e.response_policy(response.headers)
+        decision = policy.is_storable(
+            "GET", response.status, self.request_cc, request_headers, rp, response.headers
+        )
+        length_field = response.headers.get("Content-Length")
+        length = int(length_field) if length_field and length_field.isdigit() else None
+        if decision and length is not None and length > e.config.max_object_size:
+            decision = policy.Decision(False, "larger than max_object_size")
+        if not decision:
+            log.debug(
+                "not storing %s: %s (RFC 9111 Section %s)",
+                fill.key,
+                decision.reason,
+                decision.section,
+            )
+            fill.head.set_result(FillHead("private", status=response.status, response=response))
+            return
+        headers = policy.strip_private_fields(policy.end_to_end(response.headers), rp)
+        if "Date" not in response.headers:
+            # RFC 9110 Section 6.6.1: a cache adds Date to a response that lacks one.
+            headers.append(("Date", _http_date(response.response_time)))
+        writer = e.store.begin()
+        fill.attach_writer(writer)
+        head = FillHead(
+            "body",
+            status=response.status,
+            headers=headers,
+            vary=policy.vary_key(policy.vary_field_names(response.headers), request_headers),
+            length=length,
+            storable=True,
+        )
+        fill.head.set_result(head)
+        try:
+            async for chunk in response.chunks():
+                writer.write(chunk)
+                fill.advance(len(chunk))
+                if head.storable and writer.written > e.config.max_object_size:
+                    head.storable = False
+            if length is not None and writer.written != length:
+                # RFC 9111 Section 3.3: an incomplete response is not stored as complete.
+                raise UpstreamError(f"upstream sent {writer.written} of {length} bytes")
+        except (UpstreamError, OSError) as exc:
+            writer.discard()
+            fill.finish(exc)
+            log.warning("fill of %s broke: %s", fill.key, exc)
+            return
+        finally:
+            response.release()
+        if head.storable:
+            entry = Entry(
+                key=fill.key,
+                variant=new_variant_id(),
+                status=response.status,
+                headers=tuple(headers),
+                vary=head.vary,
+                request_time=response.request_time,
+                response_time=response.response_time,
+                size=writer.written,
+                tags=_tags(response.headers),
+            )
+            e.store.commit(entry, writer)
+        else:
+            writer.discard()
+        fill.finish()
+
+    # -- delivery -------------------------------------------------------------------
+
+    def _use_entry(self, entry: Entry) -> None:
+        if self.body is not None:
+            self.body.close()
+        self.entry = entry
+        self.entry_headers = CIMultiDict(entry.headers)
+        self.body = self.e.store.open_body(entry)
+        rp = self.e.response_policy(self.entry_headers)
+        lifetime = self.e.lifetime(entry, self.entry_headers, rp)
+        age = policy.current_age(
+            self.entry_headers, entry.request_time, entry.response_time, time.time()
+        )
+        self.status.ttl = int(lifetime - age)
+
+    def _upstream_failed(self, error: Exception) -> str:
+        """RFC 5861 Section 4 / RFC 9111 Section 4.2.4: a stale copy may stand in for
+        a failed upstream; otherwise the client gets 502 or 504."""
+        status = getattr(error, "status", 502)
+        detail = getattr(error, "detail", "upstream-error")
+        if self.entry is not None and self.body is not None and self._stale_on_error():
+            self.status.fwd = "stale"
+            self.status.hit = True
+            self.status.detail = f"stale-if-error {detail}"
+            assert self.reuse is not None
+            self.status.ttl = int(self.reuse.ttl)
+            return "deliver"
+        return self.synth(status, str(error), detail=detail)
+
+    def _client_headers(self, stored: list[tuple[str, str]], age: float | None) -> CIMultiDict[str]:
+        """RFC 9111 Section 4: the header fields of a response built from storage or
+        relayed from upstream: Age recomputed, Cache-Status and Via appended."""
+        drop = {"content-length", *_SURROGATE_ONLY}
+        if age is not None:
+            drop.add("age")
+        headers = CIMultiDict((k, v) for k, v in stored if k.lower() not in drop)
+        if age is not None:
+            headers["Age"] = str(min(int(age), policy.MAX_DELTA))
+        headers.add("Via", f"1.1 {self.e.config.name}")
+        headers.add("Cache-Status", self.status.render())
+        return headers
+
+    async def _deliver_entry(self) -> None:
+        entry, body = self.entry, self.body
+        assert entry is not None and body is not None
+        age = policy.current_age(
+            self.entry_headers, entry.request_time, entry.response_time, time.time()
+        )
+        headers = self._client_headers(list(entry.headers), age)
+        await self._respond_body(entry.status, headers, entry.size, self.entry_headers, None, body)
+
+    async def _deliver_fill(self, fill: Fill, head: FillHead) -> None:
+        headers = self._client_headers(head.headers, None)
+        reader = fill.reader()
+        try:
+            await self._respond_body(
+                head.status, headers, head.length, CIMultiDict(head.headers), reader, None
+            )
+        finally:
+            reader.close()
+
+    async def _deliver_upstream(self, response: UpstreamResponse) -> None:
+        headers = self._client_headers(policy.end_to_end(response.headers), None)
+        length_field = response.headers.get("Content-Length")
+        no_body = self.method == "HEAD" or response.status in (204, 304) or response.status < 200
+        resp = web.StreamResponse(status=response.status, headers=headers)
+        if length_field is not None and length_field.isdigit():
+            resp.content_length = int(length_field)
+        self.response, self.code = resp, response.status
+        await resp.prepare(self.req)
+        if no_body:
+            await resp.write_eof()
+            return
+        try:
+            async for chunk in response.chunks():
+                await resp.write(chunk)
+                self.sent += len(chunk)
+        except UpstreamError as exc:
+            log.warning("upstream body broke while relaying %s: %s", self.req.raw_path, exc)
+            self._abort()
+            return
+        await resp.write_eof()
+
+    async def _respond_body(
+        self,
+        status: int,
+        headers: CIMultiDict[str],
+        length: int | None,
+        stored: CIMultiDict[str],
+        reader: object | None,
+        body: IO[bytes] | None,
+    ) -> None:
+        """Conditionals, ranges and the body, from a stored file or a fill in flight."""
+        ts = self.entry.response_time if self.entry is not None else time.time()
+        if 200 <= status < 300:
+            verdict = policy.evaluate_preconditions(self.method, self.headers, stored, ts)
+            if verdict == 304:
+                nm = CIMultiDict(policy.not_modified_headers(headers.items()))
+                for name in ("Age", "Via", "Cache-Status"):
+                    for value in headers.getall(name, []):
+                        nm.add(name, value)
+                return await self._send_simple(304, nm)
+            if verdict == 412:
+                return await self._send_simple(412, CIMultiDict(headers))
+        ranges: list[ByteRange] | None = None
+        if (
+            status == 200
+            and length is not None
+            and self.method == "GET"
+            and "Range" in self.headers
+            and if_range_allows(self.headers, stored)
+        ):
+            try:
+                ranges = parse_range(self.headers.get("Range"), length)
+            except Unsatisfiable:
+                headers["Content-Range"] = f"bytes */{length}"
+                return await self._send_simple(416, headers)
+        if ranges is None:
+            parts = [(None, ByteRange(0, length - 1) if length else None)]
+            resp = web.StreamResponse(status=status, headers=headers)
+            if length is not None:
+                resp.content_length = length
+        elif len(ranges) == 1:
+            r = ranges[0]
+            headers["Content-Range"] = f"bytes {r.start}-{r.end}/{length}"
+            resp = web.StreamResponse(status=206, headers=headers)
+            resp.content_length = r.length
+            parts = [(None, r)]
+        else:
+            boundary = uuid.uuid4().hex
+            ctype = headers.get("Content-Type")
+            headers["Content-Type"] = f"multipart/byteranges; boundary={boundary}"
+            parts = []
+            total = 0
+            for r in ranges:
+                head = f"\r\n--{boundary}\r\n"
+                if ctype:
+                    head += f"Content-Type: {ctype}\r\n"
+                head += f"Content-Range: bytes {r.start}-{r.end}/{length}\r\n\r\n"
+                parts.append((head.encode(), r))
+                total += len(head) + r.length
+            tail = f"\r\n--{boundary}--\r\n".encode()
+            resp = web.StreamResponse(status=206, headers=headers)
+            resp.content_length = total + len(tail)
+            parts.append((tail, None))
+        self.response, self.code = resp, resp.status
+        await resp.prepare(self.req)
+        if self.method == "HEAD" or status in (204, 304):
+            await resp.write_eof()
+            return
+        try:
+            for preamble, r in parts:
+                if preamble:
+                    await resp.write(preamble)
+                if r is None and length is not None:
+                    continue
+                start = r.start if r is not None else 0
+                end = r.end + 1 if r is not None else None
+                if body is not None:
+                    await self._sendfile(resp, body, start, (end or 0) - start)
+                else:
+                    assert reader is not None
+                    async for chunk in reader.read_range(start, end):  # type: ignore[attr-defined]
+                        await resp.write(chunk)
+                        self.sent += len(chunk)
+        except UpstreamError as exc:
+            log.warning("fill broke while delivering %s: %s", self.key, exc)
+            self._abort()
+            return
+        await resp.write_eof()
+
+    async def _sendfile(
+        self, resp: web.StreamResponse, body: IO[bytes], offset: int, count: int
+    ) -> None:
+        """Zero-copy from the stored file to the socket where the transport allows."""
+        if count <= 0:
+            return
+        transport = self.req.transport
+        if transport is None:
+            raise ConnectionResetError("client went away")
+        loop = asyncio.get_running_loop()
+        await loop.sendfile(transport, body, offset, count)
+        self.sent += count
+
+    async def _send_simple(self, status: int, headers: CIMultiDict[str]) -> None:
+        for name in ("Content-Length", "Transfer-Encoding"):
+            headers.popall(name, None)
+        resp = web.StreamResponse(status=status, headers=headers)
+        if status not in (204, 304):
+            resp.content_length = 0
+        self.response, self.code = resp, status
+        await resp.prepare(self.req)
+        await resp.write_eof()
+
+    def _abort(self) -> None:
+        """The body cannot be completed: close the connection so the client sees a
+        truncated response rather than a short one that looks whole."""
+        if self.req.transport is not None:
+            self.req.transport.abort()
+
+    # -- synthetic responses ----------------------------------------------------------
+
+    def synth(self, code: int, reason: str, *, detail: str | None = None, allow: str = "") -> str:
+        self.synth_reason = reason
+        self.status.detail = detail or self.status.detail
+        headers = CIMultiDict(
+            {
+                "Content-Type": "text/plain; charset=utf-8",
+                "Cache-Control": "no-store",
+                "Cache-Status": self.status.render(),
+            }
+        )
+        if allow:
+            headers["Allow"] = allow
+        text = f"{code} {_reason(code)}: {reason}\n" if code >= 500 else f"{reason}\n"
+        self.response = web.Response(status=code, text=None, body=text.encode(), headers=headers)
+        self.code = code
+        return "done"
+
+    # -- upstream request headers ----------------------------------------------------
+
+    def _upstream_headers(self, drop: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+        """RFC 9110 Section 7.6: forward end-to-end fields, append Via, CDN-Loop
+        (RFC 8586) and X-Forwarded-For."""
+        headers = policy.end_to_end(self.headers, drop=("content-length", *drop))
+        headers.append(("Via", f"1.1 {self.e.config.name}"))
+        headers.append(("CDN-Loop", self.e.config.name))
+        peer = self.req.remote or ""
+        if peer:
+            headers.append(("X-Forwarded-For", peer))
+        return headers
+
+    # -- accounting ------------------------------------------------------------------
+
+    def _account(self) -> None:
+        label = self.status.label
+        name = self.e.config.name
+        self.e.metrics.requests.labels(name, label, str(self.code)).inc()
+        self.e.metrics.bytes_sent.labels(name).inc(self.sent)
+        if self.e.config.access_log:
+            took = (time.monotonic() - self.started) * 1000
+            upstream = f"{self.upstream_ms:.1f}" if self.upstream_ms is not None else "-"
+            access_log.info(
+                '%s "%s %s" %d %s bytes=%d time_ms=%.1f upstream_ms=%s walk=%s',
+                self.req.remote,
+                self.method,
+                self.req.raw_path,
+                self.code,
+                label,
+                self.sent,
+                took,
+                upstream,
+                ">".join(self.walk),
+            )
+
+
+def _tags(headers: policy.Headers) -> tuple[str, ...]:
+    """Surrogate-Key (space-separated) and Cache-Tag (comma-separated) tags."""
+    tags: list[str] = []
+    for value in headers.getall("Surrogate-Key", []):
+        tags += value.split()
+    for value in headers.getall("Cache-Tag", []):
+        tags += [t.strip() for t in value.split(",") if t.strip()]
+    return tuple(dict.fromkeys(tags))
+
+
+def _http_date(ts: float) -> str:
+    from email.utils import formatdate
+
+    return formatdate(ts, usegmt=True)
+
+
+def _reason(code: int) -> str:
+    from http import HTTPStatus
+
+    with contextlib.suppress(ValueError):
+        return HTTPStatus(code).phrase
+    return "Error"

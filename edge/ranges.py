@@ -1,0 +1,96 @@
+"""Byte ranges (RFC 9110 Section 14): parsing a Range field against a known length and
+deciding If-Range. Pure functions; delivery writes the parts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edge.policy import Headers, parse_http_date, strong_etag_equal
+
+#: More ranges than this in one request is treated as abuse (RFC 9110 Section 14.2:
+#: a server may ignore or reject such requests); the whole representation is sent.
+MAX_RANGES = 16
+
+
+@dataclass(frozen=True)
+class ByteRange:
+    start: int
+    end: int  # inclusive
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start + 1
+
+
+class Unsatisfiable(Exception):
+    """RFC 9110 Section 15.5.17: no range overlaps the representation: 416."""
+
+
+def parse_range(value: str | None, length: int) -> list[ByteRange] | None:
+    """RFC 9110 Section 14.1.2: byte-ranges-specifier against a representation of
+    `length` bytes.
+
+    Returns None when the field is absent, invalid or not worth honouring (serve
+    200), the satisfiable ranges sorted and coalesced otherwise; raises Unsatisfiable
+    when valid but none is satisfiable.
+    """
+    if value is None:
+        return None
+    unit, sep, spec = value.strip().partition("=")
+    if not sep or unit.strip().lower() != "bytes":
+        return None
+    ranges: list[ByteRange] = []
+    members = [m.strip() for m in spec.split(",")]
+    if not any(members) or len(members) > MAX_RANGES:
+        return None
+    for member in members:
+        if not member:
+            continue
+        first, dash, last = member.partition("-")
+        first, last = first.strip(), last.strip()
+        if not dash or (first and not first.isdigit()) or (last and not last.isdigit()):
+            return None
+        if not first:
+            if not last:
+                return None
+            suffix = int(last)
+            if suffix == 0:
+                continue
+            ranges.append(ByteRange(max(0, length - suffix), length - 1))
+            continue
+        start = int(first)
+        end = int(last) if last else length - 1
+        if last and end < start:
+            return None
+        if start >= length:
+            continue
+        ranges.append(ByteRange(start, min(end, length - 1)))
+    if not ranges:
+        raise Unsatisfiable
+    ranges.sort(key=lambda r: r.start)
+    # Section 14.2: overlapping or adjacent ranges are coalesced, so a request can never
+    # cost more than the representation itself.
+    merged = [ranges[0]]
+    for r in ranges[1:]:
+        last_range = merged[-1]
+        if r.start <= last_range.end + 1:
+            merged[-1] = ByteRange(last_range.start, max(last_range.end, r.end))
+        else:
+            merged.append(r)
+    return merged
+
+
+def if_range_allows(request_headers: Headers, stored: Headers) -> bool:
+    """RFC 9110 Section 13.1.5: If-Range. The range applies only when the validator
+    matches: a strong ETag by strong comparison, or a date equal to Last-Modified."""
+    value = request_headers.get("If-Range")
+    if value is None:
+        return True
+    value = value.strip()
+    if value.startswith('"') or value.startswith("W/"):
+        etag = stored.get("ETag")
+        return etag is not None and strong_etag_equal(etag, value)
+    date = parse_http_date(value)
+    last_modified = parse_http_date(stored.get("Last-Modified"))
+    return date is not None and last_modified is not None and date == last_modified

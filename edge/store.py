@@ -1,0 +1,223 @@
+"""Storage of cached responses: a small interface and its diskcache implementation.
+
+This module owns where entries and bodies live and how they survive restarts and
+crashes. It knows nothing of HTTP caching rules (that is `edge.policy`): it keeps what
+it is given and hands it back.
+
+An entry is one stored response (a variant of a cache key): status, header fields,
+the secondary key from Vary, request/response times, tags and the body size. Bodies
+are written to a temporary file while they arrive and *adopted* into the store by a
+rename only once complete, so a partial body can never be found under a key, even
+after a crash mid-download.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import os
+import shutil
+import threading
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import IO, Any
+
+import diskcache
+from diskcache.core import MODE_BINARY, UNKNOWN
+
+VaryKey = tuple[tuple[str, str | None], ...]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A stored response. `headers` are the end-to-end fields as received (after the
+    cache removed what it must not store); `vary` is the secondary key."""
+
+    key: str
+    variant: str
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    vary: VaryKey
+    request_time: float
+    response_time: float
+    size: int
+    tags: tuple[str, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def with_headers(
+        self, headers: Sequence[tuple[str, str]], request_time: float, response_time: float
+    ) -> Entry:
+        return replace(
+            self,
+            headers=tuple(headers),
+            request_time=request_time,
+            response_time=response_time,
+        )
+
+
+class BodyWriter:
+    """A body being received: an append-only temporary file that readers may follow
+    (read-while-writer) and that becomes part of the store only via `Store.commit`.
+
+    Writes go straight to the OS (no user-space buffer), so a reader told that N bytes
+    exist can read them at once with pread.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        self.written = 0
+
+    def write(self, chunk: bytes) -> None:
+        view = memoryview(chunk)
+        while view:
+            n = os.write(self._fd, view)
+            view = view[n:]
+        self.written += len(chunk)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def discard(self) -> None:
+        self.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+class Store(abc.ABC):
+    """What the cache engine needs from storage."""
+
+    @abc.abstractmethod
+    def variants(self, key: str) -> list[Entry]:
+        """Every stored variant of a primary cache key, newest first."""
+
+    @abc.abstractmethod
+    def open_body(self, entry: Entry) -> IO[bytes] | None:
+        """An open binary file of the entry's body, or None if it is gone."""
+
+    @abc.abstractmethod
+    def begin(self) -> BodyWriter:
+        """A writer for a body that is about to arrive."""
+
+    @abc.abstractmethod
+    def commit(self, entry: Entry, body: BodyWriter) -> None:
+        """Adopt a complete body and record its entry, replacing any variant with the
+        same secondary key."""
+
+    @abc.abstractmethod
+    def update(self, entry: Entry) -> None:
+        """Replace an entry's metadata (e.g. headers freshened by a 304)."""
+
+    @abc.abstractmethod
+    def remove(self, key: str) -> int:
+        """Remove every variant of a key; returns how many were removed."""
+
+    @abc.abstractmethod
+    def stats(self) -> tuple[int, int]:
+        """(bytes used, number of stored objects)."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+
+class _Adopt:
+    """A marker value: store this finished file by renaming it (no copy)."""
+
+    def __init__(self, path: Path, size: int) -> None:
+        self.path = path
+        self.size = size
+
+
+class _AdoptingDisk(diskcache.Disk):
+    """diskcache's Disk, taught to take ownership of an already-written file by
+    renaming it into place. Copying a multi-GB body once more at commit time would
+    double the disk traffic of every miss."""
+
+    def store(self, value: Any, read: bool, key: Any = UNKNOWN) -> tuple[int, int, Any, Any]:
+        if isinstance(value, _Adopt):
+            filename, full_path = self.filename(key, value)
+            os.makedirs(os.path.dirname(full_path), exist_ok=True)
+            os.replace(value.path, full_path)
+            return value.size, MODE_BINARY, filename, None
+        return super().store(value, read, key)
+
+
+class DiskStore(Store):
+    """Entries and bodies in a diskcache Cache: size-bounded, evicting the least
+    recently used, durable across restarts (SQLite in WAL mode plus body files)."""
+
+    def __init__(self, directory: Path, size_limit: int) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.directory / "incoming"
+        # Bodies that were still arriving when the process stopped are incomplete:
+        # nothing refers to them, so they go.
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.mkdir()
+        self.cache = diskcache.Cache(
+            str(self.directory / "objects"),
+            size_limit=size_limit,
+            eviction_policy="least-recently-used",
+            disk=_AdoptingDisk,
+            disk_min_file_size=0,
+            cull_limit=16,
+        )
+        # diskcache is thread-safe, but a read-modify-write of one key's variant map
+        # must not interleave with another.
+        self._lock = threading.Lock()
+
+    def _meta(self, key: str) -> dict[str, Entry]:
+        value = self.cache.get(("m", key))
+        return value if isinstance(value, dict) else {}
+
+    def variants(self, key: str) -> list[Entry]:
+        entries = list(self._meta(key).values())
+        entries.sort(key=lambda e: e.response_time, reverse=True)
+        return entries
+
+    def open_body(self, entry: Entry) -> IO[bytes] | None:
+        handle = self.cache.get(("b", entry.variant), read=True)
+        return handle  # type: ignore[no-any-return]
+
+    def begin(self) -> BodyWriter:
+        return BodyWriter(self.tmp / uuid.uuid4().hex)
+
+    def commit(self, entry: Entry, body: BodyWriter) -> None:
+        body.close()
+        with self._lock:
+            self.cache.set(("b", entry.variant), _Adopt(body.path, body.written))
+            meta = self._meta(entry.key)
+            for old in [v for v in meta.values() if v.vary == entry.vary]:
+                del meta[old.variant]
+                self.cache.delete(("b", old.variant))
+            meta[entry.variant] = entry
+            self.cache.set(("m", entry.key), meta)
+
+    def update(self, entry: Entry) -> None:
+        with self._lock:
+            meta = self._meta(entry.key)
+            if entry.variant in meta:
+                meta[entry.variant] = entry
+                self.cache.set(("m", entry.key), meta)
+
+    def remove(self, key: str) -> int:
+        with self._lock:
+            meta = self._meta(key)
+            for variant in meta:
+                self.cache.delete(("b", variant))
+            self.cache.delete(("m", key))
+            return len(meta)
+
+    def stats(self) -> tuple[int, int]:
+        return int(self.cache.volume()), len(self.cache) // 2
+
+    def close(self) -> None:
+        self.cache.close()
+
+
+def new_variant_id() -> str:
+    return uuid.uuid4().hex
