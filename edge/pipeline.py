@@ -48,6 +48,12 @@ _SURROGATE_ONLY = ("surrogate-control",)
 _ERROR_STATUSES = frozenset({500, 502, 503, 504})
 
 
+_PUBLIC_REASONS = {
+    "upstream-unreachable": "the upstream server could not be reached or answered badly",
+    "upstream-timeout": "the upstream server did not answer in time",
+}
+
+
 class UpstreamStatusError(UpstreamError):
     """The upstream answered with a server error while a stale copy may be served."""
 
@@ -339,15 +345,11 @@ class Transaction:
                 response.response_time - response.request_time
             )
             if response.status == 304 and entry is not None:
-                if policy.validator_matches(CIMultiDict(entry.headers), response.headers):
-                    fill.head.set_result(self._freshen(entry, response))
-                    response.release()
-                    return
-                # Section 4.3.4: a 304 that matches nothing stored cannot be used;
-                # ask again without conditions.
+                # We validated exactly this entry, so the 304 speaks for it (Section
+                # 4.3.4); fields its body depends on, ETag included, are kept.
+                fill.head.set_result(self._freshen(entry, response))
                 response.release()
-                unconditional = [(k, v) for k, v in headers if k not in _CLIENT_CONDITIONALS]
-                response = await e.upstream.request("GET", path_qs, unconditional)
+                return
             if response.status in _ERROR_STATUSES and stale_ok:
                 response.release()
                 fill.head.set_result(FillHead("error", error=UpstreamStatusError(response.status)))
@@ -648,6 +650,8 @@ class Transaction:
 
     def synth(self, code: int, reason: str, *, detail: str | None = None, allow: str = "") -> str:
         self.synth_reason = reason
+        if detail:
+            log.warning("%s %s: %s", self.method, self.req.raw_path, reason)
         self.status.detail = detail or self.status.detail
         headers = CIMultiDict(
             {
@@ -658,7 +662,9 @@ class Transaction:
         )
         if allow:
             headers["Allow"] = allow
-        text = f"{code} {_reason(code)}: {reason}\n" if code >= 500 else f"{reason}\n"
+        # Upstream error text can echo upstream bytes: clients get a plain reason only.
+        public = _PUBLIC_REASONS.get(detail or "", reason)
+        text = f"{code} {_reason(code)}: {public}\n"
         self.response = web.Response(status=code, text=None, body=text.encode(), headers=headers)
         self.code = code
         return "done"
@@ -671,6 +677,9 @@ class Transaction:
         headers = policy.end_to_end(self.headers, drop=("content-length", *drop))
         headers.append(("Via", f"1.1 {self.e.config.name}"))
         headers.append(("CDN-Loop", self.e.config.name))
+        # W3C Edge Architecture: advertise this surrogate so the origin can target
+        # Surrogate-Control directives at it by name.
+        headers.append(("Surrogate-Capability", f'{self.e.config.name}="Surrogate/1.0"'))
         peer = self.req.remote or ""
         if peer:
             headers.append(("X-Forwarded-For", peer))

@@ -33,6 +33,9 @@ class UpstreamTimeout(UpstreamError):
 _SKIP_AUTO = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 
 
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+
+
 @dataclass
 class UpstreamResponse:
     """A response whose head has arrived; the body is read with `chunks()`."""
@@ -98,18 +101,27 @@ class Upstream:
         body: bytes | None = None,
     ) -> UpstreamResponse:
         assert self._session is not None, "Upstream.start() not called"
-        request_time = time.time()
-        try:
-            raw = await self._session.request(
-                method,
-                self.url(path_qs),
-                headers=list(headers),
-                data=body if body else None,
-                allow_redirects=False,
-                compress=None,
-            )
-        except TimeoutError as exc:
-            raise UpstreamTimeout("upstream timed out") from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise UpstreamError(f"upstream unreachable: {exc}") from exc
+        # RFC 9110 Section 9.2.2: an idempotent request may be retried once when a
+        # kept-alive connection turns out to be dead or garbled.
+        attempts = 2 if method in _IDEMPOTENT else 1
+        for attempt in range(attempts):
+            request_time = time.time()
+            try:
+                raw = await self._session.request(
+                    method,
+                    self.url(path_qs),
+                    headers=list(headers),
+                    data=body if body else None,
+                    allow_redirects=False,
+                    compress=None,
+                )
+                break
+            except TimeoutError as exc:
+                raise UpstreamTimeout("upstream timed out") from exc
+            except aiohttp.ClientConnectorError as exc:
+                raise UpstreamError(f"upstream unreachable: {exc}") from exc
+            except (aiohttp.ClientError, OSError) as exc:
+                if attempt + 1 < attempts:
+                    continue
+                raise UpstreamError(f"upstream failed: {exc}") from exc
         return UpstreamResponse(raw.status, raw.headers, raw, request_time, time.time())
