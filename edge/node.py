@@ -16,6 +16,8 @@ import time
 import aiohttp
 from aiohttp import http_parser as _http_parser
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_server import Server
 
 from edge.config import ConfigError, NodeConfig
 from edge.fill import InFlight
@@ -37,6 +39,40 @@ def require_c_parser() -> None:
             "aiohttp's C HTTP parser is required (unset AIOHTTP_NO_EXTENSIONS, "
             "install a binary aiohttp wheel)"
         )
+
+
+class _PlainErrorHandler(RequestHandler):
+    """aiohttp's connection handler, with error responses that never echo request
+    bytes: its parser errors quote the offending input back to the client."""
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if request.writer.output_size > 0:
+            return super().handle_error(request, status, exc, message)
+        log.debug("refused a request from %s: %s %s", request.remote, status, message or exc)
+        phrase = _phrase(status)
+        resp = web.Response(status=status, text=f"{status} {phrase}\n")
+        resp.force_close()
+        return resp
+
+
+class _EdgeServer(Server):
+    def __call__(self) -> RequestHandler:
+        return _PlainErrorHandler(self, loop=self._loop, **self._kwargs)
+
+
+def _phrase(status: int) -> str:
+    from http import HTTPStatus
+
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
 
 
 class EdgeNode:
@@ -79,6 +115,9 @@ class EdgeNode:
             handle_signals=False,
         )
         await self.runner.setup()
+        # One place where aiohttp's own error pages are replaced (see _PlainErrorHandler).
+        assert self.runner.server is not None
+        self.runner.server.__class__ = _EdgeServer
         host, port = self.config.host_port
         site = web.TCPSite(self.runner, host, port, reuse_address=True)
         await site.start()

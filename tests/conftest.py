@@ -1,0 +1,64 @@
+"""Shared fixtures: real upstream and edge processes on free loopback ports, always
+stopped at the end of the test."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.procs import Proc, edge_cmd, free_port, start
+
+
+@pytest.fixture
+def procs() -> Iterator[list[Proc]]:
+    started: list[Proc] = []
+    yield started
+    for proc in reversed(started):
+        proc.stop()
+
+
+@pytest.fixture
+def upstream(procs: list[Proc], tmp_path: Path) -> Proc:
+    """The scriptable test upstream (tests/support/upstream.py)."""
+    port = free_port()
+    proc = start(
+        [sys.executable, "-m", "tests.support.upstream", "--port", str(port)],
+        port,
+        tmp_path / "upstream.log",
+        health_path="/_count/x",
+    )
+    procs.append(proc)
+    return proc
+
+
+EdgeFactory = Callable[..., Proc]
+
+
+@pytest.fixture
+def edge(procs: list[Proc], tmp_path: Path) -> EdgeFactory:
+    """Start `edge serve` in front of an upstream URL; returns the process."""
+
+    def factory(
+        upstream_url: str, *extra: str, cache_dir: Path | None = None, name: str = "edge-test"
+    ) -> Proc:
+        port = free_port()
+        cmd = edge_cmd(
+            "serve",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--upstream",
+            upstream_url,
+            "--cache-dir",
+            str(cache_dir or tmp_path / "cache"),
+            "--name",
+            name,
+            *extra,
+        )
+        proc = start(cmd, port, tmp_path / f"edge-{port}.log", health_path="/_edge/health")
+        procs.append(proc)
+        return proc
+
+    return factory

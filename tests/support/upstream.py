@@ -1,0 +1,90 @@
+"""A scriptable upstream for edge tests, run as its own process.
+
+It plays the origins an edge meets: it counts requests per path (GET /_count/PATH,
+POST /_reset), answers with headers the test asks for through the query string, can
+delay the response head, and can send a body slowly so a test can kill it mid-body.
+
+    python -m tests.support.upstream --port P
+
+Query parameters on any other path:
+  cc=VALUE         Cache-Control of the response (default: public, max-age=3600)
+  size=N           body length in bytes (default 1024), bytes derived from the path
+  delay=S          seconds to wait before the response head
+  trickle=S        seconds to spread the body over (in 64 KiB steps)
+  etag=VALUE       ETag (quoted by the caller); 304 when If-None-Match matches
+  vary=NAME        Vary field
+  status=N         status code
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+from collections import Counter
+
+from aiohttp import web
+
+
+def body_for(path: str, size: int) -> bytes:
+    seed = hashlib.sha256(path.encode()).digest()
+    return (seed * (size // len(seed) + 1))[:size]
+
+
+def make_app() -> web.Application:
+    counts: Counter[str] = Counter()
+
+    async def count(request: web.Request) -> web.Response:
+        return web.json_response({"count": counts["/" + request.match_info["path"]]})
+
+    async def reset(request: web.Request) -> web.Response:
+        counts.clear()
+        return web.Response(text="ok")
+
+    async def serve(request: web.Request) -> web.StreamResponse:
+        counts[request.path] += 1
+        q = request.query
+        if "delay" in q:
+            await asyncio.sleep(float(q["delay"]))
+        size = int(q.get("size", "1024"))
+        headers = {"Cache-Control": q.get("cc", "public, max-age=3600")}
+        if "etag" in q:
+            headers["ETag"] = q["etag"]
+            if request.headers.get("If-None-Match") == q["etag"]:
+                return web.Response(status=304, headers=headers)
+        if "vary" in q:
+            headers["Vary"] = q["vary"]
+            headers["X-Echo"] = request.headers.get(q["vary"], "")
+        headers["X-Request-Count"] = str(counts[request.path])
+        status = int(q.get("status", "200"))
+        body = body_for(request.path, size)
+        resp = web.StreamResponse(status=status, headers=headers)
+        resp.content_length = size
+        await resp.prepare(request)
+        if "trickle" in q:
+            step = 1 << 16
+            pause = float(q["trickle"]) / max(1, size // step)
+            for i in range(0, size, step):
+                await resp.write(body[i : i + step])
+                await asyncio.sleep(pause)
+        else:
+            await resp.write(body)
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/_count/{path:.*}", count)
+    app.router.add_post("/_reset", reset)
+    app.router.add_route("*", "/{tail:.*}", serve)
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    web.run_app(make_app(), host="127.0.0.1", port=args.port, print=None, access_log=None)
+
+
+if __name__ == "__main__":
+    main()
