@@ -164,8 +164,12 @@ class DiskStore(Store):
             eviction_policy="least-recently-used",
             disk=_AdoptingDisk,
             disk_min_file_size=0,
-            cull_limit=16,
+            # diskcache's own cull drops a fixed number of rows per write, which for
+            # a small cache empties it; `_evict` removes whole objects instead, only
+            # as many as the bound needs.
+            cull_limit=0,
         )
+        self.size_limit = size_limit
         # diskcache is thread-safe, but a read-modify-write of one key's variant map
         # must not interleave with another.
         self._lock = threading.Lock()
@@ -180,7 +184,7 @@ class DiskStore(Store):
         return entries
 
     def open_body(self, entry: Entry) -> IO[bytes] | None:
-        handle = self.cache.get(("b", entry.variant), read=True)
+        handle = self.cache.get(("b", entry.key, entry.variant), read=True)
         return handle  # type: ignore[no-any-return]
 
     def begin(self) -> BodyWriter:
@@ -189,13 +193,14 @@ class DiskStore(Store):
     def commit(self, entry: Entry, body: BodyWriter) -> None:
         body.close()
         with self._lock:
-            self.cache.set(("b", entry.variant), _Adopt(body.path, body.written))
+            self.cache.set(("b", entry.key, entry.variant), _Adopt(body.path, body.written))
             meta = self._meta(entry.key)
             for old in [v for v in meta.values() if v.vary == entry.vary]:
                 del meta[old.variant]
-                self.cache.delete(("b", old.variant))
+                self.cache.delete(("b", entry.key, old.variant))
             meta[entry.variant] = entry
             self.cache.set(("m", entry.key), meta)
+            self._evict(keep=entry.key)
 
     def update(self, entry: Entry) -> None:
         with self._lock:
@@ -208,9 +213,35 @@ class DiskStore(Store):
         with self._lock:
             meta = self._meta(key)
             for variant in meta:
-                self.cache.delete(("b", variant))
+                self.cache.delete(("b", key, variant))
             self.cache.delete(("m", key))
             return len(meta)
+
+    def _evict(self, keep: str) -> None:
+        """Remove least recently used objects (a variant's body, or a key's metadata
+        with all its bodies) until the store is within its size bound."""
+        while self.cache.volume() > self.size_limit:
+            rows = self.cache._sql(  # diskcache keeps access_time for its LRU policy
+                "SELECT key, raw FROM Cache ORDER BY access_time LIMIT 4"
+            ).fetchall()
+            victims = [self.cache._disk.get(key, raw) for key, raw in rows]
+            victims = [v for v in victims if v[1] != keep]
+            if not victims:
+                return
+            for victim in victims:
+                if victim[0] == "m":
+                    for variant in self._meta(victim[1]):
+                        self.cache.delete(("b", victim[1], variant))
+                    self.cache.delete(victim)
+                else:
+                    _, key, variant = victim
+                    self.cache.delete(victim)
+                    meta = self._meta(key)
+                    if meta.pop(variant, None) is not None:
+                        if meta:
+                            self.cache.set(("m", key), meta)
+                        else:
+                            self.cache.delete(("m", key))
 
     def stats(self) -> tuple[int, int]:
         return int(self.cache.volume()), len(self.cache) // 2

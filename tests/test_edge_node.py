@@ -281,3 +281,81 @@ def test_port_in_use_is_a_one_line_error(upstream: Proc, tmp_path: Path):
     assert proc.returncode == 1
     assert proc.stderr.startswith("edge: cannot listen on")
     assert "Traceback" not in proc.stderr
+
+
+async def test_cdn_cache_control_overrides_cache_control(upstream: Proc, edge: EdgeFactory):
+    """RFC 9213: the targeted field governs this cache; clients still see
+    Cache-Control unchanged."""
+    node = edge(upstream.url)
+    url = f"{node.url}/t?cc=no-store&cdncc=max-age=60"
+    await get(url)
+    _, headers, _ = await get(url)
+    assert "hit" in headers["Cache-Status"].split("; ")
+    assert headers["Cache-Control"] == "no-store"
+    assert await origin_count(upstream, "/t") == 1
+
+
+async def test_stale_if_error_serves_stale_when_upstream_is_down(upstream: Proc, edge: EdgeFactory):
+    node = edge(upstream.url)
+    url = f"{node.url}/sie?cc=max-age=1,stale-if-error=600"
+    _, _, body = await get(url)
+    upstream.stop()
+    await asyncio.sleep(1.2)
+    status, headers, stale = await get(url)
+    assert status == 200 and stale == body
+    assert "fwd=stale" in headers["Cache-Status"]
+    assert "stale-if-error" in headers["Cache-Status"]
+    assert int(headers["Age"]) >= 1
+
+
+async def test_must_revalidate_forbids_stale_on_error(upstream: Proc, edge: EdgeFactory):
+    node = edge(upstream.url)
+    url = f"{node.url}/mr?cc=max-age=1,must-revalidate,stale-if-error=600"
+    await get(url)
+    upstream.stop()
+    await asyncio.sleep(1.2)
+    status, _, _ = await get(url)
+    assert status == 502
+
+
+async def test_cache_size_bound_evicts_least_recently_used(upstream: Proc, edge: EdgeFactory):
+    node = edge(upstream.url, "--cache-size", "1M")
+    for i in range(8):
+        await get(f"{node.url}/lru{i}?size=300000")
+    _, _, health = await get(f"{node.url}/_edge/health")
+    assert json.loads(health)["store"]["bytes"] <= 1.5 * (1 << 20)
+    _, headers, _ = await get(f"{node.url}/lru0?size=300000")
+    assert "fwd=uri-miss" in headers["Cache-Status"]  # evicted first
+    _, headers, _ = await get(f"{node.url}/lru7?size=300000")
+    assert "hit" in headers["Cache-Status"].split("; ")  # newest kept
+
+
+async def test_objects_over_max_object_size_pass_through(upstream: Proc, edge: EdgeFactory):
+    node = edge(upstream.url, "--max-object-size", "100K")
+    for _ in range(2):
+        status, headers, body = await get(f"{node.url}/huge?size=300000")
+        assert status == 200 and len(body) == 300000
+        assert "hit" not in headers["Cache-Status"].split("; ")
+    assert await origin_count(upstream, "/huge") == 2
+
+
+async def test_edge_killed_mid_fill_serves_no_partial_body_after_restart(
+    upstream: Proc, edge: EdgeFactory, tmp_path: Path
+):
+    cache = tmp_path / "crash"
+    host = {"Host": "archive.example"}
+    first = edge(upstream.url, cache_dir=cache)
+    url = f"/crash.bin?size={16 << 20}&trickle=10"
+    async with (
+        aiohttp.ClientSession(auto_decompress=False) as s,
+        s.get(first.url + url, headers=host) as r,
+    ):
+        await r.content.readexactly(1 << 16)
+        first.stop(signal.SIGKILL)
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await r.read()
+    second = edge(upstream.url, cache_dir=cache)
+    status, headers, body = await get(second.url + url.replace("trickle=10", "trickle=0"), **host)
+    assert "fwd=uri-miss" in headers["Cache-Status"]
+    assert status == 200 and body == body_for("/crash.bin", 16 << 20)
+    assert list((cache / "incoming").iterdir()) == []

@@ -8,6 +8,7 @@ delay the response head, and can send a body slowly so a test can kill it mid-bo
 
 Query parameters on any other path:
   cc=VALUE         Cache-Control of the response (default: public, max-age=3600)
+  cdncc=VALUE      CDN-Cache-Control of the response (RFC 9213)
   size=N           body length in bytes (default 1024), bytes derived from the path
   delay=S          seconds to wait before the response head
   trickle=S        seconds to spread the body over (in 64 KiB steps)
@@ -48,6 +49,8 @@ def make_app() -> web.Application:
             await asyncio.sleep(float(q["delay"]))
         size = int(q.get("size", "1024"))
         headers = {"Cache-Control": q.get("cc", "public, max-age=3600")}
+        if "cdncc" in q:
+            headers["CDN-Cache-Control"] = q["cdncc"]
         if "etag" in q:
             headers["ETag"] = q["etag"]
             if request.headers.get("If-None-Match") == q["etag"]:
