@@ -73,6 +73,9 @@ class NodeConfig:
     # Seconds a stale response may be served when the upstream fails and the
     # response said nothing (stale-if-error extends it; must-revalidate forbids it).
     stale_if_error_grace: float = 0.0
+    # RFC 9111 Section 5.1 says a cache SHOULD ignore an invalid Age; edge treats the
+    # response as stale unless this is turned off (see edge.policy.parse_age).
+    invalid_age_is_stale: bool = True
     # RFC 9213 targeted fields honoured, in order of precedence.
     targeted_fields: tuple[str, ...] = ("CDN-Cache-Control", "Surrogate-Control")
     upstream_connect_timeout: float = 5.0

@@ -78,6 +78,15 @@ class Engine:
             headers, self.config.targeted_fields, surrogate_targets=(self.config.name,)
         )
 
+    def age(self, entry: Entry, headers: policy.Headers, now: float) -> float:
+        return policy.current_age(
+            headers,
+            entry.request_time,
+            entry.response_time,
+            now,
+            invalid_age_is_stale=self.config.invalid_age_is_stale,
+        )
+
     def lifetime(self, entry: Entry, headers: policy.Headers, rp: ResponsePolicy) -> float:
         lifetime, _ = policy.freshness_lifetime(
             entry.status,
@@ -191,9 +200,7 @@ class Transaction:
             return "miss"
         rp = self.e.response_policy(self.entry_headers)
         lifetime = self.e.lifetime(self.entry, self.entry_headers, rp)
-        age = policy.current_age(
-            self.entry_headers, self.entry.request_time, self.entry.response_time, self.now
-        )
+        age = self.e.age(self.entry, self.entry_headers, self.now)
         self.reuse = policy.evaluate_reuse(age, lifetime, self.request_cc, rp)
         if self.reuse.kind in ("fresh", "stale-ok"):
             return "hit"
@@ -456,9 +463,7 @@ class Transaction:
         self.body = self.e.store.open_body(entry)
         rp = self.e.response_policy(self.entry_headers)
         lifetime = self.e.lifetime(entry, self.entry_headers, rp)
-        age = policy.current_age(
-            self.entry_headers, entry.request_time, entry.response_time, time.time()
-        )
+        age = self.e.age(entry, self.entry_headers, time.time())
         self.status.ttl = int(lifetime - age)
 
     def _upstream_failed(self, error: Exception) -> str:
@@ -491,9 +496,7 @@ class Transaction:
     async def _deliver_entry(self) -> None:
         entry, body = self.entry, self.body
         assert entry is not None and body is not None
-        age = policy.current_age(
-            self.entry_headers, entry.request_time, entry.response_time, time.time()
-        )
+        age = self.e.age(entry, self.entry_headers, time.time())
         headers = self._client_headers(list(entry.headers), age)
         await self._respond_body(entry.status, headers, entry.size, self.entry_headers, None, body)
 
