@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -44,6 +45,8 @@ _CLIENT_CONDITIONALS = ("If-None-Match", "If-Modified-Since", "If-Match", "If-Un
 _RANGE_FIELDS = ("Range", "If-Range")
 #: Consumed here (W3C Edge Architecture): never passed on to clients.
 _SURROGATE_ONLY = ("surrogate-control",)
+#: Bodies (or ranges) smaller than this are read and written, not sendfile'd.
+_SENDFILE_MIN = 128 << 10
 #: RFC 5861 Section 4: the statuses that count as errors for stale-if-error.
 _ERROR_STATUSES = frozenset({500, 502, 503, 504})
 
@@ -594,6 +597,20 @@ class Transaction:
             resp = web.StreamResponse(status=206, headers=headers)
             resp.content_length = total + len(tail)
             parts.append((tail, None))
+        if (
+            body is not None
+            and self.method != "HEAD"
+            and resp.content_length is not None
+            and resp.content_length <= _SENDFILE_MIN
+        ):
+            # Small and on disk: one buffer, so head and body leave in one write.
+            data = b"".join(
+                (preamble or b"") + (os.pread(body.fileno(), r.length, r.start) if r else b"")
+                for preamble, r in parts
+            )
+            self.response = web.Response(status=resp.status, headers=headers, body=data)
+            self.code, self.sent = resp.status, len(data)
+            return
         self.response, self.code = resp, resp.status
         await resp.prepare(self.req)
         if self.method == "HEAD" or status in (204, 304):
@@ -623,8 +640,13 @@ class Transaction:
     async def _sendfile(
         self, resp: web.StreamResponse, body: IO[bytes], offset: int, count: int
     ) -> None:
-        """Zero-copy from the stored file to the socket where the transport allows."""
+        """Zero-copy from the stored file to the socket where the transport allows;
+        small bodies are cheaper as one read and write than a sendfile round."""
         if count <= 0:
+            return
+        if count <= _SENDFILE_MIN:
+            await resp.write(os.pread(body.fileno(), count, offset))
+            self.sent += count
             return
         transport = self.req.transport
         if transport is None:

@@ -18,6 +18,7 @@ import contextlib
 import os
 import shutil
 import threading
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -44,6 +45,7 @@ class Entry:
     response_time: float
     size: int
     tags: tuple[str, ...] = ()
+    body_file: str = ""  # set by the store at commit
     extra: dict[str, Any] = field(default_factory=dict)
 
     def with_headers(
@@ -104,9 +106,9 @@ class Store(abc.ABC):
         """A writer for a body that is about to arrive."""
 
     @abc.abstractmethod
-    def commit(self, entry: Entry, body: BodyWriter) -> None:
+    def commit(self, entry: Entry, body: BodyWriter) -> Entry:
         """Adopt a complete body and record its entry, replacing any variant with the
-        same secondary key."""
+        same secondary key; returns the entry as stored."""
 
     @abc.abstractmethod
     def update(self, entry: Entry) -> None:
@@ -137,18 +139,33 @@ class _AdoptingDisk(diskcache.Disk):
     renaming it into place. Copying a multi-GB body once more at commit time would
     double the disk traffic of every miss."""
 
+    last_filename: str = ""
+
     def store(self, value: Any, read: bool, key: Any = UNKNOWN) -> tuple[int, int, Any, Any]:
         if isinstance(value, _Adopt):
             filename, full_path = self.filename(key, value)
             os.makedirs(os.path.dirname(full_path), exist_ok=True)
             os.replace(value.path, full_path)
+            self.last_filename = filename
             return value.size, MODE_BINARY, filename, None
         return super().store(value, read, key)
 
 
+#: How many keys' metadata is kept in memory (it is small: headers and times).
+META_CACHE_KEYS = 65536
+#: How often recorded accesses are written back for the LRU order, in seconds.
+TOUCH_INTERVAL = 1.0
+
+
 class DiskStore(Store):
     """Entries and bodies in a diskcache Cache: size-bounded, evicting the least
-    recently used, durable across restarts (SQLite in WAL mode plus body files)."""
+    recently used, durable across restarts (SQLite in WAL mode plus body files).
+
+    Reads are served from memory where possible: metadata is cached per key, a body is
+    opened by its file name, and accesses are written back to diskcache's access_time
+    column in batches, so a hit costs no SQLite write. This relies on diskcache's
+    table layout (pinned to diskcache 5.x); one process owns a store directory.
+    """
 
     def __init__(self, directory: Path, size_limit: int) -> None:
         self.directory = Path(directory)
@@ -158,8 +175,9 @@ class DiskStore(Store):
         # nothing refers to them, so they go.
         shutil.rmtree(self.tmp, ignore_errors=True)
         self.tmp.mkdir()
+        self.objects = self.directory / "objects"
         self.cache = diskcache.Cache(
-            str(self.directory / "objects"),
+            str(self.objects),
             size_limit=size_limit,
             eviction_policy="least-recently-used",
             disk=_AdoptingDisk,
@@ -173,48 +191,93 @@ class DiskStore(Store):
         # diskcache is thread-safe, but a read-modify-write of one key's variant map
         # must not interleave with another.
         self._lock = threading.Lock()
+        self._meta_cache: dict[str, list[Entry]] = {}
+        self._touched: dict[tuple[str, ...], float] = {}
+        self._last_flush = time.monotonic()
+
+    # -- metadata -----------------------------------------------------------------
 
     def _meta(self, key: str) -> dict[str, Entry]:
         value = self.cache.get(("m", key))
         return value if isinstance(value, dict) else {}
 
+    def _put_meta(self, key: str, meta: dict[str, Entry]) -> None:
+        if meta:
+            self.cache.set(("m", key), meta)
+        else:
+            self.cache.delete(("m", key))
+        self._meta_cache.pop(key, None)
+
     def variants(self, key: str) -> list[Entry]:
-        entries = list(self._meta(key).values())
-        entries.sort(key=lambda e: e.response_time, reverse=True)
+        entries = self._meta_cache.get(key)
+        if entries is None:
+            entries = sorted(self._meta(key).values(), key=lambda e: -e.response_time)
+            if len(self._meta_cache) >= META_CACHE_KEYS:
+                self._meta_cache.pop(next(iter(self._meta_cache)))
+            self._meta_cache[key] = entries
         return entries
 
+    # -- bodies ---------------------------------------------------------------------
+
     def open_body(self, entry: Entry) -> IO[bytes] | None:
-        handle = self.cache.get(("b", entry.key, entry.variant), read=True)
-        return handle  # type: ignore[no-any-return]
+        try:
+            handle = open(self.objects / entry.body_file, "rb")  # noqa: SIM115 - caller closes
+        except (FileNotFoundError, IsADirectoryError):
+            return None  # evicted
+        now = time.time()
+        self._touched[("b", entry.key, entry.variant)] = now
+        self._touched[("m", entry.key)] = now
+        if time.monotonic() - self._last_flush > TOUCH_INTERVAL:
+            self.flush_access()
+        return handle
+
+    def flush_access(self) -> None:
+        """Write recorded accesses to diskcache's access_time, which orders LRU
+        eviction, in one transaction."""
+        touched, self._touched = self._touched, {}
+        self._last_flush = time.monotonic()
+        if not touched:
+            return
+        put = self.cache._disk.put
+        with self._lock, self.cache.transact():
+            for key, when in touched.items():
+                db_key, raw = put(key)
+                self.cache._sql(
+                    "UPDATE Cache SET access_time = ? WHERE key = ? AND raw = ?",
+                    (when, db_key, raw),
+                )
 
     def begin(self) -> BodyWriter:
         return BodyWriter(self.tmp / uuid.uuid4().hex)
 
-    def commit(self, entry: Entry, body: BodyWriter) -> None:
+    def commit(self, entry: Entry, body: BodyWriter) -> Entry:
         body.close()
         with self._lock:
+            disk: _AdoptingDisk = self.cache.disk
             self.cache.set(("b", entry.key, entry.variant), _Adopt(body.path, body.written))
+            entry = replace(entry, body_file=disk.last_filename)
             meta = self._meta(entry.key)
             for old in [v for v in meta.values() if v.vary == entry.vary]:
                 del meta[old.variant]
                 self.cache.delete(("b", entry.key, old.variant))
             meta[entry.variant] = entry
-            self.cache.set(("m", entry.key), meta)
+            self._put_meta(entry.key, meta)
             self._evict(keep=entry.key)
+        return entry
 
     def update(self, entry: Entry) -> None:
         with self._lock:
             meta = self._meta(entry.key)
             if entry.variant in meta:
                 meta[entry.variant] = entry
-                self.cache.set(("m", entry.key), meta)
+                self._put_meta(entry.key, meta)
 
     def remove(self, key: str) -> int:
         with self._lock:
             meta = self._meta(key)
             for variant in meta:
                 self.cache.delete(("b", key, variant))
-            self.cache.delete(("m", key))
+            self._put_meta(key, {})
             return len(meta)
 
     def _evict(self, keep: str) -> None:
@@ -233,20 +296,19 @@ class DiskStore(Store):
                     for variant in self._meta(victim[1]):
                         self.cache.delete(("b", victim[1], variant))
                     self.cache.delete(victim)
+                    self._meta_cache.pop(victim[1], None)
                 else:
                     _, key, variant = victim
                     self.cache.delete(victim)
                     meta = self._meta(key)
                     if meta.pop(variant, None) is not None:
-                        if meta:
-                            self.cache.set(("m", key), meta)
-                        else:
-                            self.cache.delete(("m", key))
+                        self._put_meta(key, meta)
 
     def stats(self) -> tuple[int, int]:
         return int(self.cache.volume()), len(self.cache) // 2
 
     def close(self) -> None:
+        self.flush_access()
         self.cache.close()
 
 
