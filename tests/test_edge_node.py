@@ -359,3 +359,24 @@ async def test_edge_killed_mid_fill_serves_no_partial_body_after_restart(
     assert "fwd=uri-miss" in headers["Cache-Status"]
     assert status == 200 and body == body_for("/crash.bin", 16 << 20)
     assert list((cache / "incoming").iterdir()) == []
+
+
+async def test_stale_while_revalidate_serves_stale_and_refreshes_in_background(
+    upstream: Proc, edge: EdgeFactory
+):
+    node = edge(upstream.url)
+    url = f"{node.url}/swr?cc=max-age=1,stale-while-revalidate=60"
+    _, first, _ = await get(url)
+    await asyncio.sleep(1.2)
+    status, stale, _ = await get(url)
+    assert status == 200
+    assert "hit" in stale["Cache-Status"].split("; ")
+    assert "detail=stale-while-revalidate" in stale["Cache-Status"]
+    assert stale["X-Request-Count"] == first["X-Request-Count"] == "1"
+    for _ in range(50):  # the refresh runs on its own; wait for it, bounded
+        if await origin_count(upstream, "/swr") == 2:
+            break
+        await asyncio.sleep(0.05)
+    _, fresh, _ = await get(url)
+    assert fresh["X-Request-Count"] == "2"
+    assert fresh["Cache-Status"].startswith("edge-test; hit; ttl=")
