@@ -1,0 +1,1 @@
+"""Runnable end-to-end scenarios and benchmarks of edge, each printing a report."""

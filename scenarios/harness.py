@@ -1,0 +1,324 @@
+"""Process plumbing shared by the scenarios.
+
+Owns: free loopback ports, child processes that are always reaped (also on SIGINT/SIGTERM),
+readiness polling, the command lines that start `edge serve` and the nginx `proxy_cache`
+reference, and the one-line error a person sees when a tool is missing.
+
+Must not import `edge/` or `origin/`: scenarios treat the CDN as a black box and start it
+through its console script, as an operator would.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+OUT_DIR = REPO_ROOT / "scenarios" / "out"
+APT_HINT = "apt-get install nginx wrk"
+
+
+class ScenarioError(Exception):
+    """A failure a person reads as one line (missing tool, process that would not start)."""
+
+
+class Terminated(SystemExit):
+    """Raised in the main thread on SIGTERM so that `finally` blocks reap the children."""
+
+
+def free_port() -> int:
+    """A TCP port that is free right now on every interface (the suite's server binds `::`)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("", 0))
+        return int(sock.getsockname()[1])
+
+
+def find_tool(name: str) -> str | None:
+    """Path of an executable; Debian puts nginx in /usr/sbin, which a non-root PATH lacks."""
+    found = shutil.which(name)
+    if found:
+        return found
+    for folder in ("/usr/sbin", "/usr/local/sbin", "/sbin"):
+        candidate = Path(folder) / name
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return None
+
+
+def require_tool(name: str) -> str:
+    path = find_tool(name)
+    if path is None:
+        raise ScenarioError(f"{name} not found: install it with `{APT_HINT}`")
+    return path
+
+
+def pinned(argv: Sequence[str], core: int) -> list[str]:
+    """Prefix `taskset -c CORE` when taskset exists and the machine has that core."""
+    taskset = find_tool("taskset")
+    if taskset is None or core >= (os.cpu_count() or 1):
+        return list(argv)
+    return [taskset, "-c", str(core), *argv]
+
+
+def can_pin() -> bool:
+    return find_tool("taskset") is not None and (os.cpu_count() or 1) >= 2
+
+
+def edge_argv(
+    listen_port: int,
+    upstream: str,
+    cache_dir: Path,
+    name: str,
+    cache_size: str | None = None,
+) -> list[str]:
+    """`edge serve` as the console script beside this interpreter, else `python -m cli.main`."""
+    script = Path(sys.executable).parent / "edge"
+    base = [str(script)] if script.is_file() else [sys.executable, "-m", "cli.main"]
+    argv = [
+        *base,
+        "serve",
+        "--listen",
+        f"127.0.0.1:{listen_port}",
+        "--upstream",
+        upstream,
+        "--cache-dir",
+        str(cache_dir),
+        "--name",
+        name,
+    ]
+    if cache_size is not None:
+        argv += ["--cache-size", cache_size]
+    return argv
+
+
+def nginx_config(
+    run_dir: Path,
+    listen_port: int,
+    upstream_port: int,
+    *,
+    keepalive_upstream: bool,
+    access_log: bool = False,
+) -> str:
+    """A one-worker, foreground nginx with proxy_cache, every path inside `run_dir`.
+
+    The cache settings follow the http-cache-tests project's own nginx setup
+    (`proxy_cache_revalidate on`), so the conformance score is comparable with its
+    published nginx result.
+    """
+    d = run_dir
+    upstream_extra = ""
+    location_extra = ""
+    if keepalive_upstream:
+        # Without these nginx opens a new upstream connection per miss; the benchmark's
+        # edge keeps upstream connections alive, so the reference must too.
+        upstream_extra = "        keepalive 16;\n"
+        location_extra = (
+            '            proxy_http_version 1.1;\n            proxy_set_header Connection "";\n'
+        )
+    log = f"access_log {d}/access.log;" if access_log else "access_log off;"
+    return f"""worker_processes 1;
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{
+    worker_connections 1024;
+}}
+http {{
+    {log}
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy_temp;
+    fastcgi_temp_path {d}/fastcgi_temp;
+    uwsgi_temp_path {d}/uwsgi_temp;
+    scgi_temp_path {d}/scgi_temp;
+    proxy_cache_path {d}/cache levels=1:2 keys_zone=edge_ref:8m max_size=1000m inactive=600m;
+    upstream origin {{
+        server 127.0.0.1:{upstream_port};
+{upstream_extra}    }}
+    server {{
+        listen 127.0.0.1:{listen_port};
+        location / {{
+            proxy_pass http://origin;
+            proxy_cache edge_ref;
+            proxy_cache_revalidate on;
+{location_extra}        }}
+    }}
+}}
+"""
+
+
+def write_nginx_config(
+    run_dir: Path, listen_port: int, upstream_port: int, *, keepalive_upstream: bool
+) -> list[str]:
+    """Write nginx.conf into `run_dir` and return the argv that runs it in the foreground."""
+    nginx = require_tool("nginx")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # As root, nginx workers run as `nobody`; they must be able to reach the cache and temp
+    # dirs (nginx creates those and hands them over), but mkdtemp makes folders 0700.
+    tmp_root = Path(tempfile.gettempdir()).resolve()
+    for folder in [run_dir.resolve(), *run_dir.resolve().parents]:
+        if folder == tmp_root or not folder.is_relative_to(tmp_root):
+            break
+        folder.chmod(0o755)
+    conf = run_dir / "nginx.conf"
+    conf.write_text(
+        nginx_config(run_dir, listen_port, upstream_port, keepalive_upstream=keepalive_upstream)
+    )
+    # -e: without it nginx opens /var/log/nginx/error.log before reading the config.
+    return [nginx, "-p", str(run_dir), "-c", str(conf), "-e", str(run_dir / "error.log")]
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def died(self) -> ScenarioError:
+        code = self.proc.poll()
+        tail = self.tail()
+        detail = f"\n--- last lines of {self.log_path} ---\n{tail}" if tail else ""
+        return ScenarioError(f"{self.name} exited with status {code} before it was ready{detail}")
+
+
+def stop_process(proc: subprocess.Popen[Any], grace: float = 5.0) -> None:
+    """SIGTERM the child's process group (npm, sh and node under it), then SIGKILL."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        proc.wait(timeout=grace)
+
+
+@dataclass
+class Processes:
+    """Starts children in their own process groups and reaps them all on exit.
+
+    Use as a context manager; while it is open SIGTERM raises `Terminated` in the main
+    thread, so an interrupted run still stops every child (SIGINT already raises
+    KeyboardInterrupt).
+    """
+
+    workdir: Path
+    children: list[Child] = field(default_factory=list)
+    _old_term: Callable[[int, FrameType | None], Any] | int | None = None
+
+    def __enter__(self) -> Processes:
+        self._old_term = signal.signal(signal.SIGTERM, _raise_terminated)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        # A second Ctrl-C or SIGTERM must not cut the cleanup short; it is bounded by the
+        # per-process grace period.
+        old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            self.stop_all()
+        finally:
+            signal.signal(signal.SIGINT, old_int)
+            # None means a handler not set from Python; the default is the safe guess.
+            old = signal.SIG_DFL if self._old_term is None else self._old_term
+            signal.signal(signal.SIGTERM, old)
+
+    def start(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        cwd: Path | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> Child:
+        log_path = self.workdir / f"{name}.log"
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                list(argv),
+                cwd=cwd,
+                env=None if env is None else dict(env),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        child = Child(name, proc, log_path)
+        self.children.append(child)
+        return child
+
+    def stop_all(self) -> None:
+        # Reverse order: the proxy goes before the upstream it talks to.
+        for child in reversed(self.children):
+            stop_process(child.proc)
+        self.children.clear()
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise Terminated(128 + signum)
+
+
+def wait_tcp(child: Child, port: int, timeout: float = 20.0) -> None:
+    """Until something accepts on 127.0.0.1:port; fails early if the child died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not child.alive():
+            raise child.died()
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise ScenarioError(f"{child.name} did not accept connections on port {port} in {timeout:g}s")
+
+
+def wait_http_ok(child: Child, url: str, timeout: float = 60.0) -> None:
+    """Until GET url answers 200; fails early if the child died."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if not child.alive():
+            raise child.died()
+        try:
+            with urllib.request.urlopen(url, timeout=2.0) as resp:
+                if resp.status == 200:
+                    return
+                last = f"status {resp.status}"
+        except urllib.error.HTTPError as exc:
+            last = f"status {exc.code}"
+        except (OSError, urllib.error.URLError) as exc:
+            last = str(exc)
+        time.sleep(0.2)
+    raise ScenarioError(f"{child.name} was not ready at {url} in {timeout:g}s ({last})")
