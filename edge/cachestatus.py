@@ -4,7 +4,18 @@ response, this node's appended last. Pure formatting; the pipeline decides the v
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+#: RFC 8941 Section 3.3.4: sf-token; anything else is sent as an sf-string.
+_SF_TOKEN = re.compile(r"[A-Za-z*][!#$%&'*+\-.^_`|~0-9A-Za-z:/]*")
+
+
+def _item(value: str) -> str:
+    """RFC 9211 Section 2: the cache name and detail are a Token or a String."""
+    if _SF_TOKEN.fullmatch(value):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 @dataclass
@@ -21,7 +32,7 @@ class CacheStatus:
     detail: str | None = None
 
     def render(self) -> str:
-        parts = [self.node]
+        parts = [_item(self.node)]
         if self.hit:
             parts.append("hit")
         if self.fwd:
@@ -35,9 +46,7 @@ class CacheStatus:
         if self.ttl is not None:
             parts.append(f"ttl={self.ttl}")
         if self.detail:
-            parts.append(
-                f'detail="{self.detail}"' if " " in self.detail else f"detail={self.detail}"
-            )
+            parts.append(f"detail={_item(self.detail)}")
         return "; ".join(parts)
 
     @property

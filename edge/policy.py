@@ -17,8 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC
-from email.utils import parsedate_to_datetime
+from datetime import UTC, datetime
 from typing import Protocol
 from urllib.parse import urljoin, urlsplit
 
@@ -160,58 +159,120 @@ def parse_cache_control(values: Iterable[str]) -> CacheControl:
     return CacheControl(directives, frozenset(conflicts), frozenset(quoted))
 
 
-def parse_targeted(values: Iterable[str], targets: Sequence[str] = ()) -> CacheControl | None:
+_SF_KEY = r"[a-z*][a-z0-9_\-.*]*"
+_SF_BARE_ITEM = (
+    r'(?:-?\d{1,15}(?:\.\d{1,3})?|"(?:[^"\\\x00-\x1f\x7f]|\\["\\])*"'
+    r"|[A-Za-z*][!#$%&'*+\-.^_`|~0-9A-Za-z:/]*|:[A-Za-z0-9+/=]*:|\?[01])"
+)
+_SF_PARAMS = rf"(?:\s*;\s*{_SF_KEY}(?:={_SF_BARE_ITEM})?)*"
+_SF_MEMBER = re.compile(rf"{_SF_KEY}(?:={_SF_BARE_ITEM})?{_SF_PARAMS}")
+
+
+def is_sf_dictionary(values: Iterable[str]) -> bool:
+    """RFC 8941 Section 3.2: is this a syntactically valid Dictionary (of items;
+    cache directives use no inner lists)? RFC 9213 Section 2.1: a cache ignores a
+    targeted field that fails to parse as one."""
+    text = ", ".join(values)
+    if not text.strip():
+        return False
+    return all(_SF_MEMBER.fullmatch(m.strip()) for m in split_list([text]))
+
+
+def parse_targeted(
+    values: Iterable[str], targets: Sequence[str] | None = None
+) -> CacheControl | None:
     """RFC 9213 Section 2 (Targeted Cache-Control) and the W3C Edge Architecture's
     Surrogate-Control.
 
     Returns None when the field is absent or has no valid directive, in which case the
-    cache falls back to Cache-Control. Surrogate-Control directives may carry a
-    `;target` suffix: those aimed at a device not in `targets` are ignored.
+    cache falls back to Cache-Control. With `targets` (Surrogate-Control), directives
+    may carry a `;target` suffix: those aimed at a device not in `targets` are ignored.
+    Without (an RFC 9213 field), `;` starts parameters, which are ignored (Section 2).
     """
     lines = list(values)
     if not lines:
         return None
     kept: list[str] = []
-    wanted = {t.lower() for t in targets}
+    wanted = {t.lower() for t in targets} if targets is not None else None
     for member in split_list(lines):
         directive, sep, target = member.partition(";")
-        if sep and target.strip().lower() not in wanted:
+        if sep and wanted is not None and target.strip().lower() not in wanted:
             continue
         kept.append(directive.strip())
     cc = parse_cache_control([", ".join(kept)])
     return cc if cc.directives else None
 
 
-def parse_http_date(value: str | None) -> float | None:
-    """RFC 9110 Section 5.6.7: HTTP-date (IMF-fixdate, rfc850 and asctime forms).
+_DAY = r"(?:mon|tue|wed|thu|fri|sat|sun)"
+_LONG_DAY = r"(?:monday|tuesday|wednesday|thursday|friday|saturday|sunday)"
+_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+_MON = "(" + "|".join(_MONTHS) + ")"
+_TIME = r"(\d{2}):(\d{2}):(\d{2})"
+_IMF_FIXDATE = re.compile(rf"{_DAY}, (\d{{2}}) {_MON} (\d{{4}}) {_TIME} gmt", re.IGNORECASE)
+_RFC850 = re.compile(rf"{_LONG_DAY}, (\d{{2}})-{_MON}-(\d{{2}}) {_TIME} gmt", re.IGNORECASE)
+_ASCTIME = re.compile(rf"{_DAY} {_MON} ([ \d]\d) {_TIME} (\d{{4}})", re.IGNORECASE)
 
-    Returns seconds since the epoch, or None for an invalid date.
+
+def parse_http_date(value: str | None, now: float | None = None) -> float | None:
+    """RFC 9110 Section 5.6.7: Date/Time Formats.
+
+    Exactly the three forms a recipient must accept (IMF-fixdate, rfc850, asctime),
+    names case-insensitively; anything else ("UTC", a two-digit year in IMF-fixdate,
+    missing comma, extra spaces, one-digit hour) is invalid and returns None.
+    A two-digit rfc850 year more than 50 years ahead of `now` is in the past century.
     """
     if not value:
         return None
+    text = value.strip()
+    if m := _IMF_FIXDATE.fullmatch(text):
+        day, mon, year, hh, mm, ss = m.groups()
+    elif m := _RFC850.fullmatch(text):
+        day, mon, yy, hh, mm, ss = m.groups()
+        if now is None:
+            year = str((2000 if int(yy) < 70 else 1900) + int(yy))
+        else:
+            current = datetime.fromtimestamp(now, UTC).year
+            full = current - current % 100 + int(yy)
+            year = str(full - 100 if full > current + 50 else full)
+    elif m := _ASCTIME.fullmatch(text):
+        mon, day, hh, mm, ss, year = m.groups()
+    else:
+        return None
     try:
-        parsed = parsedate_to_datetime(value.strip())
-    except (TypeError, ValueError, IndexError):
+        moment = datetime(
+            int(year),
+            _MONTHS.index(mon.lower()) + 1,
+            int(day),
+            int(hh),
+            int(mm),
+            int(ss),
+            tzinfo=UTC,
+        )
+    except ValueError:
         return None
-    if parsed is None:
-        return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.timestamp()
+    return moment.timestamp()
+
+
+def _date_or(value: str | None, fallback: float) -> float:
+    """A Date field's time, or `fallback` (when it arrived) if absent or invalid.
+    A valid date of the epoch itself (0.0) is still a date."""
+    parsed = parse_http_date(value)
+    return fallback if parsed is None else parsed
 
 
 def parse_age(headers: Headers) -> int | None:
     """RFC 9111 Section 5.1: Age.
 
-    The field is a single delta-seconds. Several values (even equal ones), a
-    fraction, a sign or a parameter make it invalid; the caller treats an invalid Age
-    as "stale" (a cache must not assume a young response it cannot prove young).
+    A list-valued Age (several members or field lines) is read by its first member.
+    An invalid value returns None: Section 5.1 says a cache SHOULD ignore it; edge by
+    default treats the response as stale instead (an upstream whose Age cannot be
+    read may be a cache holding an old copy), see `current_age`.
     """
     values = headers.getall("Age", [])
     if not values:
         return 0
     members = split_list(values)
-    if len(values) != 1 or len(members) != 1:
+    if not members:
         return None
     return parse_delta_seconds(members[0])
 
@@ -308,8 +369,13 @@ def response_policy(
     present and valid, and otherwise Cache-Control."""
     cc = parse_cache_control(headers.getall("Cache-Control", []))
     for name in targeted_fields:
-        targets = surrogate_targets if name.lower() == "surrogate-control" else ()
-        targeted = parse_targeted(headers.getall(name, []), targets)
+        values = headers.getall(name, [])
+        if name.lower() == "surrogate-control":
+            targeted = parse_targeted(values, surrogate_targets)
+        elif not values or not is_sf_dictionary(values):
+            continue
+        else:
+            targeted = parse_targeted(values)
         if targeted is not None:
             return ResponsePolicy(cc, targeted)
     return ResponsePolicy(cc, None)
@@ -415,7 +481,7 @@ def freshness_lifetime(
             expires = parse_http_date(expires_values[0]) if len(expires_values) == 1 else None
             if expires is None:
                 return 0.0, False
-            date = parse_http_date(headers.get("Date")) or response_time
+            date = _date_or(headers.get("Date"), response_time)
             return max(0.0, expires - date), False
     return heuristic_lifetime(status, headers, cc, response_time, heuristic_fraction, heuristic_max)
 
@@ -438,19 +504,29 @@ def heuristic_lifetime(
     last_modified = parse_http_date(headers.get("Last-Modified"))
     if last_modified is None:
         return 0.0, False
-    date = parse_http_date(headers.get("Date")) or response_time
+    date = _date_or(headers.get("Date"), response_time)
     return max(0.0, min(maximum, (date - last_modified) * fraction)), True
 
 
-def current_age(headers: Headers, request_time: float, response_time: float, now: float) -> float:
+def current_age(
+    headers: Headers,
+    request_time: float,
+    response_time: float,
+    now: float,
+    *,
+    invalid_age_is_stale: bool = True,
+) -> float:
     """RFC 9111 Section 4.2.3: Calculating Age.
 
-    An invalid Age field (Section 5.1) yields MAX_DELTA, so the response is stale.
+    An invalid Age field (Section 5.1) yields MAX_DELTA, so the response is stale,
+    unless `invalid_age_is_stale` is off, when it is ignored as Section 5.1 suggests.
     """
     age_value = parse_age(headers)
     if age_value is None:
-        return float(MAX_DELTA)
-    date_value = parse_http_date(headers.get("Date")) or response_time
+        if invalid_age_is_stale:
+            return float(MAX_DELTA)
+        age_value = 0
+    date_value = _date_or(headers.get("Date"), response_time)
     apparent_age = max(0.0, response_time - date_value)
     response_delay = max(0.0, response_time - request_time)
     corrected_age_value = age_value + response_delay
@@ -643,15 +719,20 @@ def conditional_headers(stored: Headers) -> list[tuple[str, str]]:
 
 def validator_matches(stored: Headers, not_modified: Headers) -> bool:
     """RFC 9111 Section 4.3.4: a 304 updates the stored response whose validator it
-    carries. A 304 with no validator may update a stored response without one."""
+    carries (a strong entity tag by strong comparison, a weak one by weak comparison).
+    A 304 with no validator may update a stored response without one."""
     new_etag = not_modified.get("ETag")
     if new_etag is not None:
         old = stored.get("ETag")
-        return old is not None and weak_etag_equal(old, new_etag)
+        if old is None:
+            return False
+        if new_etag.strip().startswith("W/"):
+            return weak_etag_equal(old, new_etag)
+        return strong_etag_equal(old, new_etag)
     new_lm = not_modified.get("Last-Modified")
     if new_lm is not None:
         return stored.get("Last-Modified") == new_lm
-    return True
+    return stored.get("ETag") is None and stored.get("Last-Modified") is None
 
 
 def freshen_headers(
@@ -712,11 +793,9 @@ def not_modified_from_cache(
     ims = parse_http_date(request_headers.get("If-Modified-Since"))
     if ims is None:
         return False
-    modified = (
-        parse_http_date(stored.get("Last-Modified"))
-        or parse_http_date(stored.get("Date"))
-        or response_time
-    )
+    modified = parse_http_date(stored.get("Last-Modified"))
+    if modified is None:
+        modified = _date_or(stored.get("Date"), response_time)
     return modified <= ims
 
 
@@ -781,6 +860,12 @@ def evaluate_preconditions(
         last_modified = parse_http_date(stored.get("Last-Modified"))
         if ius is not None and last_modified is not None and last_modified > ius:
             return 412
+    inm = request_headers.getall("If-None-Match", [])
+    if inm and method not in ("GET", "HEAD"):
+        tags = parse_etag_list(", ".join(inm))
+        if tags is None or (etag is not None and any(weak_etag_equal(etag, t) for t in tags)):
+            return 412
+        return None
     if not_modified_from_cache(method, request_headers, stored, response_time):
         return 304
     return None

@@ -27,6 +27,11 @@ class Unsatisfiable(Exception):
     """RFC 9110 Section 15.5.17: no range overlaps the representation: 416."""
 
 
+def _digits(value: str) -> bool:
+    """RFC 9110 Section 14.1.1: positions are 1*DIGIT, ASCII only."""
+    return value.isascii() and value.isdigit()
+
+
 def parse_range(value: str | None, length: int) -> list[ByteRange] | None:
     """RFC 9110 Section 14.1.2: byte-ranges-specifier against a representation of
     `length` bytes.
@@ -49,7 +54,7 @@ def parse_range(value: str | None, length: int) -> list[ByteRange] | None:
             continue
         first, dash, last = member.partition("-")
         first, last = first.strip(), last.strip()
-        if not dash or (first and not first.isdigit()) or (last and not last.isdigit()):
+        if not dash or (first and not _digits(first)) or (last and not _digits(last)):
             return None
         if not first:
             if not last:
@@ -57,6 +62,10 @@ def parse_range(value: str | None, length: int) -> list[ByteRange] | None:
             suffix = int(last)
             if suffix == 0:
                 continue
+            if length == 0:
+                # Satisfiable (Section 14.1.1) but no byte range can describe it: send
+                # the whole, empty representation (a server may ignore Range, 14.2).
+                return None
             ranges.append(ByteRange(max(0, length - suffix), length - 1))
             continue
         start = int(first)
@@ -83,7 +92,9 @@ def parse_range(value: str | None, length: int) -> list[ByteRange] | None:
 
 def if_range_allows(request_headers: Headers, stored: Headers) -> bool:
     """RFC 9110 Section 13.1.5: If-Range. The range applies only when the validator
-    matches: a strong ETag by strong comparison, or a date equal to Last-Modified."""
+    matches: a strong ETag by strong comparison, or a date equal to Last-Modified that
+    is a strong validator (Section 8.8.2.2: for an intermediate cache, the stored Date
+    is at least one second after Last-Modified)."""
     value = request_headers.get("If-Range")
     if value is None:
         return True
@@ -93,4 +104,11 @@ def if_range_allows(request_headers: Headers, stored: Headers) -> bool:
         return etag is not None and strong_etag_equal(etag, value)
     date = parse_http_date(value)
     last_modified = parse_http_date(stored.get("Last-Modified"))
-    return date is not None and last_modified is not None and date == last_modified
+    stored_date = parse_http_date(stored.get("Date"))
+    return (
+        date is not None
+        and last_modified is not None
+        and date == last_modified
+        and stored_date is not None
+        and stored_date - last_modified >= 1
+    )

@@ -1,0 +1,276 @@
+"""Byte ranges: RFC 9110 Section 14.1 (Range, byte-ranges-specifier), 14.2 (handling
+Range), 13.1.5 (If-Range) and 8.8.2.2 (when a Last-Modified is a strong validator).
+"""
+
+from __future__ import annotations
+
+from email.utils import formatdate
+
+import pytest
+from multidict import CIMultiDict
+
+from edge.ranges import MAX_RANGES, ByteRange, Unsatisfiable, if_range_allows, parse_range
+
+NOW = 1_700_000_000.0
+LM = NOW - 86_400
+
+
+def date(ts: float) -> str:
+    return formatdate(ts, usegmt=True)
+
+
+def spans(value: str | None, length: int = 1000) -> list[tuple[int, int]] | None:
+    ranges = parse_range(value, length)
+    return None if ranges is None else [(r.start, r.end) for r in ranges]
+
+
+# ------------------------------------------------------------------- parse_range
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("bytes=0-499", [(0, 499)]),
+        ("bytes=500-999", [(500, 999)]),
+        ("bytes=0-0", [(0, 0)]),
+        ("bytes=999-999", [(999, 999)]),
+        ("bytes=0-", [(0, 999)]),
+        ("bytes=900-", [(900, 999)]),
+        ("bytes=-500", [(500, 999)]),
+        ("bytes=-1", [(999, 999)]),
+        ("bytes=-1000", [(0, 999)]),
+        ("bytes=-5000", [(0, 999)]),
+        ("bytes=500-5000", [(500, 999)]),
+        ("bytes=0-999999999999999999999", [(0, 999)]),
+        ("Bytes=0-1", [(0, 1)]),
+        (" bytes = 0 - 1 ", [(0, 1)]),
+        ("bytes=007-010", [(7, 10)]),
+    ],
+    ids=[
+        "first-half",
+        "second-half",
+        "first-byte",
+        "last-byte",
+        "open",
+        "open-tail",
+        "suffix",
+        "suffix-one",
+        "suffix-whole",
+        "suffix-beyond-length",
+        "end-clipped",
+        "huge-end-clipped",
+        "unit-case-insensitive",
+        "whitespace",
+        "leading-zeros",
+    ],
+)
+def test_single_range(value: str, expected: list[tuple[int, int]]) -> None:
+    """RFC 9110 Section 14.1.2: int-range, open range and suffix-range; a last-pos past
+    the end is clipped; a suffix longer than the representation is all of it."""
+    assert spans(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("bytes=0-99,200-299", [(0, 99), (200, 299)]),
+        ("bytes=200-299,0-99", [(0, 99), (200, 299)]),
+        ("bytes=0-99,100-199", [(0, 199)]),
+        ("bytes=0-150,100-199", [(0, 199)]),
+        ("bytes=100-199,0-999", [(0, 999)]),
+        ("bytes=0-0,-1", [(0, 0), (999, 999)]),
+        ("bytes=-100,0-99", [(0, 99), (900, 999)]),
+        ("bytes=-100,850-", [(850, 999)]),
+        ("bytes=0-9,20-29,10-19", [(0, 29)]),
+        ("bytes=0-1, 5-6 ,", [(0, 1), (5, 6)]),
+        ("bytes=5000-6000,0-1", [(0, 1)]),
+        ("bytes=0-1,-0", [(0, 1)]),
+    ],
+    ids=[
+        "two",
+        "unsorted",
+        "adjacent",
+        "overlapping",
+        "contained",
+        "first-and-last-byte",
+        "suffix-and-int",
+        "suffix-overlapping-open",
+        "three-chained",
+        "spaces-and-trailing-comma",
+        "unsatisfiable-member-dropped",
+        "zero-suffix-member-dropped",
+    ],
+)
+def test_multiple_ranges_sorted_and_coalesced(value: str, expected: list[tuple[int, int]]) -> None:
+    """RFC 9110 Section 14.2: ranges are sorted and overlapping or adjacent ones
+    coalesced; unsatisfiable members are dropped when another is satisfiable."""
+    assert spans(value) == expected
+
+
+@pytest.mark.parametrize(
+    "value", ["bytes=1000-", "bytes=1000-2000", "bytes=-0", "bytes=5000-,1000-1001", "bytes=-0,-0"]
+)
+def test_unsatisfiable(value: str) -> None:
+    """RFC 9110 Section 14.1.1: an int-range is satisfiable if first-pos < length; a
+    suffix-range if its length is not zero. None satisfiable: 416."""
+    with pytest.raises(Unsatisfiable):
+        parse_range(value, 1000)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        "",
+        "bytes",
+        "bytes=",
+        "bytes= , ",
+        "items=0-1",
+        "0-1",
+        "bytes=abc",
+        "bytes=1",
+        "bytes=-",
+        "bytes=5-3",
+        "bytes=-5-3",
+        "bytes=1-2-3",
+        "bytes=+1-2",
+        "bytes=1.5-2",
+        "bytes=0x10-20",
+        "bytes=0-1,abc",
+        "bytes=0-1,5-3",
+        "bytes=\u0661-\u0662",
+        "bytes=\u00b2-",
+        "bytes=0-\uff19",
+    ],
+    ids=[
+        "absent",
+        "empty",
+        "no-equals",
+        "no-ranges",
+        "only-commas",
+        "other-unit",
+        "no-unit",
+        "word",
+        "no-dash",
+        "only-dash",
+        "last-before-first",
+        "negative-suffix-range",
+        "two-dashes",
+        "plus-sign",
+        "fraction",
+        "hex",
+        "one-bad-member",
+        "one-reversed-member",
+        "arabic-indic-digits",
+        "superscript-two",
+        "fullwidth-nine",
+    ],
+)
+def test_invalid_range_is_ignored(value: str | None) -> None:
+    """RFC 9110 Section 14.2: an invalid Range (or other unit) is ignored: full 200.
+    Positions are ASCII DIGITs only (Section 14.1.1)."""
+    assert parse_range(value, 1000) is None
+
+
+def test_too_many_ranges_are_ignored() -> None:
+    """RFC 9110 Section 14.2: a server may ignore a Range with many ranges."""
+    at_limit = "bytes=" + ",".join(f"{i * 10}-{i * 10 + 1}" for i in range(MAX_RANGES))
+    assert spans(at_limit) == [(i * 10, i * 10 + 1) for i in range(MAX_RANGES)]
+    over = "bytes=" + ",".join(f"{i * 10}-{i * 10 + 1}" for i in range(MAX_RANGES + 1))
+    assert parse_range(over, 1000) is None
+
+
+def test_zero_length_representation() -> None:
+    """RFC 9110 Section 14.1.1: for an empty representation only a non-zero suffix-range
+    is satisfiable -- and no byte range can describe it, so the Range is ignored."""
+    assert parse_range("bytes=-5", 0) is None
+    with pytest.raises(Unsatisfiable):
+        parse_range("bytes=0-", 0)
+    with pytest.raises(Unsatisfiable):
+        parse_range("bytes=-0", 0)
+
+
+def test_one_byte_representation() -> None:
+    assert spans("bytes=-5", 1) == [(0, 0)]
+    assert spans("bytes=0-", 1) == [(0, 0)]
+
+
+def test_byte_range_length() -> None:
+    assert ByteRange(0, 0).length == 1
+    assert ByteRange(10, 19).length == 10
+
+
+# ------------------------------------------------------------------- if_range_allows
+
+
+STORED = CIMultiDict([("ETag", '"v1"'), ("Last-Modified", date(LM)), ("Date", date(NOW))])
+
+
+def allows(if_range: str | None, stored: CIMultiDict[str] = STORED) -> bool:
+    request = CIMultiDict([("If-Range", if_range)] if if_range is not None else [])
+    return if_range_allows(request, stored)
+
+
+def test_no_if_range_allows() -> None:
+    assert allows(None) is True
+
+
+@pytest.mark.parametrize(
+    ("if_range", "expected"),
+    [('"v1"', True), (' "v1" ', True), ('"v2"', False), ('W/"v1"', False)],
+)
+def test_if_range_entity_tag_strong_comparison(if_range: str, expected: bool) -> None:
+    """RFC 9110 Section 13.1.5: a strong match only; a weak tag never matches."""
+    assert allows(if_range) is expected
+
+
+def test_if_range_against_weak_stored_etag_never_matches() -> None:
+    stored = CIMultiDict([("ETag", 'W/"v1"')])
+    assert allows('"v1"', stored) is False
+    assert allows('W/"v1"', stored) is False
+
+
+def test_if_range_entity_tag_without_stored_etag() -> None:
+    assert allows('"v1"', CIMultiDict([("Last-Modified", date(LM))])) is False
+
+
+def test_if_range_date_equal_to_strong_last_modified() -> None:
+    """RFC 9110 Section 13.1.5: a date equal to Last-Modified, when that is a strong
+    validator: the stored Date is at least one second later (Section 8.8.2.2)."""
+    assert allows(date(LM)) is True
+
+
+@pytest.mark.parametrize("offset", [-1, 1])
+def test_if_range_date_not_equal(offset: int) -> None:
+    """An exact match only: earlier or later is false."""
+    assert allows(date(LM + offset)) is False
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        [("Last-Modified", date(LM)), ("Date", date(LM))],
+        [("Last-Modified", date(LM)), ("Date", date(LM - 10))],
+        [("Last-Modified", date(LM))],
+        [("Last-Modified", date(LM)), ("Date", "garbage")],
+    ],
+    ids=["date-equals-last-modified", "date-before", "no-date", "invalid-date"],
+)
+def test_if_range_date_with_weak_last_modified(stored: list[tuple[str, str]]) -> None:
+    """RFC 9110 Section 13.1.5 step 1: a date that is not a strong validator is false."""
+    assert allows(date(LM), CIMultiDict(stored)) is False
+
+
+def test_if_range_date_one_second_before_date_is_strong() -> None:
+    stored = CIMultiDict([("Last-Modified", date(LM)), ("Date", date(LM + 1))])
+    assert allows(date(LM), stored) is True
+
+
+def test_if_range_date_without_last_modified() -> None:
+    assert allows(date(LM), CIMultiDict([("ETag", '"v1"'), ("Date", date(NOW))])) is False
+
+
+@pytest.mark.parametrize("if_range", ["garbage", "", "v1"])
+def test_if_range_invalid_value(if_range: str) -> None:
+    """Neither an entity-tag nor an HTTP-date: the condition is false (send 200)."""
+    assert allows(if_range) is False
