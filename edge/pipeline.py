@@ -500,7 +500,11 @@ class Transaction:
         entry, body = self.entry, self.body
         assert entry is not None and body is not None
         age = self.e.age(entry, self.entry_headers, time.time())
-        headers = self._client_headers(list(entry.headers), age)
+        stored = list(entry.headers)
+        if self.status.fwd_status != 304:  # not validated on this request
+            withheld = policy.withheld_unless_validated(self.e.response_policy(self.entry_headers))
+            stored = [(k, v) for k, v in stored if k.lower() not in withheld]
+        headers = self._client_headers(stored, age)
         await self._respond_body(entry.status, headers, entry.size, self.entry_headers, None, body)
 
     async def _deliver_fill(self, fill: Fill, head: FillHead) -> None:

@@ -113,10 +113,10 @@ class CacheControl:
     def delta(self, name: str) -> int | None:
         """A delta-seconds argument, or None if absent or invalid.
 
-        Section 5.2: senders use the token form for delta-seconds directives, and the
-        quoted form is not accepted here (see freshness-max-age-*-quoted tests).
+        Section 5.2: senders generate the token form, but a recipient ought to accept
+        the quoted form too, so `max-age="60"` is 60.
         """
-        if name not in self.directives or name in self.quoted:
+        if name not in self.directives:
             return None
         return parse_delta_seconds(self.directives[name])
 
@@ -199,6 +199,12 @@ def parse_targeted(
         if sep and wanted is not None and target.strip().lower() not in wanted:
             continue
         kept.append(directive.strip())
+    if wanted is None:
+        # RFC 8941 Section 4.2.2: in a Dictionary, a repeated key takes the last value.
+        last: dict[str, str] = {}
+        for directive in kept:
+            last[directive.partition("=")[0].strip().lower()] = directive
+        kept = list(last.values())
     cc = parse_cache_control([", ".join(kept)])
     return cc if cc.directives else None
 
@@ -447,6 +453,12 @@ def strip_private_fields(
         return headers
     names = set(named)
     return [(k, v) for k, v in headers if k.lower() not in names]
+
+
+def withheld_unless_validated(policy: ResponsePolicy) -> frozenset[str]:
+    """RFC 9111 Section 5.2.2.4: the fields named by a qualified no-cache must not be
+    sent in a response to a later request without successful revalidation."""
+    return frozenset(policy.effective.field_names("no-cache") or ())
 
 
 # ------------------------------------------------------------------------ freshness

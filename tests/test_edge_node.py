@@ -380,3 +380,14 @@ async def test_stale_while_revalidate_serves_stale_and_refreshes_in_background(
     _, fresh, _ = await get(url)
     assert fresh["X-Request-Count"] == "2"
     assert fresh["Cache-Status"].startswith("edge-test; hit; ttl=")
+
+
+async def test_qualified_no_cache_fields_are_not_reused(upstream: Proc, edge: EdgeFactory):
+    """RFC 9111 Section 5.2.2.4: the response is reused, the named field is not."""
+    node = edge(upstream.url)
+    url = f'{node.url}/qnc?cc=max-age=60, no-cache="X-Request-Count"'
+    _, first, _ = await get(url)
+    assert first["X-Request-Count"] == "1"
+    _, second, _ = await get(url)
+    assert "hit" in second["Cache-Status"].split("; ")
+    assert "X-Request-Count" not in second

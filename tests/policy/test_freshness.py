@@ -151,9 +151,9 @@ def test_multiple_expires_lines_are_stale() -> None:
         "max-age=-5",
         "max-age=1.5",
         "max-age",
-        'max-age="60"',
+        "max-age='60'",
     ],
-    ids=["conflict", "non-numeric", "negative", "float", "no-argument", "quoted"],
+    ids=["conflict", "non-numeric", "negative", "float", "no-argument", "single-quoted"],
 )
 def test_invalid_or_conflicting_max_age_is_stale(value: str) -> None:
     """Section 4.2.1: conflicting duplicates and invalid freshness information make the

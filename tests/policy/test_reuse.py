@@ -138,9 +138,14 @@ def test_request_max_age_zero_with_age_zero_is_fresh() -> None:
     assert kind(1, 600, request="max-age=0") == "revalidate"
 
 
-@pytest.mark.parametrize("value", ["max-age=abc", "max-age=-1", 'max-age="5"'])
+@pytest.mark.parametrize("value", ["max-age=abc", "max-age=-1", "max-age='5'"])
 def test_invalid_request_max_age_is_ignored(value: str) -> None:
     assert kind(100, 600, request=value) == "fresh"
+
+
+def test_quoted_request_max_age_is_honoured() -> None:
+    """Section 5.2: the quoted form is accepted from recipients' side too."""
+    assert kind(100, 600, request='max-age="5"') == "revalidate"
 
 
 def test_request_max_age_limits_max_stale() -> None:

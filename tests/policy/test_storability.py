@@ -368,3 +368,16 @@ def test_decision_is_truthy_only_when_ok() -> None:
     assert bool(Decision(True, "storable", "3")) is True
     assert bool(Decision(False, "no", "3")) is False
     assert storable(MAX_AGE) == Decision(True, "storable", "3")
+
+
+def test_qualified_no_cache_fields_are_withheld_unless_validated() -> None:
+    """RFC 9111 Section 5.2.2.4: `no-cache="Set-Cookie, X-Secret"` names fields that
+    must not be reused without revalidation; an unqualified no-cache names none."""
+    from edge.policy import response_policy, withheld_unless_validated
+
+    qualified = response_policy(
+        CIMultiDict([("Cache-Control", 'max-age=60, no-cache="Set-Cookie, X-Secret"')])
+    )
+    assert withheld_unless_validated(qualified) == frozenset({"set-cookie", "x-secret"})
+    plain = response_policy(CIMultiDict([("Cache-Control", "no-cache")]))
+    assert withheld_unless_validated(plain) == frozenset()
