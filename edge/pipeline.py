@@ -678,6 +678,9 @@ class Transaction:
     # -- synthetic responses ----------------------------------------------------------
 
     def synth(self, code: int, reason: str, *, detail: str | None = None, allow: str = "") -> str:
+        """The synth state: a response made here (an error or a refusal); it ends the
+        walk, so states call it and return its result."""
+        self.walk.append("synth")
         self.synth_reason = reason
         if detail:
             log.warning("%s %s: %s", self.method, self.req.raw_path, reason)

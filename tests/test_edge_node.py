@@ -391,3 +391,25 @@ async def test_qualified_no_cache_fields_are_not_reused(upstream: Proc, edge: Ed
     _, second, _ = await get(url)
     assert "hit" in second["Cache-Status"].split("; ")
     assert "X-Request-Count" not in second
+
+
+async def test_access_log_records_each_state_walk(upstream: Proc, edge: EdgeFactory):
+    """Every pipeline state shows up in the walks the access log records."""
+    node = edge(upstream.url)
+    await get(f"{node.url}/w")  # miss
+    await get(f"{node.url}/w")  # hit
+    await get(f"{node.url}/w", **{"Cache-Control": "no-cache"})  # revalidation
+    await get(f"{node.url}/w2?cc=max-age=1,stale-while-revalidate=60")
+    await asyncio.sleep(1.1)
+    await get(f"{node.url}/w2?cc=max-age=1,stale-while-revalidate=60")  # stale
+    async with aiohttp.ClientSession() as s, s.delete(f"{node.url}/w") as r:  # pass
+        assert r.status == 200
+    await get(f"{node.url}/nothing", **{"Cache-Control": "only-if-cached"})  # synth
+    walks = {
+        line.split("walk=")[1].strip() for line in node.output().splitlines() if "walk=" in line
+    }
+    assert "recv>hash>lookup>miss>fetch>deliver" in walks
+    assert "recv>hash>lookup>hit>deliver" in walks
+    assert "recv>hash>lookup>stale>deliver" in walks
+    assert "recv>pass>deliver" in walks
+    assert "recv>hash>lookup>synth" in walks  # only-if-cached miss: a synthetic 504
