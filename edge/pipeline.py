@@ -156,7 +156,7 @@ class Transaction:
         finally:
             if self.body is not None:
                 self.body.close()
-            if self.upstream_response is not None:
+            if self.upstream_response is not None:  # not read to the end: drop it
                 self.upstream_response.close()
             self._account()
         assert self.response is not None
@@ -526,17 +526,18 @@ class Transaction:
             resp.content_length = int(length_field)
         self.response, self.code = resp, response.status
         await resp.prepare(self.req)
-        if no_body:
-            await resp.write_eof()
-            return
-        try:
-            async for chunk in response.chunks():
-                await resp.write(chunk)
-                self.sent += len(chunk)
-        except UpstreamError as exc:
-            log.warning("upstream body broke while relaying %s: %s", self.req.raw_path, exc)
-            self._abort()
-            return
+        if not no_body:
+            try:
+                async for chunk in response.chunks():
+                    await resp.write(chunk)
+                    self.sent += len(chunk)
+            except UpstreamError as exc:
+                log.warning("upstream body broke while relaying %s: %s", self.req.raw_path, exc)
+                self._abort()
+                return
+        # Read to the end: the upstream connection can go back to the pool.
+        response.release()
+        self.upstream_response = None
         await resp.write_eof()
 
     async def _respond_body(
@@ -682,8 +683,8 @@ class Transaction:
         walk, so states call it and return its result."""
         self.walk.append("synth")
         self.synth_reason = reason
-        if detail:
-            log.warning("%s %s: %s", self.method, self.req.raw_path, reason)
+        if detail:  # upstream error text can quote a whole garbled response: cut it
+            log.warning("%s %s: %.300s", self.method, self.req.raw_path, reason)
         self.status.detail = detail or self.status.detail
         headers = CIMultiDict(
             {

@@ -413,3 +413,16 @@ async def test_access_log_records_each_state_walk(upstream: Proc, edge: EdgeFact
     assert "recv>hash>lookup>stale>deliver" in walks
     assert "recv>pass>deliver" in walks
     assert "recv>hash>lookup>synth" in walks  # only-if-cached miss: a synthetic 504
+
+
+async def test_head_miss_is_passed_as_head_and_not_stored(upstream: Proc, edge: EdgeFactory):
+    node = edge(upstream.url)
+    async with aiohttp.ClientSession() as s:
+        for _ in range(2):
+            async with s.head(f"{node.url}/hm?size=5000") as r:
+                assert r.status == 200
+                assert r.headers["Content-Length"] == "5000"
+                assert r.headers["Cache-Status"].startswith("edge-test; fwd=uri-miss")
+    assert await origin_count(upstream, "/hm") == 2
+    _, headers, body = await get(f"{node.url}/hm?size=5000")
+    assert len(body) == 5000 and "fwd=uri-miss" in headers["Cache-Status"]

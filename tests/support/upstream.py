@@ -64,7 +64,9 @@ def make_app() -> web.Application:
         resp = web.StreamResponse(status=status, headers=headers)
         resp.content_length = size
         await resp.prepare(request)
-        if "trickle" in q:
+        if request.method == "HEAD":
+            pass
+        elif "trickle" in q:
             step = 1 << 16
             pause = float(q["trickle"]) / max(1, size // step)
             for i in range(0, size, step):
