@@ -28,6 +28,14 @@ def serve(
         Optional[str],  # noqa: UP045
         typer.Option(help="Largest object stored, e.g. 2G."),
     ] = None,
+    slice_size: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="Slice size for big objects, e.g. 4M."),
+    ] = None,
+    slice_threshold: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="Objects larger than this are cached as slices, e.g. 16M."),
+    ] = None,
     name: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option(help="Node name, shown in Cache-Status and Via."),
@@ -48,6 +56,8 @@ def serve(
                 "cache_dir": cache_dir,
                 "cache_size": cache_size,
                 "max_object_size": max_object_size,
+                "slice_size": slice_size,
+                "slice_threshold": slice_threshold,
                 "name": name,
             },
         )

@@ -65,6 +65,9 @@ class NodeConfig:
     cache_dir: Path = Path("./cache")
     cache_size: int = 1 << 30
     max_object_size: int = 8 << 30
+    # Objects larger than slice_threshold are cached as slices of slice_size bytes.
+    slice_size: int = 4 << 20
+    slice_threshold: int = 16 << 20
     name: str = field(default_factory=lambda: f"edge-{socket.gethostname()}")
     role: str = "edge"
     # RFC 9111 Section 4.2.2: fraction of (Date - Last-Modified), and its cap.
@@ -91,6 +94,10 @@ class NodeConfig:
         self.upstream = parse_upstream(self.upstream)
         self.cache_size = parse_size(self.cache_size)
         self.max_object_size = parse_size(self.max_object_size)
+        self.slice_size = parse_size(self.slice_size)
+        self.slice_threshold = parse_size(self.slice_threshold)
+        if self.slice_size < 64 << 10:
+            raise ConfigError("slice size must be at least 64K")
         self.cache_dir = Path(self.cache_dir)
         if not self.name or not re.fullmatch(r"[A-Za-z0-9._-]+", self.name):
             raise ConfigError(f"node name must be letters, digits, '.', '_' or '-': {self.name!r}")

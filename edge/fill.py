@@ -58,6 +58,7 @@ class Fill:
         self.finished = False
         self.failed: Exception | None = None
         self.readers = 0
+        self.readers_total = 0  # every reader that ever attached
         self._changed = asyncio.Event()
 
     # -- writer side (the fill task) ---------------------------------------------
@@ -89,6 +90,7 @@ class Fill:
         (renamed) or the fill has finished."""
         assert self._fd is not None, "reader() before the body started"
         self.readers += 1
+        self.readers_total += 1
         return FillReader(self, os.dup(self._fd))
 
     async def wait_beyond(self, offset: int) -> None:

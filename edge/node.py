@@ -23,6 +23,7 @@ from edge.config import ConfigError, NodeConfig
 from edge.fill import InFlight
 from edge.metrics import CONTENT_TYPE_LATEST, NodeMetrics
 from edge.pipeline import Engine, Transaction
+from edge.slices import Slicer
 from edge.store import DiskStore
 from edge.upstream import Upstream
 
@@ -101,12 +102,14 @@ class EdgeNode:
             read_timeout=self.config.upstream_read_timeout,
         )
         await upstream.start()
+        inflight = InFlight()
         self.engine = Engine(
             config=self.config,
             store=store,
             upstream=upstream,
-            inflight=InFlight(),
+            inflight=inflight,
             metrics=NodeMetrics(self.config.name, store.stats),
+            slicer=Slicer(store, inflight, upstream),
         )
         self.runner = web.AppRunner(
             self.build_app(),

@@ -33,6 +33,16 @@ from edge.fill import Fill, FillHead, InFlight
 from edge.metrics import NodeMetrics
 from edge.policy import ResponsePolicy, Reuse
 from edge.ranges import ByteRange, Unsatisfiable, if_range_allows, parse_range
+from edge.slices import (
+    BodySource,
+    FileSegment,
+    FileSource,
+    FillSource,
+    SlicedSource,
+    Slicer,
+    parse_content_range,
+    sliceable,
+)
 from edge.store import Entry, Store, new_variant_id
 from edge.upstream import Upstream, UpstreamError, UpstreamResponse
 
@@ -75,6 +85,7 @@ class Engine:
     upstream: Upstream
     inflight: InFlight
     metrics: NodeMetrics
+    slicer: Slicer
 
     def response_policy(self, headers: policy.Headers) -> ResponsePolicy:
         return policy.response_policy(
@@ -186,6 +197,9 @@ class Transaction:
         variants = self.e.store.variants(self.key)
         for entry in variants:
             if policy.vary_matches(entry.vary, self.headers):
+                if entry.slice_size:  # segmented: slices are found as they are read
+                    self.entry, self.entry_headers = entry, CIMultiDict(entry.headers)
+                    break
                 body = self.e.store.open_body(entry)
                 if body is None:  # evicted under us: the metadata is stale
                     self.e.store.remove(self.key)
@@ -241,7 +255,9 @@ class Transaction:
         if fill is None:
             fill = self.e.inflight.start(self.key)
             self.e.inflight.spawn(
-                self._run_fill(fill, self._fill_headers(self.entry), self._stale_on_error())
+                self._run_fill(
+                    fill, self._fill_headers(self.entry), self._stale_on_error(), self._probe()
+                )
             )
         else:
             self.status.collapsed = True
@@ -251,6 +267,15 @@ class Transaction:
         if head.kind == "not-modified":
             assert head.entry is not None
             self.status.fwd_status = 304
+            self._use_entry(head.entry)
+            return "deliver"
+        if head.kind == "sliced":
+            assert head.entry is not None
+            if not initiator and not policy.vary_matches(head.entry.vary, self.headers):
+                self.status.collapsed = False
+                return "pass"
+            self.status.fwd_status = head.status
+            self.status.stored = True
             self._use_entry(head.entry)
             return "deliver"
         if head.kind == "body":
@@ -326,6 +351,19 @@ class Transaction:
             headers += policy.conditional_headers(CIMultiDict(entry.headers))
         return headers
 
+    def _probe(self) -> int | None:
+        """The slice to ask for by range instead of the whole object: the first slice
+        when revalidating a segmented entry (a changed object is then not fetched
+        whole), or the slice a cold range request starts in when it starts beyond the
+        slicing threshold (only a big object can satisfy it: fetch one slice)."""
+        cfg = self.e.config
+        if self.entry is not None:
+            return 0 if self.entry.slice_size else None
+        first = _range_start(self.headers.get("Range"))
+        if self.method == "GET" and first is not None and first >= cfg.slice_threshold:
+            return first // cfg.slice_size
+        return None
+
     def _stale_on_error(self) -> bool:
         if self.entry is None or self.reuse is None:
             return False
@@ -339,11 +377,18 @@ class Transaction:
         )
 
     async def _run_fill(
-        self, fill: Fill, headers: list[tuple[str, str]], stale_ok: bool = False
+        self,
+        fill: Fill,
+        headers: list[tuple[str, str]],
+        stale_ok: bool = False,
+        probe: int | None = None,
     ) -> None:
         e, entry = self.e, self.entry
         path_qs = self.req.raw_path
         request_headers = CIMultiDict(headers)
+        if probe is not None:
+            size = e.config.slice_size
+            headers = [*headers, ("Range", f"bytes={probe * size}-{(probe + 1) * size - 1}")]
         try:
             try:
                 response = await e.upstream.request("GET", path_qs, headers)
@@ -360,6 +405,15 @@ class Transaction:
                 fill.head.set_result(self._freshen(entry, response))
                 response.release()
                 return
+            if response.status == 206 and probe is not None:
+                head = self._sliced_from_range(response, request_headers)
+                if head is not None:
+                    fill.head.set_result(head)
+                    return
+                # Not worth slicing after all (small, or no validator): fetch it whole.
+                response.close()
+                plain = [(k, v) for k, v in headers if k not in ("Range", *_CLIENT_CONDITIONALS)]
+                response = await e.upstream.request("GET", path_qs, plain)
             if response.status in _ERROR_STATUSES and stale_ok:
                 response.release()
                 fill.head.set_result(FillHead("error", error=UpstreamStatusError(response.status)))
@@ -412,6 +466,12 @@ class Transaction:
         if "Date" not in response.headers:
             # RFC 9110 Section 6.6.1: a cache adds Date to a response that lacks one.
             headers.append(("Date", _http_date(response.response_time)))
+        if sliceable(response.status, response.headers, length, e.config.slice_threshold):
+            assert length is not None
+            manifest = self._manifest(response, headers, request_headers, length)
+            e.slicer.start_stream(manifest, response, 0)
+            fill.head.set_result(FillHead("sliced", status=200, entry=manifest))
+            return
         writer = e.store.begin()
         fill.attach_writer(writer)
         head = FillHead(
@@ -456,6 +516,55 @@ class Transaction:
             writer.discard()
         fill.finish()
 
+    def _manifest(
+        self,
+        response: UpstreamResponse,
+        headers: list[tuple[str, str]],
+        request_headers: CIMultiDict[str],
+        length: int,
+    ) -> Entry:
+        """Record a segmented entry: the object's headers and size; no body."""
+        manifest = Entry(
+            key=self.key,
+            variant=new_variant_id(),
+            status=200,
+            headers=tuple(headers),
+            vary=policy.vary_key(policy.vary_field_names(response.headers), request_headers),
+            request_time=response.request_time,
+            response_time=response.response_time,
+            size=length,
+            tags=_tags(response.headers),
+            slice_size=self.e.config.slice_size,
+        )
+        return self.e.store.commit_manifest(manifest)
+
+    def _sliced_from_range(
+        self, response: UpstreamResponse, request_headers: CIMultiDict[str]
+    ) -> FillHead | None:
+        """A 206 to a probe: if the whole object is big, storable and validated, record
+        its manifest and keep this slice; None if it should be fetched whole instead."""
+        span = parse_content_range(response.headers.get("Content-Range"))
+        size = self.e.config.slice_size
+        if span is None or span[0] % size:
+            return None
+        first, _, total = span
+        headers = [
+            (k, v)
+            for k, v in policy.end_to_end(response.headers)
+            if k.lower() not in ("content-range", "content-length")
+        ]
+        as_whole = CIMultiDict(headers)
+        rp = self.e.response_policy(as_whole)
+        storable = policy.is_storable("GET", 200, self.request_cc, request_headers, rp, as_whole)
+        if not storable or not sliceable(200, as_whole, total, self.e.config.slice_threshold):
+            return None
+        headers = policy.strip_private_fields(headers, rp)
+        if "Date" not in as_whole:
+            headers.append(("Date", _http_date(response.response_time)))
+        manifest = self._manifest(response, headers, request_headers, total)
+        self.e.slicer.start_stream(manifest, response, first // size)
+        return FillHead("sliced", status=206, entry=manifest)
+
     # -- delivery -------------------------------------------------------------------
 
     def _use_entry(self, entry: Entry) -> None:
@@ -463,7 +572,7 @@ class Transaction:
             self.body.close()
         self.entry = entry
         self.entry_headers = CIMultiDict(entry.headers)
-        self.body = self.e.store.open_body(entry)
+        self.body = None if entry.slice_size else self.e.store.open_body(entry)
         rp = self.e.response_policy(self.entry_headers)
         lifetime = self.e.lifetime(entry, self.entry_headers, rp)
         age = self.e.age(entry, self.entry_headers, time.time())
@@ -474,7 +583,8 @@ class Transaction:
         a failed upstream; otherwise the client gets 502 or 504."""
         status = getattr(error, "status", 502)
         detail = getattr(error, "detail", "upstream-error")
-        if self.entry is not None and self.body is not None and self._stale_on_error():
+        usable = self.entry is not None and (self.body is not None or self.entry.slice_size)
+        if usable and self._stale_on_error():
             self.status.fwd = "stale"
             self.status.hit = True
             self.status.detail = f"stale-if-error {detail}"
@@ -498,24 +608,34 @@ class Transaction:
 
     async def _deliver_entry(self) -> None:
         entry, body = self.entry, self.body
-        assert entry is not None and body is not None
+        assert entry is not None
         age = self.e.age(entry, self.entry_headers, time.time())
         stored = list(entry.headers)
         if self.status.fwd_status != 304:  # not validated on this request
             withheld = policy.withheld_unless_validated(self.e.response_policy(self.entry_headers))
             stored = [(k, v) for k, v in stored if k.lower() not in withheld]
         headers = self._client_headers(stored, age)
-        await self._respond_body(entry.status, headers, entry.size, self.entry_headers, None, body)
+        source: BodySource
+        if entry.slice_size:
+            source = SlicedSource(self.e.slicer, entry, self._slice_headers(entry))
+        else:
+            assert body is not None
+            source = FileSource(body)
+            self.body = None  # the source closes it
+        try:
+            await self._respond_body(entry.status, headers, entry.size, self.entry_headers, source)
+        finally:
+            source.close()
 
     async def _deliver_fill(self, fill: Fill, head: FillHead) -> None:
         headers = self._client_headers(head.headers, None)
-        reader = fill.reader()
+        source = FillSource(fill.reader())
         try:
             await self._respond_body(
-                head.status, headers, head.length, CIMultiDict(head.headers), reader, None
+                head.status, headers, head.length, CIMultiDict(head.headers), source
             )
         finally:
-            reader.close()
+            source.close()
 
     async def _deliver_upstream(self, response: UpstreamResponse) -> None:
         headers = self._client_headers(policy.end_to_end(response.headers), None)
@@ -546,8 +666,7 @@ class Transaction:
         headers: CIMultiDict[str],
         length: int | None,
         stored: CIMultiDict[str],
-        reader: object | None,
-        body: IO[bytes] | None,
+        source: BodySource,
     ) -> None:
         """Conditionals, ranges and the body, from a stored file or a fill in flight."""
         ts = self.entry.response_time if self.entry is not None else time.time()
@@ -603,14 +722,15 @@ class Transaction:
             resp.content_length = total + len(tail)
             parts.append((tail, None))
         if (
-            body is not None
+            isinstance(source, FileSource)
             and self.method != "HEAD"
             and resp.content_length is not None
             and resp.content_length <= _SENDFILE_MIN
         ):
             # Small and on disk: one buffer, so head and body leave in one write.
+            fd = source.file.fileno()
             data = b"".join(
-                (preamble or b"") + (os.pread(body.fileno(), r.length, r.start) if r else b"")
+                (preamble or b"") + (os.pread(fd, r.length, r.start) if r else b"")
                 for preamble, r in parts
             )
             self.response = web.Response(status=resp.status, headers=headers, body=data)
@@ -629,13 +749,12 @@ class Transaction:
                     continue
                 start = r.start if r is not None else 0
                 end = r.end + 1 if r is not None else None
-                if body is not None:
-                    await self._sendfile(resp, body, start, (end or 0) - start)
-                else:
-                    assert reader is not None
-                    async for chunk in reader.read_range(start, end):  # type: ignore[attr-defined]
-                        await resp.write(chunk)
-                        self.sent += len(chunk)
+                async for piece in source.pieces(start, end):
+                    if isinstance(piece, FileSegment):
+                        await self._sendfile(resp, piece.file, piece.offset, piece.count)
+                    else:
+                        await resp.write(piece)
+                        self.sent += len(piece)
         except UpstreamError as exc:
             log.warning("fill broke while delivering %s: %s", self.key, exc)
             self._abort()
@@ -704,6 +823,15 @@ class Transaction:
 
     # -- upstream request headers ----------------------------------------------------
 
+    def _slice_headers(self, entry: Entry) -> list[tuple[str, str]]:
+        """Upstream fields for a slice's range request: this hop's own, and the
+        selecting fields the manifest was stored under (its Vary key)."""
+        headers = self._upstream_headers(drop=(*_CLIENT_CONDITIONALS, *_RANGE_FIELDS))
+        names = {name for name, _ in entry.vary}
+        headers = [(k, v) for k, v in headers if k.lower() not in names]
+        headers += [(name, value) for name, value in entry.vary if value is not None]
+        return headers
+
     def _upstream_headers(self, drop: tuple[str, ...] = ()) -> list[tuple[str, str]]:
         """RFC 9110 Section 7.6: forward end-to-end fields, append Via, CDN-Loop
         (RFC 8586) and X-Forwarded-For."""
@@ -740,6 +868,14 @@ class Transaction:
                 upstream,
                 ">".join(self.walk),
             )
+
+
+def _range_start(value: str | None) -> int | None:
+    """The first byte a Range field asks for, if it names one plainly."""
+    if not value or not value.strip().lower().startswith("bytes="):
+        return None
+    first = value.split("=", 1)[1].split(",")[0].split("-")[0].strip()
+    return int(first) if first.isdigit() else None
 
 
 def _tags(headers: policy.Headers) -> tuple[str, ...]:

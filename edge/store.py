@@ -46,7 +46,21 @@ class Entry:
     size: int
     tags: tuple[str, ...] = ()
     body_file: str = ""  # set by the store at commit
+    # Segmented objects: the body is kept as slices of this size, each stored and
+    # fetched on its own; 0 means one body file.
+    slice_size: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def slice_count(self) -> int:
+        if not self.slice_size:
+            return 0
+        return max(1, -(-self.size // self.slice_size))
+
+    def slice_span(self, index: int) -> tuple[int, int]:
+        """[start, end) of slice `index` in the object."""
+        start = index * self.slice_size
+        return start, min(self.size, start + self.slice_size)
 
     def with_headers(
         self, headers: Sequence[tuple[str, str]], request_time: float, response_time: float
@@ -109,6 +123,19 @@ class Store(abc.ABC):
     def commit(self, entry: Entry, body: BodyWriter) -> Entry:
         """Adopt a complete body and record its entry, replacing any variant with the
         same secondary key; returns the entry as stored."""
+
+    @abc.abstractmethod
+    def commit_manifest(self, entry: Entry) -> Entry:
+        """Record a segmented entry (no body of its own; slices come later), replacing
+        any variant with the same secondary key."""
+
+    @abc.abstractmethod
+    def commit_slice(self, entry: Entry, index: int, body: BodyWriter) -> None:
+        """Adopt one complete slice of a segmented entry."""
+
+    @abc.abstractmethod
+    def open_slice(self, entry: Entry, index: int) -> IO[bytes] | None:
+        """An open file of one stored slice, or None if it is not (or no longer) here."""
 
     @abc.abstractmethod
     def update(self, entry: Entry) -> None:
@@ -256,14 +283,42 @@ class DiskStore(Store):
             disk: _AdoptingDisk = self.cache.disk
             self.cache.set(("b", entry.key, entry.variant), _Adopt(body.path, body.written))
             entry = replace(entry, body_file=disk.last_filename)
-            meta = self._meta(entry.key)
-            for old in [v for v in meta.values() if v.vary == entry.vary]:
-                del meta[old.variant]
-                self.cache.delete(("b", entry.key, old.variant))
-            meta[entry.variant] = entry
-            self._put_meta(entry.key, meta)
-            self._evict(keep=entry.key)
+            self._record(entry)
         return entry
+
+    def commit_manifest(self, entry: Entry) -> Entry:
+        with self._lock:
+            self._record(entry)
+        return entry
+
+    def commit_slice(self, entry: Entry, index: int, body: BodyWriter) -> None:
+        body.close()
+        with self._lock:
+            if entry.variant not in self._meta(entry.key):
+                body.discard()  # purged or replaced while the slice was arriving
+                return
+            key = ("s", entry.key, entry.variant, index)
+            self.cache.set(key, _Adopt(body.path, body.written))
+            self._evict(keep=entry.key)
+
+    def open_slice(self, entry: Entry, index: int) -> IO[bytes] | None:
+        handle = self.cache.get(("s", entry.key, entry.variant, index), read=True)
+        return handle  # type: ignore[no-any-return]
+
+    def _record(self, entry: Entry) -> None:
+        """Add a variant to its key's metadata, dropping the one it replaces."""
+        meta = self._meta(entry.key)
+        for old in [v for v in meta.values() if v.vary == entry.vary]:
+            del meta[old.variant]
+            self._drop_bodies(old)
+        meta[entry.variant] = entry
+        self._put_meta(entry.key, meta)
+        self._evict(keep=entry.key)
+
+    def _drop_bodies(self, entry: Entry) -> None:
+        self.cache.delete(("b", entry.key, entry.variant))
+        for index in range(entry.slice_count):
+            self.cache.delete(("s", entry.key, entry.variant, index))
 
     def update(self, entry: Entry) -> None:
         with self._lock:
@@ -275,14 +330,14 @@ class DiskStore(Store):
     def remove(self, key: str) -> int:
         with self._lock:
             meta = self._meta(key)
-            for variant in meta:
-                self.cache.delete(("b", key, variant))
+            for entry in meta.values():
+                self._drop_bodies(entry)
             self._put_meta(key, {})
             return len(meta)
 
     def _evict(self, keep: str) -> None:
-        """Remove least recently used objects (a variant's body, or a key's metadata
-        with all its bodies) until the store is within its size bound."""
+        """Remove least recently used objects (a variant's body or one slice, or a
+        key's metadata with all its bodies) until the store is within its bound."""
         while self.cache.volume() > self.size_limit:
             rows = self.cache._sql(  # diskcache keeps access_time for its LRU policy
                 "SELECT key, raw FROM Cache ORDER BY access_time LIMIT 4"
@@ -293,10 +348,12 @@ class DiskStore(Store):
                 return
             for victim in victims:
                 if victim[0] == "m":
-                    for variant in self._meta(victim[1]):
-                        self.cache.delete(("b", victim[1], variant))
+                    for entry in self._meta(victim[1]).values():
+                        self._drop_bodies(entry)
                     self.cache.delete(victim)
                     self._meta_cache.pop(victim[1], None)
+                elif victim[0] == "s":
+                    self.cache.delete(victim)  # a missing slice is fetched again
                 else:
                     _, key, variant = victim
                     self.cache.delete(victim)

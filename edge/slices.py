@@ -1,0 +1,385 @@
+"""Segmented caching of big objects, and the body sources delivery reads from.
+
+Above a size threshold an object is stored as fixed-size slices under one manifest
+entry (its headers, size and validators). Each slice is stored, evicted and fetched on
+its own, so a seek into a 5 GB file costs one slice from upstream, and revalidating
+the manifest never re-fetches the file.
+
+Slices arrive two ways:
+  - a *stream*: one upstream response carrying the whole object (a client read it
+    from the start) is cut into slices as it arrives, so a crowd reading a cold object
+    front to back still makes one upstream request;
+  - a *range fill*: one upstream range request for one slice, validated against the
+    manifest (If-Match), when a reader needs a slice nobody is bringing.
+Either way a slice in progress is an ordinary Fill in the in-flight table, so readers
+follow it byte by byte.
+
+This module owns slices and body sources; the pipeline decides when an object is
+segmented and builds the manifest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import IO, Protocol
+
+from multidict import CIMultiDict
+
+from edge import policy
+from edge.fill import Fill, FillHead, FillReader, InFlight
+from edge.store import Entry, Store
+from edge.upstream import Upstream, UpstreamError, UpstreamResponse
+
+log = logging.getLogger("edge.slices")
+
+#: How many slices ahead of the stream a reader waits for it rather than fetching the
+#: slice by range (a reader just behind a stream should not race it to the origin).
+STREAM_LOOKAHEAD = 2
+
+
+class ObjectChanged(UpstreamError):
+    """The upstream's representation changed under a segmented entry."""
+
+    detail = "object-changed"
+
+
+def slice_fill_key(entry: Entry, index: int) -> str:
+    return f"{entry.key}#{entry.variant}#{index}"
+
+
+def sliceable(status: int, headers: policy.Headers, length: int | None, threshold: int) -> bool:
+    """A response may be kept as slices when it is a complete 200 larger than the
+    threshold, the upstream serves byte ranges, and a validator lets slices fetched
+    later be checked against the same representation (RFC 9110 Section 13.1.1)."""
+    if status != 200 or length is None or length <= threshold:
+        return False
+    if "bytes" not in {v.strip().lower() for v in headers.getall("Accept-Ranges", [])}:
+        return False
+    etag = headers.get("ETag")
+    return bool(etag and not etag.startswith("W/")) or "Last-Modified" in headers
+
+
+def parse_content_range(value: str | None) -> tuple[int, int, int] | None:
+    """RFC 9110 Section 14.4: `bytes first-last/complete` -> (first, last, complete)."""
+    if not value:
+        return None
+    unit, _, rest = value.strip().partition(" ")
+    span, _, total = rest.partition("/")
+    first, _, last = span.partition("-")
+    if unit.lower() != "bytes" or not (first.isdigit() and last.isdigit() and total.isdigit()):
+        return None
+    a, b, n = int(first), int(last), int(total)
+    return (a, b, n) if a <= b < n else None
+
+
+class _Stream:
+    """One upstream response being cut into the slices of an entry."""
+
+    def __init__(self) -> None:
+        self.index = 0
+        self.alive = True
+        self.waiters = 0  # readers waiting for the stream to reach their slice
+        self._moved = asyncio.Event()
+
+    def advance(self, index: int) -> None:
+        self.index = index
+        self._moved.set()
+        self._moved = asyncio.Event()
+
+    def end(self) -> None:
+        self.alive = False
+        self._moved.set()
+
+    async def moved(self) -> None:
+        await self._moved.wait()
+
+
+class Slicer:
+    """Slices of segmented entries on one node: who brings each, and storing them."""
+
+    def __init__(self, store: Store, inflight: InFlight, upstream: Upstream) -> None:
+        self.store = store
+        self.inflight = inflight
+        self.upstream = upstream
+        self._streams: dict[tuple[str, str], _Stream] = {}
+        # Readers currently delivering each segmented entry (SlicedSource.pieces).
+        self.active: dict[tuple[str, str], int] = {}
+
+    # -- streams --------------------------------------------------------------------
+
+    def start_stream(self, entry: Entry, response: UpstreamResponse, first: int) -> Fill:
+        """Cut `response` (whose body starts at slice `first`) into slices. Returns the
+        fill of the first slice, already registered, so readers can follow it at once."""
+        stream = _Stream()
+        stream.index = first
+        self._streams[(entry.key, entry.variant)] = stream
+        fill = self._open_slice_fill(entry, first)
+        self.inflight.spawn(self._run_stream(entry, response, first, fill, stream))
+        return fill
+
+    async def _run_stream(
+        self,
+        entry: Entry,
+        response: UpstreamResponse,
+        first: int,
+        fill: Fill | None,
+        stream: _Stream,
+    ) -> None:
+        chunks = response.chunks(1 << 16)
+        carry = b""
+        previous: Fill | None = None
+        try:
+            last = entry.slice_count - 1 if response.status == 200 else first
+            for index in range(first, last + 1):
+                stream.advance(index)
+                if index > first:
+                    # Carry on only while someone reads along (or waits for a slice
+                    # ahead): a client that went away does not pull the whole object.
+                    read_along = previous is not None and previous.readers_total > 0
+                    reading = self.active.get((entry.key, entry.variant), 0) > 0
+                    if not (read_along or reading or stream.waiters > 0):
+                        break
+                    fill = self._open_slice_fill(entry, index)
+                start, end = entry.slice_span(index)
+                current = fill
+                carry = await self._pump(chunks, carry, end - start, fill, entry, index)
+                previous = current if current is not None else previous
+                fill = None
+        except (UpstreamError, OSError) as exc:
+            if fill is not None:
+                self._fail(fill, exc)
+            log.warning("stream of %s broke: %s", entry.key, exc)
+        finally:
+            stream.end()
+            self._streams.pop((entry.key, entry.variant), None)
+            response.close()
+
+    async def _pump(
+        self,
+        chunks: AsyncIterator[bytes],
+        carry: bytes,
+        want: int,
+        fill: Fill | None,
+        entry: Entry,
+        index: int,
+    ) -> bytes:
+        """Move `want` bytes from the stream into `fill` (or drop them when another
+        fill brings this slice); return what was read beyond them."""
+        writer = fill.writer if fill is not None else None
+        got = 0
+        while got < want:
+            chunk = carry or await anext(chunks, b"")
+            carry = b""
+            if not chunk:
+                raise UpstreamError(f"upstream ended at {got} of {want} bytes of a slice")
+            take, carry = chunk[: want - got], chunk[want - got :]
+            got += len(take)
+            if writer is not None and fill is not None:
+                writer.write(take)
+                fill.advance(len(take))
+        if fill is not None and writer is not None:
+            self.store.commit_slice(entry, index, writer)
+            fill.finish()
+            self.inflight.done(fill)
+        return carry
+
+    # -- slice fills ------------------------------------------------------------------
+
+    def _open_slice_fill(self, entry: Entry, index: int) -> Fill | None:
+        key = slice_fill_key(entry, index)
+        if self.inflight.get(key) is not None or self._have(entry, index):
+            return None
+        fill = self.inflight.start(key)
+        fill.attach_writer(self.store.begin())
+        start, end = entry.slice_span(index)
+        fill.head.set_result(FillHead("body", status=206, length=end - start, storable=True))
+        return fill
+
+    def _have(self, entry: Entry, index: int) -> bool:
+        handle = self.store.open_slice(entry, index)
+        if handle is None:
+            return False
+        handle.close()
+        return True
+
+    def _fail(self, fill: Fill, exc: Exception) -> None:
+        if fill.writer is not None:
+            fill.writer.discard()
+        fill.finish(exc)
+        self.inflight.done(fill)
+
+    async def slice(
+        self, entry: Entry, index: int, headers: list[tuple[str, str]]
+    ) -> IO[bytes] | Fill:
+        """The stored slice, or the fill bringing it (started here if nobody is)."""
+        key = slice_fill_key(entry, index)
+        while True:
+            handle = self.store.open_slice(entry, index)
+            if handle is not None:
+                return handle
+            fill = self.inflight.get(key)
+            if fill is not None:
+                return fill
+            stream = self._streams.get((entry.key, entry.variant))
+            if (
+                stream is not None
+                and stream.alive
+                and stream.index < index <= (stream.index + STREAM_LOOKAHEAD)
+            ):
+                stream.waiters += 1
+                try:
+                    await stream.moved()  # it is about to bring this slice
+                finally:
+                    stream.waiters -= 1
+                continue
+            fill = self.inflight.start(key)
+            self.inflight.spawn(self._range_fill(fill, entry, index, headers))
+            return fill
+
+    async def _range_fill(
+        self, fill: Fill, entry: Entry, index: int, headers: list[tuple[str, str]]
+    ) -> None:
+        """One slice by an upstream range request that must match the manifest's
+        representation: If-Match with its strong ETag, else If-Unmodified-Since."""
+        start, end = entry.slice_span(index)
+        stored = CIMultiDict(entry.headers)
+        request = [*headers, ("Range", f"bytes={start}-{end - 1}")]
+        etag = stored.get("ETag")
+        if etag and not etag.startswith("W/"):
+            request.append(("If-Match", etag))
+        elif "Last-Modified" in stored:
+            request.append(("If-Unmodified-Since", stored["Last-Modified"]))
+        path = entry.key.split("://", 1)[1]
+        path = path[path.find("/") :] if "/" in path else "/"
+        try:
+            response = await self.upstream.request("GET", path, request)
+        except UpstreamError as exc:
+            fill.head.set_result(FillHead("error", error=exc))
+            fill.finish(exc)
+            self.inflight.done(fill)
+            return
+        try:
+            span = parse_content_range(response.headers.get("Content-Range"))
+            if response.status != 206 or span != (start, end - 1, entry.size):
+                # Section 13.1.4 (If-Match failed: 412) or a different representation:
+                # the stored slices can no longer be put together. Start over.
+                self.store.remove(entry.key)
+                raise ObjectChanged(f"upstream answered {response.status} for a slice")
+            fill.attach_writer(self.store.begin())
+            fill.head.set_result(FillHead("body", status=206, length=end - start, storable=True))
+            await self._pump(response.chunks(1 << 16), b"", end - start, fill, entry, index)
+        except (UpstreamError, OSError) as exc:
+            if not fill.head.done():
+                fill.head.set_result(FillHead("error", error=exc))
+            self._fail(fill, exc)
+        finally:
+            response.close()
+
+
+# ------------------------------------------------------------------ body sources
+
+
+@dataclass
+class FileSegment:
+    """Part of a file on disk, for sendfile."""
+
+    file: IO[bytes]
+    offset: int
+    count: int
+
+
+Piece = bytes | FileSegment
+
+
+class BodySource(Protocol):
+    """Where a response body comes from; delivery asks for [start, end)."""
+
+    def pieces(self, start: int, end: int | None) -> AsyncIterator[Piece]: ...
+
+    def close(self) -> None: ...
+
+
+class FileSource:
+    """A complete body stored in one file."""
+
+    def __init__(self, file: IO[bytes]) -> None:
+        self.file = file
+
+    async def pieces(self, start: int, end: int | None) -> AsyncIterator[Piece]:
+        assert end is not None
+        if end > start:
+            yield FileSegment(self.file, start, end - start)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class FillSource:
+    """A body still arriving (read-while-writer)."""
+
+    def __init__(self, reader: FillReader) -> None:
+        self.reader = reader
+
+    async def pieces(self, start: int, end: int | None) -> AsyncIterator[Piece]:
+        async for chunk in self.reader.read_range(start, end):
+            yield chunk
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+class SlicedSource:
+    """A segmented body: each slice from disk if stored, else followed as it arrives."""
+
+    def __init__(self, slicer: Slicer, entry: Entry, headers: list[tuple[str, str]]) -> None:
+        self.slicer = slicer
+        self.entry = entry
+        self.headers = headers
+        self._open: list[IO[bytes]] = []
+
+    async def pieces(self, start: int, end: int | None) -> AsyncIterator[Piece]:
+        entry = self.entry
+        end = entry.size if end is None else end
+        index = start // entry.slice_size
+        ident = (entry.key, entry.variant)
+        active = self.slicer.active
+        active[ident] = active.get(ident, 0) + 1
+        try:
+            async for piece in self._pieces(entry, start, end, index):
+                yield piece
+        finally:
+            active[ident] -= 1
+            if not active[ident]:
+                del active[ident]
+
+    async def _pieces(self, entry: Entry, start: int, end: int, index: int) -> AsyncIterator[Piece]:
+        while start < end:
+            s_start, s_end = entry.slice_span(index)
+            lo, hi = start - s_start, min(end, s_end) - s_start
+            got = await self.slicer.slice(entry, index, self.headers)
+            if isinstance(got, Fill):
+                await asyncio.shield(got.head)
+                if got.failed is not None and got.writer is None:
+                    raise got.failed
+                head = got.head.result()
+                if head.kind == "error":
+                    raise head.error or UpstreamError("slice fetch failed")
+                reader = got.reader()
+                try:
+                    async for chunk in reader.read_range(lo, hi):
+                        yield chunk
+                finally:
+                    reader.close()
+            else:
+                self._open.append(got)
+                yield FileSegment(got, lo, hi - lo)
+            start = s_start + hi
+            index += 1
+
+    def close(self) -> None:
+        for handle in self._open:
+            handle.close()
+        self._open.clear()
