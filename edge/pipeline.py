@@ -196,6 +196,8 @@ class Transaction:
         may be used."""
         variants = self.e.store.variants(self.key)
         for entry in variants:
+            if entry.derived_from:
+                continue  # encodings of a stored response are chosen at delivery
             if policy.vary_matches(entry.vary, self.headers):
                 if entry.slice_size:  # segmented: slices are found as they are read
                     self.entry, self.entry_headers = entry, CIMultiDict(entry.headers)

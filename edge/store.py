@@ -49,6 +49,10 @@ class Entry:
     # Segmented objects: the body is kept as slices of this size, each stored and
     # fetched on its own; 0 means one body file.
     slice_size: int = 0
+    # A derived variant (e.g. the br encoding of a stored response) names the variant
+    # it was made from and goes when that one goes; its headers are the source's.
+    derived_from: str = ""
+    coding: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -308,7 +312,10 @@ class DiskStore(Store):
     def _record(self, entry: Entry) -> None:
         """Add a variant to its key's metadata, dropping the one it replaces."""
         meta = self._meta(entry.key)
-        for old in [v for v in meta.values() if v.vary == entry.vary]:
+        replaced = {v.variant for v in meta.values() if v.vary == entry.vary}
+        for old in [
+            v for v in meta.values() if v.variant in replaced or v.derived_from in replaced
+        ]:
             del meta[old.variant]
             self._drop_bodies(old)
         meta[entry.variant] = entry
