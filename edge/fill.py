@@ -44,6 +44,7 @@ class FillHead:
     response: Any = None
     error: Exception | None = None
     storable: bool = False
+    variant: str = ""  # the variant id the body is stored under
 
 
 class Fill:

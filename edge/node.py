@@ -20,6 +20,7 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_server import Server
 
 from edge.config import ConfigError, NodeConfig
+from edge.derive import Deriver
 from edge.fill import InFlight
 from edge.metrics import CONTENT_TYPE_LATEST, NodeMetrics
 from edge.pipeline import Engine, Transaction
@@ -110,6 +111,7 @@ class EdgeNode:
             inflight=inflight,
             metrics=NodeMetrics(self.config.name, store.stats),
             slicer=Slicer(store, inflight, upstream),
+            deriver=Deriver(store, inflight),
         )
         self.runner = web.AppRunner(
             self.build_app(),

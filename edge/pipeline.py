@@ -26,9 +26,10 @@ from typing import IO
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from edge import policy
+from edge import derive, policy
 from edge.cachestatus import CacheStatus
 from edge.config import NodeConfig
+from edge.derive import Deriver
 from edge.fill import Fill, FillHead, InFlight
 from edge.metrics import NodeMetrics
 from edge.policy import ResponsePolicy, Reuse
@@ -53,6 +54,8 @@ access_log = logging.getLogger("edge.access")
 #: upstream for the whole, unconditional representation and answers them itself.
 _CLIENT_CONDITIONALS = ("If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since")
 _RANGE_FIELDS = ("Range", "If-Range")
+#: Selecting fields the cache negotiates itself rather than keying on (RFC 9111 4.1).
+_NEGOTIATED = frozenset({"accept-encoding"})
 #: Consumed here (W3C Edge Architecture): never passed on to clients.
 _SURROGATE_ONLY = ("surrogate-control",)
 #: Bodies (or ranges) smaller than this are read and written, not sendfile'd.
@@ -86,6 +89,7 @@ class Engine:
     inflight: InFlight
     metrics: NodeMetrics
     slicer: Slicer
+    deriver: Deriver
 
     def response_policy(self, headers: policy.Headers) -> ResponsePolicy:
         return policy.response_policy(
@@ -198,7 +202,7 @@ class Transaction:
         for entry in variants:
             if entry.derived_from:
                 continue  # encodings of a stored response are chosen at delivery
-            if policy.vary_matches(entry.vary, self.headers):
+            if policy.vary_matches(entry.vary, self.headers, _NEGOTIATED):
                 if entry.slice_size:  # segmented: slices are found as they are read
                     self.entry, self.entry_headers = entry, CIMultiDict(entry.headers)
                     break
@@ -273,7 +277,9 @@ class Transaction:
             return "deliver"
         if head.kind == "sliced":
             assert head.entry is not None
-            if not initiator and not policy.vary_matches(head.entry.vary, self.headers):
+            if not initiator and not policy.vary_matches(
+                head.entry.vary, self.headers, _NEGOTIATED
+            ):
                 self.status.collapsed = False
                 return "pass"
             self.status.fwd_status = head.status
@@ -282,7 +288,7 @@ class Transaction:
             return "deliver"
         if head.kind == "body":
             self.status.fwd_status = head.status
-            if not initiator and not policy.vary_matches(head.vary, self.headers):
+            if not initiator and not policy.vary_matches(head.vary, self.headers, _NEGOTIATED):
                 self.status.collapsed = False
                 return "pass"
             if self.body is not None:
@@ -347,7 +353,9 @@ class Transaction:
     def _fill_headers(self, entry: Entry | None) -> list[tuple[str, str]]:
         """The upstream request of a fill: the client's end-to-end fields without its
         own conditionals and ranges, plus our validators when revalidating."""
-        drop = (*_CLIENT_CONDITIONALS, *_RANGE_FIELDS)
+        # Accept-Encoding too: edge negotiates codings with clients itself and keeps
+        # one response per object, so it asks upstream for no particular coding.
+        drop = (*_CLIENT_CONDITIONALS, *_RANGE_FIELDS, "accept-encoding")
         headers = self._upstream_headers(drop=drop)
         if entry is not None:
             headers += policy.conditional_headers(CIMultiDict(entry.headers))
@@ -478,9 +486,12 @@ class Transaction:
         fill.attach_writer(writer)
         head = FillHead(
             "body",
+            variant=new_variant_id(),
             status=response.status,
             headers=headers,
-            vary=policy.vary_key(policy.vary_field_names(response.headers), request_headers),
+            vary=policy.vary_key(
+                policy.vary_field_names(response.headers), request_headers, _NEGOTIATED
+            ),
             length=length,
             storable=True,
         )
@@ -504,7 +515,7 @@ class Transaction:
         if head.storable:
             entry = Entry(
                 key=fill.key,
-                variant=new_variant_id(),
+                variant=head.variant,
                 status=response.status,
                 headers=tuple(headers),
                 vary=head.vary,
@@ -531,7 +542,9 @@ class Transaction:
             variant=new_variant_id(),
             status=200,
             headers=tuple(headers),
-            vary=policy.vary_key(policy.vary_field_names(response.headers), request_headers),
+            vary=policy.vary_key(
+                policy.vary_field_names(response.headers), request_headers, _NEGOTIATED
+            ),
             request_time=response.request_time,
             response_time=response.response_time,
             size=length,
@@ -616,26 +629,71 @@ class Transaction:
         if self.status.fwd_status != 304:  # not validated on this request
             withheld = policy.withheld_unless_validated(self.e.response_policy(self.entry_headers))
             stored = [(k, v) for k, v in stored if k.lower() not in withheld]
-        headers = self._client_headers(stored, age)
         source: BodySource
+        length: int | None = entry.size
+        choice = derive.AS_STORED
         if entry.slice_size:
             source = SlicedSource(self.e.slicer, entry, self._slice_headers(entry))
         else:
             assert body is not None
             source = FileSource(body)
             self.body = None  # the source closes it
+            choice = derive.choose(
+                self.method, entry.status, self.headers, self.entry_headers, entry.size
+            )
+            if choice.transform is not None:
+                source, length = self._derived_source(entry, choice, source)
+        stored = derive.client_headers(stored, choice)
+        headers = self._client_headers(stored, age)
         try:
-            await self._respond_body(entry.status, headers, entry.size, self.entry_headers, source)
+            await self._respond_body(entry.status, headers, length, CIMultiDict(stored), source)
         finally:
             source.close()
 
+    def _derived_source(
+        self, entry: Entry, choice: derive.Choice, stored: BodySource
+    ) -> tuple[BodySource, int | None]:
+        """The encoded (or decoded) body of a stored response: kept from before, or
+        being made now (once, whoever asks)."""
+        assert choice.coding is not None
+        derived = derive.find_derived(self.e.store, entry, choice.coding)
+        if derived is not None:
+            body = self.e.store.open_body(derived)
+            if body is not None:
+                stored.close()
+                return FileSource(body), derived.size
+        fill = self.e.deriver.fill(
+            entry.key,
+            entry.variant,
+            entry.vary,
+            choice,
+            stored,
+            entry.size,
+            derive.coding_of(self.entry_headers) or "identity",
+        )
+        return FillSource(fill.reader()), None
+
     async def _deliver_fill(self, fill: Fill, head: FillHead) -> None:
-        headers = self._client_headers(head.headers, None)
-        source = FillSource(fill.reader())
-        try:
-            await self._respond_body(
-                head.status, headers, head.length, CIMultiDict(head.headers), source
+        source: BodySource = FillSource(fill.reader())
+        length = head.length
+        stored = CIMultiDict(head.headers)
+        choice = derive.choose(self.method, head.status, self.headers, stored, head.length)
+        if choice.transform is not None:
+            assert choice.coding is not None
+            derived = self.e.deriver.fill(
+                self.key,
+                head.variant,
+                head.vary,
+                choice,
+                source,
+                head.length,
+                derive.coding_of(stored) or "identity",
             )
+            source, length = FillSource(derived.reader()), None
+        adjusted = derive.client_headers(head.headers, choice)
+        headers = self._client_headers(adjusted, None)
+        try:
+            await self._respond_body(head.status, headers, length, CIMultiDict(adjusted), source)
         finally:
             source.close()
 

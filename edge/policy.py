@@ -689,17 +689,26 @@ def normalise_selecting(name: str, values: Sequence[str]) -> str | None:
 
 
 def vary_key(
-    vary_names: Sequence[str], request_headers: Headers
+    vary_names: Sequence[str], request_headers: Headers, handled: frozenset[str] = frozenset()
 ) -> tuple[tuple[str, str | None], ...]:
     """The secondary cache key (Section 4.1): each selecting field's normalised value
-    in the request, None when absent."""
+    in the request, None when absent. Fields in `handled` are negotiated by the cache
+    itself for every stored response (edge does Accept-Encoding), so their value is
+    left out: one stored response serves every value."""
     return tuple(
-        (name, normalise_selecting(name, request_headers.getall(name, [])))
+        (
+            name,
+            "" if name in handled else normalise_selecting(name, request_headers.getall(name, [])),
+        )
         for name in sorted(set(vary_names))
     )
 
 
-def vary_matches(stored_key: Sequence[tuple[str, str | None]], request_headers: Headers) -> bool:
+def vary_matches(
+    stored_key: Sequence[tuple[str, str | None]],
+    request_headers: Headers,
+    handled: frozenset[str] = frozenset(),
+) -> bool:
     """RFC 9111 Section 4.1: Calculating Cache Keys with the Vary Header Field.
 
     Every selecting field must match (absent in both also matches); `*` never does.
@@ -707,7 +716,7 @@ def vary_matches(stored_key: Sequence[tuple[str, str | None]], request_headers: 
     names = [name for name, _ in stored_key]
     if "*" in names:
         return False
-    return tuple(stored_key) == vary_key(names, request_headers)
+    return tuple(stored_key) == vary_key(names, request_headers, handled)
 
 
 # --------------------------------------------------------------------- validation

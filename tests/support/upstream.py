@@ -15,16 +15,32 @@ Query parameters on any other path:
   etag=VALUE       ETag (quoted by the caller); 304 when If-None-Match matches
   vary=NAME        Vary field
   status=N         status code
+  ctype=VALUE      Content-Type (default application/octet-stream)
+  text=1           a body of readable words instead of bytes from the path
+  gzip=1           the body gzip-encoded, with Content-Encoding: gzip
+  zeros=N          with gzip=1: the encoded body is N bytes of zeros (a bomb)
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gzip
 import hashlib
 from collections import Counter
 
 from aiohttp import web
+
+WORDS = b"the archive keeps books scans audio and bundles for readers everywhere ".split()
+
+
+def text_for(path: str, size: int) -> bytes:
+    seed = int.from_bytes(hashlib.sha256(path.encode()).digest()[:4], "big")
+    out = bytearray()
+    while len(out) < size:
+        out += WORDS[seed % len(WORDS)] + b" "
+        seed = (seed * 1103515245 + 12345) & 0x7FFFFFFF
+    return bytes(out[:size])
 
 
 def body_for(path: str, size: int) -> bytes:
@@ -60,7 +76,14 @@ def make_app() -> web.Application:
             headers["X-Echo"] = request.headers.get(q["vary"], "")
         headers["X-Request-Count"] = str(counts[request.path])
         status = int(q.get("status", "200"))
-        body = body_for(request.path, size)
+        body = text_for(request.path, size) if "text" in q else body_for(request.path, size)
+        if "ctype" in q:
+            headers["Content-Type"] = q["ctype"]
+        if "gzip" in q:
+            raw = bytes(int(q["zeros"])) if "zeros" in q else body
+            body = gzip.compress(raw, 6)
+            size = len(body)
+            headers["Content-Encoding"] = "gzip"
         resp = web.StreamResponse(status=status, headers=headers)
         resp.content_length = size
         await resp.prepare(request)

@@ -1,0 +1,234 @@
+"""Content codings at the edge: which coding a response goes out in, and the encoded
+(or decoded) copy of a stored response, made once and kept as a derived variant.
+
+A derived variant is stored under the same cache key as its source, names the source
+variant, and has no headers of its own: they are the source's with Content-Encoding,
+Content-Length, ETag (RFC 9110 Section 8.8.3) and Vary adjusted at delivery, so a 304
+that refreshes the source refreshes its encodings too. While a derived body is being
+made, clients read it as it is produced (it is an ordinary Fill).
+
+This module owns the choice and the making; codecs and negotiation rules live in
+`edge.compress`, and the pipeline decides when to ask.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from edge import compress, policy
+from edge.fill import Fill, FillHead, InFlight
+from edge.slices import BodySource, FileSegment
+from edge.store import Entry, Store, new_variant_id
+
+log = logging.getLogger("edge.derive")
+
+#: Content codings edge can undo for a client that does not accept them.
+DECODABLE = frozenset({"gzip", "x-gzip", "deflate", "br", "zstd"})
+#: Bodies above this are sent as stored, never transformed.
+MAX_TRANSFORM_SIZE = 64 << 20
+#: A decoded body may be at most this many times its encoded size (and at most
+#: MAX_TRANSFORM_SIZE): beyond it, it is treated as a decompression bomb.
+MAX_DECODE_RATIO = 100
+#: Chunks at least this big are (de)compressed in a worker thread; the codecs release
+#: the GIL, so the event loop keeps serving meanwhile.
+THREAD_CHUNK = 64 << 10
+
+
+@dataclass(frozen=True)
+class Choice:
+    """How a response goes out: `coding` is the Content-Encoding to send (None: as
+    stored), `transform` "encode" or "decode" when a derived body is needed, and
+    `vary` whether the answer depended on Accept-Encoding."""
+
+    coding: str | None = None
+    transform: str | None = None
+    vary: bool = False
+
+
+AS_STORED = Choice()
+
+
+def choose(
+    method: str,
+    status: int,
+    request: policy.Headers,
+    response: policy.Headers,
+    length: int | None,
+) -> Choice:
+    """RFC 9110 Section 12.5.3 (Accept-Encoding) and Section 8.4 (Content-Encoding),
+    with RFC 9111 Section 5.2.2.6 (no-transform): the coding for this response."""
+    if method not in ("GET", "HEAD") or status != 200:
+        return AS_STORED
+    if length is not None and length > MAX_TRANSFORM_SIZE:
+        return AS_STORED
+    cc = policy.parse_cache_control(response.getall("Cache-Control", []))
+    if "no-transform" in cc:
+        return AS_STORED
+    accept = request.getall("Accept-Encoding", [])
+    stored = coding_of(response)
+    if stored is None:  # several codings stacked, or one edge cannot undo
+        return AS_STORED
+    if stored != "identity":
+        if stored not in DECODABLE:
+            return AS_STORED
+        chosen = compress.negotiate(accept, [stored, "identity"])
+        if chosen == "identity":
+            return Choice("identity", "decode", True)
+        return Choice(vary=True)
+    if not compress.is_compressible(response.get("Content-Type")):
+        return AS_STORED
+    if length is not None and length < compress.MIN_SIZE:
+        return AS_STORED
+    chosen = compress.negotiate(accept, [*compress.CODINGS, "identity"])
+    if chosen in (None, "identity"):
+        return Choice(vary=True)
+    return Choice(chosen, "encode", True)
+
+
+def coding_of(headers: policy.Headers) -> str | None:
+    codings = [c.lower() for c in policy.split_list(headers.getall("Content-Encoding", []))]
+    codings = [c for c in codings if c != "identity"]
+    if not codings:
+        return "identity"
+    return codings[0] if len(codings) == 1 else None
+
+
+def client_headers(stored: Iterable[tuple[str, str]], choice: Choice) -> list[tuple[str, str]]:
+    """The source's fields, adjusted for the coding actually sent."""
+    headers = list(stored)
+    if choice.transform is not None:
+        drop = {"content-length", "content-encoding", "etag", "content-md5", "accept-ranges"}
+        etag = next((v for k, v in headers if k.lower() == "etag"), None)
+        headers = [(k, v) for k, v in headers if k.lower() not in drop]
+        if choice.coding and choice.coding != "identity":
+            headers.append(("Content-Encoding", choice.coding))
+        new_etag = compress.variant_etag(etag, choice.coding or "identity")
+        if new_etag:
+            headers.append(("ETag", new_etag))
+    if choice.vary:
+        vary = [v for k, v in headers if k.lower() == "vary"]
+        headers = [(k, v) for k, v in headers if k.lower() != "vary"]
+        headers.append(("Vary", compress.vary_with(", ".join(vary) or None, "Accept-Encoding")))
+    return headers
+
+
+def find_derived(store: Store, source: Entry, coding: str) -> Entry | None:
+    for entry in store.variants(source.key):
+        if entry.derived_from == source.variant and entry.coding == coding:
+            return entry
+    return None
+
+
+class Deriver:
+    """Makes derived bodies: one task per (source variant, coding), followed by readers."""
+
+    def __init__(self, store: Store, inflight: InFlight) -> None:
+        self.store = store
+        self.inflight = inflight
+
+    def fill(
+        self,
+        key: str,
+        source_variant: str,
+        vary: tuple[tuple[str, str | None], ...],
+        choice: Choice,
+        source: BodySource,
+        source_length: int | None,
+        source_coding: str,
+    ) -> Fill:
+        """The fill making this derived body, started here if nobody is making it.
+        `source` is consumed by the task (and closed by it) only when it starts one."""
+        assert choice.coding is not None
+        name = f"{key}#{source_variant}#{choice.coding}"
+        fill = self.inflight.get(name)
+        if fill is not None:
+            source.close()
+            return fill
+        fill = self.inflight.start(name)
+        fill.attach_writer(self.store.begin())
+        fill.head.set_result(FillHead("body", status=200, storable=True))
+        self.inflight.spawn(
+            self._run(fill, key, source_variant, vary, choice, source, source_length, source_coding)
+        )
+        return fill
+
+    async def _run(
+        self,
+        fill: Fill,
+        key: str,
+        source_variant: str,
+        vary: tuple[tuple[str, str | None], ...],
+        choice: Choice,
+        source: BodySource,
+        source_length: int | None,
+        source_coding: str,
+    ) -> None:
+        assert fill.writer is not None and choice.coding is not None
+        writer = fill.writer
+        if choice.transform == "encode":
+            level = compress.LEVELS["store" if source_length is not None else "stream"]
+            codec = compress.encoder(choice.coding, level[choice.coding])
+            step, last = codec.compress, codec.finish
+        else:
+            limit = min(MAX_TRANSFORM_SIZE, MAX_DECODE_RATIO * (source_length or 1 << 20))
+            decoder = compress.decoder(source_coding, limit)
+            step, last = decoder.decompress, decoder.finish
+
+        def emit(data: bytes) -> None:
+            if data:
+                writer.write(data)
+                fill.advance(len(data))
+
+        try:
+            async for piece in source.pieces(0, source_length):
+                for chunk in _chunks(piece):
+                    out = (
+                        await asyncio.to_thread(step, chunk)
+                        if len(chunk) >= THREAD_CHUNK
+                        else (step(chunk))
+                    )
+                    emit(out)
+            emit(last())
+            entry = Entry(
+                key=key,
+                variant=new_variant_id(),
+                status=200,
+                headers=(),
+                vary=(*vary, ("\x00coding", choice.coding)),
+                request_time=0.0,
+                response_time=0.0,
+                size=writer.written,
+                derived_from=source_variant,
+                coding=choice.coding,
+            )
+            if any(v.variant == source_variant for v in self.store.variants(key)):
+                self.store.commit(entry, writer)
+            else:
+                writer.discard()  # the source was not kept (or was replaced): nor is this
+            fill.finish()
+        except Exception as exc:  # a bad body must not leave readers waiting
+            log.warning("could not make the %s variant of %s: %s", choice.coding, key, exc)
+            writer.discard()
+            fill.finish(exc)
+        finally:
+            source.close()
+            self.inflight.done(fill)
+
+
+def _chunks(piece: bytes | FileSegment) -> Iterable[bytes]:
+    """A piece as bytes, reading file segments in bounded chunks."""
+    if isinstance(piece, bytes):
+        yield piece
+        return
+    fd, offset, left = piece.file.fileno(), piece.offset, piece.count
+    while left > 0:
+        data = os.pread(fd, min(left, 1 << 20), offset)
+        if not data:
+            return
+        offset += len(data)
+        left -= len(data)
+        yield data
