@@ -108,7 +108,9 @@ def client_headers(stored: Iterable[tuple[str, str]], choice: Choice) -> list[tu
             headers.append(("Content-Encoding", choice.coding))
         new_etag = compress.variant_etag(etag, choice.coding or "identity")
         if new_etag:
-            headers.append(("ETag", new_etag))
+            # Weak (RFC 9110 Section 8.8.1): a variant first made at the fast level is
+            # later remade at the strong one, equivalent but not the same bytes.
+            headers.append(("ETag", new_etag if new_etag.startswith("W/") else f"W/{new_etag}"))
     if choice.vary:
         vary = [v for k, v in headers if k.lower() == "vary"]
         headers = [(k, v) for k, v in headers if k.lower() != "vary"]
@@ -139,6 +141,7 @@ class Deriver:
         source: BodySource,
         source_length: int | None,
         source_coding: str,
+        complete: bool,
     ) -> Fill:
         """The fill making this derived body, started here if nobody is making it.
         `source` is consumed by the task (and closed by it) only when it starts one."""
@@ -152,7 +155,17 @@ class Deriver:
         fill.attach_writer(self.store.begin())
         fill.head.set_result(FillHead("body", status=200, storable=True))
         self.inflight.spawn(
-            self._run(fill, key, source_variant, vary, choice, source, source_length, source_coding)
+            self._run(
+                fill,
+                key,
+                source_variant,
+                vary,
+                choice,
+                source,
+                source_length,
+                source_coding,
+                "store" if complete else "stream",
+            )
         )
         return fill
 
@@ -166,12 +179,12 @@ class Deriver:
         source: BodySource,
         source_length: int | None,
         source_coding: str,
+        path: str,
     ) -> None:
         assert fill.writer is not None and choice.coding is not None
         writer = fill.writer
         if choice.transform == "encode":
-            level = compress.LEVELS["store" if source_length is not None else "stream"]
-            codec = compress.encoder(choice.coding, level[choice.coding])
+            codec = compress.encoder(choice.coding, compress.LEVELS[path][choice.coding])
             step, last = codec.compress, codec.finish
         else:
             limit = min(MAX_TRANSFORM_SIZE, MAX_DECODE_RATIO * (source_length or 1 << 20))
@@ -204,6 +217,7 @@ class Deriver:
                 size=writer.written,
                 derived_from=source_variant,
                 coding=choice.coding,
+                extra={"level": path},
             )
             if any(v.variant == source_variant for v in self.store.variants(key)):
                 self.store.commit(entry, writer)

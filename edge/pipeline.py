@@ -660,7 +660,21 @@ class Transaction:
         if derived is not None:
             body = self.e.store.open_body(derived)
             if body is not None:
-                stored.close()
+                if derived.extra.get("level") == "stream":
+                    # Made in a hurry while the source arrived: remake it at the
+                    # strong level in the background, from the stored source.
+                    self.e.deriver.fill(
+                        entry.key,
+                        entry.variant,
+                        entry.vary,
+                        choice,
+                        stored,
+                        entry.size,
+                        derive.coding_of(self.entry_headers) or "identity",
+                        complete=True,
+                    )
+                else:
+                    stored.close()
                 return FileSource(body), derived.size
         fill = self.e.deriver.fill(
             entry.key,
@@ -670,6 +684,7 @@ class Transaction:
             stored,
             entry.size,
             derive.coding_of(self.entry_headers) or "identity",
+            complete=True,
         )
         return FillSource(fill.reader()), None
 
@@ -688,6 +703,7 @@ class Transaction:
                 source,
                 head.length,
                 derive.coding_of(stored) or "identity",
+                complete=False,
             )
             source, length = FillSource(derived.reader()), None
         adjusted = derive.client_headers(head.headers, choice)

@@ -90,8 +90,8 @@ async def test_variants_have_their_own_etag_and_consistent_conditionals_and_head
     url = f'{node.url}/etag{TEXT}&etag="v1"'
     _, plain, _ = await get(url, **{"Accept-Encoding": "identity"})
     _, br, body = await get(url, **{"Accept-Encoding": "br"})
-    assert plain["ETag"] == '"v1"' and br["ETag"] == '"v1-br"'
-    status, _, _ = await get(url, **{"Accept-Encoding": "br", "If-None-Match": '"v1-br"'})
+    assert plain["ETag"] == '"v1"' and br["ETag"] == 'W/"v1-br"'
+    status, _, _ = await get(url, **{"Accept-Encoding": "br", "If-None-Match": 'W/"v1-br"'})
     assert status == 304
     status, _, _ = await get(url, **{"Accept-Encoding": "br", "If-None-Match": '"v1"'})
     assert status == 200
@@ -148,3 +148,25 @@ def test_curl_compressed(upstream: Proc, edge: EdgeFactory):
     head, _, body = out.partition(b"\r\n\r\n")
     assert b"content-encoding: " in head.lower()
     assert body == text_for("/curl", 200000)
+
+
+async def test_variant_made_while_streaming_is_remade_at_the_stored_level(
+    upstream: Proc, edge: EdgeFactory
+):
+    """The first br copy is made at the fast level while the object arrives; once it is
+    stored, it is remade at the strong level in the background and replaces it."""
+    import asyncio
+
+    node = edge(upstream.url)
+    url = f"{node.url}/remake{TEXT}"
+    _, _, fast = await get(url, **{"Accept-Encoding": "br"})  # cold: streamed
+    _, _, again = await get(url, **{"Accept-Encoding": "br"})  # hit: triggers the remake
+    assert again == fast
+    for _ in range(100):  # bounded wait for the background remake
+        await asyncio.sleep(0.05)
+        _, headers, strong = await get(url, **{"Accept-Encoding": "br"})
+        if len(strong) < len(fast):
+            break
+    assert len(strong) < len(fast)
+    assert brotli.decompress(strong) == text_for("/remake", 200000)
+    assert int(headers["Content-Length"]) == len(strong)
