@@ -26,7 +26,7 @@ from typing import IO
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from edge import derive, policy
+from edge import compress, derive, policy
 from edge.cachestatus import CacheStatus
 from edge.config import NodeConfig
 from edge.derive import Deriver
@@ -714,19 +714,35 @@ class Transaction:
             source.close()
 
     async def _deliver_upstream(self, response: UpstreamResponse) -> None:
-        headers = self._client_headers(policy.end_to_end(response.headers), None)
+        """Relay a response that is not stored; compressible text is still compressed
+        (at the fast level: nothing is kept to pay for a strong one)."""
         length_field = response.headers.get("Content-Length")
+        length = int(length_field) if length_field and length_field.isdigit() else None
+        choice = derive.choose(self.method, response.status, self.headers, response.headers, length)
+        if choice.transform == "decode":  # only kept copies are decoded (with a cap)
+            choice = derive.Choice(vary=True)
+        fields = derive.client_headers(policy.end_to_end(response.headers), choice)
+        headers = self._client_headers(fields, None)
         no_body = self.method == "HEAD" or response.status in (204, 304) or response.status < 200
         resp = web.StreamResponse(status=response.status, headers=headers)
-        if length_field is not None and length_field.isdigit():
-            resp.content_length = int(length_field)
+        encoder = None
+        if choice.transform == "encode" and choice.coding:
+            encoder = compress.encoder(choice.coding, compress.LEVELS["stream"][choice.coding])
+        elif length is not None:
+            resp.content_length = length
         self.response, self.code = resp, response.status
         await resp.prepare(self.req)
         if not no_body:
             try:
                 async for chunk in response.chunks():
+                    if encoder is not None:
+                        chunk = await asyncio.to_thread(encoder.compress, chunk)
                     await resp.write(chunk)
                     self.sent += len(chunk)
+                if encoder is not None:
+                    tail = encoder.finish()
+                    await resp.write(tail)
+                    self.sent += len(tail)
             except UpstreamError as exc:
                 log.warning("upstream body broke while relaying %s: %s", self.req.raw_path, exc)
                 self._abort()

@@ -170,3 +170,16 @@ async def test_variant_made_while_streaming_is_remade_at_the_stored_level(
     assert len(strong) < len(fast)
     assert brotli.decompress(strong) == text_for("/remake", 200000)
     assert int(headers["Content-Length"]) == len(strong)
+
+
+async def test_responses_that_are_not_stored_are_compressed_on_the_fly(
+    upstream: Proc, edge: EdgeFactory
+):
+    node = edge(upstream.url)
+    url = f"{node.url}/private{TEXT}&cc=private"
+    for _ in range(2):
+        _, headers, body = await get(url, **{"Accept-Encoding": "gzip"})
+        assert headers["Content-Encoding"] == "gzip"
+        assert gzip.decompress(body) == text_for("/private", 200000)
+        assert "hit" not in headers["Cache-Status"].split("; ")
+    assert await count(upstream, "/private") == 2
