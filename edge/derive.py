@@ -125,6 +125,23 @@ def find_derived(store: Store, source: Entry, coding: str) -> Entry | None:
     return None
 
 
+@dataclass(frozen=True)
+class Job:
+    """What to derive: from which stored (or arriving) response, in which coding."""
+
+    key: str
+    source_variant: str
+    vary: tuple[tuple[str, str | None], ...]
+    choice: Choice
+    source_length: int | None
+    source_coding: str
+    complete: bool  # the source is stored whole: use the strong level
+
+    @property
+    def name(self) -> str:
+        return f"{self.key}#{self.source_variant}#{self.choice.coding}"
+
+
 class Deriver:
     """Makes derived bodies: one task per (source variant, coding), followed by readers."""
 
@@ -132,63 +149,31 @@ class Deriver:
         self.store = store
         self.inflight = inflight
 
-    def fill(
-        self,
-        key: str,
-        source_variant: str,
-        vary: tuple[tuple[str, str | None], ...],
-        choice: Choice,
-        source: BodySource,
-        source_length: int | None,
-        source_coding: str,
-        complete: bool,
-    ) -> Fill:
+    def fill(self, job: Job, source: BodySource) -> Fill:
         """The fill making this derived body, started here if nobody is making it.
         `source` is consumed by the task (and closed by it) only when it starts one."""
-        assert choice.coding is not None
-        name = f"{key}#{source_variant}#{choice.coding}"
-        fill = self.inflight.get(name)
+        assert job.choice.coding is not None
+        fill = self.inflight.get(job.name)
         if fill is not None:
             source.close()
             return fill
-        fill = self.inflight.start(name)
+        fill = self.inflight.start(job.name)
         fill.attach_writer(self.store.begin())
         fill.head.set_result(FillHead("body", status=200, storable=True))
-        self.inflight.spawn(
-            self._run(
-                fill,
-                key,
-                source_variant,
-                vary,
-                choice,
-                source,
-                source_length,
-                source_coding,
-                "store" if complete else "stream",
-            )
-        )
+        self.inflight.spawn(self._run(fill, job, source))
         return fill
 
-    async def _run(
-        self,
-        fill: Fill,
-        key: str,
-        source_variant: str,
-        vary: tuple[tuple[str, str | None], ...],
-        choice: Choice,
-        source: BodySource,
-        source_length: int | None,
-        source_coding: str,
-        path: str,
-    ) -> None:
+    async def _run(self, fill: Fill, job: Job, source: BodySource) -> None:
+        choice = job.choice
         assert fill.writer is not None and choice.coding is not None
         writer = fill.writer
+        path = "store" if job.complete else "stream"
         if choice.transform == "encode":
             codec = compress.encoder(choice.coding, compress.LEVELS[path][choice.coding])
             step, last = codec.compress, codec.finish
         else:
-            limit = min(MAX_TRANSFORM_SIZE, MAX_DECODE_RATIO * (source_length or 1 << 20))
-            decoder = compress.decoder(source_coding, limit)
+            limit = min(MAX_TRANSFORM_SIZE, MAX_DECODE_RATIO * (job.source_length or 1 << 20))
+            decoder = compress.decoder(job.source_coding, limit)
             step, last = decoder.decompress, decoder.finish
 
         def emit(data: bytes) -> None:
@@ -197,7 +182,7 @@ class Deriver:
                 fill.advance(len(data))
 
         try:
-            async for piece in source.pieces(0, source_length):
+            async for piece in source.pieces(0, job.source_length):
                 for chunk in _chunks(piece):
                     out = (
                         await asyncio.to_thread(step, chunk)
@@ -207,25 +192,25 @@ class Deriver:
                     emit(out)
             emit(last())
             entry = Entry(
-                key=key,
+                key=job.key,
                 variant=new_variant_id(),
                 status=200,
                 headers=(),
-                vary=(*vary, ("\x00coding", choice.coding)),
+                vary=(*job.vary, ("\x00coding", choice.coding)),
                 request_time=0.0,
                 response_time=0.0,
                 size=writer.written,
-                derived_from=source_variant,
+                derived_from=job.source_variant,
                 coding=choice.coding,
                 extra={"level": path},
             )
-            if any(v.variant == source_variant for v in self.store.variants(key)):
+            if any(v.variant == job.source_variant for v in self.store.variants(job.key)):
                 self.store.commit(entry, writer)
             else:
                 writer.discard()  # the source was not kept (or was replaced): nor is this
             fill.finish()
         except Exception as exc:  # a bad body must not leave readers waiting
-            log.warning("could not make the %s variant of %s: %s", choice.coding, key, exc)
+            log.warning("could not make the %s variant of %s: %s", choice.coding, job.key, exc)
             writer.discard()
             fill.finish(exc)
         finally:

@@ -657,35 +657,24 @@ class Transaction:
         being made now (once, whoever asks)."""
         assert choice.coding is not None
         derived = derive.find_derived(self.e.store, entry, choice.coding)
-        if derived is not None:
-            body = self.e.store.open_body(derived)
-            if body is not None:
-                if derived.extra.get("level") == "stream":
-                    # Made in a hurry while the source arrived: remake it at the
-                    # strong level in the background, from the stored source.
-                    self.e.deriver.fill(
-                        entry.key,
-                        entry.variant,
-                        entry.vary,
-                        choice,
-                        stored,
-                        entry.size,
-                        derive.coding_of(self.entry_headers) or "identity",
-                        complete=True,
-                    )
-                else:
-                    stored.close()
-                return FileSource(body), derived.size
-        fill = self.e.deriver.fill(
+        body = self.e.store.open_body(derived) if derived is not None else None
+        if derived is not None and body is not None and derived.extra.get("level") != "stream":
+            stored.close()
+            return FileSource(body), derived.size
+        # Not made yet, or made in a hurry while the source arrived: make it now from the
+        # stored source at the strong level (in the background when a copy exists).
+        job = derive.Job(
             entry.key,
             entry.variant,
             entry.vary,
             choice,
-            stored,
             entry.size,
             derive.coding_of(self.entry_headers) or "identity",
             complete=True,
         )
+        fill = self.e.deriver.fill(job, stored)
+        if derived is not None and body is not None:
+            return FileSource(body), derived.size
         return FillSource(fill.reader()), None
 
     async def _deliver_fill(self, fill: Fill, head: FillHead) -> None:
@@ -695,16 +684,16 @@ class Transaction:
         choice = derive.choose(self.method, head.status, self.headers, stored, head.length)
         if choice.transform is not None:
             assert choice.coding is not None
-            derived = self.e.deriver.fill(
+            job = derive.Job(
                 self.key,
                 head.variant,
                 head.vary,
                 choice,
-                source,
                 head.length,
                 derive.coding_of(stored) or "identity",
                 complete=False,
             )
+            derived = self.e.deriver.fill(job, source)
             source, length = FillSource(derived.reader()), None
         adjusted = derive.client_headers(head.headers, choice)
         headers = self._client_headers(adjusted, None)
