@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -14,34 +14,34 @@ from edge.config import ConfigError, load_config
 
 
 def serve(
-    listen: Annotated[Optional[str], typer.Option(help="HOST:PORT to listen on.")] = None,  # noqa: UP045
+    listen: Annotated[str | None, typer.Option(help="HOST:PORT to listen on.")] = None,
     upstream: Annotated[
-        Optional[str],  # noqa: UP045
+        str | None,
         typer.Option(help="Upstream base URL (origin or shield), e.g. http://127.0.0.1:8081."),
     ] = None,
-    cache_dir: Annotated[Optional[Path], typer.Option(help="Cache directory.")] = None,  # noqa: UP045
+    cache_dir: Annotated[Path | None, typer.Option(help="Cache directory.")] = None,
     cache_size: Annotated[
-        Optional[str],  # noqa: UP045
+        str | None,
         typer.Option(help="Cache size bound, e.g. 512M, 10G (LRU eviction)."),
     ] = None,
     max_object_size: Annotated[
-        Optional[str],  # noqa: UP045
+        str | None,
         typer.Option(help="Largest object stored, e.g. 2G."),
     ] = None,
     slice_size: Annotated[
-        Optional[str],  # noqa: UP045
+        str | None,
         typer.Option(help="Slice size for big objects, e.g. 4M."),
     ] = None,
     slice_threshold: Annotated[
-        Optional[str],  # noqa: UP045
+        str | None,
         typer.Option(help="Objects larger than this are cached as slices, e.g. 16M."),
     ] = None,
     name: Annotated[
-        Optional[str],  # noqa: UP045
+        str | None,
         typer.Option(help="Node name, shown in Cache-Status and Via."),
     ] = None,
     config: Annotated[
-        Optional[Path],  # noqa: UP045
+        Path | None,
         typer.Option("--config", "-c", help="TOML file with the same settings."),
     ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
