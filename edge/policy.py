@@ -168,6 +168,10 @@ _SF_PARAMS = rf"(?:\s*;\s*{_SF_KEY}(?:={_SF_BARE_ITEM})?)*"
 _SF_MEMBER = re.compile(rf"{_SF_KEY}(?:={_SF_BARE_ITEM})?{_SF_PARAMS}")
 
 
+#: Directives whose argument is delta-seconds (an Integer in a Structured Field).
+_DELTA_DIRECTIVES = frozenset({"max-age", "s-maxage", "stale-while-revalidate", "stale-if-error"})
+
+
 def is_sf_dictionary(values: Iterable[str]) -> bool:
     """RFC 8941 Section 3.2: is this a syntactically valid Dictionary (of items;
     cache directives use no inner lists)? RFC 9213 Section 2.1: a cache ignores a
@@ -382,6 +386,10 @@ def response_policy(
             continue
         else:
             targeted = parse_targeted(values)
+            if targeted is not None and targeted.quoted & _DELTA_DIRECTIVES:
+                # RFC 9213 Section 2.1: a Structured Field whose delta-seconds directive
+                # is a String has the wrong type: the whole field is ignored.
+                continue
         if targeted is not None:
             return ResponsePolicy(cc, targeted)
     return ResponsePolicy(cc, None)

@@ -367,3 +367,15 @@ def test_cdn_cache_control_duplicate_key_last_wins() -> None:
     assert cc is not None
     assert cc.delta("max-age") == 90
     assert cc.conflicts == frozenset()
+
+
+def test_cdn_cache_control_with_a_string_delta_is_ignored_whole() -> None:
+    """RFC 9213 Section 2.1: `max-age="60"` is a String where an Integer belongs, so the
+    field is ignored and Cache-Control governs (unlike Cache-Control itself, which
+    accepts the quoted form)."""
+    from edge.policy import response_policy
+
+    headers = CIMultiDict([("CDN-Cache-Control", 'max-age="10000"'), ("Cache-Control", "no-store")])
+    rp = response_policy(headers)
+    assert rp.targeted is None
+    assert "no-store" in rp.effective
