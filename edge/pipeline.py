@@ -159,6 +159,7 @@ class Transaction:
         self.sent = 0
         self.upstream_ms: float | None = None
         self.synth_reason = ""
+        self.client_gone = False
 
     # -- the walk -------------------------------------------------------------------
 
@@ -340,12 +341,17 @@ class Transaction:
         return "deliver"
 
     async def st_deliver(self) -> str:
-        if self.fill is not None and self.head is not None:
-            await self._deliver_fill(self.fill, self.head)
-        elif self.upstream_response is not None:
-            await self._deliver_upstream(self.upstream_response)
-        else:
-            await self._deliver_entry()
+        try:
+            if self.fill is not None and self.head is not None:
+                await self._deliver_fill(self.fill, self.head)
+            elif self.upstream_response is not None:
+                await self._deliver_upstream(self.upstream_response)
+            else:
+                await self._deliver_entry()
+        except ConnectionError:
+            # The client went away mid-body (aiohttp's reset error is a ConnectionError):
+            # ordinary for downloads, not an error of ours. Fills carry on regardless.
+            self.client_gone = True
         return "done"
 
     # -- the fill task (runs on its own, not tied to any client) ----------------------
@@ -938,7 +944,7 @@ class Transaction:
             took = (time.monotonic() - self.started) * 1000
             upstream = f"{self.upstream_ms:.1f}" if self.upstream_ms is not None else "-"
             access_log.info(
-                '%s "%s %s" %d %s bytes=%d time_ms=%.1f upstream_ms=%s walk=%s',
+                '%s "%s %s" %d %s bytes=%d time_ms=%.1f upstream_ms=%s walk=%s%s',
                 self.req.remote,
                 self.method,
                 self.req.raw_path,
@@ -948,6 +954,7 @@ class Transaction:
                 took,
                 upstream,
                 ">".join(self.walk),
+                " client-gone" if self.client_gone else "",
             )
 
 

@@ -426,3 +426,25 @@ async def test_head_miss_is_passed_as_head_and_not_stored(upstream: Proc, edge: 
     assert await origin_count(upstream, "/hm") == 2
     _, headers, body = await get(f"{node.url}/hm?size=5000")
     assert len(body) == 5000 and "fwd=uri-miss" in headers["Cache-Status"]
+
+
+async def test_a_client_leaving_mid_body_is_logged_not_a_traceback(
+    upstream: Proc, edge: EdgeFactory
+):
+    node = edge(upstream.url)
+    url = f"{node.url}/leave?size={8 << 20}"
+    await get(url)  # stored
+    reader, writer = await asyncio.open_connection("127.0.0.1", node.port)
+    writer.write(b"GET /leave?size=8388608 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    await writer.drain()
+    await reader.read(1 << 16)
+    writer.close()  # gone with most of the body unread
+    await writer.wait_closed()
+    for _ in range(50):  # bounded wait for the access line
+        if "client-gone" in node.output():
+            break
+        await asyncio.sleep(0.05)
+    assert "client-gone" in node.output()
+    assert "Traceback" not in node.output()
+    status, _, body = await get(url)  # the node carries on
+    assert status == 200 and len(body) == 8 << 20
