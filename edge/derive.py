@@ -136,6 +136,7 @@ class Job:
     source_length: int | None
     source_coding: str
     complete: bool  # the source is stored whole: use the strong level
+    content_type: str | None = None  # picks brotli's mode
 
     @property
     def name(self) -> str:
@@ -169,7 +170,14 @@ class Deriver:
         writer = fill.writer
         path = "store" if job.complete else "stream"
         if choice.transform == "encode":
-            codec = compress.encoder(choice.coding, compress.LEVELS[path][choice.coding])
+            # The size hint fits the codec's window and tables to the body: much cheaper
+            # set-up for small bodies, the same output.
+            codec = compress.encoder(
+                choice.coding,
+                compress.LEVELS[path][choice.coding],
+                content_type=job.content_type,
+                size_hint=job.source_length,
+            )
             step, last = codec.compress, codec.finish
         else:
             limit = min(MAX_TRANSFORM_SIZE, MAX_DECODE_RATIO * (job.source_length or 1 << 20))

@@ -677,6 +677,7 @@ class Transaction:
             entry.size,
             derive.coding_of(self.entry_headers) or "identity",
             complete=True,
+            content_type=self.entry_headers.get("Content-Type"),
         )
         fill = self.e.deriver.fill(job, stored)
         if derived is not None and body is not None:
@@ -698,6 +699,7 @@ class Transaction:
                 head.length,
                 derive.coding_of(stored) or "identity",
                 complete=False,
+                content_type=stored.get("Content-Type"),
             )
             derived = self.e.deriver.fill(job, source)
             source, length = FillSource(derived.reader()), None
@@ -722,7 +724,12 @@ class Transaction:
         resp = web.StreamResponse(status=response.status, headers=headers)
         encoder = None
         if choice.transform == "encode" and choice.coding:
-            encoder = compress.encoder(choice.coding, compress.LEVELS["stream"][choice.coding])
+            encoder = compress.encoder(
+                choice.coding,
+                compress.LEVELS["stream"][choice.coding],
+                content_type=response.headers.get("Content-Type"),
+                size_hint=length,
+            )
         elif length is not None:
             resp.content_length = length
         self.response, self.code = resp, response.status
