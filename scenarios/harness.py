@@ -322,3 +322,27 @@ def wait_http_ok(child: Child, url: str, timeout: float = 60.0) -> None:
             last = str(exc)
         time.sleep(0.2)
     raise ScenarioError(f"{child.name} was not ready at {url} in {timeout:g}s ({last})")
+
+
+def write_nginx_config_text(run_dir: Path, text: str) -> list[str]:
+    """Write a scenario's own nginx.conf (all its paths inside `run_dir`) and return the argv
+    that runs it in the foreground; for configs `nginx_config` does not cover."""
+    nginx = require_tool("nginx")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # As in write_nginx_config: workers running as `nobody` must reach the folders.
+    tmp_root = Path(tempfile.gettempdir()).resolve()
+    for folder in [run_dir.resolve(), *run_dir.resolve().parents]:
+        if folder == tmp_root or not folder.is_relative_to(tmp_root):
+            break
+        folder.chmod(0o755)
+    conf = run_dir / "nginx.conf"
+    conf.write_text(text)
+    return [nginx, "-p", str(run_dir), "-c", str(conf), "-e", str(run_dir / "error.log")]
+
+
+def edge_command(*args: str) -> list[str]:
+    """`edge ARGS...` as edge_argv launches it: the console script beside this interpreter,
+    else `python -m cli.main` (for subcommands other than serve, e.g. `origin`)."""
+    script = Path(sys.executable).parent / "edge"
+    base = [str(script)] if script.is_file() else [sys.executable, "-m", "cli.main"]
+    return [*base, *args]

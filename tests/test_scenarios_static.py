@@ -1,5 +1,7 @@
 """Tests of the scenarios' own pure parts: wrk's report parser, sizes, conformance scoring
-and floors, the nginx reference config, and the process/origin plumbing on loopback.
+and floors, the nginx reference config, the large-file scenario's parsers (origin access
+log, /proc fields, curl's write-out, the object's stamped bytes), and the process/origin
+plumbing on loopback.
 
 The proxies themselves are not started here; `python -m scenarios.conformance` and
 `python -m scenarios.bench_hits` do that.
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from scenarios import bench_hits, conformance, harness
+from scenarios import bench_hits, conformance, harness, large_files
 from scenarios.conformance import CacheTest, KindScore
 
 WRK_OUTPUT = """\
@@ -295,3 +297,127 @@ def test_counting_origin_serves_cacheable_objects_and_counts() -> None:
         assert len(body) == 1024
         assert body == bench_hits.object_body(1024)
         assert origins.count("nginx", bench_hits.object_path(1024)) == 2
+
+
+# --- large_files: sizes, the object's bytes, origin log, /proc, curl, nginx ---------------
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("1G", 1 << 30), ("64M", 64 << 20), ("64MiB", 64 << 20), ("512k", 512 << 10), ("4096", 4096)],
+)
+def test_large_parse_size(text: str, size: int) -> None:
+    assert large_files.parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "G", "1.5G", "10x", "-1M"])
+def test_large_parse_size_rejects_garbage(text: str) -> None:
+    with pytest.raises(ValueError):
+        large_files.parse_size(text)
+
+
+def test_large_size_label() -> None:
+    assert large_files.size_label(1 << 30) == "1 GiB"
+    assert large_files.size_label(64 << 20) == "64 MiB"
+    assert large_files.size_label(1536 << 20) == "1536 MiB"
+    assert large_files.size_label(1000) == "1000 B"
+
+
+def test_stamped_block_puts_the_offset_every_4k_so_no_two_blocks_match() -> None:
+    base = bytes(range(256)) * 64  # 16 KiB stand-in for the 1 MiB block
+    block = large_files.stamped_block(base, 1 << 20)
+    assert len(block) == len(base)
+    for at in range(0, len(base), large_files.STAMP):
+        assert int.from_bytes(block[at : at + 8], "big") == (1 << 20) + at
+        assert block[at + 8 : at + large_files.STAMP] == base[at + 8 : at + large_files.STAMP]
+    assert block != large_files.stamped_block(base, 2 << 20)
+
+
+def test_parse_access_log_counts_the_object_by_method_and_status() -> None:
+    path = "/bundles/large-1024.bin"
+    text = "\n".join(
+        [
+            "edge origin: serving /x on http://127.0.0.1:1",
+            "2026-01-01 00:00:00,000 aiohttp.access INFO 127.0.0.1 [01/Jan/2026:00:00:00 +0000]"
+            f' "GET {path} HTTP/1.1" 200 360 "-" "edge"',
+            f'... "GET {path}?x=1 HTTP/1.1" 206 404 "-" "edge"',
+            f'... "GET {path} HTTP/1.1" 206 404 "-" "edge"',
+            f'... "HEAD {path} HTTP/1.1" 200 360 "-" "curl"',
+            '... "GET /other HTTP/1.1" 404 100 "-" "edge"',
+            "2026-01-01 origin.archive WARNING something else",
+        ]
+    )
+    tally = large_files.parse_access_log(text, path)
+    assert tally.requests == 4
+    assert tally.by_status == {"GET 200": 1, "GET 206": 2, "HEAD 200": 1}
+    assert tally.other_requests == 1
+
+
+def test_proc_fields_and_stat() -> None:
+    status = "Name:\tpython\nVmHWM:\t  81234 kB\nVmRSS:\t   70000 kB\n"
+    assert large_files.proc_field(status, "VmRSS") == 70000
+    assert large_files.proc_field(status, "VmHWM") == 81234
+    assert large_files.proc_field(status, "VmSwap") is None
+    assert large_files.proc_field("rchar: 10\nwchar: 5678\n", "wchar") == 5678
+    # comm may hold spaces and parentheses; fields count from the last ')'.
+    stat = "4242 (we (ird) name) S 1 4200 4200 0 -1 4194560 10 0 0 0 150 25 0 0 20 0 3"
+    assert large_files.stat_pgrp(stat) == 4200
+    assert large_files.stat_cpu_ticks(stat) == 175
+
+
+def test_machine_cpu_counts_idle_and_iowait_as_not_busy() -> None:
+    text = "cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 1 2 3 4 5 6 7 8 9 10\n"
+    assert large_files.machine_cpu(text) == (150, 1000)
+
+
+def test_spread_and_per_second_peaks() -> None:
+    assert large_files.spread([0.3, 0.1, 0.2]) == {"first": 0.1, "median": 0.2, "last": 0.3}
+    assert large_files.spread([]) == {"first": None, "median": None, "last": None}
+    samples = [(0.0, 10.0), (0.5, 12.0), (1.2, 11.0), (3.1, 20.0)]
+    # A second without samples repeats the last peak rather than dropping to zero.
+    assert large_files.per_second_peaks(samples) == [12.0, 11.0, 11.0, 20.0]
+
+
+def test_condense_cache_status_drops_ttl_only() -> None:
+    value = "large; fwd=uri-miss; fwd-status=200; stored; ttl=86399"
+    assert large_files.condense_cache_status(value) == "large; fwd=uri-miss; fwd-status=200; stored"
+    assert large_files.condense_cache_status(None) == "-"
+    assert large_files.condense_cache_status("HIT") == "HIT"
+
+
+def test_parse_curl_write_out_takes_the_last_line() -> None:
+    text = "curl: (18) something\n200 1073741824 0.912345 0.000812\n"
+    assert large_files.parse_curl_write_out(text) == (200, 1073741824, 0.912345, 0.000812)
+    with pytest.raises(ValueError):
+        large_files.parse_curl_write_out("curl: (7) Failed to connect")
+
+
+def test_large_ratio() -> None:
+    assert large_files.ratio(1.0, 4.0) == 0.25
+    assert large_files.ratio(1.0, None) is None
+    assert large_files.ratio(None, 2.0) is None
+
+
+def test_nginx_large_config_can_hold_the_object(tmp_path: Path) -> None:
+    conf = large_files.nginx_large_config(tmp_path, 8081, 9091, 1 << 30)
+    assert "worker_processes 1;" in conf
+    assert "sendfile on;" in conf
+    assert "proxy_cache_lock on;" in conf
+    assert "proxy_max_temp_file_size 0;" in conf
+    assert "server 127.0.0.1:9091;" in conf
+    assert "listen 127.0.0.1:8081;" in conf
+    max_size = int(conf.split("max_size=", 1)[1].split("m", 1)[0])
+    assert max_size * (1 << 20) > 1 << 30
+    paths = [
+        w.rstrip(";")
+        for line in conf.splitlines()
+        for w in line.split()
+        if w.startswith("/") and w != "/"
+    ]
+    assert paths and all(p.startswith(str(tmp_path)) for p in paths), paths
+
+
+def test_harness_edge_command_uses_the_same_launcher_as_edge_argv(tmp_path: Path) -> None:
+    argv = harness.edge_argv(8080, "http://127.0.0.1:9090", tmp_path, "x")
+    launcher = argv[: argv.index("serve")]
+    assert harness.edge_command("origin", "--root", "r") == [*launcher, "origin", "--root", "r"]
