@@ -160,6 +160,7 @@ class Transaction:
         self.upstream_ms: float | None = None
         self.synth_reason = ""
         self.client_gone = False
+        self.cut = False  # the body was cut short on our side (upstream broke)
 
     # -- the walk -------------------------------------------------------------------
 
@@ -886,6 +887,7 @@ class Transaction:
     def _abort(self) -> None:
         """The body cannot be completed: close the connection so the client sees a
         truncated response rather than a short one that looks whole."""
+        self.cut = True
         if self.req.transport is not None:
             self.req.transport.abort()
 
@@ -961,7 +963,7 @@ class Transaction:
                 took,
                 upstream,
                 ">".join(self.walk),
-                " client-gone" if self.client_gone else "",
+                " client-gone" if self.client_gone else (" cut" if self.cut else ""),
             )
 
 

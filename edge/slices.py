@@ -338,7 +338,6 @@ class SlicedSource:
         self.slicer = slicer
         self.entry = entry
         self.headers = headers
-        self._open: list[IO[bytes]] = []
 
     async def pieces(self, start: int, end: int | None) -> AsyncIterator[Piece]:
         entry = self.entry
@@ -374,12 +373,14 @@ class SlicedSource:
                 finally:
                     reader.close()
             else:
-                self._open.append(got)
-                yield FileSegment(got, lo, hi - lo)
+                # Closed as soon as it is sent: a 1 GB body is 256 slices, and holding
+                # them all until the response ends runs a crowd out of descriptors.
+                try:
+                    yield FileSegment(got, lo, hi - lo)
+                finally:
+                    got.close()
             start = s_start + hi
             index += 1
 
     def close(self) -> None:
-        for handle in self._open:
-            handle.close()
-        self._open.clear()
+        """Each slice file is closed once sent; nothing is held between pieces."""

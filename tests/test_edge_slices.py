@@ -183,3 +183,24 @@ def test_curl_range_on_a_sliced_object(origin: Proc, archive: Path, edge: EdgeFa
     cmd = ["curl", "-s", "--range", f"{5 * MiB}-{5 * MiB + 999}", "-o", str(out)]
     subprocess.run([*cmd, f"{node.url}/curl.bin"], check=True, timeout=30)
     assert out.read_bytes() == data[5 * MiB : 5 * MiB + 1000]
+
+
+async def test_a_sliced_download_holds_one_slice_file_at_a_time(
+    origin: Proc, archive: Path, edge: EdgeFactory
+):
+    """Each stored slice is closed once sent: a long download must not hold a descriptor
+    per slice (a crowd would run the node out of them)."""
+    data = write_object(archive / "fds.bin", SIZE, b"f")
+    node = edge(origin.url, *SLICING)
+    assert (await fetch(f"{node.url}/fds.bin"))[2] == data  # now every slice is stored
+    fd_dir = Path(f"/proc/{node.popen.pid}/fd")
+    baseline = len(os.listdir(fd_dir))
+    most = 0
+    async with aiohttp.ClientSession() as s, s.get(f"{node.url}/fds.bin") as r:
+        got = b""
+        async for chunk in r.content.iter_chunked(MiB):
+            got += chunk
+            most = max(most, len(os.listdir(fd_dir)))
+            await asyncio.sleep(0.01)  # a slow reader: the edge runs ahead into many slices
+    assert got == data
+    assert most - baseline < 8, (baseline, most)
