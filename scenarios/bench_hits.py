@@ -42,12 +42,12 @@ from scenarios.harness import (
     REPO_ROOT,
     Processes,
     ScenarioError,
-    Terminated,
     can_pin,
     edge_argv,
     free_port,
     pinned,
     require_tool,
+    run_main,
     wait_http_ok,
     wait_tcp,
     write_nginx_config,
@@ -478,18 +478,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        return run(args)
-    except ScenarioError as exc:
-        print(f"bench_hits: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("bench_hits: interrupted", file=sys.stderr)
-        return 130
-    except Terminated as exc:
-        print("bench_hits: terminated", file=sys.stderr)
-        return int(exc.code or 143)
+    return run_main("bench_hits", run, parse_args(argv))
 
 
 if __name__ == "__main__":

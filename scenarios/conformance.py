@@ -39,10 +39,10 @@ from scenarios.harness import (
     Child,
     Processes,
     ScenarioError,
-    Terminated,
     edge_argv,
     free_port,
     require_tool,
+    run_main,
     stop_process,
     wait_http_ok,
     wait_tcp,
@@ -502,18 +502,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        return run(args)
-    except ScenarioError as exc:
-        print(f"conformance: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("conformance: interrupted", file=sys.stderr)
-        return 130
-    except Terminated as exc:
-        print("conformance: terminated", file=sys.stderr)
-        return int(exc.code or 143)
+    return run_main("conformance", run, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -163,21 +163,10 @@ def write_nginx_config(
     run_dir: Path, listen_port: int, upstream_port: int, *, keepalive_upstream: bool
 ) -> list[str]:
     """Write nginx.conf into `run_dir` and return the argv that runs it in the foreground."""
-    nginx = require_tool("nginx")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    # As root, nginx workers run as `nobody`; they must be able to reach the cache and temp
-    # dirs (nginx creates those and hands them over), but mkdtemp makes folders 0700.
-    tmp_root = Path(tempfile.gettempdir()).resolve()
-    for folder in [run_dir.resolve(), *run_dir.resolve().parents]:
-        if folder == tmp_root or not folder.is_relative_to(tmp_root):
-            break
-        folder.chmod(0o755)
-    conf = run_dir / "nginx.conf"
-    conf.write_text(
-        nginx_config(run_dir, listen_port, upstream_port, keepalive_upstream=keepalive_upstream)
+    return write_nginx_config_text(
+        run_dir,
+        nginx_config(run_dir, listen_port, upstream_port, keepalive_upstream=keepalive_upstream),
     )
-    # -e: without it nginx opens /var/log/nginx/error.log before reading the config.
-    return [nginx, "-p", str(run_dir), "-c", str(conf), "-e", str(run_dir / "error.log")]
 
 
 @dataclass
@@ -329,7 +318,8 @@ def write_nginx_config_text(run_dir: Path, text: str) -> list[str]:
     that runs it in the foreground; for configs `nginx_config` does not cover."""
     nginx = require_tool("nginx")
     run_dir.mkdir(parents=True, exist_ok=True)
-    # As in write_nginx_config: workers running as `nobody` must reach the folders.
+    # As root, nginx workers run as `nobody`; they must be able to reach the cache and temp
+    # dirs (nginx creates those and hands them over), but mkdtemp makes folders 0700.
     tmp_root = Path(tempfile.gettempdir()).resolve()
     for folder in [run_dir.resolve(), *run_dir.resolve().parents]:
         if folder == tmp_root or not folder.is_relative_to(tmp_root):
@@ -346,3 +336,19 @@ def edge_command(*args: str) -> list[str]:
     script = Path(sys.executable).parent / "edge"
     base = [str(script)] if script.is_file() else [sys.executable, "-m", "cli.main"]
     return [*base, *args]
+
+
+def run_main(name: str, run: Callable[[Any], int], args: Any) -> int:
+    """A scenario's exit status from `run(args)`: one line on stderr, never a traceback,
+    for a scenario error (1), Ctrl-C (130) or SIGTERM (143)."""
+    try:
+        return run(args)
+    except ScenarioError as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"\n{name}: interrupted", file=sys.stderr)
+        return 130
+    except Terminated as exc:
+        print(f"\n{name}: terminated", file=sys.stderr)
+        return int(exc.code or 143)

@@ -76,11 +76,11 @@ from scenarios.harness import (
     Child,
     Processes,
     ScenarioError,
-    Terminated,
     edge_argv,
     edge_command,
     free_port,
     require_tool,
+    run_main,
     stop_process,
     wait_http_ok,
     wait_tcp,
@@ -1040,18 +1040,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        return run(args)
-    except ScenarioError as exc:
-        print(f"large_files: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\nlarge_files: interrupted", file=sys.stderr)
-        return 130
-    except Terminated as exc:
-        print("\nlarge_files: terminated", file=sys.stderr)
-        return int(exc.code or 143)
+    return run_main("large_files", run, parse_args(argv))
 
 
 if __name__ == "__main__":
