@@ -38,6 +38,14 @@ def origin(
             "tried in order before the built-in rules, first match wins."
         ),
     ] = None,
+    # A string, parsed here, so that a bad value is one `edge:` line like every other error.
+    latency: Annotated[
+        str,
+        typer.Option(
+            metavar="SECONDS",
+            help="Delay every response head by SECONDS (e.g. 0.2), as a distant origin would.",
+        ),
+    ] = "0",
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
 ) -> None:
     """Serve a directory as an origin (the demo archive)."""
@@ -50,6 +58,12 @@ def origin(
     try:
         rules = CacheRules.from_options(rule or [])
     except RuleError as exc:
+        fail(str(exc), 2)
+    from origin.archive import parse_latency, run
+
+    try:
+        delay = parse_latency(latency)
+    except ValueError as exc:
         fail(str(exc), 2)
     level = getattr(logging, log_level.upper(), None)
     if not isinstance(level, int):
@@ -69,16 +83,15 @@ def origin(
     if not root.is_dir():
         fail(f"root {root} is not a directory", 2)
 
-    from origin.archive import run
-
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     resolved = root.resolve()
 
     def ready(url: str) -> None:
-        print(f"edge origin: serving {resolved} on {url}", flush=True)
+        late = f" (responses {delay:g}s late)" if delay else ""
+        print(f"edge origin: serving {resolved} on {url}{late}", flush=True)
 
     try:
-        run(resolved, host, port, rules, on_ready=ready)
+        run(resolved, host, port, rules, latency=delay, on_ready=ready)
     except OSError as exc:
         fail(f"cannot listen on {listen}: {exc.strerror or exc}")
     except KeyboardInterrupt:

@@ -4,8 +4,9 @@ origin (nginx with `root`, `etag` and `expires`) does.
 This module owns mapping a URL path to a file confined to the root, the metadata of
 what it sends (strong ETag, Last-Modified, Content-Type, Surrogate-Key), conditional
 requests (RFC 9110 Section 13) and byte ranges (RFC 9110 Section 14), directory
-listings, and the server's lifetime (`start`, `run`). Cache-Control comes from
-`origin.rules`; the sample content from `origin.demo`.
+listings, the server's lifetime (`start`, `run`), and an optional delay before every
+response (`latency`), which makes it behave like a distant origin. Cache-Control comes
+from `origin.rules`; the sample content from `origin.demo`.
 
 The RFC logic here is written on purpose without the edge engine's helpers: this
 origin is the reference the edge is tested against, so a bug in one should not be
@@ -20,6 +21,7 @@ import html
 import itertools
 import json
 import logging
+import math
 import mimetypes
 import os
 import re
@@ -38,6 +40,7 @@ from urllib.parse import quote, unquote_to_bytes
 
 from aiohttp import web
 from aiohttp.log import access_logger
+from aiohttp.typedefs import Handler, Middleware
 
 from origin.rules import CacheRules
 
@@ -686,15 +689,50 @@ class Archive:
 ARCHIVE_KEY = web.AppKey("archive", Archive)
 
 
+def check_latency(seconds: float) -> float:
+    """`seconds` if it is a usable delay (finite, >= 0), else ValueError (one line)."""
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise ValueError(f"latency must be a finite number of seconds >= 0, got {seconds:g}")
+    return seconds
+
+
+def parse_latency(text: str) -> float:
+    """'0.2' -> 0.2 seconds; a negative, non-finite or non-numeric value raises ValueError
+    with a one-line message."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise ValueError(f"latency must be a number of seconds, got {text!r}") from None
+    return check_latency(seconds)
+
+
+def _delay(latency: float) -> Middleware:
+    """A middleware that waits `latency` seconds before handling each request, so every
+    response head (errors included) leaves that much later: the round trip to a distant
+    origin, which makes concurrent misses at a cache overlap as they would in production.
+    The wait is before the handler, so nothing is opened or read while it lasts."""
+
+    @web.middleware
+    async def delay(request: web.Request, handler: Handler) -> web.StreamResponse:
+        await asyncio.sleep(latency)
+        return await handler(request)
+
+    return delay
+
+
 async def _server_fields(request: web.Request, response: web.StreamResponse) -> None:
     response.headers["Server"] = SERVER
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
 
 
-def make_app(root: Path, rules: CacheRules | None = None) -> web.Application:
-    """The aiohttp application serving `root` (which must be a directory) read-only."""
+def make_app(
+    root: Path, rules: CacheRules | None = None, *, latency: float = 0.0
+) -> web.Application:
+    """The aiohttp application serving `root` (which must be a directory) read-only,
+    each response head delayed by `latency` seconds (>= 0)."""
+    check_latency(latency)
     archive = Archive(root, rules or CacheRules())
-    app = web.Application()
+    app = web.Application(middlewares=[_delay(latency)] if latency > 0 else [])
     app[ARCHIVE_KEY] = archive
     app.router.add_route("*", "/{tail:.*}", archive.handle)
     app.on_response_prepare.append(_server_fields)
@@ -707,13 +745,15 @@ async def start(
     port: int,
     rules: CacheRules | None = None,
     *,
+    latency: float = 0.0,
     access_log: logging.Logger | None = access_logger,
     shutdown_timeout: float = 5.0,
 ) -> web.AppRunner:
-    """Start serving `root` on host:port (0 picks a free port); returns the runner
-    (`runner.cleanup()` stops it). Raises OSError when the address cannot be bound."""
+    """Start serving `root` on host:port (0 picks a free port), each response `latency`
+    seconds late; returns the runner (`runner.cleanup()` stops it). Raises OSError when
+    the address cannot be bound."""
     runner = web.AppRunner(
-        make_app(root, rules),
+        make_app(root, rules, latency=latency),
         access_log=access_log,
         handle_signals=False,
         shutdown_timeout=shutdown_timeout,
@@ -739,13 +779,15 @@ def run(
     port: int,
     rules: CacheRules | None = None,
     *,
+    latency: float = 0.0,
     on_ready: Callable[[str], None] | None = None,
 ) -> None:
-    """Serve `root` until SIGINT or SIGTERM; `on_ready(url)` is called once listening.
-    Raises OSError when the address cannot be bound."""
+    """Serve `root` until SIGINT or SIGTERM, each response `latency` seconds late;
+    `on_ready(url)` is called once listening. Raises OSError when the address cannot be
+    bound."""
 
     async def serve() -> None:
-        runner = await start(root, host, port, rules)
+        runner = await start(root, host, port, rules, latency=latency)
         try:
             if on_ready is not None:
                 on_ready(listen_url(runner))

@@ -1,13 +1,19 @@
 """The archive origin's pure parts, on their own: URL path confinement, metadata,
-RFC 9110 preconditions (Section 13) and ranges (Section 14), and the Cache-Control
-rules. No server here; tests/test_origin.py drives the real process."""
+RFC 9110 preconditions (Section 13) and ranges (Section 14), the Cache-Control rules,
+and the response delay (`--latency`): its parser, the app in this process, and the command
+refusing a bad value. tests/test_origin.py drives the real process for everything else."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import aiohttp
 import pytest
+from aiohttp.test_utils import TestServer
 from multidict import CIMultiDict
 
 from origin.archive import (
@@ -21,8 +27,10 @@ from origin.archive import (
     evaluate_preconditions,
     http_date,
     if_range_holds,
+    make_app,
     multipart_heads,
     parse_http_date,
+    parse_latency,
     parse_ranges,
     path_segments,
     prefers_json,
@@ -440,3 +448,71 @@ def test_parse_rule_refuses(text: str):
 
 def test_validate_cache_control_normalises():
     assert validate_cache_control(" public ,max-age=60,, ") == "public, max-age=60"
+
+
+# ---------------------------------------------------------------- response delay
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("0", 0.0), ("0.2", 0.2), (" 1.5 ", 1.5)])
+def test_parse_latency(text: str, seconds: float):
+    assert parse_latency(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["-0.1", "-1", "abc", "", "nan", "inf", "1e400", "0.2s"])
+def test_parse_latency_refuses(text: str):
+    with pytest.raises(ValueError, match="latency must be"):
+        parse_latency(text)
+
+
+def test_make_app_refuses_a_negative_latency(tmp_path: Path):
+    with pytest.raises(ValueError, match="latency"):
+        make_app(tmp_path, latency=-0.5)
+
+
+async def test_latency_delays_every_response_head(tmp_path: Path):
+    (tmp_path / "a.bin").write_bytes(b"x" * 1000)
+    latency = 0.3
+    async with (
+        TestServer(make_app(tmp_path, latency=latency), host="127.0.0.1") as server,
+        aiohttp.ClientSession() as session,
+    ):
+        # A file, a not-found and a conditional 304: the delay is before any handling.
+        for path, headers, status in (
+            ("/a.bin", {}, 200),
+            ("/missing.bin", {}, 404),
+            ("/a.bin", {"If-None-Match": "*"}, 304),
+        ):
+            started = time.monotonic()
+            async with session.get(server.make_url(path), headers=headers) as resp:
+                head = time.monotonic() - started
+                body = await resp.read()
+            assert resp.status == status
+            assert head >= latency, (path, head)
+            if status == 200:
+                assert body == b"x" * 1000
+
+
+async def test_no_latency_by_default(tmp_path: Path):
+    (tmp_path / "a.bin").write_bytes(b"x")
+    async with (
+        TestServer(make_app(tmp_path), host="127.0.0.1") as server,
+        aiohttp.ClientSession() as session,
+    ):
+        assert not server.app.middlewares
+        async with session.get(server.make_url("/a.bin")) as resp:
+            assert (resp.status, await resp.read()) == (200, b"x")
+
+
+@pytest.mark.parametrize("value", ["-1", "soon"])
+def test_cli_refuses_a_bad_latency(tmp_path: Path, value: str):
+    done = subprocess.run(
+        [sys.executable, "-m", "cli.main", "origin", "--root", str(tmp_path), "--latency", value],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("edge: latency must be"), done.stderr
