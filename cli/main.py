@@ -21,6 +21,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("serve", help="Run an edge node: a caching reverse proxy.")(serve_cmd.serve)
+app.command("shield", help="Run an origin shield: the cache tier in front of the origins.")(
+    serve_cmd.shield
+)
 app.command("origin", help="Serve a directory as an origin (the demo archive).")(origin_cmd.origin)
 app.command("up", help="Run the CDN on this machine (demo origin + edge).")(up_cmd.up)
 

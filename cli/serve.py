@@ -1,80 +1,178 @@
-"""`edge serve`: run an edge node (a caching reverse proxy) in front of an upstream."""
+"""`edge serve` and `edge shield`: run a cache node (an edge, or the origin shield) in
+front of its upstreams. Both are the same engine; they differ in role and in what sits
+behind them (an edge: shields, then origins; a shield: origins)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Optional
 
 import typer
 
 from cli.errors import fail
-from edge.config import ConfigError, load_config
+from edge.config import ConfigError, NodeConfig, load_config
+
+# typer reads these annotations at runtime: Optional[...] spelled out for it.
+Listen = Annotated[Optional[str], typer.Option(help="HOST:PORT to listen on.")]  # noqa: UP045
+Origins = Annotated[
+    Optional[list[str]],  # noqa: UP045
+    typer.Option("--origin", help="Origin base URL; repeat for a pool of origins."),
+]
+CacheDir = Annotated[Optional[Path], typer.Option(help="Cache directory.")]  # noqa: UP045
+CacheSize = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(help="Cache size bound, e.g. 512M, 10G (LRU eviction)."),
+]
+MaxObject = Annotated[Optional[str], typer.Option(help="Largest object stored, e.g. 2G.")]  # noqa: UP045
+SliceSize = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(help="Slice size for big objects, e.g. 4M."),
+]
+SliceThreshold = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(help="Objects larger than this are cached as slices, e.g. 16M."),
+]
+Name = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(help="Node name, shown in Cache-Status, Via and CDN-Loop."),
+]
+Balance = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        help="Origin pool strategy: round-robin, weighted-round-robin, least-connections, "
+        "consistent-hash, client-ip-hash, ewma."
+    ),
+]
+Trusted = Annotated[
+    Optional[list[str]],  # noqa: UP045
+    typer.Option(
+        "--trusted-proxy",
+        help="Network (CIDR) whose X-Forwarded-For/Forwarded is believed; repeatable "
+        "(default: loopback).",
+    ),
+]
+Config = Annotated[
+    Optional[Path],  # noqa: UP045
+    typer.Option(
+        "--config", "-c", help="TOML file with the same settings (and pools and host routes)."
+    ),
+]
+LogLevel = Annotated[str, typer.Option(help="debug, info, warning, error.")]
 
 
 def serve(
-    listen: Annotated[str | None, typer.Option(help="HOST:PORT to listen on.")] = None,
+    listen: Listen = None,
     upstream: Annotated[
-        str | None,
-        typer.Option(help="Upstream base URL (origin or shield), e.g. http://127.0.0.1:8081."),
+        Optional[str],  # noqa: UP045
+        typer.Option(help="One upstream base URL (shorthand for a single --origin)."),
     ] = None,
-    cache_dir: Annotated[Path | None, typer.Option(help="Cache directory.")] = None,
-    cache_size: Annotated[
-        str | None,
-        typer.Option(help="Cache size bound, e.g. 512M, 10G (LRU eviction)."),
+    origin: Origins = None,
+    shield: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option(
+            "--shield",
+            help="Origin shield base URL; repeat for several (each object at one shield, "
+            "by rendezvous hashing).",
+        ),
     ] = None,
-    max_object_size: Annotated[
-        str | None,
-        typer.Option(help="Largest object stored, e.g. 2G."),
-    ] = None,
-    slice_size: Annotated[
-        str | None,
-        typer.Option(help="Slice size for big objects, e.g. 4M."),
-    ] = None,
-    slice_threshold: Annotated[
-        str | None,
-        typer.Option(help="Objects larger than this are cached as slices, e.g. 16M."),
-    ] = None,
-    name: Annotated[
-        str | None,
-        typer.Option(help="Node name, shown in Cache-Status and Via."),
-    ] = None,
-    config: Annotated[
-        Path | None,
-        typer.Option("--config", "-c", help="TOML file with the same settings."),
-    ] = None,
-    log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
+    no_origin_direct: Annotated[
+        bool,
+        typer.Option(
+            "--no-origin-direct",
+            help="Never go to the origins directly when no shield can answer.",
+        ),
+    ] = False,
+    cache_dir: CacheDir = None,
+    cache_size: CacheSize = None,
+    max_object_size: MaxObject = None,
+    slice_size: SliceSize = None,
+    slice_threshold: SliceThreshold = None,
+    name: Name = None,
+    balance: Balance = None,
+    trusted_proxy: Trusted = None,
+    config: Config = None,
+    log_level: LogLevel = "info",
 ) -> None:
     """Run an edge node."""
+    options: dict[str, Any] = {
+        "upstream": upstream,
+        "shields": shield,
+        "origin_direct": False if no_origin_direct else None,
+    }
+    run_node(
+        "edge",
+        config,
+        options,
+        listen=listen,
+        origins=origin,
+        cache_dir=cache_dir,
+        cache_size=cache_size,
+        max_object_size=max_object_size,
+        slice_size=slice_size,
+        slice_threshold=slice_threshold,
+        name=name,
+        balance=balance,
+        trusted_proxies=trusted_proxy,
+        log_level=log_level,
+    )
+
+
+def shield(
+    listen: Listen = None,
+    origin: Origins = None,
+    cache_dir: CacheDir = None,
+    cache_size: CacheSize = None,
+    max_object_size: MaxObject = None,
+    slice_size: SliceSize = None,
+    slice_threshold: SliceThreshold = None,
+    name: Name = None,
+    balance: Balance = None,
+    trusted_proxy: Trusted = None,
+    config: Config = None,
+    log_level: LogLevel = "info",
+) -> None:
+    """Run an origin shield: the second cache tier, in front of the origins."""
+    run_node(
+        "shield",
+        config,
+        {},
+        listen=listen,
+        origins=origin,
+        cache_dir=cache_dir,
+        cache_size=cache_size,
+        max_object_size=max_object_size,
+        slice_size=slice_size,
+        slice_threshold=slice_threshold,
+        name=name,
+        balance=balance,
+        trusted_proxies=trusted_proxy,
+        log_level=log_level,
+    )
+
+
+def run_node(
+    role: str, config: Path | None, options: dict[str, Any], *, log_level: str, **common: Any
+) -> None:
     try:
-        cfg = load_config(
-            config,
-            {
-                "listen": listen,
-                "upstream": upstream,
-                "cache_dir": cache_dir,
-                "cache_size": cache_size,
-                "max_object_size": max_object_size,
-                "slice_size": slice_size,
-                "slice_threshold": slice_threshold,
-                "name": name,
-            },
-        )
+        cfg = load_config(config, {**common, **options, "role": role})
     except ConfigError as exc:
         fail(str(exc), 2)
-    run_node(cfg, log_level)
-
-
-def run_node(cfg, log_level: str) -> None:  # type: ignore[no-untyped-def]
-    from edge.node import serve_forever
-
     level = getattr(logging, log_level.upper(), None)
     if not isinstance(level, int):
         fail(f"unknown log level: {log_level}", 2)
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    start(cfg)
+
+
+def start(cfg: NodeConfig) -> None:
+    from edge.node import serve_forever
+
     host = cfg.host_port[0]
-    ready = f"edge {cfg.role} {cfg.name}: listening on http://{host}:{{port}} -> {cfg.upstream}"
+    ready = (
+        f"edge {cfg.role} {cfg.name}: listening on http://{host}:{{port}} -> {cfg.upstream_summary}"
+    )
     try:
         asyncio.run(serve_forever(cfg, ready))
     except ConfigError as exc:

@@ -56,12 +56,142 @@ def parse_upstream(value: str) -> str:
     return value.strip().rstrip("/")
 
 
+def _positive(name: str, value: Any, *, integer: bool = False, zero: bool = False) -> Any:
+    kind = int if integer else (int, float)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, kind)
+        or value < 0
+        or (value == 0 and not zero)
+    ):
+        raise ConfigError(f"{name} must be a {'whole ' if integer else ''}number > 0: {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class MemberConfig:
+    url: str
+    weight: int = 1
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """One upstream pool: its members and how requests are spread and retried."""
+
+    name: str
+    members: tuple[MemberConfig, ...]
+    strategy: str = "round-robin"
+    # Active health checks: off unless a path is set.
+    health_path: str = ""
+    health_interval: float = 5.0
+    health_timeout: float = 2.0
+    rise: int = 2
+    fall: int = 3
+    # Passive health: consecutive failures that eject a member, and for how long.
+    failures: int = 3
+    cooldown: float = 10.0
+    # Keep-alive connections per member, and how long an idle one is kept.
+    max_connections: int = 256
+    keepalive_timeout: float = 30.0
+    # Extra attempts on other members for a failed idempotent request.
+    retries: int = 2
+    retry_statuses: tuple[int, ...] = (500, 502, 503, 504)
+    # The Host sent upstream; empty: the client's.
+    host_header: str = ""
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    """Requests for `host` ("*.example" for subdomains, "*" for any) go to `pool`;
+    when none of its members can answer, to `fallback` (e.g. shields -> origin)."""
+
+    host: str
+    pool: str
+    fallback: str = ""
+
+
+_POOL_KEYS = {f.name for f in fields(PoolConfig)} - {"name"}
+
+
+def pool_from_table(name: str, table: dict[str, Any]) -> PoolConfig:
+    """A [pools.NAME] table -> PoolConfig. Members are URLs or {url, weight} tables."""
+    from edge.balance import STRATEGIES
+
+    unknown = set(k.replace("-", "_") for k in table) - _POOL_KEYS
+    if unknown:
+        raise ConfigError(f"unknown setting in pool {name}: {', '.join(sorted(unknown))}")
+    values = {k.replace("-", "_"): v for k, v in table.items()}
+    raw_members = values.pop("members", None)
+    if not isinstance(raw_members, list) or not raw_members:
+        raise ConfigError(f"pool {name} needs members = [URL, ...]")
+    members = []
+    for item in raw_members:
+        if isinstance(item, str):
+            members.append(MemberConfig(parse_upstream(item)))
+        elif isinstance(item, dict) and isinstance(item.get("url"), str):
+            weight = _positive(f"weight of {item['url']}", item.get("weight", 1), integer=True)
+            members.append(MemberConfig(parse_upstream(item["url"]), weight))
+        else:
+            raise ConfigError(f"pool {name}: a member is a URL or {{url = ..., weight = N}}")
+    if len({m.url for m in members}) != len(members):
+        raise ConfigError(f"pool {name} names a member twice")
+    if "retry_statuses" in values:
+        values["retry_statuses"] = tuple(values["retry_statuses"])
+    try:
+        pool = PoolConfig(name=name, members=tuple(members), **values)
+    except TypeError as exc:
+        raise ConfigError(f"pool {name}: {exc}") from exc
+    if pool.strategy not in STRATEGIES:
+        raise ConfigError(
+            f"pool {name}: unknown strategy {pool.strategy!r} (one of {', '.join(STRATEGIES)})"
+        )
+    if pool.health_path and not pool.health_path.startswith("/"):
+        raise ConfigError(f"pool {name}: health_path must start with '/'")
+    for key in ("health_interval", "health_timeout", "cooldown", "keepalive_timeout"):
+        _positive(f"pool {name}: {key}", getattr(pool, key))
+    for key in ("rise", "fall", "failures", "max_connections"):
+        _positive(f"pool {name}: {key}", getattr(pool, key), integer=True)
+    _positive(f"pool {name}: retries", pool.retries, integer=True, zero=True)
+    return pool
+
+
+def route_from_value(host: str, value: Any) -> RouteConfig:
+    """A [routes] entry: HOST = "POOL" or HOST = {pool = "...", fallback = "..."}."""
+    host = host.strip().lower()
+    if isinstance(value, str):
+        return RouteConfig(host, value)
+    if isinstance(value, dict) and isinstance(value.get("pool"), str):
+        extra = set(value) - {"pool", "fallback"}
+        if extra:
+            raise ConfigError(f"route {host}: unknown setting {sorted(extra)[0]}")
+        return RouteConfig(host, value["pool"], str(value.get("fallback", "")))
+    raise ConfigError(f'route {host} must be "POOL" or {{pool = "...", fallback = "..."}}')
+
+
 @dataclass
 class NodeConfig:
     """Everything a cache node needs; defaults are safe for a public edge."""
 
     listen: str = "127.0.0.1:8080"
-    upstream: str = "http://127.0.0.1:8081"
+    # What is behind the node. Simple form: origins (and, at an edge, shields, with
+    # the origins as the fallback when no shield can answer). Full form: named pools
+    # and host routes. `upstream` is the one-URL shorthand for an origin.
+    upstream: str = ""
+    origins: tuple[str, ...] = ()
+    shields: tuple[str, ...] = ()
+    balance: str = ""  # strategy of the origin pool (shields: consistent-hash)
+    origin_direct: bool = True  # an edge may skip failed shields and ask the origin
+    pools: dict[str, Any] = field(default_factory=dict)
+    routes: dict[str, Any] = field(default_factory=dict)
+    # Peers whose X-Forwarded-For / Forwarded are believed (edges, at a shield).
+    trusted_proxies: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    # RFC 8586: this CDN's name in CDN-Loop, and how many of its hops a request may
+    # already carry (default: 0 at an edge, 1 at a shield).
+    cdn_name: str = "edge"
+    loop_allowance: int | None = None
+    # Upstream fields clients do not see; and the node's own Server field.
+    hide_headers: tuple[str, ...] = ("Server", "X-Powered-By")
+    server_header: str = "edge"
     cache_dir: Path = Path("./cache")
     cache_size: int = 1 << 30
     max_object_size: int = 8 << 30
@@ -84,6 +214,9 @@ class NodeConfig:
     upstream_connect_timeout: float = 5.0
     upstream_read_timeout: float = 30.0
     access_log: bool = True
+    # Filled by validate(): the pools and routes in their checked form.
+    pool_configs: dict[str, PoolConfig] = field(default_factory=dict, init=False, repr=False)
+    route_configs: list[RouteConfig] = field(default_factory=list, init=False, repr=False)
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -91,7 +224,19 @@ class NodeConfig:
 
     def validate(self) -> NodeConfig:
         parse_listen(self.listen)
-        self.upstream = parse_upstream(self.upstream)
+        if self.role not in ("edge", "shield"):
+            raise ConfigError(f"role must be edge or shield: {self.role!r}")
+        self.pool_configs, self.route_configs = self._upstreams()
+        from edge.forwarding import parse_networks
+
+        try:
+            parse_networks(self.trusted_proxies)
+        except ValueError as exc:
+            raise ConfigError(f"trusted_proxies: {exc}") from exc
+        if not re.fullmatch(r"[A-Za-z0-9._-]+", self.cdn_name):
+            raise ConfigError(f"cdn_name must be a token: {self.cdn_name!r}")
+        if self.loop_allowance is None:
+            self.loop_allowance = 0 if self.role == "edge" else 1
         self.cache_size = parse_size(self.cache_size)
         self.max_object_size = parse_size(self.max_object_size)
         self.slice_size = parse_size(self.slice_size)
@@ -105,6 +250,76 @@ class NodeConfig:
             raise ConfigError("cache size must be at least 1M")
         return self
 
+    def _upstreams(self) -> tuple[dict[str, PoolConfig], list[RouteConfig]]:
+        """The pools and host routes, from the full form or the simple one."""
+        if self.pools:
+            if self.shields or self.origins or self.upstream:
+                raise ConfigError("use either [pools] or origins/shields/upstream, not both")
+            pools = {}
+            for name, table in self.pools.items():
+                if not isinstance(table, dict):
+                    raise ConfigError(f"[pools.{name}] must be a table")
+                pools[name] = pool_from_table(name, table)
+            if not self.routes:
+                if len(pools) != 1:
+                    raise ConfigError("several pools need [routes] (HOST = POOL)")
+                routes = [RouteConfig("*", next(iter(pools)))]
+            else:
+                routes = [route_from_value(h, v) for h, v in self.routes.items()]
+            for route in routes:
+                for ref in (route.pool, route.fallback):
+                    if ref and ref not in pools:
+                        raise ConfigError(f"route {route.host} names an unknown pool {ref!r}")
+            return pools, routes
+        if self.routes:
+            raise ConfigError("[routes] need [pools]")
+        origins = [*((self.upstream,) if self.upstream else ()), *self.origins]
+        if self.role == "shield" and self.shields:
+            raise ConfigError("a shield's upstream is its origins, not other shields")
+        if not origins and not self.shields:
+            raise ConfigError("no upstream: name an origin (--origin URL) or shields")
+        table: dict[str, Any] = {}
+        if self.balance:
+            table["strategy"] = self.balance
+        pools: dict[str, PoolConfig] = {}
+        if origins:
+            pools["origin"] = pool_from_table("origin", {"members": origins, **table})
+        if self.shields:
+            pools["shields"] = pool_from_table(
+                "shields",
+                {
+                    "members": list(self.shields),
+                    # Each object at one shield; a shield is watched through its health
+                    # endpoint, so a dead one leaves within seconds.
+                    "strategy": "consistent-hash",
+                    "health_path": "/_edge/health",
+                    "health_interval": 1.0,
+                    "health_timeout": 1.0,
+                    "rise": 2,
+                    "fall": 2,
+                    "failures": 2,
+                    "cooldown": 5.0,
+                    # Shields answer 5xx only when the origin did: not theirs to retry.
+                    "retry_statuses": [],
+                },
+            )
+            fallback = "origin" if origins and self.origin_direct else ""
+            return pools, [RouteConfig("*", "shields", fallback)]
+        return pools, [RouteConfig("*", "origin")]
+
+    @property
+    def upstream_summary(self) -> str:
+        """One line for logs: what the node forwards to."""
+        parts = []
+        for route in self.route_configs:
+            pool = self.pool_configs[route.pool]
+            text = f"{route.host} -> {' '.join(m.url for m in pool.members)}"
+            if route.fallback:
+                fallback = self.pool_configs[route.fallback]
+                text += f" (else {' '.join(m.url for m in fallback.members)})"
+            parts.append(text)
+        return "; ".join(parts)
+
 
 def load_config(path: Path | None, overrides: dict[str, Any]) -> NodeConfig:
     """Read a TOML file (keys as NodeConfig fields, '-' or '_'), then apply the
@@ -117,12 +332,15 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> NodeConfig:
             raise ConfigError(f"config file not found: {path}") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
-        known = {f.name for f in fields(NodeConfig)}
+        known = {f.name for f in fields(NodeConfig) if f.init}
         for key, value in raw.items():
             name = key.replace("-", "_")
             if name not in known:
                 raise ConfigError(f"unknown setting in {path}: {key}")
             values[name] = tuple(value) if isinstance(value, list) else value
+    for key in ("origins", "shields", "trusted_proxies", "hide_headers"):
+        if isinstance(overrides.get(key), list):
+            overrides[key] = tuple(overrides[key]) or None
     values.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return NodeConfig(**values).validate()

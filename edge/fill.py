@@ -58,6 +58,7 @@ class Fill:
         self.written = 0
         self.finished = False
         self.failed: Exception | None = None
+        self.note = ""  # how the upstream was reached, for Cache-Status (edge.upstream)
         self.readers = 0
         self.readers_total = 0  # every reader that ever attached
         self._changed = asyncio.Event()

@@ -37,6 +37,18 @@ class NodeMetrics:
             [*labels, "kind"],
             registry=self.registry,
         )
+        self.member_up = Gauge(
+            "edge_upstream_member_up",
+            "1 while an upstream pool member is healthy (not down, ejected or on probation)",
+            [*labels, "pool", "member"],
+            registry=self.registry,
+        )
+        self.member_ejections = Counter(
+            "edge_upstream_member_ejections",
+            "Times a pool member was ejected after consecutive failures",
+            [*labels, "pool", "member"],
+            registry=self.registry,
+        )
         self.store_bytes = Gauge(
             "edge_store_bytes", "Bytes used by the cache store", labels, registry=self.registry
         )

@@ -22,11 +22,12 @@ from aiohttp.web_server import Server
 from edge.config import ConfigError, NodeConfig
 from edge.derive import Deriver
 from edge.fill import InFlight
+from edge.forwarding import parse_networks
 from edge.metrics import CONTENT_TYPE_LATEST, NodeMetrics
 from edge.pipeline import Engine, Transaction
 from edge.slices import Slicer
 from edge.store import DiskStore
-from edge.upstream import Upstream
+from edge.upstream import Member, Pool, Upstreams
 
 log = logging.getLogger("edge.node")
 
@@ -92,16 +93,14 @@ class EdgeNode:
         app.router.add_get(ADMIN_PREFIX + "health", self._health)
         app.router.add_get(ADMIN_PREFIX + "metrics", self._metrics)
         app.router.add_route("*", "/{tail:.*}", self._handle)
+        app.on_response_prepare.append(self._set_server)
         return app
 
     async def start(self) -> None:
         require_c_parser()
         store = DiskStore(self.config.cache_dir, self.config.cache_size)
-        upstream = Upstream(
-            self.config.upstream,
-            connect_timeout=self.config.upstream_connect_timeout,
-            read_timeout=self.config.upstream_read_timeout,
-        )
+        metrics = NodeMetrics(self.config.name, store.stats)
+        upstream = Upstreams(self.config, on_change=self._member_changed)
         await upstream.start()
         inflight = InFlight()
         self.engine = Engine(
@@ -109,10 +108,15 @@ class EdgeNode:
             store=store,
             upstream=upstream,
             inflight=inflight,
-            metrics=NodeMetrics(self.config.name, store.stats),
+            metrics=metrics,
             slicer=Slicer(store, inflight, upstream),
             deriver=Deriver(store, inflight),
+            trusted=parse_networks(self.config.trusted_proxies),
+            hidden=frozenset(h.lower() for h in self.config.hide_headers),
         )
+        for pool in upstream.pools.values():
+            for member in pool.members:
+                metrics.member_up.labels(self.config.name, pool.name, member.url).set(1)
         self.runner = web.AppRunner(
             self.build_app(),
             access_log=None,  # the pipeline logs one line per request itself
@@ -154,6 +158,20 @@ class EdgeNode:
                 headers={"Cache-Status": f"{self.config.name}; detail=internal-error"},
             )
 
+    def _member_changed(self, pool: Pool, member: Member, what: str) -> None:
+        if self.engine is None:
+            return
+        m = self.engine.metrics
+        m.member_up.labels(self.config.name, pool.name, member.url).set(int(member.healthy))
+        if what == "ejected":
+            m.member_ejections.labels(self.config.name, pool.name, member.url).inc()
+
+    async def _set_server(self, request: web.Request, response: web.StreamResponse) -> None:
+        # The origin's Server is hidden (hide_headers); this node names itself instead
+        # of aiohttp's default, which would give away versions.
+        if self.config.server_header:
+            response.headers.setdefault("Server", self.config.server_header)
+
     async def _health(self, request: web.Request) -> web.Response:
         assert self.engine is not None
         size, count = self.engine.store.stats()
@@ -161,7 +179,8 @@ class EdgeNode:
             "status": "ok",
             "name": self.config.name,
             "role": self.config.role,
-            "upstream": self.config.upstream,
+            "upstream": self.config.upstream_summary,
+            "pools": self.engine.upstream.report(),
             "uptime": round(time.time() - self.started_at, 3),
             "store": {"bytes": size, "objects": count},
         }

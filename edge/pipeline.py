@@ -26,7 +26,7 @@ from typing import IO
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from edge import compress, derive, policy
+from edge import compress, derive, forwarding, policy
 from edge.cachestatus import CacheStatus
 from edge.config import NodeConfig
 from edge.derive import Deriver
@@ -45,7 +45,7 @@ from edge.slices import (
     sliceable,
 )
 from edge.store import Entry, Store, new_variant_id
-from edge.upstream import Upstream, UpstreamError, UpstreamResponse
+from edge.upstream import UpstreamError, UpstreamResponse, Upstreams
 
 log = logging.getLogger("edge.pipeline")
 access_log = logging.getLogger("edge.access")
@@ -85,11 +85,13 @@ class Engine:
 
     config: NodeConfig
     store: Store
-    upstream: Upstream
+    upstream: Upstreams
     inflight: InFlight
     metrics: NodeMetrics
     slicer: Slicer
     deriver: Deriver
+    trusted: tuple[forwarding.Network, ...] = ()
+    hidden: frozenset[str] = frozenset()  # upstream fields clients do not see
 
     def response_policy(self, headers: policy.Headers) -> ResponsePolicy:
         return policy.response_policy(
@@ -144,6 +146,10 @@ class Transaction:
         self.now = time.time()
         self.started = time.monotonic()
         self.status = CacheStatus(engine.config.name)
+        # Whether the peer is a trusted proxy (an edge, at a shield), and who the
+        # client is: the peer, or the address that proxy forwarded for.
+        self.trusted = forwarding.is_trusted(request.remote, engine.trusted)
+        self.client = forwarding.client_address(request.remote, request.headers, engine.trusted)
         self.request_cc = policy.request_cache_control(request.headers)
         self.walk: list[str] = []
         self.key = ""
@@ -182,10 +188,16 @@ class Transaction:
     # -- states ---------------------------------------------------------------------
 
     async def st_recv(self) -> str:
-        """Refuse loops (RFC 8586), route by method."""
-        loop_tokens = policy.split_list(self.headers.getall("CDN-Loop", []))
-        if any(t.split(";")[0].strip() == self.e.config.name for t in loop_tokens):
+        """Refuse loops (RFC 8586) and hosts this node does not serve; route by method."""
+        cfg = self.e.config
+        if forwarding.is_loop(
+            self.headers, cdn_name=cfg.cdn_name, node=cfg.name, allowance=cfg.loop_allowance or 0
+        ):
             return self.synth(508, "loop detected (CDN-Loop)")
+        if self.e.upstream.route_for(self.req.host) is None:
+            # RFC 9110 Section 15.5.20: not an authority this node answers for. Never a
+            # default origin by accident.
+            return self.synth(421, "no origin is configured for this host")
         if self.method in policy.CACHEABLE_METHODS:
             return "hash"
         if self.method == "CONNECT":
@@ -272,6 +284,7 @@ class Transaction:
         started = time.monotonic()
         head = await asyncio.shield(fill.head)
         self.upstream_ms = (time.monotonic() - started) * 1000
+        self._note(fill.note)
         if head.kind == "not-modified":
             assert head.entry is not None
             self.status.fwd_status = 304
@@ -321,9 +334,15 @@ class Transaction:
         except web.HTTPRequestEntityTooLarge:
             return self.synth(413, "request body too large")
         started = time.monotonic()
+        effective = cache_key(self.req.scheme, self.req.host, self.req.raw_path)
         try:
             response = await self.e.upstream.request(
-                self.method, self.req.raw_path, self._upstream_headers(), body
+                self.method,
+                self.req.raw_path,
+                self._upstream_headers(),
+                body,
+                key=effective,
+                client=self.client,
             )
         except UpstreamError as exc:
             self.e.metrics.upstream_errors.labels(self.e.config.name, exc.detail).inc()
@@ -333,7 +352,7 @@ class Transaction:
         self.upstream_response = response
         self.status.fwd_status = response.status
         self.status.fwd = self.status.fwd or "bypass"
-        effective = cache_key(self.req.scheme, self.req.host, self.req.raw_path)
+        self._note(response.note)
         for uri in policy.invalidated_uris(
             self.method, response.status, effective, response.headers
         ):
@@ -408,7 +427,9 @@ class Transaction:
             headers = [*headers, ("Range", f"bytes={probe * size}-{(probe + 1) * size - 1}")]
         try:
             try:
-                response = await e.upstream.request("GET", path_qs, headers)
+                response = await e.upstream.request(
+                    "GET", path_qs, headers, key=fill.key, client=self.client
+                )
             except UpstreamError as exc:
                 e.metrics.upstream_errors.labels(e.config.name, exc.detail).inc()
                 fill.head.set_result(FillHead("error", error=exc))
@@ -416,6 +437,7 @@ class Transaction:
             e.metrics.upstream_latency.labels(e.config.name).observe(
                 response.response_time - response.request_time
             )
+            fill.note = response.note
             if response.status == 304 and entry is not None:
                 # We validated exactly this entry, so the 304 speaks for it (Section
                 # 4.3.4); fields its body depends on, ETag included, are kept.
@@ -430,7 +452,9 @@ class Transaction:
                 # Not worth slicing after all (small, or no validator): fetch it whole.
                 response.close()
                 plain = [(k, v) for k, v in headers if k not in ("Range", *_CLIENT_CONDITIONALS)]
-                response = await e.upstream.request("GET", path_qs, plain)
+                response = await e.upstream.request(
+                    "GET", path_qs, plain, key=fill.key, client=self.client
+                )
             if response.status in _ERROR_STATUSES and stale_ok:
                 response.release()
                 fill.head.set_result(FillHead("error", error=UpstreamStatusError(response.status)))
@@ -618,7 +642,7 @@ class Transaction:
     def _client_headers(self, stored: list[tuple[str, str]], age: float | None) -> CIMultiDict[str]:
         """RFC 9111 Section 4: the header fields of a response built from storage or
         relayed from upstream: Age recomputed, Cache-Status and Via appended."""
-        drop = {"content-length", *_SURROGATE_ONLY}
+        drop = {"content-length", *_SURROGATE_ONLY, *self.e.hidden}
         if age is not None:
             drop.add("age")
         headers = CIMultiDict((k, v) for k, v in stored if k.lower() not in drop)
@@ -930,17 +954,30 @@ class Transaction:
 
     def _upstream_headers(self, drop: tuple[str, ...] = ()) -> list[tuple[str, str]]:
         """RFC 9110 Section 7.6: forward end-to-end fields, append Via, CDN-Loop
-        (RFC 8586) and X-Forwarded-For."""
-        headers = policy.end_to_end(self.headers, drop=("content-length", *drop))
-        headers.append(("Via", f"1.1 {self.e.config.name}"))
-        headers.append(("CDN-Loop", self.e.config.name))
+        (RFC 8586) and the forwarding fields (edge.forwarding)."""
+        cfg = self.e.config
+        headers = policy.end_to_end(
+            self.headers, drop=("content-length", *forwarding.FORWARDING_FIELDS, *drop)
+        )
+        headers.append(("Via", f"1.1 {cfg.name}"))
+        headers.append(("CDN-Loop", forwarding.cdn_loop_entry(cfg.cdn_name, cfg.name)))
         # W3C Edge Architecture: advertise this surrogate so the origin can target
         # Surrogate-Control directives at it by name.
-        headers.append(("Surrogate-Capability", f'{self.e.config.name}="Surrogate/1.0"'))
-        peer = self.req.remote or ""
-        if peer:
-            headers.append(("X-Forwarded-For", peer))
+        headers.append(("Surrogate-Capability", f'{cfg.name}="Surrogate/1.0"'))
+        headers += forwarding.forwarding_fields(
+            self.headers,
+            peer=self.req.remote,
+            scheme=self.req.scheme,
+            host=self.headers.get("Host", ""),
+            trusted=self.trusted,
+        )
         return headers
+
+    def _note(self, note: str) -> None:
+        """Say in Cache-Status how the upstream was reached when it is worth knowing
+        (e.g. origin-direct: no shield could answer)."""
+        if note:
+            self.status.detail = f"{self.status.detail} {note}" if self.status.detail else note
 
     # -- accounting ------------------------------------------------------------------
 

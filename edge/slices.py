@@ -31,7 +31,7 @@ from multidict import CIMultiDict
 from edge import policy
 from edge.fill import Fill, FillHead, FillReader, InFlight
 from edge.store import Entry, Store
-from edge.upstream import Upstream, UpstreamError, UpstreamResponse
+from edge.upstream import UpstreamError, UpstreamResponse, Upstreams
 
 log = logging.getLogger("edge.slices")
 
@@ -100,7 +100,7 @@ class _Stream:
 class Slicer:
     """Slices of segmented entries on one node: who brings each, and storing them."""
 
-    def __init__(self, store: Store, inflight: InFlight, upstream: Upstream) -> None:
+    def __init__(self, store: Store, inflight: InFlight, upstream: Upstreams) -> None:
         self.store = store
         self.inflight = inflight
         self.upstream = upstream
@@ -255,7 +255,7 @@ class Slicer:
         path = entry.key.split("://", 1)[1]
         path = path[path.find("/") :] if "/" in path else "/"
         try:
-            response = await self.upstream.request("GET", path, request)
+            response = await self.upstream.request("GET", path, request, key=entry.key)
         except UpstreamError as exc:
             fill.head.set_result(FillHead("error", error=exc))
             fill.finish(exc)

@@ -1,19 +1,38 @@
-"""Talking to the upstream (origin or shield): one aiohttp client session per node,
-with bodies passed through byte for byte (no automatic decompression) and failures
-mapped to the two errors a proxy reports: unreachable (502) and timeout (504).
+"""Talking to what is behind a node: pools of upstream servers (shields or origins),
+chosen by the request's host, with balancing, health checks, retries and failover.
 
-This module owns the upstream connection pool and the translation of a request into
-an upstream request; it takes no caching decisions.
+This module owns the connections (one aiohttp session per pool: keep-alive, limits,
+timeouts, bodies passed through byte for byte), the active health probes, and the walk
+over a pool's members for one request. Which member comes first is `edge.balance`'s
+call; whether a response is stored is the pipeline's.
+
+One request's walk: the route's pool ranks its usable members; a member that cannot be
+reached is followed by the next (any method: nothing was sent); one that fails after
+the request went out, or answers with a retryable status (5xx by default), is
+followed by the next only for idempotent methods. No member is asked twice, and a pool
+is asked at most 1 + `retries` times. When the pool has nobody left, the route's
+fallback pool (an edge's origin, behind its shields) is walked the same way, and the
+response says so (`note`). With no usable member anywhere, every member is tried
+anyway, as Envoy's panic mode does: a health view can be wrong, a refusal is certain.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 from yarl import URL
+
+from edge.balance import Balancer, Health, Member, Thresholds, observe_latency
+from edge.config import NodeConfig, PoolConfig, RouteConfig
+
+log = logging.getLogger("edge.upstream")
 
 
 class UpstreamError(Exception):
@@ -32,8 +51,14 @@ class UpstreamTimeout(UpstreamError):
 #: client sent.
 _SKIP_AUTO = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 
-
+#: RFC 9110 Section 9.2.2.
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+
+#: Failures where the request never left: safe to send elsewhere whatever its method.
+_NOT_SENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+
+#: Latency sample recorded for a member that failed (pushes EWMA away from it).
+_FAILURE_PENALTY_MS = 5000.0
 
 
 @dataclass
@@ -45,38 +70,78 @@ class UpstreamResponse:
     raw: aiohttp.ClientResponse
     request_time: float
     response_time: float
+    member: str = ""  # the URL of the member that answered
+    note: str = ""  # "origin-direct" when the route's fallback answered
+    _done: Callable[[bool], None] | None = field(default=None, repr=False)
 
-    async def chunks(self, size: int = 1 << 16):  # type: ignore[no-untyped-def]
+    async def chunks(self, size: int = 1 << 16) -> AsyncIterator[bytes]:
         try:
             async for chunk in self.raw.content.iter_chunked(size):
                 yield chunk
         except TimeoutError as exc:
+            self._finish(False)
             raise UpstreamTimeout("upstream read timed out") from exc
         except aiohttp.ClientError as exc:
+            self._finish(False)
             raise UpstreamError(f"upstream body broke: {exc}") from exc
+        self._finish(True)
 
     def release(self) -> None:
         self.raw.release()
+        self._finish(True)
 
     def close(self) -> None:
         self.raw.close()
+        self._finish(True)
+
+    def _finish(self, ok: bool) -> None:
+        done, self._done = self._done, None
+        if done is not None:
+            done(ok)
 
 
-class Upstream:
-    """A pool of keep-alive connections to one upstream base URL."""
+class Pool:
+    """The members of one pool, their health, and the connections to them."""
 
     def __init__(
-        self, base: str, *, connect_timeout: float, read_timeout: float, limit: int = 256
+        self,
+        cfg: PoolConfig,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        on_change: Callable[[Pool, Member, str], None] | None = None,
     ) -> None:
-        self.base = URL(base)
+        self.cfg = cfg
+        self.members = [Member(m.url, m.weight) for m in cfg.members]
+        self._bases = {m.url: URL(m.url) for m in cfg.members}
+        self.balancer = Balancer(cfg.strategy)
+        self.health = Health(
+            Thresholds(
+                rise=cfg.rise,
+                fall=cfg.fall,
+                failures=cfg.failures,
+                cooldown=cfg.cooldown,
+                active=bool(cfg.health_path),
+            )
+        )
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=connect_timeout, sock_read=read_timeout
         )
-        self._limit = limit
+        self._on_change = on_change
         self._session: aiohttp.ClientSession | None = None
+        self._checker: asyncio.Task[None] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.cfg.name
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=self._limit, ttl_dns_cache=60)
+        connector = aiohttp.TCPConnector(
+            limit=0,  # bounded per member instead
+            limit_per_host=self.cfg.max_connections,
+            keepalive_timeout=self.cfg.keepalive_timeout,
+            ttl_dns_cache=60,
+        )
         self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=self._timeout,
@@ -84,14 +149,182 @@ class Upstream:
             cookie_jar=aiohttp.DummyCookieJar(),
             skip_auto_headers=_SKIP_AUTO,
         )
+        if self.cfg.health_path:
+            self._checker = asyncio.create_task(self._check_loop())
 
     async def close(self) -> None:
+        if self._checker is not None:
+            self._checker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checker
         if self._session is not None:
             await self._session.close()
 
-    def url(self, path_qs: str) -> URL:
+    def usable(self, now: float) -> list[Member]:
+        return [m for m in self.members if self.health.usable(m, now)]
+
+    def url(self, member: Member, path_qs: str) -> URL:
         # encoded=True keeps the client's percent-encoding exactly as sent.
-        return URL(str(self.base).rstrip("/") + path_qs, encoded=True)
+        return URL(member.url.rstrip("/") + path_qs, encoded=True)
+
+    async def send(
+        self,
+        member: Member,
+        method: str,
+        path_qs: str,
+        headers: Sequence[tuple[str, str]],
+        body: bytes | None,
+    ) -> aiohttp.ClientResponse:
+        assert self._session is not None, "Pool.start() not called"
+        if self.cfg.host_header:
+            headers = [(k, v) for k, v in headers if k.lower() != "host"]
+            headers.append(("Host", self.cfg.host_header))
+        return await self._session.request(
+            method,
+            self.url(member, path_qs),
+            headers=list(headers),
+            data=body if body else None,
+            allow_redirects=False,
+            compress=None,
+        )
+
+    # -- health --------------------------------------------------------------------
+
+    def succeeded(self, member: Member) -> None:
+        was_healthy = member.healthy
+        self.health.on_success(member)
+        if not was_healthy and member.healthy:
+            self._changed(member, "reinstated")
+
+    def failed(self, member: Member, reason: str) -> None:
+        observe_latency(member, _FAILURE_PENALTY_MS)
+        if self.health.on_failure(member, time.monotonic()):
+            log.warning(
+                "pool %s: %s ejected for %.0fs after %d failures (last: %s)",
+                self.name,
+                member.url,
+                member.ejected_until - time.monotonic(),
+                member.failures,
+                reason,
+            )
+            self._changed(member, "ejected")
+
+    def _changed(self, member: Member, what: str) -> None:
+        if self._on_change is not None:
+            self._on_change(self, member, what)
+
+    async def _check_loop(self) -> None:
+        while True:
+            await asyncio.gather(*(self._probe(m) for m in self.members))
+            await asyncio.sleep(self.cfg.health_interval)
+
+    async def _probe(self, member: Member) -> None:
+        """One active check: GET the health path; any 2xx/3xx within the timeout passes."""
+        assert self._session is not None
+        ok = False
+        try:
+            async with self._session.get(
+                self.url(member, self.cfg.health_path),
+                headers={"User-Agent": "edge-health-check"},
+                timeout=aiohttp.ClientTimeout(total=self.cfg.health_timeout),
+                allow_redirects=False,
+            ) as resp:
+                await resp.read()
+                ok = 200 <= resp.status < 400
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            ok = False
+        before = (member.up, member.healthy)
+        self.health.on_probe(member, ok, time.monotonic())
+        if before != (member.up, member.healthy):
+            state = "up" if member.healthy else "down"
+            log.warning("pool %s: %s is %s (health check)", self.name, member.url, state)
+            self._changed(member, state)
+
+
+def route_matches(pattern: str, host: str) -> bool:
+    """Exact host, "*.example.org" for its subdomains, "*" for any."""
+    if pattern == "*":
+        return True
+    if pattern.startswith("*."):
+        return host.endswith(pattern[1:])
+    return host == pattern
+
+
+def host_of(key: str) -> str:
+    """The host of a cache key (scheme://host[:port]/path), lower-cased, no port."""
+    rest = key.partition("://")[2]
+    authority = rest.split("/", 1)[0]
+    if authority.startswith("["):
+        return authority.split("]", 1)[0] + "]"
+    return authority.rsplit(":", 1)[0] if ":" in authority else authority
+
+
+class Upstreams:
+    """Every pool of a node and the routes from request hosts to them."""
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        on_change: Callable[[Pool, Member, str], None] | None = None,
+    ) -> None:
+        self.pools = {
+            name: Pool(
+                cfg,
+                connect_timeout=config.upstream_connect_timeout,
+                read_timeout=config.upstream_read_timeout,
+                on_change=on_change,
+            )
+            for name, cfg in config.pool_configs.items()
+        }
+        # Exact hosts first, then wildcards (the longest first), then "*".
+        self.routes = sorted(
+            config.route_configs,
+            key=lambda r: ("*" in r.host, r.host == "*", -len(r.host)),
+        )
+
+    async def start(self) -> None:
+        for pool in self.pools.values():
+            await pool.start()
+
+    async def close(self) -> None:
+        for pool in self.pools.values():
+            await pool.close()
+
+    def route_for(self, host: str) -> RouteConfig | None:
+        host = host.lower()
+        if host.startswith("["):
+            host = host.split("]", 1)[0] + "]"
+        elif ":" in host:
+            host = host.rsplit(":", 1)[0]
+        host = host.rstrip(".")
+        return next((r for r in self.routes if route_matches(r.host, host)), None)
+
+    def _plan(self, route: RouteConfig, key: str, client: str) -> list[tuple[Pool, Member, str]]:
+        """The members to try, in order: the pool's usable ones, then the fallback's;
+        with nobody usable at all, everybody (panic)."""
+        now = time.monotonic()
+        primary = self.pools[route.pool]
+        fallback = self.pools.get(route.fallback) if route.fallback else None
+        plan = [
+            (primary, m, "")
+            for m in primary.balancer.rank(primary.usable(now), key=key, client=client)
+        ]
+        if fallback is not None:
+            plan += [
+                (fallback, m, "origin-direct")
+                for m in fallback.balancer.rank(fallback.usable(now), key=key, client=client)
+            ]
+        if plan:
+            return plan
+        plan = [
+            (primary, m, "") for m in primary.balancer.rank(primary.members, key=key, client=client)
+        ]
+        if fallback is not None:
+            plan += [
+                (fallback, m, "origin-direct")
+                for m in fallback.balancer.rank(fallback.members, key=key, client=client)
+            ]
+        return plan
 
     async def request(
         self,
@@ -99,29 +332,102 @@ class Upstream:
         path_qs: str,
         headers: Sequence[tuple[str, str]],
         body: bytes | None = None,
+        *,
+        key: str,
+        client: str = "",
     ) -> UpstreamResponse:
-        assert self._session is not None, "Upstream.start() not called"
-        # RFC 9110 Section 9.2.2: an idempotent request may be retried once when a
-        # kept-alive connection turns out to be dead or garbled.
-        attempts = 2 if method in _IDEMPOTENT else 1
-        for attempt in range(attempts):
+        """Send the request to the route's pool (then its fallback) until a member
+        answers; raise UpstreamError/UpstreamTimeout when none could."""
+        route = self.route_for(host_of(key))
+        if route is None:
+            raise UpstreamError(f"no route for host {host_of(key)!r}")
+        idempotent = method in _IDEMPOTENT
+        plan = self._plan(route, key, client)
+        tries: dict[str, int] = {}
+        last: UpstreamError | None = None
+        for index, (pool, member, note) in enumerate(plan):
+            if tries.get(pool.name, 0) > pool.cfg.retries:
+                continue
+            tries[pool.name] = tries.get(pool.name, 0) + 1
+            more = any(tries.get(p.name, 0) <= p.cfg.retries for p, _, _ in plan[index + 1 :])
+            pool.health.begin(member, time.monotonic())
             request_time = time.time()
+            started = time.monotonic()
             try:
-                raw = await self._session.request(
-                    method,
-                    self.url(path_qs),
-                    headers=list(headers),
-                    data=body if body else None,
-                    allow_redirects=False,
-                    compress=None,
-                )
-                break
-            except TimeoutError as exc:
-                raise UpstreamTimeout("upstream timed out") from exc
-            except aiohttp.ClientConnectorError as exc:
-                raise UpstreamError(f"upstream unreachable: {exc}") from exc
-            except (aiohttp.ClientError, OSError) as exc:
-                if attempt + 1 < attempts:
+                raw = await pool.send(member, method, path_qs, headers, body)
+            except _NOT_SENT as exc:
+                pool.health.end(member)
+                pool.failed(member, f"connect: {exc}")
+                last = _error(exc, f"{member.url} unreachable")
+                continue
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                pool.health.end(member)
+                pool.failed(member, f"request: {exc}")
+                last = _error(exc, f"{member.url} failed")
+                if idempotent:
                     continue
-                raise UpstreamError(f"upstream failed: {exc}") from exc
-        return UpstreamResponse(raw.status, raw.headers, raw, request_time, time.time())
+                raise last from exc
+            observe_latency(member, (time.monotonic() - started) * 1000)
+            if raw.status in pool.cfg.retry_statuses and idempotent and more:
+                raw.release()
+                pool.health.end(member)
+                pool.failed(member, f"status {raw.status}")
+                log.info(
+                    "%s answered %d for %s: trying the next member", member.url, raw.status, path_qs
+                )
+                continue
+            return UpstreamResponse(
+                raw.status,
+                raw.headers,
+                raw,
+                request_time,
+                time.time(),
+                member=member.url,
+                note=note,
+                _done=self._completion(pool, member, raw.status),
+            )
+        assert last is not None or not plan
+        raise last or UpstreamError("no upstream member")
+
+    @staticmethod
+    def _completion(pool: Pool, member: Member, status: int) -> Callable[[bool], None]:
+        """Called once the response is done with: the member's outcome counts then, so a
+        body that breaks is a failure and least-connections sees the whole transfer."""
+
+        def done(ok: bool) -> None:
+            pool.health.end(member)
+            if ok and status not in pool.cfg.retry_statuses:
+                pool.succeeded(member)
+            elif not ok:
+                pool.failed(member, "body broke")
+            else:
+                pool.failed(member, f"status {status}")
+
+        return done
+
+    def report(self) -> dict[str, Any]:
+        """Pools and members with their health, for /_edge/health."""
+        now = time.monotonic()
+        return {
+            name: {
+                "strategy": pool.cfg.strategy,
+                "members": [
+                    {
+                        "url": m.url,
+                        "weight": m.weight,
+                        "healthy": m.healthy,
+                        "usable": pool.health.usable(m, now),
+                        "active": m.active,
+                        "ewma_ms": None if m.ewma_ms is None else round(m.ewma_ms, 2),
+                    }
+                    for m in pool.members
+                ],
+            }
+            for name, pool in self.pools.items()
+        }
+
+
+def _error(exc: BaseException, text: str) -> UpstreamError:
+    if isinstance(exc, TimeoutError):
+        return UpstreamTimeout(f"{text}: timed out")
+    return UpstreamError(f"{text}: {exc}")
