@@ -298,7 +298,7 @@ class NodeConfig:
                     "rise": 2,
                     "fall": 2,
                     "failures": 2,
-                    "cooldown": 5.0,
+                    "cooldown": 2.0,
                     # Shields answer 5xx only when the origin did: not theirs to retry.
                     "retry_statuses": [],
                 },

@@ -16,6 +16,7 @@ import time
 import aiohttp
 from aiohttp import http_parser as _http_parser
 from aiohttp import web
+from aiohttp.http import SERVER_SOFTWARE
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_server import Server
 
@@ -169,8 +170,8 @@ class EdgeNode:
     async def _set_server(self, request: web.Request, response: web.StreamResponse) -> None:
         # The origin's Server is hidden (hide_headers); this node names itself instead
         # of aiohttp's default, which would give away versions.
-        if self.config.server_header:
-            response.headers.setdefault("Server", self.config.server_header)
+        if self.config.server_header and response.headers.get("Server") in (None, SERVER_SOFTWARE):
+            response.headers["Server"] = self.config.server_header
 
     async def _health(self, request: web.Request) -> web.Response:
         assert self.engine is not None

@@ -648,8 +648,13 @@ class Transaction:
         headers = CIMultiDict((k, v) for k, v in stored if k.lower() not in drop)
         if age is not None:
             headers["Age"] = str(min(int(age), policy.MAX_DELTA))
-        headers.add("Via", f"1.1 {self.e.config.name}")
-        headers.add("Cache-Status", self.status.render())
+        # One line each, earlier hops first: simple clients read only one line.
+        for name, value in (
+            ("Via", f"1.1 {self.e.config.name}"),
+            ("Cache-Status", self.status.render()),
+        ):
+            prior = headers.popall(name, [])
+            headers[name] = ", ".join([*prior, value])
         return headers
 
     async def _deliver_entry(self) -> None:
@@ -959,8 +964,8 @@ class Transaction:
         headers = policy.end_to_end(
             self.headers, drop=("content-length", *forwarding.FORWARDING_FIELDS, *drop)
         )
-        headers.append(("Via", f"1.1 {cfg.name}"))
-        headers.append(("CDN-Loop", forwarding.cdn_loop_entry(cfg.cdn_name, cfg.name)))
+        headers = _appended(headers, "Via", f"1.1 {cfg.name}")
+        headers = _appended(headers, "CDN-Loop", forwarding.cdn_loop_entry(cfg.cdn_name, cfg.name))
         # W3C Edge Architecture: advertise this surrogate so the origin can target
         # Surrogate-Control directives at it by name.
         headers.append(("Surrogate-Capability", f'{cfg.name}="Surrogate/1.0"'))
@@ -1002,6 +1007,14 @@ class Transaction:
                 ">".join(self.walk),
                 " client-gone" if self.client_gone else (" cut" if self.cut else ""),
             )
+
+
+def _appended(headers: list[tuple[str, str]], name: str, value: str) -> list[tuple[str, str]]:
+    """The list field `name` as one line with `value` appended (RFC 9110 Section 5.3)."""
+    lower = name.lower()
+    prior = [v for k, v in headers if k.lower() == lower]
+    rest = [(k, v) for k, v in headers if k.lower() != lower]
+    return [*rest, (name, ", ".join([*prior, value]))]
 
 
 def _range_start(value: str | None) -> int | None:

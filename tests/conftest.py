@@ -62,3 +62,52 @@ def edge(procs: list[Proc], tmp_path: Path) -> EdgeFactory:
         return proc
 
     return factory
+
+
+UpstreamFactory = Callable[..., Proc]
+
+
+@pytest.fixture
+def make_upstream(procs: list[Proc], tmp_path: Path) -> UpstreamFactory:
+    """Start another test upstream: `make_upstream(name="a", fail_every=2, port=P)`."""
+
+    def factory(
+        name: str = "",
+        *,
+        fail_every: int = 0,
+        fail_mode: str = "status",
+        delay: float = 0,
+        port: int | None = None,
+    ) -> Proc:
+        port = port or free_port()
+        cmd = [sys.executable, "-m", "tests.support.upstream", "--port", str(port)]
+        if name:
+            cmd += ["--name", name]
+        if fail_every:
+            cmd += ["--fail-every", str(fail_every), "--fail-mode", fail_mode]
+        if delay:
+            cmd += ["--delay", str(delay)]
+        proc = start(cmd, port, tmp_path / f"upstream-{name or port}.log", health_path="/_total")
+        procs.append(proc)
+        return proc
+
+    return factory
+
+
+NodeFactory = Callable[..., Proc]
+
+
+@pytest.fixture
+def node(procs: list[Proc], tmp_path: Path) -> NodeFactory:
+    """Start `edge serve` or `edge shield` with the given options (its own cache dir
+    unless one is given): `node("shield", "--origin", url, name="shield-1")`."""
+
+    def factory(kind: str, *args: str, name: str, port: int | None = None) -> Proc:
+        port = port or free_port()
+        extra = [] if "--cache-dir" in args else ["--cache-dir", str(tmp_path / f"cache-{name}")]
+        cmd = edge_cmd(kind, "--listen", f"127.0.0.1:{port}", "--name", name, *extra, *args)
+        proc = start(cmd, port, tmp_path / f"{name}.log", health_path="/_edge/health")
+        procs.append(proc)
+        return proc
+
+    return factory

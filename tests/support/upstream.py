@@ -4,7 +4,12 @@ It plays the origins an edge meets: it counts requests per path (GET /_count/PAT
 POST /_reset), answers with headers the test asks for through the query string, can
 delay the response head, and can send a body slowly so a test can kill it mid-body.
 
-    python -m tests.support.upstream --port P
+    python -m tests.support.upstream --port P [--name N] [--fail-every K --fail-mode M]
+
+--delay S delays every response head by S seconds (a slow member);
+--name N stamps `X-Upstream: N` on every response (which member answered);
+--fail-every K makes every K-th request fail: with `--fail-mode status` a 503, with
+`reset` a connection dropped before any response.
 
 Query parameters on any other path:
   cc=VALUE         Cache-Control of the response (default: public, max-age=3600)
@@ -19,6 +24,8 @@ Query parameters on any other path:
   text=1           a body of readable words instead of bytes from the path
   gzip=1           the body gzip-encoded, with Content-Encoding: gzip
   zeros=N          with gzip=1: the encoded body is N bytes of zeros (a bomb)
+  echo=1           the body is the request's header fields as JSON ([[name, value]...])
+  leak=1           Server, X-Powered-By and a hop-by-hop field named by Connection
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import argparse
 import asyncio
 import gzip
 import hashlib
+import json
 from collections import Counter
 
 from aiohttp import web
@@ -48,8 +56,11 @@ def body_for(path: str, size: int) -> bytes:
     return (seed * (size // len(seed) + 1))[:size]
 
 
-def make_app() -> web.Application:
+def make_app(
+    name: str = "", fail_every: int = 0, fail_mode: str = "status", delay: float = 0.0
+) -> web.Application:
     counts: Counter[str] = Counter()
+    total = Counter[str]()
 
     async def count(request: web.Request) -> web.Response:
         return web.json_response({"count": counts["/" + request.match_info["path"]]})
@@ -60,9 +71,16 @@ def make_app() -> web.Application:
 
     async def serve(request: web.Request) -> web.StreamResponse:
         counts[request.path] += 1
+        total["all"] += 1
         q = request.query
-        if "delay" in q:
-            await asyncio.sleep(float(q["delay"]))
+        if fail_every and total["all"] % fail_every == 0:
+            if fail_mode == "reset":
+                assert request.transport is not None
+                request.transport.abort()
+                raise ConnectionResetError("failing on purpose")
+            return web.Response(status=503, text="failing on purpose", headers={"X-Upstream": name})
+        if "delay" in q or delay:
+            await asyncio.sleep(float(q.get("delay", delay)))
         size = int(q.get("size", "1024"))
         headers = {"Cache-Control": q.get("cc", "public, max-age=3600")}
         if "cdncc" in q:
@@ -75,8 +93,23 @@ def make_app() -> web.Application:
             headers["Vary"] = q["vary"]
             headers["X-Echo"] = request.headers.get(q["vary"], "")
         headers["X-Request-Count"] = str(counts[request.path])
+        if name:
+            headers["X-Upstream"] = name
+        if "leak" in q:
+            headers.update(
+                {
+                    "Server": "origin-httpd/2.4",
+                    "X-Powered-By": "PHP/8.3",
+                    "Connection": "X-Hop",
+                    "X-Hop": "hop-by-hop",
+                }
+            )
         status = int(q.get("status", "200"))
         body = text_for(request.path, size) if "text" in q else body_for(request.path, size)
+        if "echo" in q:
+            body = json.dumps([[k, v] for k, v in request.headers.items()]).encode()
+            size = len(body)
+            headers["Content-Type"] = "application/json"
         if "ctype" in q:
             headers["Content-Type"] = q["ctype"]
         if "gzip" in q:
@@ -101,6 +134,11 @@ def make_app() -> web.Application:
         return resp
 
     app = web.Application()
+
+    async def count_all(request: web.Request) -> web.Response:
+        return web.json_response({"count": total["all"]})
+
+    app.router.add_get("/_total", count_all)
     app.router.add_get("/_count/{path:.*}", count)
     app.router.add_post("/_reset", reset)
     app.router.add_route("*", "/{tail:.*}", serve)
@@ -110,8 +148,18 @@ def make_app() -> web.Application:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--name", default="")
+    parser.add_argument("--fail-every", type=int, default=0)
+    parser.add_argument("--fail-mode", choices=("status", "reset"), default="status")
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds before every head")
     args = parser.parse_args()
-    web.run_app(make_app(), host="127.0.0.1", port=args.port, print=None, access_log=None)
+    web.run_app(
+        make_app(args.name, args.fail_every, args.fail_mode, args.delay),
+        host="127.0.0.1",
+        port=args.port,
+        print=None,
+        access_log=None,
+    )
 
 
 if __name__ == "__main__":
