@@ -1,8 +1,9 @@
 """Process plumbing shared by the scenarios.
 
 Owns: free loopback ports, child processes that are always reaped (also on SIGINT/SIGTERM),
-readiness polling, the command lines that start `edge serve` and the nginx `proxy_cache`
-reference, and the one-line error a person sees when a tool is missing.
+readiness polling, the command lines that start `edge serve`, `edge shield` and the nginx
+`proxy_cache` reference, reading a node's Prometheus counters, and the one-line error a
+person sees when a tool is missing.
 
 Must not import `edge/` or `origin/`: scenarios treat the CDN as a black box and start it
 through its console script, as an operator would.
@@ -11,6 +12,7 @@ through its console script, as an operator would.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -102,6 +104,31 @@ def edge_argv(
     if cache_size is not None:
         argv += ["--cache-size", cache_size]
     return argv
+
+
+def shield_argv(listen_port: int, origin: str, cache_dir: Path, name: str) -> list[str]:
+    """`edge shield`: the tier between the edges and the origin."""
+    return edge_command(
+        "shield",
+        "--listen",
+        f"127.0.0.1:{listen_port}",
+        "--origin",
+        origin,
+        "--cache-dir",
+        str(cache_dir),
+        "--name",
+        name,
+    )
+
+
+def shielded_edge_argv(
+    listen_port: int, shields: Sequence[str], origin: str, cache_dir: Path, name: str
+) -> list[str]:
+    """`edge serve` in front of shields (one `--shield` each), the origin as their fallback."""
+    argv = edge_command("serve", "--listen", f"127.0.0.1:{listen_port}")
+    for shield in shields:
+        argv += ["--shield", shield]
+    return [*argv, "--origin", origin, "--cache-dir", str(cache_dir), "--name", name]
 
 
 def nginx_config(
@@ -328,6 +355,44 @@ def write_nginx_config_text(run_dir: Path, text: str) -> list[str]:
     conf = run_dir / "nginx.conf"
     conf.write_text(text)
     return [nginx, "-p", str(run_dir), "-c", str(conf), "-e", str(run_dir / "error.log")]
+
+
+def http_get_text(url: str, timeout: float = 10.0) -> str:
+    """The body of GET url (a 2xx) as text; anything else is a ScenarioError."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as exc:
+        raise ScenarioError(f"GET {url} answered {exc.code}") from None
+    except (OSError, urllib.error.URLError) as exc:
+        raise ScenarioError(f"GET {url} failed: {exc}") from None
+
+
+_SAMPLE = re.compile(
+    r"^(?P<name>[A-Za-z_:][A-Za-z0-9_:]*)(?:\{(?P<labels>.*)\})?\s+(?P<value>\S+)(?:\s+\d+)?$"
+)
+_LABEL = re.compile(r'\s*([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"\s*,?')
+_ESCAPE = re.compile(r"\\(.)")  # label values escape \\, \" and newline (\n)
+
+
+def prometheus_samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """The samples of metric `name` in Prometheus text exposition format, as (labels,
+    value); comments, other metrics and lines that do not parse are skipped."""
+    samples = []
+    for line in text.splitlines():
+        m = _SAMPLE.match(line.strip())
+        if not m or m.group("name") != name:
+            continue
+        try:
+            value = float(m.group("value"))
+        except ValueError:
+            continue
+        labels = {
+            key: _ESCAPE.sub(lambda e: "\n" if e.group(1) == "n" else e.group(1), raw)
+            for key, raw in _LABEL.findall(m.group("labels") or "")
+        }
+        samples.append((labels, value))
+    return samples
 
 
 def edge_command(*args: str) -> list[str]:
