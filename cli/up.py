@@ -1,6 +1,7 @@
 """`edge up`: run a CDN on this machine as child processes.
 
-For now the topology is the demo archive origin with one edge in front of it; each
+For now the topology is the demo archive origin, an origin shield in front of it and
+one edge in front of the shield (going to the origin directly if the shield fails); each
 child is started with the same `edge` entry point, waited on until it answers, and
 stopped (with everything else) on Ctrl-C or SIGTERM.
 """
@@ -53,11 +54,12 @@ def up(
     port: Annotated[int, typer.Option(help="Edge port (0: pick a free one).")] = 8080,
     small: Annotated[bool, typer.Option(help="Small demo files (quick start).")] = False,
 ) -> None:
-    """Start the demo origin and an edge in front of it; print what to try."""
+    """Start the demo origin, a shield and an edge; print what to try."""
     workdir.mkdir(parents=True, exist_ok=True)
     logs = workdir / "logs"
     logs.mkdir(exist_ok=True)
     origin_port = _free_port(host)
+    shield_port = _free_port(host)
     edge_port = port or _free_port(host)
     children: list[tuple[str, subprocess.Popen[bytes]]] = []
 
@@ -86,14 +88,33 @@ def up(
     if small:
         origin_args.append("--small")
     start("origin", origin_args, f"http://{host}:{origin_port}/")
+    origin_url = f"http://{host}:{origin_port}"
+    shield_url = f"http://{host}:{shield_port}"
+    start(
+        "shield",
+        [
+            "shield",
+            "--listen",
+            f"{host}:{shield_port}",
+            "--origin",
+            origin_url,
+            "--cache-dir",
+            str(workdir / "cache" / "shield"),
+            "--name",
+            "shield-local",
+        ],
+        f"{shield_url}/_edge/health",
+    )
     start(
         "edge",
         [
             "serve",
             "--listen",
             f"{host}:{edge_port}",
-            "--upstream",
-            f"http://{host}:{origin_port}",
+            "--shield",
+            shield_url,
+            "--origin",
+            origin_url,
             "--cache-dir",
             str(workdir / "cache" / "edge"),
             "--name",
@@ -107,11 +128,13 @@ def up(
             [
                 "edge is up:",
                 f"  origin  http://{host}:{origin_port}   (demo archive in {workdir / 'archive'})",
-                f"  edge    {base}   (cache in {workdir / 'cache'})",
+                f"  shield  {shield_url}",
+                f"  edge    {base}   (caches in {workdir / 'cache'})",
                 f"  logs    {logs}",
                 "",
                 "Try:",
                 f"  curl -si {base}/catalogue.json | head -20   # twice: the second is a hit",
+                "      (Cache-Status: the shield's entry, then the edge's)",
                 f"  curl -s {base}/_edge/metrics | grep edge_requests",
                 "",
                 "Ctrl-C stops everything.",

@@ -93,6 +93,9 @@ class PoolConfig:
     # Keep-alive connections per member, and how long an idle one is kept.
     max_connections: int = 256
     keepalive_timeout: float = 30.0
+    # Seconds to connect, and between reads; 0: the node's upstream timeouts.
+    connect_timeout: float = 0.0
+    read_timeout: float = 0.0
     # Extra attempts on other members for a failed idempotent request.
     retries: int = 2
     retry_statuses: tuple[int, ...] = (500, 502, 503, 504)
@@ -149,6 +152,8 @@ def pool_from_table(name: str, table: dict[str, Any]) -> PoolConfig:
         raise ConfigError(f"pool {name}: health_path must start with '/'")
     for key in ("health_interval", "health_timeout", "cooldown", "keepalive_timeout"):
         _positive(f"pool {name}: {key}", getattr(pool, key))
+    for key in ("connect_timeout", "read_timeout"):
+        _positive(f"pool {name}: {key}", getattr(pool, key), zero=True)
     for key in ("rise", "fall", "failures", "max_connections"):
         _positive(f"pool {name}: {key}", getattr(pool, key), integer=True)
     _positive(f"pool {name}: retries", pool.retries, integer=True, zero=True)

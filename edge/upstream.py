@@ -125,7 +125,9 @@ class Pool:
             )
         )
         self._timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=connect_timeout, sock_read=read_timeout
+            total=None,
+            sock_connect=cfg.connect_timeout or connect_timeout,
+            sock_read=cfg.read_timeout or read_timeout,
         )
         self._on_change = on_change
         self._session: aiohttp.ClientSession | None = None
