@@ -525,3 +525,27 @@ async def test_a_request_carrying_this_cdn_is_refused_and_a_misconfigured_loop_e
             s, f"{upstream.url}/fine", headers={"CDN-Loop": "cloudflare; loops=1"}
         )
         assert status == 200
+
+
+async def test_a_member_that_times_out_is_retried_elsewhere_then_ejected(
+    make_upstream: UpstreamFactory, node: NodeFactory, tmp_path: Path
+) -> None:
+    stuck = make_upstream("stuck", delay=5)
+    fine = make_upstream("fine")
+    cfg = tmp_path / "timeouts.toml"
+    cfg.write_text(
+        f'[pools.origin]\nmembers = ["{stuck.url}", "{fine.url}"]\n'
+        "read_timeout = 0.5\nfailures = 2\ncooldown = 30\n"
+    )
+    edge = node("serve", "--config", str(cfg), name="edge-t")
+    async with aiohttp.ClientSession() as s:
+        took = []
+        for i in range(8):
+            started = time.monotonic()
+            status, headers, _ = await get(s, f"{edge.url}/t-{i}?{NO_STORE}")
+            took.append(time.monotonic() - started)
+            assert status == 200 and headers["X-Upstream"] == "fine"
+    # Round-robin sent the 1st and 3rd to the stuck member (0.5 s each, then retried);
+    # after two failures it is ejected and the rest go straight to the good one.
+    assert sum(t > 0.4 for t in took) == 2
+    assert all(t < 0.4 for t in took[4:])
