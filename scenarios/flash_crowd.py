@@ -77,14 +77,18 @@ from scenarios.harness import (
     Child,
     Processes,
     ScenarioError,
+    client_loop_factory,
     edge_command,
+    fmt_seconds,
     free_port,
     http_get_text,
+    parse_size,
     prometheus_samples,
     require_tool,
     run_main,
     shield_argv,
     shielded_edge_argv,
+    size_label,
     wait_http_ok,
     wait_tcp,
     write_nginx_config_text,
@@ -114,24 +118,6 @@ NGINX_FORWARDED = ("MISS", "EXPIRED", "BYPASS", "REVALIDATED")
 
 # ---------------------------------------------------------------------------------------
 # Pure parts (unit-tested in tests/test_scenario_flash_crowd.py).
-
-_SIZE = re.compile(r"\s*(\d+)\s*([kmg]?)(?:i?b)?\s*", re.IGNORECASE)
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-
-
-def parse_size(text: str) -> int:
-    """'1M' -> 1048576, '512k', '4096' (binary units)."""
-    m = _SIZE.fullmatch(text)
-    if not m:
-        raise ValueError(f"bad size {text!r} (use e.g. 512k, 1M)")
-    return int(m.group(1)) * _UNITS[m.group(2).lower()]
-
-
-def size_label(size: int) -> str:
-    for unit, factor in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if size >= factor and size % factor == 0:
-            return f"{size // factor} {unit}"
-    return f"{size} B"
 
 
 def split_outside_quotes(text: str, sep: str) -> list[str]:
@@ -829,7 +815,7 @@ def run_system(
             f"  {LABELS[topo.system]:<15}{obj.path:<26} origin {result['origin_requests']:>3}, "
             f"shield {result['shield_tier']['requests']:>3} req, "
             f"{result['complete']}/{result['clients']} complete, "
-            f"p99 {_s(result['latency_s']['p99'])} s",
+            f"p99 {fmt_seconds(result['latency_s']['p99'])} s",
             flush=True,
         )
     summary = summarise(topo.system, per_object, latencies)
@@ -839,10 +825,6 @@ def run_system(
 
 # ---------------------------------------------------------------------------------------
 # Report.
-
-
-def _s(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
 
 
 def _split(tier: Mapping[str, Any], collapsed: bool) -> str:
@@ -863,7 +845,8 @@ def render(results: Mapping[str, Mapping[str, Any]], ratios: Mapping[str, float 
             f"{LABELS[system]:<16}{r['origin_requests_per_object']:>11.2f}"
             f"{r['shield_requests_per_object']:>11.2f}"
             f"{_split(r['shield_tier'], collapsed):>16}{_split(r['edge_tier'], collapsed):>18}"
-            f"{r['client_errors']:>8}{_s(lat['p50']):>8}{_s(lat['p99']):>8}{_s(lat['max']):>8}"
+            f"{r['client_errors']:>8}"
+            + "".join(f"{fmt_seconds(lat[k]):>8}" for k in ("p50", "p99", "max"))
         )
     lines.append(
         "h/m/c/o: hit/miss/collapsed/other, summed over the objects; latency: common start "
@@ -952,7 +935,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             with (
                 Processes(work) as procs,
-                asyncio.Runner(loop_factory=_loop_factory()) as runner,
+                asyncio.Runner(loop_factory=client_loop_factory()) as runner,
             ):
                 root = work / "origin-root"
                 objects = {s: make_objects(root, s, args.objects, size) for s in systems}
@@ -1026,16 +1009,6 @@ def run(args: argparse.Namespace) -> int:
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out} and the logs in {log_dir} ({report['seconds']:.0f}s)")
     return 1 if problems else 0
-
-
-def _loop_factory() -> Any:
-    # uvloop (a project dependency) makes the one client process cheaper per request,
-    # leaving more of the machine to the servers; plain asyncio where it is missing.
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -417,3 +417,38 @@ def run_main(name: str, run: Callable[[Any], int], args: Any) -> int:
     except Terminated as exc:
         print(f"\n{name}: terminated", file=sys.stderr)
         return int(exc.code or 143)
+
+
+_SIZE = re.compile(r"\s*(\d+)\s*([kmgt]?)(?:i?b)?\s*", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """'1G' -> 1073741824, '64M', '64MiB', '512k', '4096' (binary units)."""
+    m = _SIZE.fullmatch(text)
+    if not m:
+        raise ValueError(f"bad size {text!r} (use e.g. 512k, 64M, 1G)")
+    return int(m.group(1)) * _UNITS[m.group(2).lower()]
+
+
+def size_label(size: int) -> str:
+    for unit, factor in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= factor and size % factor == 0:
+            return f"{size // factor} {unit}"
+    return f"{size} B"
+
+
+def fmt_seconds(value: float | None) -> str:
+    """Seconds for a report table: three decimals, '-' when not measured."""
+    return "-" if value is None else f"{value:.3f}"
+
+
+def client_loop_factory() -> Any:
+    """uvloop for a scenario's client process (a project dependency): cheaper per
+    request and byte, leaving more of the machine to the servers under test; plain
+    asyncio where it is missing."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop

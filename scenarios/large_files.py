@@ -76,11 +76,15 @@ from scenarios.harness import (
     Child,
     Processes,
     ScenarioError,
+    client_loop_factory,
     edge_argv,
     edge_command,
+    fmt_seconds,
     free_port,
+    parse_size,
     require_tool,
     run_main,
+    size_label,
     stop_process,
     wait_http_ok,
     wait_tcp,
@@ -109,24 +113,6 @@ CLIENT_HEADERS = {"Accept-Encoding": "identity"}
 
 # ---------------------------------------------------------------------------------------
 # Pure parts (unit-tested in tests/test_scenarios_static.py).
-
-_SIZE = re.compile(r"\s*(\d+)\s*([kmgt]?)(?:i?b)?\s*", re.IGNORECASE)
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-
-
-def parse_size(text: str) -> int:
-    """'1G' -> 1073741824, '64M', '64MiB', '512k', '4096' (binary units)."""
-    m = _SIZE.fullmatch(text)
-    if not m:
-        raise ValueError(f"bad size {text!r} (use e.g. 64M, 1G)")
-    return int(m.group(1)) * _UNITS[m.group(2).lower()]
-
-
-def size_label(size: int) -> str:
-    for unit, factor in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if size >= factor and size % factor == 0:
-            return f"{size // factor} {unit}"
-    return f"{size} B"
 
 
 def stamped_block(base: bytes, offset: int) -> bytes:
@@ -817,10 +803,6 @@ def throughput(
 # Report.
 
 
-def _s(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
-
-
 def render(phases: Sequence[dict[str, Any]], thr: dict[str, Any]) -> str:
     head = (
         f"{'phase':<18}{'server':<7}{'clients':>8}{'TTFB first':>11}{'median':>8}{'last':>8}"
@@ -830,8 +812,8 @@ def render(phases: Sequence[dict[str, Any]], thr: dict[str, Any]) -> str:
     for p in phases:
         t, d = p["ttfb_s"], p["done_s"]
         lines.append(
-            f"{p['phase']:<18}{p['server']:<7}{p['clients']:>8}{_s(t['first']):>11}"
-            f"{_s(t['median']):>8}{_s(t['last']):>8}{_s(d['median']):>9}{_s(d['last']):>8}"
+            f"{p['phase']:<18}{p['server']:<7}{p['clients']:>8}{fmt_seconds(t['first']):>11}"
+            f"{fmt_seconds(t['median']):>8}{fmt_seconds(t['last']):>8}{fmt_seconds(d['median']):>9}{fmt_seconds(d['last']):>8}"
             f"{p['aggregate_mb_per_s'] or 0:>8,.0f}{p['origin']['requests']:>11}"
             f"{p['origin']['object_factor']:>7.2f}{p['rss']['peak_mb']:>9.1f}"
         )
@@ -931,7 +913,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             with (
                 Processes(work) as procs,
-                asyncio.Runner(loop_factory=_loop_factory()) as runner,
+                asyncio.Runner(loop_factory=client_loop_factory()) as runner,
             ):
                 origin = start_origin(procs)
                 check_origin_object(origin, obj)
@@ -1006,16 +988,6 @@ def run(args: argparse.Namespace) -> int:
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out} and the servers' logs in {LOG_DIR} ({report['seconds']:.0f}s)")
     return 1 if problems else 0
-
-
-def _loop_factory() -> Any:
-    # uvloop (a project dependency) makes the one client process cheaper per byte, leaving
-    # more of the two cores to the server under test; plain asyncio where it is missing.
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
