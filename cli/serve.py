@@ -59,6 +59,14 @@ Config = Annotated[
         "--config", "-c", help="TOML file with the same settings (and pools and host routes)."
     ),
 ]
+Coordinator = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        help="Purge coordinator URL to subscribe to (token: coordinator_token in --config, "
+        "or EDGE_NODE_TOKEN)."
+    ),
+]
+Region = Annotated[Optional[str], typer.Option(help="This node's region, e.g. eu.")]  # noqa: UP045
 LogLevel = Annotated[str, typer.Option(help="debug, info, warning, error.")]
 
 
@@ -92,6 +100,8 @@ def serve(
     name: Name = None,
     balance: Balance = None,
     trusted_proxy: Trusted = None,
+    coordinator: Coordinator = None,
+    region: Region = None,
     config: Config = None,
     log_level: LogLevel = "info",
 ) -> None:
@@ -115,6 +125,8 @@ def serve(
         name=name,
         balance=balance,
         trusted_proxies=trusted_proxy,
+        coordinator=coordinator,
+        region=region,
         log_level=log_level,
     )
 
@@ -130,6 +142,8 @@ def shield(
     name: Name = None,
     balance: Balance = None,
     trusted_proxy: Trusted = None,
+    coordinator: Coordinator = None,
+    region: Region = None,
     config: Config = None,
     log_level: LogLevel = "info",
 ) -> None:
@@ -148,6 +162,8 @@ def shield(
         name=name,
         balance=balance,
         trusted_proxies=trusted_proxy,
+        coordinator=coordinator,
+        region=region,
         log_level=log_level,
     )
 

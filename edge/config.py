@@ -4,6 +4,7 @@ listen addresses), and nothing else; bad values raise ConfigError with one line.
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import tomllib
@@ -197,6 +198,17 @@ class NodeConfig:
     # Upstream fields clients do not see; and the node's own Server field.
     hide_headers: tuple[str, ...] = ("Server", "X-Powered-By")
     server_header: str = "edge"
+    # Purges: the coordinator this node subscribes to (empty: none), its token (or
+    # EDGE_NODE_TOKEN), the node's region, the address it is reached at (default: its
+    # listen address), and how long start-up waits to catch up before serving.
+    coordinator: str = ""
+    coordinator_token: str = ""
+    region: str = ""
+    advertise: str = ""
+    resume_timeout: float = 10.0
+    # Token for PURGE requests and POST /_edge/purge on this node (or EDGE_ADMIN_TOKEN);
+    # empty: purging this node directly is refused.
+    admin_token: str = ""
     cache_dir: Path = Path("./cache")
     cache_size: int = 1 << 30
     max_object_size: int = 8 << 30
@@ -242,6 +254,20 @@ class NodeConfig:
             raise ConfigError(f"cdn_name must be a token: {self.cdn_name!r}")
         if self.loop_allowance is None:
             self.loop_allowance = 0 if self.role == "edge" else 1
+        self.coordinator_token = self.coordinator_token or os.environ.get("EDGE_NODE_TOKEN", "")
+        self.admin_token = self.admin_token or os.environ.get("EDGE_ADMIN_TOKEN", "")
+        if self.coordinator:
+            self.coordinator = parse_upstream(self.coordinator)
+            if not self.coordinator_token:
+                raise ConfigError(
+                    "a coordinator needs a token (coordinator_token or EDGE_NODE_TOKEN)"
+                )
+        if self.region and not re.fullmatch(r"[A-Za-z0-9._-]+", self.region):
+            raise ConfigError(f"region must be letters, digits, '.', '_' or '-': {self.region!r}")
+        if not self.advertise:
+            host, port = self.host_port
+            host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+            self.advertise = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
         self.cache_size = parse_size(self.cache_size)
         self.max_object_size = parse_size(self.max_object_size)
         self.slice_size = parse_size(self.slice_size)

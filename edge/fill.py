@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -59,6 +60,7 @@ class Fill:
         self.finished = False
         self.failed: Exception | None = None
         self.note = ""  # how the upstream was reached, for Cache-Status (edge.upstream)
+        self.started = time.time()  # purges applied later must not be joined to it
         self.readers = 0
         self.readers_total = 0  # every reader that ever attached
         self._changed = asyncio.Event()
@@ -157,6 +159,10 @@ class InFlight:
     def done(self, fill: Fill) -> None:
         if self._fills.get(fill.key) is fill:
             del self._fills[fill.key]
+
+    def oldest(self) -> float | None:
+        """When the longest-running fill started (None when there is none)."""
+        return min((f.started for f in self._fills.values()), default=None)
 
     def spawn(self, coro: Any) -> asyncio.Task[None]:
         task = asyncio.ensure_future(coro)

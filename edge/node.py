@@ -8,6 +8,8 @@ two nodes in one process. This module owns lifetimes and routing, not caching ru
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hmac
 import json
 import logging
 import signal
@@ -24,8 +26,10 @@ from edge.config import ConfigError, NodeConfig
 from edge.derive import Deriver
 from edge.fill import InFlight
 from edge.forwarding import parse_networks
+from edge.keys import cache_key
 from edge.metrics import CONTENT_TYPE_LATEST, NodeMetrics
 from edge.pipeline import Engine, Transaction
+from edge.purge import Purge, PurgeError, Purger, Subscription
 from edge.slices import Slicer
 from edge.store import DiskStore
 from edge.upstream import Member, Pool, Upstreams
@@ -70,6 +74,15 @@ class _EdgeServer(Server):
         return _PlainErrorHandler(self, loop=self._loop, **self._kwargs)
 
 
+def _json(body: object, status: int) -> web.Response:
+    return web.Response(
+        text=json.dumps(body),
+        status=status,
+        content_type="application/json",
+        headers={"Cache-Control": "no-store"},
+    )
+
+
 def _phrase(status: int) -> str:
     from http import HTTPStatus
 
@@ -88,11 +101,14 @@ class EdgeNode:
         self.runner: web.AppRunner | None = None
         self.engine: Engine | None = None
         self.port: int | None = None
+        self.subscription: Subscription | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     def build_app(self) -> web.Application:
         app = web.Application(client_max_size=16 << 20, handler_args={})
         app.router.add_get(ADMIN_PREFIX + "health", self._health)
         app.router.add_get(ADMIN_PREFIX + "metrics", self._metrics)
+        app.router.add_post(ADMIN_PREFIX + "purge", self._purge_json)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         app.on_response_prepare.append(self._set_server)
         return app
@@ -104,6 +120,12 @@ class EdgeNode:
         upstream = Upstreams(self.config, on_change=self._member_changed)
         await upstream.start()
         inflight = InFlight()
+        purger = Purger.open(store, self.config.cache_dir, oldest_fill=inflight.oldest)
+        # Tags are for purging inside the CDN: a shield passes them on to its edges,
+        # an edge keeps them from clients.
+        hidden = {h.lower() for h in self.config.hide_headers}
+        if self.config.role == "edge":
+            hidden |= {"surrogate-key", "cache-tag"}
         self.engine = Engine(
             config=self.config,
             store=store,
@@ -113,8 +135,12 @@ class EdgeNode:
             slicer=Slicer(store, inflight, upstream),
             deriver=Deriver(store, inflight),
             trusted=parse_networks(self.config.trusted_proxies),
-            hidden=frozenset(h.lower() for h in self.config.hide_headers),
+            hidden=frozenset(hidden),
+            purger=purger,
         )
+        self._tasks.append(asyncio.create_task(purger.sweep_forever()))
+        if self.config.coordinator:
+            await self._subscribe(purger)
         for pool in upstream.pools.values():
             for member in pool.members:
                 metrics.member_up.labels(self.config.name, pool.name, member.url).set(1)
@@ -134,7 +160,37 @@ class EdgeNode:
         sockets = self.runner.addresses
         self.port = sockets[0][1] if sockets else port
 
+    async def _subscribe(self, purger: Purger) -> None:
+        """Catch up with the coordinator before serving anything cached: wait up to
+        resume_timeout, then serve (as misses) until caught up."""
+        cfg = self.config
+        purger.ready = False
+        self.subscription = Subscription(
+            purger,
+            cfg.coordinator,
+            cfg.coordinator_token,
+            name=cfg.name,
+            role=cfg.role,
+            region=cfg.region,
+            address=cfg.advertise,
+        )
+        self._tasks.append(asyncio.create_task(self.subscription.run()))
+        try:
+            await asyncio.wait_for(self.subscription.caught_up.wait(), cfg.resume_timeout)
+        except TimeoutError:
+            log.warning(
+                "not caught up with coordinator %s after %.0fs: serving without the cache "
+                "until it is",
+                cfg.coordinator,
+                cfg.resume_timeout,
+            )
+
     async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if self.runner is not None:
             await self.runner.cleanup()
         if self.engine is not None:
@@ -144,6 +200,8 @@ class EdgeNode:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         assert self.engine is not None
+        if request.method == "PURGE":
+            return await self._purge_url(request)
         txn = Transaction(self.engine, request)
         try:
             return await txn.run()
@@ -167,6 +225,17 @@ class EdgeNode:
         if what == "ejected":
             m.member_ejections.labels(self.config.name, pool.name, member.url).inc()
 
+    def _purge_report(self) -> dict[str, object]:
+        assert self.engine is not None and self.engine.purger is not None
+        purger = self.engine.purger
+        return {
+            "applied": purger.bans.applied,
+            "bans": len(purger.bans.bans),
+            "ready": purger.ready,
+            "coordinator": self.config.coordinator or None,
+            "connected": self.subscription.connected if self.subscription else None,
+        }
+
     async def _set_server(self, request: web.Request, response: web.StreamResponse) -> None:
         # The origin's Server is hidden (hide_headers); this node names itself instead
         # of aiohttp's default, which would give away versions.
@@ -182,6 +251,7 @@ class EdgeNode:
             "role": self.config.role,
             "upstream": self.config.upstream_summary,
             "pools": self.engine.upstream.report(),
+            "purges": self._purge_report(),
             "uptime": round(time.time() - self.started_at, 3),
             "store": {"bytes": size, "objects": count},
         }
@@ -190,6 +260,48 @@ class EdgeNode:
             content_type="application/json",
             headers={"Cache-Control": "no-store"},
         )
+
+    # -- purging this node directly -------------------------------------------------
+
+    def _authorised(self, request: web.Request) -> web.Response | None:
+        """None if the request carries the admin token, else the refusal to send."""
+        token = self.config.admin_token
+        if not token:
+            return _json(
+                {"error": "purging this node directly is not enabled (no admin token)"}, 403
+            )
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            resp = _json({"error": "missing or wrong token"}, 401)
+            resp.headers["WWW-Authenticate"] = "Bearer"
+            return resp
+        return None
+
+    async def _purge_url(self, request: web.Request) -> web.Response:
+        """PURGE /path: this URL, on this node only (soft with `Edge-Soft-Purge: 1`)."""
+        refused = self._authorised(request)
+        if refused is not None:
+            return refused
+        assert self.engine is not None and self.engine.purger is not None
+        url = cache_key(request.scheme, request.host, request.raw_path)
+        soft = request.headers.get("Edge-Soft-Purge", "").strip() in ("1", "true")
+        self.engine.purger.apply(Purge(urls=(url,), soft=soft))
+        return _json({"status": "ok", "purged": url, "soft": soft}, 200)
+
+    async def _purge_json(self, request: web.Request) -> web.Response:
+        """POST /_edge/purge {urls, prefixes, tags, hosts, all, soft}: on this node only."""
+        refused = self._authorised(request)
+        if refused is not None:
+            return refused
+        assert self.engine is not None and self.engine.purger is not None
+        try:
+            purge = Purge.from_json(await request.json())
+        except (ValueError, PurgeError) as exc:
+            return _json(
+                {"error": str(exc) if isinstance(exc, PurgeError) else "body is not JSON"}, 400
+            )
+        self.engine.purger.apply(purge)
+        return _json({"status": "ok", "purge": purge.to_json()}, 200)
 
     async def _metrics(self, request: web.Request) -> web.Response:
         assert self.engine is not None

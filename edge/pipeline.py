@@ -31,8 +31,10 @@ from edge.cachestatus import CacheStatus
 from edge.config import NodeConfig
 from edge.derive import Deriver
 from edge.fill import Fill, FillHead, InFlight
+from edge.keys import cache_key, key_from_uri
 from edge.metrics import NodeMetrics
 from edge.policy import ResponsePolicy, Reuse
+from edge.purge import Purger
 from edge.ranges import ByteRange, Unsatisfiable, if_range_allows, parse_range
 from edge.slices import (
     BodySource,
@@ -90,6 +92,7 @@ class Engine:
     metrics: NodeMetrics
     slicer: Slicer
     deriver: Deriver
+    purger: Purger | None = None
     trusted: tuple[forwarding.Network, ...] = ()
     hidden: frozenset[str] = frozenset()  # upstream fields clients do not see
 
@@ -117,22 +120,6 @@ class Engine:
             heuristic_max=self.config.heuristic_max,
         )
         return lifetime
-
-
-def cache_key(scheme: str, host: str, path_qs: str) -> str:
-    """The primary cache key: the effective request URI (RFC 9111 Section 2), host
-    lower-cased and the scheme's default port dropped."""
-    host = host.lower()
-    default = ":443" if scheme == "https" else ":80"
-    if host.endswith(default):
-        host = host[: -len(default)]
-    return f"{scheme}://{host}{path_qs}"
-
-
-def key_from_uri(uri: str) -> str:
-    scheme, _, rest = uri.partition("://")
-    host, slash, path = rest.partition("/")
-    return cache_key(scheme, host, slash + path if slash else "/")
 
 
 class Transaction:
@@ -167,6 +154,7 @@ class Transaction:
         self.synth_reason = ""
         self.client_gone = False
         self.cut = False  # the body was cut short on our side (upstream broke)
+        self.soft_purged = False  # the stored response must be revalidated (edge.purge)
 
     # -- the walk -------------------------------------------------------------------
 
@@ -228,6 +216,12 @@ class Transaction:
                 self.entry, self.body = entry, body
                 self.entry_headers = CIMultiDict(entry.headers)
                 break
+        if self.entry is not None and not self._purge_check(self.entry):
+            if self.body is not None:
+                self.body.close()
+                self.body = None
+            self.entry, self.entry_headers = None, CIMultiDict()
+            variants = []
         if self.entry is None:
             self.status.fwd = "vary-miss" if variants else "uri-miss"
             if "only-if-cached" in self.request_cc:
@@ -239,6 +233,12 @@ class Transaction:
         lifetime = self.e.lifetime(self.entry, self.entry_headers, rp)
         age = self.e.age(self.entry, self.entry_headers, self.now)
         self.reuse = policy.evaluate_reuse(age, lifetime, self.request_cc, rp)
+        if self.soft_purged:
+            # Soft purge: stale from now on, whatever its freshness said.
+            if "only-if-cached" in self.request_cc:
+                return self.synth(504, "only-if-cached and the stored response was purged")
+            self.status.fwd, self.status.detail = "stale", "soft-purged"
+            return "miss"
         if self.reuse.kind in ("fresh", "stale-ok"):
             return "hit"
         if self.reuse.kind == "stale-while-revalidate":
@@ -271,6 +271,9 @@ class Transaction:
     async def st_fetch(self) -> str:
         """Join the key's fill in flight, or start one; then act on what it became."""
         fill = self.e.inflight.get(self.key)
+        purger = self.e.purger
+        if fill is not None and purger and purger.bans.matches_key_since(self.key, fill.started):
+            fill = None  # it asked upstream before a purge of this key: start afresh
         initiator = fill is None
         if fill is None:
             fill = self.e.inflight.start(self.key)
@@ -400,9 +403,28 @@ class Transaction:
             return first // cfg.slice_size
         return None
 
+    def _purge_check(self, entry: Entry) -> bool:
+        """Whether the chosen entry survives the node's purges (edge.purge): not before
+        the node has caught up with the coordinator, not when a hard purge selects it;
+        a soft-purged one survives to be revalidated."""
+        purger = self.e.purger
+        if purger is None:
+            return True
+        if not purger.ready:
+            self.status.detail = "purges-resuming"
+            return False
+        verdict = purger.check(entry)
+        if verdict == "hard":
+            self.status.detail = "purged"
+            return False
+        self.soft_purged = verdict == "soft"
+        return True
+
     def _stale_on_error(self) -> bool:
         if self.entry is None or self.reuse is None:
             return False
+        if self.soft_purged and self.reuse.age < self.reuse.lifetime:
+            return True  # still fresh by its own lifetime: it may stand in for a failure
         rp = self.e.response_policy(self.entry_headers)
         return policy.may_serve_stale_on_error(
             self.reuse.age,

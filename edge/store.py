@@ -20,7 +20,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
@@ -148,6 +148,14 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def remove(self, key: str) -> int:
         """Remove every variant of a key; returns how many were removed."""
+
+    @abc.abstractmethod
+    def keys(self) -> Iterator[str]:
+        """Every primary key with stored entries (for the purge sweeper)."""
+
+    @abc.abstractmethod
+    def clear(self) -> None:
+        """Drop everything (a node that missed purges it can no longer learn)."""
 
     @abc.abstractmethod
     def stats(self) -> tuple[int, int]:
@@ -367,6 +375,17 @@ class DiskStore(Store):
                     meta = self._meta(key)
                     if meta.pop(variant, None) is not None:
                         self._put_meta(key, meta)
+
+    def keys(self) -> Iterator[str]:
+        for key in self.cache.iterkeys():
+            if isinstance(key, tuple) and key[0] == "m":
+                yield key[1]
+
+    def clear(self) -> None:
+        with self._lock:
+            self.cache.clear()
+            self._meta_cache.clear()
+            self._touched.clear()
 
     def stats(self) -> tuple[int, int]:
         return int(self.cache.volume()), len(self.cache) // 2

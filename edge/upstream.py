@@ -31,6 +31,7 @@ from yarl import URL
 
 from edge.balance import Balancer, Health, Member, Thresholds, observe_latency
 from edge.config import NodeConfig, PoolConfig, RouteConfig
+from edge.keys import host_of
 
 log = logging.getLogger("edge.upstream")
 
@@ -250,15 +251,6 @@ def route_matches(pattern: str, host: str) -> bool:
     if pattern.startswith("*."):
         return host.endswith(pattern[1:])
     return host == pattern
-
-
-def host_of(key: str) -> str:
-    """The host of a cache key (scheme://host[:port]/path), lower-cased, no port."""
-    rest = key.partition("://")[2]
-    authority = rest.split("/", 1)[0]
-    if authority.startswith("["):
-        return authority.split("]", 1)[0] + "]"
-    return authority.rsplit(":", 1)[0] if ":" in authority else authority
 
 
 class Upstreams:

@@ -26,6 +26,8 @@ Query parameters on any other path:
   zeros=N          with gzip=1: the encoded body is N bytes of zeros (a bomb)
   echo=1           the body is the request's header fields as JSON ([[name, value]...])
   leak=1           Server, X-Powered-By and a hop-by-hop field named by Connection
+  tags=A B         Surrogate-Key: A B (purge tags, space-separated)
+  ctags=A,B        Cache-Tag: A,B (purge tags, comma-separated)
 """
 
 from __future__ import annotations
@@ -95,6 +97,10 @@ def make_app(
         headers["X-Request-Count"] = str(counts[request.path])
         if name:
             headers["X-Upstream"] = name
+        if "tags" in q:
+            headers["Surrogate-Key"] = q["tags"]
+        if "ctags" in q:
+            headers["Cache-Tag"] = q["ctags"]
         if "leak" in q:
             headers.update(
                 {

@@ -1,0 +1,403 @@
+"""Purges on a cache node: bans checked at lookup, their durable record, the sweeper
+that frees their space, and the subscription that brings them from the coordinator.
+
+A purge is a ban: a predicate (urls, prefixes, tags, hosts, all) with the local time it
+was applied. A stored entry is purged when it was requested before that time and
+matches; applying a purge therefore costs the same however large the cache is, and the
+lookup pays only for bans newer than the entry it looks at. The request time, not the
+response time, is compared: a fill that asked its upstream before the purge may bring
+the old object back after it, and must not survive.
+
+  hard  the entry is removed at lookup (every variant of its key: Vary variants,
+        encodings, slices) and fetched again
+  soft  the entry is marked stale: it is revalidated, and may still stand in for an
+        upstream that fails
+
+The sweeper walks the store in the background and does to every entry what a lookup
+would, so the space of hard-purged objects is freed without waiting for a request; once
+a walk that started after a ban has finished, and no fill older than the ban is still
+running, the ban is retired. The applied sequence number and the live bans are written
+to `purge-state.json` in the cache directory (atomically, before an event is
+acknowledged), so a restarted node resumes where it stopped and serves nothing cached
+until it has caught up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import aiohttp
+
+from edge.keys import authority_of, host_of, key_from_uri
+from edge.store import Entry, Store
+
+log = logging.getLogger("edge.purge")
+
+SELECTORS = ("urls", "prefixes", "tags", "hosts")
+STATE_FILE = "purge-state.json"
+#: Seconds between heartbeats to the coordinator, and the longest reconnect back-off.
+HEARTBEAT = 2.0
+MAX_BACKOFF = 5.0
+
+
+class PurgeError(ValueError):
+    """A purge request that cannot be applied; the message is one line."""
+
+
+@dataclass(frozen=True)
+class Purge:
+    """What a purge selects (any of), and how."""
+
+    urls: tuple[str, ...] = ()
+    prefixes: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    hosts: tuple[str, ...] = ()
+    all: bool = False
+    soft: bool = False
+
+    @classmethod
+    def from_json(cls, data: Any) -> Purge:
+        if not isinstance(data, Mapping):
+            raise PurgeError("a purge is a JSON object")
+        unknown = set(data) - {*SELECTORS, "all", "soft"}
+        if unknown:
+            raise PurgeError(f"unknown purge field: {sorted(unknown)[0]}")
+        values: dict[str, Any] = {}
+        for name in SELECTORS:
+            items = data.get(name, [])
+            if not isinstance(items, list) or not all(isinstance(i, str) and i for i in items):
+                raise PurgeError(f"{name} must be a list of non-empty strings")
+            values[name] = tuple(items)
+        for name in ("all", "soft"):
+            if not isinstance(data.get(name, False), bool):
+                raise PurgeError(f"{name} must be true or false")
+            values[name] = bool(data.get(name, False))
+        for url in (*values["urls"], *values["prefixes"]):
+            if not url.lower().startswith(("http://", "https://")):
+                raise PurgeError(f"not an absolute http(s) URL: {url!r}")
+        purge = cls(**values)
+        if not purge.all and not any(values[n] for n in SELECTORS):
+            raise PurgeError("empty purge: name urls, prefixes, tags, hosts or all")
+        return purge
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "urls": list(self.urls),
+            "prefixes": list(self.prefixes),
+            "tags": list(self.tags),
+            "hosts": list(self.hosts),
+            "all": self.all,
+            "soft": self.soft,
+        }
+
+
+@dataclass(frozen=True)
+class Ban:
+    """A purge as applied on this node: normalised selectors and the time applied."""
+
+    seq: int  # the coordinator's sequence number; 0 for a purge made on this node
+    at: float
+    purge: Purge
+    keys: frozenset[str] = frozenset()
+    prefixes: tuple[str, ...] = ()
+    hosts: frozenset[str] = frozenset()
+    tags: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, seq: int, at: float, purge: Purge) -> Ban:
+        return cls(
+            seq,
+            at,
+            purge,
+            keys=frozenset(key_from_uri(u) for u in purge.urls),
+            prefixes=tuple(key_from_uri(p) for p in purge.prefixes),
+            hosts=frozenset(h.lower().rstrip(".") for h in purge.hosts),
+            tags=frozenset(purge.tags),
+        )
+
+    @property
+    def soft(self) -> bool:
+        return self.purge.soft
+
+    def matches_key(self, key: str) -> bool:
+        """Selects every entry of `key` whatever its tags (all, URL, prefix, host)."""
+        if self.purge.all or key in self.keys:
+            return True
+        if any(key.startswith(p) for p in self.prefixes):
+            return True
+        if self.hosts:
+            return host_of(key) in self.hosts or authority_of(key) in self.hosts
+        return False
+
+    def matches(self, entry: Entry) -> bool:
+        return self.matches_key(entry.key) or bool(self.tags.intersection(entry.tags))
+
+
+@dataclass
+class Bans:
+    """The live bans of a node, oldest first, and the last coordinator event applied."""
+
+    bans: list[Ban] = field(default_factory=list)
+    applied: int = 0
+
+    def add(self, ban: Ban) -> None:
+        self.bans.append(ban)
+        if ban.seq > self.applied:
+            self.applied = ban.seq
+
+    def verdict(self, entry: Entry) -> Ban | None:
+        """The newest ban that purges `entry` (hard before soft), or None. Only bans
+        applied after the entry was requested count."""
+        found: Ban | None = None
+        for ban in reversed(self.bans):
+            if ban.at <= entry.request_time:
+                break
+            if ban.matches(entry):
+                if not ban.soft:
+                    return ban
+                found = found or ban
+        return found
+
+    def matches_key_since(self, key: str, since: float) -> bool:
+        """Whether a hard ban applied after `since` selects the whole key (a fill
+        started before it must not be joined)."""
+        return any(b.at > since and not b.soft and b.matches_key(key) for b in reversed(self.bans))
+
+    def retire(self, before: float) -> int:
+        """Drop bans applied before `before` (the sweeper has dealt with them)."""
+        kept = [b for b in self.bans if b.at >= before]
+        dropped = len(self.bans) - len(kept)
+        self.bans = kept
+        return dropped
+
+    # -- the durable record ---------------------------------------------------------
+
+    def save(self, directory: Path) -> None:
+        """Write the state atomically and durably (the ack that follows promises it)."""
+        data = {
+            "applied": self.applied,
+            "bans": [{"seq": b.seq, "at": b.at, "purge": b.purge.to_json()} for b in self.bans],
+        }
+        path = directory / STATE_FILE
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "w") as out:
+            json.dump(data, out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, directory: Path) -> Bans:
+        path = directory / STATE_FILE
+        try:
+            data = json.loads(path.read_text())
+            bans = [
+                Ban.of(int(b["seq"]), float(b["at"]), Purge.from_json(b["purge"]))
+                for b in data["bans"]
+            ]
+            return cls(bans, int(data["applied"]))
+        except FileNotFoundError:
+            return cls()
+        except (ValueError, KeyError, TypeError) as exc:
+            # A damaged record cannot say which purges were applied: start over with
+            # an empty cache rather than serve something that was purged.
+            log.error("purge state %s is damaged (%s): the cache will be dropped", path, exc)
+            return cls(applied=-1)
+
+
+@dataclass
+class Purger:
+    """Applies purges to one node's store and keeps its bans."""
+
+    store: Store
+    directory: Path
+    oldest_fill: Callable[[], float | None] = lambda: None
+    bans: Bans = field(default_factory=Bans)
+    #: False until the node has caught up with the coordinator: nothing cached is
+    #: served before, since a purge may have been missed while the node was away.
+    ready: bool = True
+    sweep_interval: float = 5.0
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @classmethod
+    def open(cls, store: Store, directory: Path, **kw: Any) -> Purger:
+        bans = Bans.load(directory)
+        purger = cls(store, directory, bans=bans, **kw)
+        if bans.applied < 0:
+            store.clear()
+            purger.bans = Bans()
+            purger.bans.save(directory)
+        return purger
+
+    def apply(self, purge: Purge, seq: int = 0, *, save: bool = True) -> Ban:
+        ban = Ban.of(seq, time.time(), purge)
+        self.bans.add(ban)
+        if save:
+            self.bans.save(self.directory)
+        self._wake.set()
+        log.info("purge %s applied: %s", seq or "(local)", _describe(purge))
+        return ban
+
+    def reset(self, seq: int) -> None:
+        """The coordinator no longer has the events this node missed: drop everything."""
+        self.store.clear()
+        self.bans = Bans(applied=seq)
+        self.bans.save(self.directory)
+        log.warning("purge log compacted past this node: cache dropped, resuming at %d", seq)
+
+    def check(self, entry: Entry) -> str | None:
+        """At lookup: "hard" (the entry's key was removed), "soft" (serve only after
+        revalidation), or None."""
+        ban = self.bans.verdict(entry)
+        if ban is None:
+            return "soft" if entry.extra.get("stale_at", 0) > entry.request_time else None
+        if ban.soft:
+            return "soft"
+        self.store.remove(entry.key)
+        return "hard"
+
+    # -- the sweeper -----------------------------------------------------------------
+
+    async def sweep_forever(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.sweep_interval)
+            self._wake.clear()
+            if self.bans.bans:
+                await self.sweep()
+
+    async def sweep(self) -> None:
+        """Walk every key once, doing what a lookup would; then retire the bans that
+        no entry and no running fill can still be older than."""
+        started = time.time()
+        pending = list(self.bans.bans)
+        removed = marked = 0
+        for n, key in enumerate(list(self.store.keys())):
+            if n % 200 == 199:
+                await asyncio.sleep(0)  # let requests run between batches
+            for entry in self.store.variants(key):
+                if entry.derived_from:
+                    continue
+                ban = self.bans.verdict(entry)
+                if ban is None:
+                    continue
+                if not ban.soft:
+                    self.store.remove(key)
+                    removed += 1
+                    break
+                if entry.extra.get("stale_at", 0) < ban.at:
+                    self.store.update(replace(entry, extra={**entry.extra, "stale_at": ban.at}))
+                    marked += 1
+        oldest = self.oldest_fill()
+        horizon = started if oldest is None else min(started, oldest)
+        if any(b.at < horizon for b in pending):
+            retired = self.bans.retire(horizon)
+            self.bans.save(self.directory)
+            log.info(
+                "sweep: %d keys removed, %d marked stale, %d bans retired", removed, marked, retired
+            )
+
+
+def _describe(purge: Purge) -> str:
+    parts = [f"{n}={len(getattr(purge, n))}" for n in SELECTORS if getattr(purge, n)]
+    if purge.all:
+        parts.append("all")
+    if purge.soft:
+        parts.append("soft")
+    return " ".join(parts)
+
+
+class Subscription:
+    """The node's link to the coordinator: one WebSocket, events applied in order and
+    acknowledged once saved, heartbeats, and reconnection with back-off."""
+
+    def __init__(
+        self,
+        purger: Purger,
+        coordinator: str,
+        token: str,
+        *,
+        name: str,
+        role: str,
+        region: str,
+        address: str,
+    ) -> None:
+        self.purger = purger
+        self.base = coordinator.rstrip("/")
+        self.headers = {"Authorization": f"Bearer {token}"}
+        self.identity = {"name": name, "role": role, "region": region, "address": address}
+        self.caught_up = asyncio.Event()
+        self.connected = False
+
+    async def run(self) -> None:
+        backoff = 0.2
+        async with aiohttp.ClientSession(headers=self.headers) as session:
+            while True:
+                try:
+                    await self._session(session)
+                    backoff = 0.2
+                except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                    log.warning("coordinator %s: %s; retrying in %.1fs", self.base, exc, backoff)
+                except ValueError as exc:  # a message we cannot use: do not apply, retry
+                    log.error("coordinator %s sent something unusable: %s", self.base, exc)
+                self.connected = False
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+
+    async def _session(self, session: aiohttp.ClientSession) -> None:
+        async with session.get(f"{self.base}/v1/health", timeout=aiohttp.ClientTimeout(5)) as r:
+            target = int((await r.json())["seq"])
+        bans = self.purger.bans
+        query = urlencode({**self.identity, "after": max(bans.applied, 0)})
+        async with session.ws_connect(f"{self.base}/v1/subscribe?{query}", heartbeat=10) as ws:
+            self.connected = True
+            log.info("subscribed to %s after event %d (latest %d)", self.base, bans.applied, target)
+            if self.purger.bans.applied >= target:
+                self._caught_up()
+            beat = asyncio.create_task(self._heartbeat(ws))
+            try:
+                async for msg in ws:
+                    if msg.type != aiohttp.WSMsgType.TEXT:
+                        if msg.type == aiohttp.WSMsgType.ERROR:
+                            raise aiohttp.ClientError(str(ws.exception()))
+                        continue
+                    event = json.loads(msg.data)
+                    seq = int(event["seq"])
+                    if event.get("type") == "reset":
+                        self.purger.reset(seq)
+                    elif event.get("type") == "purge":
+                        if seq <= self.purger.bans.applied:
+                            continue  # already applied (a resend after reconnecting)
+                        # While replaying, save once at the end rather than per event.
+                        replaying = seq < target
+                        self.purger.apply(Purge.from_json(event["purge"]), seq, save=not replaying)
+                        if replaying:
+                            continue
+                    else:
+                        continue
+                    if seq >= target and not self.caught_up.is_set():
+                        self.purger.bans.save(self.purger.directory)
+                        self._caught_up()
+                    await ws.send_json({"type": "ack", "seq": self.purger.bans.applied})
+            finally:
+                beat.cancel()
+
+    def _caught_up(self) -> None:
+        self.purger.ready = True
+        self.caught_up.set()
+
+    @staticmethod
+    async def _heartbeat(ws: aiohttp.ClientWebSocketResponse) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT)
+            await ws.send_json({"type": "heartbeat"})
