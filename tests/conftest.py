@@ -102,11 +102,13 @@ def node(procs: list[Proc], tmp_path: Path) -> NodeFactory:
     """Start `edge serve` or `edge shield` with the given options (its own cache dir
     unless one is given): `node("shield", "--origin", url, name="shield-1")`."""
 
-    def factory(kind: str, *args: str, name: str, port: int | None = None) -> Proc:
+    def factory(
+        kind: str, *args: str, name: str, port: int | None = None, env: dict[str, str] | None = None
+    ) -> Proc:
         port = port or free_port()
         extra = [] if "--cache-dir" in args else ["--cache-dir", str(tmp_path / f"cache-{name}")]
         cmd = edge_cmd(kind, "--listen", f"127.0.0.1:{port}", "--name", name, *extra, *args)
-        proc = start(cmd, port, tmp_path / f"{name}.log", health_path="/_edge/health")
+        proc = start(cmd, port, tmp_path / f"{name}.log", health_path="/_edge/health", env=env)
         procs.append(proc)
         return proc
 
