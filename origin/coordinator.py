@@ -1,0 +1,980 @@
+"""The purge coordinator: the durable log of purges and their fan-out to cache nodes.
+
+This module owns the purge request format and its validation (`parse_purge`), the SQLite
+log (`PurgeStore`: purges, confirmations, the node registry, the compaction point), the
+in-memory fan-out over WebSockets (`Coordinator`), the HTTP API and the server's lifetime
+(`run`). The command line is in cli/coordinator.py.
+
+The protocol, in short. A node subscribes at /v1/subscribe with the last seq it applied
+(`after`); the coordinator replays every event after it, in seq order, then sends new ones
+as they are appended, or a `reset` when the events it missed were compacted away. The node
+answers `{"type": "ack", "seq": N}` once it has applied (and persisted) everything up to N.
+
+Fan-out order: shields first. A shield is sent an event as soon as it is committed. Edges
+are sent events up to the "edge frontier" only: the lowest seq every connected shield has
+acked (everything, when no shield is connected), so an edge never refetches from a shield
+the object it was just told to drop. The frontier only moves forward: a shield that joins
+late holds back new events, never ones the edges already have.
+
+Pending and complete: `pending` lists the nodes connected now that have not confirmed the
+event (and have not applied it: `applied` is the node's own word at connect time), so a
+node that connects later and is sent the event becomes pending, and one that disconnects
+stops being so. `complete` means every node connected now has confirmed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hmac
+import json
+import logging
+import os
+import re
+import signal
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import aiosqlite
+from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp.typedefs import Handler
+
+log = logging.getLogger("origin.coordinator")
+
+#: Seconds between WebSocket pings, and the heartbeat interval nodes are expected to keep;
+#: a node not heard from within HEALTHY_BEATS intervals is stale.
+HEARTBEAT = 5.0
+HEALTHY_BEATS = 3
+#: Limits of one purge request.
+MAX_SELECTORS = 1000
+MAX_STRING = 2048
+#: The longest long-poll on GET /v1/purge/{id}.
+MAX_WAIT = 30.0
+#: Acks are recorded in memory at once and written to SQLite in batches this much later,
+#: so a burst of acks costs one commit; a crash loses at most this window's confirmation
+#: times (the node's own `after` says what it applied when it reconnects).
+FLUSH_DELAY = 0.05
+#: The WAL is checkpointed this long after a write, so each checkpoint copies little.
+CHECKPOINT_DELAY = 1.0
+#: A WAL larger than this is truncated at the next checkpoint (SQLite's default size).
+WAL_LIMIT = 4 << 20
+#: A close code of the application range: this connection was replaced by a newer one.
+CLOSE_REPLACED = 4000
+
+SELECTORS = ("urls", "prefixes", "tags", "hosts")
+FLAGS = ("all", "soft")
+ROLES = ("edge", "shield")
+
+_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
+_HOST = re.compile(r"[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?(?::([0-9]{1,5}))?")
+_TAG = re.compile(r"[^\s,\x00-\x1f\x7f]+")
+_CONTROL = re.compile(r"[\x00-\x20\x7f]")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+class PurgeError(ValueError):
+    """A purge request that cannot be stored; its message is the 400 reason."""
+
+
+class StoreError(RuntimeError):
+    """The database cannot be opened or used; its message is one line."""
+
+
+# ---------------------------------------------------------------- the purge format
+
+
+def normalise_url(value: str, where: str) -> str:
+    """An absolute http(s) URL, lightly normalised: scheme and host lower-cased, the
+    default port dropped, an empty path made '/'; path and query kept as given."""
+    if _CONTROL.search(value):
+        raise PurgeError(f"{where} contains whitespace or control characters")
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        raise PurgeError(f"{where} is not a valid URL: {value!r}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS or not parts.netloc:
+        raise PurgeError(f"{where} is not an absolute http(s) URL: {value!r}")
+    if parts.fragment or value.endswith("#"):
+        raise PurgeError(f"{where} has a fragment, which never reaches a cache: {value!r}")
+    if "@" in parts.netloc:
+        raise PurgeError(f"{where} must not contain user information: {value!r}")
+    host = (parts.hostname or "").lower()
+    if not host:
+        raise PurgeError(f"{where} has no host: {value!r}")
+    try:
+        port = parts.port
+    except ValueError:
+        raise PurgeError(f"{where} has a bad port: {value!r}") from None
+    netloc = f"[{host}]" if ":" in host else host
+    if port is not None and port != _DEFAULT_PORTS[scheme]:
+        netloc += f":{port}"
+    return urlunsplit((scheme, netloc, parts.path or "/", parts.query, ""))
+
+
+def _host(value: str, where: str) -> str:
+    host = value.lower()
+    match = _HOST.fullmatch(host)
+    if not match or ".." in host:
+        raise PurgeError(f"{where} is not a host name: {value!r}")
+    port = match.group(1)
+    if port is not None and not 0 < int(port) < 65536:
+        raise PurgeError(f"{where} has a bad port: {value!r}")
+    return host
+
+
+def _tag(value: str, where: str) -> str:
+    if not _TAG.fullmatch(value):
+        raise PurgeError(f"{where} must be non-empty, without whitespace or commas: {value!r}")
+    return value
+
+
+_CHECKS: dict[str, Callable[[str, str], str]] = {
+    "urls": normalise_url,
+    "prefixes": normalise_url,
+    "tags": _tag,
+    "hosts": _host,
+}
+
+
+def parse_purge(body: Any) -> dict[str, Any]:
+    """A decoded POST /v1/purge body -> the purge as stored and sent to nodes (every key
+    present, selectors normalised and without duplicates). Raises PurgeError."""
+    if not isinstance(body, dict):
+        raise PurgeError("body must be a JSON object")
+    unknown = sorted(set(body) - {*SELECTORS, *FLAGS})
+    if unknown:
+        raise PurgeError(f"unknown key: {unknown[0]!r} (known: {', '.join((*SELECTORS, *FLAGS))})")
+    purge: dict[str, Any] = {}
+    for key in FLAGS:
+        value = body.get(key, False)
+        if not isinstance(value, bool):
+            raise PurgeError(f"{key} must be true or false")
+        purge[key] = value
+    total = 0
+    for key in SELECTORS:
+        values = body.get(key, [])
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            raise PurgeError(f"{key} must be a list of strings")
+        total += len(values)
+        if total > MAX_SELECTORS:
+            raise PurgeError(f"too many selectors (at most {MAX_SELECTORS} in one purge)")
+        checked: list[str] = []
+        for index, value in enumerate(values):
+            where = f"{key}[{index}]"
+            if len(value) > MAX_STRING:
+                raise PurgeError(f"{where} is longer than {MAX_STRING} characters")
+            checked.append(_CHECKS[key](value, where))
+        purge[key] = list(dict.fromkeys(checked))
+    if not purge["all"] and not any(purge[key] for key in SELECTORS):
+        raise PurgeError("nothing to purge: give urls, prefixes, tags or hosts, or all: true")
+    return {key: purge[key] for key in (*SELECTORS, *FLAGS)}
+
+
+# ---------------------------------------------------------------- the durable log
+
+
+@dataclass
+class Event:
+    seq: int
+    created: float
+    purge: dict[str, Any]
+    frame: str = ""  # the JSON text frame sent to nodes, made once
+
+    def __post_init__(self) -> None:
+        if not self.frame:
+            message = {"type": "purge", "seq": self.seq, "created": self.created}
+            self.frame = json.dumps({**message, "purge": self.purge}, separators=(",", ":"))
+
+
+@dataclass
+class NodeRecord:
+    """A node of the registry (durable), and its connection if it has one now."""
+
+    name: str
+    role: str
+    region: str = ""
+    address: str = ""
+    last_seen: float = 0.0
+    applied: int = 0
+    link: Link | None = field(default=None, repr=False)
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS purges (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    created REAL NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS confirmations (
+    seq INTEGER NOT NULL,
+    node TEXT NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (seq, node)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS nodes (
+    name TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    region TEXT NOT NULL,
+    address TEXT NOT NULL,
+    last_seen REAL NOT NULL,
+    applied INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+"""
+
+
+class PurgeStore:
+    """The SQLite file: purges (seq = an AUTOINCREMENT key, so never reused, even once
+    compacted away), confirmations, the node registry and the compaction point.
+
+    Two connections: one for every read and write (its transactions serialised by an
+    asyncio lock, as aiosqlite shares it between tasks), and one that only checkpoints
+    the WAL into the database file. SQLite would otherwise checkpoint inside whichever
+    commit crosses 1000 WAL pages, and that commit (a purge waiting to be acknowledged)
+    would take as long as copying and fsyncing them all. A second coordinator on the
+    same file is refused at start (an flock held while open), rather than handing out
+    the same seqs."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db: aiosqlite.Connection | None = None
+        self._checkpointer: aiosqlite.Connection | None = None
+        self._holder: int | None = None  # the descriptor holding the flock
+        self._lock = asyncio.Lock()
+        self.written = asyncio.Event()  # set by every write: the WAL has new frames
+
+    async def open(self) -> None:
+        try:
+            self._holder = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StoreError(f"cannot open database {self.path}: {exc.strerror}") from exc
+        try:
+            fcntl.flock(self._holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            await self.close()
+            raise StoreError(f"database {self.path} is in use by another process") from exc
+        try:
+            self._db = await aiosqlite.connect(self.path, isolation_level=None, timeout=5)
+            db = self._db
+            mode = await self._one("PRAGMA journal_mode=WAL")
+            if mode != "wal":
+                raise StoreError(f"database {self.path} cannot use a WAL journal (got {mode})")
+            # WAL with synchronous=FULL fsyncs the WAL at every commit, so a purge that
+            # was acknowledged survives a power loss or an OS crash, not only a crash of
+            # this process (NORMAL would fsync only at checkpoints). It costs one fsync
+            # per purge (under a millisecond here); acks are batched and skip it (flush).
+            await db.execute("PRAGMA synchronous=FULL")
+            await db.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer's job
+            await db.executescript(_SCHEMA)
+            self._checkpointer = await aiosqlite.connect(self.path, isolation_level=None, timeout=5)
+            await self._checkpointer.execute("PRAGMA synchronous=FULL")
+            await self._checkpointer.execute("PRAGMA wal_autocheckpoint=0")
+        except sqlite3.Error as exc:
+            await self.close()
+            raise StoreError(f"cannot use database {self.path}: {exc}") from exc
+        except StoreError:
+            await self.close()
+            raise
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        assert self._db is not None, "store not open"
+        return self._db
+
+    async def checkpoint(self) -> None:
+        """Copy what the WAL holds into the database file, beside the writer: PASSIVE
+        waits for no one, and the next commit after a complete one starts the WAL over.
+        Under a steady stream of writes a checkpoint rarely completes before the next
+        commit, so past WAL_LIMIT the rest (little: the bulk was just copied) is copied
+        between two writes, holding the lock, and the WAL truncated."""
+        if self._checkpointer is None or self._db is None:
+            return
+        await self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        try:
+            size = os.stat(f"{self.path}-wal").st_size
+        except OSError:
+            return
+        if size > WAL_LIMIT:
+            async with self._lock:
+                await self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    async def close(self) -> None:
+        for name in ("_checkpointer", "_db"):
+            connection = getattr(self, name)
+            if connection is not None:
+                setattr(self, name, None)
+                with contextlib.suppress(sqlite3.Error):
+                    await connection.close()
+        # Released last: closing any descriptor of the file would drop SQLite's own
+        # (POSIX) locks while a connection is open.
+        if self._holder is not None:
+            holder, self._holder = self._holder, None
+            os.close(holder)
+
+    async def _one(self, sql: str, *args: Any) -> Any:
+        async with self.db.execute(sql, args) as cursor:
+            row = await cursor.fetchone()
+        return None if row is None else row[0]
+
+    async def load(
+        self, keep: int
+    ) -> tuple[int, int, list[Event], dict[int, dict[str, float]], list[NodeRecord]]:
+        """(latest seq, compaction point, kept events, their confirmations, registry),
+        after compacting down to `keep` events (the limit may have been lowered)."""
+        async with self._lock:
+            latest = await self._one("SELECT seq FROM sqlite_sequence WHERE name = 'purges'")
+            latest = int(latest or 0)
+            compacted = int(await self._one("SELECT value FROM meta WHERE key = 'compacted'") or 0)
+            if latest - compacted > keep:
+                compacted = await self._compact(latest - keep)
+            events = []
+            async with self.db.execute(
+                "SELECT seq, created, body FROM purges ORDER BY seq"
+            ) as cursor:
+                async for seq, created, body in cursor:
+                    events.append(Event(seq, created, json.loads(body)))
+            confirmations: dict[int, dict[str, float]] = {e.seq: {} for e in events}
+            async with self.db.execute("SELECT seq, node, at FROM confirmations") as cursor:
+                async for seq, node, at in cursor:
+                    if seq in confirmations:
+                        confirmations[seq][node] = at
+            nodes = []
+            async with self.db.execute(
+                "SELECT name, role, region, address, last_seen, applied FROM nodes"
+            ) as cursor:
+                async for row in cursor:
+                    nodes.append(NodeRecord(*row))
+        return latest, compacted, events, confirmations, nodes
+
+    async def _compact(self, through: int) -> int:
+        """Delete every purge (and its confirmations) up to `through` and record the
+        compaction point, in one transaction and one trip to the database thread."""
+        n = int(through)  # a whole number formatted into the script, nothing else
+        await self.db.executescript(
+            f"""
+            BEGIN;
+            DELETE FROM purges WHERE seq <= {n};
+            DELETE FROM confirmations WHERE seq <= {n};
+            INSERT INTO meta (key, value) VALUES ('compacted', {n})
+                ON CONFLICT (key) DO UPDATE SET value = excluded.value;
+            COMMIT;
+            """
+        )
+        self.written.set()
+        return n
+
+    async def compact(self, through: int) -> int:
+        """As `_compact`; the caller holds `lock`. A crash before it runs is harmless:
+        `load` compacts again."""
+        return await self._compact(through)
+
+    async def append(self, purge: dict[str, Any], created: float) -> int:
+        """Append one purge, committed (and fsynced) before this returns; its seq. One
+        statement in autocommit mode: its own transaction, in one trip to the database
+        thread. The caller holds `lock`, so seqs are published in the order given."""
+        cursor = await self.db.execute(
+            "INSERT INTO purges (created, body) VALUES (?, ?)",
+            (created, json.dumps(purge, separators=(",", ":"))),
+        )
+        seq = cursor.lastrowid
+        assert seq is not None
+        self.written.set()
+        return seq
+
+    @property
+    def lock(self) -> asyncio.Lock:
+        return self._lock
+
+    async def save_node(self, node: NodeRecord) -> None:
+        async with self._lock:
+            await self._save_nodes([node])
+
+    async def _save_nodes(self, nodes: list[NodeRecord]) -> None:
+        await self.db.executemany(
+            "INSERT INTO nodes (name, role, region, address, last_seen, applied) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+            "role = excluded.role, region = excluded.region, address = excluded.address, "
+            "last_seen = excluded.last_seen, applied = excluded.applied",
+            [(n.name, n.role, n.region, n.address, n.last_seen, n.applied) for n in nodes],
+        )
+        self.written.set()
+
+    async def flush(
+        self, confirmations: list[tuple[int, str, float]], nodes: list[NodeRecord]
+    ) -> None:
+        """Write a batch of confirmations and node updates in one transaction, without
+        an fsync of its own: with WAL and synchronous=NORMAL the commit survives a crash
+        of this process, and the next purge's commit (FULL) makes it durable on disk too.
+        Confirmation times are allowed to be lost; purges are not."""
+        async with self._lock:
+            db = self.db
+            await db.execute("PRAGMA synchronous=NORMAL")
+            try:
+                await db.execute("BEGIN")
+                try:
+                    await db.executemany(
+                        "INSERT OR IGNORE INTO confirmations (seq, node, at) VALUES (?, ?, ?)",
+                        confirmations,
+                    )
+                    await self._save_nodes(nodes)
+                    await db.execute("COMMIT")
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):
+                        await db.execute("ROLLBACK")
+                    raise
+            finally:
+                await db.execute("PRAGMA synchronous=FULL")
+
+
+# ---------------------------------------------------------------- fan-out
+
+
+class Link:
+    """One node's WebSocket connection and how far it has been sent."""
+
+    def __init__(self, ws: web.WebSocketResponse, node: NodeRecord, after: int) -> None:
+        self.ws = ws
+        self.node = node
+        self.role = node.role
+        self.sent = after  # the highest seq sent (or covered by a reset)
+        self.wake = asyncio.Event()
+        self.closed = False
+
+
+@dataclass
+class CoordinatorSettings:
+    db: Path
+    token: str
+    node_token: str
+    keep: int = 10000
+    heartbeat: float = HEARTBEAT
+
+
+class Coordinator:
+    """The log in memory (the kept events and their confirmations, mirrored from the
+    store), the node registry, the connected links and the HTTP/WebSocket handlers."""
+
+    def __init__(self, settings: CoordinatorSettings) -> None:
+        self.settings = settings
+        self.store = PurgeStore(settings.db)
+        self.latest = 0
+        self.compacted = 0  # every seq <= this was compacted away
+        self.edge_frontier = 0  # edges may be sent every seq <= this
+        self.events: dict[int, Event] = {}
+        self.confirmations: dict[int, dict[str, float]] = {}
+        self.nodes: dict[str, NodeRecord] = {}
+        self.links: dict[str, Link] = {}
+        self._changed = asyncio.Event()
+        self._dirty = asyncio.Event()
+        self._unsaved: list[tuple[int, str, float]] = []
+        self._unsaved_nodes: set[str] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._background: list[asyncio.Task[None]] = []
+        self._flushing: asyncio.Future[None] | None = None
+
+    # -- lifetime
+
+    async def open(self) -> None:
+        await self.store.open()
+        latest, compacted, events, confirmations, nodes = await self.store.load(self.settings.keep)
+        self.latest, self.compacted = latest, compacted
+        # Nobody is connected yet: edges that connect before any shield get everything.
+        self.edge_frontier = latest
+        self.events = {e.seq: e for e in events}
+        self.confirmations = confirmations
+        self.nodes = {n.name: n for n in nodes}
+        self._background = [
+            asyncio.create_task(self._flush_loop()),
+            asyncio.create_task(self._checkpoint_loop()),
+        ]
+
+    async def disconnect(self) -> None:
+        """Close every node's connection (going away: they reconnect with their `after`)."""
+        links = list(self.links.values())
+        for link in links:
+            self._end(link)
+        closing = [self._spawn(self._close_ws(s.ws, WSCloseCode.GOING_AWAY)) for s in links]
+        if closing:
+            await asyncio.wait(closing, timeout=2)
+
+    async def close(self) -> None:
+        """Write the last batch of acks and close the database."""
+        await self.disconnect()
+        for task in self._background:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._flushing is not None:
+            with contextlib.suppress(sqlite3.Error):
+                await self._flushing
+        await self._flush()
+        for task in list(self._tasks):
+            task.cancel()
+        await self.store.close()
+
+    def _spawn(self, coro: Awaitable[Any]) -> asyncio.Future[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    @staticmethod
+    async def _close_ws(ws: web.WebSocketResponse, code: int, message: bytes = b"") -> None:
+        with contextlib.suppress(Exception):
+            await ws.close(code=code, message=message)
+
+    # -- state changes
+
+    def _notify(self) -> None:
+        """Wake every long-poll: confirmations or the set of connected nodes changed."""
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def _advance_edges(self) -> None:
+        """Move the edge frontier to the lowest seq every connected shield has acked (the
+        latest, when none is connected), and wake the edges if it moved."""
+        acked = [s.node.applied for s in self.links.values() if s.role == "shield"]
+        frontier = min(min(acked, default=self.latest), self.latest)
+        if frontier > self.edge_frontier:
+            self.edge_frontier = frontier
+            for link in self.links.values():
+                if link.role == "edge":
+                    link.wake.set()
+
+    async def append(self, purge: dict[str, Any]) -> Event:
+        """Commit a purge, then publish it: shields are woken at once, edges when the
+        frontier reaches it."""
+        async with self.store.lock:
+            created = time.time()
+            seq = await self.store.append(purge, created)
+            event = Event(seq, created, purge)
+            self.latest = seq
+            self.events[seq] = event
+            self.confirmations[seq] = {}
+            for link in self.links.values():
+                if link.role == "shield":
+                    link.wake.set()
+            self._advance_edges()
+            # Compacted after the fan-out has started: it is not on the nodes' path.
+            if seq - self.compacted > self.settings.keep:
+                compacted = await self.store.compact(seq - self.settings.keep)
+                for old in range(self.compacted + 1, compacted + 1):
+                    self.events.pop(old, None)
+                    self.confirmations.pop(old, None)
+                self.compacted = compacted
+        return event
+
+    def _ack(self, link: Link, seq: int) -> None:
+        node = link.node
+        # A node cannot have applied what it was not sent.
+        seq = min(seq, link.sent)
+        if seq <= node.applied:
+            return
+        now = time.time()
+        for n in range(max(node.applied, self.compacted) + 1, seq + 1):
+            confirmed = self.confirmations.get(n)
+            if confirmed is not None and node.name not in confirmed:
+                confirmed[node.name] = now
+                self._unsaved.append((n, node.name, now))
+        node.applied = seq
+        self._unsaved_nodes.add(node.name)
+        self._dirty.set()
+        if link.role == "shield":
+            self._advance_edges()
+        self._notify()
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._dirty.wait()
+            await asyncio.sleep(FLUSH_DELAY)
+            # Shielded: stopping the loop must not cut a batch off halfway (close()
+            # waits for it, then writes what came after).
+            self._flushing = asyncio.ensure_future(self._flush())
+            try:
+                await asyncio.shield(self._flushing)
+            except sqlite3.Error as exc:
+                log.error("cannot record confirmations: %s", exc)
+
+    async def _checkpoint_loop(self) -> None:
+        written = self.store.written
+        while True:
+            await written.wait()
+            await asyncio.sleep(CHECKPOINT_DELAY)
+            written.clear()
+            try:
+                await self.store.checkpoint()
+            except sqlite3.Error as exc:
+                log.warning("cannot checkpoint the WAL: %s", exc)
+
+    async def _flush(self) -> None:
+        self._dirty.clear()
+        rows, self._unsaved = self._unsaved, []
+        names, self._unsaved_nodes = self._unsaved_nodes, set()
+        nodes = [self.nodes[name] for name in names if name in self.nodes]
+        if rows or nodes:
+            await self.store.flush(rows, nodes)
+
+    # -- sending
+
+    async def _send_loop(self, link: Link) -> None:
+        """Send a node, in seq order, every event it may have: everything for a shield,
+        up to the edge frontier for an edge; a reset when what it misses is gone."""
+        ws = link.ws
+        try:
+            while not link.closed:
+                limit = self.latest if link.role == "shield" else self.edge_frontier
+                if link.sent < self.compacted or link.sent > self.latest:
+                    # What it misses was compacted away (or it is ahead of this log, which
+                    # was then lost): it drops its whole cache instead.
+                    target = max(limit, self.compacted)
+                    link.sent = target
+                    await ws.send_str(json.dumps({"type": "reset", "seq": target}))
+                elif link.sent < limit:
+                    # Counted as sent before the write, so an ack never races ahead of it.
+                    link.sent += 1
+                    await ws.send_str(self.events[link.sent].frame)
+                else:
+                    link.wake.clear()
+                    await link.wake.wait()
+        except (ConnectionError, RuntimeError) as exc:
+            # The connection went away under the write: end it, the reader follows.
+            log.info("node %s: cannot send (%s)", link.node.name, exc)
+            await self._close_ws(ws, WSCloseCode.GOING_AWAY)
+
+    # -- HTTP
+
+    def _authorized(self, request: web.Request, token: str) -> web.Response | None:
+        """None when the request carries `token`, else the 401 to answer."""
+        scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            reason = "authorization required: send Authorization: Bearer <token>"
+        elif hmac.compare_digest(given.strip().encode(), token.encode()):
+            return None
+        else:
+            reason = "invalid token"
+        return _error(401, reason, headers={"WWW-Authenticate": 'Bearer realm="edge"'})
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "seq": self.latest})
+
+    async def post_purge(self, request: web.Request) -> web.Response:
+        denied = self._authorized(request, self.settings.token)
+        if denied is not None:
+            return denied
+        raw = await request.read()
+        try:
+            body = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            return _error(400, f"body is not valid JSON: {exc}")
+        try:
+            purge = parse_purge(body)
+        except PurgeError as exc:
+            return _error(400, str(exc))
+        # Shielded: once committed, a purge is published even if this request is cut.
+        event = await asyncio.shield(self.append(purge))
+        log.info("purge %d: %s", event.seq, _summary(purge))
+        return web.json_response(
+            {
+                "id": event.seq,
+                "seq": event.seq,
+                "created": event.created,
+                "nodes": sorted(self.links),
+            },
+            status=202,
+        )
+
+    def _purge_view(self, event: Event) -> dict[str, Any]:
+        confirmed = self.confirmations.get(event.seq, {})
+        rows = []
+        for name, at in sorted(confirmed.items(), key=lambda item: item[1]):
+            node = self.nodes.get(name)
+            rows.append(
+                {
+                    "node": name,
+                    "role": node.role if node else "",
+                    "region": node.region if node else "",
+                    "at": at,
+                    "ms": round((at - event.created) * 1000, 3),
+                }
+            )
+        pending = sorted(
+            name
+            for name, link in self.links.items()
+            if name not in confirmed and link.node.applied < event.seq
+        )
+        return {
+            "id": event.seq,
+            "created": event.created,
+            "purge": event.purge,
+            "confirmations": rows,
+            "pending": pending,
+            "complete": not pending,
+        }
+
+    async def get_purge(self, request: web.Request) -> web.Response:
+        denied = self._authorized(request, self.settings.token)
+        if denied is not None:
+            return denied
+        raw_id = request.match_info["id"]
+        if not re.fullmatch(r"[0-9]{1,18}", raw_id):
+            return _error(400, f"purge id must be a whole number, got {raw_id!r}")
+        seq = int(raw_id)
+        try:
+            wait = float(request.query.get("wait", "0"))
+            seen = int(request.query.get("seen", "0"))
+        except ValueError:
+            return _error(400, "wait must be a number of seconds and seen a whole number")
+        if not 0 <= wait <= MAX_WAIT:  # NaN too
+            return _error(400, f"wait must be between 0 and {MAX_WAIT:g} seconds")
+        if seen < 0:
+            return _error(400, "seen must not be negative")
+        deadline = time.monotonic() + wait
+        while True:
+            event = self.events.get(seq)
+            if event is None:
+                return _error(404, f"no purge {seq} (unknown, or compacted away)")
+            view = self._purge_view(event)
+            remaining = deadline - time.monotonic()
+            if len(view["confirmations"]) > seen or view["complete"] or remaining <= 0:
+                return web.json_response(view)
+            changed = self._changed
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await changed.wait()
+
+    async def get_nodes(self, request: web.Request) -> web.Response:
+        denied = self._authorized(request, self.settings.token)
+        if denied is not None:
+            return denied
+        now = time.time()
+        stale_after = HEALTHY_BEATS * self.settings.heartbeat
+        rows = []
+        for node in sorted(self.nodes.values(), key=lambda n: (n.role != "shield", n.name)):
+            connected = node.link is not None
+            rows.append(
+                {
+                    "name": node.name,
+                    "role": node.role,
+                    "region": node.region,
+                    "address": node.address,
+                    "connected": connected,
+                    "healthy": connected and now - node.last_seen <= stale_after,
+                    "last_seen": node.last_seen,
+                    "applied": node.applied,
+                    "lag": max(self.latest - node.applied, 0),
+                }
+            )
+        return web.json_response({"seq": self.latest, "nodes": rows})
+
+    # -- WebSocket
+
+    async def subscribe(self, request: web.Request) -> web.StreamResponse:
+        denied = self._authorized(request, self.settings.node_token)
+        if denied is not None:
+            return denied
+        try:
+            name, role, region, address, after = _subscription(request.query)
+        except ValueError as exc:
+            return _error(400, str(exc))
+        ws = web.WebSocketResponse(heartbeat=self.settings.heartbeat, compress=False)
+        await ws.prepare(request)
+
+        node = self.nodes.get(name)
+        if node is None:
+            node = self.nodes[name] = NodeRecord(name, role)
+        node.role, node.region, node.address = role, region, address
+        node.last_seen = time.time()
+        # The node's own word on what it applied wins over the registry's; one ahead of
+        # this log (which was then lost and begun again) has applied none of it.
+        node.applied = after if after <= self.latest else 0
+        link = Link(ws, node, after)
+        older = self.links.get(name)
+        if older is not None:
+            log.info("node %s: a new connection replaces the older one", name)
+            self._end(older)
+            self._spawn(self._close_ws(older.ws, CLOSE_REPLACED, b"replaced by a newer connection"))
+        self.links[name] = link
+        node.link = link
+        log.info(
+            "node %s (%s%s) connected, after %d; seq %d",
+            name,
+            role,
+            f", {region}" if region else "",
+            after,
+            self.latest,
+        )
+        self._unsaved_nodes.discard(name)
+        await self.store.save_node(node)
+        self._advance_edges()
+        self._notify()
+
+        sender = asyncio.create_task(self._send_loop(link))
+        try:
+            async for message in ws:
+                if message.type == WSMsgType.TEXT:
+                    self._receive(link, message.data)
+                elif message.type == WSMsgType.ERROR:
+                    break
+        finally:
+            if not link.closed:
+                self._end(link)
+                log.info("node %s disconnected (applied %d)", name, node.applied)
+            sender.cancel()
+        return ws
+
+    def _end(self, link: Link) -> None:
+        """Forget a connection: its sender stops, and when it was the node's current one,
+        the node counts as disconnected (a shield no longer holds edges back)."""
+        link.closed = True
+        link.wake.set()
+        node = link.node
+        if self.links.get(node.name) is link:
+            del self.links[node.name]
+            node.link = None
+            self._unsaved_nodes.add(node.name)
+            self._dirty.set()
+            if link.role == "shield":
+                self._advance_edges()
+            self._notify()
+
+    def _receive(self, link: Link, data: str) -> None:
+        if link.closed:
+            return
+        link.node.last_seen = time.time()
+        try:
+            message = json.loads(data)
+            kind = message["type"]
+        except (ValueError, TypeError, KeyError):
+            log.warning("node %s: ignored a message that is not protocol JSON", link.node.name)
+            return
+        if kind == "ack":
+            seq = message.get("seq")
+            if isinstance(seq, int) and not isinstance(seq, bool) and seq >= 0:
+                self._ack(link, seq)
+            else:
+                log.warning("node %s: ignored an ack without a whole seq", link.node.name)
+        elif kind == "heartbeat":
+            self._unsaved_nodes.add(link.node.name)
+            self._dirty.set()
+        else:
+            log.warning("node %s: ignored a message of type %r", link.node.name, kind)
+
+    def make_app(self) -> web.Application:
+        # Room for the largest valid purge (1000 selectors of 2048 characters), so its
+        # own limits are the ones a client hears about.
+        app = web.Application(client_max_size=4 << 20, middlewares=[_json_errors])
+        app.router.add_get("/v1/health", self.health)
+        app.router.add_post("/v1/purge", self.post_purge)
+        app.router.add_get("/v1/purge/{id}", self.get_purge)
+        app.router.add_get("/v1/nodes", self.get_nodes)
+        app.router.add_get("/v1/subscribe", self.subscribe)
+        return app
+
+
+def _subscription(query: Any) -> tuple[str, str, str, str, int]:
+    """(name, role, region, address, after) from /v1/subscribe's query; ValueError."""
+    name = query.get("name", "")
+    if not _NAME.fullmatch(name):
+        raise ValueError("name is required: letters, digits, '.', '_' or '-'")
+    role = query.get("role", "")
+    if role not in ROLES:
+        raise ValueError("role must be edge or shield")
+    region = query.get("region", "")
+    if not re.fullmatch(r"[A-Za-z0-9._-]{0,64}", region):
+        raise ValueError("region must be letters, digits, '.', '_' or '-'")
+    address = query.get("address", "")
+    if address:
+        parts = urlsplit(address)
+        if parts.scheme not in ("http", "https") or not parts.netloc or len(address) > 512:
+            raise ValueError("address must be an http(s) URL")
+    raw_after = query.get("after", "0")
+    if not re.fullmatch(r"[0-9]{1,18}", raw_after):
+        raise ValueError("after must be a whole number >= 0 (the last seq applied)")
+    return name, role, region, address, int(raw_after)
+
+
+def _summary(purge: dict[str, Any]) -> str:
+    parts = [f"{len(purge[k])} {k}" for k in SELECTORS if purge[k]]
+    if purge["all"]:
+        parts.insert(0, "all")
+    return ", ".join(parts) + (" (soft)" if purge["soft"] else "")
+
+
+def _error(status: int, reason: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": reason}, status=status, headers=headers)
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """aiohttp's own errors (404, 405, 413, ...) as JSON too."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _error(exc.status, exc.reason)
+
+
+# ---------------------------------------------------------------- lifetime
+
+
+async def start(
+    settings: CoordinatorSettings, host: str, port: int
+) -> tuple[Coordinator, web.AppRunner]:
+    """Open the store and listen on host:port; raises StoreError or OSError."""
+    coordinator = Coordinator(settings)
+    await coordinator.open()
+    runner = web.AppRunner(coordinator.make_app(), handle_signals=False, shutdown_timeout=2)
+    try:
+        await runner.setup()
+        await web.TCPSite(runner, host, port).start()
+    except BaseException:
+        await runner.cleanup()
+        await coordinator.close()
+        raise
+    return coordinator, runner
+
+
+async def stop(coordinator: Coordinator, runner: web.AppRunner) -> None:
+    # Nodes first (they reconnect later, with their `after`); then no new requests, and
+    # those in flight finish (long-polls are cut after 2 s); then the last acks are saved.
+    await coordinator.disconnect()
+    await runner.cleanup()
+    await coordinator.close()
+
+
+def run(
+    settings: CoordinatorSettings,
+    host: str,
+    port: int,
+    on_ready: Callable[[str, int], None] | None = None,
+) -> None:
+    """Serve until SIGINT or SIGTERM; `on_ready(url, latest seq)` once listening. Raises
+    StoreError or OSError."""
+
+    async def serve() -> None:
+        coordinator, runner = await start(settings, host, port)
+        try:
+            if on_ready is not None:
+                bound_host, bound_port = runner.addresses[0][:2]
+                shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+                on_ready(f"http://{shown}:{bound_port}", coordinator.latest)
+            done = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, done.set)
+            await done.wait()
+        finally:
+            await stop(coordinator, runner)
+
+    asyncio.run(serve())
