@@ -1,0 +1,90 @@
+"""`edge coordinator`: run the purge coordinator (origin/coordinator.py).
+
+Thin: check the options (a missing operator token, a bad listen address, --keep or
+--heartbeat are one `edge:` line, exit 2), then hand over to `origin.coordinator.run`; a
+database that cannot be opened or an address that cannot be bound is one line, exit 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from cli.errors import fail
+from edge.config import ConfigError, parse_listen
+
+
+def coordinator(
+    listen: Annotated[str, typer.Option(help="HOST:PORT to listen on.")] = "127.0.0.1:8400",
+    # Optional only so that its absence is one `edge:` line like every other error.
+    db: Annotated[
+        Optional[Path],  # noqa: UP045 - typer reads the annotation at runtime
+        typer.Option(help="SQLite file of the purge log (created if missing)."),
+    ] = None,
+    token: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="Operators' bearer token (default: $EDGE_TOKEN)."),
+    ] = None,
+    node_token: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="Nodes' bearer token (default: $EDGE_NODE_TOKEN, else the operators')."),
+    ] = None,
+    # Strings, parsed here, so that a bad value is one `edge:` line.
+    keep: Annotated[
+        str, typer.Option(metavar="N", help="Purge events kept in the log; older are compacted.")
+    ] = "10000",
+    heartbeat: Annotated[
+        str,
+        typer.Option(
+            metavar="SECONDS",
+            help="WebSocket ping interval; a node silent for 3 of them is stale.",
+        ),
+    ] = "5",
+    log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
+) -> None:
+    """Run the purge coordinator."""
+    from origin.coordinator import CoordinatorSettings, StoreError, run
+
+    operator = token or os.environ.get("EDGE_TOKEN", "")
+    if not operator:
+        fail("an operator token is required: --token or EDGE_TOKEN", 2)
+    nodes = node_token or os.environ.get("EDGE_NODE_TOKEN", "") or operator
+    if db is None:
+        fail("--db FILE is required (the SQLite file of the purge log)", 2)
+    try:
+        host, port = parse_listen(listen)
+    except ConfigError as exc:
+        fail(str(exc), 2)
+    if not re.fullmatch(r"[0-9]{1,18}", keep.strip()) or int(keep) < 1:
+        fail(f"--keep must be a whole number >= 1, got {keep!r}", 2)
+    try:
+        interval = float(heartbeat)
+    except ValueError:
+        interval = -1.0
+    if not 0.05 <= interval <= 3600:  # NaN too
+        fail(f"--heartbeat must be a number of seconds (0.05 to 3600), got {heartbeat!r}", 2)
+    level = getattr(logging, log_level.upper(), None)
+    if not isinstance(level, int):
+        fail(f"unknown log level: {log_level}", 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+    settings = CoordinatorSettings(
+        db=db, token=operator, node_token=nodes, keep=int(keep), heartbeat=interval
+    )
+
+    def ready(url: str, seq: int) -> None:
+        print(f"edge coordinator: listening on {url} (log {db}, seq {seq})", flush=True)
+
+    try:
+        run(settings, host, port, on_ready=ready)
+    except StoreError as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"cannot listen on {listen}: {exc.strerror or exc}")
+    except KeyboardInterrupt:
+        pass

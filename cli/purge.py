@@ -1,0 +1,415 @@
+"""`edge purge` and `edge status`: an operator's client of the purge coordinator.
+
+This module owns where the coordinator and its token come from (flags, then the
+environment, then a TOML file), the purge request built from the command line, waiting
+for the nodes' confirmations (long-polls on GET /v1/purge/{id}) and showing them (a table
+redrawn in place on a terminal, one line per confirmation otherwise), and the node table
+of `edge status`. Standard library HTTP only: it makes a handful of requests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import tomllib
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Optional, TextIO
+from urllib.parse import urlsplit
+
+import typer
+
+from cli.errors import fail
+
+DEFAULT_CONFIG = "~/.config/edge/cli.toml"
+CONFIG_KEYS = ("coordinator", "token")
+#: The coordinator holds a long-poll at most this long.
+MAX_WAIT = 30.0
+
+# typer reads these annotations at runtime: Optional[...] spelled out for it.
+CoordinatorOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        "--coordinator", metavar="URL", help="Coordinator base URL (default: $EDGE_COORDINATOR)."
+    ),
+]
+TokenOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option("--token", help="Operator bearer token (default: $EDGE_TOKEN)."),
+]
+ConfigOpt = Annotated[
+    Optional[Path],  # noqa: UP045
+    typer.Option(
+        "--config",
+        help=f"TOML file with `coordinator` and `token` (default: {DEFAULT_CONFIG} if present).",
+    ),
+]
+Repeated = Optional[list[str]]  # noqa: UP045
+
+
+class CoordinatorError(Exception):
+    """The coordinator could not be reached or refused a request; one line."""
+
+
+# ---------------------------------------------------------------- settings and HTTP
+
+
+def resolve(coordinator: str | None, token: str | None, config: Path | None) -> Client:
+    """The coordinator and token: flags, else EDGE_COORDINATOR / EDGE_TOKEN, else the
+    config file. Anything missing or malformed is a usage error (exit 2)."""
+    path = config if config is not None else Path(DEFAULT_CONFIG).expanduser()
+    values: dict[str, Any] = {}
+    if config is not None or path.is_file():
+        try:
+            values = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            fail(f"config file not found: {path}", 2)
+        except (OSError, UnicodeDecodeError) as exc:
+            fail(f"cannot read config file {path}: {exc}", 2)
+        except tomllib.TOMLDecodeError as exc:
+            fail(f"config file {path} is not valid TOML: {exc}", 2)
+        for key, value in values.items():
+            if key not in CONFIG_KEYS:
+                fail(f"unknown setting in {path}: {key} (known: {', '.join(CONFIG_KEYS)})", 2)
+            if not isinstance(value, str):
+                fail(f"{key} in {path} must be a string", 2)
+    base = coordinator or os.environ.get("EDGE_COORDINATOR") or values.get("coordinator")
+    secret = token or os.environ.get("EDGE_TOKEN") or values.get("token")
+    where = f"{path}" if config is not None else DEFAULT_CONFIG
+    if not base:
+        fail(
+            f"no coordinator: give --coordinator URL, EDGE_COORDINATOR or coordinator in {where}", 2
+        )
+    if not secret:
+        fail(f"no token: give --token, EDGE_TOKEN or token in {where}", 2)
+    parts = urlsplit(base)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        fail(f"the coordinator must be an http(s) URL, got {base!r}", 2)
+    return Client(base.rstrip("/"), secret)
+
+
+@dataclass
+class Client:
+    base: str
+    token: str
+
+    def call(self, method: str, path: str, body: Any = None, timeout: float = 10.0) -> Any:
+        """One JSON request; the decoded answer, or CoordinatorError with the reason."""
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.base + path, data=data, method=method)
+        request.add_header("Authorization", f"Bearer {self.token}")
+        request.add_header("Accept", "application/json")
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            raise CoordinatorError(
+                f"the coordinator refused {method} {path} ({exc.code}): {_reason(exc)}"
+            ) from None
+        except TimeoutError:
+            raise CoordinatorError(
+                f"the coordinator at {self.base} did not answer within {timeout:g}s"
+            ) from None
+        except urllib.error.URLError as exc:
+            reason = exc.reason
+            text = reason.strerror if isinstance(reason, OSError) and reason.strerror else reason
+            raise CoordinatorError(f"cannot reach the coordinator at {self.base}: {text}") from None
+        except (OSError, ValueError) as exc:
+            raise CoordinatorError(
+                f"bad answer from the coordinator at {self.base}: {exc}"
+            ) from None
+
+
+def _reason(exc: urllib.error.HTTPError) -> str:
+    try:
+        body = json.loads(exc.read())
+    except (OSError, ValueError):
+        return str(exc.reason)
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        return body["error"]
+    return str(exc.reason)
+
+
+def _absolute(value: str, option: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme in ("http", "https") and parts.netloc:
+        return value
+    if value.startswith("/"):
+        fail(
+            f"{value!r} is a path, not a URL: {option} takes absolute URLs "
+            f"such as http://HOST{value}",
+            2,
+        )
+    fail(f"{option} takes absolute http(s) URLs, got {value!r}", 2)
+
+
+# ---------------------------------------------------------------- tables
+
+
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    return [
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+        for r in [header, *rows]
+    ]
+
+
+@dataclass
+class Expected:
+    name: str
+    role: str = ""
+    region: str = ""
+    ms: float | None = None
+    connected: bool = True
+
+
+class Board:
+    """Every node expected to confirm a purge, and how it is shown as confirmations come
+    in: redrawn in place on a terminal, one line per confirmation otherwise."""
+
+    def __init__(self, purge_id: int, out: TextIO, tty: bool) -> None:
+        self.purge_id = purge_id
+        self.out = out
+        self.tty = tty
+        self.nodes: dict[str, Expected] = {}
+        self._drawn = 0
+        self._last: list[str] = []
+
+    def expect(self, name: str, info: dict[str, Any] | None = None) -> None:
+        node = self.nodes.setdefault(name, Expected(name))
+        if info:
+            node.role = info.get("role", node.role)
+            node.region = info.get("region", node.region)
+
+    def update(self, view: dict[str, Any]) -> None:
+        new = []
+        for row in view["confirmations"]:
+            node = self.nodes.get(row["node"])
+            if node is None:
+                continue  # it confirmed, but this command never waited for it
+            node.role, node.region = row["role"], row["region"]
+            if node.ms is None:
+                node.ms = float(row["ms"])
+                new.append(node)
+        pending = set(view["pending"])
+        for name in pending:
+            self.expect(name)
+        for node in self.nodes.values():
+            node.connected = node.ms is not None or node.name in pending
+        if self.tty:
+            self.draw()
+        else:
+            for node in new:
+                where = ", ".join(p for p in (node.role, node.region) if p)
+                print(f"confirmed {node.name} ({where}) after {node.ms:.1f} ms", file=self.out)
+            self.out.flush()
+
+    def missing(self) -> list[Expected]:
+        return [n for n in self.nodes.values() if n.ms is None]
+
+    def lines(self) -> list[str]:
+        done = len(self.nodes) - len(self.missing())
+        rows = [
+            [
+                n.name,
+                n.role,
+                n.region,
+                (
+                    f"confirmed after {n.ms:.1f} ms"
+                    if n.ms is not None
+                    else ("waiting" if n.connected else "waiting (disconnected)")
+                ),
+            ]
+            for n in sorted(self.nodes.values(), key=lambda n: (n.role != "shield", n.name))
+        ]
+        head = f"purge {self.purge_id}: {done}/{len(self.nodes)} nodes confirmed"
+        return [head, *table(["NODE", "ROLE", "REGION", "STATUS"], rows)]
+
+    def draw(self) -> None:
+        lines = self.lines()
+        if lines == self._last:
+            return
+        self._last = lines
+        # Back to the first line of the previous drawing, and clear to the end.
+        prefix = f"\x1b[{self._drawn}F\x1b[J" if self._drawn else ""
+        self.out.write(prefix + "\n".join(lines) + "\n")
+        self.out.flush()
+        self._drawn = len(lines)
+
+    def finish(self) -> None:
+        if self.tty:
+            self.draw()
+        else:
+            print("\n".join(self.lines()), file=self.out, flush=True)
+
+
+# ---------------------------------------------------------------- edge purge
+
+
+def purge(
+    urls: Annotated[
+        Repeated,
+        typer.Argument(metavar="[URL]...", help="Absolute URLs to purge.", show_default=False),
+    ] = None,
+    prefix: Annotated[
+        Repeated, typer.Option("--prefix", metavar="URL", help="Purge every URL under it.")
+    ] = None,
+    tag: Annotated[
+        Repeated, typer.Option("--tag", help="Purge what the origin tagged (Surrogate-Key).")
+    ] = None,
+    host: Annotated[Repeated, typer.Option("--host", help="Purge everything of a host.")] = None,
+    everything: Annotated[bool, typer.Option("--all", help="Purge every cached object.")] = False,
+    soft: Annotated[
+        bool, typer.Option("--soft", help="Mark stale (revalidate) instead of removing.")
+    ] = False,
+    coordinator: CoordinatorOpt = None,
+    token: TokenOpt = None,
+    timeout: Annotated[
+        str,
+        typer.Option(metavar="SECONDS", help="How long to wait for every node to confirm."),
+    ] = "10",
+    no_wait: Annotated[
+        bool, typer.Option("--no-wait", help="Print the purge id and exit without waiting.")
+    ] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Purge URLs, prefixes, tags or hosts from every cache node, and wait until each
+    node confirms."""
+    try:
+        seconds = float(timeout)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds <= 86400:  # NaN too
+        fail(f"--timeout must be a number of seconds > 0, got {timeout!r}", 2)
+    body: dict[str, Any] = {
+        "urls": [_absolute(u, "purge") for u in urls or []],
+        "prefixes": [_absolute(p, "--prefix") for p in prefix or []],
+        "tags": list(tag or []),
+        "hosts": list(host or []),
+        "all": everything,
+        "soft": soft,
+    }
+    if not everything and not any(body[k] for k in ("urls", "prefixes", "tags", "hosts")):
+        fail("nothing to purge: give URLs, --prefix, --tag, --host or --all", 2)
+    client = resolve(coordinator, token, config)
+    deadline = time.monotonic() + seconds
+    try:
+        accepted = client.call("POST", "/v1/purge", body)
+        purge_id = int(accepted["id"])
+        if no_wait:
+            print(purge_id)
+            return
+        known = {n["name"]: n for n in client.call("GET", "/v1/nodes")["nodes"]}
+        wait_for(client, purge_id, accepted["nodes"], known, deadline, seconds)
+    except CoordinatorError as exc:
+        fail(str(exc))
+    except (KeyError, TypeError, ValueError):
+        fail(f"unexpected answer from the coordinator at {client.base} (is it one?)")
+
+
+def wait_for(
+    client: Client,
+    purge_id: int,
+    names: list[str],
+    known: dict[str, dict[str, Any]],
+    deadline: float,
+    seconds: float,
+) -> None:
+    """Long-poll the purge until every expected node confirmed (exit 0) or the deadline
+    passed (exit 1, naming the nodes that did not)."""
+    board = Board(purge_id, sys.stdout, sys.stdout.isatty())
+    for name in names:
+        board.expect(name, known.get(name))
+    if not names:
+        print(f"purge {purge_id} stored; no node is connected to confirm it")
+        return
+    if board.tty:
+        board.draw()
+    seen = 0
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        wait = min(remaining, MAX_WAIT)
+        view = client.call(
+            "GET", f"/v1/purge/{purge_id}?wait={wait:.3f}&seen={seen}", timeout=wait + 5
+        )
+        board.update(view)
+        newcomers = [name for name in board.nodes if name not in known]
+        if newcomers:  # connected since, and sent the purge: learn their role and region
+            known.update({n["name"]: n for n in client.call("GET", "/v1/nodes")["nodes"]})
+            for name in newcomers:
+                board.expect(name, known.get(name, {"role": "?"}))
+            if board.tty:
+                board.draw()
+        if not board.missing():
+            board.finish()
+            slowest = max(n.ms or 0.0 for n in board.nodes.values())
+            count = len(board.nodes)
+            print(f"purge {purge_id}: confirmed by all {count} nodes in {slowest:.1f} ms")
+            return
+        seen = len(view["confirmations"])
+        if view["complete"]:
+            # The coordinator has no one left to wait for (a node disconnected); it may
+            # reconnect and confirm from its replay, so look again shortly.
+            time.sleep(min(0.25, max(deadline - time.monotonic(), 0)))
+    board.finish()
+    late = ", ".join(n.name if n.connected else f"{n.name} (disconnected)" for n in board.missing())
+    fail(f"purge {purge_id} not confirmed within {seconds:g}s by: {late}")
+
+
+# ---------------------------------------------------------------- edge status
+
+
+def status(
+    coordinator: CoordinatorOpt = None,
+    token: TokenOpt = None,
+    config: ConfigOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="The coordinator's JSON as is.")] = False,
+) -> None:
+    """Show the cache nodes the coordinator knows: health, applied seq and lag."""
+    client = resolve(coordinator, token, config)
+    try:
+        answer = client.call("GET", "/v1/nodes")
+    except CoordinatorError as exc:
+        fail(str(exc))
+    if as_json:
+        print(json.dumps(answer, indent=2))
+        return
+    try:
+        show_nodes(client.base, answer)
+    except (KeyError, TypeError, ValueError):
+        fail(f"unexpected answer from the coordinator at {client.base} (is it one?)")
+
+
+def show_nodes(base: str, answer: dict[str, Any]) -> None:
+    nodes = answer["nodes"]
+    healthy = sum(1 for n in nodes if n["healthy"])
+    print(f"coordinator {base}: seq {answer['seq']}, {healthy}/{len(nodes)} nodes healthy")
+    if not nodes:
+        return
+    rows = [
+        [
+            n["name"],
+            n["role"],
+            n["region"] or "-",
+            n["address"] or "-",
+            _health(n),
+            str(n["applied"]),
+            str(n["lag"]),
+        ]
+        for n in nodes
+    ]
+    print("\n".join(table(["NAME", "ROLE", "REGION", "ADDRESS", "HEALTH", "APPLIED", "LAG"], rows)))
+
+
+def _health(node: dict[str, Any]) -> str:
+    if not node["connected"]:
+        return "disconnected"
+    return "healthy" if node["healthy"] else "stale"
