@@ -10,6 +10,7 @@ from __future__ import annotations
 import typer
 
 from cli import coordinator as coordinator_cmd
+from cli import dns as dns_cmd
 from cli import origin as origin_cmd
 from cli import purge as purge_cmd
 from cli import serve as serve_cmd
@@ -27,9 +28,12 @@ app.command("shield", help="Run an origin shield: the cache tier in front of the
     serve_cmd.shield
 )
 app.command("origin", help="Serve a directory as an origin (the demo archive).")(origin_cmd.origin)
-app.command("up", help="Run the CDN on this machine (demo origin + edge).")(up_cmd.up)
+app.command("up", help="Run the CDN on this machine (demo origin, shield, edge).")(up_cmd.up)
 app.command("coordinator", help="Run the purge coordinator.")(coordinator_cmd.coordinator)
 app.command("purge", help="Purge from every cache node; wait for each to confirm.")(purge_cmd.purge)
+app.command("dns", help="Run the GeoDNS authority: each client to its nearest healthy edge.")(
+    dns_cmd.dns_command
+)
 app.command("status", help="Show the cache nodes: health, applied seq, lag.")(purge_cmd.status)
 
 

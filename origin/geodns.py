@@ -1,0 +1,449 @@
+"""The GeoDNS authority: answers for the CDN's zone, sending each client to the nearest
+healthy edge.
+
+Three parts, each with one job:
+  Selector    (pure) which edges answer a client: its region by EDNS Client Subnet
+              (RFC 7871) or source address, the healthy edges there, the next-nearest
+              region when there are none, a weighted pick when there are more than the
+              answer size
+  Authority   (pure, no sockets) one DNS message in, one out, with a real authority's
+              manners: AA, SOA and NS at the apex, NXDOMAIN vs NODATA with the SOA for
+              negative caching, REFUSED outside the zone, the question's case, EDNS0
+              (payload size, BADVERS), truncation over UDP, minimal ANY (RFC 8482),
+              FORMERR or silence for malformed packets
+  HealthView  whether each edge is up: its own HTTP probes of each edge's health URL
+              (rise/fall) and, when configured, the coordinator's node registry
+
+`serve` runs them over asyncio UDP and TCP on one port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import random
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiohttp
+import dns.edns
+import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.opcode
+import dns.rcode
+import dns.rdata
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+
+from edge.balance import Health, Member, Thresholds
+from origin.topology import Address, Edge, Region, Topology
+
+log = logging.getLogger("origin.geodns")
+
+#: EDNS payload this server offers (RFC 8900 / DNS flag day 2020: avoids fragmentation).
+OUR_PAYLOAD = 1232
+#: A TCP connection with no query for this long is closed.
+TCP_IDLE = 10.0
+NS_TTL = 3600
+
+
+# -- choosing edges -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Decision:
+    edges: tuple[Edge, ...]
+    region: str
+    scope: int  # RFC 7871 SCOPE PREFIX-LENGTH for the answer
+    why: str
+
+
+class Selector:
+    """Which edges answer a client, given the topology and who is healthy."""
+
+    def __init__(self, topology: Topology, rng: random.Random | None = None) -> None:
+        self.t = topology
+        self.rng = rng or random.Random()
+
+    def decide(
+        self,
+        client: Address,
+        family: int,
+        healthy: Callable[[Edge], bool],
+        source_prefix: int | None = None,
+    ) -> Decision:
+        """`family` 4 for A, 6 for AAAA; `source_prefix` is the ECS source prefix length
+        when the client was located by ECS (None: by source address)."""
+        region, prefix, spot = self.t.locate(client)
+        if region is not None:
+            home, how, scope = region, f"network /{prefix}", prefix
+        elif spot is not None:
+            home = self.t.by_distance(*spot)[0]
+            how, scope = f"location /{prefix} nearest", prefix
+        else:
+            home = self.t.default_region
+            # Unknown network: the answer holds for the client's own subnet only.
+            how, scope = "default", source_prefix if source_prefix is not None else 0
+        with_family = [e for e in self.t.edges if _address_of(e, family) is not None]
+        for candidate in [home, *self._nearest_others(home, spot)]:
+            up = [e for e in with_family if e.region == candidate.name and healthy(e)]
+            if up:
+                why = f"{how} -> {home.name}"
+                if candidate is not home:
+                    why += f", no healthy edge there: next-nearest {candidate.name}"
+                return Decision(self._pick(up), candidate.name, scope, why)
+        # Nobody healthy anywhere: a health view can be wrong, an empty answer is not.
+        fallback = [e for e in with_family if e.region == home.name] or with_family
+        return Decision(self._pick(fallback), home.name, scope, f"{how}: no healthy edge anywhere")
+
+    def _nearest_others(self, home: Region, spot: tuple[float, float] | None) -> list[Region]:
+        lat, lon = spot if spot is not None else (home.lat, home.lon)
+        return [r for r in self.t.by_distance(lat, lon) if r is not home]
+
+    def _pick(self, edges: list[Edge]) -> tuple[Edge, ...]:
+        """At most answer_count edges, a weighted sample without replacement
+        (Efraimidis and Spirakis: the largest u^(1/w) win)."""
+        n = self.t.zone.answer_count
+        if len(edges) <= n:
+            return tuple(edges)
+        keyed = sorted(edges, key=lambda e: self.rng.random() ** (1.0 / e.weight), reverse=True)
+        return tuple(keyed[:n])
+
+
+def _address_of(edge: Edge, family: int) -> Address | None:
+    return edge.ipv4 if family == 4 else edge.ipv6
+
+
+# -- answering ------------------------------------------------------------------------------
+
+
+def _formerr(wire: bytes) -> bytes | None:
+    """A FORMERR carrying the query's id and opcode, when at least the header parsed;
+    None (drop) when even that did not, or the packet is itself a response."""
+    if len(wire) < 12:
+        return None
+    ident, flags = struct.unpack("!HH", wire[:4])
+    if flags & dns.flags.QR:
+        return None
+    opcode_bits = flags & 0x7800
+    return struct.pack("!HHHHHH", ident, dns.flags.QR | opcode_bits | dns.rcode.FORMERR, 0, 0, 0, 0)
+
+
+class Authority:
+    """Answers DNS messages for one zone."""
+
+    def __init__(
+        self, topology: Topology, selector: Selector, healthy: Callable[[Edge], bool]
+    ) -> None:
+        self.t = topology
+        self.zone = topology.zone
+        self.selector = selector
+        self.healthy = healthy
+        origin = self.zone.origin
+        self.soa = dns.rdata.from_text(
+            dns.rdataclass.IN,
+            dns.rdatatype.SOA,
+            f"{self.zone.mname} {self.zone.rname} {self.zone.serial} 3600 600 604800 "
+            f"{self.zone.negative_ttl}",
+        )
+        # Names that exist: the CDN names, the glue names, and every name between them
+        # and the apex (empty non-terminals answer NODATA, not NXDOMAIN).
+        self.existing: set[dns.name.Name] = {origin}
+        for name in (*self.zone.names, *self.zone.glue):
+            while name != origin and name.is_subdomain(origin):
+                self.existing.add(name)
+                name = name.parent()
+
+    def respond(self, wire: bytes, source: Address, *, tcp: bool) -> bytes | None:
+        try:
+            query = dns.message.from_wire(wire)
+        except dns.message.ShortHeader:
+            return None
+        except dns.exception.DNSException:
+            return _formerr(wire)
+        if query.flags & dns.flags.QR:
+            return None  # a response sent to us: never answer it
+        response = dns.message.make_response(query, our_payload=OUR_PAYLOAD)  # RD copied, no RA
+        if query.edns > 0:
+            # RFC 6891 Section 6.1.3: only version 0 exists.
+            response.use_edns(0, 0, OUR_PAYLOAD)
+            response.set_rcode(dns.rcode.BADVERS)
+            return response.to_wire()
+        if query.opcode() != dns.opcode.QUERY:
+            response.set_rcode(dns.rcode.NOTIMP)
+            return response.to_wire()
+        if len(query.question) != 1:
+            response.set_rcode(dns.rcode.FORMERR)
+            return response.to_wire()
+        self._answer(query, response, source)
+        limit = (
+            65535
+            if tcp
+            else (max(512, min(query.payload, OUR_PAYLOAD)) if query.edns == 0 else 512)
+        )
+        try:
+            return response.to_wire(max_size=limit)
+        except dns.exception.TooBig:
+            # RFC 1035 4.2.1 / RFC 2181 9: say it did not fit; the client asks over TCP.
+            response.answer, response.authority, response.additional = [], [], []
+            response.flags |= dns.flags.TC
+            return response.to_wire(max_size=limit)
+
+    def _answer(
+        self, query: dns.message.Message, response: dns.message.Message, source: Address
+    ) -> None:
+        q = query.question[0]
+        qname, rdtype = q.name, q.rdtype
+        if q.rdclass != dns.rdataclass.IN or not qname.is_subdomain(self.zone.origin):
+            response.set_rcode(dns.rcode.REFUSED)  # not our zone: no referral, no recursion
+            return
+        if rdtype in (dns.rdatatype.AXFR, dns.rdatatype.IXFR):
+            response.set_rcode(dns.rcode.REFUSED)
+            return
+        response.flags |= dns.flags.AA
+        ecs = next((o for o in query.options if isinstance(o, dns.edns.ECSOption)), None)
+        scope = 0
+        if qname not in self.existing:
+            response.set_rcode(dns.rcode.NXDOMAIN)
+            self._negative(response)
+        elif rdtype == dns.rdatatype.ANY:
+            # RFC 8482 Section 4.2: one synthesised HINFO instead of everything.
+            response.answer.append(
+                dns.rrset.from_text(qname, self.zone.ttl, "IN", "HINFO", '"RFC8482" ""')
+            )
+        elif qname == self.zone.origin and rdtype == dns.rdatatype.SOA:
+            response.answer.append(dns.rrset.from_rdata(qname, self.zone.negative_ttl, self.soa))
+        elif qname == self.zone.origin and rdtype == dns.rdatatype.NS:
+            rrset = dns.rrset.from_text_list(
+                qname, NS_TTL, "IN", "NS", [str(n) for n in self.zone.ns]
+            )
+            response.answer.append(rrset)
+            self._glue(response)
+        elif rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA) and qname in self.zone.names:
+            scope = self._edges(qname, rdtype, response, source, ecs)
+        elif rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA) and qname in self.zone.glue:
+            want = 4 if rdtype == dns.rdatatype.A else 6
+            addrs = [str(a) for a in self.zone.glue[qname] if a.version == want]
+            if addrs:
+                response.answer.append(
+                    dns.rrset.from_text_list(
+                        qname, NS_TTL, "IN", dns.rdatatype.to_text(rdtype), addrs
+                    )
+                )
+            else:
+                self._negative(response)
+        else:
+            self._negative(response)  # the name exists, the type does not: NODATA
+        if ecs is not None:
+            # RFC 7871 Section 7.2.1: echo family, source prefix and address; say for how
+            # much of the address space the answer holds (0: for all of it).
+            response.use_edns(
+                0, 0, OUR_PAYLOAD, options=[dns.edns.ECSOption(ecs.address, ecs.srclen, scope)]
+            )
+
+    def _edges(
+        self,
+        qname: dns.name.Name,
+        rdtype: int,
+        response: dns.message.Message,
+        source: Address,
+        ecs: dns.edns.ECSOption | None,
+    ) -> int:
+        family = 4 if rdtype == dns.rdatatype.A else 6
+        client, prefix = source, None
+        if ecs is not None and ecs.srclen > 0:
+            client, prefix = ipaddress.ip_address(ecs.address), ecs.srclen
+        decision = self.selector.decide(client, family, self.healthy, prefix)
+        addrs = [str(_address_of(e, family)) for e in decision.edges if _address_of(e, family)]
+        log.debug(
+            "%s %s from %s%s: region %s, %s (%s)",
+            qname,
+            dns.rdatatype.to_text(rdtype),
+            source,
+            f" ecs {ecs.address}/{ecs.srclen}" if ecs is not None else "",
+            decision.region,
+            ", ".join(e.name for e in decision.edges) or "none",
+            decision.why,
+        )
+        if addrs:
+            response.answer.append(
+                dns.rrset.from_text_list(
+                    qname, self.zone.ttl, "IN", dns.rdatatype.to_text(rdtype), addrs
+                )
+            )
+        else:
+            self._negative(response)  # no edge has an address of this family
+        return decision.scope if ecs is not None and ecs.srclen > 0 else 0
+
+    def _negative(self, response: dns.message.Message) -> None:
+        """RFC 2308 Section 3: the SOA in the authority section, for negative caching."""
+        response.authority.append(
+            dns.rrset.from_rdata(self.zone.origin, self.zone.negative_ttl, self.soa)
+        )
+
+    def _glue(self, response: dns.message.Message) -> None:
+        for name, addrs in self.zone.glue.items():
+            for version, rdtype in ((4, "A"), (6, "AAAA")):
+                values = [str(a) for a in addrs if a.version == version]
+                if values:
+                    response.additional.append(
+                        dns.rrset.from_text_list(name, NS_TTL, "IN", rdtype, values)
+                    )
+
+
+# -- health ---------------------------------------------------------------------------------
+
+
+class HealthView:
+    """Whether each edge may be in answers: its own probes (rise/fall thresholds) of
+    each edge's health URL, and the coordinator's registry when one is configured. An
+    edge is left out when either says it is down; a source that cannot be reached says
+    nothing."""
+
+    def __init__(self, topology: Topology, token: str = "") -> None:
+        self.t = topology
+        s = topology.health
+        self.health = Health(Thresholds(rise=s.rise, fall=s.fall, active=True))
+        self.probes = {e.name: Member(e.health) for e in topology.edges if e.health}
+        self.registry: dict[str, bool] = {}
+        self.token = token or s.token or os.environ.get("EDGE_TOKEN", "")
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def healthy(self, edge: Edge) -> bool:
+        probe = self.probes.get(edge.name)
+        if probe is not None and not probe.up:
+            return False
+        return self.registry.get(edge.name, True)
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.t.health.timeout)
+        )
+        if self.probes:
+            self._tasks.append(asyncio.create_task(self._probe_loop()))
+        if self.t.health.coordinator:
+            self._tasks.append(asyncio.create_task(self._registry_loop()))
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if hasattr(self, "_session"):
+            await self._session.close()
+
+    async def _probe_loop(self) -> None:
+        while True:
+            await asyncio.gather(*(self._probe(n, m) for n, m in self.probes.items()))
+            await asyncio.sleep(self.t.health.interval)
+
+    async def _probe(self, name: str, member: Member) -> None:
+        try:
+            async with self._session.get(member.url, allow_redirects=False) as resp:
+                ok = 200 <= resp.status < 300
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            ok = False
+        was = member.up
+        self.health.on_probe(member, ok, time.monotonic())
+        if member.up != was:
+            log.warning(
+                "edge %s is %s (health probe %s)", name, "up" if member.up else "down", member.url
+            )
+
+    async def _registry_loop(self) -> None:
+        url = self.t.health.coordinator.rstrip("/") + "/v1/nodes"
+        headers = {"Authorization": f"Bearer {self.token}"}
+        while True:
+            try:
+                async with self._session.get(url, headers=headers) as resp:
+                    if resp.status == 200:
+                        nodes = (await resp.json())["nodes"]
+                        self.registry = {n["name"]: bool(n["healthy"]) for n in nodes}
+                    else:
+                        log.warning("coordinator %s answered %d", url, resp.status)
+            except (aiohttp.ClientError, OSError, TimeoutError, ValueError, KeyError) as exc:
+                log.debug("coordinator %s unreachable: %s", url, exc)
+                self.registry = {}
+            await asyncio.sleep(self.t.health.interval)
+
+
+# -- sockets --------------------------------------------------------------------------------
+
+
+class _Udp(asyncio.DatagramProtocol):
+    def __init__(self, authority: Authority) -> None:
+        self.authority = authority
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        try:
+            source = ipaddress.ip_address(addr[0])
+            reply = self.authority.respond(data, source, tcp=False)
+        except Exception:  # one bad packet must never stop the server
+            log.exception("error answering a UDP query from %s", addr[0])
+            reply = _formerr(data)
+        if reply is not None and self.transport is not None:
+            self.transport.sendto(reply, addr)
+
+
+async def _tcp_client(
+    authority: Authority, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    """RFC 7766: length-prefixed messages, several per connection, until idle."""
+    peer = writer.get_extra_info("peername")
+    source = ipaddress.ip_address(peer[0])
+    try:
+        while True:
+            head = await asyncio.wait_for(reader.readexactly(2), TCP_IDLE)
+            (length,) = struct.unpack("!H", head)
+            wire = await asyncio.wait_for(reader.readexactly(length), TCP_IDLE)
+            try:
+                reply = authority.respond(wire, source, tcp=True)
+            except Exception:
+                log.exception("error answering a TCP query from %s", peer[0])
+                reply = _formerr(wire)
+            if reply is None:
+                break
+            writer.write(struct.pack("!H", len(reply)) + reply)
+            await writer.drain()
+    except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
+        pass
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+async def serve(
+    topology: Topology, host: str, port: int, ready: Callable[[int], None] | None = None
+) -> None:
+    """Answer on UDP and TCP host:port until cancelled."""
+    view = HealthView(topology)
+    await view.start()
+    authority = Authority(topology, Selector(topology), view.healthy)
+    loop = asyncio.get_running_loop()
+    tcp = await asyncio.start_server(
+        lambda r, w: _tcp_client(authority, r, w), host, port, reuse_address=True
+    )
+    bound = tcp.sockets[0].getsockname()[1]
+    udp, _ = await loop.create_datagram_endpoint(lambda: _Udp(authority), local_addr=(host, bound))
+    if ready is not None:
+        ready(bound)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        udp.close()
+        tcp.close()
+        await tcp.wait_closed()
+        await view.close()

@@ -1,0 +1,356 @@
+"""The CDN's topology: its DNS zone, regions (with coordinates and the client networks
+they serve) and edges (addresses, weights, health URL), read from one TOML file.
+
+This module owns the file format and its validation (every mistake is one line, raised
+as TopologyError) and the pure geography on top of it: which region a client address
+belongs to, and the regions nearest to another. `edge dns` answers from it; `edge up`
+will start the same topology.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dns.name
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+
+
+class TopologyError(ValueError):
+    """A mistake in the topology file; the message is one line."""
+
+
+@dataclass(frozen=True)
+class Zone:
+    origin: dns.name.Name
+    names: tuple[dns.name.Name, ...]  # absolute names answered with edges
+    ttl: int = 30
+    negative_ttl: int = 60
+    ns: tuple[dns.name.Name, ...] = ()
+    glue: dict[dns.name.Name, tuple[Address, ...]] = field(default_factory=dict)
+    mname: dns.name.Name | None = None
+    rname: dns.name.Name | None = None
+    serial: int = 1
+    answer_count: int = 2
+
+
+@dataclass(frozen=True)
+class Region:
+    name: str
+    lat: float
+    lon: float
+    networks: tuple[Network, ...] = ()
+    default: bool = False
+
+
+@dataclass(frozen=True)
+class Edge:
+    name: str
+    region: str
+    ipv4: ipaddress.IPv4Address | None = None
+    ipv6: ipaddress.IPv6Address | None = None
+    weight: int = 1
+    health: str = ""  # URL probed by edge dns; empty: healthy unless the coordinator says not
+
+
+@dataclass(frozen=True)
+class Location:
+    """Client networks outside every region, placed by coordinates (a small GeoIP)."""
+
+    network: Network
+    lat: float
+    lon: float
+
+
+@dataclass(frozen=True)
+class HealthSettings:
+    interval: float = 2.0
+    timeout: float = 1.0
+    rise: int = 2
+    fall: int = 1
+    coordinator: str = ""
+    token: str = ""
+
+
+@dataclass(frozen=True)
+class Topology:
+    zone: Zone
+    regions: tuple[Region, ...]
+    edges: tuple[Edge, ...]
+    locations: tuple[Location, ...] = ()
+    health: HealthSettings = field(default_factory=HealthSettings)
+
+    def region(self, name: str) -> Region:
+        return next(r for r in self.regions if r.name == name)
+
+    def edges_in(self, region: str) -> list[Edge]:
+        return [e for e in self.edges if e.region == region]
+
+    def locate(self, address: Address) -> tuple[Region | None, int, tuple[float, float] | None]:
+        """The region whose network holds `address` (the most specific one), that
+        network's prefix length, and, when no region's does, the coordinates of a
+        [[locations]] network holding it (longest prefix)."""
+        best: tuple[int, Region] | None = None
+        for region in self.regions:
+            for net in region.networks:
+                inside = address.version == net.version and address in net
+                if inside and (best is None or net.prefixlen > best[0]):
+                    best = (net.prefixlen, region)
+        if best is not None:
+            return best[1], best[0], None
+        spot: tuple[int, Location] | None = None
+        for loc in self.locations:
+            inside = address.version == loc.network.version and address in loc.network
+            if inside and (spot is None or loc.network.prefixlen > spot[0]):
+                spot = (loc.network.prefixlen, loc)
+        if spot is not None:
+            return None, spot[0], (spot[1].lat, spot[1].lon)
+        return None, 0, None
+
+    def by_distance(self, lat: float, lon: float) -> list[Region]:
+        """Regions nearest first (great-circle distance)."""
+        return sorted(self.regions, key=lambda r: distance_km(lat, lon, r.lat, r.lon))
+
+    @property
+    def default_region(self) -> Region:
+        return next((r for r in self.regions if r.default), self.regions[0])
+
+
+def distance_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Haversine distance on a sphere of the Earth's mean radius."""
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    dp, dl = p2 - p1, math.radians(lon2 - lon1)
+    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 6371.0 * 2 * math.asin(min(1.0, math.sqrt(a)))
+
+
+# -- reading the file ---------------------------------------------------------------------
+
+
+def load_topology(path: Path) -> Topology:
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError as exc:
+        raise TopologyError(f"topology file not found: {path}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise TopologyError(f"topology file {path} is not valid TOML: {exc}") from exc
+    except OSError as exc:
+        raise TopologyError(f"cannot read topology file {path}: {exc.strerror or exc}") from exc
+    return parse_topology(raw)
+
+
+def _table(raw: dict[str, Any], key: str, allowed: set[str]) -> dict[str, Any]:
+    value = raw.get(key, {})
+    if not isinstance(value, dict):
+        raise TopologyError(f"[{key}] must be a table")
+    unknown = set(value) - allowed
+    if unknown:
+        raise TopologyError(f"unknown setting in [{key}]: {sorted(unknown)[0]}")
+    return value
+
+
+def _number(where: str, value: Any, *, low: float, high: float, integer: bool = False) -> Any:
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not low <= value <= high:
+        kind = "a whole number" if integer else "a number"
+        raise TopologyError(f"{where} must be {kind} from {low:g} to {high:g}: {value!r}")
+    return value
+
+
+def _dns_name(where: str, text: Any, origin: dns.name.Name | None = None) -> dns.name.Name:
+    if not isinstance(text, str) or not text:
+        raise TopologyError(f"{where} must be a DNS name")
+    try:
+        if origin is not None and text == "@":
+            return origin
+        name = dns.name.from_text(text, origin=origin)
+    except dns.exception.DNSException as exc:
+        raise TopologyError(f"{where}: bad DNS name {text!r} ({exc})") from exc
+    return name
+
+
+def _address(where: str, text: Any, version: int | None = None) -> Address:
+    try:
+        addr = ipaddress.ip_address(str(text))
+    except ValueError as exc:
+        raise TopologyError(f"{where}: not an IP address: {text!r}") from exc
+    if version is not None and addr.version != version:
+        raise TopologyError(f"{where}: not an IPv{version} address: {text!r}")
+    return addr
+
+
+def _network(where: str, text: Any) -> Network:
+    try:
+        return ipaddress.ip_network(str(text), strict=False)
+    except ValueError as exc:
+        raise TopologyError(f"{where}: not a network: {text!r}") from exc
+
+
+def parse_topology(raw: dict[str, Any]) -> Topology:
+    extra = set(raw) - {"zone", "health", "regions", "edges", "locations"}
+    if extra:
+        raise TopologyError(f"unknown section in topology: {sorted(extra)[0]}")
+    z = _table(
+        raw,
+        "zone",
+        {
+            "name",
+            "ttl",
+            "negative_ttl",
+            "ns",
+            "glue",
+            "names",
+            "answer_count",
+            "mname",
+            "rname",
+            "serial",
+        },
+    )
+    if "name" not in z:
+        raise TopologyError("[zone] needs name (the zone apex, e.g. cdn.example.)")
+    origin = _dns_name(
+        "[zone] name", z["name"] if str(z["name"]).endswith(".") else f"{z['name']}."
+    )
+    names = z.get("names", ["@"])
+    if not isinstance(names, list) or not names:
+        raise TopologyError("[zone] names must be a list of names answered with edges")
+    cdn_names = tuple(_dns_name("[zone] names", n, origin) for n in names)
+    for n in cdn_names:
+        if not n.is_subdomain(origin):
+            raise TopologyError(f"[zone] names: {n} is outside the zone {origin}")
+    ns = tuple(_dns_name("[zone] ns", n, origin) for n in z.get("ns", [f"ns1.{origin}"]))
+    glue_raw = z.get("glue", {})
+    if not isinstance(glue_raw, dict):
+        raise TopologyError("[zone] glue must be a table of NAME = [addresses]")
+    glue = {
+        _dns_name("[zone] glue", k, origin): tuple(_address(f"[zone] glue {k}", a) for a in v)
+        for k, v in glue_raw.items()
+    }
+    zone = Zone(
+        origin=origin,
+        names=cdn_names,
+        ttl=_number("[zone] ttl", z.get("ttl", 30), low=0, high=86400, integer=True),
+        negative_ttl=_number(
+            "[zone] negative_ttl", z.get("negative_ttl", 60), low=0, high=86400, integer=True
+        ),
+        ns=ns,
+        glue=glue,
+        mname=_dns_name("[zone] mname", z["mname"], origin) if "mname" in z else ns[0],
+        rname=_dns_name("[zone] rname", z.get("rname", f"hostmaster.{origin}"), origin),
+        serial=_number("[zone] serial", z.get("serial", 1), low=0, high=2**32 - 1, integer=True),
+        answer_count=_number(
+            "[zone] answer_count", z.get("answer_count", 2), low=1, high=64, integer=True
+        ),
+    )
+    h = _table(raw, "health", {"interval", "timeout", "rise", "fall", "coordinator", "token"})
+    health = HealthSettings(
+        interval=_number("[health] interval", h.get("interval", 2.0), low=0.05, high=3600),
+        timeout=_number("[health] timeout", h.get("timeout", 1.0), low=0.01, high=60),
+        rise=_number("[health] rise", h.get("rise", 2), low=1, high=100, integer=True),
+        fall=_number("[health] fall", h.get("fall", 1), low=1, high=100, integer=True),
+        coordinator=str(h.get("coordinator", "")),
+        token=str(h.get("token", "")),
+    )
+    regions = _regions(raw.get("regions", []))
+    edges = _edges(raw.get("edges", []), {r.name for r in regions})
+    locations = []
+    for i, item in enumerate(_list(raw, "locations")):
+        where = f"[[locations]] #{i + 1}"
+        _keys(where, item, {"network", "lat", "lon"}, {"network", "lat", "lon"})
+        locations.append(
+            Location(
+                _network(where, item["network"]),
+                _number(f"{where} lat", item["lat"], low=-90, high=90),
+                _number(f"{where} lon", item["lon"], low=-180, high=180),
+            )
+        )
+    return Topology(zone, regions, edges, tuple(locations), health)
+
+
+def _list(raw: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    value = raw.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise TopologyError(f"[[{key}]] must be an array of tables")
+    return value
+
+
+def _keys(where: str, item: dict[str, Any], allowed: set[str], required: set[str]) -> None:
+    unknown = set(item) - allowed
+    if unknown:
+        raise TopologyError(f"unknown setting in {where}: {sorted(unknown)[0]}")
+    missing = required - set(item)
+    if missing:
+        raise TopologyError(f"{where} needs {sorted(missing)[0]}")
+
+
+def _regions(items: Any) -> tuple[Region, ...]:
+    regions = []
+    for i, item in enumerate(_list({"regions": items}, "regions")):
+        where = f"[[regions]] #{i + 1}"
+        _keys(where, item, {"name", "lat", "lon", "networks", "default"}, {"name", "lat", "lon"})
+        name = item["name"]
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise TopologyError(f"{where}: name must be letters, digits, '.', '_' or '-'")
+        nets = item.get("networks", [])
+        if not isinstance(nets, list):
+            raise TopologyError(f"{where}: networks must be a list of CIDRs")
+        regions.append(
+            Region(
+                name,
+                _number(f"region {name} lat", item["lat"], low=-90, high=90),
+                _number(f"region {name} lon", item["lon"], low=-180, high=180),
+                tuple(_network(f"region {name}", n) for n in nets),
+                bool(item.get("default", False)),
+            )
+        )
+    if not regions:
+        raise TopologyError("the topology needs at least one [[regions]]")
+    if len({r.name for r in regions}) != len(regions):
+        raise TopologyError("two regions have the same name")
+    if sum(r.default for r in regions) > 1:
+        raise TopologyError("only one region can be the default")
+    return tuple(regions)
+
+
+def _edges(items: Any, regions: set[str]) -> tuple[Edge, ...]:
+    edges = []
+    for i, item in enumerate(_list({"edges": items}, "edges")):
+        where = f"[[edges]] #{i + 1}"
+        allowed = {"name", "region", "ipv4", "ipv6", "weight", "health"}
+        _keys(where, item, allowed, {"name", "region"})
+        name = item["name"]
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise TopologyError(f"{where}: name must be letters, digits, '.', '_' or '-'")
+        if item["region"] not in regions:
+            raise TopologyError(f"edge {name}: unknown region {item['region']!r}")
+        if "ipv4" not in item and "ipv6" not in item:
+            raise TopologyError(f"edge {name} needs ipv4 or ipv6")
+        health = item.get("health", "")
+        if health and not str(health).startswith(("http://", "https://")):
+            raise TopologyError(f"edge {name}: health must be an http(s) URL")
+        edges.append(
+            Edge(
+                name,
+                item["region"],
+                _address(f"edge {name} ipv4", item["ipv4"], 4) if "ipv4" in item else None,  # type: ignore[arg-type]
+                _address(f"edge {name} ipv6", item["ipv6"], 6) if "ipv6" in item else None,  # type: ignore[arg-type]
+                _number(
+                    f"edge {name} weight", item.get("weight", 1), low=1, high=1000, integer=True
+                ),
+                str(health),
+            )
+        )
+    if not edges:
+        raise TopologyError("the topology needs at least one [[edges]]")
+    if len({e.name for e in edges}) != len(edges):
+        raise TopologyError("two edges have the same name")
+    return tuple(edges)
