@@ -414,3 +414,74 @@ def test_topology_mistakes_are_one_line_errors(tmp_path: Path, text: str, messag
     assert proc.returncode == 2
     assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert "Traceback" not in proc.stderr
+
+
+async def test_health_from_the_coordinators_registry(
+    procs: list[Proc], tmp_path: Path, upstream: Proc, node: NodeFactory
+) -> None:
+    """No probes here: edge dns learns that edge-eu-1 is gone from the coordinator,
+    whose registry sees its subscription close."""
+    from tests.support.procs import start
+
+    cport = free_port()
+    coordinator = start(
+        edge_cmd(
+            "coordinator",
+            "--listen",
+            f"127.0.0.1:{cport}",
+            "--db",
+            str(tmp_path / "c.db"),
+            "--token",
+            "op-token",
+            "--node-token",
+            "node-token",
+        ),
+        cport,
+        tmp_path / "coordinator.log",
+        health_path="/v1/health",
+    )
+    procs.append(coordinator)
+    env = {"EDGE_NODE_TOKEN": "node-token"}
+    eu = node(
+        "serve",
+        "--origin",
+        upstream.url,
+        "--coordinator",
+        coordinator.url,
+        name="edge-eu-1",
+        env=env,
+    )
+    node(
+        "serve",
+        "--origin",
+        upstream.url,
+        "--coordinator",
+        coordinator.url,
+        name="edge-us-1",
+        env=env,
+    )
+    topology = (
+        BASE.format(answer_count=2).replace(
+            "[health]\n", f'[health]\ncoordinator = "{coordinator.url}"\ntoken = "op-token"\n'
+        )
+        + edge_block("edge-eu-1", "eu", "127.1.0.1")
+        + edge_block("edge-us-1", "us", "127.2.0.1")
+    )
+    server = start_dns(procs, tmp_path, topology)
+
+    def eu_client() -> set[str]:
+        return addresses(ask(server, "www.cdn.example", source="127.1.0.9"))
+
+    assert eu_client() == {"127.1.0.1"}
+    eu.stop()
+    wait_for(lambda: eu_client() == {"127.2.0.1"}, 5)
+    node(
+        "serve",
+        "--origin",
+        upstream.url,
+        "--coordinator",
+        coordinator.url,
+        name="edge-eu-1",
+        env=env,
+    )
+    wait_for(lambda: eu_client() == {"127.1.0.1"}, 5)
