@@ -50,6 +50,7 @@ class Region:
     lon: float
     networks: tuple[Network, ...] = ()
     default: bool = False
+    docker_subnet: Network | None = None  # the region's network under docker-compose
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,28 @@ class Edge:
     ipv6: ipaddress.IPv6Address | None = None
     weight: int = 1
     health: str = ""  # URL probed by edge dns; empty: healthy unless the coordinator says not
+    listen: str = ""  # HOST:PORT the edge listens on when `edge up` runs it
+    cache_size: str = "1G"
+    docker_ipv4: ipaddress.IPv4Address | None = None
+
+
+@dataclass(frozen=True)
+class Service:
+    """One of the central processes `edge up` runs (origin, shield, coordinator, dns)."""
+
+    name: str
+    listen: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Services:
+    cdn_name: str = "edge"
+    origin: Service | None = None
+    shields: tuple[Service, ...] = ()
+    coordinator: Service | None = None
+    dns: Service | None = None
+    docker_core_subnet: Network | None = None
 
 
 @dataclass(frozen=True)
@@ -88,6 +111,7 @@ class Topology:
     edges: tuple[Edge, ...]
     locations: tuple[Location, ...] = ()
     health: HealthSettings = field(default_factory=HealthSettings)
+    services: Services = field(default_factory=Services)
 
     def region(self, name: str) -> Region:
         return next(r for r in self.regions if r.name == name)
@@ -196,7 +220,19 @@ def _network(where: str, text: Any) -> Network:
 
 
 def parse_topology(raw: dict[str, Any]) -> Topology:
-    extra = set(raw) - {"zone", "health", "regions", "edges", "locations"}
+    extra = set(raw) - {
+        "zone",
+        "health",
+        "regions",
+        "edges",
+        "locations",
+        "cdn",
+        "origin",
+        "shields",
+        "coordinator",
+        "dns",
+        "docker",
+    }
     if extra:
         raise TopologyError(f"unknown section in topology: {sorted(extra)[0]}")
     z = _table(
@@ -273,7 +309,53 @@ def parse_topology(raw: dict[str, Any]) -> Topology:
                 _number(f"{where} lon", item["lon"], low=-180, high=180),
             )
         )
-    return Topology(zone, regions, edges, tuple(locations), health)
+    return Topology(zone, regions, edges, tuple(locations), health, _services(raw))
+
+
+def _listen(where: str, value: Any) -> str:
+    from edge.config import ConfigError, parse_listen
+
+    try:
+        parse_listen(str(value))
+    except ConfigError as exc:
+        raise TopologyError(f"{where}: {exc}") from exc
+    return str(value)
+
+
+def _service(raw: dict[str, Any], key: str, allowed: set[str], default_name: str) -> Service | None:
+    if key not in raw:
+        return None
+    table = _table(raw, key, {"listen", "name", *allowed})
+    if "listen" not in table:
+        raise TopologyError(f"[{key}] needs listen (HOST:PORT)")
+    options = {k: v for k, v in table.items() if k not in ("listen", "name")}
+    return Service(
+        str(table.get("name", default_name)), _listen(f"[{key}]", table["listen"]), options
+    )
+
+
+def _services(raw: dict[str, Any]) -> Services:
+    """The processes `edge up` starts besides the edges (all optional for `edge dns`)."""
+    cdn = _table(raw, "cdn", {"name"})
+    shields = []
+    for i, item in enumerate(_list(raw, "shields")):
+        where = f"[[shields]] #{i + 1}"
+        _keys(where, item, {"name", "listen", "cache_size"}, {"name", "listen"})
+        if not _NAME.match(str(item["name"])):
+            raise TopologyError(f"{where}: name must be letters, digits, '.', '_' or '-'")
+        options = {"cache_size": str(item.get("cache_size", "2G"))}
+        shields.append(Service(item["name"], _listen(where, item["listen"]), options))
+    docker = _table(raw, "docker", {"core_subnet"})
+    return Services(
+        cdn_name=str(cdn.get("name", "edge")),
+        origin=_service(raw, "origin", {"demo", "small", "root", "latency"}, "origin"),
+        shields=tuple(shields),
+        coordinator=_service(raw, "coordinator", set(), "coordinator"),
+        dns=_service(raw, "dns", set(), "dns"),
+        docker_core_subnet=_network("[docker] core_subnet", docker["core_subnet"])
+        if "core_subnet" in docker
+        else None,
+    )
 
 
 def _list(raw: dict[str, Any], key: str) -> list[dict[str, Any]]:
@@ -296,7 +378,8 @@ def _regions(items: Any) -> tuple[Region, ...]:
     regions = []
     for i, item in enumerate(_list({"regions": items}, "regions")):
         where = f"[[regions]] #{i + 1}"
-        _keys(where, item, {"name", "lat", "lon", "networks", "default"}, {"name", "lat", "lon"})
+        allowed = {"name", "lat", "lon", "networks", "default", "docker_subnet"}
+        _keys(where, item, allowed, {"name", "lat", "lon"})
         name = item["name"]
         if not isinstance(name, str) or not _NAME.match(name):
             raise TopologyError(f"{where}: name must be letters, digits, '.', '_' or '-'")
@@ -310,6 +393,9 @@ def _regions(items: Any) -> tuple[Region, ...]:
                 _number(f"region {name} lon", item["lon"], low=-180, high=180),
                 tuple(_network(f"region {name}", n) for n in nets),
                 bool(item.get("default", False)),
+                _network(f"region {name} docker_subnet", item["docker_subnet"])
+                if "docker_subnet" in item
+                else None,
             )
         )
     if not regions:
@@ -325,7 +411,17 @@ def _edges(items: Any, regions: set[str]) -> tuple[Edge, ...]:
     edges = []
     for i, item in enumerate(_list({"edges": items}, "edges")):
         where = f"[[edges]] #{i + 1}"
-        allowed = {"name", "region", "ipv4", "ipv6", "weight", "health"}
+        allowed = {
+            "name",
+            "region",
+            "ipv4",
+            "ipv6",
+            "weight",
+            "health",
+            "listen",
+            "cache_size",
+            "docker_ipv4",
+        }
         _keys(where, item, allowed, {"name", "region"})
         name = item["name"]
         if not isinstance(name, str) or not _NAME.match(name):
@@ -347,6 +443,11 @@ def _edges(items: Any, regions: set[str]) -> tuple[Edge, ...]:
                     f"edge {name} weight", item.get("weight", 1), low=1, high=1000, integer=True
                 ),
                 str(health),
+                _listen(f"edge {name}", item["listen"]) if "listen" in item else "",
+                str(item.get("cache_size", "1G")),
+                _address(f"edge {name} docker_ipv4", item["docker_ipv4"], 4)  # type: ignore[arg-type]
+                if "docker_ipv4" in item
+                else None,
             )
         )
     if not edges:
