@@ -1,147 +1,213 @@
-"""`edge up`: run a CDN on this machine as child processes.
+"""`edge up`: run a whole CDN on this machine, as child processes, from a topology file.
 
-For now the topology is the demo archive origin, an origin shield in front of it and
-one edge in front of the shield (going to the origin directly if the shield fails); each
-child is started with the same `edge` entry point, waited on until it answers, and
-stopped (with everything else) on Ctrl-C or SIGTERM.
+By default the topology shipped in origin/topologies/default.toml: regions eu, us and ap
+with their edges on their own loopback networks (127.R.0.x), one shield, the demo
+archive origin, the purge coordinator and the GeoDNS authority. Every child is the same
+`edge` entry point; each is started in order (origin, coordinator, shields, edges, dns),
+waited on until it is healthy, restarted if it dies, and stopped (with everything else)
+on Ctrl-C or SIGTERM. Logs go to WORKDIR/logs, a file per process; tokens and a config
+for `edge purge` / `edge status` go to WORKDIR/cli.toml.
 """
 
 from __future__ import annotations
 
+import os
+import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
 from cli.errors import fail
 
+RESTART_LIMIT = 5  # restarts of one process within RESTART_WINDOW before giving up on it
+RESTART_WINDOW = 60.0
 
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+
+@dataclass
+class Child:
+    name: str
+    role: str
+    region: str
+    listen: str
+    argv: list[str]
+    health: str  # URL that answers 200 when ready; "" for dns (checked by a query)
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: list[float] | None = None
 
 
 def _edge_command() -> list[str]:
     return [sys.executable, "-m", "cli.main"]
 
 
-def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"exited with status {proc.returncode}")
+def _url(listen: str) -> str:
+    return f"http://{listen}"
+
+
+def _healthy(child: Child) -> bool:
+    if child.role == "dns":
+        import dns.message
+        import dns.query
+
+        host, port = child.listen.rsplit(":", 1)
         try:
-            with urllib.request.urlopen(url, timeout=1) as resp:
-                if resp.status < 500:
-                    return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"did not answer {url} within {timeout:.0f}s")
+            dns.query.udp(
+                dns.message.make_query("cdn.example.", "SOA"), host, port=int(port), timeout=0.5
+            )
+            return True
+        except Exception:  # any failure means not ready yet
+            return False
+    try:
+        with urllib.request.urlopen(child.health, timeout=1) as resp:
+            return resp.status < 500
+    except OSError:
+        return False
+
+
+def _start(child: Child, env: dict[str, str]) -> None:
+    out = open(child.log, "ab")  # noqa: SIM115 - owned by the child
+    child.proc = subprocess.Popen(
+        [*_edge_command(), *child.argv], stdout=out, stderr=subprocess.STDOUT, env=env
+    )
+    out.close()
+
+
+def _wait(child: Child, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    assert child.proc is not None
+    while time.monotonic() < deadline:
+        if child.proc.poll() is not None:
+            raise RuntimeError(f"exited with status {child.proc.returncode}")
+        if _healthy(child):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"not healthy within {timeout:.0f}s")
+
+
+def plan(topology_path: Path, workdir: Path) -> list[Child]:
+    """The children of the topology, in start order."""
+    from origin.topology import TopologyError, load_topology
+
+    try:
+        topo = load_topology(topology_path)
+    except TopologyError as exc:
+        fail(str(exc), 2)
+    s = topo.services
+    missing = [
+        n
+        for n, v in (("origin", s.origin), ("coordinator", s.coordinator), ("dns", s.dns))
+        if v is None
+    ]
+    if missing or not s.shields:
+        fail(f"edge up needs [origin], [[shields]], [coordinator] and [dns] in {topology_path}", 2)
+    assert s.origin is not None and s.coordinator is not None and s.dns is not None
+    logs = workdir / "logs"
+    cache = workdir / "cache"
+    origin_url, coordinator_url = _url(s.origin.listen), _url(s.coordinator.listen)
+    children: list[Child] = []
+
+    def add(name: str, role: str, region: str, listen: str, argv: list[str], health: str) -> None:
+        children.append(Child(name, role, region, listen, argv, health, logs / f"{name}.log"))
+
+    origin_argv = ["origin", "--root", str(workdir / str(s.origin.options.get("root", "archive")))]
+    origin_argv += ["--listen", s.origin.listen]
+    if s.origin.options.get("demo", True):
+        origin_argv.append("--demo")
+        if s.origin.options.get("small", False):
+            origin_argv.append("--small")
+    if s.origin.options.get("latency"):
+        origin_argv += ["--latency", str(s.origin.options["latency"])]
+    add("origin", "origin", "core", s.origin.listen, origin_argv, origin_url + "/")
+    add(
+        s.coordinator.name,
+        "coordinator",
+        "core",
+        s.coordinator.listen,
+        ["coordinator", "--listen", s.coordinator.listen, "--db", str(workdir / "coordinator.db")],
+        coordinator_url + "/v1/health",
+    )
+    common = ["--coordinator", coordinator_url]
+    for shield in s.shields:
+        argv = ["shield", "--listen", shield.listen, "--origin", origin_url, "--name", shield.name]
+        argv += [
+            "--cache-dir",
+            str(cache / shield.name),
+            "--cache-size",
+            str(shield.options["cache_size"]),
+        ]
+        add(
+            shield.name,
+            "shield",
+            "core",
+            shield.listen,
+            [*argv, *common, "--region", "core"],
+            _url(shield.listen) + "/_edge/health",
+        )
+    shield_args = [a for sh in s.shields for a in ("--shield", _url(sh.listen))]
+    for edge in topo.edges:
+        listen = edge.listen or f"{edge.ipv4}:8080"
+        argv = [
+            "serve",
+            "--listen",
+            listen,
+            *shield_args,
+            "--origin",
+            origin_url,
+            "--name",
+            edge.name,
+        ]
+        argv += ["--cache-dir", str(cache / edge.name), "--cache-size", edge.cache_size]
+        add(
+            edge.name,
+            "edge",
+            edge.region,
+            listen,
+            [*argv, *common, "--region", edge.region],
+            _url(listen) + "/_edge/health",
+        )
+    # The GeoDNS authority probes each edge at its listen address (origin.topology).
+    add(
+        s.dns.name,
+        "dns",
+        "core",
+        s.dns.listen,
+        ["dns", "--listen", s.dns.listen, "--topology", str(topology_path)],
+        "",
+    )
+    return children
 
 
 def up(
+    topology: Annotated[
+        Optional[Path],  # noqa: UP045 - typer reads the annotation at runtime
+        typer.Option(help="Topology TOML (default: the shipped eu/us/ap topology)."),
+    ] = None,
     workdir: Annotated[
-        Path, typer.Option(help="Folder for the demo archive, caches and logs.")
+        Path, typer.Option(help="Folder for the demo archive, caches, logs and tokens.")
     ] = Path(".edge"),
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Edge port (0: pick a free one).")] = 8080,
-    small: Annotated[bool, typer.Option(help="Small demo files (quick start).")] = False,
 ) -> None:
-    """Start the demo origin, a shield and an edge; print what to try."""
+    """Start every process of the topology; print what runs where and what to try."""
+    if topology is None:
+        topology = Path(str(resources.files("origin") / "topologies" / "default.toml"))
     workdir.mkdir(parents=True, exist_ok=True)
-    logs = workdir / "logs"
-    logs.mkdir(exist_ok=True)
-    origin_port = _free_port(host)
-    shield_port = _free_port(host)
-    edge_port = port or _free_port(host)
-    children: list[tuple[str, subprocess.Popen[bytes]]] = []
+    (workdir / "logs").mkdir(exist_ok=True)
+    children = plan(topology, workdir)
+    token = os.environ.get("EDGE_TOKEN") or secrets.token_urlsafe(24)
+    node_token = os.environ.get("EDGE_NODE_TOKEN") or secrets.token_urlsafe(24)
+    env = {**os.environ, "EDGE_TOKEN": token, "EDGE_NODE_TOKEN": node_token}
+    coordinator = next(c for c in children if c.role == "coordinator")
+    cli_config = workdir / "cli.toml"
+    cli_config.write_text(f'coordinator = "{_url(coordinator.listen)}"\ntoken = "{token}"\n')
+    cli_config.chmod(0o600)
 
-    def start(name: str, args: list[str], health: str) -> None:
-        out = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
-        proc = subprocess.Popen([*_edge_command(), *args], stdout=out, stderr=subprocess.STDOUT)
-        children.append((name, proc))
-        try:
-            _wait_http(health, proc, timeout=120)
-        except RuntimeError as exc:
-            stop_all()
-            fail(f"{name} failed to start ({exc}); see {logs / (name + '.log')}")
-
-    def stop_all() -> None:
-        for _, proc in reversed(children):
-            if proc.poll() is None:
-                proc.terminate()
-        for _, proc in children:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-    origin_args = ["origin", "--root", str(workdir / "archive"), "--demo"]
-    origin_args += ["--listen", f"{host}:{origin_port}"]
-    if small:
-        origin_args.append("--small")
-    start("origin", origin_args, f"http://{host}:{origin_port}/")
-    origin_url = f"http://{host}:{origin_port}"
-    shield_url = f"http://{host}:{shield_port}"
-    start(
-        "shield",
-        [
-            "shield",
-            "--listen",
-            f"{host}:{shield_port}",
-            "--origin",
-            origin_url,
-            "--cache-dir",
-            str(workdir / "cache" / "shield"),
-            "--name",
-            "shield-local",
-        ],
-        f"{shield_url}/_edge/health",
-    )
-    start(
-        "edge",
-        [
-            "serve",
-            "--listen",
-            f"{host}:{edge_port}",
-            "--shield",
-            shield_url,
-            "--origin",
-            origin_url,
-            "--cache-dir",
-            str(workdir / "cache" / "edge"),
-            "--name",
-            "edge-local",
-        ],
-        f"http://{host}:{edge_port}/_edge/health",
-    )
-    base = f"http://{host}:{edge_port}"
-    print(
-        "\n".join(
-            [
-                "edge is up:",
-                f"  origin  http://{host}:{origin_port}   (demo archive in {workdir / 'archive'})",
-                f"  shield  {shield_url}",
-                f"  edge    {base}   (caches in {workdir / 'cache'})",
-                f"  logs    {logs}",
-                "",
-                "Try:",
-                f"  curl -si {base}/catalogue.json | head -20   # twice: the second is a hit",
-                "      (Cache-Status: the shield's entry, then the edge's)",
-                f"  curl -s {base}/_edge/metrics | grep edge_requests",
-                "",
-                "Ctrl-C stops everything.",
-            ]
-        ),
-        flush=True,
-    )
     stopping = False
 
     def on_signal(signum: int, frame: object) -> None:
@@ -150,13 +216,89 @@ def up(
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+
+    def stop_all() -> None:
+        for child in reversed(children):
+            if child.proc is not None and child.proc.poll() is None:
+                child.proc.terminate()
+        for child in children:
+            if child.proc is None:
+                continue
+            try:
+                child.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                child.proc.kill()
+                child.proc.wait()
+
     try:
+        for child in children:
+            if stopping:
+                return
+            _start(child, env)
+            try:
+                _wait(child, 120)
+            except RuntimeError as exc:
+                fail(f"{child.name} failed to start ({exc}); see {child.log}")
+        print(_table(children, workdir, cli_config), flush=True)
         while not stopping:
-            for name, proc in children:
-                if proc.poll() is not None:
-                    print(f"edge up: {name} exited with status {proc.returncode}", flush=True)
-                    stopping = True
+            for child in children:
+                assert child.proc is not None
+                if child.proc.poll() is None or stopping:
+                    continue
+                _restart(child, env)
             time.sleep(0.2)
     finally:
         stop_all()
         print("edge up: stopped", flush=True)
+
+
+def _restart(child: Child, env: dict[str, str]) -> None:
+    assert child.proc is not None
+    now = time.monotonic()
+    child.restarts = [t for t in (child.restarts or []) if now - t < RESTART_WINDOW]
+    if len(child.restarts) >= RESTART_LIMIT:
+        return  # reported already; it keeps failing
+    child.restarts.append(now)
+    print(
+        f"edge up: {child.name} exited with status {child.proc.returncode}; restarting", flush=True
+    )
+    _start(child, env)
+    try:
+        _wait(child, 60)
+        print(f"edge up: {child.name} is back", flush=True)
+    except RuntimeError as exc:
+        print(f"edge up: {child.name} did not come back ({exc}); see {child.log}", flush=True)
+        if len(child.restarts) >= RESTART_LIMIT:
+            print(f"edge up: giving up on {child.name} after {RESTART_LIMIT} restarts", flush=True)
+
+
+def _table(children: list[Child], workdir: Path, cli_config: Path) -> str:
+    addresses = [f"udp+tcp {c.listen}" if c.role == "dns" else _url(c.listen) for c in children]
+    width = max(len(a) for a in addresses) + 2
+    rows = [f"  {'name':<14}{'role':<13}{'region':<8}{'address':<{width}}log"]
+    for c, address in zip(children, addresses, strict=True):
+        rows.append(f"  {c.name:<14}{c.role:<13}{c.region:<8}{address:<{width}}{c.log}")
+    edge = next(c for c in children if c.role == "edge")
+    us_edge = next((c for c in children if c.role == "edge" and c.region == "us"), edge)
+    dns_child = next(c for c in children if c.role == "dns")
+    dns_host, dns_port = dns_child.listen.rsplit(":", 1)
+    host, port = edge.listen.rsplit(":", 1)
+    # A client address in the us region's loopback network (127.R.255.x).
+    us_client = ".".join(us_edge.listen.rsplit(":", 1)[0].split(".")[:2]) + ".255.1"
+    site = f"www.cdn.example:{port}"
+    return "\n".join(
+        [
+            "edge is up:",
+            *rows,
+            "",
+            "Try:",
+            f"  curl -si --resolve {site}:{host} http://{site}/catalogue.json | head -20",
+            "      (twice: a hit; Cache-Status shows the shield's entry, then the edge's)",
+            f"  dig @{dns_host} -p {dns_port} www.cdn.example +short -b {us_client}",
+            "      (from a us address: the us edge; try -b 127.1.255.1 and 127.3.255.1)",
+            f"  edge purge --config {cli_config} http://{site}/catalogue.json",
+            f"  edge status --config {cli_config}",
+            "",
+            f"Logs in {workdir / 'logs'}. Ctrl-C stops everything.",
+        ]
+    )

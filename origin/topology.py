@@ -430,7 +430,9 @@ def _edges(items: Any, regions: set[str]) -> tuple[Edge, ...]:
             raise TopologyError(f"edge {name}: unknown region {item['region']!r}")
         if "ipv4" not in item and "ipv6" not in item:
             raise TopologyError(f"edge {name} needs ipv4 or ipv6")
-        health = item.get("health", "")
+        # An edge with a listen address is probed there unless it names its own URL.
+        default_health = f"http://{item['listen']}/_edge/health" if "listen" in item else ""
+        health = item.get("health", default_health)
         if health and not str(health).startswith(("http://", "https://")):
             raise TopologyError(f"edge {name}: health must be an http(s) URL")
         edges.append(

@@ -1,5 +1,7 @@
-"""`edge up`: the CDN on this machine (demo origin, shield, edge) starts, serves through
-both tiers, and stops with no process left behind."""
+"""`edge up`: the whole CDN from a topology (origin, coordinator, shield, edges in three
+regions on their own loopback networks, GeoDNS) starts, serves through both tiers,
+steers clients by region, purges everywhere, restarts a process that dies, and stops
+with no process left behind."""
 
 from __future__ import annotations
 
@@ -12,7 +14,12 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.support.procs import REPO
+import dns.message
+import dns.query
+
+from tests.support.procs import REPO, edge_cmd, free_port
+
+DEFAULT = REPO / "origin" / "topologies" / "default.toml"
 
 
 def children_of(pid: int) -> list[int]:
@@ -20,18 +27,46 @@ def children_of(pid: int) -> list[int]:
     return [int(p) for p in out.stdout.split()]
 
 
-def test_edge_up_serves_through_shield_and_edge_and_stops_cleanly(tmp_path: Path) -> None:
+def with_free_ports(text: str) -> str:
+    """The default topology with every port replaced by a free one (tests may run
+    beside a real `edge up`)."""
+    return re.sub(r'(listen = "[0-9.]+):\d+"', lambda m: f'{m.group(1)}:{free_port()}"', text)
+
+
+def read_until(proc: subprocess.Popen[str], marker: str, timeout: float) -> str:
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if marker in line:
+            break
+    return "".join(lines)
+
+
+def get(url: str, host: str) -> tuple[int, str]:
+    req = urllib.request.Request(url, headers={"Host": host})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        resp.read()
+        return resp.status, resp.headers["Cache-Status"]
+
+
+def test_edge_up_runs_the_whole_cdn_and_stops_cleanly(tmp_path: Path) -> None:
+    topology = tmp_path / "topology.toml"
+    topology.write_text(with_free_ports(DEFAULT.read_text()))
     proc = subprocess.Popen(
         [
             sys.executable,
             "-m",
             "cli.main",
             "up",
-            "--small",
-            "--port",
-            "0",
+            "--topology",
+            str(topology),
             "--workdir",
-            str(tmp_path),
+            str(tmp_path / "w"),
         ],
         cwd=REPO,
         stdout=subprocess.PIPE,
@@ -40,40 +75,95 @@ def test_edge_up_serves_through_shield_and_edge_and_stops_cleanly(tmp_path: Path
     )
     kids: list[int] = []
     try:
-        lines = []
-        deadline = time.monotonic() + 120
-        assert proc.stdout is not None
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if "Ctrl-C stops everything" in line:
-                break
-        text = "".join(lines)
-        edge = re.search(r"edge\s+(http://\S+)", text)
-        assert edge, text
-        assert "shield" in text
+        text = read_until(proc, "Ctrl-C stops everything", 120)
+        rows = dict(re.findall(r"^\s+(\S+)\s+\S+\s+\S+\s+(?:udp\+tcp )?(\S+)\s", text, re.M))
+        assert {
+            "origin",
+            "coordinator",
+            "shield-1",
+            "edge-eu-1",
+            "edge-us-1",
+            "edge-ap-1",
+            "dns",
+        } <= set(rows), text
         kids = children_of(proc.pid)
-        assert len(kids) == 3  # origin, shield, edge
-        statuses = []
-        for _ in range(2):
-            with urllib.request.urlopen(edge.group(1) + "/catalogue.json", timeout=10) as resp:
-                assert resp.status == 200 and resp.read()
-                statuses.append(resp.headers["Cache-Status"])
-        assert statuses[0].startswith("shield-local; fwd=uri-miss")
-        assert statuses[1].split(", ")[-1].startswith("edge-local; hit")
+        assert len(kids) == 8  # origin, coordinator, shield, 4 edges, dns
+        eu = rows["edge-eu-1"]
+        host = "www.cdn.example"
+        status, first = get(eu + "/catalogue.json", host)
+        assert status == 200 and first.startswith("shield-1; fwd=uri-miss")
+        _, second = get(eu + "/catalogue.json", host)
+        assert second.split(", ")[-1].startswith("edge-eu-1; hit")
+        # GeoDNS: a client in each region's loopback network gets its region's edge.
+        dns_host, dns_port = rows["dns"].rsplit(":", 1)
+        for client, prefix in (
+            ("127.1.255.1", "127.1.0."),
+            ("127.2.255.1", "127.2.0."),
+            ("127.3.255.1", "127.3.0."),
+        ):
+            answer = dns.query.udp(
+                dns.message.make_query("www.cdn.example", "A"),
+                dns_host,
+                port=int(dns_port),
+                source=client,
+                timeout=3,
+            )
+            got = {rr.to_text() for rrset in answer.answer for rr in rrset}
+            assert got and all(a.startswith(prefix) for a in got), (client, got)
+        # A purge through the coordinator with the tokens edge up wrote.
+        config = tmp_path / "w" / "cli.toml"
+        purge = subprocess.run(
+            edge_cmd("purge", "--config", str(config), f"http://{host}/catalogue.json"),
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert purge.returncode == 0, purge.stderr
+        assert "confirmed by all 5 nodes" in purge.stdout
+        _, after = get(eu + "/catalogue.json", host)
+        assert "edge-eu-1; fwd=uri-miss" in after
+        # A process that dies is reported and restarted.
+        us_pid = next(p for p in kids if "edge-us-1" in _cmdline(p))
+        os.kill(us_pid, signal.SIGKILL)
+        more = read_until(proc, "edge-us-1 is back", 60)
+        assert "edge-us-1 exited" in more and "edge-us-1 is back" in more
+        kids = children_of(proc.pid)
     finally:
         proc.send_signal(signal.SIGINT)
         try:
-            proc.wait(timeout=20)
+            proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
             raise
-    assert "stopped" in proc.stdout.read()
-    for pid in kids:  # none left running
+    assert proc.stdout is not None and "stopped" in proc.stdout.read()
+    for pid in kids:
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
             continue
         raise AssertionError(f"child {pid} still running")
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def test_a_topology_without_the_central_services_is_a_one_line_error(tmp_path: Path) -> None:
+    bad = tmp_path / "t.toml"
+    bad.write_text(
+        '[zone]\nname = "cdn.example."\n[[regions]]\nname = "eu"\nlat = 1\nlon = 1\n'
+        '[[edges]]\nname = "e"\nregion = "eu"\nipv4 = "127.1.0.1"\n'
+    )
+    out = subprocess.run(
+        edge_cmd("up", "--topology", str(bad), "--workdir", str(tmp_path / "w")),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 2 and "edge up needs [origin]" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
