@@ -82,4 +82,3 @@ def test_weighted_pick_follows_weights() -> None:
     sel = Selector(parse_topology(raw), random.Random(9111))
     picks = [sel.decide(ip("10.1.0.1"), 4, lambda e: True, 24).edges[0].name for _ in range(4000)]
     assert 2800 <= picks.count("heavy") <= 3200  # 3 of 4
-
