@@ -26,6 +26,9 @@ import typer
 from cli.errors import fail
 
 DEFAULT_CONFIG = "~/.config/edge/cli.toml"
+#: What `edge up` writes in its working folder: found first, so that `edge status` and
+#: `edge purge` work against a CDN started from the same folder.
+UP_CONFIG = ".edge/cli.toml"
 CONFIG_KEYS = ("coordinator", "token")
 #: The coordinator holds a long-poll at most this long.
 MAX_WAIT = 30.0
@@ -45,7 +48,8 @@ ConfigOpt = Annotated[
     Optional[Path],  # noqa: UP045
     typer.Option(
         "--config",
-        help=f"TOML file with `coordinator` and `token` (default: {DEFAULT_CONFIG} if present).",
+        help=f"TOML file with `coordinator` and `token` (default: {UP_CONFIG}, else "
+        f"{DEFAULT_CONFIG}, if present).",
     ),
 ]
 Repeated = Optional[list[str]]  # noqa: UP045
@@ -61,7 +65,12 @@ class CoordinatorError(Exception):
 def resolve(coordinator: str | None, token: str | None, config: Path | None) -> Client:
     """The coordinator and token: flags, else EDGE_COORDINATOR / EDGE_TOKEN, else the
     config file. Anything missing or malformed is a usage error (exit 2)."""
-    path = config if config is not None else Path(DEFAULT_CONFIG).expanduser()
+    path = config
+    if path is None:
+        path = next(
+            (p for p in (Path(UP_CONFIG), Path(DEFAULT_CONFIG).expanduser()) if p.is_file()),
+            Path(DEFAULT_CONFIG).expanduser(),
+        )
     values: dict[str, Any] = {}
     if config is not None or path.is_file():
         try:
@@ -79,7 +88,7 @@ def resolve(coordinator: str | None, token: str | None, config: Path | None) -> 
                 fail(f"{key} in {path} must be a string", 2)
     base = coordinator or os.environ.get("EDGE_COORDINATOR") or values.get("coordinator")
     secret = token or os.environ.get("EDGE_TOKEN") or values.get("token")
-    where = f"{path}" if config is not None else DEFAULT_CONFIG
+    where = f"{path}" if config is not None or path.is_file() else DEFAULT_CONFIG
     if not base:
         fail(
             f"no coordinator: give --coordinator URL, EDGE_COORDINATOR or coordinator in {where}", 2

@@ -193,6 +193,9 @@ def up(
     workdir: Annotated[
         Path, typer.Option(help="Folder for the demo archive, caches, logs and tokens.")
     ] = Path(".edge"),
+    restart: Annotated[
+        bool, typer.Option(help="Restart a process that dies (--no-restart: report it only).")
+    ] = True,
 ) -> None:
     """Start every process of the topology; print what runs where and what to try."""
     if topology is None:
@@ -243,7 +246,14 @@ def up(
         while not stopping:
             for child in children:
                 assert child.proc is not None
-                if child.proc.poll() is None or stopping:
+                if child.proc.poll() is None or stopping or child.restarts == []:
+                    continue
+                if not restart:
+                    print(
+                        f"edge up: {child.name} exited with status {child.proc.returncode}",
+                        flush=True,
+                    )
+                    child.restarts = []  # reported once
                     continue
                 _restart(child, env)
             time.sleep(0.2)
