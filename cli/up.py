@@ -42,6 +42,7 @@ class Child:
     log: Path
     proc: subprocess.Popen[bytes] | None = None
     restarts: list[float] | None = None
+    reported: bool = False  # with --no-restart: its exit was reported
 
 
 def _edge_command() -> list[str]:
@@ -246,14 +247,14 @@ def up(
         while not stopping:
             for child in children:
                 assert child.proc is not None
-                if child.proc.poll() is None or stopping or child.restarts == []:
+                if child.proc.poll() is None or stopping or child.reported:
                     continue
                 if not restart:
                     print(
                         f"edge up: {child.name} exited with status {child.proc.returncode}",
                         flush=True,
                     )
-                    child.restarts = []  # reported once
+                    child.reported = True
                     continue
                 _restart(child, env)
             time.sleep(0.2)
