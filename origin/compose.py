@@ -1,0 +1,750 @@
+"""docker-compose.yml and origin/topologies/docker.toml, generated from the default
+topology so that `docker compose up` runs the same CDN as `edge up`.
+
+This module owns the mapping from a topology to compose services, networks and
+addresses, the docker view of the topology the GeoDNS authority answers from, and the
+small deterministic YAML and TOML writers both files need. `python -m origin.compose`
+rewrites both files; `python -m origin.compose --check` exits 1 with a one-line
+summary when the committed files differ from what it would write.
+
+The mapping (from origin/topologies/default.toml):
+
+- One service per process, each running the image's `edge` console script with the
+  options `edge up` passes, listening on 0.0.0.0 at the topology's port:
+  the origin (`edge origin --root /data/<root> --demo [--small]`), each shield by name
+  (`edge shield`, cache in /cache), the coordinator (`edge coordinator --db
+  /data/coordinator.db`), each edge by name (`edge serve`, cache in /cache) and the
+  GeoDNS authority (`edge dns --topology /etc/edge/topology.docker.toml`). Services
+  reach each other by service name (`http://origin:8081`).
+- Networks: `core` on [docker] core_subnet, and `region-NAME` on each region's
+  docker_subnet. Every container has a fixed address on every network it joins, by
+  host number in the subnet: on core the origin is .10, shield i (from 0) .20+i, the
+  coordinator .30, the GeoDNS authority .53 and edge i (from 0, topology order) .100+i;
+  each edge is also on its region's network at its docker_ipv4, and the GeoDNS
+  authority is on every region network at .53, so it sees a region's clients by their
+  source subnet. (.1 is the gateway docker takes.)
+- origin/topologies/docker.toml is the topology as the containers see it: services at
+  their core addresses, edges at docker_ipv4 (health URLs on those), region networks
+  without the loopback ones, glue for the authority's name on its docker addresses. The
+  image carries it at /etc/edge/topology.docker.toml.
+- Start order as `edge up` has it, by healthchecks: origin, coordinator, shields, edges,
+  then the GeoDNS authority. Each service has a healthcheck (a Python one-liner: the
+  image has no curl), restarts unless stopped, and runs under an init that forwards
+  signals.
+- Volumes: one cache volume per shield and edge, a data volume each for the origin
+  and the coordinator. Tokens come from the environment (EDGE_TOKEN, EDGE_NODE_TOKEN;
+  compose refuses to start without them), never from the file.
+- Published ports, on 127.0.0.1 only: edge i at its port + i (8080, 8081, ...), the
+  GeoDNS authority at its port over UDP and TCP. Nothing else is reachable from the host.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import ipaddress
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from edge.config import parse_listen
+from origin.topology import Edge, Network, Service, Topology, TopologyError, load_topology
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+DEFAULT_TOPOLOGY = HERE / "topologies" / "default.toml"
+COMPOSE_FILE = REPO / "docker-compose.yml"
+DOCKER_TOPOLOGY = HERE / "topologies" / "docker.toml"
+IMAGE_TOPOLOGY = "/etc/edge/topology.docker.toml"  # where the Dockerfile puts docker.toml
+
+# Host numbers in a subnet (the address is the subnet's first address + the number).
+GATEWAY_HOST = 1
+ORIGIN_HOST = 10
+SHIELD_HOST = 20
+MAX_SHIELDS = 10  # .20 to .29, below the coordinator
+COORDINATOR_HOST = 30
+DNS_HOST = 53
+EDGE_CORE_HOST = 100
+
+DEFAULT_EDGE_PORT = 8080  # what `edge up` gives an edge without a listen address
+
+HEALTHCHECK_TIMING = {"interval": "3s", "timeout": "3s", "retries": 20, "start_period": "30s"}
+
+
+class ComposeError(ValueError):
+    """The topology cannot be run under docker-compose; the message is one line."""
+
+
+# -- addresses ----------------------------------------------------------------------------
+
+
+def host(subnet: Network, number: int, what: str) -> ipaddress.IPv4Address:
+    """The address `number` of an IPv4 subnet, which must hold it."""
+    if subnet.version != 4:
+        raise ComposeError(f"{what}: docker networks here are IPv4, got {subnet}")
+    if not 0 < number < subnet.num_addresses - 1:
+        raise ComposeError(f"{what}: {subnet} has no host .{number}")
+    return ipaddress.IPv4Address(int(subnet.network_address) + number)
+
+
+def port_of(listen: str) -> int:
+    return parse_listen(listen)[1]
+
+
+def edge_port(edge: Edge) -> int:
+    return port_of(edge.listen) if edge.listen else DEFAULT_EDGE_PORT
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The topology's processes with their docker addresses, checked for collisions."""
+
+    topology: Topology
+    origin: Service
+    shields: tuple[Service, ...]
+    coordinator: Service
+    dns: Service
+    core: Network
+    core_addresses: dict[str, ipaddress.IPv4Address]  # service name -> address on core
+    region_subnets: dict[str, Network]  # region name -> docker_subnet
+    dns_region_addresses: dict[str, ipaddress.IPv4Address]  # region name -> address
+
+    @classmethod
+    def of(cls, topo: Topology) -> Layout:
+        s = topo.services
+        if s.origin is None or s.coordinator is None or s.dns is None or not s.shields:
+            raise ComposeError("the topology needs [origin], [[shields]], [coordinator] and [dns]")
+        if s.docker_core_subnet is None:
+            raise ComposeError("the topology needs [docker] core_subnet")
+        if len(s.shields) > MAX_SHIELDS:
+            raise ComposeError(f"at most {MAX_SHIELDS} shields have a core address")
+        core = s.docker_core_subnet
+        core_addresses = {
+            s.origin.name: host(core, ORIGIN_HOST, "[docker] core_subnet"),
+            **{
+                sh.name: host(core, SHIELD_HOST + i, "[docker] core_subnet")
+                for i, sh in enumerate(s.shields)
+            },
+            s.coordinator.name: host(core, COORDINATOR_HOST, "[docker] core_subnet"),
+            s.dns.name: host(core, DNS_HOST, "[docker] core_subnet"),
+            **{
+                e.name: host(core, EDGE_CORE_HOST + i, "[docker] core_subnet")
+                for i, e in enumerate(topo.edges)
+            },
+        }
+        # A service name is a DNS name on every network and a key in the compose file.
+        if len(core_addresses) != 3 + len(s.shields) + len(topo.edges):
+            raise ComposeError("two processes of the topology have the same name")
+        region_subnets: dict[str, Network] = {}
+        dns_region: dict[str, ipaddress.IPv4Address] = {}
+        for region in topo.regions:
+            if region.docker_subnet is None:
+                raise ComposeError(f"region {region.name} needs docker_subnet")
+            for other, subnet in [("core", core), *region_subnets.items()]:
+                if region.docker_subnet.overlaps(subnet):  # type: ignore[arg-type]
+                    raise ComposeError(f"region {region.name} docker_subnet overlaps {other}")
+            region_subnets[region.name] = region.docker_subnet
+            where = f"region {region.name} docker_subnet"
+            dns_region[region.name] = host(region.docker_subnet, DNS_HOST, where)
+        reserved = {DNS_HOST: "the GeoDNS authority", GATEWAY_HOST: "the gateway"}
+        taken: dict[ipaddress.IPv4Address, str] = {}
+        for edge in topo.edges:
+            if edge.docker_ipv4 is None:
+                raise ComposeError(f"edge {edge.name} needs docker_ipv4")
+            subnet = region_subnets[edge.region]
+            if edge.docker_ipv4 not in subnet:
+                raise ComposeError(
+                    f"edge {edge.name} docker_ipv4 {edge.docker_ipv4} is outside {subnet}"
+                )
+            number = int(edge.docker_ipv4) - int(subnet.network_address)
+            if number in reserved or edge.docker_ipv4 in (
+                subnet.network_address,
+                subnet.broadcast_address,
+            ):
+                what = reserved.get(number, "not a host address")
+                raise ComposeError(f"edge {edge.name} docker_ipv4 {edge.docker_ipv4}: {what}")
+            if edge.docker_ipv4 in taken:
+                raise ComposeError(
+                    f"edges {taken[edge.docker_ipv4]} and {edge.name} share {edge.docker_ipv4}"
+                )
+            taken[edge.docker_ipv4] = edge.name
+        return cls(
+            topo,
+            s.origin,
+            s.shields,
+            s.coordinator,
+            s.dns,
+            core,
+            core_addresses,
+            region_subnets,
+            dns_region,
+        )
+
+    def docker_listen(self, service: Service) -> str:
+        return f"{self.core_addresses[service.name]}:{port_of(service.listen)}"
+
+    def edge_listen(self, edge: Edge) -> str:
+        return f"{edge.docker_ipv4}:{edge_port(edge)}"
+
+
+def network_name(region: str) -> str:
+    return f"region-{region}"
+
+
+# -- docker-compose.yml -------------------------------------------------------------------
+
+
+def _url(name: str, listen: str) -> str:
+    return f"http://{name}:{port_of(listen)}"
+
+
+def _inside(listen: str) -> str:
+    """The address a process listens on in its container: every interface."""
+    return f"0.0.0.0:{port_of(listen)}"
+
+
+def _http_check(url: str) -> list[str]:
+    # python:3.11-slim has no curl; urlopen raises (exit 1) on no answer or 4xx/5xx.
+    code = f"import urllib.request; urllib.request.urlopen({url!r}, timeout=2)"
+    return ["CMD", "python", "-c", code]
+
+
+def _dns_check(apex: str, port: int) -> list[str]:
+    code = (
+        "import dns.message, dns.query; "
+        f"dns.query.udp(dns.message.make_query({apex!r}, 'SOA'), '127.0.0.1', "
+        f"port={port}, timeout=2)"
+    )
+    return ["CMD", "python", "-c", code]
+
+
+def _env(*names: str) -> dict[str, str]:
+    # `:?` makes compose refuse to start when a token is unset: no default token exists.
+    return {name: f"${{{name}:?set {name}}}" for name in names}
+
+
+def _service(
+    layout: Layout,
+    command: list[str],
+    *,
+    networks: dict[str, ipaddress.IPv4Address],
+    check: list[str],
+    depends_on: list[str],
+    environment: dict[str, str] | None = None,
+    ports: list[str] | None = None,
+    volumes: list[str] | None = None,
+) -> dict[str, Any]:
+    service: dict[str, Any] = {
+        "build": ".",
+        "image": f"{layout.topology.services.cdn_name}:local",
+        "init": True,  # the process is not PID 1: signals reach it, children are reaped
+        "restart": "unless-stopped",
+        "command": ["edge", *command],
+    }
+    if environment:
+        service["environment"] = environment
+    service["networks"] = {net: {"ipv4_address": str(addr)} for net, addr in networks.items()}
+    if ports:
+        service["ports"] = ports
+    if volumes:
+        service["volumes"] = volumes
+    service["healthcheck"] = {"test": check, **HEALTHCHECK_TIMING}
+    if depends_on:
+        service["depends_on"] = {dep: {"condition": "service_healthy"} for dep in depends_on}
+    return service
+
+
+def compose_model(topo: Topology) -> dict[str, Any]:
+    """The compose file as plain data (mappings in the order they are written)."""
+    layout = Layout.of(topo)
+    origin, coordinator, dns = layout.origin, layout.coordinator, layout.dns
+    origin_url = _url(origin.name, origin.listen)
+    coordinator_url = _url(coordinator.name, coordinator.listen)
+    addr = layout.core_addresses
+    services: dict[str, Any] = {}
+    volumes: dict[str, Any] = {}
+
+    root = PurePosixPath("/data") / str(origin.options.get("root", "archive"))
+    origin_cmd = ["origin", "--root", str(root), "--listen", _inside(origin.listen)]
+    if origin.options.get("demo", True):
+        origin_cmd.append("--demo")
+        if origin.options.get("small", False):
+            origin_cmd.append("--small")
+    if origin.options.get("latency"):
+        origin_cmd += ["--latency", str(origin.options["latency"])]
+    volumes[f"{origin.name}-data"] = {}
+    services[origin.name] = _service(
+        layout,
+        origin_cmd,
+        networks={"core": addr[origin.name]},
+        check=_http_check(f"http://127.0.0.1:{port_of(origin.listen)}/"),
+        depends_on=[],
+        volumes=[f"{origin.name}-data:/data"],
+    )
+
+    volumes[f"{coordinator.name}-data"] = {}
+    services[coordinator.name] = _service(
+        layout,
+        ["coordinator", "--listen", _inside(coordinator.listen), "--db", "/data/coordinator.db"],
+        networks={"core": addr[coordinator.name]},
+        check=_http_check(f"http://127.0.0.1:{port_of(coordinator.listen)}/v1/health"),
+        depends_on=[origin.name],
+        # EDGE_COORDINATOR: `docker compose exec coordinator edge purge URL` just works.
+        environment={
+            **_env("EDGE_TOKEN", "EDGE_NODE_TOKEN"),
+            "EDGE_COORDINATOR": f"http://127.0.0.1:{port_of(coordinator.listen)}",
+        },
+        volumes=[f"{coordinator.name}-data:/data"],
+    )
+
+    common = ["--coordinator", coordinator_url]
+    for shield in layout.shields:
+        volumes[f"{shield.name}-cache"] = {}
+        services[shield.name] = _service(
+            layout,
+            [
+                "shield",
+                "--listen",
+                _inside(shield.listen),
+                "--origin",
+                origin_url,
+                "--name",
+                shield.name,
+                "--cache-dir",
+                "/cache",
+                "--cache-size",
+                str(shield.options["cache_size"]),
+                *common,
+                "--region",
+                "core",
+            ],
+            networks={"core": addr[shield.name]},
+            check=_http_check(f"http://127.0.0.1:{port_of(shield.listen)}/_edge/health"),
+            depends_on=[origin.name, coordinator.name],
+            environment=_env("EDGE_NODE_TOKEN"),
+            volumes=[f"{shield.name}-cache:/cache"],
+        )
+
+    shield_args = [a for sh in layout.shields for a in ("--shield", _url(sh.name, sh.listen))]
+    for i, edge in enumerate(topo.edges):
+        port = edge_port(edge)
+        assert edge.docker_ipv4 is not None  # Layout.of checked
+        volumes[f"{edge.name}-cache"] = {}
+        services[edge.name] = _service(
+            layout,
+            [
+                "serve",
+                "--listen",
+                f"0.0.0.0:{port}",
+                *shield_args,
+                "--origin",
+                origin_url,
+                "--name",
+                edge.name,
+                "--cache-dir",
+                "/cache",
+                "--cache-size",
+                edge.cache_size,
+                *common,
+                "--region",
+                edge.region,
+            ],
+            networks={"core": addr[edge.name], network_name(edge.region): edge.docker_ipv4},
+            check=_http_check(f"http://127.0.0.1:{port}/_edge/health"),
+            depends_on=[origin.name, coordinator.name, *(sh.name for sh in layout.shields)],
+            environment=_env("EDGE_NODE_TOKEN"),
+            ports=[f"127.0.0.1:{port + i}:{port}"],
+            volumes=[f"{edge.name}-cache:/cache"],
+        )
+
+    dns_port = port_of(dns.listen)
+    services[dns.name] = _service(
+        layout,
+        ["dns", "--listen", _inside(dns.listen), "--topology", IMAGE_TOPOLOGY],
+        networks={
+            "core": addr[dns.name],
+            **{network_name(r): a for r, a in layout.dns_region_addresses.items()},
+        },
+        check=_dns_check(topo.zone.origin.to_text(), dns_port),
+        depends_on=[e.name for e in topo.edges],
+        # The authority reads the coordinator's node registry with the operators' token.
+        environment=_env("EDGE_TOKEN") if topo.health.coordinator else None,
+        ports=[f"127.0.0.1:{dns_port}:{dns_port}/udp", f"127.0.0.1:{dns_port}:{dns_port}/tcp"],
+    )
+
+    networks: dict[str, Any] = {"core": {"ipam": {"config": [{"subnet": str(layout.core)}]}}}
+    for region, subnet in layout.region_subnets.items():
+        networks[network_name(region)] = {"ipam": {"config": [{"subnet": str(subnet)}]}}
+    return {
+        "name": topo.services.cdn_name,
+        "services": services,
+        "networks": networks,
+        "volumes": volumes,
+    }
+
+
+def compose_header(topo: Topology, source: str) -> list[str]:
+    layout = Layout.of(topo)
+    width = max(len(e.name) for e in (*topo.edges, layout.dns)) + 2
+    published = [
+        f"  {e.name:<{width}}http://127.0.0.1:{edge_port(e) + i}" for i, e in enumerate(topo.edges)
+    ]
+    dns_port = port_of(layout.dns.listen)
+    site = f"www.{topo.zone.origin.to_text(omit_final_dot=True)}"
+    first = edge_port(topo.edges[0])
+    region = topo.regions[-1].name
+    return [
+        f"Generated by `python -m origin.compose` from {source}:",
+        "edit that topology or origin/compose.py and run it again, not this file",
+        "(tests/test_compose.py checks that they agree).",
+        "",
+        "  EDGE_TOKEN=... EDGE_NODE_TOKEN=... docker compose up --build",
+        "",
+        "Published on this machine only:",
+        *published,
+        f"  {layout.dns.name:<{width}}udp+tcp 127.0.0.1:{dns_port}",
+        "For example:",
+        f"  curl -si --resolve {site}:{first}:127.0.0.1 http://{site}:{first}/catalogue.json",
+        f"  dig @127.0.0.1 -p {dns_port} {site} +short",
+        f"  docker compose exec {layout.coordinator.name} edge purge --all",
+        "GeoDNS steers by source subnet: a client on a region's network",
+        f"({topo.services.cdn_name}_{network_name(region)}, ...) asking the authority at "
+        f"{layout.dns_region_addresses[region]}",
+        "(.53 of each region network) gets that region's edges.",
+    ]
+
+
+# -- origin/topologies/docker.toml --------------------------------------------------------
+
+
+def docker_topology(topo: Topology, source: str) -> str:
+    """The topology as the containers see it, as TOML that load_topology reads."""
+    layout = Layout.of(topo)
+    s = topo.services
+    z = topo.zone
+    dns_host = parse_listen(layout.dns.listen)[0]
+    dns_addresses = _dns_addresses(layout)
+
+    def glue(addresses: tuple[Any, ...]) -> list[str]:
+        # The authority's own loopback address becomes its addresses on docker networks.
+        out: list[str] = []
+        for a in addresses:
+            out += dns_addresses if str(a) == dns_host else [str(a)]
+        return out
+
+    out = TomlWriter(
+        [
+            f"Generated by `python -m origin.compose` from {source}:",
+            "the same CDN as the containers of docker-compose.yml see it (edges at",
+            "docker_ipv4, services at their core addresses). Do not edit it;",
+            "tests/test_compose.py checks that it agrees with the generator.",
+        ]
+    )
+    out.table("cdn", {"name": s.cdn_name})
+    out.table(
+        "origin",
+        {"name": layout.origin.name, "listen": layout.docker_listen(layout.origin)}
+        | layout.origin.options,
+    )
+    for shield in layout.shields:
+        out.array_item(
+            "shields",
+            {"name": shield.name, "listen": layout.docker_listen(shield)} | shield.options,
+        )
+    for key, service in (("coordinator", layout.coordinator), ("dns", layout.dns)):
+        out.table(key, {"name": service.name, "listen": layout.docker_listen(service)})
+    out.table("docker", {"core_subnet": str(layout.core)})
+    out.table(
+        "zone",
+        {
+            "name": z.origin.to_text(),
+            "ttl": z.ttl,
+            "negative_ttl": z.negative_ttl,
+            "ns": [n.to_text() for n in z.ns],
+            "glue": {k.to_text(): glue(v) for k, v in z.glue.items()},
+            "names": [n.to_text() for n in z.names],
+            "answer_count": z.answer_count,
+            "mname": z.mname.to_text() if z.mname is not None else None,
+            "rname": z.rname.to_text() if z.rname is not None else None,
+            "serial": z.serial,
+        },
+    )
+    h = topo.health
+    out.table(
+        "health",
+        {
+            "interval": h.interval,
+            "timeout": h.timeout,
+            "rise": h.rise,
+            "fall": h.fall,
+            "coordinator": _coordinator_url(layout, h.coordinator),
+            "token": h.token or None,
+        },
+    )
+    for region in topo.regions:
+        subnet = layout.region_subnets[region.name]
+        # No container has a loopback address: only the other networks place clients.
+        networks = [str(n) for n in region.networks if not n.is_loopback]
+        if str(subnet) not in networks:
+            networks.append(str(subnet))
+        out.array_item(
+            "regions",
+            {
+                "name": region.name,
+                "lat": region.lat,
+                "lon": region.lon,
+                "networks": networks,
+                "docker_subnet": str(subnet),
+                "default": region.default or None,
+            },
+        )
+    for edge in topo.edges:
+        listen = layout.edge_listen(edge)
+        out.array_item(
+            "edges",
+            {
+                "name": edge.name,
+                "region": edge.region,
+                "ipv4": str(edge.docker_ipv4),
+                "listen": listen,
+                "health": _edge_health(edge, listen),
+                "weight": edge.weight,
+                "cache_size": edge.cache_size,
+                "docker_ipv4": str(edge.docker_ipv4),
+            },
+        )
+    for loc in topo.locations:
+        out.array_item("locations", {"network": str(loc.network), "lat": loc.lat, "lon": loc.lon})
+    return out.text()
+
+
+def _dns_addresses(layout: Layout) -> list[str]:
+    core = layout.core_addresses[layout.dns.name]
+    return [str(core), *(str(a) for a in layout.dns_region_addresses.values())]
+
+
+def _coordinator_url(layout: Layout, url: str) -> str | None:
+    """The [health] coordinator URL, moved to the coordinator's core address when it
+    named the coordinator's loopback listen address."""
+    if not url:
+        return None
+    parts = urlsplit(url)
+    if parts.netloc == layout.coordinator.listen:
+        return urlunsplit(parts._replace(netloc=layout.docker_listen(layout.coordinator)))
+    return url
+
+
+def _edge_health(edge: Edge, listen: str) -> str:
+    """The edge's health URL on its docker address (a URL elsewhere is kept)."""
+    if not edge.health:
+        return f"http://{listen}/_edge/health"
+    parts = urlsplit(edge.health)
+    if parts.netloc == edge.listen:
+        return urlunsplit(parts._replace(netloc=listen))
+    return edge.health
+
+
+# -- writers ------------------------------------------------------------------------------
+
+_PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+_TOML_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+# Plain YAML 1.1 reads these as booleans or null, not strings.
+_YAML_WORDS = {"y", "n", "yes", "no", "on", "off", "true", "false", "null"}
+
+
+def _scalar(value: Any) -> str:
+    """A scalar both YAML and TOML read the same way. JSON's string escapes are a subset
+    of both YAML's double-quoted and TOML's basic strings; every string is quoted, so
+    none is read as a number, a boolean or (YAML 1.1) a base-60 port mapping."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=True)
+    raise TypeError(f"not a scalar: {value!r}")
+
+
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, bool | int | float | str)
+
+
+def _key(key: str) -> str:
+    """A mapping key written plain; the compose file's keys (service, network, volume
+    names) are kept to those every YAML reader takes as the same string."""
+    if not _PLAIN_KEY.match(key) or key.lower() in _YAML_WORDS:
+        raise ComposeError(f"{key!r} cannot be a name in docker-compose.yml")
+    return key
+
+
+def to_yaml(value: dict[str, Any], header: list[str] | None = None, width: int = 100) -> str:
+    """Block YAML for mappings, lists and scalars: a list of scalars on one line (a
+    JSON array) when it fits, a mapping's keys in their order, `{}` for an empty one."""
+    lines = [f"# {h}".rstrip() for h in header or []]
+    if lines:
+        lines.append("")
+
+    def flow(items: list[Any]) -> str:
+        return "[" + ", ".join(_scalar(i) for i in items) + "]"
+
+    def mapping(m: dict[str, Any], indent: int, first_prefix: str | None = None) -> None:
+        for n, (k, v) in enumerate(m.items()):
+            pad = first_prefix if (n == 0 and first_prefix is not None) else " " * indent
+            head = f"{pad}{_key(k)}:"
+            if _is_scalar(v):
+                lines.append(f"{head} {_scalar(v)}")
+            elif isinstance(v, dict) and not v:
+                lines.append(f"{head} {{}}")
+            elif isinstance(v, dict):
+                lines.append(head)
+                mapping(v, indent + 2)
+            elif (
+                isinstance(v, list)
+                and all(_is_scalar(i) for i in v)
+                and (len(head) + 1 + len(flow(v)) <= width)
+            ):
+                lines.append(f"{head} {flow(v)}")
+            elif isinstance(v, list):
+                lines.append(head)
+                sequence(v, indent + 2)
+            else:
+                raise TypeError(f"cannot write {k}: {v!r}")
+
+    def sequence(items: list[Any], indent: int) -> None:
+        for item in items:
+            if _is_scalar(item):
+                lines.append(f"{' ' * indent}- {_scalar(item)}")
+            elif isinstance(item, dict) and item:
+                mapping(item, indent + 2, first_prefix=f"{' ' * indent}- ")
+            else:
+                raise TypeError(f"cannot write list item {item!r}")
+
+    mapping(value, 0)
+    return "\n".join(lines) + "\n"
+
+
+class TomlWriter:
+    """Tables and arrays of tables of scalars, lists and one level of inline tables;
+    a None value is left out (the parser's default applies)."""
+
+    def __init__(self, header: list[str]) -> None:
+        self.lines = [f"# {h}".rstrip() for h in header]
+
+    def _section(self, head: str, values: dict[str, Any]) -> None:
+        self.lines += ["", head]
+        for key, value in values.items():
+            if value is not None:
+                assert _TOML_BARE_KEY.match(key), key  # the keys are this module's own
+                self.lines.append(f"{key} = {self._value(value)}")
+
+    def _value(self, value: Any) -> str:
+        if isinstance(value, list):
+            return "[" + ", ".join(self._value(v) for v in value) + "]"
+        if isinstance(value, dict):
+            inner = ", ".join(f"{_scalar(k)} = {self._value(v)}" for k, v in value.items())
+            return "{ " + inner + " }" if inner else "{}"
+        return _scalar(value)
+
+    def table(self, name: str, values: dict[str, Any]) -> None:
+        self._section(f"[{name}]", values)
+
+    def array_item(self, name: str, values: dict[str, Any]) -> None:
+        self._section(f"[[{name}]]", values)
+
+    def text(self) -> str:
+        return "\n".join(self.lines) + "\n"
+
+
+# -- the command --------------------------------------------------------------------------
+
+
+def _relative(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
+def render(
+    topology: Path = DEFAULT_TOPOLOGY,
+    compose_file: Path = COMPOSE_FILE,
+    docker_file: Path = DOCKER_TOPOLOGY,
+) -> dict[Path, str]:
+    """What the generator writes: each output file and its text."""
+    topo = load_topology(topology)
+    source = _relative(topology)
+    return {
+        compose_file: to_yaml(compose_model(topo), compose_header(topo, source)),
+        docker_file: docker_topology(topo, source),
+    }
+
+
+def differences(outputs: dict[Path, str]) -> list[str]:
+    """One phrase per output file whose text on disk is not the generator's."""
+    found = []
+    for path, text in outputs.items():
+        name = _relative(path)
+        try:
+            current = path.read_text()
+        except FileNotFoundError:
+            found.append(f"{name} is missing")
+            continue
+        if current == text:
+            continue
+        old, new = current.splitlines(), text.splitlines()
+        changed = [
+            line
+            for line in difflib.unified_diff(old, new, lineterm="", n=0)
+            if line[:1] in "+-" and not line.startswith(("+++", "---"))
+        ]
+        first = next(
+            (i + 1 for i, (a, b) in enumerate(zip(old, new, strict=False)) if a != b),
+            min(len(old), len(new)) + 1,
+        )
+        lines = "line" if len(changed) == 1 else "lines"
+        found.append(f"{name} differs in {len(changed)} {lines} from line {first}")
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m origin.compose",
+        description="Write docker-compose.yml and origin/topologies/docker.toml from "
+        "origin/topologies/default.toml.",
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="Write nothing; exit 1 if either file differs."
+    )
+    args = parser.parse_args(argv)
+    if not (REPO / "pyproject.toml").is_file():
+        print(f"origin.compose: run it from a checkout of the project, not {REPO}", file=sys.stderr)
+        return 2
+    try:
+        outputs = render()
+    except (TopologyError, ComposeError) as exc:
+        print(f"origin.compose: {exc}", file=sys.stderr)
+        return 2
+    if args.check:
+        stale = differences(outputs)
+        if stale:
+            print(
+                f"origin.compose: {'; '.join(stale)}; run python -m origin.compose",
+                file=sys.stderr,
+            )
+            return 1
+        return 0
+    for path, text in outputs.items():
+        if not path.is_file() or path.read_text() != text:
+            path.write_text(text)
+            print(f"wrote {_relative(path)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
