@@ -13,6 +13,7 @@ from cli import coordinator as coordinator_cmd
 from cli import dns as dns_cmd
 from cli import origin as origin_cmd
 from cli import purge as purge_cmd
+from cli import scenario as scenario_cmd
 from cli import serve as serve_cmd
 from cli import up as up_cmd
 
@@ -34,6 +35,11 @@ app.command("purge", help="Purge from every cache node; wait for each to confirm
 app.command("dns", help="Run the GeoDNS authority: each client to its nearest healthy edge.")(
     dns_cmd.dns_command
 )
+app.command(
+    "scenario",
+    help="Run a scenario from scenarios/ (--list lists them).",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)(scenario_cmd.scenario)
 app.command("status", help="Show the cache nodes: health, applied seq, lag.")(purge_cmd.status)
 
 

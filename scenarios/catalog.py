@@ -1,0 +1,17 @@
+"""The scenarios `edge scenario` knows: name and one line each. The modules themselves
+are run as `python -m scenarios.NAME`; this list is what `edge scenario --list` shows."""
+
+from __future__ import annotations
+
+SCENARIOS: dict[str, str] = {
+    "flash_crowd": "crowds on cold objects through edges and a shield: origin requests per "
+    "object, hits per tier, latency; against nginx (cache lock on and off)",
+    "purge_propagation": "1000 purges through the coordinator: p50/p99 time until every node "
+    "confirmed",
+    "large_files": "a multi-GB archive download: cold crowd time to first byte, origin "
+    "requests, RSS, warm throughput against nginx",
+    "dns_throughput": "the GeoDNS authority under dnsperf, against Knot DNS",
+    "conformance": "the HTTP caching test suite (http-cache-tests) against an edge",
+    "bench_hits": "cache-hit throughput and latency against nginx",
+    "compression": "bytes saved and CPU per MB for br, zstd and gzip on the demo texts",
+}
