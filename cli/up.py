@@ -124,6 +124,8 @@ def plan(topology_path: Path, workdir: Path) -> list[Child]:
         origin_argv.append("--demo")
         if s.origin.options.get("small", False):
             origin_argv.append("--small")
+    for rule in s.origin.options.get("rules", []):  # GLOB=CACHE-CONTROL, as `edge origin --rule`
+        origin_argv += ["--rule", str(rule)]
     if s.origin.options.get("latency"):
         origin_argv += ["--latency", str(s.origin.options["latency"])]
     add("origin", "origin", "core", s.origin.listen, origin_argv, origin_url + "/")

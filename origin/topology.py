@@ -348,7 +348,7 @@ def _services(raw: dict[str, Any]) -> Services:
     docker = _table(raw, "docker", {"core_subnet"})
     return Services(
         cdn_name=str(cdn.get("name", "edge")),
-        origin=_service(raw, "origin", {"demo", "small", "root", "latency"}, "origin"),
+        origin=_service(raw, "origin", {"demo", "small", "root", "latency", "rules"}, "origin"),
         shields=tuple(shields),
         coordinator=_service(raw, "coordinator", set(), "coordinator"),
         dns=_service(raw, "dns", set(), "dns"),

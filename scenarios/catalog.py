@@ -10,6 +10,11 @@ SCENARIOS: dict[str, str] = {
     "confirmed",
     "large_files": "a multi-GB archive download: cold crowd time to first byte, origin "
     "requests, RSS, warm throughput against nginx",
+    "origin_outage": "the origin killed: cached objects served (stale where allowed), "
+    "never-cached ones a clear 502/504",
+    "edge_failover": "an edge killed: GeoDNS moves its region's clients and brings them "
+    "back; errors they saw",
+    "geo_steering": "clients in each region resolve the CDN name and reach their region's edge",
     "dns_throughput": "the GeoDNS authority under dnsperf, against Knot DNS",
     "conformance": "the HTTP caching test suite (http-cache-tests) against an edge",
     "bench_hits": "cache-hit throughput and latency against nginx",
