@@ -63,3 +63,18 @@ def test_origin_outage_short_run(tmp_path: Path) -> None:
     for cls in ("fresh", "stale"):
         assert classes[cls]["requests"] == classes[cls]["2xx"] > 0
     assert classes["never cached"].get("5xx", 0) == classes["never cached"]["requests"]
+
+
+def test_large_files_short_run(tmp_path: Path) -> None:
+    """The large archive download, small: a crowd of 5 on a 64 MiB object (sliced), one
+    origin request, every body whole, RSS under the target."""
+    from scenarios import large_files
+
+    out = tmp_path / "large.json"
+    argv = ["--size", "64M", "--crowd", "5", "--clients", "3", "--rounds", "1"]
+    argv += ["--parallel", "2", "--skip-nginx", "--out", str(out)]
+    assert large_files.main(argv) == 0
+    report = json.loads(out.read_text())
+    assert report["problems"] == [] and report["rss_target_met"]
+    cold = report["phases"][0]
+    assert cold["origin"]["requests"] == 1 and cold["origin"]["object_factor"] == 1.0
