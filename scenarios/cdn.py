@@ -75,6 +75,35 @@ class Cdn:
     def by_address(self, host: str) -> Node | None:
         return next((n for n in self.edges() if n.host == host), None)
 
+    def processes(self) -> list[tuple[int, list[str]]]:
+        """(pid, argv) of every process `edge up` runs, read from /proc."""
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                argv = [a.decode() for a in (entry / "cmdline").read_bytes().split(b"\0") if a]
+                status = (entry / "status").read_text()
+            except OSError:
+                continue
+            ppid = next(
+                (int(x.split()[1]) for x in status.splitlines() if x.startswith("PPid:")), 0
+            )
+            if ppid == self.child.proc.pid:
+                found.append((int(entry.name), argv))
+        return found
+
+    def find(self, name: str) -> tuple[int, list[str], dict[str, str]]:
+        """(pid, argv, environment) of the process named NAME: the node given `--name
+        NAME`, or `origin` (the environment carries the tokens edge up gave it)."""
+        for pid, argv in self.processes():
+            named = "--name" in argv and argv[argv.index("--name") + 1] == name
+            if named or (name == "origin" and "origin" in argv and "--root" in argv):
+                environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+                env = dict(i.decode().split("=", 1) for i in environ if b"=" in i)
+                return pid, argv, env
+        raise ScenarioError(f"no process named {name} under edge up")
+
 
 def start_cdn(
     procs: Processes,

@@ -29,38 +29,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from scenarios.cdn import Cdn, start_cdn
+from scenarios.cdn import start_cdn
 from scenarios.geo_steering import client_address, fetch, resolve
 from scenarios.harness import OUT_DIR, Processes, ScenarioError, run_main, wait_http_ok
-
-
-def find_child(cdn: Cdn, name: str) -> tuple[int, list[str], dict[str, str]]:
-    """(pid, argv, environment) of the process `edge up` runs with `--name NAME` (the
-    environment carries the tokens it was given)."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-            status = (entry / "status").read_text()
-        except OSError:
-            continue
-        words = [a.decode() for a in argv if a]
-        ppid = next(
-            (int(line.split()[1]) for line in status.splitlines() if line.startswith("PPid:")), 0
-        )
-        if (
-            ppid == cdn.child.proc.pid
-            and "--name" in words
-            and words[words.index("--name") + 1] == name
-        ):
-            env = dict(
-                item.decode().split("=", 1)
-                for item in (entry / "environ").read_bytes().split(b"\0")
-                if b"=" in item
-            )
-            return int(entry.name), words, env
-    raise ScenarioError(f"no process named {name} under edge up")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -83,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         while (now := time.monotonic() - t0) < args.duration and requests < 20_000:
             if not killed and now >= kill_at:
                 for v in victims:
-                    pid, argv, env = find_child(cdn, v.name)
+                    pid, argv, env = cdn.find(v.name)
                     commands[v.name] = (argv, env)
                     os.kill(pid, signal.SIGKILL)
                 killed, kill_time = True, now

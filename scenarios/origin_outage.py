@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
                 status, _ = get(edge, path)
                 if status != 200:
                     raise ScenarioError(f"warming {path} at {edge.name} answered {status}")
-        os.kill(_origin_pid(cdn), signal.SIGKILL)
+        os.kill(cdn.find("origin")[0], signal.SIGKILL)
         time.sleep(2.5)  # the books are stale now
         classes["never cached"] = [f"/books/missing-{i}.txt" for i in range(3)]
         counts: dict[str, Counter[str]] = {c: Counter() for c in classes}
@@ -118,22 +118,6 @@ def summarise(cache_status: str) -> str:
         params = [p.strip() for p in entry.split(";")[1:] if not p.strip().startswith("ttl=")]
         entries.append("; ".join(params) or "-")
     return " | ".join(entries) if cache_status else "-"
-
-
-def _origin_pid(cdn: Cdn) -> int:
-    """The origin is the child of `edge up` whose command is `edge origin`."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            words = [a.decode() for a in (entry / "cmdline").read_bytes().split(b"\0") if a]
-            status = (entry / "status").read_text()
-        except OSError:
-            continue
-        ppid = next((int(x.split()[1]) for x in status.splitlines() if x.startswith("PPid:")), 0)
-        if ppid == cdn.child.proc.pid and "origin" in words and "--root" in words:
-            return int(entry.name)
-    raise ScenarioError("no origin process under edge up")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
