@@ -209,6 +209,68 @@ class NodeConfig:
     # Token for PURGE requests and POST /_edge/purge on this node (or EDGE_ADMIN_TOKEN);
     # empty: purging this node directly is refused.
     admin_token: str = ""
+    # -- the guard (edge.guard): limits on what a client controls -----------------
+    # Request line and each header line (bytes), header count and all header bytes.
+    max_request_line: int = 8190
+    max_header_size: int = 8190
+    max_headers: int = 100
+    max_header_bytes: int = 64 << 10
+    max_body_size: int = 16 << 20
+    # Seconds to send a request head once it has begun (slowloris); to send a body
+    # (extended by a second per body_min_rate bytes, like Apache's mod_reqtimeout);
+    # an idle keep-alive connection is closed after keepalive_timeout.
+    header_timeout: float = 10.0
+    body_timeout: float = 20.0
+    body_min_rate: int = 500
+    keepalive_timeout: float = 30.0
+    # Open connections one client address may hold (0: no limit).
+    max_connections_per_client: int = 64
+    # Token bucket per client address: requests/s and burst (0: off); classes give
+    # a host and/or path pattern its own bucket ({name, host, path, rate, burst}).
+    rate_limit: float = 0.0
+    rate_burst: float = 0.0
+    rate_classes: tuple[dict[str, Any], ...] = ()
+    # Methods a client may use (405 otherwise).
+    allowed_methods: tuple[str, ...] = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+    # Request rules (edge.waf): the shipped set on/off, a TOML file of more rules,
+    # and per-host switches {host = false}.
+    waf: bool = True
+    waf_rules: str = ""
+    waf_hosts: dict[str, Any] = field(default_factory=dict)
+    # The cache key's query: "keep" as sent, "sort" parameters, or "ignore" it; and
+    # parameters left out of the key (a trailing * matches a prefix, e.g. "utm_*").
+    key_query: str = "keep"
+    key_query_ignore: tuple[str, ...] = ()
+    # Request fields that could change a response but are not in the key: stripped
+    # before forwarding unless listed in keyed_headers (then they vary the key).
+    unkeyed_headers: tuple[str, ...] = (
+        "X-Forwarded-Host",
+        "X-Forwarded-Scheme",
+        "X-Forwarded-Server",
+        "X-Forwarded-Port",
+        "X-Forwarded-Prefix",
+        "X-Original-URL",
+        "X-Original-Host",
+        "X-Rewrite-URL",
+        "X-Host",
+        "X-HTTP-Method-Override",
+        "X-HTTP-Method",
+        "X-Method-Override",
+    )
+    keyed_headers: tuple[str, ...] = ()
+    # Admin endpoints (/_edge/...): a separate internal listener (empty: none), and
+    # the networks from which health and metrics need no token.
+    admin_listen: str = ""
+    admin_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    # -- TLS (edge.tls) -----------------------------------------------------------
+    # Certificate chains and keys, paired in order; several are chosen by SNI.
+    tls_cert: tuple[str, ...] = ()
+    tls_key: tuple[str, ...] = ()
+    # A plain-HTTP listener that redirects to https (empty: none); HSTS max-age
+    # (0: no Strict-Transport-Security); CA bundle for https upstreams.
+    http_redirect: str = ""
+    hsts: int = 0
+    upstream_ca: str = ""
     cache_dir: Path = Path("./cache")
     cache_size: int = 1 << 30
     max_object_size: int = 8 << 30
@@ -369,7 +431,7 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> NodeConfig:
             if name not in known:
                 raise ConfigError(f"unknown setting in {path}: {key}")
             values[name] = tuple(value) if isinstance(value, list) else value
-    for key in ("origins", "shields", "trusted_proxies", "hide_headers"):
+    for key in ("origins", "shields", "trusted_proxies", "hide_headers", "tls_cert", "tls_key"):
         if isinstance(overrides.get(key), list):
             overrides[key] = tuple(overrides[key]) or None
     values.update({k: v for k, v in overrides.items() if v is not None})
