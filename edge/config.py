@@ -223,8 +223,9 @@ class NodeConfig:
     body_timeout: float = 20.0
     body_min_rate: int = 500
     keepalive_timeout: float = 30.0
-    # Open connections one client address may hold (0: no limit).
-    max_connections_per_client: int = 64
+    # Open connections one client address may hold (0: no limit; trusted proxies
+    # are not limited).
+    max_connections_per_client: int = 128
     # Token bucket per client address: requests/s and burst (0: off); classes give
     # a host and/or path pattern its own bucket ({name, host, path, rate, burst}).
     rate_limit: float = 0.0
@@ -258,6 +259,10 @@ class NodeConfig:
         "X-Method-Override",
     )
     keyed_headers: tuple[str, ...] = ()
+    # Responses that set a cookie (edge.policy.is_storable): "explicit" freshness or
+    # public needed to share them, "public" needed, "never" shared, or "rfc" as
+    # RFC 9111 alone allows.
+    set_cookie: str = "explicit"
     # Admin endpoints (/_edge/...): a separate internal listener (empty: none), and
     # the networks from which health and metrics need no token.
     admin_listen: str = ""
@@ -341,7 +346,60 @@ class NodeConfig:
             raise ConfigError(f"node name must be letters, digits, '.', '_' or '-': {self.name!r}")
         if self.cache_size < 1 << 20:
             raise ConfigError("cache size must be at least 1M")
+        self._validate_guard()
         return self
+
+    def _validate_guard(self) -> None:
+        """The guard's settings (edge.guard, edge.waf): each mistake one line."""
+        self.max_body_size = parse_size(self.max_body_size)
+        self.max_header_bytes = parse_size(self.max_header_bytes)
+        for key in ("max_request_line", "max_header_size", "max_headers"):
+            _positive(key, getattr(self, key), integer=True)
+        for key in ("header_timeout", "body_timeout", "keepalive_timeout"):
+            _positive(key, getattr(self, key))
+        for key in ("body_min_rate", "max_connections_per_client"):
+            _positive(key, getattr(self, key), integer=True, zero=True)
+        _positive("rate_limit", self.rate_limit, zero=True)
+        _positive("rate_burst", self.rate_burst, zero=True)
+        if self.rate_limit and self.rate_burst and self.rate_burst < 1:
+            raise ConfigError("rate_burst must be at least 1")
+        from edge.guard import rate_classes
+
+        try:
+            rate_classes(self.rate_limit, self.rate_burst, self.rate_classes)
+        except ValueError as exc:
+            raise ConfigError(f"rate_classes: {exc}") from exc
+        methods = tuple(m.strip().upper() for m in self.allowed_methods)
+        if not methods or not all(re.fullmatch(r"[A-Z]+", m) for m in methods):
+            raise ConfigError(f"allowed_methods must be method names: {self.allowed_methods!r}")
+        if "CONNECT" in methods or "TRACE" in methods:
+            raise ConfigError("CONNECT and TRACE cannot be allowed at a cache node")
+        self.allowed_methods = methods
+        if self.key_query not in ("keep", "sort", "ignore"):
+            raise ConfigError(f"key_query must be keep, sort or ignore: {self.key_query!r}")
+        if self.set_cookie not in ("explicit", "public", "never", "rfc"):
+            raise ConfigError(
+                f"set_cookie must be explicit, public, never or rfc: {self.set_cookie!r}"
+            )
+        if not isinstance(self.waf_hosts, dict) or not all(
+            isinstance(v, bool) for v in self.waf_hosts.values()
+        ):
+            raise ConfigError("waf_hosts must be a table of host = true/false")
+        if self.waf_rules:
+            from edge.waf import RuleError, load_rules
+
+            try:
+                load_rules(self.waf_rules)
+            except RuleError as exc:
+                raise ConfigError(str(exc)) from exc
+        if self.admin_listen:
+            parse_listen(self.admin_listen)
+        from edge.forwarding import parse_networks
+
+        try:
+            parse_networks(self.admin_networks)
+        except ValueError as exc:
+            raise ConfigError(f"admin_networks: {exc}") from exc
 
     def _upstreams(self) -> tuple[dict[str, PoolConfig], list[RouteConfig]]:
         """The pools and host routes, from the full form or the simple one."""

@@ -49,6 +49,18 @@ class NodeMetrics:
             [*labels, "pool", "member"],
             registry=self.registry,
         )
+        self.refused = Counter(
+            "edge_guard_refused",
+            "Requests refused by the guard (limits, framing, rate, method, rules), by status",
+            [*labels, "code"],
+            registry=self.registry,
+        )
+        self.connections_refused = Counter(
+            "edge_guard_connections_refused",
+            "Connections closed at once: the client address already held its maximum",
+            labels,
+            registry=self.registry,
+        )
         self.store_bytes = Gauge(
             "edge_store_bytes", "Bytes used by the cache store", labels, registry=self.registry
         )

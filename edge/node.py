@@ -14,21 +14,25 @@ import json
 import logging
 import signal
 import time
+from collections import Counter
+from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import http_parser as _http_parser
 from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
+from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_server import Server
 
-from edge.config import ConfigError, NodeConfig
+from edge import forwarding, guard
+from edge.config import ConfigError, NodeConfig, parse_listen
 from edge.derive import Deriver
 from edge.fill import InFlight
 from edge.forwarding import parse_networks
 from edge.keys import cache_key
 from edge.metrics import CONTENT_TYPE_LATEST, NodeMetrics
-from edge.pipeline import Engine, Transaction
+from edge.pipeline import Engine, Transaction, guard_settings
 from edge.purge import Purge, PurgeError, Purger, Subscription
 from edge.slices import Slicer
 from edge.store import DiskStore
@@ -49,9 +53,100 @@ def require_c_parser() -> None:
         )
 
 
-class _PlainErrorHandler(RequestHandler):
-    """aiohttp's connection handler, with error responses that never echo request
-    bytes: its parser errors quote the offending input back to the client."""
+@dataclass
+class ConnectionGuard:
+    """The guard's connection-level state, shared by a node's connections: open
+    connections per client address, and what to count refusals in."""
+
+    header_timeout: float
+    max_per_client: int
+    server_header: str
+    # Trusted proxies (edges, at a shield) carry many clients: not limited per address.
+    exempt: tuple[forwarding.Network, ...] = ()
+    metrics: NodeMetrics | None = None
+    node: str = ""
+    open: Counter[str] = field(default_factory=Counter)
+
+    def refused(self, status: int) -> None:
+        if self.metrics is not None:
+            self.metrics.refused.labels(self.node, str(status)).inc()
+
+
+class _GuardedHandler(RequestHandler):
+    """aiohttp's connection handler with the guard's connection-level limits.
+
+    - Error responses never echo request bytes: aiohttp's parser errors quote the
+      offending input back to the client. An oversize request line gets 414, oversize
+      or too many header fields 431 (RFC 6585 Section 5), anything else 400.
+    - A request head must arrive whole within header_timeout of its first byte
+      (slowloris): aiohttp has no such deadline. 408, then the connection is closed.
+      Idle keep-alive connections are aiohttp's keepalive_timeout.
+    - At most max_connections_per_client open connections per client address; the
+      next is closed at once, before a byte is read. Trusted proxies are exempt.
+    """
+
+    _guard: ConnectionGuard
+    _client: str = ""
+    _counted: bool = False
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        peer = transport.get_extra_info("peername")
+        self._client = peer[0] if isinstance(peer, tuple) and peer else ""
+        guard = self._guard
+        if not guard.max_per_client or forwarding.is_trusted(self._client, guard.exempt):
+            return
+        if guard.open[self._client] >= guard.max_per_client:
+            if guard.metrics is not None:
+                guard.metrics.connections_refused.labels(guard.node).inc()
+            self.force_close()
+            return
+        guard.open[self._client] += 1
+        self._counted = True
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._cancel_head_timer()
+        if self._counted:
+            self._counted = False
+            open_ = self._guard.open
+            open_[self._client] -= 1
+            if open_[self._client] <= 0:
+                del open_[self._client]
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        before = self._request_count
+        super().data_received(data)
+        if self._request_count != before:
+            self._cancel_head_timer()  # a whole head arrived
+        elif (
+            self._head_timer is None
+            and self._current_request is None
+            and not self._messages
+            and self.transport is not None
+        ):
+            # The first bytes of a new head (between requests, a body's bytes
+            # arrive while its request is current): its deadline starts now.
+            self._head_timer = self._loop.call_later(self._guard.header_timeout, self._head_expired)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_expired(self) -> None:
+        self._head_timer = None
+        if self.transport is None or self._current_request is not None or self._messages:
+            return
+        body = b"408 Request Timeout: the request head was not sent in time\n"
+        self.transport.write(
+            b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\nServer: %s\r\n\r\n%s"
+            % (len(body), self._guard.server_header.encode(), body)
+        )
+        self._guard.refused(408)
+        self.force_close()
 
     def handle_error(
         self,
@@ -62,16 +157,28 @@ class _PlainErrorHandler(RequestHandler):
     ) -> web.StreamResponse:
         if request.writer.output_size > 0:
             return super().handle_error(request, status, exc, message)
+        if isinstance(exc, LineTooLong):
+            status = 414 if exc.args[1] == self.max_line_size else 431
+        elif isinstance(exc, BadHttpMessage) and "Too many headers" in exc.message:
+            status = 431
         log.debug("refused a request from %s: %s %s", request.remote, status, message or exc)
+        if status < 500:
+            self._guard.refused(status)
         phrase = _phrase(status)
         resp = web.Response(status=status, text=f"{status} {phrase}\n")
+        if self._guard.server_header:
+            resp.headers["Server"] = self._guard.server_header
         resp.force_close()
         return resp
 
 
 class _EdgeServer(Server):
+    guard: ConnectionGuard
+
     def __call__(self) -> RequestHandler:
-        return _PlainErrorHandler(self, loop=self._loop, **self._kwargs)
+        handler = _GuardedHandler(self, loop=self._loop, **self._kwargs)
+        handler._guard = self.guard
+        return handler
 
 
 def _json(body: object, status: int) -> web.Response:
@@ -99,17 +206,25 @@ class EdgeNode:
         self.config = config
         self.started_at = time.time()
         self.runner: web.AppRunner | None = None
+        self.admin_runner: web.AppRunner | None = None
         self.engine: Engine | None = None
         self.port: int | None = None
         self.subscription: Subscription | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._admin_networks = parse_networks(config.admin_networks)
 
-    def build_app(self) -> web.Application:
-        app = web.Application(client_max_size=16 << 20, handler_args={})
+    def build_app(self, *, public: bool = True, admin: bool = True) -> web.Application:
+        """The public app proxies; the admin endpoints are served with it unless an
+        admin listener has them (then only a bare health answer stays public)."""
+        app = web.Application(client_max_size=self.config.max_body_size)
         app.router.add_get(ADMIN_PREFIX + "health", self._health)
-        app.router.add_get(ADMIN_PREFIX + "metrics", self._metrics)
-        app.router.add_post(ADMIN_PREFIX + "purge", self._purge_json)
-        app.router.add_route("*", "/{tail:.*}", self._handle)
+        if admin:
+            app.router.add_get(ADMIN_PREFIX + "metrics", self._metrics)
+            app.router.add_post(ADMIN_PREFIX + "purge", self._purge_json)
+        else:
+            app.router.add_route("*", ADMIN_PREFIX + "{tail:.*}", self._not_here)
+        if public:
+            app.router.add_route("*", "/{tail:.*}", self._handle)
         app.on_response_prepare.append(self._set_server)
         return app
 
@@ -137,6 +252,7 @@ class EdgeNode:
             trusted=parse_networks(self.config.trusted_proxies),
             hidden=frozenset(hidden),
             purger=purger,
+            **guard_settings(self.config),
         )
         self._tasks.append(asyncio.create_task(purger.sweep_forever()))
         if self.config.coordinator:
@@ -144,21 +260,47 @@ class EdgeNode:
         for pool in upstream.pools.values():
             for member in pool.members:
                 metrics.member_up.labels(self.config.name, pool.name, member.url).set(1)
-        self.runner = web.AppRunner(
-            self.build_app(),
-            access_log=None,  # the pipeline logs one line per request itself
-            auto_decompress=False,  # pass request bodies through untouched
-            handle_signals=False,
-        )
-        await self.runner.setup()
-        # One place where aiohttp's own error pages are replaced (see _PlainErrorHandler).
-        assert self.runner.server is not None
-        self.runner.server.__class__ = _EdgeServer
+        self.runner = await self._runner(self.build_app(admin=not self.config.admin_listen))
+        if self.config.admin_listen:
+            self.admin_runner = await self._runner(self.build_app(public=False))
+            admin_host, admin_port = parse_listen(self.config.admin_listen)
+            await web.TCPSite(self.admin_runner, admin_host, admin_port).start()
         host, port = self.config.host_port
         site = web.TCPSite(self.runner, host, port, reuse_address=True)
         await site.start()
         sockets = self.runner.addresses
         self.port = sockets[0][1] if sockets else port
+
+    async def _runner(self, app: web.Application) -> web.AppRunner:
+        cfg = self.config
+        # aiohttp's parser limits; the two line limits differ by one internally so
+        # that a LineTooLong tells a long request line (414) from a long field (431).
+        line = cfg.max_request_line
+        field_size = cfg.max_header_size + (1 if cfg.max_header_size == line else 0)
+        runner = web.AppRunner(
+            app,
+            access_log=None,  # the pipeline logs one line per request itself
+            auto_decompress=False,  # pass request bodies through untouched
+            handle_signals=False,
+            keepalive_timeout=cfg.keepalive_timeout,
+            max_line_size=line,
+            max_field_size=field_size,
+            max_headers=cfg.max_headers,
+        )
+        await runner.setup()
+        # The one place where aiohttp's connection handler is replaced (_GuardedHandler).
+        assert runner.server is not None
+        runner.server.__class__ = _EdgeServer
+        assert isinstance(runner.server, _EdgeServer)
+        runner.server.guard = ConnectionGuard(
+            header_timeout=cfg.header_timeout,
+            max_per_client=cfg.max_connections_per_client,
+            server_header=cfg.server_header or "edge",
+            metrics=self.engine.metrics if self.engine else None,
+            node=cfg.name,
+            exempt=parse_networks(cfg.trusted_proxies),
+        )
+        return runner
 
     async def _subscribe(self, purger: Purger) -> None:
         """Catch up with the coordinator before serving anything cached: wait up to
@@ -191,6 +333,8 @@ class EdgeNode:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.admin_runner is not None:
+            await self.admin_runner.cleanup()
         if self.runner is not None:
             await self.runner.cleanup()
         if self.engine is not None:
@@ -242,8 +386,22 @@ class EdgeNode:
         if self.config.server_header and response.headers.get("Server") in (None, SERVER_SOFTWARE):
             response.headers["Server"] = self.config.server_header
 
+    def _admin_access(self, request: web.Request) -> bool:
+        """Internal callers: a peer in admin_networks, or the admin token."""
+        if forwarding.is_trusted(request.remote, self._admin_networks):
+            return True
+        token = self.config.admin_token
+        given = request.headers.get("Authorization", "")
+        return bool(token) and hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
+
+    async def _not_here(self, request: web.Request) -> web.Response:
+        return _json({"error": "not found"}, 404)
+
     async def _health(self, request: web.Request) -> web.Response:
         assert self.engine is not None
+        if not self._admin_access(request):
+            # Enough for a load balancer; the node's internals are for operators.
+            return _json({"status": "ok"}, 200)
         size, count = self.engine.store.stats()
         body = {
             "status": "ok",
@@ -283,7 +441,15 @@ class EdgeNode:
         if refused is not None:
             return refused
         assert self.engine is not None and self.engine.purger is not None
-        url = cache_key(request.scheme, request.host, request.raw_path)
+        # The key as the pipeline would make it (edge.guard normalises targets).
+        target = guard.normalise_target(request.raw_path)
+        if isinstance(target, guard.Refusal):
+            return _json({"error": target.reason}, 400)
+        cfg = self.config
+        query = guard.key_query(target.query, cfg.key_query, cfg.key_query_ignore)
+        url = cache_key(
+            request.scheme, request.host, target.path if query is None else f"{target.path}?{query}"
+        )
         soft = request.headers.get("Edge-Soft-Purge", "").strip() in ("1", "true")
         self.engine.purger.apply(Purge(urls=(url,), soft=soft))
         return _json({"status": "ok", "purged": url, "soft": soft}, 200)
@@ -305,6 +471,10 @@ class EdgeNode:
 
     async def _metrics(self, request: web.Request) -> web.Response:
         assert self.engine is not None
+        if not self._admin_access(request):
+            resp = _json({"error": "metrics need the admin token"}, 401)
+            resp.headers["WWW-Authenticate"] = "Bearer"
+            return resp
         return web.Response(
             body=self.engine.metrics.render(),
             headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"},

@@ -18,19 +18,21 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import time
 import uuid
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Any
 
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from edge import compress, derive, forwarding, policy
+from edge import compress, derive, forwarding, guard, policy
 from edge.cachestatus import CacheStatus
 from edge.config import NodeConfig
 from edge.derive import Deriver
 from edge.fill import Fill, FillHead, InFlight
+from edge.guard import Refusal, Refused
 from edge.keys import cache_key, key_from_uri
 from edge.metrics import NodeMetrics
 from edge.policy import ResponsePolicy, Reuse
@@ -48,6 +50,7 @@ from edge.slices import (
 )
 from edge.store import Entry, Store, new_variant_id
 from edge.upstream import UpstreamError, UpstreamResponse, Upstreams
+from edge.waf import RuleSet
 
 log = logging.getLogger("edge.pipeline")
 access_log = logging.getLogger("edge.access")
@@ -64,6 +67,9 @@ _SURROGATE_ONLY = ("surrogate-control",)
 _SENDFILE_MIN = 128 << 10
 #: RFC 5861 Section 4: the statuses that count as errors for stale-if-error.
 _ERROR_STATUSES = frozenset({500, 502, 503, 504})
+
+#: RFC 9112 Section 3.2.2: absolute-form, as a client talking to a proxy sends it.
+_ABSOLUTE_FORM = re.compile(r"^https?://([^/?#@]+)([/?][^#]*)?$", re.IGNORECASE)
 
 
 _PUBLIC_REASONS = {
@@ -95,6 +101,11 @@ class Engine:
     purger: Purger | None = None
     trusted: tuple[forwarding.Network, ...] = ()
     hidden: frozenset[str] = frozenset()  # upstream fields clients do not see
+    limiter: guard.RateLimiter | None = None
+    rules: RuleSet | None = None
+    # Request fields dropped before forwarding (unkeyed), and those that key instead.
+    unkeyed: frozenset[str] = frozenset()
+    keyed: tuple[str, ...] = ()
 
     def response_policy(self, headers: policy.Headers) -> ResponsePolicy:
         return policy.response_policy(
@@ -122,6 +133,19 @@ class Engine:
         return lifetime
 
 
+def guard_settings(config: NodeConfig) -> dict[str, Any]:
+    """The Engine's guard parts from a node's config: rate limiter, request rules,
+    and the request fields dropped before forwarding or added to the key."""
+    classes = guard.rate_classes(config.rate_limit, config.rate_burst, config.rate_classes)
+    keyed = tuple(h.lower() for h in config.keyed_headers)
+    return {
+        "limiter": guard.RateLimiter(classes) if classes else None,
+        "rules": RuleSet.from_config(config.waf, config.waf_rules, config.waf_hosts),
+        "unkeyed": frozenset(h.lower() for h in config.unkeyed_headers) - set(keyed),
+        "keyed": keyed,
+    }
+
+
 class Transaction:
     """One client request on its walk through the states."""
 
@@ -136,6 +160,11 @@ class Transaction:
         # Whether the peer is a trusted proxy (an edge, at a shield), and who the
         # client is: the peer, or the address that proxy forwarded for.
         self.trusted = forwarding.is_trusted(request.remote, engine.trusted)
+        # The authority and target as the guard normalised them (st_recv).
+        self.host = request.host
+        self.target = guard.Target("/", None)
+        self.key_target = "/"
+        self._request_id = ""
         self.client = forwarding.client_address(request.remote, request.headers, engine.trusted)
         self.request_cc = policy.request_cache_control(request.headers)
         self.walk: list[str] = []
@@ -176,13 +205,17 @@ class Transaction:
     # -- states ---------------------------------------------------------------------
 
     async def st_recv(self) -> str:
-        """Refuse loops (RFC 8586) and hosts this node does not serve; route by method."""
+        """The guard (edge.guard, edge.waf); then refuse loops (RFC 8586) and hosts this
+        node does not serve; route by method."""
+        refusal = self._guard()
+        if refusal is not None:
+            return self.refuse(refusal)
         cfg = self.e.config
         if forwarding.is_loop(
             self.headers, cdn_name=cfg.cdn_name, node=cfg.name, allowance=cfg.loop_allowance or 0
         ):
             return self.synth(508, "loop detected (CDN-Loop)")
-        if self.e.upstream.route_for(self.req.host) is None:
+        if self.e.upstream.route_for(self.host) is None:
             # RFC 9110 Section 15.5.20: not an authority this node answers for. Never a
             # default origin by accident.
             return self.synth(421, "no origin is configured for this host")
@@ -194,7 +227,7 @@ class Transaction:
         return "pass"
 
     async def st_hash(self) -> str:
-        self.key = cache_key(self.req.scheme, self.req.host, self.req.raw_path)
+        self.key = cache_key(self.req.scheme, self.host, self.key_target)
         return "lookup"
 
     async def st_lookup(self) -> str:
@@ -332,16 +365,24 @@ class Transaction:
         if self.body is not None:
             self.body.close()
             self.body = None
-        try:
-            body = await self.req.read() if self.req.body_exists else None
-        except web.HTTPRequestEntityTooLarge:
-            return self.synth(413, "request body too large")
+        cfg = self.e.config
+        body = None
+        if self.req.body_exists:
+            try:
+                body = await guard.read_body(
+                    self.req.content,
+                    max_size=cfg.max_body_size,
+                    timeout=cfg.body_timeout,
+                    min_rate=cfg.body_min_rate,
+                )
+            except Refused as exc:
+                return self.refuse(exc.refusal)
         started = time.monotonic()
-        effective = cache_key(self.req.scheme, self.req.host, self.req.raw_path)
+        effective = cache_key(self.req.scheme, self.host, self.key_target)
         try:
             response = await self.e.upstream.request(
                 self.method,
-                self.req.raw_path,
+                self.target.path_qs,
                 self._upstream_headers(),
                 body,
                 key=effective,
@@ -442,7 +483,9 @@ class Transaction:
         probe: int | None = None,
     ) -> None:
         e, entry = self.e, self.entry
-        path_qs = self.req.raw_path
+        # A fill asks for what the key names (its query as the key sees it), so
+        # every later reader of this key gets what was asked for.
+        path_qs = self.key_target
         request_headers = CIMultiDict(headers)
         if probe is not None:
             size = e.config.slice_size
@@ -510,7 +553,13 @@ class Transaction:
         e = self.e
         rp = e.response_policy(response.headers)
         decision = policy.is_storable(
-            "GET", response.status, self.request_cc, request_headers, rp, response.headers
+            "GET",
+            response.status,
+            self.request_cc,
+            request_headers,
+            rp,
+            response.headers,
+            set_cookie=e.config.set_cookie,
         )
         length_field = response.headers.get("Content-Length")
         length = int(length_field) if length_field and length_field.isdigit() else None
@@ -543,7 +592,9 @@ class Transaction:
             status=response.status,
             headers=headers,
             vary=policy.vary_key(
-                policy.vary_field_names(response.headers), request_headers, _NEGOTIATED
+                [*policy.vary_field_names(response.headers), *self.e.keyed],
+                request_headers,
+                _NEGOTIATED,
             ),
             length=length,
             storable=True,
@@ -596,7 +647,9 @@ class Transaction:
             status=200,
             headers=tuple(headers),
             vary=policy.vary_key(
-                policy.vary_field_names(response.headers), request_headers, _NEGOTIATED
+                [*policy.vary_field_names(response.headers), *self.e.keyed],
+                request_headers,
+                _NEGOTIATED,
             ),
             request_time=response.request_time,
             response_time=response.response_time,
@@ -623,7 +676,15 @@ class Transaction:
         ]
         as_whole = CIMultiDict(headers)
         rp = self.e.response_policy(as_whole)
-        storable = policy.is_storable("GET", 200, self.request_cc, request_headers, rp, as_whole)
+        storable = policy.is_storable(
+            "GET",
+            200,
+            self.request_cc,
+            request_headers,
+            rp,
+            as_whole,
+            set_cookie=self.e.config.set_cookie,
+        )
         if not storable or not sliceable(200, as_whole, total, self.e.config.slice_threshold):
             return None
         headers = policy.strip_private_fields(headers, rp)
@@ -942,6 +1003,77 @@ class Transaction:
         if self.req.transport is not None:
             self.req.transport.abort()
 
+    # -- the guard ----------------------------------------------------------------------
+
+    def _guard(self) -> Refusal | None:
+        """edge.guard's checks in order, cheapest first: framing, the target (the
+        authority too, for absolute-form), the client's rate, the method, the rules."""
+        cfg, req = self.e.config, self.req
+        refusal = guard.check_framing(
+            req.version,
+            self.method,
+            self.headers,
+            max_body=cfg.max_body_size,
+            max_header_bytes=cfg.max_header_bytes,
+        )
+        if refusal is not None:
+            return refusal
+        raw = req.raw_path
+        if not raw.startswith("/"):
+            absolute = _ABSOLUTE_FORM.match(raw)
+            if absolute is None:
+                return Refusal(400, "the request target must be a path", close=True)
+            # RFC 9112 Section 3.2.2: the target's authority replaces Host.
+            self.host, raw = absolute.group(1), absolute.group(2) or "/"
+            raw = raw if raw.startswith("/") else "/" + raw
+        target = guard.normalise_target(raw)
+        if isinstance(target, Refusal):
+            return target
+        self.target = target
+        query = guard.key_query(target.query, cfg.key_query, cfg.key_query_ignore)
+        self.key_target = target.path if query is None else f"{target.path}?{query}"
+        if self.e.limiter:
+            wait = self.e.limiter.take(self.client, self.host.lower(), target.path, self.started)
+            if wait:
+                return guard.too_many(wait)
+        refusal = guard.check_method(self.method, cfg.allowed_methods)
+        if refusal is not None:
+            return refusal
+        if self.e.rules is not None:
+            rule = self.e.rules.check(self.host, target.path, target.query, self.headers)
+            if rule is not None:
+                log.warning(
+                    "refused %s %s from %s: rule %s (%s), request id %s",
+                    self.method,
+                    target.path_qs[:200],
+                    self.client,
+                    rule.id,
+                    rule.message,
+                    self.request_id,
+                )
+                return Refusal(403, f"refused by rule {rule.id}")
+        return None
+
+    def refuse(self, refusal: Refusal) -> str:
+        """A guard refusal as a synthetic response, closing the connection when its
+        framing cannot be trusted any further."""
+        self.status.detail = "refused"
+        state = self.synth(refusal.status, refusal.reason, allow=refusal.allow)
+        assert self.response is not None
+        if refusal.retry_after:
+            self.response.headers["Retry-After"] = str(refusal.retry_after)
+        if refusal.close:
+            self.response.force_close()
+        self.e.metrics.refused.labels(self.e.config.name, str(refusal.status)).inc()
+        return state
+
+    @property
+    def request_id(self) -> str:
+        """An id for a response made here, shown to the client and logged with it."""
+        if not self._request_id:
+            self._request_id = os.urandom(8).hex()
+        return self._request_id
+
     # -- synthetic responses ----------------------------------------------------------
 
     def synth(self, code: int, reason: str, *, detail: str | None = None, allow: str = "") -> str:
@@ -963,7 +1095,8 @@ class Transaction:
             headers["Allow"] = allow
         # Upstream error text can echo upstream bytes: clients get a plain reason only.
         public = _PUBLIC_REASONS.get(detail or "", reason)
-        text = f"{code} {_reason(code)}: {public}\n"
+        text = f"{code} {_reason(code)}: {public}\nrequest id: {self.request_id}\n"
+        headers["X-Request-Id"] = self.request_id
         self.response = web.Response(status=code, text=None, body=text.encode(), headers=headers)
         self.code = code
         return "done"
@@ -983,9 +1116,13 @@ class Transaction:
         """RFC 9110 Section 7.6: forward end-to-end fields, append Via, CDN-Loop
         (RFC 8586) and the forwarding fields (edge.forwarding)."""
         cfg = self.e.config
+        # Host is the authority the guard settled on (absolute-form targets name it);
+        # unkeyed fields that could change a response are not forwarded (edge.guard).
         headers = policy.end_to_end(
-            self.headers, drop=("content-length", *forwarding.FORWARDING_FIELDS, *drop)
+            self.headers,
+            drop=("content-length", "host", *forwarding.FORWARDING_FIELDS, *self.e.unkeyed, *drop),
         )
+        headers.insert(0, ("Host", self.host))
         headers = _appended(headers, "Via", f"1.1 {cfg.name}")
         headers = _appended(headers, "CDN-Loop", forwarding.cdn_loop_entry(cfg.cdn_name, cfg.name))
         # W3C Edge Architecture: advertise this surrogate so the origin can target
@@ -995,7 +1132,7 @@ class Transaction:
             self.headers,
             peer=self.req.remote,
             scheme=self.req.scheme,
-            host=self.headers.get("Host", ""),
+            host=self.host,
             trusted=self.trusted,
         )
         return headers
@@ -1017,7 +1154,7 @@ class Transaction:
             took = (time.monotonic() - self.started) * 1000
             upstream = f"{self.upstream_ms:.1f}" if self.upstream_ms is not None else "-"
             access_log.info(
-                '%s "%s %s" %d %s bytes=%d time_ms=%.1f upstream_ms=%s walk=%s%s',
+                '%s "%s %s" %d %s bytes=%d time_ms=%.1f upstream_ms=%s%s walk=%s%s',
                 self.req.remote,
                 self.method,
                 self.req.raw_path,
@@ -1026,6 +1163,7 @@ class Transaction:
                 self.sent,
                 took,
                 upstream,
+                f" id={self._request_id}" if self._request_id else "",
                 ">".join(self.walk),
                 " client-gone" if self.client_gone else (" cut" if self.cut else ""),
             )

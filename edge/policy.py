@@ -414,10 +414,19 @@ def is_storable(
     request_headers: Headers,
     policy: ResponsePolicy,
     response_headers: Headers,
+    *,
+    set_cookie: str = "explicit",
 ) -> Decision:
     """RFC 9111 Section 3: Storing Responses in Caches (for a shared cache).
 
     Section 3.5 (Authorization) and Section 4.1 (Vary: *) are applied here too.
+
+    A response that sets a cookie is shared only when its origin said so (web cache
+    deception: a personal page reached by a URL that looks static). Section 3 lets a
+    cache store it, and Section 7.3 leaves the control to the origin's Cache-Control;
+    edge asks for it: `set_cookie` "explicit" stores it only with explicit freshness
+    (max-age, s-maxage, Expires, a targeted field) or `public`, never heuristically;
+    "public" only with public, s-maxage or a targeted field; "never" not at all.
     """
     cc = policy.effective
     if method not in CACHEABLE_METHODS:
@@ -446,6 +455,10 @@ def is_storable(
         or "s-maxage" in cc
         or (policy.targeted is None and "Expires" in response_headers)
     )
+    if set_cookie != "rfc" and "Set-Cookie" in response_headers:
+        shared = "public" in cc or "s-maxage" in cc or policy.targeted is not None
+        if set_cookie == "never" or not (shared or (set_cookie == "explicit" and explicit)):
+            return Decision(False, "sets a cookie and the origin did not say to share it", "3")
     if explicit or status in HEURISTICALLY_CACHEABLE:
         return Decision(True, "storable", "3")
     return Decision(False, f"status {status} has no explicit freshness", "3")

@@ -208,7 +208,12 @@ class DiskStore(Store):
 
     def __init__(self, directory: Path, size_limit: int) -> None:
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        # Private to the node's user: stored responses can be personal (Authorization
+        # with public, cookies an origin chose to share), and a local user must not
+        # plant a body for the node to serve.
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self.directory.stat().st_mode & 0o077:
+            self.directory.chmod(0o700)
         self.tmp = self.directory / "incoming"
         # Bodies that were still arriving when the process stopped are incomplete:
         # nothing refers to them, so they go.
