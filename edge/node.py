@@ -15,6 +15,7 @@ import logging
 import signal
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -41,6 +42,7 @@ from edge.upstream import Member, Pool, Upstreams
 log = logging.getLogger("edge.node")
 
 ADMIN_PREFIX = "/_edge/"
+ALLOWED_METHODS = web.AppKey("allowed_methods", str)
 
 
 def require_c_parser() -> None:
@@ -181,6 +183,20 @@ class _EdgeServer(Server):
         return handler
 
 
+@web.middleware
+async def _refuse_connect(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """CONNECT's authority-form target matches no route (aiohttp would say 404): a
+    cache node tunnels nothing (RFC 9110 Section 9.3.6)."""
+    if request.method == "CONNECT":
+        resp = web.Response(status=405, text="405 Method Not Allowed: CONNECT is not supported\n")
+        resp.headers["Allow"] = request.app[ALLOWED_METHODS]
+        resp.force_close()
+        return resp
+    return await handler(request)
+
+
 def _json(body: object, status: int) -> web.Response:
     return web.Response(
         text=json.dumps(body),
@@ -216,8 +232,11 @@ class EdgeNode:
     def build_app(self, *, public: bool = True, admin: bool = True) -> web.Application:
         """The public app proxies; the admin endpoints are served with it unless an
         admin listener has them (then only a bare health answer stays public)."""
-        app = web.Application(client_max_size=self.config.max_body_size)
-        app.router.add_get(ADMIN_PREFIX + "health", self._health)
+        app = web.Application(
+            client_max_size=self.config.max_body_size, middlewares=[_refuse_connect]
+        )
+        app[ALLOWED_METHODS] = ", ".join(self.config.allowed_methods)
+        app.router.add_get(ADMIN_PREFIX + "health", self._health if admin else self._health_bare)
         if admin:
             app.router.add_get(ADMIN_PREFIX + "metrics", self._metrics)
             app.router.add_post(ADMIN_PREFIX + "purge", self._purge_json)
@@ -286,6 +305,9 @@ class EdgeNode:
             max_line_size=line,
             max_field_size=field_size,
             max_headers=cfg.max_headers,
+            # After refusing an unread body, aiohttp reads on so the client sees the
+            # answer rather than a reset; 10 s of that would let a slow body hold on.
+            lingering_time=2.0,
         )
         await runner.setup()
         # The one place where aiohttp's connection handler is replaced (_GuardedHandler).
@@ -397,11 +419,14 @@ class EdgeNode:
     async def _not_here(self, request: web.Request) -> web.Response:
         return _json({"error": "not found"}, 404)
 
+    async def _health_bare(self, request: web.Request) -> web.Response:
+        """Enough for a load balancer; the node's internals are for operators."""
+        return _json({"status": "ok"}, 200)
+
     async def _health(self, request: web.Request) -> web.Response:
         assert self.engine is not None
         if not self._admin_access(request):
-            # Enough for a load balancer; the node's internals are for operators.
-            return _json({"status": "ok"}, 200)
+            return await self._health_bare(request)
         size, count = self.engine.store.stats()
         body = {
             "status": "ok",

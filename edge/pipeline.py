@@ -222,7 +222,9 @@ class Transaction:
         if self.method in policy.CACHEABLE_METHODS:
             return "hash"
         if self.method == "CONNECT":
-            return self.synth(405, "CONNECT is not supported", allow="GET, HEAD, POST")
+            return self.synth(
+                405, "CONNECT is not supported", allow=", ".join(self.e.config.allowed_methods)
+            )
         self.status.fwd = "method"
         return "pass"
 

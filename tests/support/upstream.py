@@ -28,6 +28,10 @@ Query parameters on any other path:
   leak=1           Server, X-Powered-By and a hop-by-hop field named by Connection
   tags=A B         Surrogate-Key: A B (purge tags, space-separated)
   ctags=A,B        Cache-Tag: A,B (purge tags, comma-separated)
+  nocc=1           no Cache-Control at all
+  cookie=VALUE     Set-Cookie: VALUE
+  lm=DATE          Last-Modified: DATE (an HTTP-date; "old" for one in 2020)
+  reqinfo=1        the body is JSON: method, raw target, headers, body length and body
 """
 
 from __future__ import annotations
@@ -84,7 +88,13 @@ def make_app(
         if "delay" in q or delay:
             await asyncio.sleep(float(q.get("delay", delay)))
         size = int(q.get("size", "1024"))
-        headers = {"Cache-Control": q.get("cc", "public, max-age=3600")}
+        headers = {} if "nocc" in q else {"Cache-Control": q.get("cc", "public, max-age=3600")}
+        if "cookie" in q:
+            headers["Set-Cookie"] = q["cookie"]
+        if "lm" in q:
+            headers["Last-Modified"] = (
+                "Wed, 01 Jan 2020 00:00:00 GMT" if q["lm"] == "old" else q["lm"]
+            )
         if "cdncc" in q:
             headers["CDN-Cache-Control"] = q["cdncc"]
         if "etag" in q:
@@ -114,6 +124,18 @@ def make_app(
         body = text_for(request.path, size) if "text" in q else body_for(request.path, size)
         if "echo" in q:
             body = json.dumps([[k, v] for k, v in request.headers.items()]).encode()
+            size = len(body)
+            headers["Content-Type"] = "application/json"
+        if "reqinfo" in q:
+            received = await request.read()
+            info = {
+                "method": request.method,
+                "target": request.raw_path,
+                "headers": [[k, v] for k, v in request.headers.items()],
+                "body_length": len(received),
+                "body": received.decode("latin-1"),
+            }
+            body = json.dumps(info).encode()
             size = len(body)
             headers["Content-Type"] = "application/json"
         if "ctype" in q:
