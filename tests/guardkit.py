@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import socket
 import time
 from pathlib import Path
@@ -74,8 +75,4 @@ def status_of(response: bytes) -> int:
 
 def statuses(response: bytes) -> list[int]:
     """The status codes of every response in a byte stream (pipelined answers)."""
-    out = []
-    for line in response.split(b"\r\n"):
-        if line.startswith(b"HTTP/1.") and len(line) > 12 and line[9:12].isdigit():
-            out.append(int(line[9:12]))
-    return out
+    return [int(m) for m in re.findall(rb"HTTP/1\.[01] (\d{3}) ", response)]
