@@ -231,7 +231,8 @@ class NodeConfig:
     rate_limit: float = 0.0
     rate_burst: float = 0.0
     rate_classes: tuple[dict[str, Any], ...] = ()
-    # Methods a client may use (405 otherwise).
+    # Methods a client may use (405 otherwise); "*" allows any method but CONNECT
+    # and TRACE (an unknown one is forwarded and invalidates, RFC 9111 Section 4.4).
     allowed_methods: tuple[str, ...] = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
     # Request rules (edge.waf): the shipped set on/off, a TOML file of more rules,
     # and per-host switches {host = false}.
@@ -370,7 +371,7 @@ class NodeConfig:
         except ValueError as exc:
             raise ConfigError(f"rate_classes: {exc}") from exc
         methods = tuple(m.strip().upper() for m in self.allowed_methods)
-        if not methods or not all(re.fullmatch(r"[A-Z]+", m) for m in methods):
+        if not methods or not all(re.fullmatch(r"[A-Z][A-Z-]*|\*", m) for m in methods):
             raise ConfigError(f"allowed_methods must be method names: {self.allowed_methods!r}")
         if "CONNECT" in methods or "TRACE" in methods:
             raise ConfigError("CONNECT and TRACE cannot be allowed at a cache node")

@@ -98,10 +98,26 @@ def check_framing(
 
 
 def check_method(method: str, allowed: Sequence[str]) -> Refusal | None:
-    """RFC 9110 Section 15.5.6: a method this node does not serve: 405 with Allow."""
-    if method in allowed:
+    """RFC 9110 Section 15.5.6: a method this node does not serve: 405 with Allow.
+    "*" in `allowed` admits any method but TRACE (it would echo the request's
+    fields, cookies included) and CONNECT (a cache node tunnels nothing)."""
+    if method in allowed or ("*" in allowed and method not in ("TRACE", "CONNECT")):
         return None
-    return Refusal(405, f"method {method} is not allowed", allow=", ".join(allowed))
+    return Refusal(405, f"method {method} is not allowed", allow=allow_field(allowed))
+
+
+_COMMON_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def allow_field(allowed: Sequence[str]) -> str:
+    """The Allow field for a 405: the allowed methods; "*" spelled as the common ones
+    (Allow lists methods, it has no wildcard)."""
+    names: list[str] = []
+    for m in allowed:
+        for name in _COMMON_METHODS if m == "*" else (m,):
+            if name not in names:
+                names.append(name)
+    return ", ".join(names)
 
 
 # -- the request target ---------------------------------------------------------------

@@ -235,7 +235,7 @@ class EdgeNode:
         app = web.Application(
             client_max_size=self.config.max_body_size, middlewares=[_refuse_connect]
         )
-        app[ALLOWED_METHODS] = ", ".join(self.config.allowed_methods)
+        app[ALLOWED_METHODS] = guard.allow_field(self.config.allowed_methods)
         app.router.add_get(ADMIN_PREFIX + "health", self._health if admin else self._health_bare)
         if admin:
             app.router.add_get(ADMIN_PREFIX + "metrics", self._metrics)

@@ -223,7 +223,9 @@ class Transaction:
             return "hash"
         if self.method == "CONNECT":
             return self.synth(
-                405, "CONNECT is not supported", allow=", ".join(self.e.config.allowed_methods)
+                405,
+                "CONNECT is not supported",
+                allow=guard.allow_field(self.e.config.allowed_methods),
             )
         self.status.fwd = "method"
         return "pass"

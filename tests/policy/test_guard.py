@@ -72,6 +72,9 @@ def test_method_allow_list_gives_405_with_allow() -> None:
     assert guard.check_method("GET", allowed) is None
     refusal = guard.check_method("DELETE", allowed)
     assert refusal == Refusal(405, "method DELETE is not allowed", allow="GET, HEAD")
+    assert guard.check_method("M-SEARCH", ("*",)) is None
+    assert guard.check_method("TRACE", ("*",)) is not None
+    assert guard.check_method("CONNECT", ("GET", "*")) is not None
 
 
 @pytest.mark.parametrize(
