@@ -68,6 +68,30 @@ Coordinator = Annotated[
 ]
 Region = Annotated[Optional[str], typer.Option(help="This node's region, e.g. eu.")]  # noqa: UP045
 LogLevel = Annotated[str, typer.Option(help="debug, info, warning, error.")]
+TlsCert = Annotated[
+    Optional[list[str]],  # noqa: UP045
+    typer.Option(
+        "--tls-cert",
+        help="PEM certificate chain to serve HTTPS with; repeat with --tls-key for several "
+        "(chosen by SNI, the first is the default).",
+    ),
+]
+TlsKey = Annotated[
+    Optional[list[str]],  # noqa: UP045
+    typer.Option("--tls-key", help="PEM private key of the --tls-cert in the same position."),
+]
+HttpRedirect = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(help="HOST:PORT of a plain-HTTP listener that redirects (308) to https."),
+]
+Hsts = Annotated[
+    Optional[int],  # noqa: UP045
+    typer.Option(help="Send Strict-Transport-Security: max-age=N over TLS (0: off)."),
+]
+UpstreamCa = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(help="CA bundle to verify https upstreams with (default: the system's)."),
+]
 
 
 def serve(
@@ -102,6 +126,11 @@ def serve(
     trusted_proxy: Trusted = None,
     coordinator: Coordinator = None,
     region: Region = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    http_redirect: HttpRedirect = None,
+    hsts: Hsts = None,
+    upstream_ca: UpstreamCa = None,
     config: Config = None,
     log_level: LogLevel = "info",
 ) -> None:
@@ -127,6 +156,11 @@ def serve(
         trusted_proxies=trusted_proxy,
         coordinator=coordinator,
         region=region,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        http_redirect=http_redirect,
+        hsts=hsts,
+        upstream_ca=upstream_ca,
         log_level=log_level,
     )
 
@@ -144,6 +178,11 @@ def shield(
     trusted_proxy: Trusted = None,
     coordinator: Coordinator = None,
     region: Region = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    http_redirect: HttpRedirect = None,
+    hsts: Hsts = None,
+    upstream_ca: UpstreamCa = None,
     config: Config = None,
     log_level: LogLevel = "info",
 ) -> None:
@@ -164,6 +203,11 @@ def shield(
         trusted_proxies=trusted_proxy,
         coordinator=coordinator,
         region=region,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        http_redirect=http_redirect,
+        hsts=hsts,
+        upstream_ca=upstream_ca,
         log_level=log_level,
     )
 
@@ -186,8 +230,10 @@ def start(cfg: NodeConfig) -> None:
     from edge.node import serve_forever
 
     host = cfg.host_port[0]
+    scheme = "https" if cfg.tls_cert else "http"
     ready = (
-        f"edge {cfg.role} {cfg.name}: listening on http://{host}:{{port}} -> {cfg.upstream_summary}"
+        f"edge {cfg.role} {cfg.name}: listening on {scheme}://{host}:{{port}} "
+        f"-> {cfg.upstream_summary}"
     )
     try:
         asyncio.run(serve_forever(cfg, ready))

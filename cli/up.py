@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -40,6 +41,7 @@ class Child:
     argv: list[str]
     health: str  # URL that answers 200 when ready; "" for dns (checked by a query)
     log: Path
+    ca: str = ""  # CA to verify an https health URL with (edge up --tls)
     proc: subprocess.Popen[bytes] | None = None
     restarts: list[float] | None = None
     reported: bool = False  # with --no-restart: its exit was reported
@@ -49,8 +51,8 @@ def _edge_command() -> list[str]:
     return [sys.executable, "-m", "cli.main"]
 
 
-def _url(listen: str) -> str:
-    return f"http://{listen}"
+def _url(listen: str, tls: bool = False) -> str:
+    return f"{'https' if tls else 'http'}://{listen}"
 
 
 def _healthy(child: Child) -> bool:
@@ -66,8 +68,9 @@ def _healthy(child: Child) -> bool:
             return True
         except Exception:  # any failure means not ready yet
             return False
+    context = ssl.create_default_context(cafile=child.ca) if child.ca else None
     try:
-        with urllib.request.urlopen(child.health, timeout=1) as resp:
+        with urllib.request.urlopen(child.health, timeout=1, context=context) as resp:
             return resp.status < 500
     except OSError:
         return False
@@ -93,8 +96,9 @@ def _wait(child: Child, timeout: float) -> None:
     raise RuntimeError(f"not healthy within {timeout:.0f}s")
 
 
-def plan(topology_path: Path, workdir: Path) -> list[Child]:
-    """The children of the topology, in start order."""
+def plan(topology_path: Path, workdir: Path, tls: bool = False) -> list[Child]:
+    """The children of the topology, in start order. With `tls`, edges and shields
+    serve HTTPS with certificates from a local CA in WORKDIR/tls (edge.tls)."""
     from origin.topology import TopologyError, load_topology
 
     try:
@@ -115,8 +119,35 @@ def plan(topology_path: Path, workdir: Path) -> list[Child]:
     origin_url, coordinator_url = _url(s.origin.listen), _url(s.coordinator.listen)
     children: list[Child] = []
 
+    ca: LocalCA | None = None
+    if tls:
+        from edge.tls import LocalCA
+
+        ca = LocalCA(workdir / "tls")
+    ca_file = str(ca.cert_path) if ca else ""
+
     def add(name: str, role: str, region: str, listen: str, argv: list[str], health: str) -> None:
-        children.append(Child(name, role, region, listen, argv, health, logs / f"{name}.log"))
+        secure = health.startswith("https:")
+        children.append(
+            Child(
+                name,
+                role,
+                region,
+                listen,
+                argv,
+                health,
+                logs / f"{name}.log",
+                ca_file if secure else "",
+            )
+        )
+
+    def certificate(name: str, listen: str, names: list[str]) -> list[str]:
+        """--tls-cert/--tls-key for a node, issued by the local CA (none without tls)."""
+        if ca is None:
+            return []
+        host = listen.rsplit(":", 1)[0].strip("[]")
+        cert, key = ca.issue(name, [*names, "localhost"], [host, "127.0.0.1"])
+        return ["--tls-cert", str(cert), "--tls-key", str(key)]
 
     origin_argv = ["origin", "--root", str(workdir / str(s.origin.options.get("root", "archive")))]
     origin_argv += ["--listen", s.origin.listen]
@@ -140,6 +171,7 @@ def plan(topology_path: Path, workdir: Path) -> list[Child]:
     common = ["--coordinator", coordinator_url]
     for shield in s.shields:
         argv = ["shield", "--listen", shield.listen, "--origin", origin_url, "--name", shield.name]
+        argv += certificate(shield.name, shield.listen, [shield.name])
         argv += [
             "--cache-dir",
             str(cache / shield.name),
@@ -152,9 +184,13 @@ def plan(topology_path: Path, workdir: Path) -> list[Child]:
             "core",
             shield.listen,
             [*argv, *common, "--region", "core"],
-            _url(shield.listen) + "/_edge/health",
+            _url(shield.listen, tls) + "/_edge/health",
         )
-    shield_args = [a for sh in s.shields for a in ("--shield", _url(sh.listen))]
+    shield_args = [a for sh in s.shields for a in ("--shield", _url(sh.listen, tls))]
+    if ca is not None:
+        shield_args += ["--upstream-ca", ca_file]
+    apex = topo.zone.origin.to_text().rstrip(".")
+    site_names = [n.to_text().rstrip(".") for n in topo.zone.names] + [apex, f"*.{apex}"]
     for edge in topo.edges:
         listen = edge.listen or f"{edge.ipv4}:8080"
         argv = [
@@ -168,14 +204,18 @@ def plan(topology_path: Path, workdir: Path) -> list[Child]:
             edge.name,
         ]
         argv += ["--cache-dir", str(cache / edge.name), "--cache-size", edge.cache_size]
+        argv += certificate(edge.name, listen, site_names)
         add(
             edge.name,
             "edge",
             edge.region,
             listen,
             [*argv, *common, "--region", edge.region],
-            _url(listen) + "/_edge/health",
+            _url(listen, tls) + "/_edge/health",
         )
+    if ca is not None:
+        # The GeoDNS authority probes the edges over https, trusting the local CA.
+        topology_path = _tls_topology(topology_path, workdir, ca_file)
     # The GeoDNS authority probes each edge at its listen address (origin.topology).
     add(
         s.dns.name,
@@ -186,6 +226,25 @@ def plan(topology_path: Path, workdir: Path) -> list[Child]:
         "",
     )
     return children
+
+
+def _tls_topology(path: Path, workdir: Path, ca_file: str) -> Path:
+    """A copy of the topology whose edges' health URLs are https, checked with the CA."""
+    import tomllib
+
+    from origin.topology import to_toml
+
+    raw = tomllib.loads(path.read_text())
+    for edge in raw.get("edges", []):
+        health = edge.get("health") or (
+            f"http://{edge['listen']}/_edge/health" if "listen" in edge else ""
+        )
+        if health.startswith("http://"):
+            edge["health"] = "https://" + health.removeprefix("http://")
+    raw.setdefault("health", {})["ca"] = ca_file
+    derived = workdir / "topology-tls.toml"
+    derived.write_text(to_toml(raw))
+    return derived
 
 
 def up(
@@ -199,13 +258,21 @@ def up(
     restart: Annotated[
         bool, typer.Option(help="Restart a process that dies (--no-restart: report it only).")
     ] = True,
+    tls: Annotated[
+        bool,
+        typer.Option(
+            "--tls",
+            help="Serve HTTPS at the edges and shields, with certificates from a local CA "
+            "created in WORKDIR/tls.",
+        ),
+    ] = False,
 ) -> None:
     """Start every process of the topology; print what runs where and what to try."""
     if topology is None:
         topology = Path(str(resources.files("origin") / "topologies" / "default.toml"))
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "logs").mkdir(exist_ok=True)
-    children = plan(topology, workdir)
+    children = plan(topology, workdir, tls)
     token = os.environ.get("EDGE_TOKEN") or secrets.token_urlsafe(24)
     node_token = os.environ.get("EDGE_NODE_TOKEN") or secrets.token_urlsafe(24)
     env = {**os.environ, "EDGE_TOKEN": token, "EDGE_NODE_TOKEN": node_token}
@@ -245,7 +312,7 @@ def up(
                 _wait(child, 120)
             except RuntimeError as exc:
                 fail(f"{child.name} failed to start ({exc}); see {child.log}")
-        print(_table(children, workdir, cli_config), flush=True)
+        print(_table(children, workdir, cli_config, tls), flush=True)
         while not stopping:
             for child in children:
                 assert child.proc is not None
@@ -285,8 +352,13 @@ def _restart(child: Child, env: dict[str, str]) -> None:
             print(f"edge up: giving up on {child.name} after {RESTART_LIMIT} restarts", flush=True)
 
 
-def _table(children: list[Child], workdir: Path, cli_config: Path) -> str:
-    addresses = [f"udp+tcp {c.listen}" if c.role == "dns" else _url(c.listen) for c in children]
+def _table(children: list[Child], workdir: Path, cli_config: Path, tls: bool = False) -> str:
+    def address(c: Child) -> str:
+        if c.role == "dns":
+            return f"udp+tcp {c.listen}"
+        return _url(c.listen, tls and c.role in ("edge", "shield"))
+
+    addresses = [address(c) for c in children]
     width = max(len(a) for a in addresses) + 2
     rows = [f"  {'name':<14}{'role':<13}{'region':<8}{'address':<{width}}log"]
     for c, address in zip(children, addresses, strict=True):
@@ -299,17 +371,31 @@ def _table(children: list[Child], workdir: Path, cli_config: Path) -> str:
     # A client address in the us region's loopback network (127.R.255.x).
     us_client = ".".join(us_edge.listen.rsplit(":", 1)[0].split(".")[:2]) + ".255.1"
     site = f"www.cdn.example:{port}"
+    scheme = "https" if tls else "http"
+    ca_file = workdir / "tls" / "ca.pem"
+    trust = f"--cacert {ca_file} " if tls else ""
+    tls_lines = (
+        [
+            f"HTTPS with a local CA: trust {ca_file} (curl --cacert {ca_file}, or add it to",
+            "your system's or browser's trust store).",
+            "",
+        ]
+        if tls
+        else []
+    )
     return "\n".join(
         [
             "edge is up:",
             *rows,
             "",
+            *tls_lines,
             "Try:",
-            f"  curl -si --resolve {site}:{host} http://{site}/catalogue.json | head -20",
+            f"  curl -si {trust}--resolve {site}:{host} {scheme}://{site}/catalogue.json"
+            " | head -20",
             "      (twice: a hit; Cache-Status shows the shield's entry, then the edge's)",
             f"  dig @{dns_host} -p {dns_port} www.cdn.example +short -b {us_client}",
             "      (from a us address: the us edge; try -b 127.1.255.1 and 127.3.255.1)",
-            f"  edge purge --config {cli_config} http://{site}/catalogue.json",
+            f"  edge purge --config {cli_config} {scheme}://{site}/catalogue.json",
             f"  edge status --config {cli_config}",
             "",
             f"Logs in {workdir / 'logs'}. Ctrl-C stops everything.",

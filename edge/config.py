@@ -348,7 +348,23 @@ class NodeConfig:
         if self.cache_size < 1 << 20:
             raise ConfigError("cache size must be at least 1M")
         self._validate_guard()
+        self._validate_tls()
         return self
+
+    def _validate_tls(self) -> None:
+        """Shape only; edge.tls loads and checks the files when the node starts."""
+        if len(self.tls_cert) != len(self.tls_key):
+            raise ConfigError(
+                f"--tls-cert and --tls-key come in pairs: {len(self.tls_cert)} certificate(s), "
+                f"{len(self.tls_key)} key(s)"
+            )
+        if self.http_redirect:
+            if not self.tls_cert:
+                raise ConfigError("http_redirect needs TLS (--tls-cert and --tls-key)")
+            parse_listen(self.http_redirect)
+        _positive("hsts", self.hsts, integer=True, zero=True)
+        if self.hsts and not self.tls_cert:
+            raise ConfigError("hsts needs TLS (--tls-cert and --tls-key)")
 
     def _validate_guard(self) -> None:
         """The guard's settings (edge.guard, edge.waf): each mistake one line."""

@@ -26,7 +26,7 @@ from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_server import Server
 
-from edge import forwarding, guard
+from edge import forwarding, guard, tls
 from edge.config import ConfigError, NodeConfig, parse_listen
 from edge.derive import Deriver
 from edge.fill import InFlight
@@ -223,6 +223,7 @@ class EdgeNode:
         self.started_at = time.time()
         self.runner: web.AppRunner | None = None
         self.admin_runner: web.AppRunner | None = None
+        self.redirect_runner: web.AppRunner | None = None
         self.engine: Engine | None = None
         self.port: int | None = None
         self.subscription: Subscription | None = None
@@ -249,6 +250,9 @@ class EdgeNode:
 
     async def start(self) -> None:
         require_c_parser()
+        # Certificates first: a bad file is a one-line error before anything opens.
+        cfg = self.config
+        ssl_context = tls.server_context(cfg.tls_cert, cfg.tls_key) if cfg.tls_cert else None
         store = DiskStore(self.config.cache_dir, self.config.cache_size)
         metrics = NodeMetrics(self.config.name, store.stats)
         upstream = Upstreams(self.config, on_change=self._member_changed)
@@ -284,11 +288,19 @@ class EdgeNode:
             self.admin_runner = await self._runner(self.build_app(public=False))
             admin_host, admin_port = parse_listen(self.config.admin_listen)
             await web.TCPSite(self.admin_runner, admin_host, admin_port).start()
-        host, port = self.config.host_port
-        site = web.TCPSite(self.runner, host, port, reuse_address=True)
+        cfg = self.config
+        host, port = cfg.host_port
+        site = web.TCPSite(self.runner, host, port, reuse_address=True, ssl_context=ssl_context)
         await site.start()
         sockets = self.runner.addresses
         self.port = sockets[0][1] if sockets else port
+        if cfg.http_redirect:
+            redirect = web.Application()
+            redirect.router.add_route("*", "/{tail:.*}", self._to_https)
+            redirect.on_response_prepare.append(self._set_server)
+            self.redirect_runner = await self._runner(redirect)
+            r_host, r_port = parse_listen(cfg.http_redirect)
+            await web.TCPSite(self.redirect_runner, r_host, r_port, reuse_address=True).start()
 
     async def _runner(self, app: web.Application) -> web.AppRunner:
         cfg = self.config
@@ -355,8 +367,9 @@ class EdgeNode:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self.admin_runner is not None:
-            await self.admin_runner.cleanup()
+        for extra in (self.admin_runner, self.redirect_runner):
+            if extra is not None:
+                await extra.cleanup()
         if self.runner is not None:
             await self.runner.cleanup()
         if self.engine is not None:
@@ -407,6 +420,24 @@ class EdgeNode:
         # of aiohttp's default, which would give away versions.
         if self.config.server_header and response.headers.get("Server") in (None, SERVER_SOFTWARE):
             response.headers["Server"] = self.config.server_header
+        if self.config.hsts and request.secure:
+            # RFC 6797 Section 7.2: only over a secure transport.
+            response.headers["Strict-Transport-Security"] = f"max-age={self.config.hsts}"
+
+    async def _to_https(self, request: web.Request) -> web.Response:
+        """The plain-HTTP listener: 308 to the same URL over https (method and body
+        kept, RFC 9110 Section 15.4.9), on the TLS port when it is not 443."""
+        host = request.host
+        host = host.split("]", 1)[0] + "]" if host.startswith("[") else host.rsplit(":", 1)[0]
+        authority = host if self.port == 443 else f"{host}:{self.port}"
+        return web.Response(
+            status=308,
+            text="308 Permanent Redirect\n",
+            headers={
+                "Location": f"https://{authority}{request.raw_path}",
+                "Cache-Control": "no-store",
+            },
+        )
 
     def _admin_access(self, request: web.Request) -> bool:
         """Internal callers: a peer in admin_networks, or the admin token."""

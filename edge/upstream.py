@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from yarl import URL
 from edge.balance import Balancer, Health, Member, Thresholds, observe_latency
 from edge.config import NodeConfig, PoolConfig, RouteConfig
 from edge.keys import host_of
+from edge.tls import client_context
 
 log = logging.getLogger("edge.upstream")
 
@@ -111,8 +113,10 @@ class Pool:
         connect_timeout: float,
         read_timeout: float,
         on_change: Callable[[Pool, Member, str], None] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.cfg = cfg
+        self._ssl = ssl_context
         self.members = [Member(m.url, m.weight) for m in cfg.members]
         self._bases = {m.url: URL(m.url) for m in cfg.members}
         self.balancer = Balancer(cfg.strategy)
@@ -144,6 +148,7 @@ class Pool:
             limit_per_host=self.cfg.max_connections,
             keepalive_timeout=self.cfg.keepalive_timeout,
             ttl_dns_cache=60,
+            ssl=self._ssl if self._ssl is not None else True,
         )
         self._session = aiohttp.ClientSession(
             connector=connector,
@@ -267,6 +272,7 @@ class Upstreams:
                 connect_timeout=config.upstream_connect_timeout,
                 read_timeout=config.upstream_read_timeout,
                 on_change=on_change,
+                ssl_context=client_context(config.upstream_ca) if config.upstream_ca else None,
             )
             for name, cfg in config.pool_configs.items()
         }

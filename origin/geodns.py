@@ -25,6 +25,7 @@ import ipaddress
 import logging
 import os
 import random
+import ssl
 import struct
 import time
 from collections.abc import Callable
@@ -331,8 +332,11 @@ class HealthView:
         return self.registry.get(edge.name, True)
 
     async def start(self) -> None:
+        # https health URLs are verified, with the topology's CA when it names one.
+        ssl_context = ssl.create_default_context(cafile=self.t.health.ca or None)
         self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=self.t.health.timeout)
+            timeout=aiohttp.ClientTimeout(total=self.t.health.timeout),
+            connector=aiohttp.TCPConnector(ssl=ssl_context),
         )
         if self.probes:
             self._tasks.append(asyncio.create_task(self._probe_loop()))

@@ -10,6 +10,7 @@ will start the same topology.
 from __future__ import annotations
 
 import ipaddress
+import json
 import math
 import re
 import tomllib
@@ -102,6 +103,7 @@ class HealthSettings:
     fall: int = 1
     coordinator: str = ""
     token: str = ""
+    ca: str = ""  # CA bundle for https health URLs (edge up --tls: its local CA)
 
 
 @dataclass(frozen=True)
@@ -170,6 +172,48 @@ def load_topology(path: Path) -> Topology:
     except OSError as exc:
         raise TopologyError(f"cannot read topology file {path}: {exc.strerror or exc}") from exc
     return parse_topology(raw)
+
+
+def to_toml(raw: dict[str, Any]) -> str:
+    """A parsed topology (or any TOML document as tomllib reads it) written back as
+    TOML, for `edge up` to hand a derived topology to its children. Tables become
+    sections, arrays of tables `[[...]]`, anything deeper inline."""
+
+    def key(k: str) -> str:
+        return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else json.dumps(k)
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int | float):
+            return repr(v)
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{" + ", ".join(f"{key(k)} = {value(x)}" for k, x in v.items()) + "}"
+        raise TypeError(f"cannot write {type(v).__name__} as TOML")
+
+    def is_tables(v: Any) -> bool:
+        return isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)
+
+    lines: list[str] = []
+
+    def section(path: list[str], table: dict[str, Any]) -> None:
+        plain = {k: v for k, v in table.items() if not isinstance(v, dict) and not is_tables(v)}
+        lines.extend(f"{key(k)} = {value(v)}" for k, v in plain.items())
+        for k, v in table.items():
+            if isinstance(v, dict):
+                lines.append(f"\n[{'.'.join(map(key, [*path, k]))}]")
+                section([*path, k], v)
+            elif is_tables(v):
+                for item in v:
+                    lines.append(f"\n[[{'.'.join(map(key, [*path, k]))}]]")
+                    section([*path, k], item)
+
+    section([], raw)
+    return "\n".join(lines).lstrip("\n") + "\n"
 
 
 def _table(raw: dict[str, Any], key: str, allowed: set[str]) -> dict[str, Any]:
@@ -287,7 +331,7 @@ def parse_topology(raw: dict[str, Any]) -> Topology:
             "[zone] answer_count", z.get("answer_count", 2), low=1, high=64, integer=True
         ),
     )
-    h = _table(raw, "health", {"interval", "timeout", "rise", "fall", "coordinator", "token"})
+    h = _table(raw, "health", {"interval", "timeout", "rise", "fall", "coordinator", "token", "ca"})
     health = HealthSettings(
         interval=_number("[health] interval", h.get("interval", 2.0), low=0.05, high=3600),
         timeout=_number("[health] timeout", h.get("timeout", 1.0), low=0.01, high=60),
@@ -295,6 +339,7 @@ def parse_topology(raw: dict[str, Any]) -> Topology:
         fall=_number("[health] fall", h.get("fall", 1), low=1, high=100, integer=True),
         coordinator=str(h.get("coordinator", "")),
         token=str(h.get("token", "")),
+        ca=str(h.get("ca", "")),
     )
     regions = _regions(raw.get("regions", []))
     edges = _edges(raw.get("edges", []), {r.name for r in regions})

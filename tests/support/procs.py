@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -50,13 +51,16 @@ class Proc:
         return self.popen.returncode
 
 
-def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 20) -> None:
+def wait_http(
+    url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 20, ca: str = ""
+) -> None:
+    context = ssl.create_default_context(cafile=ca) if ca else None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"process exited {proc.returncode}:\n{log.read_text()}")
         try:
-            with urllib.request.urlopen(url, timeout=1):
+            with urllib.request.urlopen(url, timeout=1, context=context):
                 return
         except urllib.error.HTTPError:
             return  # it answered
@@ -67,8 +71,15 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float
 
 
 def start(
-    cmd: list[str], port: int, log: Path, health_path: str = "/", env: dict[str, str] | None = None
+    cmd: list[str],
+    port: int,
+    log: Path,
+    health_path: str = "/",
+    env: dict[str, str] | None = None,
+    ca: str = "",
 ) -> Proc:
+    """Start `cmd` and wait until it answers on loopback (over https, trusting `ca`,
+    when one is given)."""
     out = open(log, "ab")  # noqa: SIM115 - handed to the child
     popen = subprocess.Popen(
         cmd,
@@ -78,5 +89,6 @@ def start(
         env={**os.environ, **(env or {})},
     )
     out.close()
-    wait_http(f"http://127.0.0.1:{port}{health_path}", popen, log)
+    scheme = "https" if ca else "http"
+    wait_http(f"{scheme}://127.0.0.1:{port}{health_path}", popen, log, ca=ca)
     return Proc(popen, port, log)

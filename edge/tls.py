@@ -1,0 +1,219 @@
+"""TLS for a node: the server context (certificates chosen by SNI, TLS 1.2 and 1.3
+only, modern ciphers), the client context for https upstreams, and a small local CA
+that `edge up --tls` uses to put the whole CDN on HTTPS.
+
+Owns certificate loading and checking (one-line ConfigErrors), and nothing about
+listening: edge.node passes the contexts to its sites.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from edge.config import ConfigError
+
+#: TLS 1.2 suites: forward secrecy (ECDHE) and AEAD only, no CBC, no RSA key exchange.
+#: TLS 1.3 suites are all AEAD; OpenSSL's defaults stand.
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+
+
+@dataclass(frozen=True)
+class Certificate:
+    cert: str
+    key: str
+    names: tuple[str, ...]  # DNS names of its SubjectAltName (wildcards as "*.x")
+
+
+def _names(cert_path: str) -> tuple[str, ...]:
+    try:
+        cert = x509.load_pem_x509_certificate(Path(cert_path).read_bytes())
+    except ValueError as exc:
+        raise ConfigError(f"not a PEM certificate: {cert_path}") from exc
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return ()
+    return tuple(n.lower() for n in san.get_values_for_type(x509.DNSName))
+
+
+def _context(cert: str, key: str) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_3
+    ctx.set_ciphers(TLS12_CIPHERS)
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    ctx.options |= getattr(ssl, "OP_NO_RENEGOTIATION", 0)
+    ctx.set_alpn_protocols(["http/1.1"])
+    try:
+        ctx.load_cert_chain(cert, key)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"TLS file not found: {exc.filename}") from exc
+    except ssl.SSLError as exc:
+        raise ConfigError(
+            f"TLS key {key} does not match certificate {cert} (or is not PEM): {exc.reason}"
+        ) from exc
+    return ctx
+
+
+def matches(name: str, pattern: str) -> bool:
+    """RFC 6125 Section 6.4.3: a wildcard stands for exactly one left-most label."""
+    if pattern.startswith("*."):
+        head, _, rest = name.partition(".")
+        return bool(head) and rest == pattern[2:]
+    return name == pattern
+
+
+def server_context(certs: Sequence[str], keys: Sequence[str]) -> ssl.SSLContext:
+    """The listening context: the first pair is the default; with several, the one
+    whose SubjectAltName matches the client's SNI (exact names before wildcards)."""
+    if len(certs) != len(keys):
+        raise ConfigError(
+            f"--tls-cert and --tls-key come in pairs: {len(certs)} certificate(s), "
+            f"{len(keys)} key(s)"
+        )
+    if not certs:
+        raise ConfigError("TLS needs a certificate and its key (--tls-cert, --tls-key)")
+    loaded = []
+    for cert, key in zip(certs, keys, strict=True):
+        if not os.path.isfile(cert):
+            raise ConfigError(f"TLS certificate not found: {cert}")
+        if not os.path.isfile(key):
+            raise ConfigError(f"TLS key not found: {key}")
+        loaded.append((Certificate(cert, key, _names(cert)), _context(cert, key)))
+    default = loaded[0][1]
+    if len(loaded) > 1:
+        exact = {n: ctx for c, ctx in loaded for n in c.names if not n.startswith("*.")}
+        wild = [(n, ctx) for c, ctx in loaded for n in c.names if n.startswith("*.")]
+
+        def pick(sock: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext) -> None:
+            if not server_name:
+                return
+            name = server_name.lower().rstrip(".")
+            chosen = exact.get(name) or next((c for p, c in wild if matches(name, p)), None)
+            if chosen is not None:
+                sock.context = chosen
+
+        default.sni_callback = pick
+    return default
+
+
+def client_context(ca_file: str = "") -> ssl.SSLContext:
+    """For https upstreams: verified against `ca_file` (e.g. edge up's local CA) or
+    the system's trust store."""
+    try:
+        ctx = ssl.create_default_context(cafile=ca_file or None)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"upstream CA file not found: {ca_file}") from exc
+    except ssl.SSLError as exc:
+        raise ConfigError(f"upstream CA file is not PEM: {ca_file}") from exc
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
+# -- a local CA -----------------------------------------------------------------------
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+class LocalCA:
+    """A CA kept in a directory (ca.pem, ca-key.pem private to the user), created once
+    and reused, that issues server certificates for names and addresses."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        self.cert_path = self.directory / "ca.pem"
+        self.key_path = self.directory / "ca-key.pem"
+        if not (self.cert_path.is_file() and self.key_path.is_file()):
+            self._create()
+        self.cert = x509.load_pem_x509_certificate(self.cert_path.read_bytes())
+        key = serialization.load_pem_private_key(self.key_path.read_bytes(), None)
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        self.key = key
+
+    def _create(self) -> None:
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edge local CA")])
+        now = datetime.datetime.now(datetime.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=3650))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+            .sign(key, hashes.SHA256())
+        )
+        _write_private(self.key_path, _key_pem(key))
+        self.cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+    def issue(
+        self, name: str, dns_names: Sequence[str], addresses: Sequence[str]
+    ) -> tuple[Path, Path]:
+        """A server certificate and key for `dns_names` and IP `addresses`, written as
+        NAME.pem and NAME-key.pem beside the CA; returns their paths."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.UTC)
+        alt: list[x509.GeneralName] = [x509.DNSName(n) for n in dict.fromkeys(dns_names)]
+        alt += [x509.IPAddress(ipaddress.ip_address(a)) for a in dict.fromkeys(addresses)]
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(self.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=825))
+            .add_extension(x509.SubjectAlternativeName(alt), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), False
+            )
+            .sign(self.key, hashes.SHA256())
+        )
+        cert_path = self.directory / f"{name}.pem"
+        key_path = self.directory / f"{name}-key.pem"
+        _write_private(key_path, _key_pem(key))
+        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        return cert_path, key_path
