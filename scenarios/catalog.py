@@ -19,4 +19,6 @@ SCENARIOS: dict[str, str] = {
     "conformance": "the HTTP caching test suite (http-cache-tests) against an edge",
     "bench_hits": "cache-hit throughput and latency against nginx",
     "compression": "bytes saved and CPU per MB for br, zstd and gzip on the demo texts",
+    "guard_soak": "well-behaved clients beside slowloris, a flood, range bombs, oversize "
+    "heads, smuggling and slow POSTs: their success and p99, what the abusers got",
 }
