@@ -127,9 +127,13 @@ _ESCAPE = re.compile(rb"%([0-9A-Fa-f]{2})")
 _BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 
 
+_NON_ASCII = re.compile(rb"[\x80-\xff]")
+
+
 def _normalise_escapes(part: bytes) -> bytes:
     """RFC 3986 Section 6.2.2: escapes of unreserved characters decoded, the others
-    in upper case; equivalent forms share one key and reach the origin as one."""
+    in upper case, and raw non-ASCII octets (which a URI cannot hold) escaped, so
+    equivalent forms share one key and reach the origin as one."""
 
     def fix(match: re.Match[bytes]) -> bytes:
         octet = int(match.group(1), 16)
@@ -137,7 +141,8 @@ def _normalise_escapes(part: bytes) -> bytes:
             return bytes((octet,))
         return b"%" + match.group(1).upper()
 
-    return _ESCAPE.sub(fix, part)
+    escaped = _ESCAPE.sub(fix, part)
+    return _NON_ASCII.sub(lambda m: b"%%%02X" % m.group(0)[0], escaped)
 
 
 @dataclass(frozen=True)

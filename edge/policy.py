@@ -50,7 +50,10 @@ def parse_delta_seconds(value: str | None) -> int | None:
     """
     if value is None or not value or not value.isascii() or not value.isdigit():
         return None
-    return min(int(value), MAX_DELTA)
+    # Eleven digits or more are beyond 2^31 whatever they say; int() would also refuse
+    # a string of thousands of digits (Python's integer-conversion limit).
+    significant = value.lstrip("0") or "0"
+    return MAX_DELTA if len(significant) > 10 else min(int(significant), MAX_DELTA)
 
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")

@@ -12,6 +12,18 @@ from edge.policy import Headers, parse_http_date, strong_etag_equal
 #: a server may ignore or reject such requests); the whole representation is sent.
 MAX_RANGES = 16
 
+#: What one part of a multipart/byteranges response costs beyond its bytes (boundary,
+#: Content-Type, Content-Range), rounded up: parts that would cost more than the whole
+#: representation are not worth sending (Section 14.2: "many small ranges").
+PART_OVERHEAD = 128
+
+
+def _position(digits: str, length: int) -> int:
+    """A byte position; anything past the representation is as good as its length
+    (and int() would refuse thousands of digits)."""
+    significant = digits.lstrip("0") or "0"
+    return length if len(significant) > len(str(length)) else int(significant)
+
 
 @dataclass(frozen=True)
 class ByteRange:
@@ -59,7 +71,7 @@ def parse_range(value: str | None, length: int) -> list[ByteRange] | None:
         if not first:
             if not last:
                 return None
-            suffix = int(last)
+            suffix = _position(last, length)
             if suffix == 0:
                 continue
             if length == 0:
@@ -68,8 +80,8 @@ def parse_range(value: str | None, length: int) -> list[ByteRange] | None:
                 return None
             ranges.append(ByteRange(max(0, length - suffix), length - 1))
             continue
-        start = int(first)
-        end = int(last) if last else length - 1
+        start = _position(first, length)
+        end = _position(last, length) if last else length - 1
         if last and end < start:
             return None
         if start >= length:
@@ -87,6 +99,8 @@ def parse_range(value: str | None, length: int) -> list[ByteRange] | None:
             merged[-1] = ByteRange(last_range.start, max(last_range.end, r.end))
         else:
             merged.append(r)
+    if len(merged) > 1 and sum(r.length for r in merged) + PART_OVERHEAD * len(merged) > length:
+        return None  # many small parts: the whole representation costs less
     return merged
 
 

@@ -64,6 +64,8 @@ def test_split_list(lines: list[str], members: list[str]) -> None:
         ("2147483648", MAX_DELTA),
         ("2147483649", MAX_DELTA),
         ("99999999999999999999999", MAX_DELTA),
+        ("9" * 5000, MAX_DELTA),  # beyond Python's int() digit limit: still saturates
+        ("0" * 5000 + "60", 60),
         ("-1", None),
         ("+1", None),
         ("1.5", None),

@@ -87,6 +87,8 @@ def test_method_allow_list_gives_405_with_allow() -> None:
         ("/a%2fb%3f", Target("/a%2Fb%3F", None)),  # reserved ones kept, upper-cased
         ("/q?a=%7e%2f", Target("/q", "a=~%2F")),
         ("/a..b/...", Target("/a..b/...", None)),  # not dot-segments
+        ("/caf\u00e9", Target("/caf%C3%A9", None)),  # raw non-ASCII: escaped
+        ("/caf%c3%a9", Target("/caf%C3%A9", None)),
     ],
 )
 def test_targets_are_normalised(raw: str, expected: Target) -> None:

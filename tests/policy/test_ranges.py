@@ -175,9 +175,26 @@ def test_invalid_range_is_ignored(value: str | None) -> None:
 def test_too_many_ranges_are_ignored() -> None:
     """RFC 9110 Section 14.2: a server may ignore a Range with many ranges."""
     at_limit = "bytes=" + ",".join(f"{i * 10}-{i * 10 + 1}" for i in range(MAX_RANGES))
-    assert spans(at_limit) == [(i * 10, i * 10 + 1) for i in range(MAX_RANGES)]
+    assert spans(at_limit, 100_000) == [(i * 10, i * 10 + 1) for i in range(MAX_RANGES)]
     over = "bytes=" + ",".join(f"{i * 10}-{i * 10 + 1}" for i in range(MAX_RANGES + 1))
-    assert parse_range(over, 1000) is None
+    assert parse_range(over, 100_000) is None
+
+
+def test_parts_costing_more_than_the_whole_are_not_sent() -> None:
+    """RFC 9110 Section 14.2: many small ranges whose multipart framing would cost more
+    than the representation get the whole 200 instead."""
+    small = "bytes=0-0,2-2,4-4,6-6"
+    assert spans(small, 300) is None
+    assert spans(small, 100_000) == [(0, 0), (2, 2), (4, 4), (6, 6)]
+    assert spans("bytes=0-0", 10) == [(0, 0)]  # one part has no multipart framing
+
+
+def test_positions_with_thousands_of_digits() -> None:
+    """Past the representation however long the number (and no int() overflow)."""
+    assert spans("bytes=0-" + "9" * 5000) == [(0, 999)]
+    assert spans("bytes=-" + "9" * 5000) == [(0, 999)]
+    with pytest.raises(Unsatisfiable):
+        parse_range("bytes=" + "9" * 5000 + "-", 1000)
 
 
 def test_zero_length_representation() -> None:
