@@ -231,6 +231,8 @@ class NodeConfig:
     rate_limit: float = 0.0
     rate_burst: float = 0.0
     rate_classes: tuple[dict[str, Any], ...] = ()
+    # Seconds a request over its rate is held before its 429 (0: answered at once).
+    rate_tarpit: float = 1.0
     # Methods a client may use (405 otherwise); "*" allows any method but CONNECT
     # and TRACE (an unknown one is forwarded and invalidates, RFC 9111 Section 4.4).
     allowed_methods: tuple[str, ...] = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
@@ -378,6 +380,7 @@ class NodeConfig:
             _positive(key, getattr(self, key), integer=True, zero=True)
         _positive("rate_limit", self.rate_limit, zero=True)
         _positive("rate_burst", self.rate_burst, zero=True)
+        _positive("rate_tarpit", self.rate_tarpit, zero=True)
         if self.rate_limit and self.rate_burst and self.rate_burst < 1:
             raise ConfigError("rate_burst must be at least 1")
         from edge.guard import rate_classes

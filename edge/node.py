@@ -12,6 +12,7 @@ import contextlib
 import hmac
 import json
 import logging
+import random
 import signal
 import time
 from collections import Counter
@@ -93,19 +94,19 @@ class _GuardedHandler(RequestHandler):
     _head_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
         peer = transport.get_extra_info("peername")
         self._client = peer[0] if isinstance(peer, tuple) and peer else ""
         guard = self._guard
-        if not guard.max_per_client or forwarding.is_trusted(self._client, guard.exempt):
-            return
-        if guard.open[self._client] >= guard.max_per_client:
-            if guard.metrics is not None:
-                guard.metrics.connections_refused.labels(guard.node).inc()
-            self.force_close()
-            return
-        guard.open[self._client] += 1
-        self._counted = True
+        if guard.max_per_client and not forwarding.is_trusted(self._client, guard.exempt):
+            if guard.open[self._client] >= guard.max_per_client:
+                # Before aiohttp sets anything up: a refused connection costs little.
+                if guard.metrics is not None:
+                    guard.metrics.connections_refused.labels(guard.node).inc()
+                transport.abort()
+                return
+            guard.open[self._client] += 1
+            self._counted = True
+        super().connection_made(transport)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._cancel_head_timer()
@@ -129,8 +130,12 @@ class _GuardedHandler(RequestHandler):
             and self.transport is not None
         ):
             # The first bytes of a new head (between requests, a body's bytes
-            # arrive while its request is current): its deadline starts now.
-            self._head_timer = self._loop.call_later(self._guard.header_timeout, self._head_expired)
+            # arrive while its request is current): its deadline starts now. It falls
+            # in the last quarter of header_timeout, at random, so that a crowd of
+            # slow heads sent together does not expire in one burst that stalls the
+            # loop for everyone else.
+            deadline = self._guard.header_timeout * random.uniform(0.75, 1.0)
+            self._head_timer = self._loop.call_later(deadline, self._head_expired)
 
     def _cancel_head_timer(self) -> None:
         if self._head_timer is not None:

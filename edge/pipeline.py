@@ -209,6 +209,10 @@ class Transaction:
         node does not serve; route by method."""
         refusal = self._guard()
         if refusal is not None:
+            if refusal.status == 429 and self.e.config.rate_tarpit:
+                # A client over its rate waits before it hears so: one connection then
+                # costs the node one refusal per tarpit interval, not one per request.
+                await asyncio.sleep(self.e.config.rate_tarpit)
             return self.refuse(refusal)
         cfg = self.e.config
         if forwarding.is_loop(

@@ -245,7 +245,9 @@ def test_loopback_proxies_are_not_capped_by_default(
 def test_rate_limit_per_client_gives_429_with_retry_after(
     node: NodeFactory, upstream: Proc, tmp_path: Path
 ) -> None:
-    edge = start(node, upstream, tmp_path, rate_limit=2.0, rate_burst=5, trusted_proxies=[])
+    edge = start(
+        node, upstream, tmp_path, rate_limit=2.0, rate_burst=5, trusted_proxies=[], rate_tarpit=0
+    )
     port = port_of(edge)
     codes = [status_of(exchange(port, get(port, "/r"), source="127.0.0.20")[0]) for _ in range(8)]
     assert codes[:5] == [200] * 5 and codes[5:] == [429] * 3, codes
@@ -260,6 +262,25 @@ def test_rate_limit_per_client_gives_429_with_retry_after(
     assert status_of(exchange(port, get(port, "/r"), source="127.0.0.20")[0]) == 200
 
 
+def test_a_client_over_its_rate_is_held_before_its_429(
+    node: NodeFactory, upstream: Proc, tmp_path: Path
+) -> None:
+    """The tarpit: a flood gets one refusal per connection per rate_tarpit seconds."""
+    edge = start(
+        node, upstream, tmp_path, rate_limit=0.5, rate_burst=1, trusted_proxies=[], rate_tarpit=1.0
+    )
+    port = port_of(edge)
+    assert status_of(exchange(port, get(port, "/t"), source="127.0.0.22")[0]) == 200
+    started = time.monotonic()
+    response, _ = exchange(port, get(port, "/t"), source="127.0.0.22")
+    assert status_of(response) == 429
+    assert 0.9 < time.monotonic() - started < 3
+    # Others are not held meanwhile.
+    started = time.monotonic()
+    assert status_of(exchange(port, get(port, "/t"), source="127.0.0.23")[0]) == 200
+    assert time.monotonic() - started < 0.5
+
+
 def test_rate_limit_uses_the_real_client_behind_trusted_proxies(
     node: NodeFactory, upstream: Proc, tmp_path: Path
 ) -> None:
@@ -270,6 +291,7 @@ def test_rate_limit_uses_the_real_client_behind_trusted_proxies(
         rate_limit=1.0,
         rate_burst=2,
         trusted_proxies=["127.0.0.30/32"],
+        rate_tarpit=0,
     )
     port = port_of(edge)
 
@@ -292,6 +314,7 @@ def test_rate_classes_for_a_path(node: NodeFactory, upstream: Proc, tmp_path: Pa
         tmp_path,
         trusted_proxies=[],
         rate_classes=[{"name": "search", "path": "^/search", "rate": 1, "burst": 1}],
+        rate_tarpit=0,
     )
     port = port_of(edge)
     codes = [status_of(exchange(port, get(port, "/search?q=a"))[0]) for _ in range(2)]
