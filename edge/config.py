@@ -301,6 +301,8 @@ class NodeConfig:
     upstream_connect_timeout: float = 5.0
     upstream_read_timeout: float = 30.0
     access_log: bool = True
+    # Answer repeated plain hits of small objects from memory (edge.fastpath).
+    fast_path: bool = True
     # Filled by validate(): the pools and routes in their checked form.
     pool_configs: dict[str, PoolConfig] = field(default_factory=dict, init=False, repr=False)
     route_configs: list[RouteConfig] = field(default_factory=list, init=False, repr=False)

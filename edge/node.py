@@ -18,27 +18,30 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 from aiohttp import http_parser as _http_parser
 from aiohttp import web
-from aiohttp.http import SERVER_SOFTWARE
-from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.http import SERVER_SOFTWARE, RawRequestMessage
+from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError, LineTooLong
+from aiohttp.streams import EMPTY_PAYLOAD
+from aiohttp.web_protocol import RequestHandler, _ErrInfo
 from aiohttp.web_server import Server
 
-from edge import forwarding, guard, tls
+from edge import fastpath, forwarding, guard, tls
 from edge.config import ConfigError, NodeConfig, parse_listen
 from edge.derive import Deriver
 from edge.fill import InFlight
 from edge.forwarding import parse_networks
 from edge.keys import cache_key
 from edge.metrics import CONTENT_TYPE_LATEST, NodeMetrics
-from edge.pipeline import Engine, Transaction, guard_settings
+from edge.pipeline import Engine, Transaction, access_log, guard_settings
 from edge.purge import Purge, PurgeError, Purger, Subscription
 from edge.slices import Slicer
 from edge.store import DiskStore
 from edge.upstream import Member, Pool, Upstreams
+from edge.waf import RuleSet
 
 log = logging.getLogger("edge.node")
 
@@ -64,11 +67,36 @@ class ConnectionGuard:
     header_timeout: float
     max_per_client: int
     server_header: str
+    max_header_bytes: int = 64 << 10
+    engine: Engine | None = None  # for the hit fast path (edge.fastpath)
     # Trusted proxies (edges, at a shield) carry many clients: not limited per address.
     exempt: tuple[forwarding.Network, ...] = ()
     metrics: NodeMetrics | None = None
     node: str = ""
     open: Counter[str] = field(default_factory=Counter)
+
+    _verdicts: dict[tuple[str, Any], bool] = field(default_factory=dict)
+    _counters: tuple[Any, Any] | None = None
+
+    def header_verdict(self, rules: RuleSet, host: str, raw: Any) -> bool:
+        """Whether edge.waf's header rules refuse these fields; clients send the same
+        fields request after request, so the verdict is remembered (bounded)."""
+        key = (host, raw)
+        verdict = self._verdicts.get(key)
+        if verdict is None:
+            fields = ((k.decode("latin-1"), v.decode("latin-1")) for k, v in raw)
+            verdict = rules.check_fields(host, fields) is not None
+            if len(self._verdicts) >= 4096:
+                self._verdicts.clear()
+            self._verdicts[key] = verdict
+        return verdict
+
+    def counters(self, engine: Engine) -> tuple[Any, Any]:
+        """The hit-request and bytes-sent counters of the fast path, looked up once."""
+        if self._counters is None:
+            m, name = engine.metrics, engine.config.name
+            self._counters = (m.requests.labels(name, "hit", "200"), m.bytes_sent.labels(name))
+        return self._counters
 
     def refused(self, status: int) -> None:
         if self.metrics is not None:
@@ -120,7 +148,20 @@ class _GuardedHandler(RequestHandler):
 
     def data_received(self, data: bytes) -> None:
         before = self._request_count
-        super().data_received(data)
+        if (
+            self._guard.engine is not None
+            and self._guard.engine.hot is not None
+            and self._parser is not None
+            and self._payload_parser is None
+            and not self._upgraded
+            and not self._messages
+            and self._current_request is None
+            and not self._force_close
+            and not self._close
+        ):
+            self._parse_and_serve(data)
+        else:
+            super().data_received(data)
         if self._request_count != before:
             self._cancel_head_timer()  # a whole head arrived
         elif (
@@ -136,6 +177,86 @@ class _GuardedHandler(RequestHandler):
             # loop for everyone else.
             deadline = self._guard.header_timeout * random.uniform(0.75, 1.0)
             self._head_timer = self._loop.call_later(deadline, self._head_expired)
+
+    def _parse_and_serve(self, data: bytes) -> None:
+        """aiohttp's data_received for an idle connection, with one difference: a
+        lone parsed request that the hot tier can answer is answered here, before
+        aiohttp makes a request object or wakes a task for it (edge.fastpath)."""
+        assert self._parser is not None
+        try:
+            messages, upgraded, tail = self._parser.feed_data(data)
+        except HttpProcessingError as exc:
+            messages = [(_ErrInfo(status=400, exc=exc, message=exc.message), EMPTY_PAYLOAD)]
+            upgraded, tail = False, b""
+        if (
+            len(messages) == 1
+            and not upgraded
+            and isinstance(messages[0][0], RawRequestMessage)
+            and messages[0][1] is EMPTY_PAYLOAD
+            and len(data) <= self._guard.max_header_bytes
+            and self._serve_hot(messages[0][0])
+        ):
+            self._request_count += 1
+            self._parser.message_consumed()
+            return
+        # As aiohttp does (web_protocol.RequestHandler.data_received).
+        for message in messages:
+            self._request_count += 1
+            self._messages.append(message)
+        waiter = self._waiter
+        if messages and waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        if not self._buffer_paused and len(self._messages) >= self._max_msg_queue_size:
+            self._pause_reading_for_buffer()
+        self._upgraded = upgraded
+        if upgraded and tail:
+            self._message_tail = tail
+
+    def _serve_hot(self, message: RawRequestMessage) -> bool:
+        """Answer from the hot tier if it holds this request's response and the
+        guard's per-request checks pass; False sends it the general way."""
+        engine = self._guard.engine
+        assert engine is not None and engine.hot is not None
+        key = fastpath.request_key(
+            message.method, tuple(message.version), message.path, message.raw_headers
+        )
+        if key is None or (engine.purger is not None and not engine.purger.ready):
+            return False
+        now = time.time()
+        found = engine.hot.answer(key, now)
+        if found is None:
+            return False
+        hot, data = found
+        host = key[1].decode("latin-1").lower()
+        if engine.limiter and engine.limiter.take(self._client, host, hot.path, time.monotonic()):
+            return False  # the general path takes the same decision and refuses it
+        if engine.rules is not None and self._guard.header_verdict(
+            engine.rules, host, message.raw_headers
+        ):
+            return False
+        assert self.transport is not None
+        self.transport.write(data)
+        cfg = engine.config
+        hits, sent = self._guard.counters(engine)
+        hits.inc()
+        sent.inc(len(hot.body))
+        if cfg.access_log:
+            access_log.info(
+                '%s "GET %s" 200 hit bytes=%d time_ms=0.0 upstream_ms=- walk=fast',
+                self._client,
+                message.path,
+                len(hot.body),
+            )
+        if message.should_close:
+            self.force_close()
+        else:
+            # What aiohttp does after a response on a kept-alive connection.
+            self._next_keepalive_close_time = self._loop.time() + self._keepalive_timeout
+            if self._keepalive_handle is None:
+                self._keepalive_handle = self._loop.call_at(
+                    self._next_keepalive_close_time, self._process_keepalive
+                )
+        return True
 
     def _cancel_head_timer(self) -> None:
         if self._head_timer is not None:
@@ -282,6 +403,11 @@ class EdgeNode:
             purger=purger,
             **guard_settings(self.config),
         )
+        if self.config.fast_path:
+            self.engine.hot = fastpath.HotTier(
+                lambda key, variant: any(e.variant == variant for e in store.variants(key))
+            )
+            purger.on_change.append(self.engine.hot.clear)
         self._tasks.append(asyncio.create_task(purger.sweep_forever()))
         if self.config.coordinator:
             await self._subscribe(purger)
@@ -338,6 +464,8 @@ class EdgeNode:
             metrics=self.engine.metrics if self.engine else None,
             node=cfg.name,
             exempt=parse_networks(cfg.trusted_proxies),
+            max_header_bytes=cfg.max_header_bytes,
+            engine=self.engine,
         )
         return runner
 

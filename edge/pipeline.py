@@ -27,7 +27,7 @@ from typing import IO, Any
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from edge import compress, derive, forwarding, guard, policy
+from edge import compress, derive, fastpath, forwarding, guard, policy
 from edge.cachestatus import CacheStatus
 from edge.config import NodeConfig
 from edge.derive import Deriver
@@ -68,6 +68,9 @@ _SENDFILE_MIN = 128 << 10
 #: RFC 5861 Section 4: the statuses that count as errors for stale-if-error.
 _ERROR_STATUSES = frozenset({500, 502, 503, 504})
 
+#: The walk of a plain hit, the only kind edge.fastpath repeats.
+_PLAIN_HIT = ["recv", "hash", "lookup", "hit", "deliver"]
+
 #: RFC 9112 Section 3.2.2: absolute-form, as a client talking to a proxy sends it.
 _ABSOLUTE_FORM = re.compile(r"^https?://([^/?#@]+)([/?][^#]*)?$", re.IGNORECASE)
 
@@ -106,6 +109,7 @@ class Engine:
     # Request fields dropped before forwarding (unkeyed), and those that key instead.
     unkeyed: frozenset[str] = frozenset()
     keyed: tuple[str, ...] = ()
+    hot: fastpath.HotTier | None = None  # plain hits kept for edge.fastpath
 
     def response_policy(self, headers: policy.Headers) -> ResponsePolicy:
         return policy.response_policy(
@@ -184,6 +188,7 @@ class Transaction:
         self.client_gone = False
         self.cut = False  # the body was cut short on our side (upstream broke)
         self.soft_purged = False  # the stored response must be revalidated (edge.purge)
+        self._hot_candidate = False  # delivered as stored from the entry's own file
 
     # -- the walk -------------------------------------------------------------------
 
@@ -770,6 +775,8 @@ class Transaction:
             )
             if choice.transform is not None:
                 source, length = self._derived_source(entry, choice, source)
+            else:
+                self._hot_candidate = True
         stored = derive.client_headers(stored, choice)
         headers = self._client_headers(stored, age)
         try:
@@ -950,6 +957,8 @@ class Transaction:
             )
             self.response = web.Response(status=resp.status, headers=headers, body=data)
             self.code, self.sent = resp.status, len(data)
+            if self._hot_candidate and ranges is None:
+                await self._offer_hot(data)
             return
         self.response, self.code = resp, resp.status
         await resp.prepare(self.req)
@@ -975,6 +984,46 @@ class Transaction:
             self._abort()
             return
         await resp.write_eof()
+
+    async def _offer_hot(self, body: bytes) -> None:
+        """A plain fresh hit from a small file, for an ordinary GET: send it now and
+        keep exactly what was sent for edge.fastpath to answer the same request with."""
+        hot, entry, reuse, resp = self.e.hot, self.entry, self.reuse, self.response
+        if (
+            hot is None
+            or entry is None
+            or reuse is None
+            or resp is None
+            or self.walk != _PLAIN_HIT
+            or reuse.kind != "fresh"
+            or self.code != 200
+            or self.status.detail
+            or self.soft_purged
+            # The hot key holds Accept-Encoding only: other selecting fields (Vary,
+            # keyed_headers) would need their values in it too.
+            or any(name != "accept-encoding" for name, _ in entry.vary)
+        ):
+            return
+        key = fastpath.request_key(
+            self.method, tuple(self.req.version), self.req.raw_path, self.req.raw_headers
+        )
+        if key is None:
+            return
+        await resp.prepare(self.req)
+        await resp.write_eof()
+        now = time.time()
+        hot.offer(
+            key,
+            self.key,
+            entry.variant,
+            self.target.path,
+            f"HTTP/1.1 {resp.status} {resp.reason}",
+            list(resp.headers.items()),
+            body,
+            self.e.age(entry, self.entry_headers, now),
+            reuse.lifetime,
+            now,
+        )
 
     async def _sendfile(
         self, resp: web.StreamResponse, body: IO[bytes], offset: int, count: int

@@ -227,6 +227,8 @@ class Purger:
     #: served before, since a purge may have been missed while the node was away.
     ready: bool = True
     sweep_interval: float = 5.0
+    #: Called after every purge and reset (edge.fastpath's hot tier empties itself).
+    on_change: list[Callable[[], None]] = field(default_factory=list)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     @classmethod
@@ -245,12 +247,16 @@ class Purger:
         if save:
             self.bans.save(self.directory)
         self._wake.set()
+        for listener in self.on_change:
+            listener()
         log.info("purge %s applied: %s", seq or "(local)", _describe(purge))
         return ban
 
     def reset(self, seq: int) -> None:
         """The coordinator no longer has the events this node missed: drop everything."""
         self.store.clear()
+        for listener in self.on_change:
+            listener()
         self.bans = Bans(applied=seq)
         self.bans.save(self.directory)
         log.warning("purge log compacted past this node: cache dropped, resuming at %d", seq)

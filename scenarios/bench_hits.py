@@ -255,6 +255,10 @@ def start_server(
         argv = edge_argv(
             port, f"http://127.0.0.1:{origin_port}", workdir / "edge-cache", "bench", "1G"
         )
+        # Like for like: the nginx reference runs with access_log off.
+        config = workdir / "edge.toml"
+        config.write_text("access_log = false\n")
+        argv += ["--config", str(config)]
         argv = pinned(argv, SERVER_CORE) if pin else argv
         child = procs.start("edge", argv, cwd=REPO_ROOT)
         wait_http_ok(child, f"http://127.0.0.1:{port}/_edge/health")
