@@ -24,6 +24,13 @@ def dns_command(
     log_level: Annotated[
         str, typer.Option(help="debug (each answer's decision), info, warning, error.")
     ] = "info",
+    fast_path: Annotated[
+        bool,
+        typer.Option(
+            help="Answer the common queries from precomputed wire bytes; with "
+            "--no-fast-path every query goes through dnspython (the same answers, slower)."
+        ),
+    ] = True,
 ) -> None:
     """Answer for the CDN's zone, sending each client to its nearest healthy edge."""
     from origin.topology import TopologyError, load_topology
@@ -46,7 +53,7 @@ def dns_command(
         print(f"edge dns: {topo.zone.origin} on udp+tcp {host}:{bound}", flush=True)
 
     async def main() -> None:
-        task = asyncio.create_task(serve(topo, host, port, ready))
+        task = asyncio.create_task(serve(topo, host, port, ready, fast=fast_path))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, task.cancel)

@@ -14,7 +14,9 @@ Three parts, each with one job:
   HealthView  whether each edge is up: its own HTTP probes of each edge's health URL
               (rise/fall) and, when configured, the coordinator's node registry
 
-`serve` runs them over asyncio UDP and TCP on one port.
+`serve` runs them over UDP and TCP on one port: the common queries are answered from
+precomputed wire bytes (origin/dnswire.py), UDP in batches (origin/udpbatch.py), and
+everything else by Authority through dnspython, which stays the reference.
 """
 
 from __future__ import annotations
@@ -45,7 +47,9 @@ import dns.rdatatype
 import dns.rrset
 
 from edge.balance import Health, Member, Thresholds
+from origin.dnswire import FastPath, packed_source
 from origin.topology import Address, Edge, Region, Topology
+from origin.udpbatch import open_udp
 
 log = logging.getLogger("origin.geodns")
 
@@ -67,8 +71,33 @@ class Decision:
     why: str
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where a client is, as far as answers go: every client with the same placement
+    gets the same plan, so the wire fast path keeps one plan per placement."""
+
+    home: Region
+    spot: tuple[float, float] | None  # a [[locations]] network's coordinates
+    how: str
+    scope: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The edges a placement may be answered with right now (before the weighted pick)."""
+
+    candidates: tuple[Edge, ...]
+    region: str
+    scope: int
+    why: str
+
+
 class Selector:
-    """Which edges answer a client, given the topology and who is healthy."""
+    """Which edges answer a client, given the topology and who is healthy.
+
+    decide = place (the client's region, by network or location) -> plan (the healthy
+    edges of that region or the next-nearest) -> pick (weighted, when there are more
+    than the answer size). Only the pick is random."""
 
     def __init__(self, topology: Topology, rng: random.Random | None = None) -> None:
         self.t = topology
@@ -83,38 +112,44 @@ class Selector:
     ) -> Decision:
         """`family` 4 for A, 6 for AAAA; `source_prefix` is the ECS source prefix length
         when the client was located by ECS (None: by source address)."""
+        plan = self.plan(self.place(client, source_prefix), family, healthy)
+        return Decision(self.pick(plan.candidates), plan.region, plan.scope, plan.why)
+
+    def place(self, client: Address, source_prefix: int | None = None) -> Placement:
         region, prefix, spot = self.t.locate(client)
         if region is not None:
-            home, how, scope = region, f"network /{prefix}", prefix
-        elif spot is not None:
-            home = self.t.by_distance(*spot)[0]
-            how, scope = f"location /{prefix} nearest", prefix
-        else:
-            home = self.t.default_region
-            # Unknown network: the answer holds for the client's own subnet only.
-            how, scope = "default", source_prefix if source_prefix is not None else 0
+            return Placement(region, spot, f"network /{prefix}", prefix)
+        if spot is not None:
+            nearest = self.t.by_distance(*spot)[0]
+            return Placement(nearest, spot, f"location /{prefix} nearest", prefix)
+        # Unknown network: the answer holds for the client's own subnet only.
+        scope = source_prefix if source_prefix is not None else 0
+        return Placement(self.t.default_region, spot, "default", scope)
+
+    def plan(self, place: Placement, family: int, healthy: Callable[[Edge], bool]) -> Plan:
+        home, how, scope = place.home, place.how, place.scope
         with_family = [e for e in self.t.edges if _address_of(e, family) is not None]
-        for candidate in [home, *self._nearest_others(home, spot)]:
+        for candidate in [home, *self._nearest_others(home, place.spot)]:
             up = [e for e in with_family if e.region == candidate.name and healthy(e)]
             if up:
                 why = f"{how} -> {home.name}"
                 if candidate is not home:
                     why += f", no healthy edge there: next-nearest {candidate.name}"
-                return Decision(self._pick(up), candidate.name, scope, why)
+                return Plan(tuple(up), candidate.name, scope, why)
         # Nobody healthy anywhere: a health view can be wrong, an empty answer is not.
         fallback = [e for e in with_family if e.region == home.name] or with_family
-        return Decision(self._pick(fallback), home.name, scope, f"{how}: no healthy edge anywhere")
+        return Plan(tuple(fallback), home.name, scope, f"{how}: no healthy edge anywhere")
 
     def _nearest_others(self, home: Region, spot: tuple[float, float] | None) -> list[Region]:
         lat, lon = spot if spot is not None else (home.lat, home.lon)
         return [r for r in self.t.by_distance(lat, lon) if r is not home]
 
-    def _pick(self, edges: list[Edge]) -> tuple[Edge, ...]:
+    def pick(self, edges: tuple[Edge, ...]) -> tuple[Edge, ...]:
         """At most answer_count edges, a weighted sample without replacement
         (Efraimidis and Spirakis: the largest u^(1/w) win)."""
         n = self.t.zone.answer_count
         if len(edges) <= n:
-            return tuple(edges)
+            return edges
         keyed = sorted(edges, key=lambda e: self.rng.random() ** (1.0 / e.weight), reverse=True)
         return tuple(keyed[:n])
 
@@ -172,7 +207,12 @@ class Authority:
                 self.existing.add(name)
                 name = name.parent()
 
-    def respond(self, wire: bytes, source: Address, *, tcp: bool) -> bytes | None:
+    def respond(
+        self, wire: bytes, source: Address, *, tcp: bool, explain: bool = True
+    ) -> bytes | None:
+        """The response to one message, or None to say nothing. `explain`: log each
+        geographic decision at debug level (not when the fast path renders an answer
+        ahead of time)."""
         try:
             query = dns.message.from_wire(wire)
         except dns.message.ShortHeader:
@@ -193,7 +233,7 @@ class Authority:
         if len(query.question) != 1:
             response.set_rcode(dns.rcode.FORMERR)
             return response.to_wire()
-        self._answer(query, response, source)
+        self._answer(query, response, source, explain)
         limit = (
             65535
             if tcp
@@ -208,7 +248,11 @@ class Authority:
             return response.to_wire(max_size=limit)
 
     def _answer(
-        self, query: dns.message.Message, response: dns.message.Message, source: Address
+        self,
+        query: dns.message.Message,
+        response: dns.message.Message,
+        source: Address,
+        explain: bool = True,
     ) -> None:
         q = query.question[0]
         qname, rdtype = q.name, q.rdtype
@@ -238,7 +282,7 @@ class Authority:
             response.answer.append(rrset)
             self._glue(response)
         elif rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA) and qname in self.zone.names:
-            scope = self._edges(qname, rdtype, response, source, ecs)
+            scope = self._edges(qname, rdtype, response, source, ecs, explain)
         elif rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA) and qname in self.zone.glue:
             want = 4 if rdtype == dns.rdatatype.A else 6
             addrs = [str(a) for a in self.zone.glue[qname] if a.version == want]
@@ -266,6 +310,7 @@ class Authority:
         response: dns.message.Message,
         source: Address,
         ecs: dns.edns.ECSOption | None,
+        explain: bool = True,
     ) -> int:
         family = 4 if rdtype == dns.rdatatype.A else 6
         client, prefix = source, None
@@ -275,6 +320,22 @@ class Authority:
         rdatas = [
             self.rdata[(e.name, family)] for e in decision.edges if (e.name, family) in self.rdata
         ]
+        if explain:
+            self.explain(qname, rdtype, source, ecs, decision)
+        if rdatas:
+            response.answer.append(dns.rrset.from_rdata_list(qname, self.zone.ttl, rdatas))
+        else:
+            self._negative(response)  # no edge has an address of this family
+        return decision.scope if ecs is not None and ecs.srclen > 0 else 0
+
+    def explain(
+        self,
+        qname: dns.name.Name,
+        rdtype: int,
+        source: Address,
+        ecs: dns.edns.ECSOption | None,
+        decision: Decision,
+    ) -> None:
         log.debug(
             "%s %s from %s%s: region %s, %s (%s)",
             qname,
@@ -285,11 +346,6 @@ class Authority:
             ", ".join(e.name for e in decision.edges) or "none",
             decision.why,
         )
-        if rdatas:
-            response.answer.append(dns.rrset.from_rdata_list(qname, self.zone.ttl, rdatas))
-        else:
-            self._negative(response)  # no edge has an address of this family
-        return decision.scope if ecs is not None and ecs.srclen > 0 else 0
 
     def _negative(self, response: dns.message.Message) -> None:
         """RFC 2308 Section 3: the SOA in the authority section, for negative caching."""
@@ -389,41 +445,48 @@ class HealthView:
 # -- sockets --------------------------------------------------------------------------------
 
 
-class _Udp(asyncio.DatagramProtocol):
-    def __init__(self, authority: Authority) -> None:
+class _Answers:
+    """Each message to the fast path first, then to Authority.respond; one bad packet
+    never stops the server."""
+
+    def __init__(self, authority: Authority, fast: FastPath | None) -> None:
         self.authority = authority
-        self.transport: asyncio.DatagramTransport | None = None
+        self.fast = fast
+        self.sync = fast.sync if fast is not None else _nothing
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+    def udp(self, wire: bytes, source: bytes) -> bytes | None:
+        return self.respond(wire, source, False)
 
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+    def respond(self, wire: bytes, source: bytes, tcp: bool) -> bytes | None:
         try:
-            source = ipaddress.ip_address(addr[0])
-            reply = self.authority.respond(data, source, tcp=False)
-        except Exception:  # one bad packet must never stop the server
-            log.exception("error answering a UDP query from %s", addr[0])
-            reply = _formerr(data)
-        if reply is not None and self.transport is not None:
-            self.transport.sendto(reply, addr)
+            if self.fast is not None:
+                reply = self.fast.answer(wire, source, tcp)
+                if reply is not None:
+                    return reply
+            return self.authority.respond(wire, ipaddress.ip_address(source), tcp=tcp)
+        except Exception:
+            peer = ipaddress.ip_address(source)
+            log.exception("error answering a %s query from %s", "TCP" if tcp else "UDP", peer)
+            return _formerr(wire)
+
+
+def _nothing() -> None:
+    pass
 
 
 async def _tcp_client(
-    authority: Authority, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    answers: _Answers, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 ) -> None:
     """RFC 7766: length-prefixed messages, several per connection, until idle."""
     peer = writer.get_extra_info("peername")
-    source = ipaddress.ip_address(peer[0])
+    source = packed_source(peer[0])
     try:
         while True:
             head = await asyncio.wait_for(reader.readexactly(2), TCP_IDLE)
             (length,) = struct.unpack("!H", head)
             wire = await asyncio.wait_for(reader.readexactly(length), TCP_IDLE)
-            try:
-                reply = authority.respond(wire, source, tcp=True)
-            except Exception:
-                log.exception("error answering a TCP query from %s", peer[0])
-                reply = _formerr(wire)
+            answers.sync()
+            reply = answers.respond(wire, source, True)
             if reply is None:
                 break
             writer.write(struct.pack("!H", len(reply)) + reply)
@@ -437,24 +500,31 @@ async def _tcp_client(
 
 
 async def serve(
-    topology: Topology, host: str, port: int, ready: Callable[[int], None] | None = None
+    topology: Topology,
+    host: str,
+    port: int,
+    ready: Callable[[int], None] | None = None,
+    *,
+    fast: bool = True,
 ) -> None:
-    """Answer on UDP and TCP host:port until cancelled."""
+    """Answer on UDP and TCP host:port until cancelled. `fast`: answer the common
+    queries on the wire-level fast path (origin/dnswire.py); without it every query goes
+    through dnspython's messages (the same answers, for comparison)."""
     view = HealthView(topology)
     await view.start()
     authority = Authority(topology, Selector(topology), view.healthy)
-    loop = asyncio.get_running_loop()
+    answers = _Answers(authority, FastPath(authority, OUR_PAYLOAD) if fast else None)
     tcp = await asyncio.start_server(
-        lambda r, w: _tcp_client(authority, r, w), host, port, reuse_address=True
+        lambda r, w: _tcp_client(answers, r, w), host, port, reuse_address=True
     )
     bound = tcp.sockets[0].getsockname()[1]
-    udp, _ = await loop.create_datagram_endpoint(lambda: _Udp(authority), local_addr=(host, bound))
+    close_udp = await open_udp(host, bound, answers.udp, answers.sync)
     if ready is not None:
         ready(bound)
     try:
         await asyncio.Event().wait()
     finally:
-        udp.close()
+        close_udp()
         tcp.close()
         await tcp.wait_closed()
         await view.close()
