@@ -211,12 +211,14 @@ class FastPath:
 
     def sync(self) -> None:
         """Notice health changes (call before each batch of queries): plans made under
-        another health state are made again when next used."""
+        another health state are made again when next used, and the remembered replies
+        are dropped: a new table, so that a reply being composed meanwhile (UDP has a
+        thread of its own) goes into the old one."""
         state = tuple(map(self.healthy, self.edges))
         if state != self.state:
             self.state = state
             self.gen += 1
-            self.replies.clear()
+            self.replies = {}
 
     def answer(self, wire: bytes, source: bytes, tcp: bool) -> bytes | None:
         """The response to `wire` from `source` (its packed address), or None."""
@@ -224,19 +226,26 @@ class FastPath:
         # a function of the rest of the query, the source and health, but for the order
         # of its records.
         key = source + wire[2:]
-        replies = self.replies.get(key)
+        memo = self.replies
+        replies = memo.get(key)
         if replies is None or tcp:
-            replies = self._compose(wire, source, tcp, key)
+            replies = self._compose(wire, source, tcp)
             if replies is None:
                 return None
+            if replies[0] and not tcp:
+                if len(memo) >= TABLE_LIMIT:
+                    memo.clear()
+                memo[key] = replies[1]
+            replies = replies[1]
         if len(replies) == 1:
             return wire[:2] + replies[0]
         return wire[:2] + replies[int(random.random() * len(replies))]
 
     def _compose(
-        self, wire: bytes, source: bytes, tcp: bool, key: bytes
-    ) -> tuple[bytes, ...] | None:
-        """The reply after its ID, in each order its records may come in."""
+        self, wire: bytes, source: bytes, tcp: bool
+    ) -> tuple[bool, tuple[bytes, ...]] | None:
+        """The reply after its ID, in each order its records may come in, and whether
+        the same query from the same place may be given it again."""
         try:
             # QR, opcode; one question, nothing else but perhaps one additional record.
             if wire[2] & 0xF8 or wire[4:10] != _ONE_QUESTION or wire[10]:
@@ -290,11 +299,7 @@ class FastPath:
                 replies = (bytes((head[0] | _TC, head[1])) + counts + asked + opt,)
         except (IndexError, struct.error):
             return None
-        if keep and not tcp:
-            if len(self.replies) >= TABLE_LIMIT:
-                self.replies.clear()
-            self.replies[key] = replies
-        return replies
+        return keep, replies
 
     # -- the geographic answer ----------------------------------------------------------
 
