@@ -2,6 +2,7 @@
 
     python -m scenarios.dns_throughput                   # 10 s per pass, both servers
     python -m scenarios.dns_throughput --duration 3 --skip-reference
+    python -m scenarios.dns_throughput --rounds 5        # medians of 5 alternating rounds
 
 Owns: the topology edge dns serves and the equivalent static zone for the reference
 (Knot DNS, `knotd` from Debian's knot package, every file of it in a temporary folder),
@@ -21,6 +22,11 @@ mix. dnsperf 2.10 (Debian 12) prints no latency histogram or percentiles: the fi
 are mean, min, max and standard deviation. At full speed latency is mostly queueing
 (outstanding queries / queries per second).
 
+Each pass also records the server's CPU time (user + system, from /proc) per completed
+query: on a shared machine the queries per second move with whatever else runs, the
+CPU a query costs much less. Near 100k queries/s dnsperf's own core is the limit: a
+server that keeps up shows it by using less than all of its core.
+
 Exit 1 when a spot check fails, the two servers answer differently, or a pass of edge
 dns loses over 1% of its queries or answers any with an rcode other than NOERROR or
 NXDOMAIN. Installs nothing: a missing tool is one line naming its Debian package.
@@ -32,7 +38,9 @@ import argparse
 import ipaddress
 import json
 import math
+import os
 import re
+import statistics
 import subprocess
 import tempfile
 import time
@@ -390,6 +398,16 @@ def dnsperf(load: Load, port: int, *, ecs: bool) -> dict[str, Any]:
     return parse_dnsperf(text)
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process so far, from /proc (None where there is none)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()  # after the command name, which may hold spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def measure(
     name: str, argv: list[str], port: int, work: Path, load: Load, *, checks: bool
 ) -> tuple[dict[str, Any], dict[str, list[str]], list[str]]:
@@ -402,7 +420,13 @@ def measure(
         seen = answers(port)
         results = {}
         for kind, ecs in (("plain", False), ("ECS", True)):
-            results[kind] = dnsperf(load, port, ecs=ecs)
+            before = cpu_seconds(child.proc.pid)
+            results[kind] = r = dnsperf(load, port, ecs=ecs)
+            after = cpu_seconds(child.proc.pid)
+            if before is not None and after is not None and r.get("completed"):
+                r["server_cpu_s"] = round(after - before, 2)
+                r["server_cpu_pct"] = round(100 * (after - before) / r["run_s"], 1)
+                r["cpu_us_per_query"] = round(1e6 * (after - before) / r["completed"], 2)
             if not child.alive():
                 raise ScenarioError(f"{name} exited during the {kind} pass:\n{child.tail()}")
     return results, seen, problems
@@ -417,6 +441,31 @@ def _version(argv: list[str], pattern: str) -> str | None:
     return m.group(1) if m else None
 
 
+def round_ratio(
+    this: dict[str, dict[str, Any]], field: str, *, edge_over_reference: bool
+) -> dict[str, float]:
+    """Per pass, edge dns's `field` over the reference's in one round (or the inverse)."""
+    if REFERENCE not in this:
+        return {}
+    out = {}
+    for kind, r in this[EDGE].items():
+        ours, theirs = r.get(field), this[REFERENCE][kind].get(field)
+        if ours and theirs:
+            out[kind] = ours / theirs if edge_over_reference else theirs / ours
+    return out
+
+
+def median_ratios(rounds: list[dict[str, float]]) -> dict[str, float]:
+    kinds = [kind for kind in rounds[0] if all(kind in r for r in rounds)] if rounds else []
+    return {kind: statistics.median(r[kind] for r in rounds) for kind in kinds}
+
+
+def median_pass(passes: list[dict[str, Any]]) -> dict[str, Any]:
+    """The pass with the median queries per second (the lower middle one of an even count)."""
+    ordered = sorted(passes, key=lambda r: r["qps"])
+    return ordered[(len(ordered) - 1) // 2]
+
+
 def render(report: dict[str, Any]) -> str:
     c, v = report["config"], report["versions"]
     tools = f"dnsperf {v['dnsperf']}" + (f", Knot DNS {v['knot']}" if "knot" in v else "")
@@ -426,19 +475,40 @@ def render(report: dict[str, Any]) -> str:
         f"1 thread, {c['outstanding']} outstanding; pinned: {pin}",
         "",
         f"{'server':<16}{'pass':<7}{'qps':>9}{'lost %':>8}{'avg ms':>8}{'min ms':>8}"
-        f"{'max ms':>8}{'sd ms':>7}",
+        f"{'max ms':>8}{'sd ms':>7}{'cpu %':>7}{'cpu us/q':>10}",
     ]
     for server, passes in report["results"].items():
         for kind, r in passes.items():
             ms = [1000 * r.get(f"latency_{k}_s", 0.0) for k in ("avg", "min", "max", "stddev")]
+            cpu = (
+                f"{r['server_cpu_pct']:>7.0f}{r['cpu_us_per_query']:>10.1f}"
+                if "cpu_us_per_query" in r
+                else f"{'-':>7}{'-':>10}"
+            )
             lines.append(
                 f"{server:<16}{kind:<7}{r['qps']:>9.0f}{r['lost_pct']:>8.2f}"
                 + "".join(f"{v:>8.2f}" for v in ms[:3])
                 + f"{ms[3]:>7.2f}"
+                + cpu
             )
+    if len(report.get("rounds", [])) > 1:
+        lines += [
+            "",
+            f"each round's ratios ({len(report['rounds'])} rounds, who goes first alternates):",
+        ]
+        for i, r in enumerate(report["rounds"], 1):
+            qps = ", ".join(f"{kind} {v:.3f}" for kind, v in r["qps"].items())
+            cpu = ", ".join(f"{kind} {v:.3f}" for kind, v in r["cpu"].items())
+            lines.append(f"  {i}: qps {qps}; CPU per query {cpu}")
+        lines.append(
+            "the table: each server's median round; the ratios below: medians of the rounds'"
+        )
     if report["ratios"]:
         ratio = ", ".join(f"{kind} {v:.3f}" for kind, v in report["ratios"].items())
         lines += ["", f"qps {EDGE} / {REFERENCE}: {ratio}"]
+    if report.get("cpu_ratios"):
+        ratio = ", ".join(f"{kind} {v:.3f}" for kind, v in report["cpu_ratios"].items())
+        lines += [f"CPU per query {REFERENCE} / {EDGE} (above 1: edge dns cheaper): {ratio}"]
     return "\n".join(lines)
 
 
@@ -450,7 +520,8 @@ def run(args: argparse.Namespace) -> int:
     versions = {"dnsperf": _version([dnsperf_tool, "-H"], r"Version (\S+)")}
     if knotd is not None:
         versions["knot"] = _version([knotd, "--version"], r"version (\S+)")
-    results: dict[str, dict[str, Any]] = {}
+    rounds: list[dict[str, dict[str, Any]]] = []
+    problems: list[str] = []
     with tempfile.TemporaryDirectory(prefix="edge-dns-") as tmp:
         work = Path(tmp)
         queries = work / "queries.txt"
@@ -458,34 +529,54 @@ def run(args: argparse.Namespace) -> int:
         load = Load(dnsperf_tool, queries, lines, args.duration, args.clients, args.outstanding)
         topology = work / "topology.toml"
         topology.write_text(topology_toml())
-        port = free_port()
-        edge_argv = edge_command(
-            "dns", "--listen", f"127.0.0.1:{port}", "--topology", str(topology)
-        )
-        argv = [*edge_argv, "--log-level", "warning"]
-        results[EDGE], edge_answers, problems = measure(
-            "edge-dns", argv, port, work, load, checks=True
-        )
-        if knotd is not None:
+
+        def edge_dns(first: bool) -> tuple[dict[str, Any], dict[str, list[str]], list[str]]:
+            port = free_port()
+            argv = edge_command("dns", "--listen", f"127.0.0.1:{port}", "--topology", str(topology))
+            argv += ["--log-level", "warning"]
+            return measure("edge-dns", argv, port, work, load, checks=first)
+
+        def knot() -> tuple[dict[str, Any], dict[str, list[str]], list[str]]:
+            assert knotd is not None
             kport = free_port()
             kargv = write_knot(work / "knot", kport, knotd)
-            results[REFERENCE], ref_answers, _ = measure(
-                "knotd", kargv, kport, work, load, checks=False
-            )
+            return measure("knotd", kargv, kport, work, load, checks=False)
+
+        for i in range(args.rounds):
+            # Alternate who goes first, so a neighbour's load that comes or goes during a
+            # round weighs on both servers alike over the rounds.
+            this: dict[str, dict[str, Any]] = {}
+            order = [EDGE, REFERENCE] if i % 2 == 0 else [REFERENCE, EDGE]
+            for server in order:
+                if server == EDGE:
+                    this[EDGE], seen, found = edge_dns(i == 0)
+                    problems += found
+                    if i == 0:
+                        edge_answers = seen
+                elif knotd is not None:
+                    this[REFERENCE], seen, _ = knot()
+                    if i == 0:
+                        ref_answers = seen
+            rounds.append(this)
+        if knotd is not None:
             problems += differences(edge_answers, ref_answers)
-    for kind, r in results[EDGE].items():
-        if r["lost_pct"] > 100 * MAX_LOST:
-            problems.append(f"edge dns lost {r['lost_pct']:.2f}% of the {kind} pass's queries")
-        odd = {code: n for code, n in r["rcodes"].items() if code not in ("NOERROR", "NXDOMAIN")}
-        if odd:
-            problems.append(f"edge dns answered {odd} in the {kind} pass")
-    ratios = {}
-    if REFERENCE in results:
-        ratios = {
-            kind: r["qps"] / results[REFERENCE][kind]["qps"]
-            for kind, r in results[EDGE].items()
-            if results[REFERENCE][kind]["qps"] > 0
-        }
+    for this in rounds:
+        for kind, r in this[EDGE].items():
+            if r["lost_pct"] > 100 * MAX_LOST:
+                problems.append(f"edge dns lost {r['lost_pct']:.2f}% of the {kind} pass's queries")
+            odd = {c: n for c, n in r["rcodes"].items() if c not in ("NOERROR", "NXDOMAIN")}
+            if odd:
+                problems.append(f"edge dns answered {odd} in the {kind} pass")
+    round_ratios = [round_ratio(this, "qps", edge_over_reference=True) for this in rounds]
+    round_cpu = [
+        round_ratio(this, "cpu_us_per_query", edge_over_reference=False) for this in rounds
+    ]
+    ratios, cpu_ratios = median_ratios(round_ratios), median_ratios(round_cpu)
+    # The table shows, per server and pass, the round with the median queries per second.
+    results = {
+        server: {kind: median_pass([this[server][kind] for this in rounds]) for kind in passes}
+        for server, passes in rounds[0].items()
+    }
     report: dict[str, Any] = {
         "config": {
             "duration_s": args.duration,
@@ -498,6 +589,8 @@ def run(args: argparse.Namespace) -> int:
         "versions": versions,
         "results": results,
         "ratios": ratios,
+        "cpu_ratios": cpu_ratios,
+        "rounds": [{"qps": q, "cpu": c} for q, c in zip(round_ratios, round_cpu, strict=True)],
         "problems": problems,
         "seconds": round(time.monotonic() - started, 1),
     }
@@ -523,9 +616,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=100,
         help="queries in flight at most, -q (100, dnsperf's default)",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure both servers this many times, alternating who goes first; the "
+        "ratios are the medians of each round's (1)",
+    )
     parser.add_argument("--skip-reference", action="store_true", help="edge dns only")
     parser.add_argument("--out", default="", help="JSON report path")
     args = parser.parse_args(argv)
+    if not 1 <= args.rounds <= 20:
+        parser.error("--rounds must be 1 to 20")
     if not 1 <= args.duration <= 120:
         parser.error("--duration must be 1 to 120 seconds")
     if not 1 <= args.clients <= 256 or not 1 <= args.outstanding <= 10_000:
