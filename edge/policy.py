@@ -26,6 +26,11 @@ SPEC = "https://www.rfc-editor.org/rfc/rfc9111"
 #: RFC 9111 Section 1.2.2: a delta-seconds too large to represent is 2^31.
 MAX_DELTA = 2147483648
 
+#: RFC 9110 Section 5.6.3: optional whitespace is SP and HTAB, nothing else. str.strip()
+#: would also take NBSP, vertical tab, the C0 separators and more, and so accept
+#: `max-age=60\x0b` or `5\xa0` as valid where the grammar does not.
+OWS = " \t"
+
 
 class Headers(Protocol):
     """The read side of a case-insensitive multi-mapping (multidict.CIMultiDict)."""
@@ -62,7 +67,8 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 def split_list(values: Iterable[str]) -> list[str]:
     """RFC 9110 Section 5.6.1: split field lines into list members.
 
-    Commas inside quoted strings do not split; empty members are dropped.
+    Commas inside quoted strings do not split; empty members are dropped, and OWS
+    around a member (Section 5.6.3: SP and HTAB only) is removed.
     """
     members: list[str] = []
     for line in values:
@@ -79,13 +85,13 @@ def split_list(values: Iterable[str]) -> list[str]:
                 current.append(ch)
                 in_quotes = not in_quotes
             elif ch == "," and not in_quotes:
-                member = "".join(current).strip()
+                member = "".join(current).strip(OWS)
                 if member:
                     members.append(member)
                 current = []
             else:
                 current.append(ch)
-        member = "".join(current).strip()
+        member = "".join(current).strip(OWS)
         if member:
             members.append(member)
     return members
@@ -146,12 +152,15 @@ def parse_cache_control(values: Iterable[str]) -> CacheControl:
     quoted: set[str] = set()
     for member in split_list(values):
         name, sep, arg = member.partition("=")
-        name = name.strip().lower()
+        name = name.strip(OWS)
+        # Section 5.2: a directive name is a token, checked before lower-casing:
+        # str.lower() maps some non-ASCII letters onto ASCII (KELVIN SIGN to "k").
         if not name or not _TOKEN.fullmatch(name):
             continue
+        name = name.lower()
         value: str | None = None
         if sep:
-            arg = arg.strip()
+            arg = arg.strip(OWS)
             if arg.startswith('"'):
                 quoted.add(name)
             value = _unquote(arg)
@@ -185,6 +194,22 @@ def is_sf_dictionary(values: Iterable[str]) -> bool:
     return all(_SF_MEMBER.fullmatch(m.strip()) for m in split_list([text]))
 
 
+def _unquoted_semicolon(member: str) -> int:
+    """Where the parameters of a list member start: its first `;` outside a quoted
+    string (RFC 9110 Section 5.6.4; RFC 8941 Section 3.1.2), or -1."""
+    in_quotes = escaped = False
+    for i, ch in enumerate(member):
+        if escaped:
+            escaped = False
+        elif ch == "\\" and in_quotes:
+            escaped = True
+        elif ch == '"':
+            in_quotes = not in_quotes
+        elif ch == ";" and not in_quotes:
+            return i
+    return -1
+
+
 def parse_targeted(
     values: Iterable[str], targets: Sequence[str] | None = None
 ) -> CacheControl | None:
@@ -202,17 +227,22 @@ def parse_targeted(
     kept: list[str] = []
     wanted = {t.lower() for t in targets} if targets is not None else None
     for member in split_list(lines):
-        directive, sep, target = member.partition(";")
-        if sep and wanted is not None and target.strip().lower() not in wanted:
+        # A `;` inside a quoted argument (no-cache="a;b") is not a parameter.
+        cut = _unquoted_semicolon(member)
+        directive = member if cut < 0 else member[:cut]
+        if cut >= 0 and wanted is not None and member[cut + 1 :].strip(OWS).lower() not in wanted:
             continue
-        kept.append(directive.strip())
+        kept.append(directive.strip(OWS))
     if wanted is None:
         # RFC 8941 Section 4.2.2: in a Dictionary, a repeated key takes the last value.
         last: dict[str, str] = {}
         for directive in kept:
-            last[directive.partition("=")[0].strip().lower()] = directive
+            name = directive.partition("=")[0].strip(OWS)
+            last[name.lower() if name.isascii() else name] = directive
         kept = list(last.values())
-    cc = parse_cache_control([", ".join(kept)])
+    # One directive a line: joined and split again, a member with an unbalanced quote
+    # would swallow the members after it.
+    cc = parse_cache_control(kept)
     return cc if cc.directives else None
 
 
@@ -221,9 +251,13 @@ _LONG_DAY = r"(?:monday|tuesday|wednesday|thursday|friday|saturday|sunday)"
 _MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
 _MON = "(" + "|".join(_MONTHS) + ")"
 _TIME = r"(\d{2}):(\d{2}):(\d{2})"
-_IMF_FIXDATE = re.compile(rf"{_DAY}, (\d{{2}}) {_MON} (\d{{4}}) {_TIME} gmt", re.IGNORECASE)
-_RFC850 = re.compile(rf"{_LONG_DAY}, (\d{{2}})-{_MON}-(\d{{2}}) {_TIME} gmt", re.IGNORECASE)
-_ASCTIME = re.compile(rf"{_DAY} {_MON} ([ \d]\d) {_TIME} (\d{{4}})", re.IGNORECASE)
+# re.ASCII: DIGIT is 0-9 only (RFC 5234 Appendix B.1), where \d would take any Unicode
+# digit ("\u0660\u0666" for "06"), and case-insensitive matching stays within ASCII,
+# where it would take LONG S for "s" ("\u017fun" for "Sun") and KELVIN SIGN for "k".
+_DATE_FLAGS = re.IGNORECASE | re.ASCII
+_IMF_FIXDATE = re.compile(rf"{_DAY}, (\d{{2}}) {_MON} (\d{{4}}) {_TIME} gmt", _DATE_FLAGS)
+_RFC850 = re.compile(rf"{_LONG_DAY}, (\d{{2}})-{_MON}-(\d{{2}}) {_TIME} gmt", _DATE_FLAGS)
+_ASCTIME = re.compile(rf"{_DAY} {_MON} ([ \d]\d) {_TIME} (\d{{4}})", _DATE_FLAGS)
 
 
 def parse_http_date(value: str | None, now: float | None = None) -> float | None:
@@ -233,10 +267,11 @@ def parse_http_date(value: str | None, now: float | None = None) -> float | None
     names case-insensitively; anything else ("UTC", a two-digit year in IMF-fixdate,
     missing comma, extra spaces, one-digit hour) is invalid and returns None.
     A two-digit rfc850 year more than 50 years ahead of `now` is in the past century.
+    A leap second (second 60, which RFC 5322 Section 3.3 allows) is the next second.
     """
     if not value:
         return None
-    text = value.strip()
+    text = value.strip(OWS)
     if m := _IMF_FIXDATE.fullmatch(text):
         day, mon, year, hh, mm, ss = m.groups()
     elif m := _RFC850.fullmatch(text):
@@ -251,6 +286,7 @@ def parse_http_date(value: str | None, now: float | None = None) -> float | None
         mon, day, hh, mm, ss, year = m.groups()
     else:
         return None
+    leap = ss == "60"
     try:
         moment = datetime(
             int(year),
@@ -258,12 +294,12 @@ def parse_http_date(value: str | None, now: float | None = None) -> float | None
             int(day),
             int(hh),
             int(mm),
-            int(ss),
+            59 if leap else int(ss),
             tzinfo=UTC,
         )
     except ValueError:
         return None
-    return moment.timestamp()
+    return moment.timestamp() + (1 if leap else 0)
 
 
 def _date_or(value: str | None, fallback: float) -> float:
@@ -678,25 +714,52 @@ def may_serve_stale_on_error(
 
 
 def vary_field_names(headers: Headers) -> list[str]:
-    """RFC 9110 Section 12.5.5: Vary, as lower-cased field names ("*" kept)."""
-    return [m.strip().lower() for m in split_list(headers.getall("Vary", []))]
+    """RFC 9110 Section 12.5.5: Vary, as lower-cased field names ("*" kept).
+
+    A member that is not a field name (a token, Section 5.1) cannot be matched against
+    any request, and guessing what the origin meant could serve one client's variant
+    to another: it is read as "*", so the response is never reused unvalidated (RFC
+    9111 Section 4.1). Names are checked before lower-casing, which would turn some
+    non-ASCII letters into ASCII ones (KELVIN SIGN into "k").
+    """
+    names = []
+    for member in split_list(headers.getall("Vary", [])):
+        names.append(member.lower() if member == "*" or _TOKEN.fullmatch(member) else "*")
+    return names
+
+
+#: RFC 9110 Section 12.4.2: qvalue = ( "0" [ "." 0*3DIGIT ] ) / ( "1" [ "." 0*3("0") ] )
+_QVALUE = re.compile(r"0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?")
 
 
 def _normalise_language(value: str) -> str:
-    members = []
+    """Accept-Language members by descending weight, then tag, lower-cased: the same
+    preferences in any order or case give the same text. A weight must be a qvalue
+    (RFC 9110 Section 12.4.2): float() would take "nan" (which compares with nothing,
+    so the order of the input would decide the order of the output), "inf", "1e3" or
+    fullwidth digits. A member with a weight that is not one is kept as written
+    (lower-cased), after the others: what the origin makes of it is unknown, so it is
+    conflated with nothing."""
+    weighted: list[tuple[float, str]] = []
+    odd: list[str] = []
     for member in value.split(","):
-        tag, _, params = member.strip().partition(";")
-        q = 1.0
+        tag, _, params = member.strip(OWS).partition(";")
+        tag = tag.strip(OWS).lower()
+        if not tag:
+            continue
+        q: float | None = 1.0
         for param in params.split(";"):
-            k, _, v = param.strip().partition("=")
-            if k.strip().lower() == "q":
-                try:
-                    q = float(v)
-                except ValueError:
-                    q = 1.0
-        if tag.strip():
-            members.append((-q, tag.strip().lower()))
-    return ",".join(f"{tag};q={-q:g}" for q, tag in sorted(members))
+            k, _, v = param.strip(OWS).partition("=")
+            if k.strip(OWS).lower() == "q":
+                v = v.strip(OWS)
+                q = float(v) if _QVALUE.fullmatch(v) else None
+                break
+        if q is None:
+            odd.append(member.strip(OWS).lower())
+        else:
+            weighted.append((-q, tag))
+    out = [f"{tag};q={-q:g}" for q, tag in sorted(weighted)]
+    return ",".join(out + sorted(odd))
 
 
 def normalise_selecting(name: str, values: Sequence[str]) -> str | None:
@@ -801,19 +864,19 @@ def freshen_headers(
 
 def parse_etag_list(value: str) -> list[str] | None:
     """RFC 9110 Section 8.8.3: a list of entity tags, or None for `*`."""
-    if value.strip() == "*":
+    if value.strip(OWS) == "*":
         return None
     return re.findall(r'(?:W/)?"[^"]*"', value)
 
 
 def weak_etag_equal(a: str, b: str) -> bool:
     """RFC 9110 Section 8.8.3.2: weak comparison ignores the W/ prefix."""
-    return a.strip().removeprefix("W/") == b.strip().removeprefix("W/")
+    return a.strip(OWS).removeprefix("W/") == b.strip(OWS).removeprefix("W/")
 
 
 def strong_etag_equal(a: str, b: str) -> bool:
     """RFC 9110 Section 8.8.3.2: strong comparison; both must be strong."""
-    a, b = a.strip(), b.strip()
+    a, b = a.strip(OWS), b.strip(OWS)
     return not a.startswith("W/") and not b.startswith("W/") and a == b
 
 

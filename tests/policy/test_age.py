@@ -56,7 +56,11 @@ def test_valid_age(value: str, expected: int) -> None:
 
 @pytest.mark.parametrize(
     "value",
-    ["abc", "-1", "-7200", "1.5", "7200.0", "", "5;foo=bar", "5 s", "+5", "\u0665", '"5"'],
+    [
+        *("abc", "-1", "-7200", "1.5", "7200.0", "", "5;foo=bar", "5 s", "+5", "\u0665", '"5"'),
+        # Not OWS (RFC 9110 Section 5.6.3), though str.strip() would remove them.
+        *("5\xa0", "\x1c5", "5\x0b", "5\u2028"),
+    ],
 )
 def test_invalid_age_value(value: str) -> None:
     """Section 5.1: anything other than a non-negative integer is invalid."""

@@ -381,3 +381,44 @@ def test_cdn_cache_control_with_a_string_delta_is_ignored_whole() -> None:
     rp = response_policy(headers)
     assert rp.targeted is None
     assert "no-store" in rp.effective
+
+
+@pytest.mark.parametrize("name", ["\u212aeep", "no-\u017ftore", "max-age\xa0"])
+def test_directive_names_are_tokens_before_lower_casing(name: str) -> None:
+    """RFC 9111 Section 5.2: a directive name is a token. str.lower() maps KELVIN SIGN to
+    "k", and str.strip() takes NBSP: neither may turn a non-token into a directive."""
+    cc = parse_cache_control([f"{name}=5, public"])
+    assert list(cc.directives) == ["public"]
+
+
+@pytest.mark.parametrize("arg", ["60\xa0", "60\x0b", "\x1c60", "60\u3000"])
+def test_delta_with_non_ows_around_it_is_invalid(arg: str) -> None:
+    """RFC 9110 Section 5.6.3: OWS is SP and HTAB only; other characters around
+    delta-seconds make it invalid (RFC 9111 Section 1.2.2)."""
+    cc = parse_cache_control([f"max-age={arg}"])
+    assert cc.delta("max-age") is None and cc.invalid_delta("max-age")
+    assert parse_cache_control(["max-age= \t60\t "]).delta("max-age") == 60
+
+
+def test_split_list_strips_only_ows() -> None:
+    """RFC 9110 Section 5.6.1 and 5.6.3: only SP and HTAB surround list members."""
+    assert split_list([" a ,\tb\t, \xa0, c\x85"]) == ["a", "b", "\xa0", "c\x85"]
+
+
+def test_targeted_semicolon_inside_a_quoted_argument_is_not_a_parameter() -> None:
+    """RFC 8941 Section 3.1.2 / RFC 9110 Section 5.6.4: parameters start at a `;`
+    outside quoted strings."""
+    cc = parse_targeted(['no-cache="a;b", max-age=5'])
+    assert cc is not None and cc.directives["no-cache"] == "a;b" and cc.delta("max-age") == 5
+    surrogate = parse_targeted(['no-cache="a;b";edge, max-age=5;other'], ["edge"])
+    assert surrogate is not None and surrogate.directives == {"no-cache": "a;b"}
+
+
+def test_targeted_unbalanced_quote_does_not_swallow_the_next_line() -> None:
+    """Each field line is its own list (RFC 9110 Section 5.3): an unbalanced quote in
+    one line must not take the directives of the next, as it does not in
+    parse_cache_control."""
+    lines = ['max-age="5', "public"]
+    cc = parse_targeted(lines)
+    assert cc is not None and "public" in cc
+    assert cc.directives == parse_cache_control(lines).directives

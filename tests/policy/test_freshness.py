@@ -313,6 +313,33 @@ def test_parse_http_date_names_are_case_insensitive() -> None:
 
 
 @pytest.mark.parametrize(
+    "value",
+    [
+        "Sun, \u0660\u0666 Nov 1994 08:49:37 GMT",  # ARABIC-INDIC digits for "06"
+        "Sun, 06 Nov \uff11\uff19\uff19\uff14 08:49:37 GMT",  # FULLWIDTH digits
+        "\u017fun, 06 Nov 1994 08:49:37 GMT",  # LONG S matches "s" case-insensitively
+        "Sun, 06 Nov 1994 08:49:37 GM\u0422",  # CYRILLIC TE
+        "Sun, 06 Nov 1994 08:49:37 GMT\x1c",  # str.strip() takes this separator
+        "\xa0Sun, 06 Nov 1994 08:49:37 GMT",
+        "Sun, 06 Nov 1994 08:49:37 GMT\x0b",
+    ],
+)
+def test_parse_http_date_is_ascii_only(value: str) -> None:
+    """RFC 9110 Section 5.6.7: DIGIT and the names are ASCII (RFC 5234 Appendix B.1),
+    and only OWS (SP, HTAB) may surround the field value (Section 5.5)."""
+    assert parse_http_date(value) is None
+
+
+def test_parse_http_date_leap_second() -> None:
+    """RFC 5322 Section 3.3 (which IMF-fixdate follows) allows second 60: it is read
+    as the first second of the next minute."""
+    assert parse_http_date("Sat, 31 Dec 2016 23:59:60 GMT") == parse_http_date(
+        "Sun, 01 Jan 2017 00:00:00 GMT"
+    )
+    assert parse_http_date("Sat, 31 Dec 2016 23:59:61 GMT") is None
+
+
+@pytest.mark.parametrize(
     ("value", "year"),
     [("Sunday, 06-Nov-94 08:49:37 GMT", 1994), ("Monday, 06-Nov-23 08:49:37 GMT", 2023)],
 )

@@ -100,8 +100,37 @@ def test_accept_language_different_preferences_differ() -> None:
     )
 
 
-def test_accept_language_invalid_q_is_one() -> None:
-    assert normalise_selecting("accept-language", ["en;q=abc"]) == "en;q=1"
+@pytest.mark.parametrize("weight", ["abc", "nan", "inf", "1e0", "-1", "1.5", "\uff11"])
+def test_accept_language_invalid_q_is_kept_as_written(weight: str) -> None:
+    """RFC 9110 Section 12.4.2: a weight that is not a qvalue is not a preference the
+    cache understands: the member keeps its text, conflated with no valid one."""
+    assert normalise_selecting("accept-language", [f"EN;q={weight}"]) == f"en;q={weight}"
+    assert normalise_selecting("accept-language", [f"en;q={weight}"]) != "en;q=1"
+
+
+def test_accept_language_nan_weights_do_not_depend_on_order() -> None:
+    """float("nan") compares with nothing: sorting by it kept the input's order, so
+    one set of preferences gave two keys."""
+    a = normalise_selecting("accept-language", ["en;q=nan, fr;q=nan, de"])
+    b = normalise_selecting("accept-language", ["de, fr;q=nan, en;q=nan"])
+    assert a == b == "de;q=1,en;q=nan,fr;q=nan"
+
+
+@pytest.mark.parametrize(
+    ("value", "names"),
+    [
+        ("\u212aey", ["*"]),  # KELVIN SIGN lower-cases to "k": not the field "key"
+        ("Accept, a b", ["accept", "*"]),
+        ("Accept\xa0", ["*"]),
+        ("Accept, \t", ["accept"]),
+    ],
+)
+def test_vary_members_that_are_not_field_names_never_match(
+    value: str, names: list[str]
+) -> None:
+    """RFC 9110 Section 12.5.5: Vary lists field names (tokens) or "*". A member that
+    is none cannot be matched, so it is read as "*" (RFC 9111 Section 4.1)."""
+    assert vary_field_names(headers(("Vary", value))) == names
 
 
 # ----------------------------------------------------------------- vary_key / matches
