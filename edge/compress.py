@@ -182,14 +182,16 @@ def parse_accept_encoding(values: Sequence[str]) -> dict[str, float]:
     weights: dict[str, float] = {}
     for line in values:
         for member in line.split(","):
-            name, *params = (part.strip() for part in member.split(";"))
+            # OWS is SP and HTAB (Section 5.6.3); str.strip() would also take NBSP and
+            # control characters, and read "q=0.5\xa0" as a valid weight.
+            name, *params = (part.strip(" \t") for part in member.split(";"))
             if not name or not _TOKEN.fullmatch(name):
                 continue
             q: float | None = 1.0
             for param in params:
                 key, _, value = param.partition("=")
-                if key.strip().lower() == "q":  # Section 12.4.2: "q" is case-insensitive
-                    value = value.strip()
+                if key.strip(" \t").lower() == "q":  # Section 12.4.2: case-insensitive
+                    value = value.strip(" \t")
                     q = float(value) if _QVALUE.fullmatch(value) else None
                     break
             if q is not None:

@@ -160,6 +160,8 @@ def test_negotiate_among_available(
         (["gzip;q=0.000, zstd;q=1.0, br;q=0.5;foo=bar"], {"gzip": 0.0, "zstd": 1.0, "br": 0.5}),
         (["", " ,  ,"], {}),
         ([], {}),
+        # RFC 9110 Section 5.6.3: OWS is SP and HTAB; NBSP and controls are not.
+        (["gzip;q=0.5\xa0, br\x0b, \tzstd ;\tq=0.2\t"], {"zstd": 0.2}),
     ],
 )
 def test_parse_accept_encoding(values: list[str], expected: dict[str, float]) -> None:
