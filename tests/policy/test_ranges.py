@@ -9,7 +9,16 @@ from email.utils import formatdate
 import pytest
 from multidict import CIMultiDict
 
-from edge.ranges import MAX_RANGES, ByteRange, Unsatisfiable, if_range_allows, parse_range
+from edge.ranges import (
+    ASSUMED_CONTENT_TYPE_LENGTH,
+    MAX_RANGES,
+    ByteRange,
+    Unsatisfiable,
+    first_position,
+    if_range_allows,
+    multipart_length,
+    parse_range,
+)
 
 NOW = 1_700_000_000.0
 LM = NOW - 86_400
@@ -141,6 +150,10 @@ def test_unsatisfiable(value: str) -> None:
         "bytes=\u0661-\u0662",
         "bytes=\u00b2-",
         "bytes=0-\uff19",
+        "bytes=0-1\xa0",
+        "\x1cbytes=0-1",
+        "bytes=0\x0b-1",
+        "byte\u017f=0-1",
     ],
     ids=[
         "absent",
@@ -164,11 +177,16 @@ def test_unsatisfiable(value: str) -> None:
         "arabic-indic-digits",
         "superscript-two",
         "fullwidth-nine",
+        "nbsp-after",
+        "separator-before",
+        "vertical-tab-inside",
+        "long-s-in-unit",
     ],
 )
 def test_invalid_range_is_ignored(value: str | None) -> None:
     """RFC 9110 Section 14.2: an invalid Range (or other unit) is ignored: full 200.
-    Positions are ASCII DIGITs only (Section 14.1.1)."""
+    Positions are ASCII DIGITs only (Section 14.1.1), and only OWS (SP, HTAB; Section
+    5.6.3) may surround the parts."""
     assert parse_range(value, 1000) is None
 
 
@@ -189,6 +207,69 @@ def test_parts_costing_more_than_the_whole_are_not_sent() -> None:
     assert spans("bytes=0-0", 10) == [(0, 0)]  # one part has no multipart framing
 
 
+def delivered(ranges: list[ByteRange], length: int, ctype: str | None) -> bytes:
+    """A multipart/byteranges body written as edge.pipeline writes it (boundary of 32
+    hex digits, the representation's Content-Type in each part when it has one)."""
+    boundary = "0123456789abcdef" * 2
+    out = b""
+    for r in ranges:
+        head = f"\r\n--{boundary}\r\n"
+        if ctype:
+            head += f"Content-Type: {ctype}\r\n"
+        head += f"Content-Range: bytes {r.start}-{r.end}/{length}\r\n\r\n"
+        out += head.encode() + b"x" * r.length
+    return out + f"\r\n--{boundary}--\r\n".encode()
+
+
+@pytest.mark.parametrize("ctype", [None, "", "text/plain", "application/octet-stream"])
+def test_multipart_length_is_what_delivery_writes(ctype: str | None) -> None:
+    ranges = [ByteRange(0, 0), ByteRange(10, 99), ByteRange(12345, 99999)]
+    assert multipart_length(ranges, 100_000, ctype) == len(delivered(ranges, 100_000, ctype))
+
+
+def test_parts_are_costed_with_the_content_type_they_repeat() -> None:
+    """RFC 9110 Section 14.6: every part repeats Content-Type. Two one-byte parts cost
+    about 240 bytes with a short type, 420 with a long one."""
+    value = "bytes=0-0,-1"
+    assert spans_typed(value, 300, "text/plain") == [(0, 0), (299, 299)]
+    assert spans_typed(value, 300, "application/" + "x" * 90) is None
+    assert spans_typed(value, 300, None) is None  # unknown: assumed long
+    framing = multipart_length([ByteRange(0, 0), ByteRange(199, 199)], 200, "")
+    assert spans_typed(value, framing, "") == [(0, 0), (framing - 1, framing - 1)]
+    assert spans_typed(value, framing - 1, "") is None
+    assumed = "x" * ASSUMED_CONTENT_TYPE_LENGTH
+    assert multipart_length([ByteRange(0, 0)], 10, None) < multipart_length(
+        [ByteRange(0, 0)], 10, assumed
+    )
+
+
+def spans_typed(value: str, length: int, ctype: str | None) -> list[tuple[int, int]] | None:
+    ranges = parse_range(value, length, ctype)
+    return None if ranges is None else [(r.start, r.end) for r in ranges]
+
+
+@pytest.mark.parametrize(
+    ("value", "first"),
+    [
+        ("bytes=100-", 100),
+        ("bytes=007-9, 0-1", 7),
+        (" Bytes = 5 - 6", 5),
+        ("bytes=-100", None),
+        ("bytes=" + "9" * 5000 + "-", 1 << 63),
+        ("bytes=\u00b2-", None),
+        ("bytes=\u0661-", None),
+        ("items=1-2", None),
+        ("bytes 1-2", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_first_position(value: str | None, first: int | None) -> None:
+    """Where a cold range request starts: ASCII digits only (RFC 9110 Section 14.1.1);
+    int() raises on "\u00b2" (which str.isdigit() accepts) and on 4300+ digits."""
+    assert first_position(value) == first
+
+
 def test_positions_with_thousands_of_digits() -> None:
     """Past the representation however long the number (and no int() overflow)."""
     assert spans("bytes=0-" + "9" * 5000) == [(0, 999)]
@@ -205,6 +286,25 @@ def test_zero_length_representation() -> None:
         parse_range("bytes=0-", 0)
     with pytest.raises(Unsatisfiable):
         parse_range("bytes=-0", 0)
+
+
+def test_long_suffix_on_an_empty_representation_is_not_unsatisfiable() -> None:
+    """RFC 9110 Section 14.1.1: any non-zero suffix-length is satisfiable, however many
+    digits it has: `-10` on an empty representation was clamped to 0 and read as the
+    unsatisfiable zero suffix (416)."""
+    for suffix in ("5", "10", "9" * 5000, "007"):
+        assert parse_range(f"bytes=-{suffix}", 0) is None
+    with pytest.raises(Unsatisfiable):
+        parse_range("bytes=-000", 0)
+
+
+@pytest.mark.parametrize("value", ["bytes=99999-88888", "bytes=" + "9" * 50 + "-" + "8" * 50])
+def test_last_before_first_past_the_end_is_invalid(value: str) -> None:
+    """RFC 9110 Section 14.1.1: last-pos less than first-pos makes the field invalid
+    (ignored: 200), also when both are past the end, where clamping both to the length
+    had made them equal (and the request a 416)."""
+    assert parse_range(value, 100) is None
+    assert parse_range("bytes=0-1," + value.removeprefix("bytes="), 100) is None
 
 
 def test_one_byte_representation() -> None:
