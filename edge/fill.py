@@ -113,26 +113,25 @@ class FillReader:
     async def read_range(
         self, start: int, end: int | None, chunk: int = 1 << 16
     ) -> AsyncIterator[bytes]:
-        """Bytes [start, end) (end None: to the end of the body)."""
+        """Bytes [start, end) (end None: to the end of the body). May be called again
+        for another range (the parts of a multipart/byteranges response): the reader
+        stays open until its owner closes it."""
         offset = start
-        try:
-            while end is None or offset < end:
-                await self.fill.wait_beyond(offset)
-                if self.fill.failed is not None:
-                    raise self.fill.failed
-                available = self.fill.written - offset
-                if available <= 0:
-                    if self.fill.finished:
-                        return
-                    continue
-                want = min(available, chunk, (end - offset) if end is not None else chunk)
-                data = os.pread(self.fd, want, offset)
-                if not data:
+        while end is None or offset < end:
+            await self.fill.wait_beyond(offset)
+            if self.fill.failed is not None:
+                raise self.fill.failed
+            available = self.fill.written - offset
+            if available <= 0:
+                if self.fill.finished:
                     return
-                offset += len(data)
-                yield data
-        finally:
-            self.close()
+                continue
+            want = min(available, chunk, (end - offset) if end is not None else chunk)
+            data = os.pread(self.fd, want, offset)
+            if not data:
+                return
+            offset += len(data)
+            yield data
 
     def close(self) -> None:
         if self.fd >= 0:
