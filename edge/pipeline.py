@@ -37,7 +37,13 @@ from edge.keys import cache_key, key_from_uri
 from edge.metrics import NodeMetrics
 from edge.policy import ResponsePolicy, Reuse
 from edge.purge import Purger
-from edge.ranges import ByteRange, Unsatisfiable, if_range_allows, parse_range
+from edge.ranges import (
+    ByteRange,
+    Unsatisfiable,
+    first_position,
+    if_range_allows,
+    parse_range,
+)
 from edge.slices import (
     BodySource,
     FileSegment,
@@ -911,7 +917,9 @@ class Transaction:
             and if_range_allows(self.headers, stored)
         ):
             try:
-                ranges = parse_range(self.headers.get("Range"), length)
+                ranges = parse_range(
+                    self.headers.get("Range"), length, headers.get("Content-Type") or ""
+                )
             except Unsatisfiable:
                 headers["Content-Range"] = f"bytes */{length}"
                 return await self._send_simple(416, headers)
@@ -1236,10 +1244,7 @@ def _appended(headers: list[tuple[str, str]], name: str, value: str) -> list[tup
 
 def _range_start(value: str | None) -> int | None:
     """The first byte a Range field asks for, if it names one plainly."""
-    if not value or not value.strip().lower().startswith("bytes="):
-        return None
-    first = value.split("=", 1)[1].split(",")[0].split("-")[0].strip()
-    return int(first) if first.isdigit() else None
+    return first_position(value)
 
 
 def _tags(headers: policy.Headers) -> tuple[str, ...]:

@@ -106,7 +106,7 @@ def test_keep_alive_and_pipelining(node: NodeFactory, upstream: Proc, tmp_path: 
 
 
 def test_http_10_and_close(node: NodeFactory, upstream: Proc, tmp_path: Path) -> None:
-    proc, port = start(node, upstream, tmp_path)
+    _, port = start(node, upstream, tmp_path)
     for _ in range(2):
         exchange(port, request("/h?size=10"))
     response, closed = exchange(port, request("/h?size=10"))  # Connection: close
@@ -118,7 +118,7 @@ def test_http_10_and_close(node: NodeFactory, upstream: Proc, tmp_path: Path) ->
 def test_conditionals_and_ranges_go_the_general_way(
     node: NodeFactory, upstream: Proc, tmp_path: Path
 ) -> None:
-    proc, port = start(node, upstream, tmp_path)
+    _, port = start(node, upstream, tmp_path)
     target = "/cr?size=1000&etag=%22v1%22"
     for _ in range(3):
         exchange(port, request(target))
@@ -130,7 +130,7 @@ def test_conditionals_and_ranges_go_the_general_way(
 
 
 def test_freshness_ends_on_time(node: NodeFactory, upstream: Proc, tmp_path: Path) -> None:
-    proc, port = start(node, upstream, tmp_path)
+    _, port = start(node, upstream, tmp_path)
     target = "/f?cc=max-age%3D2"
     for _ in range(3):
         exchange(port, request(target))
@@ -141,7 +141,7 @@ def test_freshness_ends_on_time(node: NodeFactory, upstream: Proc, tmp_path: Pat
 
 
 def test_a_purge_empties_the_hot_tier(node: NodeFactory, upstream: Proc, tmp_path: Path) -> None:
-    proc, port = start(node, upstream, tmp_path)
+    _, port = start(node, upstream, tmp_path)
     target = "/p?size=50"
     for _ in range(3):
         exchange(port, request(target))
@@ -155,7 +155,7 @@ def test_a_purge_empties_the_hot_tier(node: NodeFactory, upstream: Proc, tmp_pat
 def test_rate_limits_and_header_rules_hold(
     node: NodeFactory, upstream: Proc, tmp_path: Path
 ) -> None:
-    proc, port = start(
+    _, port = start(
         node, upstream, tmp_path, rate_limit=1.0, rate_burst=4, rate_tarpit=0, trusted_proxies=[]
     )
     target = "/r?size=20"

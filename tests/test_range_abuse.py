@@ -255,12 +255,6 @@ def test_a_big_object_seeked_cold_is_sliced(objects: Objects) -> None:
     assert again.status == 206 and again.body == data[start_at:] and again.hit
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="edge.pipeline._range_start calls int() on the first position: 4300+ digits or "
-    "a digit str.isdigit() takes but int() does not (SUPERSCRIPT TWO) raise, a 500; "
-    "edge.ranges.first_position is the fix",
-)
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_first_position_int_cannot_read(objects: Objects, kind: str) -> None:
     """RFC 9110 Section 14.1.1: past the end is unsatisfiable (416); a position that
