@@ -125,9 +125,7 @@ def test_accept_language_nan_weights_do_not_depend_on_order() -> None:
         ("Accept, \t", ["accept"]),
     ],
 )
-def test_vary_members_that_are_not_field_names_never_match(
-    value: str, names: list[str]
-) -> None:
+def test_vary_members_that_are_not_field_names_never_match(value: str, names: list[str]) -> None:
     """RFC 9110 Section 12.5.5: Vary lists field names (tokens) or "*". A member that
     is none cannot be matched, so it is read as "*" (RFC 9111 Section 4.1)."""
     assert vary_field_names(headers(("Vary", value))) == names
