@@ -215,8 +215,11 @@ def shield(
 def run_node(
     role: str, config: Path | None, options: dict[str, Any], *, log_level: str, **common: Any
 ) -> None:
+    from edge import tls
+
     try:
         cfg = load_config(config, {**common, **options, "role": role})
+        tls.check(cfg)  # certificates, keys and CA files: one line, before anything starts
     except ConfigError as exc:
         fail(str(exc), 2)
     level = getattr(logging, log_level.upper(), None)

@@ -378,7 +378,7 @@ class EdgeNode:
         require_c_parser()
         # Certificates first: a bad file is a one-line error before anything opens.
         cfg = self.config
-        ssl_context = tls.server_context(cfg.tls_cert, cfg.tls_key) if cfg.tls_cert else None
+        ssl_context = tls.check(cfg)
         store = DiskStore(self.config.cache_dir, self.config.cache_size)
         metrics = NodeMetrics(self.config.name, store.stats)
         upstream = Upstreams(self.config, on_change=self._member_changed)
@@ -430,6 +430,10 @@ class EdgeNode:
             redirect.router.add_route("*", "/{tail:.*}", self._to_https)
             redirect.on_response_prepare.append(self._set_server)
             self.redirect_runner = await self._runner(redirect)
+            # Every request here is redirected: the hit fast path (which answers in
+            # the connection handler, before the app) must not serve plain HTTP.
+            assert isinstance(self.redirect_runner.server, _EdgeServer)
+            self.redirect_runner.server.guard.engine = None
             r_host, r_port = parse_listen(cfg.http_redirect)
             await web.TCPSite(self.redirect_runner, r_host, r_port, reuse_address=True).start()
 
@@ -560,16 +564,17 @@ class EdgeNode:
     async def _to_https(self, request: web.Request) -> web.Response:
         """The plain-HTTP listener: 308 to the same URL over https (method and body
         kept, RFC 9110 Section 15.4.9), on the TLS port when it is not 443."""
-        host = request.host
-        host = host.split("]", 1)[0] + "]" if host.startswith("[") else host.rsplit(":", 1)[0]
-        authority = host if self.port == 443 else f"{host}:{self.port}"
+        target = request.raw_path
+        if not target.startswith("/") and request.url.absolute:  # absolute-form
+            target = request.rel_url.raw_path_qs
+        assert self.port is not None
+        location = tls.https_location(request.host, target, self.port)
+        if location is None:
+            return web.Response(status=400, text="400 Bad Request\n")
         return web.Response(
             status=308,
             text="308 Permanent Redirect\n",
-            headers={
-                "Location": f"https://{authority}{request.raw_path}",
-                "Cache-Control": "no-store",
-            },
+            headers={"Location": location, "Cache-Control": "no-store"},
         )
 
     def _admin_access(self, request: web.Request) -> bool:

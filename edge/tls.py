@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import re
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from edge.config import ConfigError
+from edge.config import ConfigError, NodeConfig, parse_listen
 
 #: TLS 1.2 suites: forward secrecy (ECDHE) and AEAD only, no CBC, no RSA key exchange.
 #: TLS 1.3 suites are all AEAD; OpenSSL's defaults stand.
@@ -35,9 +36,19 @@ class Certificate:
     names: tuple[str, ...]  # DNS names of its SubjectAltName (wildcards as "*.x")
 
 
-def _names(cert_path: str) -> tuple[str, ...]:
+def _read(path: str, what: str) -> bytes:
     try:
-        cert = x509.load_pem_x509_certificate(Path(cert_path).read_bytes())
+        return Path(path).read_bytes()
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{what} not found: {path}") from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
+
+
+def _names(cert_path: str) -> tuple[str, ...]:
+    data = _read(cert_path, "TLS certificate")  # outside: a ConfigError is a ValueError
+    try:
+        cert = x509.load_pem_x509_certificate(data)
     except ValueError as exc:
         raise ConfigError(f"not a PEM certificate: {cert_path}") from exc
     try:
@@ -57,12 +68,12 @@ def _context(cert: str, key: str) -> ssl.SSLContext:
     ctx.set_alpn_protocols(["http/1.1"])
     try:
         ctx.load_cert_chain(cert, key)
-    except FileNotFoundError as exc:
-        raise ConfigError(f"TLS file not found: {exc.filename}") from exc
     except ssl.SSLError as exc:
         raise ConfigError(
             f"TLS key {key} does not match certificate {cert} (or is not PEM): {exc.reason}"
         ) from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read TLS file {exc.filename}: {exc.strerror}") from exc
     return ctx
 
 
@@ -86,14 +97,15 @@ def server_context(certs: Sequence[str], keys: Sequence[str]) -> ssl.SSLContext:
         raise ConfigError("TLS needs a certificate and its key (--tls-cert, --tls-key)")
     loaded = []
     for cert, key in zip(certs, keys, strict=True):
-        if not os.path.isfile(cert):
-            raise ConfigError(f"TLS certificate not found: {cert}")
-        if not os.path.isfile(key):
-            raise ConfigError(f"TLS key not found: {key}")
+        _read(key, "TLS key")  # a missing or unreadable key is named as such
         loaded.append((Certificate(cert, key, _names(cert)), _context(cert, key)))
     default = loaded[0][1]
     if len(loaded) > 1:
-        exact = {n: ctx for c, ctx in loaded for n in c.names if not n.startswith("*.")}
+        exact: dict[str, ssl.SSLContext] = {}
+        for c, ctx in loaded:
+            for n in c.names:
+                if not n.startswith("*."):
+                    exact.setdefault(n, ctx)  # a name in two certificates: the earlier one
         wild = [(n, ctx) for c, ctx in loaded for n in c.names if n.startswith("*.")]
 
         def pick(sock: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext) -> None:
@@ -111,14 +123,59 @@ def server_context(certs: Sequence[str], keys: Sequence[str]) -> ssl.SSLContext:
 def client_context(ca_file: str = "") -> ssl.SSLContext:
     """For https upstreams: verified against `ca_file` (e.g. edge up's local CA) or
     the system's trust store."""
+    if ca_file:
+        _read(ca_file, "upstream CA file")
     try:
         ctx = ssl.create_default_context(cafile=ca_file or None)
-    except FileNotFoundError as exc:
-        raise ConfigError(f"upstream CA file not found: {ca_file}") from exc
     except ssl.SSLError as exc:
         raise ConfigError(f"upstream CA file is not PEM: {ca_file}") from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read upstream CA file {ca_file}: {exc.strerror}") from exc
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     return ctx
+
+
+def check(cfg: NodeConfig) -> ssl.SSLContext | None:
+    """Every TLS setting of a node, checked as a whole (each mistake one ConfigError
+    line): certificates and keys in pairs, readable, each key its certificate's; hsts
+    a whole number >= 0; http_redirect a listen address apart from the node's own;
+    upstream_ca a readable PEM bundle. Returns the server context (None: plain HTTP).
+    The CLI calls it before starting a node, and the node again as it starts."""
+    certs, keys = tuple(cfg.tls_cert), tuple(cfg.tls_key)
+    if len(certs) != len(keys):
+        raise ConfigError(
+            f"--tls-cert and --tls-key come in pairs: {len(certs)} certificate(s), "
+            f"{len(keys)} key(s)"
+        )
+    hsts = cfg.hsts
+    if isinstance(hsts, bool) or not isinstance(hsts, int) or hsts < 0:
+        raise ConfigError(f"hsts must be a whole number of seconds >= 0: {hsts!r}")
+    if hsts and not certs:
+        raise ConfigError("hsts needs TLS (--tls-cert and --tls-key)")
+    if cfg.http_redirect:
+        if not certs:
+            raise ConfigError("http_redirect needs TLS (--tls-cert and --tls-key)")
+        if parse_listen(cfg.http_redirect) == parse_listen(cfg.listen):
+            raise ConfigError(f"http_redirect must not be the TLS listener ({cfg.listen})")
+    if cfg.upstream_ca:
+        client_context(cfg.upstream_ca)
+    return server_context(certs, keys) if certs else None
+
+
+#: Host[:port] of a request the redirect listener answers: a DNS name or an address,
+#: nothing that could turn the Location into another URL ("@", "/", spaces...).
+_HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(?::[0-9]*)?")
+
+
+def https_location(host: str, target: str, port: int) -> str | None:
+    """The https URL of a plain-HTTP request for `host` (its Host field) and `target`
+    (origin-form path and query), on `port` unless it is 443; None when either is
+    not fit to be put in a Location."""
+    match = _HOST.fullmatch(host)
+    if match is None or not target.startswith("/"):
+        return None
+    name = match.group(1)
+    return f"https://{name if port == 443 else f'{name}:{port}'}{target}"
 
 
 # -- a local CA -----------------------------------------------------------------------
