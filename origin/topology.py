@@ -171,7 +171,23 @@ def load_topology(path: Path) -> Topology:
         raise TopologyError(f"topology file {path} is not valid TOML: {exc}") from exc
     except OSError as exc:
         raise TopologyError(f"cannot read topology file {path}: {exc.strerror or exc}") from exc
-    return parse_topology(raw)
+    topology = parse_topology(raw)
+    if topology.health.ca:
+        _check_ca(topology.health.ca)
+    return topology
+
+
+def _check_ca(ca: str) -> None:
+    """[health] ca names a CA bundle on this machine: checked when the file is read,
+    so a mistake is one line rather than a failing probe loop."""
+    import ssl
+
+    try:
+        ssl.create_default_context(cafile=ca)
+    except ssl.SSLError as exc:
+        raise TopologyError(f"[health] ca {ca} is not a PEM CA bundle") from exc
+    except OSError as exc:
+        raise TopologyError(f"[health] ca {ca}: {exc.strerror or exc}") from exc
 
 
 def to_toml(raw: dict[str, Any]) -> str:
