@@ -71,6 +71,23 @@ def handshake(port: int, ctx: ssl.SSLContext, server_name: str | None) -> ssl.SS
     return ctx.wrap_socket(raw, server_hostname=server_name)
 
 
+def exchange(sock: socket.socket, request: bytes) -> bytes:
+    """Send one request, read one response (the head and a Content-Length body)."""
+    sock.sendall(request)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = re.search(rb"\r\nContent-Length: (\d+)", head, re.IGNORECASE)
+    while length and len(body) < int(length.group(1)):
+        chunk = sock.recv(65536)
+        assert chunk
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
 def peer_names(sock: ssl.SSLSocket) -> set[str]:
     cert = sock.getpeercert()
     assert cert is not None
@@ -226,6 +243,34 @@ async def test_http_redirect_and_hsts(
         session.get(f"https://127.0.0.1:{edge.port}/books/1") as resp,
     ):
         assert resp.headers["Strict-Transport-Security"] == "max-age=31536000"
+    # The same bytes over TLS, again and again (hits, from the hot tier after the
+    # first), then over plain HTTP: HSTS on every TLS answer, a redirect on plain.
+    head = f"GET /books/5 HTTP/1.1\r\nHost: archive.test:{edge.port}\r\n\r\n".encode()
+    with handshake(edge.port, ctx, "archive.test") as sock:
+        for _ in range(4):
+            answer = exchange(sock, head)
+            assert answer.startswith(b"HTTP/1.1 200"), answer
+            assert b"\r\nStrict-Transport-Security: max-age=31536000\r\n" in answer
+        assert b"; hit" in answer
+    with socket.create_connection(("127.0.0.1", redirect_port), timeout=5) as sock:
+        answer = exchange(sock, head)
+        assert answer.startswith(b"HTTP/1.1 308"), answer
+        assert f"Location: https://archive.test:{edge.port}/books/5\r\n".encode() in answer
+        assert b"Strict-Transport-Security" not in answer
+    # Absolute-form gives its path; a Host that could make Location another URL: 400.
+    for request, expect in (
+        (b"GET http://archive.test/x?y=1 HTTP/1.1\r\nHost: archive.test\r\n\r\n", b"308"),
+        (b"GET /x HTTP/1.1\r\nHost: evil.test/x\r\n\r\n", b"400"),
+        (b"GET /x HTTP/1.1\r\nHost: a@evil.test\r\n\r\n", b"400"),
+        (b"GET /x HTTP/1.1\r\nHost: [::1]:80\r\n\r\n", b"308"),
+    ):
+        with socket.create_connection(("127.0.0.1", redirect_port), timeout=5) as sock:
+            answer = exchange(sock, request)
+        assert answer.startswith(b"HTTP/1.1 " + expect), (request, answer)
+        if request.startswith(b"GET http:"):
+            assert f"Location: https://archive.test:{edge.port}/x?y=1\r\n".encode() in answer
+        if b"[::1]" in request:
+            assert f"Location: https://[::1]:{edge.port}/x\r\n".encode() in answer
 
 
 async def test_edge_to_shield_over_https_verified_with_a_ca(
@@ -233,8 +278,17 @@ async def test_edge_to_shield_over_https_verified_with_a_ca(
 ) -> None:
     shield_pair = ca.issue("shield", ["localhost"], ["127.0.0.1"])
     shield = tls_edge(
-        procs, tmp_path, upstream.url, [shield_pair], ca.cert_path, name="shield", kind="shield"
+        procs,
+        tmp_path,
+        upstream.url,
+        [shield_pair],
+        ca.cert_path,
+        "--trusted-proxy",
+        "127.0.0.1",
+        name="shield",
+        kind="shield",
     )
+    front_pair = ca.issue("front", ["archive.test"], ["127.0.0.1"])
     port = free_port()
     cmd = edge_cmd(
         "serve",
@@ -245,16 +299,28 @@ async def test_edge_to_shield_over_https_verified_with_a_ca(
         "--no-origin-direct",
         "--upstream-ca",
         str(ca.cert_path),
+        "--tls-cert",
+        str(front_pair[0]),
+        "--tls-key",
+        str(front_pair[1]),
         "--cache-dir",
         str(tmp_path / "cache-front"),
         "--name",
         "front",
     )
-    front = start(cmd, port, tmp_path / "front.log", "/_edge/health")
+    front = start(cmd, port, tmp_path / "front.log", "/_edge/health", ca=str(ca.cert_path))
     procs.append(front)
-    async with aiohttp.ClientSession() as session, session.get(f"{front.url}/books/9") as resp:
-        assert resp.status == 200
-        assert "shield; fwd=uri-miss" in resp.headers["Cache-Status"]
+    connector = aiohttp.TCPConnector(ssl=client_context(ca))
+    async with aiohttp.ClientSession(connector=connector) as session:
+        for expect in ("shield; fwd=uri-miss", "front; hit"):
+            async with session.get(f"https://127.0.0.1:{port}/books/9?reqinfo=1") as resp:
+                assert resp.status == 200
+                assert expect in resp.headers["Cache-Status"]
+                info = await resp.json()
+    # The origin hears https from both hops (the shield trusts the edge's fields).
+    seen = dict((k.lower(), v) for k, v in info["headers"])
+    assert seen["x-forwarded-proto"] == "https"
+    assert seen["forwarded"].count("proto=https") == 2, seen["forwarded"]
     # Without the CA the shield's certificate is not trusted: no answer from it.
     port = free_port()
     cmd = edge_cmd(
@@ -283,25 +349,39 @@ def test_bad_tls_settings_are_one_line_errors(tmp_path: Path, ca: LocalCA) -> No
     other_cert, _ = ca.issue("b", ["b.test"], [])
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("not a certificate\n")
+    listen = f"127.0.0.1:{free_port()}"
     cases = [
         (["--tls-cert", str(tmp_path / "missing.pem"), "--tls-key", str(key)], "not found"),
         (["--tls-cert", str(cert), "--tls-key", str(tmp_path / "missing.pem")], "not found"),
         (["--tls-cert", str(other_cert), "--tls-key", str(key)], "does not match"),
         (["--tls-cert", str(garbage), "--tls-key", str(key)], "PEM"),
         (["--tls-cert", str(cert)], "pairs"),
+        (["--tls-key", str(key)], "pairs"),
+        (["--tls-cert", str(cert), "--tls-key", str(key), "--tls-cert", str(other_cert)], "pairs"),
+        (["--tls-cert", str(tmp_path), "--tls-key", str(key)], "cannot read"),
         (["--http-redirect", "127.0.0.1:1"], "needs TLS"),
+        (["--tls-cert", str(cert), "--tls-key", str(key), "--http-redirect", "x"], "HOST:PORT"),
+        (["--tls-cert", str(cert), "--tls-key", str(key), "--http-redirect", listen], "not"),
         (["--tls-cert", str(cert), "--tls-key", str(key), "--hsts", "-5"], "hsts"),
+        (["--hsts", "60"], "needs TLS"),
+        (["--upstream-ca", str(tmp_path / "missing-ca.pem")], "not found"),
+        (["--upstream-ca", str(garbage)], "PEM"),
     ]
-    for args, words in cases:
+    if os.geteuid() != 0:  # root reads anything
+        unreadable = tmp_path / "unreadable-key.pem"
+        unreadable.write_bytes(key.read_bytes())
+        unreadable.chmod(0)
+        cases.append((["--tls-cert", str(cert), "--tls-key", str(unreadable)], "cannot read"))
+    for n, (args, words) in enumerate(cases):
         run = subprocess.run(
             [
                 sys.executable,
                 "-m",
                 "cli.main",
-                "serve",
+                "shield" if n % 2 else "serve",  # both commands check the same way
                 "--listen",
-                f"127.0.0.1:{free_port()}",
-                "--upstream",
+                listen,
+                "--origin",
                 "http://127.0.0.1:9",
                 "--cache-dir",
                 str(tmp_path / "c"),
@@ -314,6 +394,67 @@ def test_bad_tls_settings_are_one_line_errors(tmp_path: Path, ca: LocalCA) -> No
         assert run.returncode != 0, args
         lines = run.stderr.strip().splitlines()
         assert len(lines) == 1 and words in lines[0], (args, run.stderr)
+
+
+def test_tls_settings_from_a_node_config_file(
+    procs: list[Proc], tmp_path: Path, upstream: Proc, ca: LocalCA
+) -> None:
+    """tls_cert/tls_key (lists, paired in order), hsts and http_redirect in --config."""
+    first = ca.issue("archive", ["archive.test"], ["127.0.0.1"])
+    second = ca.issue("books", ["books.test"], [])
+    port, redirect_port = free_port(), free_port()
+    config = tmp_path / "node.toml"
+    config.write_text(
+        f'listen = "127.0.0.1:{port}"\n'
+        f'origins = ["{upstream.url}"]\n'
+        f'cache_dir = "{tmp_path / "cache-file"}"\n'
+        f'tls_cert = ["{first[0]}", "{second[0]}"]\n'
+        f'tls_key = ["{first[1]}", "{second[1]}"]\n'
+        f'http_redirect = "127.0.0.1:{redirect_port}"\n'
+        "hsts = 600\n"
+    )
+    proc = start(
+        edge_cmd("serve", "--config", str(config)),
+        port,
+        tmp_path / "file.log",
+        "/_edge/health",
+        ca=str(ca.cert_path),
+    )
+    procs.append(proc)
+    ctx = client_context(ca)
+    for name in ("archive.test", "books.test"):
+        with handshake(port, ctx, name) as sock:
+            assert peer_names(sock) == {name}
+            answer = exchange(sock, f"GET /x HTTP/1.1\r\nHost: {name}\r\n\r\n".encode())
+            assert b"Strict-Transport-Security: max-age=600\r\n" in answer
+    with socket.create_connection(("127.0.0.1", redirect_port), timeout=5) as sock:
+        answer = exchange(sock, b"GET /x HTTP/1.1\r\nHost: books.test\r\n\r\n")
+    assert f"Location: https://books.test:{port}/x\r\n".encode() in answer
+    # Unpaired in the file: one line, as on the command line.
+    config.write_text(config.read_text().replace(f', "{second[1]}"', ""))
+    run = subprocess.run(
+        edge_cmd("serve", "--config", str(config)), capture_output=True, text=True, timeout=30
+    )
+    assert run.returncode != 0
+    assert len(run.stderr.strip().splitlines()) == 1 and "pairs" in run.stderr, run.stderr
+
+
+def test_dns_health_ca_must_be_readable(tmp_path: Path) -> None:
+    default = Path(__file__).resolve().parents[1] / "origin" / "topologies" / "default.toml"
+    for ca_file, words in ((tmp_path / "missing.pem", "No such file"), (default, "not a PEM")):
+        topology = tmp_path / "topology.toml"
+        topology.write_text(
+            default.read_text().replace("[health]\n", f'[health]\nca = "{ca_file}"\n')
+        )
+        run = subprocess.run(
+            edge_cmd("dns", "--listen", f"127.0.0.1:{free_port()}", "--topology", str(topology)),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert run.returncode != 0
+        lines = run.stderr.strip().splitlines()
+        assert len(lines) == 1 and "[health] ca" in lines[0] and words in lines[0], run.stderr
 
 
 def test_local_ca_is_private_and_reused(tmp_path: Path) -> None:
