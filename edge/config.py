@@ -65,7 +65,10 @@ def _positive(name: str, value: Any, *, integer: bool = False, zero: bool = Fals
         or value < 0
         or (value == 0 and not zero)
     ):
-        raise ConfigError(f"{name} must be a {'whole ' if integer else ''}number > 0: {value!r}")
+        bound = ">= 0" if zero else "> 0"
+        raise ConfigError(
+            f"{name} must be a {'whole ' if integer else ''}number {bound}: {value!r}"
+        )
     return value
 
 

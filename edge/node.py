@@ -414,7 +414,9 @@ class EdgeNode:
         for pool in upstream.pools.values():
             for member in pool.members:
                 metrics.member_up.labels(self.config.name, pool.name, member.url).set(1)
-        self.runner = await self._runner(self.build_app(admin=not self.config.admin_listen))
+        self.runner = await self._runner(
+            self.build_app(admin=not self.config.admin_listen), public=True
+        )
         if self.config.admin_listen:
             self.admin_runner = await self._runner(self.build_app(public=False))
             admin_host, admin_port = parse_listen(self.config.admin_listen)
@@ -430,14 +432,13 @@ class EdgeNode:
             redirect.router.add_route("*", "/{tail:.*}", self._to_https)
             redirect.on_response_prepare.append(self._set_server)
             self.redirect_runner = await self._runner(redirect)
-            # Every request here is redirected: the hit fast path (which answers in
-            # the connection handler, before the app) must not serve plain HTTP.
-            assert isinstance(self.redirect_runner.server, _EdgeServer)
-            self.redirect_runner.server.guard.engine = None
             r_host, r_port = parse_listen(cfg.http_redirect)
             await web.TCPSite(self.redirect_runner, r_host, r_port, reuse_address=True).start()
 
-    async def _runner(self, app: web.Application) -> web.AppRunner:
+    async def _runner(self, app: web.Application, *, public: bool = False) -> web.AppRunner:
+        """A runner with the guarded connection handler. Only the public listener
+        answers hot hits (edge.fastpath) before its app: the admin and redirect
+        listeners serve their own routes and nothing from the cache."""
         cfg = self.config
         # aiohttp's parser limits; the two line limits differ by one internally so
         # that a LineTooLong tells a long request line (414) from a long field (431).
@@ -469,7 +470,7 @@ class EdgeNode:
             node=cfg.name,
             exempt=parse_networks(cfg.trusted_proxies),
             max_header_bytes=cfg.max_header_bytes,
-            engine=self.engine,
+            engine=self.engine if public else None,
         )
         return runner
 
