@@ -20,7 +20,7 @@ tier), the rate limit and the header rules of edge.waf.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +61,7 @@ class Hot:
     age0: float  # the response's age at `at`
     at: float  # wall clock when it was captured
     lifetime: float
+    version: Hashable = None  # the store's version when the variant was last seen
 
 
 def render(hot: Hot, now: float) -> bytes | None:
@@ -84,10 +85,15 @@ class HotTier:
     """The hot responses of one node, by (target, Host, Accept-Encoding), bounded
     in count (least recently used out)."""
 
-    def __init__(self, is_current: Callable[[str, str], bool]) -> None:
-        """`is_current(key, variant)`: is that stored variant still in the store?"""
+    def __init__(
+        self, is_current: Callable[[str, str], bool], version: Callable[[], Hashable]
+    ) -> None:
+        """`is_current(key, variant)`: is that stored variant still in the store?
+        `version()`: the store's change token (edge.store.Store.version); while it
+        stands still, what was current stays current and is not looked up again."""
         self._entries: OrderedDict[tuple[bytes, bytes, bytes], Hot] = OrderedDict()
         self._current = is_current
+        self._version = version
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -147,6 +153,8 @@ class HotTier:
             age,
             now,
             lifetime,
+            # Not verified yet: the store may have moved since this response's lookup.
+            None,
         )
         self._entries.move_to_end(request_key)
         if len(self._entries) > MAX_ENTRIES:
@@ -160,7 +168,14 @@ class HotTier:
         if hot is None:
             return None
         data = render(hot, now)
-        if data is None or not self._current(hot.key, hot.variant):
+        if data is not None:
+            version = self._version()
+            if version is None or version != hot.version:
+                if self._current(hot.key, hot.variant):
+                    hot.version = version
+                else:
+                    data = None
+        if data is None:
             del self._entries[request_key]  # stale, replaced or gone: the general way
             return None
         return hot, data

@@ -76,7 +76,6 @@ class ConnectionGuard:
     open: Counter[str] = field(default_factory=Counter)
 
     _verdicts: dict[tuple[str, Any], bool] = field(default_factory=dict)
-    _counters: tuple[Any, Any] | None = None
 
     def header_verdict(self, rules: RuleSet, host: str, raw: Any) -> bool:
         """Whether edge.waf's header rules refuse these fields; clients send the same
@@ -90,13 +89,6 @@ class ConnectionGuard:
                 self._verdicts.clear()
             self._verdicts[key] = verdict
         return verdict
-
-    def counters(self, engine: Engine) -> tuple[Any, Any]:
-        """The hit-request and bytes-sent counters of the fast path, looked up once."""
-        if self._counters is None:
-            m, name = engine.metrics, engine.config.name
-            self._counters = (m.requests.labels(name, "hit", "200"), m.bytes_sent.labels(name))
-        return self._counters
 
     def refused(self, status: int) -> None:
         if self.metrics is not None:
@@ -237,9 +229,8 @@ class _GuardedHandler(RequestHandler):
         assert self.transport is not None
         self.transport.write(data)
         cfg = engine.config
-        hits, sent = self._guard.counters(engine)
-        hits.inc()
-        sent.inc(len(hot.body))
+        engine.metrics.fast_hits += 1
+        engine.metrics.fast_bytes += len(hot.body)
         if cfg.access_log:
             access_log.info(
                 '%s "GET %s" 200 hit bytes=%d time_ms=0.0 upstream_ms=- walk=fast',
@@ -405,7 +396,8 @@ class EdgeNode:
         )
         if self.config.fast_path:
             self.engine.hot = fastpath.HotTier(
-                lambda key, variant: any(e.variant == variant for e in store.variants(key))
+                lambda key, variant: any(e.variant == variant for e in store.variants(key)),
+                store.version,
             )
             purger.on_change.append(self.engine.hot.clear)
         self._tasks.append(asyncio.create_task(purger.sweep_forever()))

@@ -20,7 +20,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
@@ -164,6 +164,12 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None: ...
 
+    def version(self) -> Hashable:
+        """A token that stays equal while no entry's metadata changed (a commit,
+        update, removal, eviction or clear). Memory tiers above the store
+        (edge.fastpath) re-check what they hold only when it moves."""
+        return None  # a store that cannot tell: always re-check
+
 
 class _Adopt:
     """A marker value: store this finished file by renaming it (no copy)."""
@@ -236,6 +242,7 @@ class DiskStore(Store):
         # must not interleave with another.
         self._lock = threading.Lock()
         self._meta_cache: dict[str, list[Entry]] = {}
+        self._changes = 0  # see version()
         self._touched: dict[tuple[str, ...], float] = {}
         self._last_flush = time.monotonic()
 
@@ -251,6 +258,7 @@ class DiskStore(Store):
         else:
             self.cache.delete(("m", key))
         self._meta_cache.pop(key, None)
+        self._changes += 1
 
     def variants(self, key: str) -> list[Entry]:
         entries = self._meta_cache.get(key)
@@ -372,6 +380,7 @@ class DiskStore(Store):
                         self._drop_bodies(entry)
                     self.cache.delete(victim)
                     self._meta_cache.pop(victim[1], None)
+                    self._changes += 1
                 elif victim[0] == "s":
                     self.cache.delete(victim)  # a missing slice is fetched again
                 else:
@@ -390,10 +399,14 @@ class DiskStore(Store):
         with self._lock:
             self.cache.clear()
             self._meta_cache.clear()
+            self._changes += 1
             self._touched.clear()
 
     def stats(self) -> tuple[int, int]:
         return int(self.cache.volume()), len(self.cache) // 2
+
+    def version(self) -> Hashable:
+        return self._changes
 
     def close(self) -> None:
         self.flush_access()
