@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -229,6 +230,17 @@ def run_node(
     start(cfg)
 
 
+def run(main: Coroutine[Any, Any, None]) -> None:
+    """Run a node's loop on uvloop where it is installed: a hit costs about half as
+    much CPU as on asyncio's own loop (edge.zerocopy keeps sendfile working on it)."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+        return
+    uvloop.run(main)
+
+
 def start(cfg: NodeConfig) -> None:
     from edge.node import serve_forever
 
@@ -239,7 +251,7 @@ def start(cfg: NodeConfig) -> None:
         f"-> {cfg.upstream_summary}"
     )
     try:
-        asyncio.run(serve_forever(cfg, ready))
+        run(serve_forever(cfg, ready))
     except ConfigError as exc:
         fail(str(exc), 2)
     except OSError as exc:

@@ -44,6 +44,8 @@ ORDINARY = frozenset(
 #: Bodies up to this size are kept in memory (the general path's single-write size).
 MAX_BODY = 128 << 10
 MAX_ENTRIES = 4096
+#: Request heads up to this size are remembered whole (edge.node), to skip parsing.
+MAX_REQUEST_BYTES = 4096
 
 
 @dataclass

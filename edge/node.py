@@ -76,6 +76,10 @@ class ConnectionGuard:
     open: Counter[str] = field(default_factory=Counter)
 
     _verdicts: dict[tuple[str, Any], bool] = field(default_factory=dict)
+    # The exact bytes of whole requests the fast path answered, with what their parse
+    # gave (edge.fastpath key, path, close?): identical bytes parse identically, and
+    # a client sends the same request head again and again.
+    parsed: dict[bytes, tuple[tuple[bytes, bytes, bytes], str, bool]] = field(default_factory=dict)
 
     def header_verdict(self, rules: RuleSet, host: str, raw: Any) -> bool:
         """Whether edge.waf's header rules refuse these fields; clients send the same
@@ -112,6 +116,9 @@ class _GuardedHandler(RequestHandler):
     _client: str = ""
     _counted: bool = False
     _head_timer: asyncio.TimerHandle | None = None
+    # True while llhttp holds no partial message: only then may a request's bytes
+    # bypass it (ConnectionGuard.parsed).
+    _at_boundary: bool = True
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
@@ -151,8 +158,14 @@ class _GuardedHandler(RequestHandler):
             and not self._force_close
             and not self._close
         ):
+            if self._at_boundary:
+                parsed = self._guard.parsed.get(data)
+                if parsed is not None and self._serve_hot(*parsed, None):
+                    self._request_count += 1
+                    return
             self._parse_and_serve(data)
         else:
+            self._at_boundary = False
             super().data_received(data)
         if self._request_count != before:
             self._cancel_head_timer()  # a whole head arrived
@@ -180,17 +193,35 @@ class _GuardedHandler(RequestHandler):
         except HttpProcessingError as exc:
             messages = [(_ErrInfo(status=400, exc=exc, message=exc.message), EMPTY_PAYLOAD)]
             upgraded, tail = False, b""
+        self._at_boundary = False
         if (
             len(messages) == 1
             and not upgraded
             and isinstance(messages[0][0], RawRequestMessage)
             and messages[0][1] is EMPTY_PAYLOAD
             and len(data) <= self._guard.max_header_bytes
-            and self._serve_hot(messages[0][0])
         ):
-            self._request_count += 1
-            self._parser.message_consumed()
-            return
+            message = messages[0][0]
+            engine = self._guard.engine
+            assert engine is not None
+            key = fastpath.request_key(
+                message.method, tuple(message.version), message.path, message.raw_headers
+            )
+            if key is not None and self._serve_hot(
+                key, message.path, message.should_close, message.raw_headers
+            ):
+                self._request_count += 1
+                self._parser.message_consumed()
+                # The head ended where the data did: llhttp holds nothing, and these
+                # bytes will parse the same next time.
+                if data.find(b"\r\n\r\n") == len(data) - 4:
+                    self._at_boundary = True
+                    parsed = self._guard.parsed
+                    if len(data) <= fastpath.MAX_REQUEST_BYTES:
+                        if len(parsed) >= fastpath.MAX_ENTRIES:
+                            parsed.clear()
+                        parsed[data] = (key, message.path, message.should_close)
+                return
         # As aiohttp does (web_protocol.RequestHandler.data_received).
         for message in messages:
             self._request_count += 1
@@ -204,15 +235,19 @@ class _GuardedHandler(RequestHandler):
         if upgraded and tail:
             self._message_tail = tail
 
-    def _serve_hot(self, message: RawRequestMessage) -> bool:
+    def _serve_hot(
+        self,
+        key: tuple[bytes, bytes, bytes],
+        path: str,
+        should_close: bool,
+        raw_headers: Any,
+    ) -> bool:
         """Answer from the hot tier if it holds this request's response and the
-        guard's per-request checks pass; False sends it the general way."""
+        guard's per-request checks pass; False sends it the general way.
+        `raw_headers` is None when these bytes already passed the header rules."""
         engine = self._guard.engine
         assert engine is not None and engine.hot is not None
-        key = fastpath.request_key(
-            message.method, tuple(message.version), message.path, message.raw_headers
-        )
-        if key is None or (engine.purger is not None and not engine.purger.ready):
+        if engine.purger is not None and not engine.purger.ready:
             return False
         now = time.time()
         found = engine.hot.answer(key, now)
@@ -222,8 +257,10 @@ class _GuardedHandler(RequestHandler):
         host = key[1].decode("latin-1").lower()
         if engine.limiter and engine.limiter.take(self._client, host, hot.path, time.monotonic()):
             return False  # the general path takes the same decision and refuses it
-        if engine.rules is not None and self._guard.header_verdict(
-            engine.rules, host, message.raw_headers
+        if (
+            raw_headers is not None
+            and engine.rules is not None
+            and self._guard.header_verdict(engine.rules, host, raw_headers)
         ):
             return False
         assert self.transport is not None
@@ -235,10 +272,10 @@ class _GuardedHandler(RequestHandler):
             access_log.info(
                 '%s "GET %s" 200 hit bytes=%d time_ms=0.0 upstream_ms=- walk=fast',
                 self._client,
-                message.path,
+                path,
                 len(hot.body),
             )
-        if message.should_close:
+        if should_close:
             self.force_close()
         else:
             # What aiohttp does after a response on a kept-alive connection.

@@ -27,7 +27,7 @@ from typing import IO, Any
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from edge import compress, derive, fastpath, forwarding, guard, policy
+from edge import compress, derive, fastpath, forwarding, guard, policy, zerocopy
 from edge.cachestatus import CacheStatus
 from edge.config import NodeConfig
 from edge.derive import Deriver
@@ -1047,8 +1047,7 @@ class Transaction:
         transport = self.req.transport
         if transport is None:
             raise ConnectionResetError("client went away")
-        loop = asyncio.get_running_loop()
-        await loop.sendfile(transport, body, offset, count)
+        await zerocopy.send_span(transport, body, offset, count, resp.write)
         self.sent += count
 
     async def _send_simple(self, status: int, headers: CIMultiDict[str]) -> None:
