@@ -66,8 +66,9 @@ class Hot:
     version: Hashable = None  # the store's version when the variant was last seen
 
 
-def render(hot: Hot, now: float) -> bytes | None:
-    """The response for `now`, or None once it is no longer fresh."""
+def render(hot: Hot, now: float, close: bool = False) -> bytes | None:
+    """The response for `now`, or None once it is no longer fresh; `close` adds the
+    Connection: close aiohttp would write last for a request that asked to close."""
     age = hot.age0 + (now - hot.at)
     if not age < hot.lifetime:
         return None
@@ -78,6 +79,7 @@ def render(hot: Hot, now: float) -> bytes | None:
             hot.between,
             str(int(hot.lifetime - age)).encode(),
             hot.after_ttl,
+            b"Connection: close\r\n\r\n" if close else b"\r\n",
             hot.body,
         )
     )
@@ -124,6 +126,8 @@ class HotTier:
         age_at = ttl_at = -1
         for name, value in headers:
             lower = name.lower()
+            if lower == "connection":
+                continue  # about the connection it was captured on: set per request
             if lower == "age":
                 age_at = len(lines)
             elif lower == "cache-status":
@@ -133,7 +137,7 @@ class HotTier:
             lines.append(f"{name}: {value}\r\n")
         if age_at < 0 or ttl_at < 0 or ttl_at < age_at:
             return
-        head = [f"{status_line}\r\n", *lines, "\r\n"]
+        head = [f"{status_line}\r\n", *lines]
         age_line = 1 + age_at
         ttl_line = 1 + ttl_at
         before_age = "".join(head[:age_line]) + "Age: "
@@ -163,13 +167,13 @@ class HotTier:
             self._entries.popitem(last=False)
 
     def answer(
-        self, request_key: tuple[bytes, bytes, bytes], now: float
+        self, request_key: tuple[bytes, bytes, bytes], now: float, close: bool = False
     ) -> tuple[Hot, bytes] | None:
         """The response for a request, if a hot one still stands for it."""
         hot = self._entries.get(request_key)
         if hot is None:
             return None
-        data = render(hot, now)
+        data = render(hot, now, close)
         if data is not None:
             version = self._version()
             if version is None or version != hot.version:

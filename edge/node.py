@@ -30,13 +30,14 @@ from aiohttp.web_protocol import RequestHandler, _ErrInfo
 from aiohttp.web_server import Server
 
 from edge import fastpath, forwarding, guard, tls
+from edge.accesslog import AccessLog
 from edge.config import ConfigError, NodeConfig, parse_listen
 from edge.derive import Deriver
 from edge.fill import InFlight
 from edge.forwarding import parse_networks
 from edge.keys import cache_key
 from edge.metrics import CONTENT_TYPE_LATEST, NodeMetrics
-from edge.pipeline import Engine, Transaction, access_log, guard_settings
+from edge.pipeline import Engine, Transaction, guard_settings
 from edge.purge import Purge, PurgeError, Purger, Subscription
 from edge.slices import Slicer
 from edge.store import DiskStore
@@ -250,7 +251,7 @@ class _GuardedHandler(RequestHandler):
         if engine.purger is not None and not engine.purger.ready:
             return False
         now = time.time()
-        found = engine.hot.answer(key, now)
+        found = engine.hot.answer(key, now, should_close)
         if found is None:
             return False
         hot, data = found
@@ -265,15 +266,12 @@ class _GuardedHandler(RequestHandler):
             return False
         assert self.transport is not None
         self.transport.write(data)
-        cfg = engine.config
         engine.metrics.fast_hits += 1
         engine.metrics.fast_bytes += len(hot.body)
-        if cfg.access_log:
-            access_log.info(
-                '%s "GET %s" 200 hit bytes=%d time_ms=0.0 upstream_ms=- walk=fast',
-                self._client,
-                path,
-                len(hot.body),
+        if engine.access.enabled:
+            engine.access.line(
+                f'{self._client} "GET {path}" 200 hit bytes={len(hot.body)} time_ms=0.0 '
+                "upstream_ms=- walk=fast"
             )
         if should_close:
             self.force_close()
@@ -429,6 +427,7 @@ class EdgeNode:
             trusted=parse_networks(self.config.trusted_proxies),
             hidden=frozenset(hidden),
             purger=purger,
+            access=AccessLog(self.config.access_log),
             **guard_settings(self.config),
         )
         if self.config.fast_path:
@@ -543,6 +542,7 @@ class EdgeNode:
             await self.engine.inflight.close()
             await self.engine.upstream.close()
             self.engine.store.close()
+            self.engine.access.flush()
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         assert self.engine is not None

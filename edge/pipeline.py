@@ -21,13 +21,14 @@ import os
 import re
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO, Any
 
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from edge import compress, derive, fastpath, forwarding, guard, policy, zerocopy
+from edge.accesslog import AccessLog
 from edge.cachestatus import CacheStatus
 from edge.config import NodeConfig
 from edge.derive import Deriver
@@ -59,7 +60,6 @@ from edge.upstream import UpstreamError, UpstreamResponse, Upstreams
 from edge.waf import RuleSet
 
 log = logging.getLogger("edge.pipeline")
-access_log = logging.getLogger("edge.access")
 
 #: Request fields that belong to this hop or to the client's own cache; a fill asks
 #: upstream for the whole, unconditional representation and answers them itself.
@@ -116,6 +116,7 @@ class Engine:
     unkeyed: frozenset[str] = frozenset()
     keyed: tuple[str, ...] = ()
     hot: fastpath.HotTier | None = None  # plain hits kept for edge.fastpath
+    access: AccessLog = field(default_factory=lambda: AccessLog(enabled=False))
 
     def response_policy(self, headers: policy.Headers) -> ResponsePolicy:
         return policy.response_policy(
@@ -800,6 +801,9 @@ class Transaction:
         body = self.e.store.open_body(derived) if derived is not None else None
         if derived is not None and body is not None and derived.extra.get("level") != "stream":
             stored.close()
+            # Kept encodings are as fixed as the stored response: the hot tier may
+            # hold them (its key has the request's Accept-Encoding).
+            self._hot_candidate = True
             return FileSource(body), derived.size
         # Not made yet, or made in a hurry while the source arrived: make it now from the
         # stored source at the strong level (in the background when a copy exists).
@@ -1214,22 +1218,15 @@ class Transaction:
         name = self.e.config.name
         self.e.metrics.requests.labels(name, label, str(self.code)).inc()
         self.e.metrics.bytes_sent.labels(name).inc(self.sent)
-        if self.e.config.access_log:
+        if self.e.access.enabled:
             took = (time.monotonic() - self.started) * 1000
             upstream = f"{self.upstream_ms:.1f}" if self.upstream_ms is not None else "-"
-            access_log.info(
-                '%s "%s %s" %d %s bytes=%d time_ms=%.1f upstream_ms=%s%s walk=%s%s',
-                self.req.remote,
-                self.method,
-                self.req.raw_path,
-                self.code,
-                label,
-                self.sent,
-                took,
-                upstream,
-                f" id={self._request_id}" if self._request_id else "",
-                ">".join(self.walk),
-                " client-gone" if self.client_gone else (" cut" if self.cut else ""),
+            req_id = f" id={self._request_id}" if self._request_id else ""
+            end = " client-gone" if self.client_gone else (" cut" if self.cut else "")
+            self.e.access.line(
+                f'{self.req.remote} "{self.method} {self.req.raw_path}" {self.code} {label} '
+                f"bytes={self.sent} time_ms={took:.1f} upstream_ms={upstream}{req_id} "
+                f"walk={'>'.join(self.walk)}{end}"
             )
 
 

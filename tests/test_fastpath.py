@@ -40,6 +40,7 @@ def timing(response: bytes) -> tuple[bytes, list[int]]:
 
 
 def fast_count(proc: Proc) -> int:
+    time.sleep(0.05)  # access lines are written a loop turn later (edge.accesslog)
     return proc.output().count("walk=fast")
 
 
@@ -65,6 +66,13 @@ def test_fast_answers_are_the_general_answers(
     target, fields = CASES[case]
     for _ in range(3):  # a miss, general hits (the last one is kept), ...
         exchange(port, request(target, *fields))
+    if case == "text, gzip stored variant":
+        # The encoding made by the node is kept once made at its strong level (in
+        # the background); from then on it is hot like any stored response.
+        for _ in range(50):
+            if b"; hit" in exchange(port, request(target, *fields))[0] and fast_count(proc):
+                break
+            time.sleep(0.1)
     before = fast_count(proc)
     for _ in range(5):
         fast, _ = exchange(port, request(target, *fields))
@@ -73,11 +81,7 @@ def test_fast_answers_are_the_general_answers(
         assert status_of(fast) == 200 and b"; hit" in fast
         assert fast_bytes == general_bytes, (fast, general)
         assert all(abs(a - b) <= 1 for a, b in zip(fast_times, general_times, strict=True))
-    if case == "text, gzip stored variant":
-        # Encodings made by the node are served from their own stored variant, which
-        # the hot tier does not hold yet: the general way, identical by construction.
-        assert fast_count(proc) == before
-    elif case == "Vary on Accept-Language":
+    if case == "Vary on Accept-Language":
         # Selecting fields other than Accept-Encoding are not in the hot key: never fast.
         assert fast_count(proc) == before
         other, _ = exchange(port, request(target, "Accept-Language: de"))
@@ -164,3 +168,42 @@ def test_rate_limits_and_header_rules_hold(
     time.sleep(2.1)
     response, _ = exchange(port, request(target, "User-Agent: ${jndi:ldap://x/a}"))
     assert status_of(response) == 403
+
+
+def test_repeated_bytes_skip_the_parser_only_at_a_message_boundary(
+    node: NodeFactory, upstream: Proc, tmp_path: Path
+) -> None:
+    """A kept-alive client repeating its request is answered from the remembered parse
+    of those bytes; bytes that arrive while llhttp holds part of a message are parsed."""
+    proc, port = start(node, upstream, tmp_path)
+    hot = request("/m?size=100", close=False)
+    for _ in range(3):
+        exchange(port, request("/m?size=100"))
+    before = fast_count(proc)
+
+    def one(sock, data: bytes) -> bytes:
+        sock.sendall(data)
+        got = b""
+        while b"\r\n\r\n" not in got or len(got.split(b"\r\n\r\n", 1)[1]) < 100:
+            chunk = sock.recv(65536)
+            assert chunk, got
+            got += chunk
+        return got
+
+    with connect(port) as sock:
+        answers = [one(sock, hot) for _ in range(6)]
+        general = one(sock, request("/m?size=100", "X-General: 1", close=False))
+        # The same request split in two: parsed, answered the same.
+        sock.sendall(hot[:-2])
+        time.sleep(0.2)
+        answers.append(one(sock, hot[-2:]))
+        # A request line left waiting, then the remembered bytes: they are the rest of
+        # that head (an invalid field line), not a request of their own.
+        sock.sendall(b"GET /other?size=7 HTTP/1.1\r\n")
+        time.sleep(0.2)
+        sock.sendall(hot)
+        tail, closed = read_all(sock, timeout=5)
+    for answer in answers:
+        assert timing(answer)[0] == timing(general)[0]  # Connection: close only when asked
+    assert fast_count(proc) - before >= 6
+    assert statuses(tail) == [400] and closed and b"Content-Length: 100" not in tail
