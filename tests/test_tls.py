@@ -20,6 +20,7 @@ import pytest
 
 from edge.tls import LocalCA
 from tests.support.procs import Proc, edge_cmd, free_port, start
+from tests.support.upstream import body_for
 
 
 @pytest.fixture
@@ -135,6 +136,27 @@ async def test_https_hits_with_aiohttp_and_curl(
         ["curl", "-s", f"https://127.0.0.1:{edge.port}/books/2"], capture_output=True, timeout=30
     )
     assert run.returncode == 60
+
+
+async def test_large_bodies_over_tls_are_whole(
+    procs: list[Proc], tmp_path: Path, upstream: Proc, ca: LocalCA
+) -> None:
+    """Bodies above the single-write size leave by sendfile over plain TCP; over TLS
+    they must be read and encrypted (edge.zerocopy): miss, hit and a range, whole."""
+    pair = ca.issue("archive", ["archive.test"], ["127.0.0.1"])
+    edge = tls_edge(procs, tmp_path, upstream.url, [pair], ca.cert_path, name="tls-big")
+    base = f"https://127.0.0.1:{edge.port}"
+    size = 3 << 20
+    want = body_for("/big/1", size)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_context(ca))) as s:
+        for expect in ("fwd=uri-miss", "hit"):
+            async with s.get(f"{base}/big/1?size={size}") as resp:
+                assert resp.status == 200 and expect in resp.headers["Cache-Status"]
+                assert await resp.read() == want
+        headers = {"Range": "bytes=1000-2000999"}
+        async with s.get(f"{base}/big/1?size={size}", headers=headers) as resp:
+            assert resp.status == 206
+            assert await resp.read() == want[1000:2001000]
 
 
 def test_certificates_are_chosen_by_sni(
