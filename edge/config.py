@@ -34,14 +34,16 @@ def parse_size(value: str | int) -> int:
     return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
 
 
-def parse_listen(value: str) -> tuple[str, int]:
-    """'HOST:PORT', '[::1]:PORT' or ':PORT' -> (host, port)."""
+def parse_listen(value: str, *, any_port: bool = False) -> tuple[str, int]:
+    """'HOST:PORT', '[::1]:PORT' or ':PORT' -> (host, port). With `any_port`, port 0
+    (the system picks one) is allowed."""
     text = value.strip()
     if text.startswith("["):
         host, sep, port = text[1:].partition("]:")
     else:
         host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    low = 0 if any_port else 1
+    if not sep or not port.isdigit() or not low <= int(port) < 65536:
         raise ConfigError(f"listen address must be HOST:PORT, got {value!r}")
     return (host or "0.0.0.0", int(port))
 
@@ -69,6 +71,19 @@ def _positive(name: str, value: Any, *, integer: bool = False, zero: bool = Fals
         raise ConfigError(
             f"{name} must be a {'whole ' if integer else ''}number {bound}: {value!r}"
         )
+    return value
+
+
+#: The most worker processes a node runs (edge.shared sizes its slots by it).
+MAX_WORKERS = 64
+
+
+def _workers(value: Any) -> int:
+    """1..MAX_WORKERS, from TOML (an integer) or the command line (digits)."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_WORKERS:
+        raise ConfigError(f"workers must be a whole number from 1 to {MAX_WORKERS}: {value!r}")
     return value
 
 
@@ -306,16 +321,19 @@ class NodeConfig:
     access_log: bool = True
     # Answer repeated plain hits of small objects from memory (edge.fastpath).
     fast_path: bool = True
+    # Worker processes (edge.workers), each a whole node on one listening port
+    # (SO_REUSEPORT) over one cache directory; 1: this process serves alone.
+    workers: int = 1
     # Filled by validate(): the pools and routes in their checked form.
     pool_configs: dict[str, PoolConfig] = field(default_factory=dict, init=False, repr=False)
     route_configs: list[RouteConfig] = field(default_factory=list, init=False, repr=False)
 
     @property
     def host_port(self) -> tuple[str, int]:
-        return parse_listen(self.listen)
+        return parse_listen(self.listen, any_port=True)
 
     def validate(self) -> NodeConfig:
-        parse_listen(self.listen)
+        parse_listen(self.listen, any_port=True)
         if self.role not in ("edge", "shield"):
             raise ConfigError(f"role must be edge or shield: {self.role!r}")
         self.pool_configs, self.route_configs = self._upstreams()
@@ -356,6 +374,7 @@ class NodeConfig:
             raise ConfigError("cache size must be at least 1M")
         self._validate_guard()
         self._validate_tls()
+        self.workers = _workers(self.workers)
         return self
 
     def _validate_tls(self) -> None:

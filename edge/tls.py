@@ -155,7 +155,7 @@ def check(cfg: NodeConfig) -> ssl.SSLContext | None:
     if cfg.http_redirect:
         if not certs:
             raise ConfigError("http_redirect needs TLS (--tls-cert and --tls-key)")
-        if parse_listen(cfg.http_redirect) == parse_listen(cfg.listen):
+        if parse_listen(cfg.http_redirect) == parse_listen(cfg.listen, any_port=True):
             raise ConfigError(f"http_redirect must not be the TLS listener ({cfg.listen})")
     if cfg.upstream_ca:
         client_context(cfg.upstream_ca)
