@@ -4,6 +4,10 @@ This module owns where entries and bodies live and how they survive restarts and
 crashes. It knows nothing of HTTP caching rules (that is `edge.policy`): it keeps what
 it is given and hands it back.
 
+Several processes may share one store directory (the workers of one node,
+edge.workers): changes are made in SQLite transactions, and each is announced through
+edge.shared so that the other processes' memory caches drop what it made stale.
+
 An entry is one stored response (a variant of a cache key): status, header fields,
 the secondary key from Vary, request/response times, tags and the body size. Bodies
 are written to a temporary file while they arrive and *adopted* into the store by a
@@ -23,10 +27,13 @@ import uuid
 from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import diskcache
 from diskcache.core import MODE_BINARY, UNKNOWN
+
+if TYPE_CHECKING:
+    from edge.shared import Shared
 
 VaryKey = tuple[tuple[str, str | None], ...]
 
@@ -149,6 +156,13 @@ class Store(abc.ABC):
     def remove(self, key: str) -> int:
         """Remove every variant of a key; returns how many were removed."""
 
+    def drop_lost(self, entry: Entry) -> bool:
+        """The entry's body could not be opened (evicted under its reader): drop its
+        key and say True, or say False when the store has moved on since the entry was
+        read (another process replaced or removed it: look it up again)."""
+        self.remove(entry.key)
+        return True
+
     @abc.abstractmethod
     def keys(self) -> Iterator[str]:
         """Every primary key with stored entries (for the purge sweeper)."""
@@ -209,22 +223,22 @@ class DiskStore(Store):
     Reads are served from memory where possible: metadata is cached per key, a body is
     opened by its file name, and accesses are written back to diskcache's access_time
     column in batches, so a hit costs no SQLite write. This relies on diskcache's
-    table layout (pinned to diskcache 5.x); one process owns a store directory.
+    table layout (pinned to diskcache 5.x).
+
+    One process owns a store directory, or, with `shared` (edge.shared), the workers of
+    one node do: each change to a key's metadata is one SQLite transaction (a
+    read-modify-write of a key's variants cannot interleave with another process's),
+    announced afterwards through the shared generations, which the memory cache of
+    every process checks before it answers; `incoming/` is then emptied by the
+    supervisor (`prepare`) before any worker starts, never by a worker.
     """
 
-    def __init__(self, directory: Path, size_limit: int) -> None:
+    def __init__(self, directory: Path, size_limit: int, shared: Shared | None = None) -> None:
         self.directory = Path(directory)
-        # Private to the node's user: stored responses can be personal (Authorization
-        # with public, cookies an origin chose to share), and a local user must not
-        # plant a body for the node to serve.
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if self.directory.stat().st_mode & 0o077:
-            self.directory.chmod(0o700)
+        self._shared = shared
+        if shared is None:
+            self.prepare(self.directory)
         self.tmp = self.directory / "incoming"
-        # Bodies that were still arriving when the process stopped are incomplete:
-        # nothing refers to them, so they go.
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        self.tmp.mkdir()
         self.objects = self.directory / "objects"
         self.cache = diskcache.Cache(
             str(self.objects),
@@ -239,12 +253,52 @@ class DiskStore(Store):
         )
         self.size_limit = size_limit
         # diskcache is thread-safe, but a read-modify-write of one key's variant map
-        # must not interleave with another.
+        # must not interleave with another (other processes: the transaction).
         self._lock = threading.Lock()
-        self._meta_cache: dict[str, list[Entry]] = {}
+        # Per key: its generation when read (edge.shared; 0 when not shared) and its
+        # variants, newest first.
+        self._meta_cache: dict[str, tuple[int, list[Entry]]] = {}
         self._changes = 0  # see version()
         self._touched: dict[tuple[str, ...], float] = {}
         self._last_flush = time.monotonic()
+        # Bodies arriving in this process are named after it, so that the supervisor
+        # can remove a dead worker's (edge.workers).
+        self._prefix = f"{os.getpid()}-" if shared is not None else ""
+        if shared is not None:
+            self.version = shared.version  # type: ignore[method-assign]
+
+    @staticmethod
+    def prepare(directory: Path) -> None:
+        """Make the directory private and empty `incoming/`: before the store opens,
+        once, by the only process that may (the node's, or its supervisor)."""
+        directory = Path(directory)
+        # Private to the node's user: stored responses can be personal (Authorization
+        # with public, cookies an origin chose to share), and a local user must not
+        # plant a body for the node to serve.
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if directory.stat().st_mode & 0o077:
+            directory.chmod(0o700)
+        tmp = directory / "incoming"
+        # Bodies that were still arriving when the process stopped are incomplete:
+        # nothing refers to them, so they go.
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+
+    @contextlib.contextmanager
+    def _changing(self) -> Iterator[list[str]]:
+        """One change to the metadata: a transaction (other processes wait for it),
+        and afterwards the keys it changed (appended to the list given) announced."""
+        changed: list[str] = []
+        with self._lock:
+            with self.cache.transact():
+                yield changed
+            # Committed: only now may another process read the new state.
+            if changed:
+                for key in changed:
+                    self._meta_cache.pop(key, None)
+                self._changes += 1
+                if self._shared is not None:
+                    self._shared.changed(*changed)
 
     # -- metadata -----------------------------------------------------------------
 
@@ -252,21 +306,25 @@ class DiskStore(Store):
         value = self.cache.get(("m", key))
         return value if isinstance(value, dict) else {}
 
-    def _put_meta(self, key: str, meta: dict[str, Entry]) -> None:
+    def _put_meta(self, key: str, meta: dict[str, Entry], changed: list[str]) -> None:
         if meta:
             self.cache.set(("m", key), meta)
         else:
             self.cache.delete(("m", key))
-        self._meta_cache.pop(key, None)
-        self._changes += 1
+        changed.append(key)
 
     def variants(self, key: str) -> list[Entry]:
-        entries = self._meta_cache.get(key)
-        if entries is None:
-            entries = sorted(self._meta(key).values(), key=lambda e: -e.response_time)
-            if len(self._meta_cache) >= META_CACHE_KEYS:
-                self._meta_cache.pop(next(iter(self._meta_cache)))
-            self._meta_cache[key] = entries
+        shared = self._shared
+        # Read before the metadata: a change committed after this read shows as a
+        # new generation next time.
+        generation = 0 if shared is None else shared.generation(key)
+        cached = self._meta_cache.get(key)
+        if cached is not None and cached[0] == generation:
+            return cached[1]
+        entries = sorted(self._meta(key).values(), key=lambda e: -e.response_time)
+        if cached is None and len(self._meta_cache) >= META_CACHE_KEYS:
+            self._meta_cache.pop(next(iter(self._meta_cache)))
+        self._meta_cache[key] = (generation, entries)
         return entries
 
     # -- bodies ---------------------------------------------------------------------
@@ -300,37 +358,41 @@ class DiskStore(Store):
                 )
 
     def begin(self) -> BodyWriter:
-        return BodyWriter(self.tmp / uuid.uuid4().hex)
+        return BodyWriter(self.tmp / f"{self._prefix}{uuid.uuid4().hex}")
 
     def commit(self, entry: Entry, body: BodyWriter) -> Entry:
         body.close()
-        with self._lock:
+        with self._changing() as changed:
+            if entry.derived_from and entry.derived_from not in self._meta(entry.key):
+                # Its source went (another process may have removed it): nor is this.
+                body.discard()
+                return entry
             disk: _AdoptingDisk = self.cache.disk
             self.cache.set(("b", entry.key, entry.variant), _Adopt(body.path, body.written))
             entry = replace(entry, body_file=disk.last_filename)
-            self._record(entry)
+            self._record(entry, changed)
         return entry
 
     def commit_manifest(self, entry: Entry) -> Entry:
-        with self._lock:
-            self._record(entry)
+        with self._changing() as changed:
+            self._record(entry, changed)
         return entry
 
     def commit_slice(self, entry: Entry, index: int, body: BodyWriter) -> None:
         body.close()
-        with self._lock:
+        with self._changing() as changed:
             if entry.variant not in self._meta(entry.key):
                 body.discard()  # purged or replaced while the slice was arriving
                 return
             key = ("s", entry.key, entry.variant, index)
             self.cache.set(key, _Adopt(body.path, body.written))
-            self._evict(keep=entry.key)
+            self._evict(entry.key, changed)
 
     def open_slice(self, entry: Entry, index: int) -> IO[bytes] | None:
         handle = self.cache.get(("s", entry.key, entry.variant, index), read=True)
         return handle  # type: ignore[no-any-return]
 
-    def _record(self, entry: Entry) -> None:
+    def _record(self, entry: Entry, changed: list[str]) -> None:
         """Add a variant to its key's metadata, dropping the one it replaces."""
         meta = self._meta(entry.key)
         replaced = {v.variant for v in meta.values() if v.vary == entry.vary}
@@ -340,8 +402,8 @@ class DiskStore(Store):
             del meta[old.variant]
             self._drop_bodies(old)
         meta[entry.variant] = entry
-        self._put_meta(entry.key, meta)
-        self._evict(keep=entry.key)
+        self._put_meta(entry.key, meta, changed)
+        self._evict(entry.key, changed)
 
     def _drop_bodies(self, entry: Entry) -> None:
         self.cache.delete(("b", entry.key, entry.variant))
@@ -349,21 +411,34 @@ class DiskStore(Store):
             self.cache.delete(("s", entry.key, entry.variant, index))
 
     def update(self, entry: Entry) -> None:
-        with self._lock:
+        with self._changing() as changed:
             meta = self._meta(entry.key)
             if entry.variant in meta:
                 meta[entry.variant] = entry
-                self._put_meta(entry.key, meta)
+                self._put_meta(entry.key, meta, changed)
 
     def remove(self, key: str) -> int:
-        with self._lock:
+        with self._changing() as changed:
             meta = self._meta(key)
             for entry in meta.values():
                 self._drop_bodies(entry)
-            self._put_meta(key, {})
+            self._put_meta(key, {}, changed)
             return len(meta)
 
-    def _evict(self, keep: str) -> None:
+    def drop_lost(self, entry: Entry) -> bool:
+        if self._shared is None:
+            return super().drop_lost(entry)
+        with self._changing() as changed:
+            meta = self._meta(entry.key)
+            current = meta.get(entry.variant)
+            if current is None or (self.objects / current.body_file).exists():
+                return False  # replaced or removed by another worker since it was read
+            for stale in meta.values():
+                self._drop_bodies(stale)
+            self._put_meta(entry.key, {}, changed)
+            return True
+
+    def _evict(self, keep: str, changed: list[str]) -> None:
         """Remove least recently used objects (a variant's body or one slice, or a
         key's metadata with all its bodies) until the store is within its bound."""
         while self.cache.volume() > self.size_limit:
@@ -379,8 +454,7 @@ class DiskStore(Store):
                     for entry in self._meta(victim[1]).values():
                         self._drop_bodies(entry)
                     self.cache.delete(victim)
-                    self._meta_cache.pop(victim[1], None)
-                    self._changes += 1
+                    changed.append(victim[1])
                 elif victim[0] == "s":
                     self.cache.delete(victim)  # a missing slice is fetched again
                 else:
@@ -388,7 +462,7 @@ class DiskStore(Store):
                     self.cache.delete(victim)
                     meta = self._meta(key)
                     if meta.pop(variant, None) is not None:
-                        self._put_meta(key, meta)
+                        self._put_meta(key, meta, changed)
 
     def keys(self) -> Iterator[str]:
         for key in self.cache.iterkeys():
@@ -401,11 +475,14 @@ class DiskStore(Store):
             self._meta_cache.clear()
             self._changes += 1
             self._touched.clear()
+            if self._shared is not None:
+                self._shared.changed_all()
 
     def stats(self) -> tuple[int, int]:
         return int(self.cache.volume()), len(self.cache) // 2
 
     def version(self) -> Hashable:
+        # Shared: every worker's change counter (edge.shared), set in __init__.
         return self._changes
 
     def close(self) -> None:
