@@ -20,20 +20,28 @@ running, the ban is retired. The applied sequence number and the live bans are w
 to `purge-state.json` in the cache directory (atomically, before an event is
 acknowledged), so a restarted node resumes where it stopped and serves nothing cached
 until it has caught up.
+
+The workers of one node (edge.workers) share that file: each change is made to it under
+a lock (`purge-state.lock`) by reading it, changing it and writing it back, so no ban
+one worker applies is lost to another's write; the writer then moves the purge stamp
+and the store's version (edge.shared), and every other worker reloads the file at its
+next lookup, or hot-tier hit, after that. Only one worker subscribes to the
+coordinator and sweeps; any worker applies a purge made on the node directly.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 import aiohttp
@@ -41,10 +49,14 @@ import aiohttp
 from edge.keys import authority_of, host_of, key_from_uri
 from edge.store import Entry, Store
 
+if TYPE_CHECKING:
+    from edge.shared import Shared
+
 log = logging.getLogger("edge.purge")
 
 SELECTORS = ("urls", "prefixes", "tags", "hosts")
 STATE_FILE = "purge-state.json"
+LOCK_FILE = "purge-state.lock"
 #: Seconds between heartbeats to the coordinator, and the longest reconnect back-off.
 HEARTBEAT = 2.0
 MAX_BACKOFF = 5.0
@@ -155,6 +167,15 @@ class Bans:
         if ban.seq > self.applied:
             self.applied = ban.seq
 
+    def merge(self, bans: list[Ban]) -> None:
+        """Add bans another copy of this state applied, each once, in time order
+        (verdict stops at the first ban older than the entry)."""
+        known = {(b.seq, b.at, b.purge) for b in self.bans}
+        for ban in bans:
+            if (ban.seq, ban.at, ban.purge) not in known:
+                self.add(ban)
+        self.bans.sort(key=lambda b: b.at)
+
     def verdict(self, entry: Entry) -> Ban | None:
         """The newest ban that purges `entry` (hard before soft), or None. Only bans
         applied after the entry was requested count."""
@@ -229,12 +250,18 @@ class Purger:
     sweep_interval: float = 5.0
     #: Called after every purge and reset (edge.fastpath's hot tier empties itself).
     on_change: list[Callable[[], None]] = field(default_factory=list)
+    #: The node's workers share the state (edge.shared); None: this process alone.
+    shared: Shared | None = None
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _stamp: int = 0  # the shared purge stamp of the state held
+    _unsaved: list[Ban] = field(default_factory=list)  # applied, not yet written
 
     @classmethod
     def open(cls, store: Store, directory: Path, **kw: Any) -> Purger:
+        shared: Shared | None = kw.get("shared")
+        stamp = shared.purge_stamp() if shared is not None else 0
         bans = Bans.load(directory)
-        purger = cls(store, directory, bans=bans, **kw)
+        purger = cls(store, directory, bans=bans, _stamp=stamp, **kw)
         if bans.applied < 0:
             store.clear()
             purger.bans = Bans()
@@ -243,27 +270,82 @@ class Purger:
 
     def apply(self, purge: Purge, seq: int = 0, *, save: bool = True) -> Ban:
         ban = Ban.of(seq, time.time(), purge)
+        self.sync(notify=False)
         self.bans.add(ban)
+        if self.shared is not None:
+            self._unsaved.append(ban)
         if save:
-            self.bans.save(self.directory)
+            self.save()
         self._wake.set()
         for listener in self.on_change:
             listener()
         log.info("purge %s applied: %s", seq or "(local)", _describe(purge))
         return ban
 
+    def save(self) -> None:
+        """Write the state; shared: add what this worker applied to the file as it
+        is now, under the lock."""
+        if self.shared is None:
+            self.bans.save(self.directory)
+            return
+        unsaved, applied = self._unsaved, self.bans.applied
+
+        def change(on_disk: Bans) -> Bans:
+            on_disk.merge(unsaved)
+            on_disk.applied = max(on_disk.applied, applied)
+            return on_disk
+
+        self._rewrite(change)
+        self._unsaved = []
+
+    def _rewrite(self, change: Callable[[Bans], Bans]) -> None:
+        """Read, change and write the shared state under its lock; announce it."""
+        assert self.shared is not None
+        with _locked(self.directory / LOCK_FILE):
+            on_disk = Bans.load(self.directory)
+            if on_disk.applied < 0:  # damaged after start: this worker's copy stands
+                on_disk = Bans(list(self.bans.bans), self.bans.applied)
+            bans = change(on_disk)
+            bans.save(self.directory)
+            self._stamp = self.shared.purge_changed()
+        self.bans = bans
+        self.bans.merge(self._unsaved)
+
+    def sync(self, *, notify: bool = True) -> bool:
+        """Shared: take up the state another worker wrote since this one read it;
+        True if it did (the listeners are told unless `notify` is False: the caller
+        tells them when it is safe)."""
+        shared = self.shared
+        if shared is None or shared.purge_stamp() == self._stamp:
+            return False
+        self._stamp = shared.purge_stamp()  # before the read: a later write shows
+        bans = Bans.load(self.directory)
+        if bans.applied < 0:
+            return False  # being replaced; the writer moves the stamp again
+        bans.merge(self._unsaved)
+        self.bans = bans
+        if notify:
+            for listener in self.on_change:
+                listener()
+        return True
+
     def reset(self, seq: int) -> None:
         """The coordinator no longer has the events this node missed: drop everything."""
         self.store.clear()
         for listener in self.on_change:
             listener()
-        self.bans = Bans(applied=seq)
-        self.bans.save(self.directory)
+        self._unsaved = []
+        if self.shared is not None:
+            self._rewrite(lambda _: Bans(applied=seq))
+        else:
+            self.bans = Bans(applied=seq)
+            self.bans.save(self.directory)
         log.warning("purge log compacted past this node: cache dropped, resuming at %d", seq)
 
     def check(self, entry: Entry) -> str | None:
         """At lookup: "hard" (the entry's key was removed), "soft" (serve only after
         revalidation), or None."""
+        self.sync()
         ban = self.bans.verdict(entry)
         if ban is None:
             return "soft" if entry.extra.get("stale_at", 0) > entry.request_time else None
@@ -285,6 +367,7 @@ class Purger:
     async def sweep(self) -> None:
         """Walk every key once, doing what a lookup would; then retire the bans that
         no entry and no running fill can still be older than."""
+        self.sync()
         started = time.time()
         pending = list(self.bans.bans)
         removed = marked = 0
@@ -307,11 +390,33 @@ class Purger:
         oldest = self.oldest_fill()
         horizon = started if oldest is None else min(started, oldest)
         if any(b.at < horizon for b in pending):
-            retired = self.bans.retire(horizon)
-            self.bans.save(self.directory)
+            if self.shared is not None:
+                retired = 0
+
+                def retire(bans: Bans) -> Bans:
+                    nonlocal retired
+                    retired = bans.retire(horizon)
+                    return bans
+
+                self._rewrite(retire)
+            else:
+                retired = self.bans.retire(horizon)
+                self.bans.save(self.directory)
             log.info(
                 "sweep: %d keys removed, %d marked stale, %d bans retired", removed, marked, retired
             )
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock between the workers of a node (released by the kernel if
+    the holder dies). Held for one read and write of the state: milliseconds."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _describe(purge: Purge) -> str:
@@ -392,7 +497,7 @@ class Subscription:
                     else:
                         continue
                     if seq >= target and not self.caught_up.is_set():
-                        self.purger.bans.save(self.purger.directory)
+                        self.purger.save()
                         self._caught_up()
                     await ws.send_json({"type": "ack", "seq": self.purger.bans.applied})
             finally:
