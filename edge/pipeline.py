@@ -195,6 +195,7 @@ class Transaction:
         self.client_gone = False
         self.cut = False  # the body was cut short on our side (upstream broke)
         self.soft_purged = False  # the stored response must be revalidated (edge.purge)
+        self._rounds = 0  # lookups again after another worker's fill (_look_again)
         self._hot_candidate = False  # delivered as stored from the entry's own file
 
     # -- the walk -------------------------------------------------------------------
@@ -253,22 +254,11 @@ class Transaction:
     async def st_lookup(self) -> str:
         """RFC 9111 Section 4: select a stored response (URI, Vary) and decide how it
         may be used."""
-        variants = self.e.store.variants(self.key)
-        for entry in variants:
-            if entry.derived_from:
-                continue  # encodings of a stored response are chosen at delivery
-            if policy.vary_matches(entry.vary, self.headers, _NEGOTIATED):
-                if entry.slice_size:  # segmented: slices are found as they are read
-                    self.entry, self.entry_headers = entry, CIMultiDict(entry.headers)
-                    break
-                body = self.e.store.open_body(entry)
-                if body is None:  # evicted under us: the metadata is stale
-                    self.e.store.remove(self.key)
-                    variants = []
-                    break
-                self.entry, self.body = entry, body
-                self.entry_headers = CIMultiDict(entry.headers)
-                break
+        chosen = self._select(self.e.store.variants(self.key))
+        if chosen is None:
+            # Another worker replaced the entry since it was read: look again, once.
+            chosen = self._select(self.e.store.variants(self.key)) or []
+        variants = chosen
         if self.entry is not None and not self._purge_check(self.entry):
             if self.body is not None:
                 self.body.close()
@@ -301,6 +291,25 @@ class Transaction:
         self.status.fwd = "request" if "no-cache" in self.request_cc else "stale"
         return "miss"
 
+    def _select(self, variants: list[Entry]) -> list[Entry] | None:
+        """Choose the stored response for this request (Vary) and open its body;
+        returns the variants (emptied when the chosen one's body was lost), or None
+        when the store moved on since they were read (edge.store.Store.drop_lost)."""
+        for entry in variants:
+            if entry.derived_from:
+                continue  # encodings of a stored response are chosen at delivery
+            if policy.vary_matches(entry.vary, self.headers, _NEGOTIATED):
+                if entry.slice_size:  # segmented: slices are found as they are read
+                    self.entry, self.entry_headers = entry, CIMultiDict(entry.headers)
+                    break
+                body = self.e.store.open_body(entry)
+                if body is None:  # evicted under us: the metadata is stale
+                    return [] if self.e.store.drop_lost(entry) else None
+                self.entry, self.body = entry, body
+                self.entry_headers = CIMultiDict(entry.headers)
+                break
+        return variants
+
     async def st_hit(self) -> str:
         self.status.hit = True
         assert self.reuse is not None
@@ -313,9 +322,11 @@ class Transaction:
         self.status.hit = True
         self.status.ttl = int(self.reuse.ttl)
         self.status.detail = "stale-while-revalidate"
-        if self.e.inflight.get(self.key) is None:
-            fill = self.e.inflight.start(self.key)
-            self.e.inflight.spawn(self._run_fill(fill, self._fill_headers(self.entry)))
+        inflight = self.e.inflight
+        # Another worker refreshing it (its lock held) is as good as this one doing so.
+        if inflight.get(self.key) is None and inflight.try_own(self.key):
+            fill = inflight.start(self.key, locked=inflight.cross is not None)
+            inflight.spawn(self._run_fill(fill, self._fill_headers(self.entry)))
         return "deliver"
 
     async def st_miss(self) -> str:
@@ -323,14 +334,33 @@ class Transaction:
 
     async def st_fetch(self) -> str:
         """Join the key's fill in flight, or start one; then act on what it became."""
-        fill = self.e.inflight.get(self.key)
+        inflight = self.e.inflight
+        fill = inflight.get(self.key)
         purger = self.e.purger
-        if fill is not None and purger and purger.bans.matches_key_since(self.key, fill.started):
-            fill = None  # it asked upstream before a purge of this key: start afresh
+        if purger is not None:
+            purger.sync()
+        locked = afresh = False
+        if fill is not None and self._purged_since(fill):
+            fill, afresh = None, True  # it asked upstream before a purge: start afresh
+        if fill is None and inflight.cross is not None and not afresh and self._rounds < 3:
+            # The node's other workers (edge.fill.CrossFills): one of them may be
+            # bringing this object already.
+            claim = await inflight.claim(self.key, self._claim_timeout())
+            if claim.kind == "again":
+                return self._look_again()
+            if claim.kind == "pass":
+                return "pass"
+            if claim.kind == "error":
+                assert claim.error is not None
+                self.status.collapsed = True
+                return self._upstream_failed(claim.error)
+            if claim.kind == "join" and claim.fill is not None:
+                fill = None if self._purged_since(claim.fill) else claim.fill
+            locked = claim.kind == "own"
         initiator = fill is None
         if fill is None:
-            fill = self.e.inflight.start(self.key)
-            self.e.inflight.spawn(
+            fill = inflight.start(self.key, locked=locked)
+            inflight.spawn(
                 self._run_fill(
                     fill, self._fill_headers(self.entry), self._stale_on_error(), self._probe()
                 )
@@ -378,6 +408,28 @@ class Transaction:
         # head.kind == "error"
         assert head.error is not None
         return self._upstream_failed(head.error)
+
+    def _purged_since(self, fill: Fill) -> bool:
+        purger = self.e.purger
+        return purger is not None and purger.bans.matches_key_since(self.key, fill.started)
+
+    def _claim_timeout(self) -> float:
+        """How long to wait for another worker's fill before fetching alone: as long
+        as that worker's own upstream timeouts could let it wait for a head."""
+        cfg = self.e.config
+        return cfg.upstream_connect_timeout + cfg.upstream_read_timeout
+
+    def _look_again(self) -> str:
+        """Another worker's fill of this key ended: back to the lookup, which finds
+        what it stored (a few rounds at most, then this request fetches alone)."""
+        self._rounds += 1
+        if self.body is not None:
+            self.body.close()
+            self.body = None
+        self.entry, self.entry_headers, self.reuse = None, CIMultiDict(), None
+        self.soft_purged = False
+        self.status = CacheStatus(self.e.config.name)
+        return "lookup" if self._rounds < 3 else "fetch"
 
     async def st_pass(self) -> str:
         """Forward the request as it came (less hop-by-hop fields); nothing stored.
