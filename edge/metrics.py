@@ -1,14 +1,29 @@
 """Prometheus metrics of one node, in a registry of its own (two nodes in one process
-do not share counters). This module owns the metric names; the pipeline feeds them."""
+do not share counters). This module owns the metric names; the pipeline feeds them.
+
+A node of several workers (edge.workers) is one node to Prometheus: each worker's
+counters and histograms are taken as a snapshot (`NodeMetrics.snapshot`), and the
+worker that answers a scrape adds the others' snapshots to its own (`render`). Gauges
+are the answering worker's own: the store's are the node's anyway, and upstream
+health is each worker's view.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import Metric
 
 __all__ = ["CONTENT_TYPE_LATEST", "NodeMetrics"]
+
+#: Metric types whose samples add up across workers, and their samples' suffixes.
+SUMMED = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum")}
+
+#: One sample of a snapshot: [name, labels, value].
+Snapshot = Sequence[tuple[str, dict[str, str], float] | list[Any]]
 
 
 class NodeMetrics:
@@ -85,9 +100,62 @@ class NodeMetrics:
         if sent:
             self._fast_bytes.inc(sent)
 
-    def render(self) -> bytes:
+    def snapshot(self) -> list[tuple[str, dict[str, str], float]]:
+        """This worker's counters and histograms, for another worker's `render`."""
+        self.fold_fast()
+        return [
+            (sample.name, sample.labels, sample.value)
+            for family in self.registry.collect()
+            if family.type in SUMMED
+            for sample in family.samples
+            if sample.name.endswith(SUMMED[family.type])
+        ]
+
+    def render(self, others: Sequence[Snapshot] = ()) -> bytes:
+        """The exposition; with `others` (the node's other workers' snapshots), their
+        counters and histograms added to this worker's."""
         self.fold_fast()
         size, count = self._store_stats()
         self.store_bytes.labels(self.node).set(size)
         self.store_objects.labels(self.node).set(count)
-        return generate_latest(self.registry)
+        if not others:
+            return generate_latest(self.registry)
+        return generate_latest(_Summed(self.registry, others))  # type: ignore[arg-type]
+
+
+class _Summed:
+    """A registry's families with other workers' samples added (edge.workers)."""
+
+    def __init__(self, registry: CollectorRegistry, others: Sequence[Snapshot]) -> None:
+        self.registry = registry
+        self.others = others
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.registry.collect():
+            suffixes = SUMMED.get(family.type)
+            if suffixes is None:
+                yield family
+                continue
+            names = {family.name + suffix for suffix in suffixes}
+            values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+            labels_of: dict[tuple[str, tuple[tuple[str, str], ...]], dict[str, str]] = {}
+            order = []
+            for sample in family.samples:
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                values[key] = sample.value
+                labels_of[key] = sample.labels
+                order.append(key)
+            for snapshot in self.others:
+                for name, labels, value in snapshot:
+                    if name not in names:
+                        continue
+                    key = (name, tuple(sorted(labels.items())))
+                    if key not in values:
+                        values[key] = 0.0
+                        labels_of[key] = dict(labels)
+                        order.append(key)
+                    values[key] += float(value)
+            summed = Metric(family.name, family.documentation, family.type, family.unit)
+            for key in order:
+                summed.add_sample(key[0], labels_of[key], values[key])
+            yield summed
