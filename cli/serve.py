@@ -89,6 +89,14 @@ Hsts = Annotated[
     Optional[int],  # noqa: UP045
     typer.Option(help="Send Strict-Transport-Security: max-age=N over TLS (0: off)."),
 ]
+# Read as text so that a bad value is edge's one-line error, not typer's box.
+Workers = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        help="Worker processes (1-64), each serving the same port (SO_REUSEPORT) from the "
+        "same cache directory; 1: one process.",
+    ),
+]
 UpstreamCa = Annotated[
     Optional[str],  # noqa: UP045
     typer.Option(help="CA bundle to verify https upstreams with (default: the system's)."),
@@ -132,6 +140,7 @@ def serve(
     http_redirect: HttpRedirect = None,
     hsts: Hsts = None,
     upstream_ca: UpstreamCa = None,
+    workers: Workers = None,
     config: Config = None,
     log_level: LogLevel = "info",
 ) -> None:
@@ -162,6 +171,7 @@ def serve(
         http_redirect=http_redirect,
         hsts=hsts,
         upstream_ca=upstream_ca,
+        workers=workers,
         log_level=log_level,
     )
 
@@ -184,6 +194,7 @@ def shield(
     http_redirect: HttpRedirect = None,
     hsts: Hsts = None,
     upstream_ca: UpstreamCa = None,
+    workers: Workers = None,
     config: Config = None,
     log_level: LogLevel = "info",
 ) -> None:
@@ -209,6 +220,7 @@ def shield(
         http_redirect=http_redirect,
         hsts=hsts,
         upstream_ca=upstream_ca,
+        workers=workers,
         log_level=log_level,
     )
 
@@ -251,7 +263,12 @@ def start(cfg: NodeConfig) -> None:
         f"-> {cfg.upstream_summary}"
     )
     try:
-        run(serve_forever(cfg, ready))
+        if cfg.workers > 1:
+            from edge.workers import supervise
+
+            supervise(cfg, ready, run)
+        else:
+            run(serve_forever(cfg, ready))
     except ConfigError as exc:
         fail(str(exc), 2)
     except OSError as exc:

@@ -3,6 +3,7 @@ in-flight fills and metrics, and the node's own endpoints under /_edge/.
 
 A node is an object with `start()` and `stop()`; nothing is global, so a test can run
 two nodes in one process. This module owns lifetimes and routing, not caching rules.
+A node may also be one worker of several over one cache directory (edge.workers).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from edge import fastpath, forwarding, guard, tls
 from edge.accesslog import AccessLog
 from edge.config import ConfigError, NodeConfig, parse_listen
 from edge.derive import Deriver
-from edge.fill import InFlight
+from edge.fill import CrossFills, InFlight
 from edge.forwarding import parse_networks
 from edge.keys import cache_key
 from edge.metrics import CONTENT_TYPE_LATEST, NodeMetrics
@@ -43,6 +44,7 @@ from edge.slices import Slicer
 from edge.store import DiskStore
 from edge.upstream import Member, Pool, Upstreams
 from edge.waf import RuleSet
+from edge.workers import Worker
 
 log = logging.getLogger("edge.node")
 
@@ -370,8 +372,10 @@ def _phrase(status: int) -> str:
 class EdgeNode:
     """One caching reverse proxy, edge or shield."""
 
-    def __init__(self, config: NodeConfig) -> None:
+    def __init__(self, config: NodeConfig, worker: Worker | None = None) -> None:
         self.config = config
+        # One of the node's worker processes (edge.workers), or None: the node alone.
+        self.worker = worker
         self.started_at = time.time()
         self.runner: web.AppRunner | None = None
         self.admin_runner: web.AppRunner | None = None
@@ -405,12 +409,19 @@ class EdgeNode:
         # Certificates first: a bad file is a one-line error before anything opens.
         cfg = self.config
         ssl_context = tls.check(cfg)
-        store = DiskStore(self.config.cache_dir, self.config.cache_size)
+        worker = self.worker
+        shared = worker.shared if worker is not None else None
+        store = DiskStore(self.config.cache_dir, self.config.cache_size, shared=shared)
         metrics = NodeMetrics(self.config.name, store.stats)
         upstream = Upstreams(self.config, on_change=self._member_changed)
         await upstream.start()
-        inflight = InFlight()
-        purger = Purger.open(store, self.config.cache_dir, oldest_fill=inflight.oldest)
+        if shared is not None:
+            inflight = InFlight(CrossFills(self.config.cache_dir), on_oldest=shared.set_oldest)
+            oldest = shared.oldest  # a ban outlives every worker's older fills
+        else:
+            inflight = InFlight()
+            oldest = inflight.oldest
+        purger = Purger.open(store, self.config.cache_dir, oldest_fill=oldest, shared=shared)
         # Tags are for purging inside the CDN: a shield passes them on to its edges,
         # an edge keeps them from clients.
         hidden = {h.lower() for h in self.config.hide_headers}
@@ -432,26 +443,46 @@ class EdgeNode:
         )
         if self.config.fast_path:
             self.engine.hot = fastpath.HotTier(
-                lambda key, variant: any(e.variant == variant for e in store.variants(key)),
+                (
+                    self._still_current
+                    if worker is not None
+                    else lambda key, variant: any(e.variant == variant for e in store.variants(key))
+                ),
                 store.version,
             )
             purger.on_change.append(self.engine.hot.clear)
-        self._tasks.append(asyncio.create_task(purger.sweep_forever()))
-        if self.config.coordinator:
-            await self._subscribe(purger)
+        # Of a node's workers only the lead sweeps and hears the coordinator; the
+        # others take up the purge state it writes (edge.purge).
+        if worker is None or worker.lead:
+            self._tasks.append(asyncio.create_task(purger.sweep_forever()))
+            if self.config.coordinator:
+                await self._subscribe(purger)
+        if worker is not None:
+            self._tasks.append(asyncio.create_task(worker.publish_metrics(metrics)))
         for pool in upstream.pools.values():
             for member in pool.members:
                 metrics.member_up.labels(self.config.name, pool.name, member.url).set(1)
+        # Workers share each listening address; the kernel spreads connections.
+        reuse_port = worker is not None or None
         self.runner = await self._runner(
             self.build_app(admin=not self.config.admin_listen), public=True
         )
         if self.config.admin_listen:
             self.admin_runner = await self._runner(self.build_app(public=False))
             admin_host, admin_port = parse_listen(self.config.admin_listen)
-            await web.TCPSite(self.admin_runner, admin_host, admin_port).start()
+            await web.TCPSite(
+                self.admin_runner, admin_host, admin_port, reuse_port=reuse_port
+            ).start()
         cfg = self.config
         host, port = cfg.host_port
-        site = web.TCPSite(self.runner, host, port, reuse_address=True, ssl_context=ssl_context)
+        site = web.TCPSite(
+            self.runner,
+            host,
+            port,
+            reuse_address=True,
+            reuse_port=reuse_port,
+            ssl_context=ssl_context,
+        )
         await site.start()
         sockets = self.runner.addresses
         self.port = sockets[0][1] if sockets else port
@@ -461,7 +492,30 @@ class EdgeNode:
             redirect.on_response_prepare.append(self._set_server)
             self.redirect_runner = await self._runner(redirect)
             r_host, r_port = parse_listen(cfg.http_redirect)
-            await web.TCPSite(self.redirect_runner, r_host, r_port, reuse_address=True).start()
+            await web.TCPSite(
+                self.redirect_runner, r_host, r_port, reuse_address=True, reuse_port=reuse_port
+            ).start()
+
+    def _still_current(self, key: str, variant: str) -> bool:
+        """Whether a hot entry still stands, for a worker of several (edge.fastpath
+        asks once the store's version moved): its variant still stored, and no purge
+        another worker applied since selects it."""
+        engine = self.engine
+        assert engine is not None and engine.purger is not None
+        purger = engine.purger
+        if purger.sync(notify=False):
+            # Emptying the hot tier now would pull the entry from under its caller.
+            asyncio.get_running_loop().call_soon(self._purges_changed)
+        for entry in engine.store.variants(key):
+            if entry.variant == variant:
+                stale_at = entry.extra.get("stale_at", 0)
+                return purger.bans.verdict(entry) is None and stale_at <= entry.request_time
+        return False
+
+    def _purges_changed(self) -> None:
+        assert self.engine is not None and self.engine.purger is not None
+        for listener in self.engine.purger.on_change:
+            listener()
 
     async def _runner(self, app: web.Application, *, public: bool = False) -> web.AppRunner:
         """A runner with the guarded connection handler. Only the public listener
@@ -541,6 +595,10 @@ class EdgeNode:
         if self.engine is not None:
             await self.engine.inflight.close()
             await self.engine.upstream.close()
+            if self.engine.inflight.cross is not None:
+                self.engine.inflight.cross.close()
+            if self.worker is not None:
+                self.worker.write_snapshot(self.engine.metrics)  # its last counts
             self.engine.store.close()
             self.engine.access.flush()
 
@@ -637,6 +695,8 @@ class EdgeNode:
             "uptime": round(time.time() - self.started_at, 3),
             "store": {"bytes": size, "objects": count},
         }
+        if self.worker is not None:
+            body["worker"] = self.worker.report()
         return web.Response(
             text=json.dumps(body),
             content_type="application/json",
@@ -699,8 +759,14 @@ class EdgeNode:
             resp = _json({"error": "metrics need the admin token"}, 401)
             resp.headers["WWW-Authenticate"] = "Bearer"
             return resp
+        metrics = self.engine.metrics
+        body = (
+            await self.worker.node_metrics(metrics)  # the whole node's, every worker's
+            if self.worker is not None
+            else metrics.render()
+        )
         return web.Response(
-            body=self.engine.metrics.render(),
+            body=body,
             headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"},
         )
 
