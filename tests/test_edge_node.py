@@ -405,9 +405,13 @@ async def test_access_log_records_each_state_walk(upstream: Proc, edge: EdgeFact
     async with aiohttp.ClientSession() as s, s.delete(f"{node.url}/w") as r:  # pass
         assert r.status == 200
     await get(f"{node.url}/nothing", **{"Cache-Control": "only-if-cached"})  # synth
-    walks = {
-        line.split("walk=")[1].strip() for line in node.output().splitlines() if "walk=" in line
-    }
+    for _ in range(50):  # access lines are written a loop turn later (edge.accesslog)
+        walks = {
+            line.split("walk=")[1].strip() for line in node.output().splitlines() if "walk=" in line
+        }
+        if "recv>hash>lookup>synth" in walks:
+            break
+        await asyncio.sleep(0.05)
     assert "recv>hash>lookup>miss>fetch>deliver" in walks
     assert "recv>hash>lookup>hit>deliver" in walks
     assert "recv>hash>lookup>stale>deliver" in walks
