@@ -392,10 +392,18 @@ class Purger:
         if any(b.at < horizon for b in pending):
             if self.shared is not None:
                 retired = 0
+                # Only bans this walk knew: another worker may have applied one before
+                # the walk began and written it only since.
+                walked = {(b.seq, b.at, b.purge) for b in pending}
 
                 def retire(bans: Bans) -> Bans:
                     nonlocal retired
-                    retired = bans.retire(horizon)
+                    kept = [
+                        b
+                        for b in bans.bans
+                        if not (b.at < horizon and (b.seq, b.at, b.purge) in walked)
+                    ]
+                    retired, bans.bans = len(bans.bans) - len(kept), kept
                     return bans
 
                 self._rewrite(retire)
