@@ -232,6 +232,22 @@ class CrossFills:
         with contextlib.suppress(FileNotFoundError):
             (self.records / self._name(key)).unlink()
 
+    def touch(self, key: str) -> None:
+        """Say that this worker wants `key` (edge.slices: readers of a segmented
+        object in other workers keep its stream going)."""
+        path = self.records / f"{self._name(key)}.wanted"
+        try:
+            os.utime(path)
+        except FileNotFoundError:
+            with contextlib.suppress(OSError):
+                path.touch()
+
+    def wanted_since(self, key: str, since: float) -> bool:
+        try:
+            return (self.records / f"{self._name(key)}.wanted").stat().st_mtime >= since
+        except OSError:
+            return False
+
 
 @dataclass
 class Claim:
@@ -386,7 +402,7 @@ class InFlight:
     def _from_record(self, key: str, record: dict[str, Any], since: float) -> Claim | None:
         kind = record.get("kind")
         if kind == "body" and record.get("state") == "running":
-            if not _alive(record.get("pid")):
+            if not alive(record.get("pid")):
                 return None  # died mid-body: its lock goes with it
             fill = self._follow(key, record)
             return None if fill is None else Claim("join", fill)
@@ -471,7 +487,7 @@ class InFlight:
             return False if fill.written >= int(record.get("size", 0)) else None
         if state == "failed":
             return UpstreamError("another worker's fill broke")
-        if not _alive(record.get("pid")):
+        if not alive(record.get("pid")):
             return False if whole else UpstreamError("the worker bringing the body died")
         return None
 
@@ -491,7 +507,8 @@ class InFlight:
                 self.done(fill)
 
 
-def _alive(pid: Any) -> bool:
+def alive(pid: Any) -> bool:
+    """Whether `pid` names a live process (a fill's worker, from its record)."""
     if not isinstance(pid, int) or pid <= 0:
         return False
     try:

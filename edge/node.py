@@ -433,7 +433,12 @@ class EdgeNode:
             upstream=upstream,
             inflight=inflight,
             metrics=metrics,
-            slicer=Slicer(store, inflight, upstream),
+            slicer=Slicer(
+                store,
+                inflight,
+                upstream,
+                claim_timeout=cfg.upstream_connect_timeout + cfg.upstream_read_timeout,
+            ),
             deriver=Deriver(store, inflight),
             trusted=parse_networks(self.config.trusted_proxies),
             hidden=frozenset(hidden),

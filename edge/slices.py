@@ -14,6 +14,13 @@ Slices arrive two ways:
 Either way a slice in progress is an ordinary Fill in the in-flight table, so readers
 follow it byte by byte.
 
+Across the workers of one node (edge.fill.CrossFills) a slice fill holds its slice's
+lock, as a whole-object fill does, so a reader in another worker follows it rather
+than asking upstream again; a stream says which slice it has reached (a record next to
+the fills'), so that a reader elsewhere just ahead of it waits for it as a reader here
+would, and readers elsewhere say they want the object, so that the stream carries on
+for them.
+
 This module owns slices and body sources; the pipeline decides when an object is
 segmented and builds the manifest.
 """
@@ -22,6 +29,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import IO, Protocol
@@ -29,7 +38,7 @@ from typing import IO, Protocol
 from multidict import CIMultiDict
 
 from edge import policy
-from edge.fill import Fill, FillHead, FillReader, InFlight
+from edge.fill import POLL, Fill, FillHead, FillReader, InFlight, alive
 from edge.store import Entry, Store
 from edge.upstream import UpstreamError, UpstreamResponse, Upstreams
 
@@ -48,6 +57,11 @@ class ObjectChanged(UpstreamError):
 
 def slice_fill_key(entry: Entry, index: int) -> str:
     return f"{entry.key}#{entry.variant}#{index}"
+
+
+def stream_key(entry: Entry) -> str:
+    """Where a stream of the entry says how far it got (across workers)."""
+    return f"{entry.key}#{entry.variant}#stream"
 
 
 def sliceable(status: int, headers: policy.Headers, length: int | None, threshold: int) -> bool:
@@ -100,10 +114,14 @@ class _Stream:
 class Slicer:
     """Slices of segmented entries on one node: who brings each, and storing them."""
 
-    def __init__(self, store: Store, inflight: InFlight, upstream: Upstreams) -> None:
+    def __init__(
+        self, store: Store, inflight: InFlight, upstream: Upstreams, claim_timeout: float = 35.0
+    ) -> None:
         self.store = store
         self.inflight = inflight
         self.upstream = upstream
+        # How long a reader waits for another worker's slice fill before asking alone.
+        self.claim_timeout = claim_timeout
         self._streams: dict[tuple[str, str], _Stream] = {}
         # Readers currently delivering each segmented entry (SlicedSource.pieces).
         self.active: dict[tuple[str, str], int] = {}
@@ -131,6 +149,8 @@ class Slicer:
         chunks = response.chunks(1 << 16)
         carry = b""
         previous: Fill | None = None
+        cross = self.inflight.cross
+        began = time.time()
         try:
             last = entry.slice_count - 1 if response.status == 200 else first
             for index in range(first, last + 1):
@@ -140,9 +160,19 @@ class Slicer:
                     # ahead): a client that went away does not pull the whole object.
                     read_along = previous is not None and previous.readers_total > 0
                     reading = self.active.get((entry.key, entry.variant), 0) > 0
-                    if not (read_along or reading or stream.waiters > 0):
+                    elsewhere = cross is not None and cross.wanted_since(
+                        stream_key(entry), began - 1.0
+                    )
+                    if not (read_along or reading or stream.waiters > 0 or elsewhere):
                         break
                     fill = self._open_slice_fill(entry, index)
+                if cross is not None:
+                    # Only now that this slice's fill holds its lock: a reader elsewhere
+                    # that sees the stream here finds the slice taken.
+                    began = time.time()
+                    cross.write(
+                        stream_key(entry), {"index": index, "pid": os.getpid(), "at": began}
+                    )
                 start, end = entry.slice_span(index)
                 current = fill
                 carry = await self._pump(chunks, carry, end - start, fill, entry, index)
@@ -155,6 +185,8 @@ class Slicer:
         finally:
             stream.end()
             self._streams.pop((entry.key, entry.variant), None)
+            if cross is not None:
+                cross.forget(stream_key(entry))
             response.close()
 
     async def _pump(
@@ -192,7 +224,9 @@ class Slicer:
         key = slice_fill_key(entry, index)
         if self.inflight.get(key) is not None or self._have(entry, index):
             return None
-        fill = self.inflight.start(key)
+        if not self.inflight.try_own(key):
+            return None  # another worker brings it
+        fill = self.inflight.start(key, locked=self.inflight.cross is not None)
         fill.attach_writer(self.store.begin())
         start, end = entry.slice_span(index)
         fill.head.set_result(FillHead("body", status=206, length=end - start, storable=True))
@@ -216,6 +250,9 @@ class Slicer:
     ) -> IO[bytes] | Fill:
         """The stored slice, or the fill bringing it (started here if nobody is)."""
         key = slice_fill_key(entry, index)
+        cross = self.inflight.cross
+        if cross is not None:
+            cross.touch(stream_key(entry))  # a stream in another worker: carry on
         while True:
             handle = self.store.open_slice(entry, index)
             if handle is not None:
@@ -235,9 +272,31 @@ class Slicer:
                 finally:
                     stream.waiters -= 1
                 continue
-            fill = self.inflight.start(key)
+            locked = False
+            if cross is not None:
+                if self._stream_elsewhere(entry, index):
+                    cross.touch(stream_key(entry))
+                    await asyncio.sleep(POLL)  # it is about to bring this slice
+                    continue
+                claim = await self.inflight.claim(key, self.claim_timeout)
+                if claim.kind == "join" and claim.fill is not None:
+                    return claim.fill
+                if claim.kind == "again":
+                    continue  # stored now, or the worker that had it gave up
+                # "own", or "alone"/"error": bring it here (with the lock if taken).
+                locked = claim.kind == "own"
+            fill = self.inflight.start(key, locked=locked)
             self.inflight.spawn(self._range_fill(fill, entry, index, headers))
             return fill
+
+    def _stream_elsewhere(self, entry: Entry, index: int) -> bool:
+        """A live stream in another worker is just before this slice."""
+        assert self.inflight.cross is not None
+        record = self.inflight.cross.read(stream_key(entry))
+        if record is None or record.get("pid") == os.getpid() or not alive(record.get("pid")):
+            return False
+        at = record.get("index")
+        return isinstance(at, int) and at < index <= at + STREAM_LOOKAHEAD
 
     async def _range_fill(
         self, fill: Fill, entry: Entry, index: int, headers: list[tuple[str, str]]
