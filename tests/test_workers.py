@@ -24,6 +24,7 @@ import pytest
 from tests.conftest import NodeFactory
 from tests.guardkit import connect, exchange, status_of, write_config
 from tests.support.procs import Proc, edge_cmd, free_port
+from tests.support.procs import start as start_proc
 from tests.support.upstream import body_for
 from tests.test_purge import ENV, NODE_TOKEN, OP, coordinator_factory  # noqa: F401
 
@@ -533,3 +534,42 @@ def test_one_worker_is_the_node_alone(node: NodeFactory, upstream: Proc, tmp_pat
     report = health(port)
     assert "worker" not in report
     assert not (tmp_path / "cache-multi" / "workers.map").exists()
+
+
+def test_a_cold_crowd_on_a_sliced_object_over_every_worker_makes_one_upstream_request(
+    procs: list[Proc], node: NodeFactory, tmp_path: Path
+) -> None:
+    """Big objects are slices, each a fill of its own: the stream that cuts one upstream
+    response into slices in one worker is followed by readers in the others."""
+    archive = tmp_path / "archive"
+    data = (bytes(range(251)) * (41 << 12))[: (40 << 20) + 777]  # 41 slices of 1 MiB
+    (archive / "big").mkdir(parents=True)
+    (archive / "big" / "file.bin").write_bytes(data)
+    (archive / "big" / "other.bin").write_bytes(data)
+    port = free_port()
+    origin = start_proc(
+        edge_cmd(
+            "origin", "--root", str(archive), "--listen", f"127.0.0.1:{port}", "--latency", "0.3"
+        ),
+        port,
+        tmp_path / "origin.log",
+    )
+    procs.append(origin)
+    config = write_config(
+        tmp_path / "workers.toml", admin_token=TOKEN, slice_size="1M", slice_threshold="4M"
+    )
+    proc = node(
+        "serve", "--origin", origin.url, "--workers", "3", "--config", str(config), name="multi"
+    )
+    wait_ready(proc)
+    answers = asyncio.run(crowd(proc.url + "/big/file.bin", 30))
+    assert all(status == 200 and body == data for status, _, body in answers)
+    lines = [line for line in origin.output().splitlines() if '"GET /big/file.bin' in line]
+    assert len(lines) == 1, lines
+    # A seek into another cold object: its slice fetched once for the whole node.
+    part = asyncio.run(crowd(proc.url + "/big/other.bin", 30, {"Range": "bytes=20971520-20971529"}))
+    assert all(status == 206 and body == data[20971520:20971530] for status, _, body in part), [
+        (status, fields.get("Cache-Status"), len(body)) for status, fields, body in part
+    ]
+    lines = [line for line in origin.output().splitlines() if '"GET /big/other.bin' in line]
+    assert len(lines) == 1, lines
