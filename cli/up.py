@@ -178,6 +178,7 @@ def plan(topology_path: Path, workdir: Path, tls: bool = False) -> list[Child]:
             "--cache-size",
             str(shield.options["cache_size"]),
         ]
+        argv += _workers(int(shield.options.get("workers", 1)))
         add(
             shield.name,
             "shield",
@@ -204,6 +205,7 @@ def plan(topology_path: Path, workdir: Path, tls: bool = False) -> list[Child]:
             edge.name,
         ]
         argv += ["--cache-dir", str(cache / edge.name), "--cache-size", edge.cache_size]
+        argv += _workers(edge.workers)
         argv += certificate(edge.name, listen, site_names)
         add(
             edge.name,
@@ -226,6 +228,11 @@ def plan(topology_path: Path, workdir: Path, tls: bool = False) -> list[Child]:
         "",
     )
     return children
+
+
+def _workers(count: int) -> list[str]:
+    """`--workers N` for a node of several processes (the topology's `workers`)."""
+    return ["--workers", str(count)] if count > 1 else []
 
 
 def _tls_topology(path: Path, workdir: Path, ca_file: str) -> Path:

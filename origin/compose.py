@@ -318,6 +318,7 @@ def compose_model(topo: Topology) -> dict[str, Any]:
                 "/cache",
                 "--cache-size",
                 str(shield.options["cache_size"]),
+                *_workers(int(shield.options.get("workers", 1))),
                 *common,
                 "--region",
                 "core",
@@ -349,6 +350,7 @@ def compose_model(topo: Topology) -> dict[str, Any]:
                 "/cache",
                 "--cache-size",
                 edge.cache_size,
+                *_workers(edge.workers),
                 *common,
                 "--region",
                 edge.region,
@@ -453,7 +455,9 @@ def docker_topology(topo: Topology, source: str) -> str:
     for shield in layout.shields:
         out.array_item(
             "shields",
-            {"name": shield.name, "listen": layout.docker_listen(shield)} | shield.options,
+            {"name": shield.name, "listen": layout.docker_listen(shield)}
+            # workers = 1 is the default: written only when it says more.
+            | {k: v for k, v in shield.options.items() if k != "workers" or v != 1},
         )
     for key, service in (("coordinator", layout.coordinator), ("dns", layout.dns)):
         out.table(key, {"name": service.name, "listen": layout.docker_listen(service)})
@@ -515,11 +519,17 @@ def docker_topology(topo: Topology, source: str) -> str:
                 "weight": edge.weight,
                 "cache_size": edge.cache_size,
                 "docker_ipv4": str(edge.docker_ipv4),
+                **({"workers": edge.workers} if edge.workers > 1 else {}),
             },
         )
     for loc in topo.locations:
         out.array_item("locations", {"network": str(loc.network), "lat": loc.lat, "lon": loc.lon})
     return out.text()
+
+
+def _workers(count: int) -> list[str]:
+    """`--workers N` for a node of several processes (the topology's `workers`)."""
+    return ["--workers", str(count)] if count > 1 else []
 
 
 def _dns_addresses(layout: Layout) -> list[str]:

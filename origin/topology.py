@@ -65,6 +65,7 @@ class Edge:
     listen: str = ""  # HOST:PORT the edge listens on when `edge up` runs it
     cache_size: str = "1G"
     docker_ipv4: ipaddress.IPv4Address | None = None
+    workers: int = 1  # processes of `edge serve --workers` (edge.workers)
 
 
 @dataclass(frozen=True)
@@ -250,6 +251,11 @@ def _number(where: str, value: Any, *, low: float, high: float, integer: bool = 
     return value
 
 
+def _workers(where: str, item: dict[str, Any]) -> int:
+    """A node's processes (`edge serve --workers`, edge.workers)."""
+    return int(_number(f"{where} workers", item.get("workers", 1), low=1, high=64, integer=True))
+
+
 def _dns_name(where: str, text: Any, origin: dns.name.Name | None = None) -> dns.name.Name:
     if not isinstance(text, str) or not text:
         raise TopologyError(f"{where} must be a DNS name")
@@ -401,10 +407,13 @@ def _services(raw: dict[str, Any]) -> Services:
     shields = []
     for i, item in enumerate(_list(raw, "shields")):
         where = f"[[shields]] #{i + 1}"
-        _keys(where, item, {"name", "listen", "cache_size"}, {"name", "listen"})
+        _keys(where, item, {"name", "listen", "cache_size", "workers"}, {"name", "listen"})
         if not _NAME.match(str(item["name"])):
             raise TopologyError(f"{where}: name must be letters, digits, '.', '_' or '-'")
-        options = {"cache_size": str(item.get("cache_size", "2G"))}
+        options = {
+            "cache_size": str(item.get("cache_size", "2G")),
+            "workers": _workers(f"shield {item['name']}", item),
+        }
         shields.append(Service(item["name"], _listen(where, item["listen"]), options))
     docker = _table(raw, "docker", {"core_subnet"})
     return Services(
@@ -482,6 +491,7 @@ def _edges(items: Any, regions: set[str]) -> tuple[Edge, ...]:
             "listen",
             "cache_size",
             "docker_ipv4",
+            "workers",
         }
         _keys(where, item, allowed, {"name", "region"})
         name = item["name"]
@@ -511,6 +521,7 @@ def _edges(items: Any, regions: set[str]) -> tuple[Edge, ...]:
                 _address(f"edge {name} docker_ipv4", item["docker_ipv4"], 4)  # type: ignore[arg-type]
                 if "docker_ipv4" in item
                 else None,
+                _workers(f"edge {name}", item),
             )
         )
     if not edges:

@@ -167,3 +167,27 @@ def test_a_topology_without_the_central_services_is_a_one_line_error(tmp_path: P
     )
     assert out.returncode == 2 and "edge up needs [origin]" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_a_node_of_the_topology_may_run_several_workers(tmp_path: Path) -> None:
+    from cli.up import plan
+    from origin.topology import TopologyError, load_topology
+
+    text = DEFAULT.read_text()
+    text = text.replace("[[shields]]\n", "[[shields]]\nworkers = 2\n", 1)
+    text = text.replace("[[edges]]\n", "[[edges]]\nworkers = 3\n", 1)
+    topology = tmp_path / "t.toml"
+    topology.write_text(text)
+    children = plan(topology, tmp_path / "w")
+    shield = next(c for c in children if c.role == "shield")
+    edges = [c for c in children if c.role == "edge"]
+    assert shield.argv[shield.argv.index("--workers") + 1] == "2"
+    assert edges[0].argv[edges[0].argv.index("--workers") + 1] == "3"
+    assert all("--workers" not in e.argv for e in edges[1:])  # 1: one process, as before
+    topology.write_text(text.replace("workers = 3", "workers = 0"))
+    try:
+        load_topology(topology)
+    except TopologyError as exc:
+        assert "workers must be a whole number from 1 to 64" in str(exc)
+    else:
+        raise AssertionError("workers = 0 was accepted")
