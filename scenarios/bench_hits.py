@@ -8,12 +8,16 @@ and ratios, and `scenarios/out/bench_hits.json`.
 
 When taskset is there and the machine has two cores, the server under test runs on core 0
 and wrk (and this process) on core 1, so load generator and server do not share a core.
+With `--workers N` (N > 1) edge runs `edge serve --workers N` and nginx N worker processes
+(each with its own listening socket, `reuseport`), and nothing is pinned: the servers'
+workers may use every core, and share them with wrk.
 
 Installs nothing: a missing nginx or wrk is one line naming the apt packages.
 
     python -m scenarios.bench_hits                      # edge and nginx, 1 KiB and 100 KiB
     python -m scenarios.bench_hits --servers nginx      # the reference alone
     python -m scenarios.bench_hits --duration 5 --sizes 1k
+    python -m scenarios.bench_hits --duration 5 --sizes 1k --workers 2
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import Future
@@ -40,6 +45,7 @@ from aiohttp import web
 from scenarios.harness import (
     OUT_DIR,
     REPO_ROOT,
+    Child,
     Processes,
     ScenarioError,
     can_pin,
@@ -243,11 +249,13 @@ class Target:
 
 
 def start_server(
-    procs: Processes, server: str, origin_port: int, workdir: Path, pin: bool
+    procs: Processes, server: str, origin_port: int, workdir: Path, pin: bool, workers: int = 1
 ) -> Target:
     port = free_port()
     if server == "nginx":
-        argv = write_nginx_config(workdir / "nginx", port, origin_port, keepalive_upstream=True)
+        argv = write_nginx_config(
+            workdir / "nginx", port, origin_port, keepalive_upstream=True, workers=workers
+        )
         argv = pinned(argv, SERVER_CORE) if pin else argv
         child = procs.start("nginx", argv)
         wait_tcp(child, port)
@@ -259,10 +267,25 @@ def start_server(
         config = workdir / "edge.toml"
         config.write_text("access_log = false\n")
         argv += ["--config", str(config)]
+        if workers > 1:
+            argv += ["--workers", str(workers)]
         argv = pinned(argv, SERVER_CORE) if pin else argv
         child = procs.start("edge", argv, cwd=REPO_ROOT)
         wait_http_ok(child, f"http://127.0.0.1:{port}/_edge/health")
+        # The ready line comes once every worker listens: wrk's kept-alive connections
+        # made before would all stay with the first.
+        wait_log(child, "listening on")
     return Target(server, port, argv)
+
+
+def wait_log(child: Child, text: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in child.log_path.read_text(errors="replace"):
+        if not child.alive():
+            raise child.died()
+        if time.monotonic() > deadline:
+            raise ScenarioError(f"{child.name} did not print {text!r} in {timeout:g}s")
+        time.sleep(0.05)
 
 
 def warm(target: Target, size: int) -> None:
@@ -368,14 +391,18 @@ def run(args: argparse.Namespace) -> int:
         raise ScenarioError("--duration must be 1..120 seconds")
     if not 1 <= args.connections <= 1000:
         raise ScenarioError("--connections must be 1..1000")
+    if not 1 <= args.workers <= 64:
+        raise ScenarioError("--workers must be 1..64")
 
-    pin = can_pin() and not args.no_pin
+    # Several workers per server use every core: nothing is pinned then.
+    pin = can_pin() and not args.no_pin and args.workers == 1
     if pin:
         # This process hosts the origin; keep it off the server's core too.
         os.sched_setaffinity(0, {LOAD_CORE})
     print(
         f"bench_hits: {', '.join(servers)}; objects {', '.join(map(size_label, sizes))}; "
         f"wrk {args.connections} connections, {args.duration}s each; "
+        f"{args.workers} worker{'s' if args.workers > 1 else ''} per server; "
         + (f"server on core {SERVER_CORE}, wrk on core {LOAD_CORE}" if pin else "no CPU pinning"),
         flush=True,
     )
@@ -389,7 +416,7 @@ def run(args: argparse.Namespace) -> int:
         targets: dict[str, Target] = {}
         for server in servers:
             origin_port = origins.add(server, sizes)
-            targets[server] = start_server(procs, server, origin_port, Path(tmp), pin)
+            targets[server] = start_server(procs, server, origin_port, Path(tmp), pin, args.workers)
         for server, target in targets.items():
             for size in sizes:
                 warm(target, size)
@@ -453,6 +480,7 @@ def run(args: argparse.Namespace) -> int:
         "connections": args.connections,
         "threads": args.threads,
         "duration_s": args.duration,
+        "workers": args.workers,
         "commands": commands,
         "results": [r.as_json() for r in rows],
         "ratios": ratios,
@@ -476,6 +504,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--connections", type=int, default=50, help="wrk connections")
     parser.add_argument("--threads", type=int, default=1, help="wrk threads")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes of each server (edge serve --workers, nginx worker_processes)",
+    )
     parser.add_argument("--no-pin", action="store_true", help="do not pin with taskset")
     parser.add_argument("--out", help="report path (default scenarios/out/bench_hits.json)")
     return parser.parse_args(argv)

@@ -138,8 +138,10 @@ def nginx_config(
     *,
     keepalive_upstream: bool,
     access_log: bool = False,
+    workers: int = 1,
 ) -> str:
-    """A one-worker, foreground nginx with proxy_cache, every path inside `run_dir`.
+    """A foreground nginx with proxy_cache (one worker, or `workers` each with its own
+    listening socket, as `edge serve --workers` has), every path inside `run_dir`.
 
     The cache settings follow the http-cache-tests project's own nginx setup
     (`proxy_cache_revalidate on`), so the conformance score is comparable with its
@@ -156,7 +158,8 @@ def nginx_config(
             '            proxy_http_version 1.1;\n            proxy_set_header Connection "";\n'
         )
     log = f"access_log {d}/access.log;" if access_log else "access_log off;"
-    return f"""worker_processes 1;
+    reuseport = " reuseport" if workers > 1 else ""
+    return f"""worker_processes {workers};
 daemon off;
 pid {d}/nginx.pid;
 error_log {d}/error.log warn;
@@ -175,7 +178,7 @@ http {{
         server 127.0.0.1:{upstream_port};
 {upstream_extra}    }}
     server {{
-        listen 127.0.0.1:{listen_port};
+        listen 127.0.0.1:{listen_port}{reuseport};
         location / {{
             proxy_pass http://origin;
             proxy_cache edge_ref;
@@ -187,12 +190,23 @@ http {{
 
 
 def write_nginx_config(
-    run_dir: Path, listen_port: int, upstream_port: int, *, keepalive_upstream: bool
+    run_dir: Path,
+    listen_port: int,
+    upstream_port: int,
+    *,
+    keepalive_upstream: bool,
+    workers: int = 1,
 ) -> list[str]:
     """Write nginx.conf into `run_dir` and return the argv that runs it in the foreground."""
     return write_nginx_config_text(
         run_dir,
-        nginx_config(run_dir, listen_port, upstream_port, keepalive_upstream=keepalive_upstream),
+        nginx_config(
+            run_dir,
+            listen_port,
+            upstream_port,
+            keepalive_upstream=keepalive_upstream,
+            workers=workers,
+        ),
     )
 
 
