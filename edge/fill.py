@@ -45,6 +45,8 @@ log = logging.getLogger("edge.fill")
 
 #: How often a worker waiting on another's fill looks again, in seconds.
 POLL = 0.005
+#: How long a finished fill's record stays for the workers that followed it.
+RECORD_LINGER = 10.0
 
 
 @dataclass
@@ -232,21 +234,40 @@ class CrossFills:
         with contextlib.suppress(FileNotFoundError):
             (self.records / self._name(key)).unlink()
 
-    def touch(self, key: str) -> None:
+    def want(self, key: str, *, start: bool = False, stop: bool = False) -> None:
         """Say that this worker wants `key` (edge.slices: readers of a segmented
-        object in other workers keep its stream going)."""
+        object in other workers keep its stream going). The worker bringing it
+        creates the mark (`start`) and removes it (`stop`); the others only touch it."""
         path = self.records / f"{self._name(key)}.wanted"
-        try:
-            os.utime(path)
-        except FileNotFoundError:
-            with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError):
+            if stop:
+                path.unlink()
+            elif start:
                 path.touch()
+                os.utime(path, (0, 0))  # wanted by nobody yet
+            else:
+                os.utime(path)
 
     def wanted_since(self, key: str, since: float) -> bool:
         try:
             return (self.records / f"{self._name(key)}.wanted").stat().st_mtime >= since
         except OSError:
             return False
+
+    def forget_later(self, key: str, ident: str) -> None:
+        """Remove a finished fill's record once its followers are done with it."""
+        with contextlib.suppress(RuntimeError):  # no loop: the next start empties fills/
+            asyncio.get_running_loop().call_later(RECORD_LINGER, self._forget_if, key, ident)
+
+    def _forget_if(self, key: str, ident: str) -> None:
+        record = self.read(key)
+        if record is None or record.get("id") != ident:
+            return  # a later fill's
+        if self.try_lock(key):  # no fill of the key running anywhere: nobody writes it
+            try:
+                self.forget(key)
+            finally:
+                self.unlock(key)
 
 
 @dataclass
@@ -307,6 +328,7 @@ class InFlight:
             self._publish(fill)
             if fill.published:
                 self._publish_end(fill)
+                self.cross.forget_later(fill.key, fill.ident)
             fill.locked = False
             self.cross.unlock(fill.key)
         self._oldest_changed()

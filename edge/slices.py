@@ -151,6 +151,8 @@ class Slicer:
         previous: Fill | None = None
         cross = self.inflight.cross
         began = time.time()
+        if cross is not None:
+            cross.want(stream_key(entry), start=True)
         try:
             last = entry.slice_count - 1 if response.status == 200 else first
             for index in range(first, last + 1):
@@ -187,6 +189,7 @@ class Slicer:
             self._streams.pop((entry.key, entry.variant), None)
             if cross is not None:
                 cross.forget(stream_key(entry))
+                cross.want(stream_key(entry), stop=True)
             response.close()
 
     async def _pump(
@@ -252,7 +255,7 @@ class Slicer:
         key = slice_fill_key(entry, index)
         cross = self.inflight.cross
         if cross is not None:
-            cross.touch(stream_key(entry))  # a stream in another worker: carry on
+            cross.want(stream_key(entry))  # a stream in another worker: carry on
         while True:
             handle = self.store.open_slice(entry, index)
             if handle is not None:
@@ -275,7 +278,7 @@ class Slicer:
             locked = False
             if cross is not None:
                 if self._stream_elsewhere(entry, index):
-                    cross.touch(stream_key(entry))
+                    cross.want(stream_key(entry))
                     await asyncio.sleep(POLL)  # it is about to bring this slice
                     continue
                 claim = await self.inflight.claim(key, self.claim_timeout)

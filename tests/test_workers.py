@@ -12,6 +12,7 @@ import json
 import os
 import re
 import signal
+import ssl
 import subprocess
 import time
 import urllib.request
@@ -573,3 +574,45 @@ def test_a_cold_crowd_on_a_sliced_object_over_every_worker_makes_one_upstream_re
     ]
     lines = [line for line in origin.output().splitlines() if '"GET /big/other.bin' in line]
     assert len(lines) == 1, lines
+
+
+def test_tls_and_the_redirect_listener_in_every_worker(
+    procs: list[Proc], upstream: Proc, tmp_path: Path
+) -> None:
+    from edge.tls import LocalCA
+    from tests.test_tls import tls_edge
+
+    ca = LocalCA(tmp_path / "tls")
+    pair = ca.issue("archive", [SITE], ["127.0.0.1"])
+    redirect = free_port()
+    proc = tls_edge(
+        procs,
+        tmp_path,
+        upstream.url,
+        [pair],
+        ca.cert_path,
+        "--http-redirect",
+        f"127.0.0.1:{redirect}",
+        "--workers",
+        "2",
+        "--config",
+        str(write_config(tmp_path / "admin.toml", admin_token=TOKEN)),
+    )
+    wait_ready(proc)
+    ctx = ssl.create_default_context(cafile=str(ca.cert_path))
+    pids = set()
+    for _ in range(30):
+        with urllib.request.urlopen(
+            urllib.request.Request(
+                f"https://127.0.0.1:{proc.port}/_edge/health",
+                headers={"Authorization": f"Bearer {TOKEN}"},
+            ),
+            timeout=5,
+            context=ctx,
+        ) as resp:
+            pids.add(json.loads(resp.read())["worker"]["pid"])
+    assert len(pids) == 2
+    # Each worker's redirect listener: many connections, every one a 308.
+    for _ in range(20):
+        answer, _ = exchange(redirect, request("/r"))
+        assert status_of(answer) == 308, answer
