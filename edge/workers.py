@@ -254,7 +254,8 @@ class Supervisor:
         try:
             # The lead first: it catches up with the coordinator before it listens.
             self._start_and_wait([0])
-            self._start_and_wait(list(range(1, cfg.workers)))
+            if not self.stopping:
+                self._start_and_wait(list(range(1, cfg.workers)))
             if self.stopping:
                 return
             if ready:
