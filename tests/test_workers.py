@@ -616,3 +616,34 @@ def test_tls_and_the_redirect_listener_in_every_worker(
     for _ in range(20):
         answer, _ = exchange(redirect, request("/r"))
         assert status_of(answer) == 308, answer
+
+
+def test_eviction_from_every_worker_at_once_keeps_the_store_whole(
+    node: NodeFactory, upstream: Proc, tmp_path: Path
+) -> None:
+    """A cache far smaller than what is asked: every worker commits and evicts at once
+    (SQLite transactions between them); every answer is whole, the bound holds."""
+    config = write_config(tmp_path / "workers.toml", admin_token=TOKEN, cache_size="1M")
+    proc = node(
+        "serve", "--origin", upstream.url, "--workers", "3", "--config", str(config), name="small"
+    )
+    port = wait_ready(proc)
+    targets = [f"/ev-{i}?size=100000" for i in range(40)]
+
+    async def round_() -> None:
+        connector = aiohttp.TCPConnector(limit=0, force_close=True)
+        async with aiohttp.ClientSession(connector=connector) as s:
+
+            async def one(target: str) -> None:
+                async with s.get(f"{proc.url}{target}", headers={"Host": SITE}) as resp:
+                    body = await resp.read()
+                    assert resp.status == 200
+                    assert body == body_for(target.split("?")[0], 100000)
+
+            await asyncio.gather(*(one(t) for t in targets * 3))
+
+    for _ in range(3):
+        asyncio.run(round_())
+    store = health(port)["store"]
+    assert store["bytes"] <= (1 << 20) + 100000, store
+    assert "Traceback" not in proc.output() and "internal error" not in proc.output()
