@@ -463,6 +463,11 @@ class EdgeNode:
             if self.config.coordinator:
                 await self._subscribe(purger)
         if worker is not None:
+            if worker.lead:
+                worker.shared.set_ready(purger.ready)
+            else:
+                purger.ready = worker.shared.ready()
+            self._tasks.append(asyncio.create_task(worker.keep_ready(purger)))
             self._tasks.append(asyncio.create_task(worker.publish_metrics(metrics)))
         for pool in upstream.pools.values():
             for member in pool.members:

@@ -12,7 +12,9 @@ This module owns that file's layout:
 - each worker's pid and the start of its oldest fill in flight (edge.purge retires a
   ban only once no fill in any worker is older);
 - stamps: "the purge state changed" (edge.purge reloads it) and "a scrape wants fresh
-  counters" (edge.metrics).
+  counters" (edge.metrics);
+- whether the node has caught up with the coordinator's purges (the lead worker, which
+  alone subscribes, says; the others serve nothing cached until it has).
 
 No lock is taken anywhere: a counter has one writer (its worker), and every other value
 written is unique to its writer (the worker's index in the top byte, the worker's own
@@ -43,6 +45,7 @@ _I64 = struct.Struct("=q")
 _COUNT = 8
 _PURGE_STAMP = 16
 _SCRAPE_STAMP = 24
+_READY = 32
 _COUNTERS = 64
 _OLDEST = _COUNTERS + 8 * MAX_WORKERS
 _PIDS = _OLDEST + 8 * MAX_WORKERS
@@ -133,6 +136,12 @@ class Shared:
         # which only makes one of them wait its whole (short) time.
         _U64.pack_into(self._mm, _SCRAPE_STAMP, self._tag | (time.monotonic_ns() & _LOW))
 
+    def ready(self) -> bool:
+        return bool(_U64.unpack_from(self._mm, _READY)[0])
+
+    def set_ready(self, ready: bool) -> None:
+        _U64.pack_into(self._mm, _READY, int(ready))
+
     # -- per worker -----------------------------------------------------------------
 
     def set_oldest(self, started: float | None) -> None:
@@ -150,6 +159,12 @@ class Shared:
 
 def _key_slot(key: str) -> int:
     return _KEYS + 8 * (zlib.crc32(key.encode("utf-8", "surrogatepass")) & (KEY_SLOTS - 1))
+
+
+def set_ready(directory: Path, ready: bool) -> None:
+    """The supervisor: the node's purges are (not) known to be caught up."""
+    with open(Path(directory) / FILE, "r+b") as f, mmap.mmap(f.fileno(), SIZE) as mm:
+        _U64.pack_into(mm, _READY, int(ready))
 
 
 def set_worker(directory: Path, index: int, pid: int) -> None:

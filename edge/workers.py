@@ -56,6 +56,7 @@ from edge.shared import Shared
 
 if TYPE_CHECKING:
     from edge.metrics import NodeMetrics
+    from edge.purge import Purger
 
 log = logging.getLogger("edge.workers")
 
@@ -146,6 +147,18 @@ class Worker:
         others = [data.get("samples", []) for pid, data in snapshots.items() if pid != me]
         return metrics.render(others)
 
+    # -- purges -----------------------------------------------------------------------
+
+    async def keep_ready(self, purger: Purger) -> None:
+        """The lead says whether it has caught up with the coordinator; the others
+        serve from the cache only while it has."""
+        while True:
+            if self.lead:
+                self.shared.set_ready(purger.ready)
+            else:
+                purger.ready = self.shared.ready()
+            await asyncio.sleep(SCRAPE_POLL)
+
     # -- health ---------------------------------------------------------------------
 
     def report(self) -> dict[str, Any]:
@@ -188,6 +201,7 @@ def prepare(cfg: NodeConfig) -> None:
         shutil.rmtree(directory / name, ignore_errors=True)
         (directory / name).mkdir()
     shared_map.create(directory, cfg.workers)
+    shared_map.set_ready(directory, not cfg.coordinator)  # the lead says when it is
     if Bans.load(directory).applied < 0:  # damaged: logged; drop what it cannot vouch for
         store = DiskStore(directory, cfg.cache_size)
         try:
@@ -340,6 +354,10 @@ class Supervisor:
                 pid,
                 os.waitstatus_to_exitcode(status),
             )
+            if child.index == 0 and self.cfg.coordinator:
+                # Purges may come while no worker hears the coordinator: nothing cached
+                # is served until the lead is back and has caught up.
+                shared_map.set_ready(Path(self.cfg.cache_dir), False)
             delay = RESTART_DELAY if lived < RESTART_DELAY else 0.0
             self.restart_at[child.index] = time.monotonic() + delay
 

@@ -350,6 +350,20 @@ def test_a_purge_through_the_coordinator_reaches_every_worker(
     # One subscription for the node, not one per worker.
     listed = nodes["nodes"] if isinstance(nodes, dict) else nodes
     assert [n["name"] for n in listed].count("multi") == 1
+    # The lead (the subscriber) killed: a new one catches up, and every worker serves
+    # from the cache again (none did while no worker could hear a purge).
+    lead = health(port)["worker"]["all"][0]["pid"]
+    os.kill(lead, signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        report = health(port)
+        if report["worker"]["all"][0]["pid"] != lead and report["purges"]["ready"]:
+            break
+    assert f"worker 0 (pid {lead}) exited" in proc.output()
+    time.sleep(0.2)
+    answers = [exchange(port, request(target))[0] for _ in range(20)]
+    assert all(b"; hit" in a and field(a, "X-Request-Count") == "2" for a in answers)
 
 
 def test_an_object_replaced_by_one_worker_is_not_served_stale_by_another(
