@@ -19,7 +19,9 @@ This module owns that file's layout:
 No lock is taken anywhere: a counter has one writer (its worker), and every other value
 written is unique to its writer (the worker's index in the top byte, the worker's own
 counter below), so a reader that compares for equality can never take a later write for
-an earlier one, even when two workers write one slot at once.
+an earlier one, even when two workers write one slot at once. Every slot is read and
+written as one aligned 8-byte word (a memoryview cast), never with struct.pack_into,
+which zeroes its target before it writes: another process could read that zero.
 """
 
 from __future__ import annotations
@@ -37,22 +39,19 @@ FILE = "workers.map"
 MAGIC = b"edgemap1"
 
 _LOW = (1 << 56) - 1
-_U64 = struct.Struct("=Q")
-_F64 = struct.Struct("=d")
-_I64 = struct.Struct("=q")
 
-# Offsets in the file.
-_COUNT = 8
-_PURGE_STAMP = 16
-_SCRAPE_STAMP = 24
-_READY = 32
-_COUNTERS = 64
-_OLDEST = _COUNTERS + 8 * MAX_WORKERS
-_PIDS = _OLDEST + 8 * MAX_WORKERS
-_KEYS = 4096
+# Word indexes (8 bytes each) in the file.
+_COUNT = 1
+_PURGE_STAMP = 2
+_SCRAPE_STAMP = 3
+_READY = 4
+_COUNTERS = 8
+_OLDEST = _COUNTERS + MAX_WORKERS
+_PIDS = _OLDEST + MAX_WORKERS
+_KEYS = 512
 #: Slots of the key-generation table; two keys in one slot only cost a re-read.
 KEY_SLOTS = 1 << 16
-SIZE = _KEYS + 8 * KEY_SLOTS
+SIZE = 8 * (_KEYS + KEY_SLOTS)
 
 
 def create(directory: Path, workers: int) -> Path:
@@ -62,9 +61,15 @@ def create(directory: Path, workers: int) -> Path:
     tmp = path.with_suffix(".tmp")
     with open(tmp, "wb") as out:
         out.truncate(SIZE)
-        out.write(MAGIC + _U64.pack(workers))
+        out.write(MAGIC + struct.pack("=Q", workers))  # before any reader
     os.replace(tmp, path)
     return path
+
+
+def _words(mm: mmap.mmap) -> tuple[memoryview, memoryview]:
+    """The map as unsigned 8-byte words, and as doubles (the same memory)."""
+    view = memoryview(mm)
+    return view.cast("Q"), view.cast("d")
 
 
 class Shared:
@@ -79,96 +84,115 @@ class Shared:
             os.close(fd)
         if self._mm[:8] != MAGIC:
             raise ValueError(f"{path} is not a worker map")
-        self.count = _U64.unpack_from(self._mm, _COUNT)[0]
+        self._q, self._d = _words(self._mm)
+        self.count = int(self._q[_COUNT])
         if not 0 <= index < self.count <= MAX_WORKERS:
             raise ValueError(f"worker {index} of {self.count}")
         self.index = index
-        self._slot = _COUNTERS + 8 * index
-        self._end = _COUNTERS + 8 * self.count
+        self._slot = _COUNTERS + index
+        self._start, self._end = 8 * _COUNTERS, 8 * (_COUNTERS + self.count)
         # A restarted worker carries on from its slot: its values stay unique.
-        self._counter = _U64.unpack_from(self._mm, self._slot)[0]
+        self._counter = int(self._q[self._slot])
         self._tag = (index + 1) << 56
 
     def close(self) -> None:
+        self._q.release()
+        self._d.release()
         self._mm.close()
 
     # -- the change counters --------------------------------------------------------
 
     def version(self) -> bytes:
         """Every worker's change counter: equal while nobody changed anything."""
-        return self._mm[_COUNTERS : self._end]
+        return self._mm[self._start : self._end]
 
     def _next(self) -> int:
         """Bump this worker's counter; the value returned is unique to this write."""
         self._counter += 1
-        _U64.pack_into(self._mm, self._slot, self._counter)
+        self._q[self._slot] = self._counter
         return self._tag | (self._counter & _LOW)
 
     def changed(self, *keys: str) -> None:
         """After this worker committed a change to these keys' metadata."""
         value = self._next()
         for key in keys:
-            _U64.pack_into(self._mm, _key_slot(key), value)
+            self._q[_key_slot(key)] = value
 
     def changed_all(self) -> None:
-        """After this worker dropped the whole store."""
+        """After this worker dropped the whole store (word by word: rare)."""
         value = self._next()
-        self._mm[_KEYS:SIZE] = _U64.pack(value) * KEY_SLOTS
+        q = self._q
+        for slot in range(_KEYS, _KEYS + KEY_SLOTS):
+            q[slot] = value
 
     def generation(self, key: str) -> int:
         """The key's metadata generation: it differs after any worker changed it."""
-        return int(_U64.unpack_from(self._mm, _key_slot(key))[0])
+        return int(self._q[_key_slot(key)])
 
     # -- stamps ---------------------------------------------------------------------
 
     def purge_stamp(self) -> int:
-        return int(_U64.unpack_from(self._mm, _PURGE_STAMP)[0])
+        return int(self._q[_PURGE_STAMP])
 
-    def purge_changed(self) -> None:
-        """After this worker saved the purge state (and so moved the version too)."""
-        _U64.pack_into(self._mm, _PURGE_STAMP, self._next())
+    def purge_changed(self) -> int:
+        """After this worker saved the purge state (and so moved the version too);
+        returns the stamp written."""
+        stamp = self._next()
+        self._q[_PURGE_STAMP] = stamp
+        return stamp
 
     def scrape_stamp(self) -> int:
-        return int(_U64.unpack_from(self._mm, _SCRAPE_STAMP)[0])
+        return int(self._q[_SCRAPE_STAMP])
 
     def request_scrape(self) -> None:
         # Not a change: the version stays. Two scrapes at once may see one stamp,
         # which only makes one of them wait its whole (short) time.
-        _U64.pack_into(self._mm, _SCRAPE_STAMP, self._tag | (time.monotonic_ns() & _LOW))
+        self._q[_SCRAPE_STAMP] = self._tag | (time.monotonic_ns() & _LOW)
 
     def ready(self) -> bool:
-        return bool(_U64.unpack_from(self._mm, _READY)[0])
+        return bool(self._q[_READY])
 
     def set_ready(self, ready: bool) -> None:
-        _U64.pack_into(self._mm, _READY, int(ready))
+        if bool(self._q[_READY]) != ready:
+            self._q[_READY] = int(ready)
 
     # -- per worker -----------------------------------------------------------------
 
     def set_oldest(self, started: float | None) -> None:
         """When this worker's oldest fill in flight started (None: it has none)."""
-        _F64.pack_into(self._mm, _OLDEST + 8 * self.index, started or 0.0)
+        self._d[_OLDEST + self.index] = started or 0.0
 
     def oldest(self) -> float | None:
         """The oldest fill in flight in any worker."""
-        found = [_F64.unpack_from(self._mm, _OLDEST + 8 * i)[0] for i in range(self.count)]
+        found = [self._d[_OLDEST + i] for i in range(self.count)]
         return min((t for t in found if t > 0), default=None)
 
     def pids(self) -> list[int]:
-        return [_I64.unpack_from(self._mm, _PIDS + 8 * i)[0] for i in range(self.count)]
+        return [int(self._q[_PIDS + i]) for i in range(self.count)]
 
 
 def _key_slot(key: str) -> int:
-    return _KEYS + 8 * (zlib.crc32(key.encode("utf-8", "surrogatepass")) & (KEY_SLOTS - 1))
+    return _KEYS + (zlib.crc32(key.encode("utf-8", "surrogatepass")) & (KEY_SLOTS - 1))
+
+
+def _supervisor_write(directory: Path, words: dict[int, int], doubles: dict[int, float]) -> None:
+    with open(Path(directory) / FILE, "r+b") as f, mmap.mmap(f.fileno(), SIZE) as mm:
+        q, d = _words(mm)
+        try:
+            for index, value in words.items():
+                q[index] = value
+            for index, number in doubles.items():
+                d[index] = number
+        finally:
+            q.release()
+            d.release()
 
 
 def set_ready(directory: Path, ready: bool) -> None:
     """The supervisor: the node's purges are (not) known to be caught up."""
-    with open(Path(directory) / FILE, "r+b") as f, mmap.mmap(f.fileno(), SIZE) as mm:
-        _U64.pack_into(mm, _READY, int(ready))
+    _supervisor_write(directory, {_READY: int(ready)}, {})
 
 
 def set_worker(directory: Path, index: int, pid: int) -> None:
     """The supervisor records a worker it (re)started; a dead worker's fills are gone."""
-    with open(Path(directory) / FILE, "r+b") as f, mmap.mmap(f.fileno(), SIZE) as mm:
-        _I64.pack_into(mm, _PIDS + 8 * index, pid)
-        _F64.pack_into(mm, _OLDEST + 8 * index, 0.0)
+    _supervisor_write(directory, {_PIDS + index: pid}, {_OLDEST + index: 0.0})
