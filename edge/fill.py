@@ -393,9 +393,13 @@ class InFlight:
         with contextlib.suppress(OSError):
             self.cross.write(fill.key, record)
 
-    async def claim(self, key: str, timeout: float) -> Claim:
+    async def claim(
+        self, key: str, timeout: float, unchanged: Callable[[], bool] | None = None
+    ) -> Claim:
         """For a request that found no fill of `key` here: take the key's lock, or
-        wait for the worker that holds it (see Claim)."""
+        wait for the worker that holds it (see Claim). `unchanged()`, asked once the
+        lock is taken, says whether the store still lacks what the caller looked up:
+        another worker may have stored it and let go of the lock in between."""
         cross = self.cross
         assert cross is not None
         since = time.time()
@@ -406,7 +410,7 @@ class InFlight:
             if local is not None:
                 return Claim("join", local)
             if cross.try_lock(key):
-                if not waited:
+                if not waited and (unchanged is None or unchanged()):
                     return Claim("own")
                 # The other worker's fill ended (stored, or not): the store says.
                 cross.unlock(key)

@@ -196,6 +196,7 @@ class Transaction:
         self.cut = False  # the body was cut short on our side (upstream broke)
         self.soft_purged = False  # the stored response must be revalidated (edge.purge)
         self._rounds = 0  # lookups again after another worker's fill (_look_again)
+        self._looked_up: list[Entry] = []  # the variants the lookup saw
         self._hot_candidate = False  # delivered as stored from the entry's own file
 
     # -- the walk -------------------------------------------------------------------
@@ -254,10 +255,12 @@ class Transaction:
     async def st_lookup(self) -> str:
         """RFC 9111 Section 4: select a stored response (URI, Vary) and decide how it
         may be used."""
-        chosen = self._select(self.e.store.variants(self.key))
+        self._looked_up = self.e.store.variants(self.key)
+        chosen = self._select(self._looked_up)
         if chosen is None:
             # Another worker replaced the entry since it was read: look again, once.
-            chosen = self._select(self.e.store.variants(self.key)) or []
+            self._looked_up = self.e.store.variants(self.key)
+            chosen = self._select(self._looked_up) or []
         variants = chosen
         if self.entry is not None and not self._purge_check(self.entry):
             if self.body is not None:
@@ -345,7 +348,13 @@ class Transaction:
         if fill is None and inflight.cross is not None and not afresh and self._rounds < 3:
             # The node's other workers (edge.fill.CrossFills): one of them may be
             # bringing this object already.
-            claim = await inflight.claim(self.key, self._claim_timeout())
+            # Unchanged: the store's memory cache still holds the very list looked up
+            # (edge.store re-reads a key another worker changed).
+            claim = await inflight.claim(
+                self.key,
+                self._claim_timeout(),
+                lambda: self.e.store.variants(self.key) is self._looked_up,
+            )
             if claim.kind == "again":
                 return self._look_again()
             if claim.kind == "pass":

@@ -281,7 +281,9 @@ class Slicer:
                     cross.want(stream_key(entry))
                     await asyncio.sleep(POLL)  # it is about to bring this slice
                     continue
-                claim = await self.inflight.claim(key, self.claim_timeout)
+                claim = await self.inflight.claim(
+                    key, self.claim_timeout, lambda: not self._have(entry, index)
+                )
                 if claim.kind == "join" and claim.fill is not None:
                     return claim.fill
                 if claim.kind == "again":
