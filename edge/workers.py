@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 
 from edge import shared as shared_map
 from edge.config import ConfigError, NodeConfig
+from edge.fill import alive
 from edge.shared import Shared
 
 if TYPE_CHECKING:
@@ -136,7 +137,7 @@ class Worker:
         asked = time.time()
         self.shared.request_scrape()
         me = os.getpid()
-        live = {p for i, p in enumerate(self.shared.pids()) if i != self.index and _alive(p)}
+        live = {p for i, p in enumerate(self.shared.pids()) if i != self.index and alive(p)}
         deadline = time.monotonic() + SCRAPE_WAIT
         while True:
             snapshots = self._read_snapshots()
@@ -168,22 +169,10 @@ class Worker:
             "lead": self.lead,
             "count": self.count,
             "all": [
-                {"index": i, "pid": pid, "alive": _alive(pid)}
+                {"index": i, "pid": pid, "alive": alive(pid)}
                 for i, pid in enumerate(self.shared.pids())
             ],
         }
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # ---------------------------------------------------------------------------------------
