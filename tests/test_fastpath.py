@@ -24,7 +24,7 @@ _TIMING = re.compile(rb"(\r\nAge: )(\d+)|(; ttl=)(\d+)")
 def start(node: NodeFactory, upstream: Proc, tmp_path: Path, **settings) -> tuple[Proc, int]:
     config = write_config(tmp_path / "fast.toml", admin_token="t", **settings)
     proc = node("serve", "--upstream", upstream.url, "--config", str(config), name="fast")
-    return proc, int(proc.url.rsplit(":", 1)[1])
+    return proc, proc.port
 
 
 def request(target: str, *fields: str, close: bool = True) -> bytes:

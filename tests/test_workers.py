@@ -123,7 +123,7 @@ async def crowd(
 def counters_by_worker(proc: Proc, cache_dir: Path, status: str) -> dict[int, float]:
     """Each live worker's edge_requests_total for `status`, from the snapshots every
     worker writes into the cache directory (edge.workers)."""
-    port = int(proc.url.rsplit(":", 1)[1])
+    port = proc.port
     pids = {w["pid"] for w in health(port)["worker"]["all"] if w["alive"]}
     time.sleep(1.5)  # every worker writes its counters at least once a second
     found = {}
@@ -142,7 +142,7 @@ def test_connections_reach_several_workers(
     node: NodeFactory, upstream: Proc, tmp_path: Path
 ) -> None:
     proc = start_node(node, upstream, tmp_path)
-    port = int(proc.url.rsplit(":", 1)[1])
+    port = proc.port
     report = health(port)["worker"]
     assert report["count"] == 3 and len(report["all"]) == 3
     assert all(w["alive"] for w in report["all"])
@@ -253,7 +253,7 @@ def test_a_purge_at_one_worker_reaches_every_worker_and_hot_tier(
     node: NodeFactory, upstream: Proc, tmp_path: Path
 ) -> None:
     proc = start_node(node, upstream, tmp_path)
-    port = int(proc.url.rsplit(":", 1)[1])
+    port = proc.port
     target = "/purged?size=500"
     warm_every_worker(port, target)
     assert counts_seen(port, target) == {"1"}
@@ -277,7 +277,7 @@ def test_purges_from_two_workers_at_once_are_all_kept(
     node: NodeFactory, upstream: Proc, tmp_path: Path
 ) -> None:
     proc = start_node(node, upstream, tmp_path)
-    port = int(proc.url.rsplit(":", 1)[1])
+    port = proc.port
     paths = [f"/many-{i}?size=10" for i in range(24)]
 
     async def purge_all() -> None:
@@ -370,7 +370,7 @@ def test_an_object_replaced_by_one_worker_is_not_served_stale_by_another(
     node: NodeFactory, upstream: Proc, tmp_path: Path
 ) -> None:
     proc = start_node(node, upstream, tmp_path)
-    port = int(proc.url.rsplit(":", 1)[1])
+    port = proc.port
     target = "/replaced?size=800"
     warm_every_worker(port, target)
     assert counts_seen(port, target) == {"1"}
@@ -391,7 +391,7 @@ def test_a_killed_worker_is_started_again_and_sigterm_stops_all(
     node: NodeFactory, upstream: Proc, tmp_path: Path
 ) -> None:
     proc = start_node(node, upstream, tmp_path)
-    port = int(proc.url.rsplit(":", 1)[1])
+    port = proc.port
     before = {w["index"]: w["pid"] for w in health(port)["worker"]["all"]}
     victim = before[1]
     os.kill(victim, signal.SIGKILL)
@@ -421,7 +421,7 @@ def test_sigint_stops_the_node_and_every_worker(
     node: NodeFactory, upstream: Proc, tmp_path: Path
 ) -> None:
     proc = start_node(node, upstream, tmp_path, workers=2)
-    port = int(proc.url.rsplit(":", 1)[1])
+    port = proc.port
     pids = {w["pid"] for w in health(port)["worker"]["all"]}
     assert proc.stop(signal.SIGINT) == 0
     time.sleep(0.2)
@@ -440,7 +440,7 @@ def metric_total(port: int, name: str) -> float:
 
 def test_metrics_count_the_whole_node(node: NodeFactory, upstream: Proc, tmp_path: Path) -> None:
     proc = start_node(node, upstream, tmp_path)
-    port = int(proc.url.rsplit(":", 1)[1])
+    port = proc.port
     sent = 0
     for i in range(5):  # misses, general hits and fast-path hits, over many connections
         for _ in range(12):
@@ -487,7 +487,7 @@ def test_a_shield_with_workers_and_an_admin_listener(
         node, upstream, tmp_path, workers=2, kind="shield", admin_listen=f"127.0.0.1:{admin}"
     )
     assert len(worker_pids(admin)) == 2  # every worker answers the admin port
-    port = int(proc.url.rsplit(":", 1)[1])
+    port = proc.port
     assert b"fwd=uri-miss" in exchange(port, request("/s?size=10"))[0]
     assert b"; hit" in exchange(port, request("/s?size=10"))[0]
 
@@ -546,7 +546,7 @@ def test_a_worker_that_cannot_start_ends_the_node(upstream: Proc, tmp_path: Path
 
 def test_one_worker_is_the_node_alone(node: NodeFactory, upstream: Proc, tmp_path: Path) -> None:
     proc = start_node(node, upstream, tmp_path, workers=1)
-    port = int(proc.url.rsplit(":", 1)[1])
+    port = proc.port
     report = health(port)
     assert "worker" not in report
     assert not (tmp_path / "cache-multi" / "workers.map").exists()
