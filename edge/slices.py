@@ -28,6 +28,7 @@ segmented and builds the manifest.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -47,6 +48,8 @@ log = logging.getLogger("edge.slices")
 #: How many slices ahead of the stream a reader waits for it rather than fetching the
 #: slice by range (a reader just behind a stream should not race it to the origin).
 STREAM_LOOKAHEAD = 2
+#: How long a stream waits for its first reader before deciding nobody reads along.
+_FIRST_READER_WAIT = 5.0
 
 
 class ObjectChanged(UpstreamError):
@@ -96,6 +99,9 @@ class _Stream:
         self.index = 0
         self.alive = True
         self.waiters = 0  # readers waiting for the stream to reach their slice
+        # Set when a reader first delivers the entry: the client whose miss started the
+        # stream may still be writing its head when the first slice is already whole.
+        self.reader_came = asyncio.Event()
         self._moved = asyncio.Event()
 
     def advance(self, index: int) -> None:
@@ -158,6 +164,9 @@ class Slicer:
             for index in range(first, last + 1):
                 stream.advance(index)
                 if index > first:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(_FIRST_READER_WAIT):
+                            await stream.reader_came.wait()
                     # Carry on only while someone reads along (or waits for a slice
                     # ahead): a client that went away does not pull the whole object.
                     read_along = previous is not None and previous.readers_total > 0
@@ -220,6 +229,17 @@ class Slicer:
             fill.finish()
             self.inflight.done(fill)
         return carry
+
+    def reading(self, ident: tuple[str, str], change: int) -> None:
+        """A reader starts (+1) or stops (-1) delivering a segmented entry."""
+        count = self.active.get(ident, 0) + change
+        if count > 0:
+            self.active[ident] = count
+        else:
+            self.active.pop(ident, None)
+        stream = self._streams.get(ident)
+        if change > 0 and stream is not None:
+            stream.reader_came.set()
 
     # -- slice fills ------------------------------------------------------------------
 
@@ -408,15 +428,12 @@ class SlicedSource:
         end = entry.size if end is None else end
         index = start // entry.slice_size
         ident = (entry.key, entry.variant)
-        active = self.slicer.active
-        active[ident] = active.get(ident, 0) + 1
+        self.slicer.reading(ident, +1)
         try:
             async for piece in self._pieces(entry, start, end, index):
                 yield piece
         finally:
-            active[ident] -= 1
-            if not active[ident]:
-                del active[ident]
+            self.slicer.reading(ident, -1)
 
     async def _pieces(self, entry: Entry, start: int, end: int, index: int) -> AsyncIterator[Piece]:
         while start < end:

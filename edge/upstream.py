@@ -1,9 +1,10 @@
 """Talking to what is behind a node: pools of upstream servers (shields or origins),
 chosen by the request's host, with balancing, health checks, retries and failover.
 
-This module owns the connections (one aiohttp session per pool: keep-alive, limits,
-timeouts, bodies passed through byte for byte), the active health probes, and the walk
-over a pool's members for one request. Which member comes first is `edge.balance`'s
+This module owns the connections (one edge.h1client pool per member: keep-alive,
+limits, timeouts, bodies passed through byte for byte, a connection reused only when it
+is known clean), the active health probes, and the walk over a pool's members for one
+request. Which member comes first is `edge.balance`'s
 call; whether a response is stored is the pipeline's.
 
 One request's walk: the route's pool ranks its usable members; a member that cannot be
@@ -27,9 +28,10 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
+from multidict import CIMultiDict
 from yarl import URL
 
+from edge import h1client
 from edge.balance import Balancer, Health, Member, Thresholds, observe_latency
 from edge.config import NodeConfig, PoolConfig, RouteConfig
 from edge.keys import host_of
@@ -50,15 +52,8 @@ class UpstreamTimeout(UpstreamError):
     detail = "upstream-timeout"
 
 
-#: Headers aiohttp's client would otherwise invent; a proxy forwards only what the
-#: client sent.
-_SKIP_AUTO = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
-
 #: RFC 9110 Section 9.2.2.
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
-
-#: Failures where the request never left: safe to send elsewhere whatever its method.
-_NOT_SENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
 
 #: Latency sample recorded for a member that failed (pushes EWMA away from it).
 _FAILURE_PENALTY_MS = 5000.0
@@ -69,8 +64,8 @@ class UpstreamResponse:
     """A response whose head has arrived; the body is read with `chunks()`."""
 
     status: int
-    headers: aiohttp.typedefs.LooseHeaders
-    raw: aiohttp.ClientResponse
+    headers: CIMultiDict[str]
+    raw: h1client.Response
     request_time: float
     response_time: float
     member: str = ""  # the URL of the member that answered
@@ -78,13 +73,18 @@ class UpstreamResponse:
     _done: Callable[[bool], None] | None = field(default=None, repr=False)
 
     async def chunks(self, size: int = 1 << 16) -> AsyncIterator[bytes]:
+        """The body in pieces of at most `size` bytes, as they arrive."""
         try:
-            async for chunk in self.raw.content.iter_chunked(size):
-                yield chunk
+            while piece := await self.raw.read():
+                if len(piece) <= size:
+                    yield piece
+                    continue
+                for start in range(0, len(piece), size):
+                    yield piece[start : start + size]
         except TimeoutError as exc:
             self._finish(False)
             raise UpstreamTimeout("upstream read timed out") from exc
-        except aiohttp.ClientError as exc:
+        except h1client.ClientError as exc:
             self._finish(False)
             raise UpstreamError(f"upstream body broke: {exc}") from exc
         self._finish(True)
@@ -129,13 +129,10 @@ class Pool:
                 active=bool(cfg.health_path),
             )
         )
-        self._timeout = aiohttp.ClientTimeout(
-            total=None,
-            sock_connect=cfg.connect_timeout or connect_timeout,
-            sock_read=cfg.read_timeout or read_timeout,
-        )
+        self._connect_timeout = cfg.connect_timeout or connect_timeout
+        self._read_timeout = cfg.read_timeout or read_timeout
         self._on_change = on_change
-        self._session: aiohttp.ClientSession | None = None
+        self._connections: dict[str, h1client.ConnectionPool] = {}
         self._checker: asyncio.Task[None] | None = None
 
     @property
@@ -143,20 +140,15 @@ class Pool:
         return self.cfg.name
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(
-            limit=0,  # bounded per member instead
-            limit_per_host=self.cfg.max_connections,
-            keepalive_timeout=self.cfg.keepalive_timeout,
-            ttl_dns_cache=60,
-            ssl=self._ssl if self._ssl is not None else True,
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=self._timeout,
-            auto_decompress=False,  # forward and store exactly the bytes received
-            cookie_jar=aiohttp.DummyCookieJar(),
-            skip_auto_headers=_SKIP_AUTO,
-        )
+        for member in self.members:
+            base = self._bases[member.url]
+            server = h1client.Server(base.scheme, base.host or "", base.port or 80)
+            self._connections[member.url] = h1client.ConnectionPool(
+                server,
+                limit=self.cfg.max_connections,
+                keepalive=self.cfg.keepalive_timeout,
+                ssl_context=self._ssl,
+            )
         if self.cfg.health_path:
             self._checker = asyncio.create_task(self._check_loop())
 
@@ -165,15 +157,16 @@ class Pool:
             self._checker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._checker
-        if self._session is not None:
-            await self._session.close()
+        for connections in self._connections.values():
+            await connections.close()
 
     def usable(self, now: float) -> list[Member]:
         return [m for m in self.members if self.health.usable(m, now)]
 
-    def url(self, member: Member, path_qs: str) -> URL:
-        # encoded=True keeps the client's percent-encoding exactly as sent.
-        return URL(member.url.rstrip("/") + path_qs, encoded=True)
+    def target(self, member: Member, path_qs: str) -> str:
+        """The request target at a member: its base path, then the client's path and
+        query exactly as sent (percent-encoding kept)."""
+        return self._bases[member.url].raw_path.rstrip("/") + path_qs
 
     async def send(
         self,
@@ -182,18 +175,21 @@ class Pool:
         path_qs: str,
         headers: Sequence[tuple[str, str]],
         body: bytes | None,
-    ) -> aiohttp.ClientResponse:
-        assert self._session is not None, "Pool.start() not called"
+        *,
+        read_timeout: float | None = None,
+    ) -> h1client.Response:
+        connections = self._connections.get(member.url)
+        assert connections is not None, "Pool.start() not called"
         if self.cfg.host_header:
             headers = [(k, v) for k, v in headers if k.lower() != "host"]
             headers.append(("Host", self.cfg.host_header))
-        return await self._session.request(
+        return await connections.request(
             method,
-            self.url(member, path_qs),
-            headers=list(headers),
-            data=body if body else None,
-            allow_redirects=False,
-            compress=None,
+            self.target(member, path_qs),
+            headers,
+            body,
+            connect_timeout=self._connect_timeout,
+            read_timeout=self._read_timeout if read_timeout is None else read_timeout,
         )
 
     # -- health --------------------------------------------------------------------
@@ -228,18 +224,24 @@ class Pool:
 
     async def _probe(self, member: Member) -> None:
         """One active check: GET the health path; any 2xx/3xx within the timeout passes."""
-        assert self._session is not None
         ok = False
         try:
-            async with self._session.get(
-                self.url(member, self.cfg.health_path),
-                headers={"User-Agent": "edge-health-check"},
-                timeout=aiohttp.ClientTimeout(total=self.cfg.health_timeout),
-                allow_redirects=False,
-            ) as resp:
-                await resp.read()
+            async with asyncio.timeout(self.cfg.health_timeout):
+                resp = await self.send(
+                    member,
+                    "GET",
+                    self.cfg.health_path,
+                    [("User-Agent", "edge-health-check")],
+                    None,
+                    read_timeout=self.cfg.health_timeout,
+                )
+                try:
+                    while await resp.read():
+                        pass
+                finally:
+                    resp.release()
                 ok = 200 <= resp.status < 400
-        except (aiohttp.ClientError, OSError, TimeoutError):
+        except (h1client.ClientError, OSError, TimeoutError):
             ok = False
         before = (member.up, member.healthy)
         self.health.on_probe(member, ok, time.monotonic())
@@ -355,12 +357,12 @@ class Upstreams:
             started = time.monotonic()
             try:
                 raw = await pool.send(member, method, path_qs, headers, body)
-            except _NOT_SENT as exc:
+            except h1client.NotSent as exc:
                 pool.health.end(member)
                 pool.failed(member, f"connect: {exc}")
                 last = _error(exc, f"{member.url} unreachable")
                 continue
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            except (h1client.ClientError, OSError, TimeoutError) as exc:
                 pool.health.end(member)
                 pool.failed(member, f"request: {exc}")
                 last = _error(exc, f"{member.url} failed")

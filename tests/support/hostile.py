@@ -1,0 +1,159 @@
+"""A hostile origin for edge tests, run as its own process: an HTTP/1.1 server on raw
+sockets that breaks the protocol in the ways a broken or malicious origin does.
+
+    python -m tests.support.hostile --port P --mode MODE
+
+Every answer is JSON naming what it answers: the request's path, its Cookie and
+Authorization, the connection it came on (`conn`) and that connection's request count.
+GET /_log (on any mode) lists every request seen as [conn, method, path, expect,
+conditional].
+
+Modes:
+  trailing      after each response, 50 ms later, a whole second response (for `/smuggled`)
+                arrives on the same connection, unasked
+  glued         that second response in the same write as the first
+  head-body     HEAD is answered with its Content-Length and then the body anyway
+  304-body      a conditional GET gets a 304 followed by a body-like whole response
+  204-body      GET /empty gets a 204 followed by a whole response
+  upgrade       GET /up gets `101 Switching Protocols` (nobody asked) and raw bytes
+  http10        HTTP/1.0 responses with `Connection: keep-alive` and no length: the body
+                runs to the close
+  no-continue   never sends `100 Continue`: a request with `Expect: 100-continue` waits
+                for its body, up to 30 s, before it is answered
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+
+_conn_ids = itertools.count(1)
+_seen: list[list[object]] = []
+
+
+def _response(
+    status: str,
+    body: bytes,
+    *,
+    extra: tuple[str, ...] = (),
+    version: str = "HTTP/1.1",
+    length: bool = True,
+) -> bytes:
+    lines = [f"{version} {status}", "Content-Type: application/json"]
+    if length:
+        lines.append(f"Content-Length: {len(body)}")
+    lines += list(extra)
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def _smuggled() -> bytes:
+    body = json.dumps({"path": "/smuggled", "cookie": "stolen", "authorization": ""}).encode()
+    return _response(
+        "200 OK", body, extra=("Cache-Control: public, max-age=600", 'ETag: "smuggled"')
+    )
+
+
+async def _read_head(reader: asyncio.StreamReader) -> tuple[str, str, dict[str, str]] | None:
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+        return None
+    lines = head.decode("latin-1").split("\r\n")
+    method, target, _ = lines[0].split(" ", 2)
+    fields: dict[str, str] = {}
+    for line in lines[1:]:
+        if ":" in line:
+            name, value = line.split(":", 1)
+            fields[name.strip().lower()] = value.strip()
+    return method, target, fields
+
+
+async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, mode: str) -> None:
+    conn = next(_conn_ids)
+    count = 0
+    try:
+        while True:
+            request = await _read_head(reader)
+            if request is None:
+                return
+            method, target, fields = request
+            count += 1
+            conditional = "if-none-match" in fields or "if-modified-since" in fields
+            _seen.append([conn, method, target, fields.get("expect", ""), conditional])
+            if target == "/_log":
+                writer.write(_response("200 OK", json.dumps(_seen).encode()))
+                await writer.drain()
+                continue
+            length = int(fields.get("content-length", "0") or 0)
+            body_in = b""
+            if length:
+                try:
+                    body_in = await asyncio.wait_for(reader.readexactly(length), 30)
+                except (TimeoutError, asyncio.IncompleteReadError):
+                    return
+            answer = {
+                "path": target,
+                "cookie": fields.get("cookie", ""),
+                "authorization": fields.get("authorization", ""),
+                "conn": conn,
+                "count": count,
+                "body": len(body_in),
+            }
+            body = json.dumps(answer).encode()
+            cache = ("Cache-Control: public, max-age=600", f'ETag: "{target}"')
+            if mode in ("trailing", "glued"):
+                if mode == "glued":
+                    writer.write(_response("200 OK", body, extra=cache) + _smuggled())
+                else:
+                    writer.write(_response("200 OK", body, extra=cache))
+                    await writer.drain()
+                    await asyncio.sleep(0.05)
+                    writer.write(_smuggled())
+            elif mode == "head-body" and method == "HEAD":
+                writer.write(_response("200 OK", body, extra=cache) + _smuggled())
+            elif mode == "304-body" and "if-none-match" in fields:
+                writer.write(_response("304 Not Modified", b"", extra=cache) + _smuggled())
+            elif mode == "204-body" and target.startswith("/empty"):
+                writer.write(_response("204 No Content", b"", length=False) + _smuggled())
+            elif mode == "upgrade" and target.startswith("/up"):
+                writer.write(
+                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                    b"Connection: Upgrade\r\n\r\n" + _smuggled()
+                )
+            elif mode == "http10":
+                writer.write(
+                    _response(
+                        "200 OK",
+                        body,
+                        version="HTTP/1.0",
+                        length=False,
+                        extra=("Connection: keep-alive", *cache),
+                    )
+                )
+                await writer.drain()
+                return  # the close ends the body
+            else:
+                writer.write(_response("200 OK", body, extra=cache))
+            await writer.drain()
+    except ConnectionError:
+        return
+    finally:
+        writer.close()
+
+
+async def main(port: int, mode: str) -> None:
+    server = await asyncio.start_server(
+        lambda r, w: handle(r, w, mode), "127.0.0.1", port, limit=1 << 16
+    )
+    async with server:
+        await server.serve_forever()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--mode", default="trailing")
+    args = parser.parse_args()
+    asyncio.run(main(args.port, args.mode))
