@@ -450,6 +450,7 @@ class Transaction:
         body = None
         if self.req.body_exists:
             try:
+                await self._continue()
                 body = await guard.read_body(
                     self.req.content,
                     max_size=cfg.max_body_size,
@@ -484,6 +485,19 @@ class Transaction:
             removed = self.e.store.remove(key_from_uri(uri))
             log.debug("invalidated %s (%d variants) after %s", uri, removed, self.method)
         return "deliver"
+
+    async def _continue(self) -> None:
+        """RFC 9110 Section 10.1.1: a client that sent `Expect: 100-continue` waits for
+        edge's word before its body. edge reads the body whole before going upstream, so
+        it answers itself (the origin is never asked to, so never waited for), or
+        refuses at once a body it would refuse after reading it."""
+        if (self.req.headers.get("Expect") or "").strip().lower() != "100-continue":
+            return
+        length = self.req.content_length
+        if length is not None and length > self.e.config.max_body_size:
+            raise Refused(Refusal(413, "request body too large", close=True))
+        if self.req.version >= (1, 1):
+            await self.req.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     async def st_deliver(self) -> str:
         try:
@@ -932,7 +946,7 @@ class Transaction:
         elif length is not None:
             resp.content_length = length
         self.response, self.code = resp, response.status
-        await resp.prepare(self.req)
+        await self._prepare(resp)
         if not no_body:
             try:
                 async for chunk in response.chunks():
@@ -1034,7 +1048,7 @@ class Transaction:
                 await self._offer_hot(data)
             return
         self.response, self.code = resp, resp.status
-        await resp.prepare(self.req)
+        await self._prepare(resp)
         if self.method == "HEAD" or status in (204, 304):
             await resp.write_eof()
             return
@@ -1082,7 +1096,7 @@ class Transaction:
         )
         if key is None:
             return
-        await resp.prepare(self.req)
+        await self._prepare(resp)
         await resp.write_eof()
         now = time.time()
         hot.offer(
@@ -1115,6 +1129,20 @@ class Transaction:
         await zerocopy.send_span(transport, body, offset, count, resp.write)
         self.sent += count
 
+    async def _prepare(self, resp: web.StreamResponse) -> None:
+        """Send the head. RFC 9112 Section 6.3: a body of unknown length reaches an
+        HTTP/1.0 client (no chunked coding) framed by closing the connection, whatever
+        keep-alive it asked for."""
+        if (
+            resp.content_length is None
+            and not resp.chunked
+            and self.req.version < (1, 1)
+            and self.method != "HEAD"
+            and resp.status not in (204, 304)
+        ):
+            resp.force_close()
+        await resp.prepare(self.req)
+
     async def _send_simple(self, status: int, headers: CIMultiDict[str]) -> None:
         for name in ("Content-Length", "Transfer-Encoding"):
             headers.popall(name, None)
@@ -1122,7 +1150,7 @@ class Transaction:
         if status not in (204, 304):
             resp.content_length = 0
         self.response, self.code = resp, status
-        await resp.prepare(self.req)
+        await self._prepare(resp)
         await resp.write_eof()
 
     def _abort(self) -> None:
