@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 import random
@@ -42,6 +41,7 @@ from edge.pipeline import Engine, Transaction, guard_settings
 from edge.purge import Purge, PurgeError, Purger, Subscription
 from edge.slices import Slicer
 from edge.store import DiskStore
+from edge.tokens import CHALLENGE, check_bearer
 from edge.upstream import Member, Pool, Upstreams
 from edge.waf import RuleSet
 from edge.workers import Worker
@@ -358,6 +358,13 @@ def _json(body: object, status: int) -> web.Response:
         content_type="application/json",
         headers={"Cache-Control": "no-store"},
     )
+
+
+def _unauthorised(reason: str) -> web.Response:
+    """401 with the Bearer challenge (RFC 9110 Section 15.5.2)."""
+    resp = _json({"error": reason}, 401)
+    resp.headers["WWW-Authenticate"] = CHALLENGE
+    return resp
 
 
 def _phrase(status: int) -> str:
@@ -679,9 +686,7 @@ class EdgeNode:
         """Internal callers: a peer in admin_networks, or the admin token."""
         if forwarding.is_trusted(request.remote, self._admin_networks):
             return True
-        token = self.config.admin_token
-        given = request.headers.get("Authorization", "")
-        return bool(token) and hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
+        return check_bearer(request.headers.get("Authorization"), self.config.admin_token) is None
 
     async def _not_here(self, request: web.Request) -> web.Response:
         return _json({"error": "not found"}, 404)
@@ -722,11 +727,9 @@ class EdgeNode:
             return _json(
                 {"error": "purging this node directly is not enabled (no admin token)"}, 403
             )
-        given = request.headers.get("Authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-            resp = _json({"error": "missing or wrong token"}, 401)
-            resp.headers["WWW-Authenticate"] = "Bearer"
-            return resp
+        refused = check_bearer(request.headers.get("Authorization"), token)
+        if refused is not None:
+            return _unauthorised(refused)
         return None
 
     async def _purge_url(self, request: web.Request) -> web.Response:
@@ -766,9 +769,7 @@ class EdgeNode:
     async def _metrics(self, request: web.Request) -> web.Response:
         assert self.engine is not None
         if not self._admin_access(request):
-            resp = _json({"error": "metrics need the admin token"}, 401)
-            resp.headers["WWW-Authenticate"] = "Bearer"
-            return resp
+            return _unauthorised("metrics need the admin token")
         metrics = self.engine.metrics
         body = (
             await self.worker.node_metrics(metrics)  # the whole node's, every worker's

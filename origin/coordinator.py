@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import hmac
 import json
 import logging
 import os
@@ -44,6 +43,8 @@ from urllib.parse import urlsplit, urlunsplit
 import aiosqlite
 from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp.typedefs import Handler
+
+from edge.tokens import CHALLENGE, check_bearer
 
 log = logging.getLogger("origin.coordinator")
 
@@ -654,15 +655,11 @@ class Coordinator:
     # -- HTTP
 
     def _authorized(self, request: web.Request, token: str) -> web.Response | None:
-        """None when the request carries `token`, else the 401 to answer."""
-        scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
-        if scheme.lower() != "bearer" or not given.strip():
-            reason = "authorization required: send Authorization: Bearer <token>"
-        elif hmac.compare_digest(given.strip().encode(), token.encode()):
+        """None when the request carries `token` (edge.tokens), else the 401 to answer."""
+        reason = check_bearer(request.headers.get("Authorization"), token)
+        if reason is None:
             return None
-        else:
-            reason = "invalid token"
-        return _error(401, reason, headers={"WWW-Authenticate": 'Bearer realm="edge"'})
+        return _error(401, reason, headers={"WWW-Authenticate": CHALLENGE})
 
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "seq": self.latest})
