@@ -11,7 +11,15 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from edge import guard
-from edge.keys import AS_SENT, BadURL, QueryRules, prefix_key, request_key, url_key
+from edge.keys import (
+    AS_SENT,
+    BadURL,
+    QueryRules,
+    location_key,
+    prefix_key,
+    request_key,
+    url_key,
+)
 from edge.purge import Ban
 from edge.purgemodel import (
     MAX_SELECTORS,
@@ -116,6 +124,14 @@ def test_a_url_is_keyed_as_a_request_for_it(raw: str, host: str, rules: QueryRul
     assert url_key(key, rules) == key
     canonical = url_key(f"http://{host}{raw}", AS_SENT)
     assert url_key(canonical, rules) == key
+
+
+def test_invalidated_locations_are_keyed_as_requests() -> None:
+    """RFC 9111 Section 4.4: a Location after an unsafe method invalidates the key a
+    GET of it is stored under, whatever its spelling; a fragment is no part of it."""
+    assert location_key("http://h/Caf%c3%a9#top", SORT) == "http://h/Caf%C3%A9"
+    assert location_key("http://H:80/a%7e?b=1&a=2", SORT) == "http://h/a~?a=2&b=1"
+    assert location_key("http://h/a/../b", SORT) is None  # nothing is stored there
 
 
 @pytest.mark.parametrize(
