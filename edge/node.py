@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 import random
@@ -36,12 +35,13 @@ from edge.config import ConfigError, NodeConfig, parse_listen
 from edge.derive import Deriver
 from edge.fill import CrossFills, InFlight
 from edge.forwarding import parse_networks
-from edge.keys import cache_key
 from edge.metrics import CONTENT_TYPE_LATEST, NodeMetrics
 from edge.pipeline import Engine, Transaction, guard_settings
-from edge.purge import Purge, PurgeError, Purger, Subscription
+from edge.purge import Purger, Subscription
+from edge.purgemodel import PurgeError, parse_purge, parse_purge_body
 from edge.slices import Slicer
 from edge.store import DiskStore
+from edge.tokens import CHALLENGE, check_bearer
 from edge.upstream import Member, Pool, Upstreams
 from edge.waf import RuleSet
 from edge.workers import Worker
@@ -360,6 +360,13 @@ def _json(body: object, status: int) -> web.Response:
     )
 
 
+def _unauthorised(reason: str) -> web.Response:
+    """401 with the Bearer challenge (RFC 9110 Section 15.5.2)."""
+    resp = _json({"error": reason}, 401)
+    resp.headers["WWW-Authenticate"] = CHALLENGE
+    return resp
+
+
 def _phrase(status: int) -> str:
     from http import HTTPStatus
 
@@ -421,7 +428,9 @@ class EdgeNode:
         else:
             inflight = InFlight()
             oldest = inflight.oldest
-        purger = Purger.open(store, self.config.cache_dir, oldest_fill=oldest, shared=shared)
+        purger = Purger.open(
+            store, self.config.cache_dir, self.config, oldest_fill=oldest, shared=shared
+        )
         # Tags are for purging inside the CDN: a shield passes them on to its edges,
         # an edge keeps them from clients.
         hidden = {h.lower() for h in self.config.hide_headers}
@@ -679,9 +688,7 @@ class EdgeNode:
         """Internal callers: a peer in admin_networks, or the admin token."""
         if forwarding.is_trusted(request.remote, self._admin_networks):
             return True
-        token = self.config.admin_token
-        given = request.headers.get("Authorization", "")
-        return bool(token) and hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
+        return check_bearer(request.headers.get("Authorization"), self.config.admin_token) is None
 
     async def _not_here(self, request: web.Request) -> web.Response:
         return _json({"error": "not found"}, 404)
@@ -722,53 +729,48 @@ class EdgeNode:
             return _json(
                 {"error": "purging this node directly is not enabled (no admin token)"}, 403
             )
-        given = request.headers.get("Authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-            resp = _json({"error": "missing or wrong token"}, 401)
-            resp.headers["WWW-Authenticate"] = "Bearer"
-            return resp
+        refused = check_bearer(request.headers.get("Authorization"), token)
+        if refused is not None:
+            return _unauthorised(refused)
         return None
 
     async def _purge_url(self, request: web.Request) -> web.Response:
-        """PURGE /path: this URL, on this node only (soft with `Edge-Soft-Purge: 1`)."""
+        """PURGE /path: this URL, on this node only (soft with `Edge-Soft-Purge: 1`).
+        The URL is the request's own (absolute-form's, or scheme, Host and path), so
+        the ban keys it as the pipeline keys a GET of it (edge.keys)."""
         refused = self._authorised(request)
         if refused is not None:
             return refused
         assert self.engine is not None and self.engine.purger is not None
-        # The key as the pipeline would make it (edge.guard normalises targets).
-        target = guard.normalise_target(request.raw_path)
-        if isinstance(target, guard.Refusal):
-            return _json({"error": target.reason}, 400)
-        cfg = self.config
-        query = guard.key_query(target.query, cfg.key_query, cfg.key_query_ignore)
-        url = cache_key(
-            request.scheme, request.host, target.path if query is None else f"{target.path}?{query}"
-        )
+        raw = request.raw_path
+        url = raw if not raw.startswith("/") else f"{request.scheme}://{request.host}{raw}"
         soft = request.headers.get("Edge-Soft-Purge", "").strip() in ("1", "true")
-        self.engine.purger.apply(Purge(urls=(url,), soft=soft))
-        return _json({"status": "ok", "purged": url, "soft": soft}, 200)
+        try:
+            purge = parse_purge({"urls": [url], "soft": soft})
+        except PurgeError as exc:
+            return _json({"error": str(exc)}, 400)
+        ban = self.engine.purger.apply(purge)
+        (key,) = ban.keys
+        return _json({"status": "ok", "purged": key, "soft": soft}, 200)
 
     async def _purge_json(self, request: web.Request) -> web.Response:
-        """POST /_edge/purge {urls, prefixes, tags, hosts, all, soft}: on this node only."""
+        """POST /_edge/purge {urls, prefixes, tags, hosts, all, soft}: on this node only,
+        refused exactly as the coordinator refuses a purge (edge.purgemodel)."""
         refused = self._authorised(request)
         if refused is not None:
             return refused
         assert self.engine is not None and self.engine.purger is not None
         try:
-            purge = Purge.from_json(await request.json())
-        except (ValueError, PurgeError) as exc:
-            return _json(
-                {"error": str(exc) if isinstance(exc, PurgeError) else "body is not JSON"}, 400
-            )
+            purge = parse_purge_body(await request.read())
+        except PurgeError as exc:
+            return _json({"error": str(exc)}, 400)
         self.engine.purger.apply(purge)
         return _json({"status": "ok", "purge": purge.to_json()}, 200)
 
     async def _metrics(self, request: web.Request) -> web.Response:
         assert self.engine is not None
         if not self._admin_access(request):
-            resp = _json({"error": "metrics need the admin token"}, 401)
-            resp.headers["WWW-Authenticate"] = "Bearer"
-            return resp
+            return _unauthorised("metrics need the admin token")
         metrics = self.engine.metrics
         body = (
             await self.worker.node_metrics(metrics)  # the whole node's, every worker's

@@ -34,7 +34,7 @@ from edge.config import NodeConfig
 from edge.derive import Deriver
 from edge.fill import Fill, FillHead, InFlight
 from edge.guard import Refusal, Refused
-from edge.keys import cache_key, key_from_uri
+from edge.keys import key_target, location_key, request_key
 from edge.metrics import NodeMetrics
 from edge.policy import ResponsePolicy, Reuse
 from edge.purge import Purger
@@ -249,7 +249,7 @@ class Transaction:
         return "pass"
 
     async def st_hash(self) -> str:
-        self.key = cache_key(self.req.scheme, self.host, self.key_target)
+        self.key = request_key(self.req.scheme, self.host, self.target, self.e.config)
         return "lookup"
 
     async def st_lookup(self) -> str:
@@ -460,7 +460,7 @@ class Transaction:
             except Refused as exc:
                 return self.refuse(exc.refusal)
         started = time.monotonic()
-        effective = cache_key(self.req.scheme, self.host, self.key_target)
+        effective = request_key(self.req.scheme, self.host, self.target, self.e.config)
         try:
             response = await self.e.upstream.request(
                 self.method,
@@ -482,7 +482,8 @@ class Transaction:
         for uri in policy.invalidated_uris(
             self.method, response.status, effective, response.headers
         ):
-            removed = self.e.store.remove(key_from_uri(uri))
+            key = uri if uri == effective else location_key(uri, self.e.config)
+            removed = self.e.store.remove(key) if key is not None else 0
             log.debug("invalidated %s (%d variants) after %s", uri, removed, self.method)
         return "deliver"
 
@@ -1187,8 +1188,7 @@ class Transaction:
         if isinstance(target, Refusal):
             return target
         self.target = target
-        query = guard.key_query(target.query, cfg.key_query, cfg.key_query_ignore)
-        self.key_target = target.path if query is None else f"{target.path}?{query}"
+        self.key_target = key_target(target, cfg)
         if self.e.limiter:
             wait = self.e.limiter.take(self.client, self.host.lower(), target.path, self.started)
             if wait:

@@ -13,6 +13,11 @@ the old object back after it, and must not survive.
   soft  the entry is marked stale: it is revalidated, and may still stand in for an
         upstream that fails
 
+The purge itself (its format and validation) is edge.purgemodel's. A ban keys its URLs
+and prefixes with edge.keys, the functions the pipeline keys requests with, under this
+node's own key_query settings: a URL selects what a request for it stored, however
+either was spelled.
+
 The sweeper walks the store in the background and does to every entry what a lookup
 would, so the space of hard-purged objects is freed without waiting for a request; once
 a walk that started after a ban has finished, and no fill older than the ban is still
@@ -38,7 +43,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,7 +51,8 @@ from urllib.parse import urlencode
 
 import aiohttp
 
-from edge.keys import authority_of, host_of, key_from_uri
+from edge.keys import KeyRules, authority_of, host_of, prefix_key, url_key
+from edge.purgemodel import SELECTORS, Purge
 from edge.store import Entry, Store
 
 if TYPE_CHECKING:
@@ -54,63 +60,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("edge.purge")
 
-SELECTORS = ("urls", "prefixes", "tags", "hosts")
 STATE_FILE = "purge-state.json"
 LOCK_FILE = "purge-state.lock"
 #: Seconds between heartbeats to the coordinator, and the longest reconnect back-off.
 HEARTBEAT = 2.0
 MAX_BACKOFF = 5.0
-
-
-class PurgeError(ValueError):
-    """A purge request that cannot be applied; the message is one line."""
-
-
-@dataclass(frozen=True)
-class Purge:
-    """What a purge selects (any of), and how."""
-
-    urls: tuple[str, ...] = ()
-    prefixes: tuple[str, ...] = ()
-    tags: tuple[str, ...] = ()
-    hosts: tuple[str, ...] = ()
-    all: bool = False
-    soft: bool = False
-
-    @classmethod
-    def from_json(cls, data: Any) -> Purge:
-        if not isinstance(data, Mapping):
-            raise PurgeError("a purge is a JSON object")
-        unknown = set(data) - {*SELECTORS, "all", "soft"}
-        if unknown:
-            raise PurgeError(f"unknown purge field: {sorted(unknown)[0]}")
-        values: dict[str, Any] = {}
-        for name in SELECTORS:
-            items = data.get(name, [])
-            if not isinstance(items, list) or not all(isinstance(i, str) and i for i in items):
-                raise PurgeError(f"{name} must be a list of non-empty strings")
-            values[name] = tuple(items)
-        for name in ("all", "soft"):
-            if not isinstance(data.get(name, False), bool):
-                raise PurgeError(f"{name} must be true or false")
-            values[name] = bool(data.get(name, False))
-        for url in (*values["urls"], *values["prefixes"]):
-            if not url.lower().startswith(("http://", "https://")):
-                raise PurgeError(f"not an absolute http(s) URL: {url!r}")
-        purge = cls(**values)
-        if not purge.all and not any(values[n] for n in SELECTORS):
-            raise PurgeError("empty purge: name urls, prefixes, tags, hosts or all")
-        return purge
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "urls": list(self.urls),
-            "prefixes": list(self.prefixes),
-            "tags": list(self.tags),
-            "hosts": list(self.hosts),
-            "all": self.all,
-            "soft": self.soft,
-        }
 
 
 @dataclass(frozen=True)
@@ -126,13 +80,15 @@ class Ban:
     tags: frozenset[str] = frozenset()
 
     @classmethod
-    def of(cls, seq: int, at: float, purge: Purge) -> Ban:
+    def of(cls, seq: int, at: float, purge: Purge, rules: KeyRules) -> Ban:
+        """The ban of a (validated) purge on a node keying queries by `rules`: each URL
+        is keyed as a request for it is (edge.keys), so it selects what is stored."""
         return cls(
             seq,
             at,
             purge,
-            keys=frozenset(key_from_uri(u) for u in purge.urls),
-            prefixes=tuple(key_from_uri(p) for p in purge.prefixes),
+            keys=frozenset(url_key(u, rules) for u in purge.urls),
+            prefixes=tuple(prefix_key(p) for p in purge.prefixes),
             hosts=frozenset(h.lower().rstrip(".") for h in purge.hosts),
             tags=frozenset(purge.tags),
         )
@@ -218,12 +174,12 @@ class Bans:
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, directory: Path) -> Bans:
+    def load(cls, directory: Path, rules: KeyRules) -> Bans:
         path = directory / STATE_FILE
         try:
             data = json.loads(path.read_text())
             bans = [
-                Ban.of(int(b["seq"]), float(b["at"]), Purge.from_json(b["purge"]))
+                Ban.of(int(b["seq"]), float(b["at"]), Purge.from_json(b["purge"]), rules)
                 for b in data["bans"]
             ]
             return cls(bans, int(data["applied"]))
@@ -242,6 +198,8 @@ class Purger:
 
     store: Store
     directory: Path
+    #: How this node keys queries (its NodeConfig): bans key purge URLs by it.
+    rules: KeyRules
     oldest_fill: Callable[[], float | None] = lambda: None
     bans: Bans = field(default_factory=Bans)
     #: False until the node has caught up with the coordinator: nothing cached is
@@ -257,11 +215,11 @@ class Purger:
     _unsaved: list[Ban] = field(default_factory=list)  # applied, not yet written
 
     @classmethod
-    def open(cls, store: Store, directory: Path, **kw: Any) -> Purger:
+    def open(cls, store: Store, directory: Path, rules: KeyRules, **kw: Any) -> Purger:
         shared: Shared | None = kw.get("shared")
         stamp = shared.purge_stamp() if shared is not None else 0
-        bans = Bans.load(directory)
-        purger = cls(store, directory, bans=bans, _stamp=stamp, **kw)
+        bans = Bans.load(directory, rules)
+        purger = cls(store, directory, rules, bans=bans, _stamp=stamp, **kw)
         if bans.applied < 0:
             store.clear()
             purger.bans = Bans()
@@ -269,7 +227,7 @@ class Purger:
         return purger
 
     def apply(self, purge: Purge, seq: int = 0, *, save: bool = True) -> Ban:
-        ban = Ban.of(seq, time.time(), purge)
+        ban = Ban.of(seq, time.time(), purge, self.rules)
         self.sync(notify=False)
         self.bans.add(ban)
         if self.shared is not None:
@@ -302,7 +260,7 @@ class Purger:
         """Read, change and write the shared state under its lock; announce it."""
         assert self.shared is not None
         with _locked(self.directory / LOCK_FILE):
-            on_disk = Bans.load(self.directory)
+            on_disk = Bans.load(self.directory, self.rules)
             if on_disk.applied < 0:  # damaged after start: this worker's copy stands
                 on_disk = Bans(list(self.bans.bans), self.bans.applied)
             bans = change(on_disk)
@@ -319,7 +277,7 @@ class Purger:
         if shared is None or shared.purge_stamp() == self._stamp:
             return False
         self._stamp = shared.purge_stamp()  # before the read: a later write shows
-        bans = Bans.load(self.directory)
+        bans = Bans.load(self.directory, self.rules)
         if bans.applied < 0:
             return False  # being replaced; the writer moves the stamp again
         bans.merge(self._unsaved)

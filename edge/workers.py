@@ -191,7 +191,7 @@ def prepare(cfg: NodeConfig) -> None:
         (directory / name).mkdir()
     shared_map.create(directory, cfg.workers)
     shared_map.set_ready(directory, not cfg.coordinator)  # the lead says when it is
-    if Bans.load(directory).applied < 0:  # damaged: logged; drop what it cannot vouch for
+    if Bans.load(directory, cfg).applied < 0:  # damaged: logged; drop what it cannot vouch for
         store = DiskStore(directory, cfg.cache_size)
         try:
             store.clear()

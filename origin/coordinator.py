@@ -1,9 +1,10 @@
 """The purge coordinator: the durable log of purges and their fan-out to cache nodes.
 
-This module owns the purge request format and its validation (`parse_purge`), the SQLite
-log (`PurgeStore`: purges, confirmations, the node registry, the compaction point), the
-in-memory fan-out over WebSockets (`Coordinator`), the HTTP API and the server's lifetime
-(`run`). The command line is in cli/coordinator.py.
+This module owns the SQLite log (`PurgeStore`: purges, confirmations, the node registry,
+the compaction point), the in-memory fan-out over WebSockets (`Coordinator`), the HTTP
+API and the server's lifetime (`run`). The purge format and its validation are the
+nodes' own (edge.purgemodel), as is the bearer-token check (edge.tokens): a body the
+coordinator takes, every node takes. The command line is in cli/coordinator.py.
 
 The protocol, in short. A node subscribes at /v1/subscribe with the last seq it applied
 (`after`); the coordinator replays every event after it, in seq order, then sends new ones
@@ -27,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import hmac
 import json
 import logging
 import os
@@ -39,11 +39,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import aiosqlite
 from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp.typedefs import Handler
+
+from edge.purgemodel import SELECTORS, PurgeError, parse_purge_body
+from edge.tokens import CHALLENGE, check_bearer
 
 log = logging.getLogger("origin.coordinator")
 
@@ -51,9 +54,6 @@ log = logging.getLogger("origin.coordinator")
 #: a node not heard from within HEALTHY_BEATS intervals is stale.
 HEARTBEAT = 5.0
 HEALTHY_BEATS = 3
-#: Limits of one purge request.
-MAX_SELECTORS = 1000
-MAX_STRING = 2048
 #: The longest long-poll on GET /v1/purge/{id}.
 MAX_WAIT = 30.0
 #: Acks are recorded in memory at once and written to SQLite in batches this much later,
@@ -67,114 +67,13 @@ WAL_LIMIT = 4 << 20
 #: A close code of the application range: this connection was replaced by a newer one.
 CLOSE_REPLACED = 4000
 
-SELECTORS = ("urls", "prefixes", "tags", "hosts")
-FLAGS = ("all", "soft")
 ROLES = ("edge", "shield")
 
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
-_HOST = re.compile(r"[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?(?::([0-9]{1,5}))?")
-_TAG = re.compile(r"[^\s,\x00-\x1f\x7f]+")
-_CONTROL = re.compile(r"[\x00-\x20\x7f]")
-_DEFAULT_PORTS = {"http": 80, "https": 443}
-
-
-class PurgeError(ValueError):
-    """A purge request that cannot be stored; its message is the 400 reason."""
 
 
 class StoreError(RuntimeError):
     """The database cannot be opened or used; its message is one line."""
-
-
-# ---------------------------------------------------------------- the purge format
-
-
-def normalise_url(value: str, where: str) -> str:
-    """An absolute http(s) URL, lightly normalised: scheme and host lower-cased, the
-    default port dropped, an empty path made '/'; path and query kept as given."""
-    if _CONTROL.search(value):
-        raise PurgeError(f"{where} contains whitespace or control characters")
-    try:
-        parts = urlsplit(value)
-    except ValueError:
-        raise PurgeError(f"{where} is not a valid URL: {value!r}") from None
-    scheme = parts.scheme.lower()
-    if scheme not in _DEFAULT_PORTS or not parts.netloc:
-        raise PurgeError(f"{where} is not an absolute http(s) URL: {value!r}")
-    if parts.fragment or value.endswith("#"):
-        raise PurgeError(f"{where} has a fragment, which never reaches a cache: {value!r}")
-    if "@" in parts.netloc:
-        raise PurgeError(f"{where} must not contain user information: {value!r}")
-    host = (parts.hostname or "").lower()
-    if not host:
-        raise PurgeError(f"{where} has no host: {value!r}")
-    try:
-        port = parts.port
-    except ValueError:
-        raise PurgeError(f"{where} has a bad port: {value!r}") from None
-    netloc = f"[{host}]" if ":" in host else host
-    if port is not None and port != _DEFAULT_PORTS[scheme]:
-        netloc += f":{port}"
-    return urlunsplit((scheme, netloc, parts.path or "/", parts.query, ""))
-
-
-def _host(value: str, where: str) -> str:
-    host = value.lower()
-    match = _HOST.fullmatch(host)
-    if not match or ".." in host:
-        raise PurgeError(f"{where} is not a host name: {value!r}")
-    port = match.group(1)
-    if port is not None and not 0 < int(port) < 65536:
-        raise PurgeError(f"{where} has a bad port: {value!r}")
-    return host
-
-
-def _tag(value: str, where: str) -> str:
-    if not _TAG.fullmatch(value):
-        raise PurgeError(f"{where} must be non-empty, without whitespace or commas: {value!r}")
-    return value
-
-
-_CHECKS: dict[str, Callable[[str, str], str]] = {
-    "urls": normalise_url,
-    "prefixes": normalise_url,
-    "tags": _tag,
-    "hosts": _host,
-}
-
-
-def parse_purge(body: Any) -> dict[str, Any]:
-    """A decoded POST /v1/purge body -> the purge as stored and sent to nodes (every key
-    present, selectors normalised and without duplicates). Raises PurgeError."""
-    if not isinstance(body, dict):
-        raise PurgeError("body must be a JSON object")
-    unknown = sorted(set(body) - {*SELECTORS, *FLAGS})
-    if unknown:
-        raise PurgeError(f"unknown key: {unknown[0]!r} (known: {', '.join((*SELECTORS, *FLAGS))})")
-    purge: dict[str, Any] = {}
-    for key in FLAGS:
-        value = body.get(key, False)
-        if not isinstance(value, bool):
-            raise PurgeError(f"{key} must be true or false")
-        purge[key] = value
-    total = 0
-    for key in SELECTORS:
-        values = body.get(key, [])
-        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
-            raise PurgeError(f"{key} must be a list of strings")
-        total += len(values)
-        if total > MAX_SELECTORS:
-            raise PurgeError(f"too many selectors (at most {MAX_SELECTORS} in one purge)")
-        checked: list[str] = []
-        for index, value in enumerate(values):
-            where = f"{key}[{index}]"
-            if len(value) > MAX_STRING:
-                raise PurgeError(f"{where} is longer than {MAX_STRING} characters")
-            checked.append(_CHECKS[key](value, where))
-        purge[key] = list(dict.fromkeys(checked))
-    if not purge["all"] and not any(purge[key] for key in SELECTORS):
-        raise PurgeError("nothing to purge: give urls, prefixes, tags or hosts, or all: true")
-    return {key: purge[key] for key in (*SELECTORS, *FLAGS)}
 
 
 # ---------------------------------------------------------------- the durable log
@@ -654,15 +553,11 @@ class Coordinator:
     # -- HTTP
 
     def _authorized(self, request: web.Request, token: str) -> web.Response | None:
-        """None when the request carries `token`, else the 401 to answer."""
-        scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
-        if scheme.lower() != "bearer" or not given.strip():
-            reason = "authorization required: send Authorization: Bearer <token>"
-        elif hmac.compare_digest(given.strip().encode(), token.encode()):
+        """None when the request carries `token` (edge.tokens), else the 401 to answer."""
+        reason = check_bearer(request.headers.get("Authorization"), token)
+        if reason is None:
             return None
-        else:
-            reason = "invalid token"
-        return _error(401, reason, headers={"WWW-Authenticate": 'Bearer realm="edge"'})
+        return _error(401, reason, headers={"WWW-Authenticate": CHALLENGE})
 
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "seq": self.latest})
@@ -671,13 +566,9 @@ class Coordinator:
         denied = self._authorized(request, self.settings.token)
         if denied is not None:
             return denied
-        raw = await request.read()
         try:
-            body = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            return _error(400, f"body is not valid JSON: {exc}")
-        try:
-            purge = parse_purge(body)
+            # The validation nodes apply to their own purge endpoint (edge.purgemodel).
+            purge = parse_purge_body(await request.read()).to_json()
         except PurgeError as exc:
             return _error(400, str(exc))
         # Shielded: once committed, a purge is published even if this request is cut.
