@@ -374,6 +374,16 @@ NOT_UPDATED_BY_304 = frozenset(
     {"content-length", "content-encoding", "content-md5", "content-range", "etag"}
 )
 
+#: Fields that set state at one client (RFC 6265 Section 4.1; Set-Cookie2, RFC 2965,
+#: obsolete but still a cookie).
+COOKIE_FIELDS = frozenset({"set-cookie", "set-cookie2"})
+
+#: How a response that sets a cookie may be shared (`set_cookie`, is_storable): not
+#: at all by default, as nginx, Varnish and Cloudflare do; the others are opt-ins,
+#: from the narrowest to RFC 9111 alone.
+SET_COOKIE_MODES = ("never", "public", "explicit", "rfc")
+SET_COOKIE_DEFAULT = "never"
+
 
 def connection_listed(headers: Headers) -> set[str]:
     """RFC 9110 Section 7.6.1: field names listed in Connection are hop-by-hop too."""
@@ -454,18 +464,20 @@ def is_storable(
     policy: ResponsePolicy,
     response_headers: Headers,
     *,
-    set_cookie: str = "explicit",
+    set_cookie: str = SET_COOKIE_DEFAULT,
 ) -> Decision:
     """RFC 9111 Section 3: Storing Responses in Caches (for a shared cache).
 
     Section 3.5 (Authorization) and Section 4.1 (Vary: *) are applied here too.
 
-    A response that sets a cookie is shared only when its origin said so (web cache
+    A response that sets a cookie (COOKIE_FIELDS) is personal: the cookie is one
+    client's, and a page that sets one is often that client's page (web cache
     deception: a personal page reached by a URL that looks static). Section 3 lets a
-    cache store it, and Section 7.3 leaves the control to the origin's Cache-Control;
-    edge asks for it: `set_cookie` "explicit" stores it only with explicit freshness
-    (max-age, s-maxage, Expires, a targeted field) or `public`, never heuristically;
-    "public" only with public, s-maxage or a targeted field; "never" not at all.
+    cache store it and Section 7.3 leaves the control to the origin's Cache-Control;
+    edge does not share it unless the node opts in (`set_cookie`): "never" (the
+    default) not at all; "public" with public, s-maxage or a targeted field;
+    "explicit" also with explicit freshness (max-age, Expires), never heuristically;
+    "rfc" as Section 3 alone allows.
     """
     cc = policy.effective
     if method not in CACHEABLE_METHODS:
@@ -494,7 +506,7 @@ def is_storable(
         or "s-maxage" in cc
         or (policy.targeted is None and "Expires" in response_headers)
     )
-    if set_cookie != "rfc" and "Set-Cookie" in response_headers:
+    if set_cookie != "rfc" and any(name in response_headers for name in COOKIE_FIELDS):
         shared = "public" in cc or "s-maxage" in cc or policy.targeted is not None
         if set_cookie == "never" or not (shared or (set_cookie == "explicit" and explicit)):
             return Decision(False, "sets a cookie and the origin did not say to share it", "3")
@@ -844,7 +856,10 @@ def validator_matches(stored: Headers, not_modified: Headers) -> bool:
 
 
 def freshen_headers(
-    stored: Sequence[tuple[str, str]], not_modified: Headers
+    stored: Sequence[tuple[str, str]],
+    not_modified: Headers,
+    *,
+    set_cookie: str = SET_COOKIE_DEFAULT,
 ) -> list[tuple[str, str]]:
     """RFC 9111 Section 3.2: Updating Stored Header Fields.
 
@@ -852,8 +867,14 @@ def freshen_headers(
     those the stored body depends on (Content-Length, Content-Encoding, Content-Range,
     Content-MD5, ETag). The stored Age is dropped: the new response's age starts from
     the 304 (its own Age, if any, is taken instead).
+
+    A cookie set on the 304 is not taken either, unless `set_cookie` is "rfc" (RFC
+    9111 alone, which takes it): the 304 answers the cache's own validation request,
+    made for whichever clients waited on it (or none, in the background), so the
+    cookie belongs to none of the clients the stored response is served to.
     """
-    incoming = [(k, v) for k, v in end_to_end(not_modified) if k.lower() not in NOT_UPDATED_BY_304]
+    drop = NOT_UPDATED_BY_304 if set_cookie == "rfc" else NOT_UPDATED_BY_304 | COOKIE_FIELDS
+    incoming = [(k, v) for k, v in end_to_end(not_modified) if k.lower() not in drop]
     replaced = {k.lower() for k, _ in incoming} | {"age"}
     kept = [(k, v) for k, v in stored if k.lower() not in replaced]
     return kept + incoming
