@@ -3,7 +3,9 @@
 
 Shown here: a response that sets a cookie is not shared unless the node opts in
 (`set_cookie`); a cookie an origin sets on a revalidation 304 never enters the stored
-response unless the node follows RFC 9111 alone (`set_cookie = "rfc"`).
+response unless the node follows RFC 9111 alone (`set_cookie = "rfc"`); Accept-Language
+preferences in another order are another variant (Vary), while the same preferences
+written differently still share one.
 """
 
 from __future__ import annotations
@@ -135,3 +137,27 @@ async def test_a_cookie_on_a_304_never_enters_the_stored_response(
         assert cookies(headers) == [], headers
         assert hit_anywhere(headers), headers.get("Cache-Status")
     assert cdn.count("/page") == 2
+
+
+# -- Vary ---------------------------------------------------------------------------------
+
+
+async def test_accept_language_in_another_order_is_another_variant(tiers: TiersFactory) -> None:
+    """`de, en` prefers German, `en, de` English: the origin chooses for each, and a
+    reader asking `en, de` never gets the variant chosen for `de, en`. The same
+    preferences in another case and spacing still share the variant."""
+    cdn = tiers()
+    target = "/book?vary=Accept-Language"
+    async with aiohttp.ClientSession() as session:
+        _, headers, _ = await get(session, cdn.first, target, Accept_Language="de, en")
+        assert headers.get("X-Echo") == "de, en"
+        _, headers, _ = await get(session, cdn.second, target, Accept_Language="en, de")
+        assert headers.get("X-Echo") == "en, de", headers.get("Cache-Status")
+        assert cdn.count("/book") == 2
+        _, headers, _ = await get(session, cdn.second, target, Accept_Language="EN ,De")
+        assert headers.get("X-Echo") == "en, de"
+        assert hit_anywhere(headers), headers.get("Cache-Status")
+        _, headers, _ = await get(session, cdn.second, target, Accept_Language="de,en")
+        assert headers.get("X-Echo") == "de, en"
+        assert hit_anywhere(headers), headers.get("Cache-Status")
+    assert cdn.count("/book") == 2
