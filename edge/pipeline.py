@@ -626,6 +626,9 @@ class Transaction:
         headers = policy.freshen_headers(
             entry.headers, response.headers, set_cookie=self.e.config.set_cookie
         )
+        # Section 5.2.2.7: what the refreshed response names in a qualified private is
+        # not stored, as for a full response (_fill_body).
+        headers = policy.strip_private_fields(headers, self.e.response_policy(CIMultiDict(headers)))
         if not any(k.lower() == "date" for k, _ in headers):
             headers.append(("Date", _http_date(response.response_time)))
         updated = entry.with_headers(headers, response.request_time, response.response_time)

@@ -35,6 +35,7 @@ class Tiers:
     first: Proc
     second: Proc
     origin: Proc
+    inner: tuple[Proc, ...] = ()  # the shield, to ask its store directly
 
     def count(self, path: str) -> int:
         with urllib.request.urlopen(f"{self.origin.url}/_count{path}", timeout=10) as resp:
@@ -58,7 +59,7 @@ def tiers(request: pytest.FixtureRequest, node: NodeFactory, upstream: Proc, tmp
             node("serve", "--shield", shield.url, "--origin", upstream.url, *args, name=name)
             for name in ("edge-a", "edge-b")
         ]
-        return Tiers(edges[0], edges[1], upstream)
+        return Tiers(edges[0], edges[1], upstream, (shield,))
 
     return make
 
@@ -161,3 +162,26 @@ async def test_accept_language_in_another_order_is_another_variant(tiers: TiersF
         assert headers.get("X-Echo") == "de, en"
         assert hit_anywhere(headers), headers.get("Cache-Status")
     assert cdn.count("/book") == 2
+
+
+async def test_a_field_a_304_names_private_never_enters_the_stored_response(
+    tiers: TiersFactory,
+) -> None:
+    """RFC 9111 Section 5.2.2.7: a shared cache does not store the fields a qualified
+    `private` names, in a 304 as in a full response. Even where the node takes a 304's
+    cookie (set_cookie = "rfc"), `private="Set-Cookie"` keeps Bob's out."""
+    cdn = tiers(set_cookie="rfc")
+    cc = "max-age%3D3600%2C%20private%3D%22Set-Cookie%22"
+    target = f"/private?cc={cc}&etag=%22v1%22&usercookie=304"
+    async with aiohttp.ClientSession() as session:
+        status, headers, _ = await get(session, cdn.first, target, X_User="alice")
+        assert status == 200 and cookies(headers) == []
+        await get(session, cdn.first, target, X_User="bob", Cache_Control="no-cache")
+        assert cdn.count("/private") == 2
+        # An edge in front of the shield strips what the shield's answer names private
+        # when it stores it, so the shield's own store is asked too.
+        for door in (cdn.second, *cdn.inner):
+            status, headers, _ = await get(session, door, target, X_User="carol")
+            assert status == 200 and cookies(headers) == [], headers
+            assert hit_anywhere(headers), headers.get("Cache-Status")
+    assert cdn.count("/private") == 2
