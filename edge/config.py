@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from edge.policy import SET_COOKIE_DEFAULT, SET_COOKIE_MODES
+
 
 class ConfigError(ValueError):
     """A configuration value a person must fix; its message is one line."""
@@ -280,10 +282,11 @@ class NodeConfig:
         "X-Method-Override",
     )
     keyed_headers: tuple[str, ...] = ()
-    # Responses that set a cookie (edge.policy.is_storable): "explicit" freshness or
-    # public needed to share them, "public" needed, "never" shared, or "rfc" as
-    # RFC 9111 alone allows.
-    set_cookie: str = "explicit"
+    # Responses that set a cookie (edge.policy.is_storable): "never" shared (the
+    # default), or shared on the origin's say-so: "public" (public, s-maxage or a
+    # targeted field), "explicit" (also max-age or Expires) or "rfc" (as RFC 9111
+    # alone allows, a cookie set on a 304 included).
+    set_cookie: str = SET_COOKIE_DEFAULT
     # Admin endpoints (/_edge/...): a separate internal listener (empty: none), and
     # the networks from which health and metrics need no token.
     admin_listen: str = ""
@@ -421,9 +424,9 @@ class NodeConfig:
         self.allowed_methods = methods
         if self.key_query not in ("keep", "sort", "ignore"):
             raise ConfigError(f"key_query must be keep, sort or ignore: {self.key_query!r}")
-        if self.set_cookie not in ("explicit", "public", "never", "rfc"):
+        if self.set_cookie not in SET_COOKIE_MODES:
             raise ConfigError(
-                f"set_cookie must be explicit, public, never or rfc: {self.set_cookie!r}"
+                f"set_cookie must be one of {', '.join(SET_COOKIE_MODES)}: {self.set_cookie!r}"
             )
         if not isinstance(self.waf_hosts, dict) or not all(
             isinstance(v, bool) for v in self.waf_hosts.values()

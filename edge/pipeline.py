@@ -635,8 +635,15 @@ class Transaction:
             e.inflight.done(fill)
 
     def _freshen(self, entry: Entry, response: UpstreamResponse) -> FillHead:
-        """RFC 9111 Section 4.3.3/3.2: a 304 refreshes the stored response."""
-        headers = policy.freshen_headers(entry.headers, response.headers)
+        """RFC 9111 Section 4.3.3/3.2: a 304 refreshes the stored response, and the
+        refreshed stored response answers every request waiting on this validation
+        (so a cookie set on the 304 reaches none of them: edge.policy.freshen_headers)."""
+        headers = policy.freshen_headers(
+            entry.headers, response.headers, set_cookie=self.e.config.set_cookie
+        )
+        # Section 5.2.2.7: what the refreshed response names in a qualified private is
+        # not stored, as for a full response (_fill_body).
+        headers = policy.strip_private_fields(headers, self.e.response_policy(CIMultiDict(headers)))
         if not any(k.lower() == "date" for k, _ in headers):
             headers.append(("Date", _http_date(response.response_time)))
         updated = entry.with_headers(headers, response.request_time, response.response_time)

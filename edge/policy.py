@@ -374,6 +374,16 @@ NOT_UPDATED_BY_304 = frozenset(
     {"content-length", "content-encoding", "content-md5", "content-range", "etag"}
 )
 
+#: Fields that set state at one client (RFC 6265 Section 4.1; Set-Cookie2, RFC 2965,
+#: obsolete but still a cookie).
+COOKIE_FIELDS = frozenset({"set-cookie", "set-cookie2"})
+
+#: How a response that sets a cookie may be shared (`set_cookie`, is_storable): not
+#: at all by default, as nginx, Varnish and Cloudflare do; the others are opt-ins,
+#: from the narrowest to RFC 9111 alone.
+SET_COOKIE_MODES = ("never", "public", "explicit", "rfc")
+SET_COOKIE_DEFAULT = "never"
+
 
 def connection_listed(headers: Headers) -> set[str]:
     """RFC 9110 Section 7.6.1: field names listed in Connection are hop-by-hop too."""
@@ -454,18 +464,20 @@ def is_storable(
     policy: ResponsePolicy,
     response_headers: Headers,
     *,
-    set_cookie: str = "explicit",
+    set_cookie: str = SET_COOKIE_DEFAULT,
 ) -> Decision:
     """RFC 9111 Section 3: Storing Responses in Caches (for a shared cache).
 
     Section 3.5 (Authorization) and Section 4.1 (Vary: *) are applied here too.
 
-    A response that sets a cookie is shared only when its origin said so (web cache
+    A response that sets a cookie (COOKIE_FIELDS) is personal: the cookie is one
+    client's, and a page that sets one is often that client's page (web cache
     deception: a personal page reached by a URL that looks static). Section 3 lets a
-    cache store it, and Section 7.3 leaves the control to the origin's Cache-Control;
-    edge asks for it: `set_cookie` "explicit" stores it only with explicit freshness
-    (max-age, s-maxage, Expires, a targeted field) or `public`, never heuristically;
-    "public" only with public, s-maxage or a targeted field; "never" not at all.
+    cache store it and Section 7.3 leaves the control to the origin's Cache-Control;
+    edge does not share it unless the node opts in (`set_cookie`): "never" (the
+    default) not at all; "public" with public, s-maxage or a targeted field;
+    "explicit" also with explicit freshness (max-age, Expires), never heuristically;
+    "rfc" as Section 3 alone allows.
     """
     cc = policy.effective
     if method not in CACHEABLE_METHODS:
@@ -494,7 +506,7 @@ def is_storable(
         or "s-maxage" in cc
         or (policy.targeted is None and "Expires" in response_headers)
     )
-    if set_cookie != "rfc" and "Set-Cookie" in response_headers:
+    if set_cookie != "rfc" and any(name in response_headers for name in COOKIE_FIELDS):
         shared = "public" in cc or "s-maxage" in cc or policy.targeted is not None
         if set_cookie == "never" or not (shared or (set_cookie == "explicit" and explicit)):
             return Decision(False, "sets a cookie and the origin did not say to share it", "3")
@@ -728,51 +740,67 @@ def vary_field_names(headers: Headers) -> list[str]:
     return names
 
 
-#: RFC 9110 Section 12.4.2: qvalue = ( "0" [ "." 0*3DIGIT ] ) / ( "1" [ "." 0*3("0") ] )
-_QVALUE = re.compile(r"0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?")
+#: RFC 9110 Section 12.4.2: weight = OWS ";" OWS "q=" qvalue, "q" case-insensitive;
+#: qvalue = ( "0" [ "." 0*3DIGIT ] ) / ( "1" [ "." 0*3("0") ] )
+_WEIGHT = re.compile(r"[qQ]=(0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?)")
+#: RFC 4647 Section 2.1: language-range, the member of Accept-Language (RFC 9110
+#: Section 12.5.4). ASCII only: str.lower() would turn some other letters into ASCII.
+_LANGUAGE_RANGE = re.compile(r"\*|[A-Za-z]{1,8}(?:-[A-Za-z0-9]{1,8})*")
 
 
-def _normalise_language(value: str) -> str:
-    """Accept-Language members by descending weight, then tag, lower-cased: the same
-    preferences in any order or case give the same text. A weight must be a qvalue
-    (RFC 9110 Section 12.4.2): float() would take "nan" (which compares with nothing,
-    so the order of the input would decide the order of the output), "inf", "1e3" or
-    fullwidth digits. A member with a weight that is not one is kept as written
-    (lower-cased), after the others: what the origin makes of it is unknown, so it is
-    conflated with nothing."""
-    weighted: list[tuple[float, str]] = []
-    odd: list[str] = []
-    for member in value.split(","):
-        tag, _, params = member.strip(OWS).partition(";")
-        tag = tag.strip(OWS).lower()
-        if not tag:
-            continue
-        q: float | None = 1.0
-        for param in params.split(";"):
-            k, _, v = param.strip(OWS).partition("=")
-            if k.strip(OWS).lower() == "q":
-                v = v.strip(OWS)
-                q = float(v) if _QVALUE.fullmatch(v) else None
-                break
-        if q is None:
-            odd.append(member.strip(OWS).lower())
-        else:
-            weighted.append((-q, tag))
-    out = [f"{tag};q={-q:g}" for q, tag in sorted(weighted)]
-    return ",".join(out + sorted(odd))
+def _ascii_lower(text: str) -> str:
+    return "".join(c.lower() if c.isascii() else c for c in text)
+
+
+def _language_preferences(members: Sequence[str]) -> list[tuple[str, float]] | None:
+    """Accept-Language members as (range, weight), or None when one is not a
+    language-range with at most a valid weight, or a range comes twice (which of its
+    weights counts is up to the origin)."""
+    prefs: list[tuple[str, float]] = []
+    for member in members:
+        tag, *params = (p.strip(OWS) for p in member.split(";"))
+        if not _LANGUAGE_RANGE.fullmatch(tag) or len(params) > 1:
+            return None
+        weight = _WEIGHT.fullmatch(params[0]) if params else None
+        if params and weight is None:
+            return None
+        prefs.append((tag.lower(), float(weight.group(1)) if weight else 1.0))
+    if len({tag for tag, _ in prefs}) != len(prefs):
+        return None
+    return prefs
+
+
+def _normalise_language(members: Sequence[str]) -> str:
+    """Accept-Language (RFC 9110 Section 12.5.4) written one way: ranges lower-cased
+    (RFC 4647 Section 2.1: case-insensitive), each with its weight as a number, by
+    descending weight. Only an order that cannot change the choice is changed:
+    members of equal weight keep the order they came in, since a client's `de, en`
+    prefers German where `en, de` prefers English (RFC 4647 Section 3.4 takes ranges
+    in the order given; RFC 9110 Section 12.4.2 leaves ties to the server). A value
+    edge cannot read that way (a weight that is not a qvalue, an unknown parameter, a
+    range given twice) keeps its order as written, only its ASCII lower-cased: what
+    the origin makes of it is unknown, so it is conflated with no other order."""
+    prefs = _language_preferences(members)
+    if prefs is None:
+        return ",".join(_ascii_lower(m) for m in members)
+    # sorted() is stable: equal weights stay in the order written.
+    return ",".join(f"{tag};q={q:g}" for tag, q in sorted(prefs, key=lambda p: -p[1]))
 
 
 def normalise_selecting(name: str, values: Sequence[str]) -> str | None:
     """RFC 9111 Section 4.1: selecting header fields may be normalised before they are
-    compared. Field lines are combined and whitespace around list separators removed;
-    Accept-Language ignores case and order of equal preference.
+    compared, but only in ways that cannot change the response the origin selects.
+    Field lines are combined and whitespace around list separators removed (RFC 9110
+    Section 5.3, 5.6.1); the order of members is kept, since it can carry preference
+    (Accept's ties, RFC 9110 Section 12.5.1). Accept-Language also ignores case and
+    orders members of different weights by weight (_normalise_language).
     """
     if not values:
         return None
-    combined = ",".join(m for m in split_list(values))
+    members = split_list(values)
     if name == "accept-language":
-        return _normalise_language(combined)
-    return combined
+        return _normalise_language(members)
+    return ",".join(members)
 
 
 def vary_key(
@@ -844,7 +872,10 @@ def validator_matches(stored: Headers, not_modified: Headers) -> bool:
 
 
 def freshen_headers(
-    stored: Sequence[tuple[str, str]], not_modified: Headers
+    stored: Sequence[tuple[str, str]],
+    not_modified: Headers,
+    *,
+    set_cookie: str = SET_COOKIE_DEFAULT,
 ) -> list[tuple[str, str]]:
     """RFC 9111 Section 3.2: Updating Stored Header Fields.
 
@@ -852,8 +883,14 @@ def freshen_headers(
     those the stored body depends on (Content-Length, Content-Encoding, Content-Range,
     Content-MD5, ETag). The stored Age is dropped: the new response's age starts from
     the 304 (its own Age, if any, is taken instead).
+
+    A cookie set on the 304 is not taken either, unless `set_cookie` is "rfc" (RFC
+    9111 alone, which takes it): the 304 answers the cache's own validation request,
+    made for whichever clients waited on it (or none, in the background), so the
+    cookie belongs to none of the clients the stored response is served to.
     """
-    incoming = [(k, v) for k, v in end_to_end(not_modified) if k.lower() not in NOT_UPDATED_BY_304]
+    drop = NOT_UPDATED_BY_304 if set_cookie == "rfc" else NOT_UPDATED_BY_304 | COOKIE_FIELDS
+    incoming = [(k, v) for k, v in end_to_end(not_modified) if k.lower() not in drop]
     replaced = {k.lower() for k, _ in incoming} | {"age"}
     kept = [(k, v) for k, v in stored if k.lower() not in replaced]
     return kept + incoming

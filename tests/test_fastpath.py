@@ -52,6 +52,7 @@ CASES = {
         ("Accept-Encoding: gzip, br",),
     ),
     "Vary on Accept-Language": ("/v/1?vary=Accept-Language", ("Accept-Language: fr",)),
+    # Shared only on the node's opt-in (set_cookie, edge.policy.is_storable).
     "explicit cookie": ("/c/1?cc=max-age%3D600&cookie=a%3Db", ("User-Agent: curl/8",)),
     "targeted field": ("/d/1?cc=no-cache&cdncc=max-age%3D600", ()),
     "empty body": ("/e/1?size=0", ()),
@@ -62,7 +63,8 @@ CASES = {
 def test_fast_answers_are_the_general_answers(
     node: NodeFactory, upstream: Proc, tmp_path: Path, case: str
 ) -> None:
-    proc, port = start(node, upstream, tmp_path)
+    opt_in = {"set_cookie": "explicit"} if case == "explicit cookie" else {}
+    proc, port = start(node, upstream, tmp_path, **opt_in)
     target, fields = CASES[case]
     for _ in range(3):  # a miss, general hits (the last one is kept), ...
         exchange(port, request(target, *fields))

@@ -646,36 +646,89 @@ def test_vary_matches_only_the_same_selecting_values(
     assert matched == (same or changed.lower() not in lower)
 
 
+#: A language range with a valid weight, written in any of its forms (None: no weight).
 language = st.tuples(
     st.text(alphabet=string.ascii_letters, min_size=1, max_size=8) | st.just("*"),
-    st.one_of(
-        st.none(),
-        st.sampled_from(["0", "0.5", "0.50", "1", "1.000", "0.001", "nan", "inf", "1e0", "-1"]),
-        # Malformed weights; not quotes, commas or semicolons, which would change how
-        # the members are cut, not how they are weighed.
-        st.text(alphabet=string.ascii_letters + string.digits + ".-+ ", max_size=6),
-    ),
+    st.sampled_from([None, "0", "0.5", "0.50", "1", "1.000", "0.001", "0.8"]),
 )
+#: A weight that is not a qvalue; not quotes, commas or semicolons, which would change
+#: how the members are cut, not how they are weighed.
+odd_weight = st.sampled_from(["nan", "inf", "1e0", "-1", "1.5", ".5"]) | st.text(
+    alphabet=string.ascii_letters + string.digits + ".-+", min_size=1, max_size=6
+).filter(lambda w: not re.fullmatch(r"0(\.[0-9]{0,3})?|1(\.0{0,3})?", w))
+
+
+def written(members: list[tuple[str, str | None]]) -> list[str]:
+    return [tag if q is None else f"{tag};q={q}" for tag, q in members]
+
+
+def ranking(members: list[tuple[str, str | None]]) -> dict[float, list[str]]:
+    """What a client prefers: for each weight, its ranges in the order written (RFC
+    9110 Section 12.4.2: the weight ranks; between equal weights the order can)."""
+    out: dict[float, list[str]] = {}
+    for tag, q in members:
+        out.setdefault(1.0 if q is None else float(q), []).append(tag.lower())
+    return out
+
+
+def as_sent(members: list[str], lines: int, upper: bool) -> list[str]:
+    """The members as field lines, in order: upper-cased if asked, cut into `lines`
+    runs (RFC 9110 Section 5.3: lines combine in order)."""
+    text = [m.upper() if upper else m for m in members]
+    step = -(-len(text) // lines) or 1
+    return [", ".join(text[i : i + step]) for i in range(0, len(text), step)]
 
 
 @LIGHT
-@given(st.lists(language, max_size=8), st.randoms(use_true_random=False), st.integers(1, 3))
-@example([("en", "nan"), ("fr", "nan"), ("de", None)], None, 1)
-def test_accept_language_normalisation_ignores_order_case_and_lines(
-    members: list[tuple[str, str | None]], rnd: random.Random | None, lines: int
+@given(
+    st.lists(language, max_size=8, unique_by=lambda m: m[0].lower()),
+    st.randoms(use_true_random=False),
+    st.integers(1, 3),
+    st.booleans(),
+)
+@example([("de", None), ("en", None)], None, 1, False)
+@example([("de", "0.8"), ("fr", "0.8"), ("en", None)], None, 1, True)
+def test_accept_language_keys_differ_exactly_when_preferences_differ(
+    members: list[tuple[str, str | None]], rnd: random.Random | None, lines: int, upper: bool
 ) -> None:
-    """RFC 9111 Section 4.1: Accept-Language may be normalised; the same preferences in
-    another order, case, spacing or number of field lines give the same key."""
-    written = [tag if q is None else f"{tag};q={q}" for tag, q in members]
-    base = policy.normalise_selecting("accept-language", [", ".join(written)] if written else [])
+    """RFC 9111 Section 4.1: Accept-Language may be normalised only so far as the
+    choice cannot change. Another order of the same members gives the same key
+    exactly when, weight by weight, the ranges come in the same order (`de, en` and
+    `en, de` differ); case, spacing and field lines never matter."""
+    base = policy.normalise_selecting("accept-language", [", ".join(written(members))])
     if rnd is None:
-        shuffled = list(reversed(written))
+        other = list(reversed(members))
     else:
-        shuffled = list(written)
-        rnd.shuffle(shuffled)
-    upper = [m.upper() for m in shuffled]
-    chunks = [", ".join(upper[i::lines]) for i in range(lines) if upper[i::lines]]
-    assert policy.normalise_selecting("accept-language", chunks) == base
+        other = list(members)
+        rnd.shuffle(other)
+    key = policy.normalise_selecting("accept-language", as_sent(written(other), lines, upper))
+    if not members:
+        assert key is None and base == ""
+        return
+    assert (key == base) == (ranking(other) == ranking(members))
+
+
+@LIGHT
+@given(
+    st.lists(language, min_size=1, max_size=6, unique_by=lambda m: m[0].lower()),
+    st.integers(0, 5),
+    odd_weight,
+    st.randoms(use_true_random=False),
+)
+def test_accept_language_with_an_odd_weight_is_only_ever_itself(
+    members: list[tuple[str, str | None]], at: int, weight: str, rnd: random.Random
+) -> None:
+    """RFC 9110 Section 12.4.2: a weight that is not a qvalue is no preference edge
+    can rank, so such a value keeps its order: another order is another key, the
+    same members in the same order (any case) the same key."""
+    odd = [*written(members)]
+    odd.insert(at % (len(odd) + 1), f"zz;q={weight}")
+    key = policy.normalise_selecting("accept-language", [", ".join(odd)])
+    assert key == policy.normalise_selecting("accept-language", as_sent(odd, 2, True))
+    shuffled = list(odd)
+    rnd.shuffle(shuffled)
+    other = policy.normalise_selecting("accept-language", [", ".join(shuffled)])
+    assert (other == key) == ([m.lower() for m in shuffled] == [m.lower() for m in odd])
 
 
 @LIGHT

@@ -27,9 +27,11 @@ def storable(
     status: int = 200,
     request: list[tuple[str, str]] | None = None,
     surrogate_targets: tuple[str, ...] = (),
+    set_cookie: str | None = None,
 ) -> Decision:
     request_headers = CIMultiDict(request or [])
     response_headers = CIMultiDict(response or [])
+    modes = {} if set_cookie is None else {"set_cookie": set_cookie}
     return is_storable(
         method,
         status,
@@ -37,6 +39,7 @@ def storable(
         request_headers,
         response_policy(response_headers, surrogate_targets=surrogate_targets),
         response_headers,
+        **modes,
     )
 
 
@@ -231,6 +234,52 @@ def test_authorization_permission_from_targeted_field() -> None:
     assert storable(response, request=[("Authorization", "x")]).ok is False
     response = [("Cache-Control", "max-age=60"), ("CDN-Cache-Control", "max-age=60, public")]
     assert storable(response, request=[("Authorization", "x")]).ok is True
+
+
+# --------------------------------------------------------------------- Set-Cookie
+
+#: Responses that set a cookie, by what their origin said about sharing them.
+COOKIE_CASES = {
+    "public": [("Cache-Control", "public, max-age=60")],
+    "s-maxage": [("Cache-Control", "s-maxage=60")],
+    "targeted": [("Cache-Control", "no-cache"), ("CDN-Cache-Control", "max-age=60")],
+    "max-age": [("Cache-Control", "max-age=60")],
+    "expires": [
+        ("Date", "Sun, 06 Nov 1994 08:49:37 GMT"),
+        ("Expires", "Sun, 06 Nov 1994 09:49:37 GMT"),
+    ],
+    "heuristic": [("Last-Modified", "Sun, 06 Nov 1994 08:49:37 GMT")],
+}
+
+
+@pytest.mark.parametrize(
+    ("mode", "shared"),
+    [
+        (None, set()),
+        ("never", set()),
+        ("public", {"public", "s-maxage", "targeted"}),
+        ("explicit", {"public", "s-maxage", "targeted", "max-age", "expires"}),
+        ("rfc", set(COOKIE_CASES)),
+    ],
+    ids=["default", "never", "public", "explicit", "rfc"],
+)
+@pytest.mark.parametrize("name", ["Set-Cookie", "set-cookie", "Set-Cookie2"])
+def test_a_response_that_sets_a_cookie_is_shared_only_on_opt_in(
+    mode: str | None, shared: set[str], name: str
+) -> None:
+    """Section 3 would store these; edge shares a response that sets a cookie only when
+    the node opts in (set_cookie), as nginx, Varnish and Cloudflare do not share it by
+    default. Each opt-in then asks the origin to have said so, least to most."""
+    stored = set()
+    for case, fields in COOKIE_CASES.items():
+        assert storable(fields, set_cookie=mode).ok is True, case  # without a cookie
+        decision = storable([*fields, (name, "sid=alice")], set_cookie=mode)
+        if decision.ok:
+            stored.add(case)
+        else:
+            assert decision.section == "3"
+            assert "cookie" in decision.reason
+    assert stored == shared
 
 
 # ---------------------------------------------------------------- must-understand

@@ -176,7 +176,7 @@ def test_freshen_replaces_fields_present_in_the_304() -> None:
     not_modified = headers(
         ("Date", date(NOW)),
         ("Cache-Control", "max-age=300"),
-        ("Set-Cookie", "c=3"),
+        ("X-Kept", "new"),
         ("X-New", "1"),
     )
     assert freshen_headers(STORED, not_modified) == [
@@ -186,11 +186,48 @@ def test_freshen_replaces_fields_present_in_the_304() -> None:
         ("Content-Range", "bytes 0-1233/1234"),
         ("Content-MD5", "Q2hlY2sgSW50ZWdyaXR5IQ=="),
         ("ETag", '"v1"'),
-        ("X-Kept", "yes"),
+        ("Set-Cookie", "a=1"),
+        ("Set-Cookie", "b=2"),
         ("Date", date(NOW)),
         ("Cache-Control", "max-age=300"),
-        ("Set-Cookie", "c=3"),
+        ("X-Kept", "new"),
         ("X-New", "1"),
+    ]
+
+
+@pytest.mark.parametrize("mode", ["never", "public", "explicit"])
+@pytest.mark.parametrize("name", ["Set-Cookie", "set-cookie", "Set-Cookie2"])
+def test_freshen_never_takes_a_cookie_from_the_304(mode: str, name: str) -> None:
+    """A cookie set on a 304 is not stored (unless set_cookie is "rfc"): the 304
+    answers the cache's own validation request, made for whichever clients waited on
+    it, and the stored response is then served to everyone. The stored response's own
+    fields, its cookies included, stay as they were."""
+    not_modified = headers(("Cache-Control", "public, max-age=300"), (name, "user=bob"))
+    result = freshen_headers(STORED, not_modified, set_cookie=mode)
+    assert ("Cache-Control", "public, max-age=300") in result
+    assert [h for h in result if h[0].lower().startswith("set-cookie")] == [
+        ("Set-Cookie", "a=1"),
+        ("Set-Cookie", "b=2"),
+    ]
+    assert freshen_headers([], not_modified, set_cookie=mode) == [
+        ("Cache-Control", "public, max-age=300")
+    ]
+
+
+def test_freshen_never_takes_a_cookie_by_default() -> None:
+    """The default is the node's default, set_cookie = "never"."""
+    result = freshen_headers([("ETag", '"v1"')], headers(("Set-Cookie", "user=bob")))
+    assert result == [("ETag", '"v1"')]
+
+
+def test_freshen_as_rfc_9111_alone_takes_the_cookie() -> None:
+    """Section 3.2, with set_cookie = "rfc": the 304's Set-Cookie replaces the stored
+    ones, as any other field does."""
+    not_modified = headers(("Set-Cookie", "c=3"), ("Set-Cookie", "d=4"))
+    result = freshen_headers(STORED, not_modified, set_cookie="rfc")
+    assert [h for h in result if h[0] == "Set-Cookie"] == [
+        ("Set-Cookie", "c=3"),
+        ("Set-Cookie", "d=4"),
     ]
 
 

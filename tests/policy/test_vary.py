@@ -70,33 +70,58 @@ def test_other_fields_keep_order_and_case() -> None:
 @pytest.mark.parametrize(
     ("a", "b"),
     [
-        (["en-US, fr"], ["fr, en-US"]),
         (["EN-us"], ["en-US"]),
         (["en-US", "fr"], ["en-US, fr"]),
         (["en;q=1.0"], ["en"]),
         (["en;q=1"], ["en; q=1.0"]),
+        (["en;Q=0.5"], ["en;q=0.5"]),
         (["fr;q=0.5, en"], ["en, fr;q=0.50"]),
-        (["de;q=0.8, fr;q=0.8, en"], ["en,fr;q=0.8,de;q=0.8"]),
+        (["de;q=0.8, fr;q=0.8, en"], ["en,de;q=0.8,fr;q=0.8"]),
+        (["de, en;q=0"], ["en;q=0, DE"]),
     ],
-    ids=["order", "case", "lines", "q-default", "q-spaces", "q-format", "equal-q-order"],
+    ids=[
+        "case",
+        "lines",
+        "q-default",
+        "q-spaces",
+        "q-letter-case",
+        "distinct-q-order",
+        "distinct-q-order-ties-kept",
+        "refused-range",
+    ],
 )
 def test_accept_language_equivalent_forms(a: list[str], b: list[str]) -> None:
-    """Section 4.1: Accept-Language compared without regard to case or the order of
-    tags of equal preference."""
+    """Section 4.1: Accept-Language compared without regard to case, spacing, field
+    lines, how a weight is written, or the order of members whose weights differ
+    (the weight ranks them, RFC 9110 Section 12.4.2)."""
     assert normalise_selecting("accept-language", a) == normalise_selecting("accept-language", b)
 
 
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        (["de, en"], ["en, de"]),
+        (["en-US, fr"], ["fr, en-US"]),
+        (["de", "en"], ["en", "de"]),
+        (["de;q=0.8, fr;q=0.8, en"], ["en, fr;q=0.8, de;q=0.8"]),
+        (["*, en"], ["en, *"]),
+        (["en, fr;q=0.5"], ["en;q=0.5, fr"]),
+    ],
+    ids=["order", "region-order", "line-order", "equal-q-order", "wildcard-order", "weights"],
+)
+def test_accept_language_different_preferences_differ(a: list[str], b: list[str]) -> None:
+    """Section 4.1: `de, en` prefers German and `en, de` English (RFC 4647 Section 3.4
+    takes ranges in the order given; RFC 9110 Section 12.4.2 leaves ties between equal
+    weights to the server): members of equal weight keep their order, so these never
+    share a variant."""
+    assert normalise_selecting("accept-language", a) != normalise_selecting("accept-language", b)
+
+
 def test_accept_language_canonical_form() -> None:
-    """Sorted by preference, then tag; q always written."""
+    """By descending weight, equal weights in the order given; q always written."""
     assert (
-        normalise_selecting("accept-language", ["fr-CH, fr;q=0.9, en;q=0.8, de;q=0.7, *;q=0.5"])
-        == "fr-ch;q=1,fr;q=0.9,en;q=0.8,de;q=0.7,*;q=0.5"
-    )
-
-
-def test_accept_language_different_preferences_differ() -> None:
-    assert normalise_selecting("accept-language", ["en, fr;q=0.5"]) != normalise_selecting(
-        "accept-language", ["en;q=0.5, fr"]
+        normalise_selecting("accept-language", ["fr-CH, fr;q=0.9, *;q=0.5, en;q=0.8, de;q=0.8"])
+        == "fr-ch;q=1,fr;q=0.9,en;q=0.8,de;q=0.8,*;q=0.5"
     )
 
 
@@ -108,12 +133,36 @@ def test_accept_language_invalid_q_is_kept_as_written(weight: str) -> None:
     assert normalise_selecting("accept-language", [f"en;q={weight}"]) != "en;q=1"
 
 
-def test_accept_language_nan_weights_do_not_depend_on_order() -> None:
-    """float("nan") compares with nothing: sorting by it kept the input's order, so
-    one set of preferences gave two keys."""
-    a = normalise_selecting("accept-language", ["en;q=nan, fr;q=nan, de"])
-    b = normalise_selecting("accept-language", ["de, fr;q=nan, en;q=nan"])
-    assert a == b == "de;q=1,en;q=nan,fr;q=nan"
+@pytest.mark.parametrize(
+    "value",
+    ["en;q=nan, fr;q=nan, de", "en;level=1, de", "de, en, de;q=0.5", "en_US, de", "\u212aa, de"],
+    ids=["invalid-weights", "unknown-parameter", "range-twice", "not-a-range", "kelvin"],
+)
+def test_accept_language_edge_cannot_rank_keeps_its_order(value: str) -> None:
+    """A value that is not a list of language ranges with valid weights keeps its
+    members in the order written (only ASCII case is folded): how the origin ranks
+    it is unknown, so no other order is taken for it. float("nan") once sorted these
+    by a weight that compares with nothing."""
+    members = [m.strip() for m in value.split(",")]
+    normalised = normalise_selecting("accept-language", [value])
+    assert normalised == ",".join(
+        "".join(c.lower() if c.isascii() else c for c in m) for m in members
+    )
+    reordered = normalise_selecting("accept-language", [", ".join(reversed(members))])
+    assert reordered != normalised
+    if value.isascii():
+        assert normalise_selecting("accept-language", [value.upper()]) == normalised
+
+
+def test_accept_and_other_fields_keep_their_order() -> None:
+    """RFC 9110 Section 12.5.1: between media ranges of equal weight the order can be
+    the client's preference; only whitespace and field lines are normalised."""
+    assert normalise_selecting("accept", ["text/html, application/json"]) != normalise_selecting(
+        "accept", ["application/json, text/html"]
+    )
+    assert normalise_selecting("accept", ["text/html,  application/json"]) == normalise_selecting(
+        "accept", ["text/html", "application/json"]
+    )
 
 
 @pytest.mark.parametrize(

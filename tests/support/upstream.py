@@ -30,6 +30,8 @@ Query parameters on any other path:
   ctags=A,B        Cache-Tag: A,B (purge tags, comma-separated)
   nocc=1           no Cache-Control at all
   cookie=VALUE     Set-Cookie: VALUE
+  usercookie=WHEN  Set-Cookie: user=<the request's X-User field> on full answers ("full"),
+                   on 304s only ("304") or on both ("all"): a cookie for one client
   lm=DATE          Last-Modified: DATE (an HTTP-date; "old" for one in 2020)
   reqinfo=1        the body is JSON: method, raw target, headers, body length and body
 """
@@ -97,10 +99,15 @@ def make_app(
             )
         if "cdncc" in q:
             headers["CDN-Cache-Control"] = q["cdncc"]
+        user_cookie = f"user={request.headers.get('X-User', '')}"
         if "etag" in q:
             headers["ETag"] = q["etag"]
             if request.headers.get("If-None-Match") == q["etag"]:
+                if q.get("usercookie") in ("304", "all"):
+                    headers["Set-Cookie"] = user_cookie
                 return web.Response(status=304, headers=headers)
+        if q.get("usercookie") in ("full", "all"):
+            headers["Set-Cookie"] = user_cookie
         if "vary" in q:
             headers["Vary"] = q["vary"]
             headers["X-Echo"] = request.headers.get(q["vary"], "")
