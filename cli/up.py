@@ -28,6 +28,8 @@ import typer
 
 from cli.errors import fail
 
+#: The source address of connections between processes on loopback.
+EDGE_SOURCE = "127.0.0.1"
 RESTART_LIMIT = 5  # restarts of one process within RESTART_WINDOW before giving up on it
 RESTART_WINDOW = 60.0
 
@@ -169,8 +171,16 @@ def plan(topology_path: Path, workdir: Path, tls: bool = False) -> list[Child]:
         coordinator_url + "/v1/health",
     )
     common = ["--coordinator", coordinator_url]
+    # A shield believes its edges' X-Forwarded-For, and nobody else's. On loopback every
+    # connection an edge opens comes from 127.0.0.1 (the kernel's source for 127/8), not
+    # from the edge's 127.R.0.x, so that one address is trusted: not the region networks,
+    # where the simulated clients are. Admin endpoints need nothing here: the health
+    # checks (edge up's, the GeoDNS authority's) come from 127.0.0.1 too, and a node's
+    # default admin_networks are 127.0.0.1 and ::1.
+    trust = ["--trusted-proxy", EDGE_SOURCE]
     for shield in s.shields:
         argv = ["shield", "--listen", shield.listen, "--origin", origin_url, "--name", shield.name]
+        argv += trust
         argv += certificate(shield.name, shield.listen, [shield.name])
         argv += [
             "--cache-dir",
@@ -257,7 +267,9 @@ def _tls_topology(path: Path, workdir: Path, ca_file: str) -> Path:
 def up(
     topology: Annotated[
         Optional[Path],  # noqa: UP045 - typer reads the annotation at runtime
-        typer.Option(help="Topology TOML (default: the shipped eu/us/ap topology)."),
+        typer.Option(
+            help="Topology TOML.", show_default="the shipped eu/us/ap topology, default.toml"
+        ),
     ] = None,
     workdir: Annotated[
         Path, typer.Option(help="Folder for the demo archive, caches, logs and tokens.")
@@ -271,6 +283,7 @@ def up(
             "--tls",
             help="Serve HTTPS at the edges and shields, with certificates from a local CA "
             "created in WORKDIR/tls.",
+            show_default="off: plain HTTP",
         ),
     ] = False,
 ) -> None:

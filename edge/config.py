@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from edge.forwarding import DEFAULT_TRUSTED
 from edge.policy import SET_COOKIE_DEFAULT, SET_COOKIE_MODES
 
 
@@ -75,6 +76,9 @@ def _positive(name: str, value: Any, *, integer: bool = False, zero: bool = Fals
         )
     return value
 
+
+#: Peers that may read /_edge/health in full and /_edge/metrics without a token.
+DEFAULT_ADMIN_NETWORKS = ("127.0.0.1/32", "::1/128")
 
 #: The most worker processes a node runs (edge.shared sizes its slots by it).
 MAX_WORKERS = 64
@@ -209,8 +213,9 @@ class NodeConfig:
     origin_direct: bool = True  # an edge may skip failed shields and ask the origin
     pools: dict[str, Any] = field(default_factory=dict)
     routes: dict[str, Any] = field(default_factory=dict)
-    # Peers whose X-Forwarded-For / Forwarded are believed (edges, at a shield).
-    trusted_proxies: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    # Peers whose X-Forwarded-For / Forwarded are believed (edges, at a shield); none
+    # unless named (edge.forwarding.DEFAULT_TRUSTED).
+    trusted_proxies: tuple[str, ...] = DEFAULT_TRUSTED
     # RFC 8586: this CDN's name in CDN-Loop, and how many of its hops a request may
     # already carry (default: 0 at an edge, 1 at a shield).
     cdn_name: str = "edge"
@@ -288,9 +293,11 @@ class NodeConfig:
     # alone allows, a cookie set on a 304 included).
     set_cookie: str = SET_COOKIE_DEFAULT
     # Admin endpoints (/_edge/...): a separate internal listener (empty: none), and
-    # the networks from which health and metrics need no token.
+    # the networks from which health and metrics need no token: the machine's own
+    # 127.0.0.1 and ::1 only, not all of 127.0.0.0/8, which may hold other tenants
+    # (`edge up` puts its simulated clients on 127.R.255.x).
     admin_listen: str = ""
-    admin_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    admin_networks: tuple[str, ...] = DEFAULT_ADMIN_NETWORKS
     # -- TLS (edge.tls) -----------------------------------------------------------
     # Certificate chains and keys, paired in order; several are chosen by SNI.
     tls_cert: tuple[str, ...] = ()

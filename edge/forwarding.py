@@ -25,7 +25,10 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 #: The client-supplied fields this module rewrites (dropped before forwarding).
 FORWARDING_FIELDS = ("x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded")
 
-DEFAULT_TRUSTED = ("127.0.0.0/8", "::1/128")
+#: Trusted proxies unless configured: none. Whoever shares the machine (every 127.x
+#: address, e.g. `edge up`'s simulated clients) could otherwise forge a client address;
+#: a shield names its edges' addresses (`edge up` and compose do).
+DEFAULT_TRUSTED: tuple[str, ...] = ()
 
 
 def parse_networks(values: Iterable[str]) -> tuple[Network, ...]:

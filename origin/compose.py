@@ -34,6 +34,9 @@ The mapping (from origin/topologies/default.toml):
 - Volumes: one cache volume per shield and edge, a data volume each for the origin
   and the coordinator. Tokens come from the environment (EDGE_TOKEN, EDGE_NODE_TOKEN;
   compose refuses to start without them), never from the file.
+- Trust: each shield is given its edges' core addresses as --trusted-proxy (they
+  reach it from there), and nothing else; admin endpoints are left to each node's
+  default, 127.0.0.1 in its own container, which is where its healthcheck runs.
 - Published ports, on 127.0.0.1 only: edge i at its port + i (8080, 8081, ...), the
   GeoDNS authority at its port over UDP and TCP. Nothing else is reachable from the host.
 """
@@ -302,6 +305,11 @@ def compose_model(topo: Topology) -> dict[str, Any]:
     )
 
     common = ["--coordinator", coordinator_url]
+    # A shield believes X-Forwarded-For from its edges only: their core addresses, from
+    # which they reach it. Nothing else is trusted, and the admin endpoints stay with
+    # 127.0.0.1 in each container (its healthcheck); the GeoDNS probes need only the
+    # public health answer.
+    trust = [a for e in topo.edges for a in ("--trusted-proxy", str(addr[e.name]))]
     for shield in layout.shields:
         volumes[f"{shield.name}-cache"] = {}
         services[shield.name] = _service(
@@ -314,6 +322,7 @@ def compose_model(topo: Topology) -> dict[str, Any]:
                 origin_url,
                 "--name",
                 shield.name,
+                *trust,
                 "--cache-dir",
                 "/cache",
                 "--cache-size",

@@ -210,8 +210,8 @@ def edge_toml(port: int, origin: Node, cache_dir: Path) -> str:
         "upstream": origin.url,
         "cache_dir": str(cache_dir),
         "name": "edge-soak",
-        # Loopback is trusted by default (an edge in front of a shield); here every
-        # loopback address is a client, limited like any other.
+        # Nobody is trusted by default; said explicitly, as every loopback address here
+        # is a client, limited like any other.
         "trusted_proxies": [],
         **GUARD,
     }

@@ -245,6 +245,9 @@ def test_commands_are_what_edge_up_passes(topo: Topology, model: dict[str, Any])
         assert option(argv, "--name") == [shield.name]
         assert option(argv, "--region") == ["core"]
         assert option(argv, "--cache-dir") == ["/cache"]
+        # It believes X-Forwarded-For from its edges' core addresses, and nobody else's.
+        core = compose.Layout.of(topo).core_addresses
+        assert option(argv, "--trusted-proxy") == [str(core[e.name]) for e in topo.edges]
     for edge in topo.edges:
         argv = argv_of(services[edge.name])
         assert option(argv, "--shield") == ["http://shield-1:8090"]
@@ -254,6 +257,7 @@ def test_commands_are_what_edge_up_passes(topo: Topology, model: dict[str, Any])
         assert option(argv, "--cache-size") == [edge.cache_size]
         assert option(argv, "--cache-dir") == ["/cache"]
         assert option(argv, "--coordinator") == ["http://coordinator:7000"]
+        assert option(argv, "--trusted-proxy") == []  # clients are not proxies
     dns = argv_of(services["dns"])
     assert option(dns, "--topology") == [compose.IMAGE_TOPOLOGY]
 

@@ -221,12 +221,12 @@ def test_connections_per_client_address_are_capped(
     assert 'edge_guard_connections_refused_total{node="g"} 1.0' in metrics
 
 
-def test_loopback_proxies_are_not_capped_by_default(
-    node: NodeFactory, upstream: Proc, tmp_path: Path
-) -> None:
+def test_trusted_proxies_are_not_capped(node: NodeFactory, upstream: Proc, tmp_path: Path) -> None:
     """A shield sees every client of an edge from one address: trusted proxies are
     exempt from the per-address cap."""
-    edge = start(node, upstream, tmp_path, max_connections_per_client=2)
+    edge = start(
+        node, upstream, tmp_path, max_connections_per_client=2, trusted_proxies=["127.0.0.1"]
+    )
     port = port_of(edge)
     held = [connect(port) for _ in range(5)]
     try:

@@ -52,8 +52,8 @@ async def fetch(
 async def test_unkeyed_fields_never_reach_the_origin(
     node: NodeFactory, upstream: Proc, tmp_path: Path
 ) -> None:
-    # Loopback is a trusted proxy by default (an edge in front of a shield keeps its
-    # X-Forwarded-* there); here the test client plays an untrusted one.
+    # Nobody is a trusted proxy by default; said here too, as the test client plays an
+    # untrusted one.
     edge = start(node, upstream, tmp_path, trusted_proxies=[])
     async with aiohttp.ClientSession() as session:
         status, _, body = await fetch(session, f"{edge.url}/page?reqinfo=1", POISON)

@@ -459,7 +459,10 @@ host_header = "docs.internal"
 async def test_forwarding_fields_reach_the_origin_through_both_tiers(
     upstream: Proc, node: NodeFactory
 ) -> None:
-    shield = node("shield", "--origin", upstream.url, name="shield-1")  # trusts loopback
+    # The shield trusts its edge's address (loopback connections come from 127.0.0.1).
+    shield = node(
+        "shield", "--origin", upstream.url, "--trusted-proxy", "127.0.0.1", name="shield-1"
+    )
     # This edge trusts nobody on loopback: the test client is "the internet".
     edge = node("serve", "--shield", shield.url, "--trusted-proxy", "10.0.0.0/8", name="edge-1")
     forged = {

