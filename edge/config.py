@@ -37,6 +37,18 @@ def parse_size(value: str | int) -> int:
     return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
 
 
+def default_name(role: str, listen: str) -> str:
+    """ROLE-HOSTNAME-PORT, or ROLE-HOSTNAME-ADDRESS-PORT when the node listens on one
+    address: nodes on one machine differ by role and listen address, so an edge in front
+    of a shield there is not taken for a loop (RFC 8586), nor a coordinator's node for
+    another."""
+    host, port = parse_listen(listen, any_port=True)
+    machine = re.sub(r"[^A-Za-z0-9.-]+", "-", socket.gethostname()).strip("-.") or "localhost"
+    if host in ("", "0.0.0.0", "::"):
+        return f"{role}-{machine}-{port}"
+    return f"{role}-{machine}-{host.replace(':', '_')}-{port}"
+
+
 def parse_listen(value: str, *, any_port: bool = False) -> tuple[str, int]:
     """'HOST:PORT', '[::1]:PORT' or ':PORT' -> (host, port). With `any_port`, port 0
     (the system picks one) is allowed."""
@@ -313,7 +325,9 @@ class NodeConfig:
     # Objects larger than slice_threshold are cached as slices of slice_size bytes.
     slice_size: int = 4 << 20
     slice_threshold: int = 16 << 20
-    name: str = field(default_factory=lambda: f"edge-{socket.gethostname()}")
+    # Unique per node: Cache-Status, Via, CDN-Loop (loop detection) and the purge
+    # coordinator know a node by it; "": default_name(role, listen), filled by validate().
+    name: str = ""
     role: str = "edge"
     # RFC 9111 Section 4.2.2: fraction of (Date - Last-Modified), and its cap.
     heuristic_fraction: float = 0.1
@@ -378,6 +392,8 @@ class NodeConfig:
         if self.slice_size < 64 << 10:
             raise ConfigError("slice size must be at least 64K")
         self.cache_dir = Path(self.cache_dir)
+        if not self.name:
+            self.name = default_name(self.role, self.listen)
         if not self.name or not re.fullmatch(r"[A-Za-z0-9._-]+", self.name):
             raise ConfigError(f"node name must be letters, digits, '.', '_' or '-': {self.name!r}")
         if self.cache_size < 1 << 20:

@@ -65,6 +65,20 @@ LOCK_FILE = "purge-state.lock"
 #: Seconds between heartbeats to the coordinator, and the longest reconnect back-off.
 HEARTBEAT = 2.0
 MAX_BACKOFF = 5.0
+#: The coordinator's close code for a name another live node holds (origin.coordinator).
+CLOSE_NAME_TAKEN = 4409
+#: A node's exit status for a configuration error, as for any other (cli.errors).
+CONFIG_ERROR = 2
+
+
+class NameTaken(Exception):
+    """The coordinator refused this node's name: another live node has it."""
+
+
+def _exit_config_error() -> None:
+    # Raised from a loop callback, not a task, so that it ends the event loop (and the
+    # node, with its tasks cancelled) rather than a task nobody awaits.
+    raise SystemExit(CONFIG_ERROR)
 
 
 @dataclass(frozen=True)
@@ -394,6 +408,9 @@ def _describe(purge: Purge) -> str:
     return " ".join(parts)
 
 
+_CLOSED = (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED)
+
+
 class Subscription:
     """The node's link to the coordinator: one WebSocket, events applied in order and
     acknowledged once saved, heartbeats, and reconnection with back-off."""
@@ -412,7 +429,15 @@ class Subscription:
         self.purger = purger
         self.base = coordinator.rstrip("/")
         self.headers = {"Authorization": f"Bearer {token}"}
-        self.identity = {"name": name, "role": role, "region": region, "address": address}
+        # `instance` tells the coordinator a reconnect of this process from another
+        # process under the same name.
+        self.identity = {
+            "name": name,
+            "role": role,
+            "region": region,
+            "address": address,
+            "instance": os.urandom(12).hex(),
+        }
         self.caught_up = asyncio.Event()
         self.connected = False
 
@@ -423,6 +448,16 @@ class Subscription:
                 try:
                     await self._session(session)
                     backoff = 0.2
+                except NameTaken as exc:
+                    # Two nodes under one name is a configuration error: said once, and
+                    # the node stops (status 2) rather than fight the other for the name.
+                    log.error(
+                        "coordinator %s refused this node: %s; give each node its own --name",
+                        self.base,
+                        exc,
+                    )
+                    asyncio.get_running_loop().call_soon(_exit_config_error)
+                    return
                 except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                     log.warning("coordinator %s: %s; retrying in %.1fs", self.base, exc, backoff)
                 except ValueError as exc:  # a message we cannot use: do not apply, retry
@@ -443,7 +478,12 @@ class Subscription:
                 self._caught_up()
             beat = asyncio.create_task(self._heartbeat(ws))
             try:
-                async for msg in ws:
+                while True:
+                    msg = await ws.receive()
+                    if msg.type == aiohttp.WSMsgType.CLOSE and msg.data == CLOSE_NAME_TAKEN:
+                        raise NameTaken(msg.extra or "name taken")
+                    if msg.type in _CLOSED:
+                        break
                     if msg.type != aiohttp.WSMsgType.TEXT:
                         if msg.type == aiohttp.WSMsgType.ERROR:
                             raise aiohttp.ClientError(str(ws.exception()))

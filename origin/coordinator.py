@@ -66,6 +66,10 @@ CHECKPOINT_DELAY = 1.0
 WAL_LIMIT = 4 << 20
 #: A close code of the application range: this connection was replaced by a newer one.
 CLOSE_REPLACED = 4000
+#: Refused: another live node is connected under this name (the reason says which).
+CLOSE_NAME_TAKEN = 4409
+#: RFC 6455 Section 5.5: a close frame's payload is at most 125 bytes, 2 of them the code.
+MAX_CLOSE_REASON = 123
 
 ROLES = ("edge", "shield")
 
@@ -341,9 +345,12 @@ class PurgeStore:
 class Link:
     """One node's WebSocket connection and how far it has been sent."""
 
-    def __init__(self, ws: web.WebSocketResponse, node: NodeRecord, after: int) -> None:
+    def __init__(
+        self, ws: web.WebSocketResponse, node: NodeRecord, after: int, instance: str = ""
+    ) -> None:
         self.ws = ws
         self.node = node
+        self.instance = instance  # the node process's own id, to tell a reconnect
         self.role = node.role
         self.sent = after  # the highest seq sent (or covered by a reset)
         self.wake = asyncio.Event()
@@ -675,10 +682,18 @@ class Coordinator:
             return denied
         try:
             name, role, region, address, after = _subscription(request.query)
+            instance = _instance(request.query)
         except ValueError as exc:
             return _error(400, str(exc))
         ws = web.WebSocketResponse(heartbeat=self.settings.heartbeat, compress=False)
         await ws.prepare(request)
+        taken = self._name_taken(name, instance)
+        if taken:
+            # Told over the WebSocket, which the node's client reads (an HTTP error
+            # before the upgrade reaches it as a bare status).
+            log.warning("node %s: refused a second connection: %s", name, taken)
+            await self._close_ws(ws, CLOSE_NAME_TAKEN, taken.encode()[:MAX_CLOSE_REASON])
+            return ws
 
         node = self.nodes.get(name)
         if node is None:
@@ -688,7 +703,7 @@ class Coordinator:
         # The node's own word on what it applied wins over the registry's; one ahead of
         # this log (which was then lost and begun again) has applied none of it.
         node.applied = after if after <= self.latest else 0
-        link = Link(ws, node, after)
+        link = Link(ws, node, after, instance)
         older = self.links.get(name)
         if older is not None:
             log.info("node %s: a new connection replaces the older one", name)
@@ -722,6 +737,20 @@ class Coordinator:
                 log.info("node %s disconnected (applied %d)", name, node.applied)
             sender.cancel()
         return ws
+
+    def _name_taken(self, name: str, instance: str) -> str:
+        """Why a connection may not take `name` ("" if it may). A name is one node's: a
+        second live node under it is refused rather than let the two replace each other.
+        The same process reconnecting (its instance id) takes its name back, as does
+        anyone once the connected one has been silent past the staleness bound (a
+        connection that died without a word)."""
+        older = self.links.get(name)
+        if older is None or (instance and instance == older.instance):
+            return ""
+        if time.time() - older.node.last_seen > HEALTHY_BEATS * self.settings.heartbeat:
+            return ""
+        where = f" at {older.node.address}" if older.node.address else ""
+        return f"node name {name} is already connected ({older.node.role}{where})"
 
     def _end(self, link: Link) -> None:
         """Forget a connection: its sender stops, and when it was the node's current one,
@@ -792,6 +821,14 @@ def _subscription(query: Any) -> tuple[str, str, str, str, int]:
     if not re.fullmatch(r"[0-9]{1,18}", raw_after):
         raise ValueError("after must be a whole number >= 0 (the last seq applied)")
     return name, role, region, address, int(raw_after)
+
+
+def _instance(query: Any) -> str:
+    """The subscribing process's id (optional): a reconnect of the same process."""
+    instance = query.get("instance", "")
+    if not re.fullmatch(r"[A-Za-z0-9_-]{0,64}", instance):
+        raise ValueError("instance must be up to 64 letters, digits, '_' or '-'")
+    return str(instance)
 
 
 def _summary(purge: dict[str, Any]) -> str:

@@ -56,10 +56,12 @@ class FakeNode:
         ack_delay: float = 0.0,
         token: str = TOKEN,
         autoping: bool = True,
+        instance: str = "",
     ) -> None:
         self.http, self.base, self.name, self.role = http, base, name, role
         self.region, self.address, self.after = region, address, after
         self.ack, self.ack_delay, self.token, self.autoping = ack, ack_delay, token, autoping
+        self.instance = instance  # the node process's id: a reconnect of the same one
         self.received: list[tuple[float, dict[str, Any]]] = []
         self.acked: dict[int, float] = {}  # seq -> when its ack was sent
         self.applied = after
@@ -74,6 +76,8 @@ class FakeNode:
             params["region"] = self.region
         if self.address:
             params["address"] = self.address
+        if self.instance:
+            params["instance"] = self.instance
         self.ws = await self.http.ws_connect(
             f"{self.base}/v1/subscribe",
             params=params,
@@ -619,12 +623,31 @@ async def test_a_node_that_stops_answering_pings_is_dropped(
     ]
 
 
-async def test_a_second_connection_with_the_same_name_replaces_the_first(
+async def test_a_second_live_node_with_the_same_name_is_refused(
+    coordinator: Proc, http: Http, nodes: Callable[..., Any]
+) -> None:
+    """One name, one node: another process under a connected name is told why and
+    closed; the first keeps its connection and its purges."""
+    base = coordinator.url
+    first = await nodes(base, "edge-1", region="eu", address="http://10.0.0.1:8080")
+    second = await nodes(base, "edge-1", region="us")
+    assert second._reader is not None
+    await asyncio.wait_for(second._reader, 5)
+    assert second.closed and second.ws is not None and second.ws.close_code == 4409
+    await purge(http, base)
+    await first.wait_seq(1)
+    assert not first.closed and second.received == []
+    _, body, _ = await api(http, "GET", f"{base}/v1/nodes")
+    (row,) = body["nodes"]
+    assert row["connected"] and row["region"] == "eu" and row["applied"] == 1
+
+
+async def test_a_reconnect_of_the_same_process_replaces_its_older_connection(
     coordinator: Proc, http: Http, nodes: Callable[..., Any]
 ) -> None:
     base = coordinator.url
-    first = await nodes(base, "edge-1", region="eu")
-    second = await nodes(base, "edge-1", region="us")
+    first = await nodes(base, "edge-1", region="eu", instance="p1")
+    second = await nodes(base, "edge-1", region="us", instance="p1")
     assert first._reader is not None
     await asyncio.wait_for(first._reader, 5)
     assert first.closed and first.ws is not None and first.ws.close_code == 4000

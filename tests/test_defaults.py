@@ -6,12 +6,15 @@ has), the largest object a fraction of the cache, and every --help naming each d
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
 from pathlib import Path
 
 import aiohttp
 
 from tests.conftest import NodeFactory
-from tests.support.procs import Proc, edge_cmd, free_port, start
+from tests.support.procs import REPO, Proc, edge_cmd, free_port, start
 
 NO_STORE = "cc=no-store"
 FORGED = "203.0.113.9"
@@ -94,3 +97,91 @@ async def test_a_shield_believes_only_the_edges_it_is_told_to_trust(
     assert status == 200 and forwarded_for(body) == ["127.0.0.2"]
     status, _, body = await fetch(f"{shield.url}/_edge/health", source="127.0.0.2")
     assert json.loads(body) == {"status": "ok"}
+
+
+# -- names that cannot collide --------------------------------------------------------------
+
+
+async def test_an_unnamed_node_is_named_by_role_host_and_listen_address(
+    upstream: Proc, procs: list[Proc], tmp_path: Path
+) -> None:
+    edge = unnamed(procs, tmp_path, "serve", "--origin", upstream.url)
+    status, headers, _ = await fetch(f"{edge.url}/n")
+    expected = f"edge-{socket.gethostname()}-127.0.0.1-{edge.port}"
+    assert status == 200 and headers["Cache-Status"].startswith(f"{expected}; ")
+
+
+async def test_an_unnamed_edge_in_front_of_an_unnamed_shield_is_not_a_loop(
+    upstream: Proc, procs: list[Proc], tmp_path: Path
+) -> None:
+    shield = unnamed(procs, tmp_path, "shield", "--origin", upstream.url)
+    edge = unnamed(procs, tmp_path, "serve", "--shield", shield.url)
+    status, headers, _ = await fetch(f"{edge.url}/tiers")
+    host = socket.gethostname()
+    assert status == 200, headers
+    names = [e.split(";")[0].strip() for e in headers["Cache-Status"].split(",")]
+    assert names == [f"shield-{host}-127.0.0.1-{shield.port}", f"edge-{host}-127.0.0.1-{edge.port}"]
+
+
+def start_coordinator(procs: list[Proc], tmp_path: Path) -> Proc:
+    port = free_port()
+    cmd = edge_cmd("coordinator", "--listen", f"127.0.0.1:{port}", "--db", str(tmp_path / "c.db"))
+    env = {"EDGE_TOKEN": "operator-secret", "EDGE_NODE_TOKEN": NODE_TOKEN}
+    proc = start(cmd, port, tmp_path / "coordinator.log", health_path="/v1/health", env=env)
+    procs.append(proc)
+    return proc
+
+
+async def connected(coordinator: Proc) -> list[tuple[str, str, bool]]:
+    headers = {"Authorization": "Bearer operator-secret"}
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(f"{coordinator.url}/v1/nodes", headers=headers) as resp,
+    ):
+        body = await resp.json()
+    return [(n["name"], n["role"], n["connected"]) for n in body["nodes"]]
+
+
+async def test_a_second_live_node_with_a_connected_name_is_refused_and_exits(
+    upstream: Proc, node: NodeFactory, procs: list[Proc], tmp_path: Path
+) -> None:
+    coordinator = start_coordinator(procs, tmp_path)
+    env = {"EDGE_NODE_TOKEN": NODE_TOKEN}
+    subscribe = ("--coordinator", coordinator.url)
+    shield = node("shield", "--origin", upstream.url, *subscribe, name="n1", env=env)
+    assert await connected(coordinator) == [("n1", "shield", True)]
+    # An edge given the shield's name by mistake: one line, status 2, the shield stays.
+    port = free_port()
+    log = tmp_path / "second.log"
+    with log.open("wb") as out:
+        second = subprocess.Popen(
+            edge_cmd(
+                "serve",
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--shield",
+                shield.url,
+                "--cache-dir",
+                str(tmp_path / "second"),
+                "--name",
+                "n1",
+                *subscribe,
+            ),
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **env},
+        )
+    try:
+        code = second.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        second.kill()
+        second.wait()
+        raise AssertionError(f"the second n1 kept running:\n{log.read_text()}") from None
+    text = log.read_text()
+    assert code == 2, text
+    refusals = [line for line in text.splitlines() if "refused" in line]
+    assert len(refusals) == 1 and "n1 is already connected" in refusals[0], text
+    assert "Traceback" not in text
+    assert await connected(coordinator) == [("n1", "shield", True)]
+    assert shield.popen.poll() is None
