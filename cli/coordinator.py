@@ -24,15 +24,17 @@ def coordinator(
     # Optional only so that its absence is one `edge:` line like every other error.
     db: Annotated[
         Optional[Path],  # noqa: UP045 - typer reads the annotation at runtime
-        typer.Option(help="SQLite file of the purge log (created if missing)."),
+        typer.Option(help="SQLite file of the purge log (required; created if missing)."),
     ] = None,
     token: Annotated[
         Optional[str],  # noqa: UP045
-        typer.Option(help="Operators' bearer token (default: $EDGE_TOKEN)."),
+        typer.Option(help="Operators' bearer token.", show_default="$EDGE_TOKEN"),
     ] = None,
     node_token: Annotated[
         Optional[str],  # noqa: UP045
-        typer.Option(help="Nodes' bearer token (default: $EDGE_NODE_TOKEN, else the operators')."),
+        typer.Option(
+            help="Nodes' bearer token.", show_default="$EDGE_NODE_TOKEN, else the operators'"
+        ),
     ] = None,
     # Strings, parsed here, so that a bad value is one `edge:` line.
     keep: Annotated[

@@ -35,7 +35,8 @@ def origin(
         Optional[list[str]],  # noqa: UP045 - typer reads the annotation at runtime
         typer.Option(
             help="GLOB=CACHE-CONTROL, e.g. '/books/*=public, max-age=600'; repeatable; "
-            "tried in order before the built-in rules, first match wins."
+            "tried in order before the built-in rules, first match wins.",
+            show_default="none: the built-in rules",
         ),
     ] = None,
     # A string, parsed here, so that a bad value is one `edge:` line like every other error.

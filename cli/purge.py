@@ -37,19 +37,26 @@ MAX_WAIT = 30.0
 CoordinatorOpt = Annotated[
     Optional[str],  # noqa: UP045
     typer.Option(
-        "--coordinator", metavar="URL", help="Coordinator base URL (default: $EDGE_COORDINATOR)."
+        "--coordinator",
+        metavar="URL",
+        help="Coordinator base URL.",
+        show_default="$EDGE_COORDINATOR, else the config file's",
     ),
 ]
 TokenOpt = Annotated[
     Optional[str],  # noqa: UP045
-    typer.Option("--token", help="Operator bearer token (default: $EDGE_TOKEN)."),
+    typer.Option(
+        "--token",
+        help="Operator bearer token.",
+        show_default="$EDGE_TOKEN, else the config file's",
+    ),
 ]
 ConfigOpt = Annotated[
     Optional[Path],  # noqa: UP045
     typer.Option(
         "--config",
-        help=f"TOML file with `coordinator` and `token` (default: {UP_CONFIG}, else "
-        f"{DEFAULT_CONFIG}, if present).",
+        help="TOML file with `coordinator` and `token`.",
+        show_default=f"{UP_CONFIG}, else {DEFAULT_CONFIG}, if present",
     ),
 ]
 Repeated = Optional[list[str]]  # noqa: UP045
@@ -267,15 +274,28 @@ def purge(
         typer.Argument(metavar="[URL]...", help="Absolute URLs to purge.", show_default=False),
     ] = None,
     prefix: Annotated[
-        Repeated, typer.Option("--prefix", metavar="URL", help="Purge every URL under it.")
+        Repeated,
+        typer.Option(
+            "--prefix", metavar="URL", help="Purge every URL under it.", show_default="none"
+        ),
     ] = None,
     tag: Annotated[
-        Repeated, typer.Option("--tag", help="Purge what the origin tagged (Surrogate-Key).")
+        Repeated,
+        typer.Option(
+            "--tag", help="Purge what the origin tagged (Surrogate-Key).", show_default="none"
+        ),
     ] = None,
-    host: Annotated[Repeated, typer.Option("--host", help="Purge everything of a host.")] = None,
-    everything: Annotated[bool, typer.Option("--all", help="Purge every cached object.")] = False,
+    host: Annotated[
+        Repeated, typer.Option("--host", help="Purge everything of a host.", show_default="none")
+    ] = None,
+    everything: Annotated[
+        bool, typer.Option("--all", help="Purge every cached object.", show_default="off")
+    ] = False,
     soft: Annotated[
-        bool, typer.Option("--soft", help="Mark stale (revalidate) instead of removing.")
+        bool,
+        typer.Option(
+            "--soft", help="Mark stale (revalidate) instead of removing.", show_default="off"
+        ),
     ] = False,
     coordinator: CoordinatorOpt = None,
     token: TokenOpt = None,
@@ -284,7 +304,12 @@ def purge(
         typer.Option(metavar="SECONDS", help="How long to wait for every node to confirm."),
     ] = "10",
     no_wait: Annotated[
-        bool, typer.Option("--no-wait", help="Print the purge id and exit without waiting.")
+        bool,
+        typer.Option(
+            "--no-wait",
+            help="Print the purge id and exit without waiting.",
+            show_default="off: wait",
+        ),
     ] = False,
     config: ConfigOpt = None,
 ) -> None:
@@ -380,7 +405,10 @@ def status(
     coordinator: CoordinatorOpt = None,
     token: TokenOpt = None,
     config: ConfigOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="The coordinator's JSON as is.")] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help="The coordinator's JSON as is.", show_default="off: a table"),
+    ] = False,
 ) -> None:
     """Show the cache nodes the coordinator knows: health, applied seq and lag."""
     client = resolve(coordinator, token, config)

@@ -13,61 +13,101 @@ from typing import Annotated, Any, Optional
 import typer
 
 from cli.errors import fail
-from edge.config import ConfigError, NodeConfig, load_config
+from edge.config import OBJECT_SHARE, ConfigError, NodeConfig, format_size, load_config
+
+# The defaults shown in --help are NodeConfig's own (options are None here so that a
+# --config file's values are not overridden by them).
+_D = NodeConfig()
 
 # typer reads these annotations at runtime: Optional[...] spelled out for it.
-Listen = Annotated[Optional[str], typer.Option(help="HOST:PORT to listen on.")]  # noqa: UP045
+Listen = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(help="HOST:PORT to listen on.", show_default=_D.listen),
+]
 Origins = Annotated[
     Optional[list[str]],  # noqa: UP045
-    typer.Option("--origin", help="Origin base URL; repeat for a pool of origins."),
+    typer.Option(
+        "--origin", help="Origin base URL; repeat for a pool of origins.", show_default="none"
+    ),
 ]
-CacheDir = Annotated[Optional[Path], typer.Option(help="Cache directory.")]  # noqa: UP045
+CacheDir = Annotated[
+    Optional[Path],  # noqa: UP045
+    typer.Option(help="Cache directory.", show_default=f"./{_D.cache_dir}"),
+]
 CacheSize = Annotated[
     Optional[str],  # noqa: UP045
-    typer.Option(help="Cache size bound, e.g. 512M, 10G (LRU eviction)."),
+    typer.Option(
+        help="Cache size bound, e.g. 512M, 10G (LRU eviction).",
+        show_default=format_size(_D.cache_size),
+    ),
 ]
-MaxObject = Annotated[Optional[str], typer.Option(help="Largest object stored, e.g. 2G.")]  # noqa: UP045
+MaxObject = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        help="Largest object stored, e.g. 2G; larger ones are passed through. At most the "
+        "cache size.",
+        show_default=f"cache size / {OBJECT_SHARE}",
+    ),
+]
 SliceSize = Annotated[
     Optional[str],  # noqa: UP045
-    typer.Option(help="Slice size for big objects, e.g. 4M."),
+    typer.Option(
+        help="Slice size for big objects, e.g. 4M.", show_default=format_size(_D.slice_size)
+    ),
 ]
 SliceThreshold = Annotated[
     Optional[str],  # noqa: UP045
-    typer.Option(help="Objects larger than this are cached as slices, e.g. 16M."),
+    typer.Option(
+        help="Objects larger than this are cached as slices, e.g. 16M.",
+        show_default=format_size(_D.slice_threshold),
+    ),
 ]
 Name = Annotated[
     Optional[str],  # noqa: UP045
-    typer.Option(help="Node name, shown in Cache-Status, Via and CDN-Loop."),
+    typer.Option(
+        help="Node name, shown in Cache-Status, Via and CDN-Loop; unique among the nodes "
+        "of a coordinator.",
+        show_default="ROLE-HOSTNAME-ADDRESS-PORT of --listen; no ADDRESS on 0.0.0.0",
+    ),
 ]
 Balance = Annotated[
     Optional[str],  # noqa: UP045
     typer.Option(
         help="Origin pool strategy: round-robin, weighted-round-robin, least-connections, "
-        "consistent-hash, client-ip-hash, ewma."
+        "consistent-hash, client-ip-hash, ewma.",
+        show_default="round-robin",
     ),
 ]
 Trusted = Annotated[
     Optional[list[str]],  # noqa: UP045
     typer.Option(
         "--trusted-proxy",
-        help="Network (CIDR) whose X-Forwarded-For/Forwarded is believed; repeatable "
-        "(default: loopback).",
+        help="Network (CIDR) whose X-Forwarded-For/Forwarded is believed, e.g. a shield's "
+        "edges; repeatable.",
+        show_default="none",
     ),
 ]
 Config = Annotated[
     Optional[Path],  # noqa: UP045
     typer.Option(
-        "--config", "-c", help="TOML file with the same settings (and pools and host routes)."
+        "--config",
+        "-c",
+        help="TOML file with the same settings (and pools and host routes).",
+        show_default="none",
     ),
 ]
 Coordinator = Annotated[
     Optional[str],  # noqa: UP045
     typer.Option(
         help="Purge coordinator URL to subscribe to (token: coordinator_token in --config, "
-        "or EDGE_NODE_TOKEN)."
+        "or EDGE_NODE_TOKEN).",
+        show_default="none",
     ),
 ]
-Region = Annotated[Optional[str], typer.Option(help="This node's region, e.g. eu.")]  # noqa: UP045
+Region = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(help="This node's region, e.g. eu.", show_default="none"),
+]
 LogLevel = Annotated[str, typer.Option(help="debug, info, warning, error.")]
 TlsCert = Annotated[
     Optional[list[str]],  # noqa: UP045
@@ -75,19 +115,30 @@ TlsCert = Annotated[
         "--tls-cert",
         help="PEM certificate chain to serve HTTPS with; repeat with --tls-key for several "
         "(chosen by SNI, the first is the default).",
+        show_default="none: plain HTTP",
     ),
 ]
 TlsKey = Annotated[
     Optional[list[str]],  # noqa: UP045
-    typer.Option("--tls-key", help="PEM private key of the --tls-cert in the same position."),
+    typer.Option(
+        "--tls-key",
+        help="PEM private key of the --tls-cert in the same position.",
+        show_default="none",
+    ),
 ]
 HttpRedirect = Annotated[
     Optional[str],  # noqa: UP045
-    typer.Option(help="HOST:PORT of a plain-HTTP listener that redirects (308) to https."),
+    typer.Option(
+        help="HOST:PORT of a plain-HTTP listener that redirects (308) to https.",
+        show_default="none",
+    ),
 ]
 Hsts = Annotated[
     Optional[int],  # noqa: UP045
-    typer.Option(help="Send Strict-Transport-Security: max-age=N over TLS (0: off)."),
+    typer.Option(
+        help="Send Strict-Transport-Security: max-age=N over TLS (0: off).",
+        show_default=str(_D.hsts),
+    ),
 ]
 # Read as text so that a bad value is edge's one-line error, not typer's box.
 Workers = Annotated[
@@ -95,11 +146,12 @@ Workers = Annotated[
     typer.Option(
         help="Worker processes (1-64), each serving the same port (SO_REUSEPORT) from the "
         "same cache directory; 1: one process.",
+        show_default=str(_D.workers),
     ),
 ]
 UpstreamCa = Annotated[
     Optional[str],  # noqa: UP045
-    typer.Option(help="CA bundle to verify https upstreams with (default: the system's)."),
+    typer.Option(help="CA bundle to verify https upstreams with.", show_default="the system's CAs"),
 ]
 
 
@@ -107,7 +159,9 @@ def serve(
     listen: Listen = None,
     upstream: Annotated[
         Optional[str],  # noqa: UP045
-        typer.Option(help="One upstream base URL (shorthand for a single --origin)."),
+        typer.Option(
+            help="One upstream base URL (shorthand for a single --origin).", show_default="none"
+        ),
     ] = None,
     origin: Origins = None,
     shield: Annotated[
@@ -116,6 +170,7 @@ def serve(
             "--shield",
             help="Origin shield base URL; repeat for several (each object at one shield, "
             "by rendezvous hashing).",
+            show_default="none",
         ),
     ] = None,
     no_origin_direct: Annotated[
@@ -123,6 +178,7 @@ def serve(
         typer.Option(
             "--no-origin-direct",
             help="Never go to the origins directly when no shield can answer.",
+            show_default="off: the origins answer when no shield can",
         ),
     ] = False,
     cache_dir: CacheDir = None,

@@ -37,6 +37,20 @@ def parse_size(value: str | int) -> int:
     return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
 
 
+def format_size(value: int) -> str:
+    """Bytes -> the largest binary unit that divides them: 1073741824 -> '1G'."""
+    for unit in ("t", "g", "m", "k"):
+        if value and value % _UNITS[unit] == 0:
+            return f"{value // _UNITS[unit]}{unit.upper()}"
+    return str(value)
+
+
+#: The default largest object is this share of the cache: storing it evicts at most an
+#: eighth of what is cached, and the cache holds at least eight such objects (with a
+#: 1G cache, 128M; bigger objects are passed through unless max_object_size says more).
+OBJECT_SHARE = 8
+
+
 def default_name(role: str, listen: str) -> str:
     """ROLE-HOSTNAME-PORT, or ROLE-HOSTNAME-ADDRESS-PORT when the node listens on one
     address: nodes on one machine differ by role and listen address, so an edge in front
@@ -321,7 +335,8 @@ class NodeConfig:
     upstream_ca: str = ""
     cache_dir: Path = Path("./cache")
     cache_size: int = 1 << 30
-    max_object_size: int = 8 << 30
+    # The largest object stored; 0: cache_size / OBJECT_SHARE (validate() fills it in).
+    max_object_size: int = 0
     # Objects larger than slice_threshold are cached as slices of slice_size bytes.
     slice_size: int = 4 << 20
     slice_threshold: int = 16 << 20
@@ -387,6 +402,14 @@ class NodeConfig:
             self.advertise = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
         self.cache_size = parse_size(self.cache_size)
         self.max_object_size = parse_size(self.max_object_size)
+        if not self.max_object_size:
+            self.max_object_size = self.cache_size // OBJECT_SHARE
+        elif self.max_object_size > self.cache_size:
+            raise ConfigError(
+                f"max_object_size ({format_size(self.max_object_size)}) is larger than "
+                f"cache_size ({format_size(self.cache_size)}): storing one such object "
+                "would evict everything else"
+            )
         self.slice_size = parse_size(self.slice_size)
         self.slice_threshold = parse_size(self.slice_threshold)
         if self.slice_size < 64 << 10:

@@ -645,8 +645,9 @@ def start_edge(procs: Processes, label: str, origin: Origin, cache_dir: Path) ->
     port = free_port()
     argv = [
         *edge_argv(port, f"http://127.0.0.1:{origin.port}", cache_dir, "large", "4G"),
+        # The whole cache for the one object (the default is an eighth of it).
         "--max-object-size",
-        "8G",
+        "4G",
     ]
     child = procs.start(label, argv, cwd=REPO_ROOT)
     wait_http_ok(child, f"http://127.0.0.1:{port}/_edge/health")

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from tests.conftest import NodeFactory
 from tests.support.procs import REPO, Proc, edge_cmd, free_port, start
@@ -185,3 +188,86 @@ async def test_a_second_live_node_with_a_connected_name_is_refused_and_exits(
     assert "Traceback" not in text
     assert await connected(coordinator) == [("n1", "shield", True)]
     assert shield.popen.poll() is None
+
+
+# -- sizes that fit ----------------------------------------------------------------------------
+
+
+async def test_the_default_largest_object_is_an_eighth_of_the_cache(
+    upstream: Proc, node: NodeFactory
+) -> None:
+    edge = node("serve", "--origin", upstream.url, "--cache-size", "1M", name="e1")
+    for _ in range(2):
+        status, headers, body = await fetch(f"{edge.url}/big?size=200000")
+        assert status == 200 and len(body) == 200000
+        assert "hit" not in headers["Cache-Status"].split("; ")
+    assert count(upstream, "/big") == 2
+    for _ in range(2):
+        status, headers, _ = await fetch(f"{edge.url}/small?size=100000")
+    assert headers["Cache-Status"].startswith("e1; hit")
+
+
+async def test_through_a_shield_each_tier_keeps_its_own_largest_object(
+    upstream: Proc, node: NodeFactory
+) -> None:
+    shield = node("shield", "--origin", upstream.url, "--cache-size", "1M", name="s1")
+    edge = node("serve", "--shield", shield.url, "--cache-size", "1M", name="e1")
+    for _ in range(2):
+        status, headers, body = await fetch(f"{edge.url}/big?size=200000")
+        assert status == 200 and len(body) == 200000
+        assert "stored" not in headers["Cache-Status"]
+    assert count(upstream, "/big") == 2
+
+
+@pytest.mark.parametrize("kind", ["serve", "shield"])
+def test_a_largest_object_over_the_cache_size_is_a_one_line_error(
+    kind: str, tmp_path: Path
+) -> None:
+    cmd = edge_cmd(
+        kind,
+        "--listen",
+        f"127.0.0.1:{free_port()}",
+        "--origin",
+        "http://127.0.0.1:9",
+        "--cache-dir",
+        str(tmp_path / "c"),
+        "--cache-size",
+        "1M",
+        "--max-object-size",
+        "2M",
+    )
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise AssertionError("started with an object larger than its cache") from None
+    lines = err.decode().strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, err
+    assert "max_object_size" in lines[0] and "cache_size" in lines[0]
+
+
+SUBCOMMANDS = ["serve", "shield", "origin", "up", "coordinator", "purge", "dns", "status"]
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_every_help_shows_each_options_default(command: str) -> None:
+    env = {**os.environ, "COLUMNS": "400", "NO_COLOR": "1", "TERM": "dumb"}
+    out = subprocess.run(
+        [sys.executable, "-m", "cli.main", command, "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    rows = [line for line in out.stdout.splitlines() if re.match(r"^\W*--[a-z]", line)]
+    assert rows, out.stdout
+    missing = [
+        row.split()[1]
+        for row in rows
+        if "--help" not in row and "[default: " not in row and "required" not in row
+    ]
+    assert not missing, f"edge {command} --help: no default shown for {', '.join(missing)}"

@@ -319,7 +319,8 @@ async def test_must_revalidate_forbids_stale_on_error(upstream: Proc, edge: Edge
 
 
 async def test_cache_size_bound_evicts_least_recently_used(upstream: Proc, edge: EdgeFactory):
-    node = edge(upstream.url, "--cache-size", "1M")
+    # Objects of 300000 bytes: over the default largest object of a 1M cache (128K).
+    node = edge(upstream.url, "--cache-size", "1M", "--max-object-size", "512K")
     for i in range(8):
         await get(f"{node.url}/lru{i}?size=300000")
     _, _, health = await get(f"{node.url}/_edge/health")
