@@ -5,12 +5,14 @@ with no process left behind."""
 
 from __future__ import annotations
 
+import http.client
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -54,6 +56,20 @@ def get(url: str, host: str) -> tuple[int, str]:
         return resp.status, resp.headers["Cache-Status"]
 
 
+def status_from(url: str, source: str) -> int:
+    """The status of a GET sent from a chosen loopback address."""
+    parts = urllib.parse.urlsplit(url)
+    assert parts.hostname is not None
+    conn = http.client.HTTPConnection(
+        parts.hostname, parts.port, timeout=10, source_address=(source, 0)
+    )
+    try:
+        conn.request("GET", parts.path)
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
 def test_edge_up_runs_the_whole_cdn_and_stops_cleanly(tmp_path: Path) -> None:
     topology = tmp_path / "topology.toml"
     topology.write_text(with_free_ports(DEFAULT.read_text()))
@@ -94,6 +110,10 @@ def test_edge_up_runs_the_whole_cdn_and_stops_cleanly(tmp_path: Path) -> None:
         assert status == 200 and first.startswith("shield-1; fwd=uri-miss")
         _, second = get(eu + "/catalogue.json", host)
         assert second.split(", ")[-1].startswith("edge-eu-1; hit")
+        # A simulated client (127.R.255.x) is no admin of the nodes; the machine is.
+        for node in (eu, rows["shield-1"]):
+            assert status_from(node + "/_edge/metrics", "127.1.255.1") == 401
+            assert status_from(node + "/_edge/metrics", "127.0.0.1") == 200
         # GeoDNS: a client in each region's loopback network gets its region's edge.
         dns_host, dns_port = rows["dns"].rsplit(":", 1)
         for client, prefix in (
