@@ -311,6 +311,7 @@ def run(main: Coroutine[Any, Any, None]) -> None:
 
 def start(cfg: NodeConfig) -> None:
     from edge.node import serve_forever
+    from edge.purge import Refusal
 
     host = cfg.host_port[0]
     scheme = "https" if cfg.tls_cert else "http"
@@ -325,6 +326,10 @@ def start(cfg: NodeConfig) -> None:
             supervise(cfg, ready, run)
         else:
             run(serve_forever(cfg, ready))
+            # Stopped because the coordinator refused the node (it said why).
+            refused = Refusal.exit_status()
+            if refused is not None:
+                raise SystemExit(refused)
     except ConfigError as exc:
         fail(str(exc), 2)
     except OSError as exc:

@@ -21,6 +21,10 @@ class ConfigError(ValueError):
     """A configuration value a person must fix; its message is one line."""
 
 
+#: The exit status of a node stopped by a configuration error (as cli.errors has it).
+CONFIG_ERROR_STATUS = 2
+
+
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 

@@ -42,6 +42,7 @@ import fcntl
 import json
 import logging
 import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -51,6 +52,7 @@ from urllib.parse import urlencode
 
 import aiohttp
 
+from edge.config import CONFIG_ERROR_STATUS
 from edge.keys import KeyRules, authority_of, host_of, prefix_key, url_key
 from edge.purgemodel import SELECTORS, Purge
 from edge.store import Entry, Store
@@ -67,18 +69,22 @@ HEARTBEAT = 2.0
 MAX_BACKOFF = 5.0
 #: The coordinator's close code for a name another live node holds (origin.coordinator).
 CLOSE_NAME_TAKEN = 4409
-#: A node's exit status for a configuration error, as for any other (cli.errors).
-CONFIG_ERROR = 2
 
 
 class NameTaken(Exception):
     """The coordinator refused this node's name: another live node has it."""
 
 
-def _exit_config_error() -> None:
-    # Raised from a loop callback, not a task, so that it ends the event loop (and the
-    # node, with its tasks cancelled) rather than a task nobody awaits.
-    raise SystemExit(CONFIG_ERROR)
+class Refusal:
+    """Why the coordinator refused this process's node, if it did. The node then stops
+    as on SIGTERM, and the process exits with CONFIG_ERROR_STATUS (cli.serve and
+    edge.workers read it once the node has stopped)."""
+
+    reason: str = ""
+
+    @classmethod
+    def exit_status(cls) -> int | None:
+        return CONFIG_ERROR_STATUS if cls.reason else None
 
 
 @dataclass(frozen=True)
@@ -456,7 +462,7 @@ class Subscription:
                         self.base,
                         exc,
                     )
-                    asyncio.get_running_loop().call_soon(_exit_config_error)
+                    await self._stop_node(str(exc))
                     return
                 except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                     log.warning("coordinator %s: %s; retrying in %.1fs", self.base, exc, backoff)
@@ -508,6 +514,18 @@ class Subscription:
                     await ws.send_json({"type": "ack", "seq": self.purger.bans.applied})
             finally:
                 beat.cancel()
+
+    async def _stop_node(self, reason: str) -> None:
+        """Stop the node the way SIGTERM does (its own handler: listeners closed, the
+        store saved), once that handler is there: start-up is let through at once
+        (nothing cached is served, the purges not being ready) rather than cancelled."""
+        Refusal.reason = reason
+        self.caught_up.set()
+        for _ in range(100):
+            if signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN, None):
+                break
+            await asyncio.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
 
     def _caught_up(self) -> None:
         self.purger.ready = True

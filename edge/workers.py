@@ -51,8 +51,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge import shared as shared_map
-from edge.config import ConfigError, NodeConfig
+from edge.config import CONFIG_ERROR_STATUS, ConfigError, NodeConfig
 from edge.fill import alive
+from edge.purge import Refusal
 from edge.shared import Shared
 
 if TYPE_CHECKING:
@@ -337,11 +338,17 @@ class Supervisor:
             _close_pipe(child)
             _remove_bodies(Path(self.cfg.cache_dir), pid)
             lived = time.monotonic() - child.started
+            code = os.waitstatus_to_exitcode(status)
+            if code == CONFIG_ERROR_STATUS:
+                # It said why (e.g. the coordinator refused the node's name); started
+                # again it would fail the same way: the node stops with its status.
+                log.error("worker %d (pid %d) stopped on a configuration error", child.index, pid)
+                raise SystemExit(code)
             log.warning(
                 "worker %d (pid %d) exited with status %d; starting it again",
                 child.index,
                 pid,
-                os.waitstatus_to_exitcode(status),
+                code,
             )
             if child.index == 0 and self.cfg.coordinator:
                 # Purges may come while no worker hears the coordinator: nothing cached
@@ -388,6 +395,9 @@ class Supervisor:
         worker = Worker.open(Path(self.cfg.cache_dir), index)
         try:
             self.run(_serve(self.cfg, worker, ready_fd))
+            refused = Refusal.exit_status()
+            if refused is not None:
+                return refused  # it said why; the supervisor stops the node
         except ConfigError as exc:
             print(f"edge: {exc}", file=sys.stderr)
             return 2

@@ -10,6 +10,9 @@ The protocol, in short. A node subscribes at /v1/subscribe with the last seq it 
 (`after`); the coordinator replays every event after it, in seq order, then sends new ones
 as they are appended, or a `reset` when the events it missed were compacted away. The node
 answers `{"type": "ack", "seq": N}` once it has applied (and persisted) everything up to N.
+A name is one node's: a subscription under a name whose connection is live is closed
+with code 4409 and the reason; the same process reconnecting (its `instance`) takes the
+name back, as does anyone once the holder has been silent past the staleness bound.
 
 Fan-out order: shields first. A shield is sent an event as soon as it is committed. Edges
 are sent events up to the "edge frontier" only: the lowest seq every connected shield has

@@ -145,8 +145,9 @@ async def connected(coordinator: Proc) -> list[tuple[str, str, bool]]:
     return [(n["name"], n["role"], n["connected"]) for n in body["nodes"]]
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
 async def test_a_second_live_node_with_a_connected_name_is_refused_and_exits(
-    upstream: Proc, node: NodeFactory, procs: list[Proc], tmp_path: Path
+    upstream: Proc, node: NodeFactory, procs: list[Proc], tmp_path: Path, workers: str
 ) -> None:
     coordinator = start_coordinator(procs, tmp_path)
     env = {"EDGE_NODE_TOKEN": NODE_TOKEN}
@@ -168,6 +169,8 @@ async def test_a_second_live_node_with_a_connected_name_is_refused_and_exits(
                 str(tmp_path / "second"),
                 "--name",
                 "n1",
+                "--workers",
+                workers,
                 *subscribe,
             ),
             cwd=REPO,
