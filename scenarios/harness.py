@@ -107,7 +107,9 @@ def edge_argv(
 
 
 def shield_argv(listen_port: int, origin: str, cache_dir: Path, name: str) -> list[str]:
-    """`edge shield`: the tier between the edges and the origin."""
+    """`edge shield`: the tier between the edges and the origin. Its edges are on this
+    machine: their connections come from 127.0.0.1, the one trusted proxy (as `edge up`
+    has it), so their clients' addresses are kept and the edges are not capped."""
     return edge_command(
         "shield",
         "--listen",
@@ -118,6 +120,8 @@ def shield_argv(listen_port: int, origin: str, cache_dir: Path, name: str) -> li
         str(cache_dir),
         "--name",
         name,
+        "--trusted-proxy",
+        "127.0.0.1",
     )
 
 

@@ -240,6 +240,9 @@ def run(args: argparse.Namespace) -> int:
                 str(work / "cache-shield-1"),
                 "--name",
                 "shield-1",
+                # Its edges, on this machine, connect from 127.0.0.1 (as under edge up).
+                "--trusted-proxy",
+                "127.0.0.1",
                 *common,
             ),
             env=env,

@@ -289,7 +289,7 @@ def test_nginx_tier_config(tmp_path: Path) -> None:
 
 def test_shield_and_shielded_edge_command_lines(tmp_path: Path) -> None:
     shield = harness.shield_argv(8001, "http://127.0.0.1:8000", tmp_path / "s", "shield-1")
-    assert shield[-9:] == [
+    assert shield[-11:] == [
         "shield",
         "--listen",
         "127.0.0.1:8001",
@@ -299,12 +299,14 @@ def test_shield_and_shielded_edge_command_lines(tmp_path: Path) -> None:
         str(tmp_path / "s"),
         "--name",
         "shield-1",
+        "--trusted-proxy",  # its edges, on this machine
+        "127.0.0.1",
     ]
     edge = harness.shielded_edge_argv(
         8002, ["http://127.0.0.1:8001", "http://127.0.0.1:8003"], "http://o", tmp_path, "edge-1"
     )
-    assert edge[: len(shield) - 9] == shield[: len(shield) - 9]  # the same launcher
-    assert edge[len(shield) - 9 :] == [
+    assert edge[: len(shield) - 11] == shield[: len(shield) - 11]  # the same launcher
+    assert edge[len(shield) - 11 :] == [
         "serve",
         "--listen",
         "127.0.0.1:8002",
