@@ -16,7 +16,9 @@ from cli.errors import fail
 def scenario(
     ctx: typer.Context,
     name: Annotated[Optional[str], typer.Argument(help="The scenario to run.")] = None,  # noqa: UP045
-    list_: Annotated[bool, typer.Option("--list", help="List the scenarios.")] = False,
+    list_: Annotated[
+        bool, typer.Option("--list", help="List the scenarios.", show_default="off")
+    ] = False,
 ) -> None:
     """Run a scenario (its own options follow its name; NAME --help shows them)."""
     # The scenarios live in the repository, not in the installed package: use the ones

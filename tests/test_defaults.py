@@ -15,7 +15,9 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import typer
 
+from cli.main import app
 from tests.conftest import NodeFactory
 from tests.support.procs import REPO, Proc, edge_cmd, free_port, start
 
@@ -251,7 +253,8 @@ def test_a_largest_object_over_the_cache_size_is_a_one_line_error(
     assert "max_object_size" in lines[0] and "cache_size" in lines[0]
 
 
-SUBCOMMANDS = ["serve", "shield", "origin", "up", "coordinator", "purge", "dns", "status"]
+# Every subcommand the `edge` app has, so that a new one is held to this too.
+SUBCOMMANDS = sorted(typer.main.get_command(app).commands)  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("command", SUBCOMMANDS)
