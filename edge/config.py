@@ -282,6 +282,10 @@ class NodeConfig:
         "X-Method-Override",
     )
     keyed_headers: tuple[str, ...] = ()
+    # Request fields with "_" in their names are not forwarded unless this is on
+    # (nginx's underscores_in_headers): CGI-style origins read X_Original_URL as
+    # X-Original-URL, past the unkeyed list above.
+    underscores_in_headers: bool = False
     # Responses that set a cookie (edge.policy.is_storable): "never" shared (the
     # default), or shared on the origin's say-so: "public" (public, s-maxage or a
     # targeted field), "explicit" (also max-age or Expires) or "rfc" (as RFC 9111

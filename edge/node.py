@@ -351,6 +351,60 @@ async def _refuse_connect(
     return await handler(request)
 
 
+def _host_check(
+    proxied: Callable[[web.Request], Awaitable[web.StreamResponse]] | None,
+) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """RFC 9112 Section 3.2 on every listener: a Host that is not one authority
+    (edge.guard.check_host) gets a 400. Requests routed to `proxied` (the pipeline)
+    are left to its recv state, which runs the same check and logs the refusal."""
+
+    @web.middleware
+    async def check(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if proxied is None or request.match_info.route.handler != proxied:
+            host = guard.check_host(request.headers.getall("Host", []), request.version)
+            if isinstance(host, guard.Refusal):
+                text = f"{host.status} {_phrase(host.status)}: {host.reason}\n"
+                resp = web.Response(status=host.status, text=text)
+                resp.force_close()
+                return resp
+        return await handler(request)
+
+    return check
+
+
+#: The registered spelling (RFC 9110, RFC 9111, RFC 8586, RFC 9213) of fields whose
+#: names are not plain Title-Case. Names are case-insensitive (RFC 9110 Section 5.1),
+#: but an answer should not spell one "Etag" as an origin sent it (aiohttp's
+#: FileResponse does) and "ETag" where edge made it (a compressed variant, a 304):
+#: every answer edge writes uses these.
+_CANONICAL = {
+    name.lower(): name
+    for name in (
+        "ETag",
+        "WWW-Authenticate",
+        "Content-MD5",
+        "Content-ID",
+        "CDN-Cache-Control",
+        "CDN-Loop",
+        "TE",
+        "X-XSS-Protection",
+    )
+}
+
+
+def _canonical_names(response: web.StreamResponse) -> None:
+    """Respell the response's fields as _CANONICAL has them, in place and in order
+    (the hot tier keeps what was written, so its answers are the same)."""
+    fields = response.headers
+    if all(_CANONICAL.get(name.lower(), name) == name for name in fields):
+        return
+    items = [(_CANONICAL.get(name.lower(), name), value) for name, value in fields.items()]
+    fields.clear()
+    fields.extend(items)
+
+
 def _json(body: object, status: int) -> web.Response:
     return web.Response(
         text=json.dumps(body),
@@ -397,7 +451,8 @@ class EdgeNode:
         """The public app proxies; the admin endpoints are served with it unless an
         admin listener has them (then only a bare health answer stays public)."""
         app = web.Application(
-            client_max_size=self.config.max_body_size, middlewares=[_refuse_connect]
+            client_max_size=self.config.max_body_size,
+            middlewares=[_refuse_connect, _host_check(self._handle if public else None)],
         )
         app[ALLOWED_METHODS] = guard.allow_field(self.config.allowed_methods)
         app.router.add_get(ADMIN_PREFIX + "health", self._health if admin else self._health_bare)
