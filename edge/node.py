@@ -771,6 +771,7 @@ class EdgeNode:
         }
 
     async def _set_server(self, request: web.Request, response: web.StreamResponse) -> None:
+        _canonical_names(response)
         # The origin's Server is hidden (hide_headers); this node names itself instead
         # of aiohttp's default, which would give away versions.
         if self.config.server_header and response.headers.get("Server") in (None, SERVER_SOFTWARE):
