@@ -2,7 +2,8 @@
 
 Owns the checks the pipeline's recv state runs on a parsed request — framing the HTTP
 parser lets through (versions, transfer codings, bodies on GET), header totals,
-methods, the request target (normalised; traversal refused), rate limits — and the
+methods, the authority (Host, which every listener holds to `check_host`), the request
+target (normalised; traversal refused), fields never forwarded, rate limits — and the
 bounded reading of request bodies (size and time). The connection-level limits
 (request line, header count and size, slowloris, keep-alive, connections per
 client) live with the connection handler in edge.node; request rules in edge.waf.

@@ -114,7 +114,10 @@ class _GuardedHandler(RequestHandler):
       or too many header fields 431 (RFC 6585 Section 5), anything else 400.
     - A request head must arrive whole within header_timeout of its first byte
       (slowloris): aiohttp has no such deadline. 408, then the connection is closed.
-      Idle keep-alive connections are aiohttp's keepalive_timeout.
+      A connection idle before its first head or between requests is closed after
+      keepalive_timeout (aiohttp's timer, from the connection's start).
+    - A request line's version is looked at before llhttp parses it: HTTP/1.x minors
+      above 1 are read as HTTP/1.1, HTTP/2 and later get a 505 in HTTP/1.1.
     - At most max_connections_per_client open connections per client address; the
       next is closed at once, before a byte is read. Trusted proxies are exempt.
     """
