@@ -857,8 +857,11 @@ class EdgeNode:
         if refused is not None:
             return refused
         assert self.engine is not None and self.engine.purger is not None
+        host = guard.check_host(request.headers.getall("Host", []), request.version)
+        if isinstance(host, guard.Refusal):
+            return _json({"error": host.reason}, host.status)
         raw = request.raw_path
-        url = raw if not raw.startswith("/") else f"{request.scheme}://{request.host}{raw}"
+        url = raw if not raw.startswith("/") else f"{request.scheme}://{host or request.host}{raw}"
         soft = request.headers.get("Edge-Soft-Purge", "").strip() in ("1", "true")
         try:
             purge = parse_purge({"urls": [url], "soft": soft})

@@ -33,6 +33,7 @@ from tests.support.procs import Proc, free_port
 from tests.test_tls import tls_edge
 
 SITE = "site.test"
+TOKEN = "front-door-admin"
 
 
 @dataclass
@@ -52,11 +53,12 @@ def tiers(node: NodeFactory, origin_url: str, *extra: str) -> Tiers:
     # Loopback is where the test client is: trusted here, so that the test can send
     # what a trusted proxy would.
     trust = ("--trusted-proxy", "127.0.0.0/8")
-    shield = node("shield", "--origin", origin_url, *trust, *extra, name="fd-shield")
+    env = {"EDGE_ADMIN_TOKEN": TOKEN}
+    shield = node("shield", "--origin", origin_url, *trust, *extra, name="fd-shield", env=env)
     return Tiers(
-        node("serve", "--origin", origin_url, *trust, *extra, name="fd-alone"),
+        node("serve", "--origin", origin_url, *trust, *extra, name="fd-alone", env=env),
         shield,
-        node("serve", "--shield", shield.url, *trust, *extra, name="fd-front"),
+        node("serve", "--shield", shield.url, *trust, *extra, name="fd-front", env=env),
     )
 
 
@@ -97,6 +99,11 @@ def test_a_host_is_one_authority_or_a_400_at_every_tier_and_listener(
         # The node's own endpoints are on the same listener: the same rule.
         health = request("/_edge/health", "Host: a b")
         assert status_of(exchange(proc.port, health)[0]) == 400
+        # PURGE by URL builds the URL from Host: h/a would purge the key of h + /a/b.
+        purge = request("/b", "Host: h/a", f"Authorization: Bearer {TOKEN}").replace(
+            b"GET ", b"PURGE ", 1
+        )
+        assert status_of(exchange(proc.port, purge)[0]) == 400
     assert origin_total(upstream) == before  # nothing of it was forwarded
     # An empty port is no port (RFC 3986 Section 6.2.3): one key, the second a hit.
     for proc in (t.alone, t.front):
