@@ -316,8 +316,7 @@ def start(cfg: NodeConfig) -> None:
     host = cfg.host_port[0]
     scheme = "https" if cfg.tls_cert else "http"
     ready = (
-        f"edge {cfg.role} {cfg.name}: listening on {scheme}://{host}:{{port}} "
-        f"-> {cfg.upstream_summary}"
+        f"{cfg.role} {cfg.name}: listening on {scheme}://{host}:{{port}} -> {cfg.upstream_summary}"
     )
     try:
         if cfg.workers > 1:

@@ -145,9 +145,11 @@ class PoolConfig:
     # Passive health: consecutive failures that eject a member, and for how long.
     failures: int = 3
     cooldown: float = 10.0
-    # Keep-alive connections per member, and how long an idle one is kept.
+    # Keep-alive connections per member, and how long an idle one is kept: less than
+    # a node's own 5 s keepalive_timeout, so that behind an edge a shield does not
+    # close a connection just as the edge sends on it.
     max_connections: int = 256
-    keepalive_timeout: float = 30.0
+    keepalive_timeout: float = 4.0
     # Seconds to connect, and between reads; 0: the node's upstream timeouts.
     connect_timeout: float = 0.0
     read_timeout: float = 0.0
@@ -265,19 +267,23 @@ class NodeConfig:
     # empty: purging this node directly is refused.
     admin_token: str = ""
     # -- the guard (edge.guard): limits on what a client controls -----------------
-    # Request line and each header line (bytes), header count and all header bytes.
+    # Request line and each header line (bytes), header count and all header bytes
+    # (32K: nginx's large_client_header_buffers and Varnish's http_req_size; a head
+    # larger than that is an attack or a cookie jar gone wrong, 431 either way).
     max_request_line: int = 8190
     max_header_size: int = 8190
     max_headers: int = 100
-    max_header_bytes: int = 64 << 10
+    max_header_bytes: int = 32 << 10
     max_body_size: int = 16 << 20
     # Seconds to send a request head once it has begun (slowloris); to send a body
     # (extended by a second per body_min_rate bytes, like Apache's mod_reqtimeout);
-    # an idle keep-alive connection is closed after keepalive_timeout.
+    # a connection idle before its first request or between requests is closed after
+    # keepalive_timeout (5 s: Varnish's timeout_idle; an idle connection costs a
+    # socket and memory, and a crowd of them is the cheapest attack there is).
     header_timeout: float = 10.0
     body_timeout: float = 20.0
     body_min_rate: int = 500
-    keepalive_timeout: float = 30.0
+    keepalive_timeout: float = 5.0
     # Open connections one client address may hold (0: no limit; trusted proxies
     # are not limited).
     max_connections_per_client: int = 128
@@ -317,6 +323,10 @@ class NodeConfig:
         "X-Method-Override",
     )
     keyed_headers: tuple[str, ...] = ()
+    # Request fields with "_" in their names are not forwarded unless this is on
+    # (nginx's underscores_in_headers): CGI-style origins read X_Original_URL as
+    # X-Original-URL, past the unkeyed list above.
+    underscores_in_headers: bool = False
     # Responses that set a cookie (edge.policy.is_storable): "never" shared (the
     # default), or shared on the origin's say-so: "public" (public, s-maxage or a
     # targeted field), "explicit" (also max-age or Expires) or "rfc" (as RFC 9111

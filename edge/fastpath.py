@@ -24,7 +24,7 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from edge import policy
+from edge import guard, policy
 
 #: Request fields that change nothing about a stored hit. Any other field (Range,
 #: conditionals, Cache-Control, Pragma, Authorization, Cookie, X-Forwarded-For,
@@ -191,20 +191,25 @@ def request_key(
     method: str, version: Any, path: str, raw_headers: Sequence[tuple[bytes, bytes]]
 ) -> tuple[bytes, bytes, bytes] | None:
     """The hot-tier key of a parsed request, or None when it must go the general way:
-    not a plain HTTP/1.1 GET, or a field outside ORDINARY."""
+    not a plain HTTP/1.1 GET, a field outside ORDINARY, or a Host the guard refuses
+    (edge.guard.check_host: the general way answers it with the 400)."""
     if method != "GET" or version != (1, 1):
         return None
     host = accept_encoding = b""
+    hosts = 0
     for name, value in raw_headers:
         lower = name.lower()
         if lower not in ORDINARY:
             return None
         if lower == b"host":
             host = value
+            hosts += 1
         elif lower == b"accept-encoding":
             if accept_encoding:
                 return None  # several lines: leave the joining to the general path
             accept_encoding = value
         elif lower == b"connection" and value.lower() not in (b"keep-alive", b"close"):
             return None
+    if isinstance(guard.check_host([host.decode("latin-1")] * hosts, (1, 1)), guard.Refusal):
+        return None
     return (path.encode("latin-1", "surrogateescape"), host, accept_encoding)

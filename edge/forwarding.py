@@ -8,7 +8,9 @@ forwarding fields go upstream and whether the request is looping through this CD
                      is a trusted proxy; otherwise replaced, so a client cannot forge
                      the address an origin or a shield acts on
   X-Forwarded-Proto  the scheme the client used (kept from a trusted proxy)
-  X-Forwarded-Host   the Host the client asked for (kept from a trusted proxy)
+  X-Forwarded-Host   the Host this node keys on, always, also behind a trusted proxy:
+                     an origin that reflects it into a response would otherwise let
+                     whoever sets it change what is stored for everyone under the key
   Forwarded          RFC 7239, the same facts in the standard form
   CDN-Loop           RFC 8586: this CDN's name, with the node as a parameter
 """
@@ -106,9 +108,8 @@ def forwarding_fields(
         out.append(("X-Forwarded-For", prior_xff))
     proto = headers.get("X-Forwarded-Proto") if trusted else None
     out.append(("X-Forwarded-Proto", proto or scheme))
-    fwd_host = headers.get("X-Forwarded-Host") if trusted else None
-    if fwd_host or host:
-        out.append(("X-Forwarded-Host", fwd_host or host))
+    if host:
+        out.append(("X-Forwarded-Host", host))
     element = f"for={_node(peer)}"
     if host:
         element += f";host={_value(host)}"

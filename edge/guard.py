@@ -2,7 +2,8 @@
 
 Owns the checks the pipeline's recv state runs on a parsed request — framing the HTTP
 parser lets through (versions, transfer codings, bodies on GET), header totals,
-methods, the request target (normalised; traversal refused), rate limits — and the
+methods, the authority (Host, which every listener holds to `check_host`), the request
+target (normalised; traversal refused), fields never forwarded, rate limits — and the
 bounded reading of request bodies (size and time). The connection-level limits
 (request line, header count and size, slowloris, keep-alive, connections per
 client) live with the connection handler in edge.node; request rules in edge.waf.
@@ -184,6 +185,59 @@ def normalise_target(raw: str) -> Target | Refusal:
     npath = _normalise_escapes(path).decode("latin-1")
     nquery = _normalise_escapes(query).decode("latin-1") if sep else None
     return Target(npath, nquery)
+
+
+# -- the authority (Host) ---------------------------------------------------------------
+
+# RFC 3986 Section 3.2.2: a reg-name (unreserved and sub-delims; no escapes: a DNS
+# name holds none) or an IP literal in brackets; Section 3.2.3: a port of digits.
+_AUTHORITY = re.compile(
+    r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=-]+)(?::(?P<port>[0-9]{0,5}))?"
+)
+
+
+def check_authority(text: str) -> str | Refusal:
+    """An authority (a Host field's value, or absolute-form's) as edge keys and
+    forwards it, or a 400.
+
+    RFC 9112 Section 3.2: a Host with an invalid value is refused. Anything but
+    host[:port] (RFC 3986 Section 3.2) is refused: spaces, "/", "?", "#" (they would
+    move part of the target into the key's authority), "@" (user information), an
+    empty host, a port over 65535. An empty port is dropped (RFC 3986 Section 6.2.3),
+    so "h:" and "h" share one key.
+    """
+    match = _AUTHORITY.fullmatch(text)
+    if match is None:
+        return Refusal(400, "the Host is not a host[:port]", close=True)
+    port = match.group("port")
+    if port is None:
+        return text
+    if not port:
+        return text[:-1]
+    if int(port) > 65535:
+        return Refusal(400, "the Host has a port out of range", close=True)
+    return text
+
+
+def check_host(values: Sequence[str], version: tuple[int, int]) -> str | Refusal:
+    """The request's authority from its Host field lines, or a 400 (RFC 9112 Section
+    3.2): HTTP/1.1 needs exactly one; HTTP/1.0 may have none (then ""), never two."""
+    if len(values) > 1:
+        return Refusal(400, "more than one Host field", close=True)
+    if not values:
+        if version >= (1, 1):
+            return Refusal(400, "an HTTP/1.1 request needs a Host field", close=True)
+        return ""
+    return check_authority(values[0])
+
+
+def without_underscores(fields: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Request fields whose names hold "_" left out of what is forwarded, as nginx
+    does by default (underscores_in_headers off): a CGI-style origin reads
+    `X_Original_URL` as X-Original-URL (both become HTTP_X_ORIGINAL_URL), so that
+    spelling would carry an unkeyed field past the list that strips it. RFC 9110
+    Section 5.1 allows "_" in a name; no field edge or an origin needs uses it."""
+    return [(name, value) for name, value in fields if "_" not in name]
 
 
 def key_query(query: str | None, mode: str, ignore: Sequence[str]) -> str | None:

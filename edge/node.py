@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import random
+import re
 import signal
 import time
 from collections import Counter
@@ -48,6 +49,9 @@ from edge.workers import Worker
 
 log = logging.getLogger("edge.node")
 
+#: A request line at the start of a connection's next bytes: method, target, version.
+_REQUEST_LINE = re.compile(rb"([!-~]+) [!-~]+ HTTP/([0-9]\.[0-9])\r?\n")
+
 ADMIN_PREFIX = "/_edge/"
 ALLOWED_METHODS = web.AppKey("allowed_methods", str)
 
@@ -70,7 +74,7 @@ class ConnectionGuard:
     header_timeout: float
     max_per_client: int
     server_header: str
-    max_header_bytes: int = 64 << 10
+    max_header_bytes: int = 32 << 10
     engine: Engine | None = None  # for the hit fast path (edge.fastpath)
     # Trusted proxies (edges, at a shield) carry many clients: not limited per address.
     exempt: tuple[forwarding.Network, ...] = ()
@@ -110,7 +114,10 @@ class _GuardedHandler(RequestHandler):
       or too many header fields 431 (RFC 6585 Section 5), anything else 400.
     - A request head must arrive whole within header_timeout of its first byte
       (slowloris): aiohttp has no such deadline. 408, then the connection is closed.
-      Idle keep-alive connections are aiohttp's keepalive_timeout.
+      A connection idle before its first head or between requests is closed after
+      keepalive_timeout (aiohttp's timer, from the connection's start).
+    - A request line's version is looked at before llhttp parses it: HTTP/1.x minors
+      above 1 are read as HTTP/1.1, HTTP/2 and later get a 505 in HTTP/1.1.
     - At most max_connections_per_client open connections per client address; the
       next is closed at once, before a byte is read. Trusted proxies are exempt.
     """
@@ -149,6 +156,11 @@ class _GuardedHandler(RequestHandler):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if not self._mid_body():
+            checked = self._request_line(data)
+            if checked is None:
+                return
+            data = checked
         before = self._request_count
         if (
             self._guard.engine is not None
@@ -185,6 +197,50 @@ class _GuardedHandler(RequestHandler):
             # loop for everyone else.
             deadline = self._guard.header_timeout * random.uniform(0.75, 1.0)
             self._head_timer = self._loop.call_later(deadline, self._head_expired)
+            # aiohttp's idle timer (keepalive_timeout, from the connection's start)
+            # would cut a head under way short of header_timeout: this deadline is it.
+            if self._keepalive_handle is not None:
+                self._keepalive_handle.cancel()
+                self._keepalive_handle = None
+
+    def _mid_body(self) -> bool:
+        """Whether these bytes may be a request's body still arriving (then they are
+        not looked at as a request line)."""
+        if self._current_request is not None and not self._current_request.content.is_eof():
+            return True
+        return any(not payload.is_eof() for _, payload in self._messages)
+
+    def _request_line(self, data: bytes) -> bytes | None:
+        """The version of a request line starting these bytes, before llhttp sees it.
+        RFC 9110 Section 2.5: a 1.x minor above 1 is read as HTTP/1.1 (llhttp would
+        refuse it). HTTP/2 and later (the h2 preface "PRI * HTTP/2.0", an "HTTP/2.0"
+        request line) get a 505 in HTTP/1.1, then the connection closes: a reply in
+        the request's own version would not be HTTP/1.1 at all. None: answered."""
+        match = _REQUEST_LINE.match(data)
+        if match is None:
+            return data
+        major, minor = match.group(2)[0], match.group(2)[2]
+        if major == 0x31 and minor > 0x31:  # "1", a minor above "1"
+            at = match.start(2) + 2
+            return data[:at] + b"1" + data[at + 1 :]
+        if major > 0x31:
+            self._refuse_now(505, "only HTTP/1.0 and HTTP/1.1 are served here")
+            return None
+        return data
+
+    def _refuse_now(self, status: int, reason: str) -> None:
+        """Answer from the connection handler itself, in HTTP/1.1, and close."""
+        assert self.transport is not None
+        phrase = _phrase(status)
+        body = f"{status} {phrase}: {reason}\n".encode()
+        server = self._guard.server_header.encode()
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\nServer: %s\r\n\r\n%s"
+            % (status, phrase.encode(), len(body), server, body)
+        )
+        self._guard.refused(status)
+        self.force_close()
 
     def _parse_and_serve(self, data: bytes) -> None:
         """aiohttp's data_received for an idle connection, with one difference: a
@@ -295,14 +351,7 @@ class _GuardedHandler(RequestHandler):
         self._head_timer = None
         if self.transport is None or self._current_request is not None or self._messages:
             return
-        body = b"408 Request Timeout: the request head was not sent in time\n"
-        self.transport.write(
-            b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain; charset=utf-8\r\n"
-            b"Content-Length: %d\r\nConnection: close\r\nServer: %s\r\n\r\n%s"
-            % (len(body), self._guard.server_header.encode(), body)
-        )
-        self._guard.refused(408)
-        self.force_close()
+        self._refuse_now(408, "the request head was not sent in time")
 
     def handle_error(
         self,
@@ -351,6 +400,60 @@ async def _refuse_connect(
     return await handler(request)
 
 
+def _host_check(
+    proxied: Callable[[web.Request], Awaitable[web.StreamResponse]] | None,
+) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """RFC 9112 Section 3.2 on every listener: a Host that is not one authority
+    (edge.guard.check_host) gets a 400. Requests routed to `proxied` (the pipeline)
+    are left to its recv state, which runs the same check and logs the refusal."""
+
+    @web.middleware
+    async def check(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if proxied is None or request.match_info.route.handler != proxied:
+            host = guard.check_host(request.headers.getall("Host", []), request.version)
+            if isinstance(host, guard.Refusal):
+                text = f"{host.status} {_phrase(host.status)}: {host.reason}\n"
+                resp = web.Response(status=host.status, text=text)
+                resp.force_close()
+                return resp
+        return await handler(request)
+
+    return check
+
+
+#: The registered spelling (RFC 9110, RFC 9111, RFC 8586, RFC 9213) of fields whose
+#: names are not plain Title-Case. Names are case-insensitive (RFC 9110 Section 5.1),
+#: but an answer should not spell one "Etag" as an origin sent it (aiohttp's
+#: FileResponse does) and "ETag" where edge made it (a compressed variant, a 304):
+#: every answer edge writes uses these.
+_CANONICAL = {
+    name.lower(): name
+    for name in (
+        "ETag",
+        "WWW-Authenticate",
+        "Content-MD5",
+        "Content-ID",
+        "CDN-Cache-Control",
+        "CDN-Loop",
+        "TE",
+        "X-XSS-Protection",
+    )
+}
+
+
+def _canonical_names(response: web.StreamResponse) -> None:
+    """Respell the response's fields as _CANONICAL has them, in place and in order
+    (the hot tier keeps what was written, so its answers are the same)."""
+    fields = response.headers
+    if all(_CANONICAL.get(name.lower(), name) == name for name in fields):
+        return
+    items = [(_CANONICAL.get(name.lower(), name), value) for name, value in fields.items()]
+    fields.clear()
+    fields.extend(items)
+
+
 def _json(body: object, status: int) -> web.Response:
     return web.Response(
         text=json.dumps(body),
@@ -387,6 +490,7 @@ class EdgeNode:
         self.runner: web.AppRunner | None = None
         self.admin_runner: web.AppRunner | None = None
         self.redirect_runner: web.AppRunner | None = None
+        self.tls_listener: tls.TLSListener | None = None
         self.engine: Engine | None = None
         self.port: int | None = None
         self.subscription: Subscription | None = None
@@ -397,7 +501,8 @@ class EdgeNode:
         """The public app proxies; the admin endpoints are served with it unless an
         admin listener has them (then only a bare health answer stays public)."""
         app = web.Application(
-            client_max_size=self.config.max_body_size, middlewares=[_refuse_connect]
+            client_max_size=self.config.max_body_size,
+            middlewares=[_refuse_connect, _host_check(self._handle if public else None)],
         )
         app[ALLOWED_METHODS] = guard.allow_field(self.config.allowed_methods)
         app.router.add_get(ADMIN_PREFIX + "health", self._health if admin else self._health_bare)
@@ -494,19 +599,26 @@ class EdgeNode:
             ).start()
         cfg = self.config
         host, port = cfg.host_port
-        site = web.TCPSite(
-            self.runner,
-            host,
-            port,
-            reuse_address=True,
-            reuse_port=reuse_port,
-            ssl_context=ssl_context,
-        )
-        await site.start()
-        sockets = self.runner.addresses
-        self.port = sockets[0][1] if sockets else port
+        if ssl_context is not None:
+            # A TLS port that answers plain HTTP with a readable 400 (edge.tls).
+            server = self.runner.server
+            assert isinstance(server, _EdgeServer)
+            self.tls_listener = tls.TLSListener(
+                server,
+                ssl_context,
+                idle_timeout=cfg.keepalive_timeout,
+                handshake_timeout=cfg.header_timeout,
+                server_header=cfg.server_header or "edge",
+                refused=server.guard.refused,
+            )
+            self.port = await self.tls_listener.start(host, port, reuse_port=bool(reuse_port))
+        else:
+            site = web.TCPSite(self.runner, host, port, reuse_address=True, reuse_port=reuse_port)
+            await site.start()
+            sockets = self.runner.addresses
+            self.port = sockets[0][1] if sockets else port
         if cfg.http_redirect:
-            redirect = web.Application()
+            redirect = web.Application(middlewares=[_host_check(None)])
             redirect.router.add_route("*", "/{tail:.*}", self._to_https)
             redirect.on_response_prepare.append(self._set_server)
             self.redirect_runner = await self._runner(redirect)
@@ -606,6 +718,8 @@ class EdgeNode:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.tls_listener is not None:
+            await self.tls_listener.close()
         for extra in (self.admin_runner, self.redirect_runner):
             if extra is not None:
                 await extra.cleanup()
@@ -660,6 +774,7 @@ class EdgeNode:
         }
 
     async def _set_server(self, request: web.Request, response: web.StreamResponse) -> None:
+        _canonical_names(response)
         # The origin's Server is hidden (hide_headers); this node names itself instead
         # of aiohttp's default, which would give away versions.
         if self.config.server_header and response.headers.get("Server") in (None, SERVER_SOFTWARE):
@@ -742,8 +857,11 @@ class EdgeNode:
         if refused is not None:
             return refused
         assert self.engine is not None and self.engine.purger is not None
+        host = guard.check_host(request.headers.getall("Host", []), request.version)
+        if isinstance(host, guard.Refusal):
+            return _json({"error": host.reason}, host.status)
         raw = request.raw_path
-        url = raw if not raw.startswith("/") else f"{request.scheme}://{request.host}{raw}"
+        url = raw if not raw.startswith("/") else f"{request.scheme}://{host or request.host}{raw}"
         soft = request.headers.get("Edge-Soft-Purge", "").strip() in ("1", "true")
         try:
             purge = parse_purge({"urls": [url], "soft": soft})

@@ -1183,13 +1183,21 @@ class Transaction:
         )
         if refusal is not None:
             return refusal
+        host = guard.check_host(self.headers.getall("Host", []), req.version)
+        if isinstance(host, Refusal):
+            return host
+        # HTTP/1.0 without Host: aiohttp's fallback, the address the client reached.
+        self.host = host or req.host
         raw = req.raw_path
         if not raw.startswith("/"):
             absolute = _ABSOLUTE_FORM.match(raw)
             if absolute is None:
                 return Refusal(400, "the request target must be a path", close=True)
-            # RFC 9112 Section 3.2.2: the target's authority replaces Host.
-            self.host, raw = absolute.group(1), absolute.group(2) or "/"
+            # RFC 9112 Section 3.2.2: the target's authority replaces Host, checked alike.
+            authority = guard.check_authority(absolute.group(1))
+            if isinstance(authority, Refusal):
+                return authority
+            self.host, raw = authority, absolute.group(2) or "/"
             raw = raw if raw.startswith("/") else "/" + raw
         target = guard.normalise_target(raw)
         if isinstance(target, Refusal):
@@ -1286,6 +1294,8 @@ class Transaction:
             self.headers,
             drop=("content-length", "host", *forwarding.FORWARDING_FIELDS, *self.e.unkeyed, *drop),
         )
+        if not cfg.underscores_in_headers:
+            headers = guard.without_underscores(headers)
         headers.insert(0, ("Host", self.host))
         headers = _appended(headers, "Via", f"1.1 {cfg.name}")
         headers = _appended(headers, "CDN-Loop", forwarding.cdn_loop_entry(cfg.cdn_name, cfg.name))

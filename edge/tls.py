@@ -2,18 +2,22 @@
 only, modern ciphers), the client context for https upstreams, and a small local CA
 that `edge up --tls` uses to put the whole CDN on HTTPS.
 
-Owns certificate loading and checking (one-line ConfigErrors), and nothing about
-listening: edge.node passes the contexts to its sites.
+Owns certificate loading and checking (one-line ConfigErrors), and the TLS port's
+listener (`TLSListener`), which tells a TLS client from a plain-HTTP one by its first
+byte; edge.node owns what is served on it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime
 import ipaddress
+import logging
 import os
-import re
+import socket
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +27,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from edge.config import ConfigError, NodeConfig, parse_listen
+from edge.guard import Refusal, check_authority
+
+log = logging.getLogger("edge.tls")
 
 #: TLS 1.2 suites: forward secrecy (ECDHE) and AEAD only, no CBC, no RSA key exchange.
 #: TLS 1.3 suites are all AEAD; OpenSSL's defaults stand.
@@ -162,20 +169,167 @@ def check(cfg: NodeConfig) -> ssl.SSLContext | None:
     return server_context(certs, keys) if certs else None
 
 
-#: Host[:port] of a request the redirect listener answers: a DNS name or an address,
-#: nothing that could turn the Location into another URL ("@", "/", spaces...).
-_HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(?::[0-9]*)?")
-
-
 def https_location(host: str, target: str, port: int) -> str | None:
     """The https URL of a plain-HTTP request for `host` (its Host field) and `target`
     (origin-form path and query), on `port` unless it is 443; None when either is
-    not fit to be put in a Location."""
-    match = _HOST.fullmatch(host)
-    if match is None or not target.startswith("/"):
+    not fit to be put in a Location (the Host as edge.guard.check_authority says)."""
+    authority = check_authority(host)
+    if isinstance(authority, Refusal) or not target.startswith("/"):
         return None
-    name = match.group(1)
+    # The port goes (a colon after any IPv6 literal's "]"): the TLS port replaces it.
+    has_port = authority.rfind(":") > authority.rfind("]")
+    name = authority.rsplit(":", 1)[0] if has_port else authority
     return f"https://{name if port == 443 else f'{name}:{port}'}{target}"
+
+
+# -- the TLS port -----------------------------------------------------------------------
+
+#: RFC 8446 Section 5.1 (and TLS 1.2's RFC 5246 Section 6.2.1): a client's first record
+#: is a handshake, content type 22. No HTTP request begins with this byte.
+_HANDSHAKE = 0x16
+#: nginx's words for the same mistake.
+PLAIN_ON_TLS = "The plain HTTP request was sent to HTTPS port"
+
+
+class TLSListener:
+    """The TLS port. Each accepted connection's first byte is peeked at (not read)
+    before anything else: a TLS handshake goes on as TLS to `factory`, the node's
+    HTTP handler (asyncio's connect_accepted_socket, the handshake with the bytes
+    still in the socket); anything else is plain HTTP, answered with a 400 in plain
+    HTTP/1.1 that says so, as nginx does, rather than a handshake failure a person
+    with curl cannot read. A connection that sends nothing is closed after
+    `idle_timeout` seconds, as on a plain port."""
+
+    def __init__(
+        self,
+        factory: Callable[[], asyncio.BaseProtocol],
+        context: ssl.SSLContext,
+        *,
+        idle_timeout: float,
+        handshake_timeout: float,
+        server_header: str,
+        refused: Callable[[int], None] = lambda status: None,
+    ) -> None:
+        self.factory = factory
+        self.context = context
+        self.idle_timeout = idle_timeout
+        self.handshake_timeout = handshake_timeout
+        self.server_header = server_header
+        self.refused = refused
+        self._sock: socket.socket | None = None
+        self._accepting: asyncio.Task[None] | None = None
+        self._waiting: dict[socket.socket, asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> int:
+        """Listen on host:port (0: any free port); returns the port."""
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._sock = socket.create_server(
+            (host, port), family=family, backlog=1024, reuse_port=reuse_port
+        )
+        self._sock.setblocking(False)
+        self._accepting = asyncio.create_task(self._accept(self._sock))
+        return int(self._sock.getsockname()[1])
+
+    async def close(self) -> None:
+        if self._accepting is not None:
+            self._accepting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._accepting
+        if self._sock is not None:
+            self._sock.close()
+        for conn in list(self._waiting):
+            self._drop(conn)
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def _accept(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(sock)
+            except OSError as exc:  # out of descriptors, say: try again shortly
+                log.warning("accepting a TLS connection failed: %s", exc)
+                await asyncio.sleep(0.1)
+                continue
+            conn.setblocking(False)
+            self._waiting[conn] = loop.call_later(self.idle_timeout, self._drop, conn)
+            loop.add_reader(conn.fileno(), self._first_byte, conn)
+
+    def _drop(self, conn: socket.socket) -> None:
+        self._stop_waiting(conn)
+        conn.close()
+
+    def _stop_waiting(self, conn: socket.socket) -> None:
+        timer = self._waiting.pop(conn, None)
+        if timer is not None:
+            timer.cancel()
+            with contextlib.suppress(ValueError, OSError):
+                asyncio.get_running_loop().remove_reader(conn.fileno())
+
+    def _first_byte(self, conn: socket.socket) -> None:
+        try:
+            first = conn.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._drop(conn)
+            return
+        self._stop_waiting(conn)
+        if not first:
+            conn.close()
+        elif first[0] == _HANDSHAKE:
+            task = asyncio.get_running_loop().create_task(self._tls(conn))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        else:
+            self._plain(conn)
+
+    async def _tls(self, conn: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.connect_accepted_socket(
+                self.factory,
+                conn,
+                ssl=self.context,
+                ssl_handshake_timeout=self.handshake_timeout,
+            )
+        except (OSError, ssl.SSLError, TimeoutError) as exc:
+            log.debug("TLS handshake failed: %s", exc)
+            conn.close()
+
+    def _plain(self, conn: socket.socket) -> None:
+        """400 in plain HTTP/1.1, then close once the client has had it: what it
+        sent is read first, so the close does not reset the answer away."""
+        with contextlib.suppress(OSError):
+            conn.recv(65536)
+        body = f"400 Bad Request: {PLAIN_ON_TLS}\n".encode()
+        head = (
+            "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n"
+            f"Server: {self.server_header}\r\n\r\n"
+        )
+        self.refused(400)
+        try:
+            conn.send(head.encode() + body)
+            conn.shutdown(socket.SHUT_WR)
+        except OSError:
+            conn.close()
+            return
+        # Read on until the client closes (or a second passes), then close.
+        loop = asyncio.get_running_loop()
+        self._waiting[conn] = loop.call_later(1.0, self._drop, conn)
+        loop.add_reader(conn.fileno(), self._drain, conn)
+
+    def _drain(self, conn: socket.socket) -> None:
+        try:
+            data = conn.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._drop(conn)
 
 
 # -- a local CA -----------------------------------------------------------------------

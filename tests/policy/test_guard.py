@@ -121,6 +121,43 @@ def test_traversal_and_bad_targets_are_refused(raw: str) -> None:
     assert isinstance(refusal, Refusal) and refusal.status == 400
 
 
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        ("archive.test", "archive.test"),
+        ("Archive.Test:8080", "Archive.Test:8080"),
+        ("archive.test:", "archive.test"),  # RFC 3986 Section 6.2.3: empty port
+        ("[2001:db8::1]:443", "[2001:db8::1]:443"),
+        ("127.0.0.1", "127.0.0.1"),
+        ("under_score.test", "under_score.test"),
+    ],
+)
+def test_authorities_pass(host: str, expected: str) -> None:
+    assert guard.check_authority(host) == expected
+
+
+@pytest.mark.parametrize(
+    "host", ["a b", "h/a", "h?a", "h#a", "user@h", "", ":80", "h:99999", "h:x", "h:123456", "h%41"]
+)
+def test_anything_but_an_authority_is_a_400(host: str) -> None:
+    refusal = guard.check_authority(host)
+    assert isinstance(refusal, Refusal) and refusal.status == 400 and refusal.close
+
+
+def test_host_field_lines() -> None:
+    """RFC 9112 Section 3.2: one Host in HTTP/1.1; none allowed in HTTP/1.0; never two."""
+    assert guard.check_host(["a"], (1, 1)) == "a"
+    assert guard.check_host([], (1, 0)) == ""
+    for values, version in (([], (1, 1)), (["a", "a"], (1, 1)), (["a", "b"], (1, 0))):
+        refusal = guard.check_host(values, version)
+        assert isinstance(refusal, Refusal) and refusal.status == 400
+
+
+def test_fields_named_with_underscores_are_left_out() -> None:
+    fields = [("X-Original-URL", "/a"), ("X_Original_URL", "/b"), ("Accept", "*/*")]
+    assert guard.without_underscores(fields) == [("X-Original-URL", "/a"), ("Accept", "*/*")]
+
+
 def test_key_query_modes() -> None:
     assert guard.key_query("b=2&a=1", "keep", ()) == "b=2&a=1"
     assert guard.key_query("b=2&a=1", "sort", ()) == "a=1&b=2"
