@@ -191,32 +191,47 @@ def normalise_target(raw: str) -> Target | Refusal:
 
 # RFC 3986 Section 3.2.2: a reg-name (unreserved and sub-delims; no escapes: a DNS
 # name holds none) or an IP literal in brackets; Section 3.2.3: a port of digits.
-_AUTHORITY = re.compile(
-    r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=-]+)(?::(?P<port>[0-9]{0,5}))?"
-)
+_HOST = re.compile(r"\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=-]+")
+
+
+def authority(text: str) -> str:
+    """host[:port] written one way, or ValueError whose message says what is wrong as
+    a predicate ("has a bad port"). The one rule for a Host field, absolute-form's
+    authority and the authority of a purge URL.
+
+    Anything but host[:port] (RFC 3986 Section 3.2) is refused: spaces, "/", "?", "#"
+    (they would move part of the target into the key's authority), "@" (user
+    information), an empty host, a port that is not 1..65535. An empty port is dropped
+    and a port's leading zeros too (RFC 3986 Section 6.2.3), so "h:", "h" and "h:080"
+    name one host, as "h:8080" and "h:08080" do.
+    """
+    if text.startswith("["):
+        end = text.find("]") + 1
+        host, rest = (text[:end], text[end:]) if end else (text, "")
+    else:
+        host, colon, port = text.partition(":")
+        rest = colon + port
+    if not host:
+        raise ValueError("has no host")
+    if not _HOST.fullmatch(host):
+        raise ValueError("has a host that is not an ASCII name or an IP literal")
+    if rest and not rest.startswith(":"):
+        raise ValueError("has a bad port")
+    port = rest[1:]
+    if not port:
+        return host
+    if not (port.isascii() and port.isdigit() and len(port) <= 5 and 0 < int(port) < 65536):
+        raise ValueError("has a bad port")
+    return f"{host}:{int(port)}"
 
 
 def check_authority(text: str) -> str | Refusal:
-    """An authority (a Host field's value, or absolute-form's) as edge keys and
-    forwards it, or a 400.
-
-    RFC 9112 Section 3.2: a Host with an invalid value is refused. Anything but
-    host[:port] (RFC 3986 Section 3.2) is refused: spaces, "/", "?", "#" (they would
-    move part of the target into the key's authority), "@" (user information), an
-    empty host, a port over 65535. An empty port is dropped (RFC 3986 Section 6.2.3),
-    so "h:" and "h" share one key.
-    """
-    match = _AUTHORITY.fullmatch(text)
-    if match is None:
-        return Refusal(400, "the Host is not a host[:port]", close=True)
-    port = match.group("port")
-    if port is None:
-        return text
-    if not port:
-        return text[:-1]
-    if int(port) > 65535:
-        return Refusal(400, "the Host has a port out of range", close=True)
-    return text
+    """A Host field's value (or absolute-form's authority) as edge keys and forwards
+    it, or a 400 (RFC 9112 Section 3.2: a Host with an invalid value is refused)."""
+    try:
+        return authority(text)
+    except ValueError as exc:
+        return Refusal(400, f"the Host {exc}", close=True)
 
 
 def check_host(values: Sequence[str], version: tuple[int, int]) -> str | Refusal:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from edge.guard import Refusal, Target, key_query, normalise_target
+from edge.guard import authority as guard_authority
 
 _DEFAULT_PORTS = {"http": ":80", "https": ":443"}
 
@@ -76,10 +77,6 @@ class BadURL(ValueError):
 # RFC 3986 Section 3: scheme "://" authority, then the target up to a fragment.
 _ABSOLUTE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://([^/?#]*)([^#]*)(#.*)?", re.DOTALL)
 _CONTROL = re.compile(r"[\x00-\x20\x7f]")
-# RFC 3986 Section 3.2.2: reg-name characters (no escapes: a Host field holds none),
-# or an IP literal in brackets.
-_REG_NAME = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=-]+")
-_IP_LITERAL = re.compile(r"\[[0-9A-Fa-f:.]+\]")
 
 
 @dataclass(frozen=True)
@@ -108,23 +105,10 @@ def parse_url(url: str) -> URL:
         raise BadURL("has a fragment, which never reaches a cache")
     if "@" in authority:
         raise BadURL("must not contain user information")
-    if authority.startswith("["):
-        host, _, port = authority.partition("]")
-        host += "]"
-        if port and not port.startswith(":"):
-            raise BadURL("has a bad port")
-        port = port[1:]
-    else:
-        host, _, port = authority.partition(":")
-    if not host:
-        raise BadURL("has no host")
-    if not (_IP_LITERAL.fullmatch(host) or _REG_NAME.fullmatch(host)):
-        raise BadURL("has a host that is not an ASCII name or an IP literal")
-    if port and not (port.isdigit() and len(port) <= 5 and 0 < int(port) < 65536):
-        raise BadURL("has a bad port")
-    authority = host.lower()
-    if port and f":{int(port)}" != _DEFAULT_PORTS[scheme]:
-        authority += f":{int(port)}"
+    try:
+        authority = guard_authority(authority).lower()  # the rule a Host is held to
+    except ValueError as exc:
+        raise BadURL(str(exc)) from None
     # RFC 9112 Section 3.2.1: an empty path is sent as "/".
     raw = raw if raw.startswith("/") else "/" + raw
     target = normalise_target(raw)

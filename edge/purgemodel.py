@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from edge.guard import authority
 from edge.keys import AS_SENT, BadURL, prefix_key, url_key
 
 SELECTORS = ("urls", "prefixes", "tags", "hosts")
@@ -28,7 +29,6 @@ FLAGS = ("all", "soft")
 MAX_SELECTORS = 1000
 MAX_STRING = 2048
 
-_HOST = re.compile(r"(?:[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?|\[[0-9a-f:.]+\])(?::([0-9]{1,5}))?")
 # Tags are split from Surrogate-Key on whitespace and from Cache-Tag on commas: a tag
 # holding either could never match.
 _TAG = re.compile(r"[^\s,\x00-\x1f\x7f]+")
@@ -79,14 +79,10 @@ def _prefix(value: str, where: str) -> str:
 
 
 def _host(value: str, where: str) -> str:
-    host = value.lower()
-    match = _HOST.fullmatch(host)
-    if not match or ".." in host:
-        raise PurgeError(f"{where} is not a host name: {value!r}")
-    port = match.group(1)
-    if port is not None and not 0 < int(port) < 65536:
-        raise PurgeError(f"{where} has a bad port: {value!r}")
-    return host
+    try:
+        return authority(value).lower()  # the rule a Host field is held to
+    except ValueError as exc:
+        raise PurgeError(f"{where} {exc}: {value!r}") from None
 
 
 def _tag(value: str, where: str) -> str:

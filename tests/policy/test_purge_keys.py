@@ -180,7 +180,7 @@ BAD: list[tuple[object, str]] = [
     ({"urls": ["http://u@a/"]}, "urls[0] must not contain user information"),
     ({"prefixes": ["http://a/", "http://a/\x7f"]}, "prefixes[1] contains whitespace"),
     ({"urls": ["http://a/x/../y"]}, "urls[0] cannot be requested (dot-segments in the path)"),
-    ({"hosts": ["a_b.example"]}, "hosts[0] is not a host name"),
+    ({"hosts": ["a b.example"]}, "hosts[0] has a host that is not an ASCII name"),
     ({"hosts": ["a.example:0"]}, "hosts[0] has a bad port"),
     ({"tags": ["a,b"]}, "tags[0] must be non-empty, without whitespace or commas"),
     ({"tags": [""]}, "tags[0] must be non-empty"),
