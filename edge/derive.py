@@ -14,15 +14,16 @@ This module owns the choice and the making; codecs and negotiation rules live in
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from edge import compress, policy
 from edge.fill import Fill, FillHead, InFlight
 from edge.slices import BodySource, FileSegment
-from edge.store import Entry, Store, new_variant_id
+from edge.store import BodyWriter, Entry, Store, new_variant_id
 
 log = logging.getLogger("edge.derive")
 
@@ -36,6 +37,8 @@ MAX_DECODE_RATIO = 100
 #: Chunks at least this big are (de)compressed in a worker thread; the codecs release
 #: the GIL, so the event loop keeps serving meanwhile.
 THREAD_CHUNK = 64 << 10
+#: Output written per trip to a worker thread: readers of the body hear of it this often.
+WRITE_BATCH = 256 << 10
 
 
 @dataclass(frozen=True)
@@ -184,21 +187,28 @@ class Deriver:
             decoder = compress.decoder(job.source_coding, limit)
             step, last = decoder.decompress, decoder.finish
 
-        def emit(data: bytes) -> None:
-            if data:
-                writer.write(data)
-                fill.advance(len(data))
+        async def pour(make: Callable[[], bytes | Iterable[bytes]], offload: bool) -> None:
+            """Write the output of one codec call to the body, each piece before the next
+            is made (a decoder makes them only as they are taken), so a few bytes that
+            decode to MiBs are never held whole. In a worker thread for a big input, or
+            once the output has outgrown one batch."""
+            pieces = _output(make)
+            while True:
+                if offload:
+                    written, done = await asyncio.to_thread(_write, pieces, writer, WRITE_BATCH)
+                else:
+                    written, done = _write(pieces, writer, THREAD_CHUNK)
+                if written:
+                    fill.advance(written)
+                if done:
+                    return
+                offload = True
 
         try:
             async for piece in source.pieces(0, job.source_length):
                 for chunk in _chunks(piece):
-                    out = (
-                        await asyncio.to_thread(step, chunk)
-                        if len(chunk) >= THREAD_CHUNK
-                        else (step(chunk))
-                    )
-                    emit(out)
-            emit(last())
+                    await pour(functools.partial(step, chunk), len(chunk) >= THREAD_CHUNK)
+            await pour(last, False)
             entry = Entry(
                 key=job.key,
                 variant=new_variant_id(),
@@ -224,6 +234,29 @@ class Deriver:
         finally:
             source.close()
             self.inflight.done(fill)
+
+
+def _output(make: Callable[[], bytes | Iterable[bytes]]) -> Iterator[bytes]:
+    """One codec call's output as pieces, the call made when the first is asked for: an
+    encoder's bytes (no bigger than its input) whole, a decoder's pieces as it makes
+    them."""
+    out = make()
+    if isinstance(out, bytes):
+        yield out
+    else:
+        yield from out
+
+
+def _write(pieces: Iterator[bytes], writer: BodyWriter, budget: int) -> tuple[int, bool]:
+    """Write pieces, each before the next is made, until `budget` bytes are out or none
+    are left: how many bytes were written, and whether none are left."""
+    written = 0
+    for piece in pieces:
+        writer.write(piece)
+        written += len(piece)
+        if written >= budget:
+            return written, False
+    return written, True
 
 
 def _chunks(piece: bytes | FileSegment) -> Iterable[bytes]:
