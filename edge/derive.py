@@ -14,10 +14,12 @@ This module owns the choice and the making; codecs and negotiation rules live in
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import functools
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from edge import compress, policy
@@ -39,6 +41,14 @@ MAX_DECODE_RATIO = 100
 THREAD_CHUNK = 64 << 10
 #: Output written per trip to a worker thread: readers of the body hear of it this often.
 WRITE_BATCH = 256 << 10
+#: Decodes made at once. A decoder's output is bounded pieces, but while it lives it
+#: holds its coding's window: 32 KiB for gzip, up to 8 MiB for zstd (RFC 9659) and
+#: 16 MiB for brotli (4 MiB as usually sent), so a crowd of clients that refuse a coding
+#: is decoded a few objects at a time, each at full speed, enough for the cores.
+DECODE_SLOTS = 4
+#: How long a decode waits for a slot before going ahead without one: decodes that
+#: follow slow upstreams hold theirs while they wait, and must not stall the others.
+DECODE_PATIENCE = 2.0
 
 
 @dataclass(frozen=True)
@@ -152,6 +162,8 @@ class Deriver:
     def __init__(self, store: Store, inflight: InFlight) -> None:
         self.store = store
         self.inflight = inflight
+        self.decode_slots = asyncio.Semaphore(DECODE_SLOTS)
+        self.decoding = 0  # decodes running, with a slot or without
 
     def fill(self, job: Job, source: BodySource) -> Fill:
         """The fill making this derived body, started here if nobody is making it.
@@ -166,6 +178,31 @@ class Deriver:
         fill.head.set_result(FillHead("body", status=200, storable=True))
         self.inflight.spawn(self._run(fill, job, source))
         return fill
+
+    @contextlib.asynccontextmanager
+    async def _slot(self, needed: bool) -> AsyncIterator[None]:
+        """One of DECODE_SLOTS, held for a whole decode (its window lives that long), or
+        none after DECODE_PATIENCE seconds of waiting. When the last decode running
+        ends, what the decodes freed goes back to the system (`_release_freed`)."""
+        if not needed:
+            yield
+            return
+        self.decoding += 1
+        try:
+            try:
+                await asyncio.wait_for(self.decode_slots.acquire(), DECODE_PATIENCE)
+            except TimeoutError:
+                log.debug("decoding without a slot: %d decodes running", self.decoding)
+                yield
+                return
+            try:
+                yield
+            finally:
+                self.decode_slots.release()
+        finally:
+            self.decoding -= 1
+            if not self.decoding:  # off the loop, and nobody waits for it
+                asyncio.get_running_loop().run_in_executor(None, _release_freed)
 
     async def _run(self, fill: Fill, job: Job, source: BodySource) -> None:
         choice = job.choice
@@ -205,10 +242,11 @@ class Deriver:
                 offload = True
 
         try:
-            async for piece in source.pieces(0, job.source_length):
-                for chunk in _chunks(piece):
-                    await pour(functools.partial(step, chunk), len(chunk) >= THREAD_CHUNK)
-            await pour(last, False)
+            async with self._slot(choice.transform == "decode"):
+                async for piece in source.pieces(0, job.source_length):
+                    for chunk in _chunks(piece):
+                        await pour(functools.partial(step, chunk), len(chunk) >= THREAD_CHUNK)
+                await pour(last, False)
             entry = Entry(
                 key=job.key,
                 variant=new_variant_id(),
@@ -234,6 +272,26 @@ class Deriver:
         finally:
             source.close()
             self.inflight.done(fill)
+
+
+def _libc_malloc_trim() -> Callable[[int], int] | None:
+    try:  # the symbols the process is linked with: the C library's among them
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_MALLOC_TRIM = _libc_malloc_trim()
+
+
+def _release_freed() -> None:
+    """Hand the memory the decodes freed back to the system. glibc keeps freed blocks
+    in its per-thread arenas, and once a window bigger than its mmap threshold has been
+    freed it raises the threshold, so the next windows come from (and stay in) the
+    arenas: a crowd of brotli or zstd decodes would leave tens of MiB resident for good.
+    malloc_trim (glibc) returns the arenas' free pages; elsewhere this does nothing."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 def _output(make: Callable[[], bytes | Iterable[bytes]]) -> Iterator[bytes]:
