@@ -26,6 +26,7 @@ from edge import compress, policy
 from edge.fill import Fill, FillHead, InFlight
 from edge.slices import BodySource, FileSegment
 from edge.store import BodyWriter, Entry, Store, new_variant_id
+from edge.upstream import UpstreamError
 
 log = logging.getLogger("edge.derive")
 
@@ -268,7 +269,11 @@ class Deriver:
         except Exception as exc:  # a bad body must not leave readers waiting
             log.warning("could not make the %s variant of %s: %s", choice.coding, job.key, exc)
             writer.discard()
-            fill.finish(exc)
+            # Readers get a failure of their own, as for an upstream body that broke:
+            # one warning each, not a traceback. And not `exc`: its traceback holds this
+            # frame and the decoder (a 4 MiB brotli window) in a cycle with the fill,
+            # which only the cyclic collector would free, some time later.
+            fill.finish(UpstreamError(f"could not make the {choice.coding} variant: {exc}"))
         finally:
             source.close()
             self.inflight.done(fill)

@@ -2,7 +2,7 @@
 zstd body for clients that refuse the coding holds a bounded piece of the output at a
 time, whether the encoded body is arriving from upstream or read from the store.
 
-32 clients at once ask for 32 different objects of 16 MiB, each ~30-45 times smaller
+32 clients at once ask for 32 different objects of 16 MiB, each ~25-45 times smaller
 encoded, sent by the origin with Content-Encoding; every body is read whole and
 checked. The decoding node's resident set (VmRSS, sampled throughout) grows by less
 than 100 MiB and comes back near where it started. At one tier (the edge decodes) and
@@ -185,6 +185,84 @@ async def test_decoding_for_a_crowd_through_a_shield_holds_bounded_memory(
     await decode_in_bounded_memory({"shield": shield, "edge": front}, front, shield, coding)
 
 
+# ------------------------------------------------------------------ decompression bombs
+
+BOMB = 200 * MIB
+
+
+async def fetch_cut(s: aiohttp.ClientSession, url: str) -> tuple[int, int, bool]:
+    """Status, bytes received and whether the body was cut short."""
+    received = 0
+    async with s.get(url, headers={**SITE, "Accept-Encoding": "identity"}) as resp:
+        try:
+            async for piece in resp.content.iter_chunked(1 << 16):
+                received += len(piece)
+        except aiohttp.ClientPayloadError:
+            return resp.status, received, True
+        return resp.status, received, False
+
+
+async def bombs_in_bounded_memory(
+    decoding: dict[str, Proc], front: Proc, origin: Proc, coding: str
+) -> None:
+    """32 clients at once ask for 32 bombs (200 MiB of zeros, sent encoded): each body is
+    cut short at the decoding cap (MAX_DECODE_RATIO times the encoded size), and the
+    decoding nodes grow < GROWTH and settle."""
+    async with client() as s:  # the origin encodes its bomb once, before the crowd
+        status, _, _ = await fetch(s, f"{origin.url}/bomb?encode={coding}&zeros={BOMB}", coding)
+        assert status == 200
+        status, _, _ = await fetch(s, f"{front.url}/warm-up?sparse={MIB}&encode={coding}", "")
+        assert status == 200
+    baseline = {name: rss(proc.popen.pid) for name, proc in decoding.items()}
+    urls = [
+        f"{front.url}/bomb-{coding}-{i}?encode={coding}&zeros={BOMB}&ctype=text/plain"
+        for i in range(CLIENTS)
+    ]
+    with Sampler(decoding) as sampler:
+        async with client() as s:
+            results = await asyncio.gather(*(fetch_cut(s, url) for url in urls))
+    for status, received, cut in results:
+        assert status == 200 and cut and received < 64 * MIB, (status, received, cut)
+    report, failed = [], []
+    for name, proc in decoding.items():
+        after = await asyncio.to_thread(settled, proc.popen.pid, baseline[name] + SETTLED)
+        line = (
+            f"{name}: baseline {baseline[name] / MIB:.0f} MiB,"
+            f" peak {sampler.peak[name] / MIB:.0f}, after {after / MIB:.0f}"
+        )
+        report.append(line)
+        if sampler.peak[name] - baseline[name] >= GROWTH or after - baseline[name] >= SETTLED:
+            failed.append(line)
+    print("\n".join(report))
+    assert not failed, report
+
+
+@pytest.mark.parametrize("coding", CODINGS)
+async def test_bombs_for_a_crowd_stop_at_the_cap_in_bounded_memory(
+    upstream: Proc, edge: EdgeFactory, coding: str
+) -> None:
+    node = edge(upstream.url, "--cache-size", "4G")
+    await bombs_in_bounded_memory({"edge": node}, node, upstream, coding)
+
+
+@pytest.mark.parametrize("coding", CODINGS)
+async def test_bombs_for_a_crowd_through_a_shield_stop_at_the_cap_in_bounded_memory(
+    upstream: Proc, node: NodeFactory, coding: str
+) -> None:
+    shield = node("shield", "--origin", upstream.url, "--cache-size", "4G", name="shield-1")
+    front = node(
+        "serve",
+        "--shield",
+        shield.url,
+        "--origin",
+        upstream.url,
+        "--cache-size",
+        "4G",
+        name="edge-1",
+    )
+    await bombs_in_bounded_memory({"shield": shield, "edge": front}, front, upstream, coding)
+
+
 # ------------------------------------------------------------------ the decoders alone
 
 
@@ -270,3 +348,14 @@ def test_the_cap_on_the_whole_output_holds_piece_by_piece(
         for _ in dec.finish():
             pass
     assert SIZE - 1 < dec.produced <= SIZE - 1 + CHUNK
+
+
+def test_new_input_waits_until_the_last_output_is_drained(encoded: dict[str, bytes]) -> None:
+    """Output is made lazily, so input given before the last output was taken would come
+    out in the wrong order: the decoder refuses it."""
+    dec = decoder("gzip", SIZE)
+    out = dec.decompress(encoded["gzip"][:1000])
+    with pytest.raises(RuntimeError):
+        dec.decompress(encoded["gzip"][1000:2000])
+    assert sum(len(piece) for piece in out) > 0
+    assert sum(len(piece) for piece in dec.decompress(encoded["gzip"][1000:2000])) > 0

@@ -25,7 +25,8 @@ Query parameters on any other path:
   gzip=1           the body gzip-encoded, with Content-Encoding: gzip
   zeros=N          with gzip=1: the encoded body is N bytes of zeros (a bomb)
   sparse=N         a body of N bytes that is mostly zeros (`sparse_for`: ~50:1 in every coding)
-  encode=CODING    the body encoded in CODING (gzip, br or zstd), with Content-Encoding
+  encode=CODING    the body encoded in CODING (gzip, br or zstd), with Content-Encoding;
+                   with zeros=N, the encoded body is N bytes of zeros (made once per N)
   echo=1           the body is the request's header fields as JSON ([[name, value]...])
   leak=1           Server, X-Powered-By and a hop-by-hop field named by Connection
   tags=A B         Surrogate-Key: A B (purge tags, space-separated)
@@ -40,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gzip
 import hashlib
 import json
@@ -90,6 +92,12 @@ def encode_body(coding: str, body: bytes) -> bytes:
     if coding == "zstd":
         return zstandard.ZstdCompressor(level=3).compress(body)
     raise ValueError(f"unknown coding {coding!r}")
+
+
+@functools.lru_cache(maxsize=8)
+def encoded_zeros(coding: str, size: int) -> bytes:
+    """A decompression bomb in `coding`: `size` bytes of zeros, encoded once."""
+    return encode_body(coding, bytes(size))
 
 
 def make_app(
@@ -173,7 +181,11 @@ def make_app(
             size = len(body)
         if "ctype" in q:
             headers["Content-Type"] = q["ctype"]
-        if "encode" in q:
+        if "encode" in q and "zeros" in q:
+            body = await asyncio.to_thread(encoded_zeros, q["encode"], int(q["zeros"]))
+            size = len(body)
+            headers["Content-Encoding"] = q["encode"]
+        elif "encode" in q:
             body = await asyncio.to_thread(encode_body, q["encode"], body)
             size = len(body)
             headers["Content-Encoding"] = q["encode"]
