@@ -449,9 +449,9 @@ class _Capped:
     turns the library's errors into DecodeError, and refuses new input while the last
     output is still undrained (it would come out in the wrong order)."""
 
-    #: The library's exception, and the coding's name for messages.
-    _library_error: type[Exception] = Exception
-    _name = ""
+    #: The library's exception (set by each decoder), and the coding's name for messages.
+    _library_error: type[Exception]
+    _name: str
 
     def __init__(self, max_output: int) -> None:
         if max_output < 0:

@@ -203,7 +203,8 @@ class Deriver:
         finally:
             self.decoding -= 1
             if not self.decoding:  # off the loop, and nobody waits for it
-                asyncio.get_running_loop().run_in_executor(None, _release_freed)
+                with contextlib.suppress(RuntimeError):  # the executor is shut down
+                    asyncio.get_running_loop().run_in_executor(None, _release_freed)
 
     async def _run(self, fill: Fill, job: Job, source: BodySource) -> None:
         choice = job.choice
