@@ -42,13 +42,16 @@ MAX_DECODE_RATIO = 100
 THREAD_CHUNK = 64 << 10
 #: Output written per trip to a worker thread: readers of the body hear of it this often.
 WRITE_BATCH = 256 << 10
-#: Decodes made at once. A decoder's output is bounded pieces, but while it lives it
-#: holds its coding's window: 32 KiB for gzip, up to 8 MiB for zstd (RFC 9659) and
-#: 16 MiB for brotli (4 MiB as usually sent), so a crowd of clients that refuse a coding
-#: is decoded a few objects at a time, each at full speed, enough for the cores.
+#: Decodes made at once, from the store and following an upstream (each their own
+#: slots). A decoder's output is bounded pieces, but while it lives it holds its
+#: coding's window: 32 KiB for gzip, up to 8 MiB for zstd (RFC 9659) and 16 MiB for
+#: brotli (4 MiB as usually sent), so a crowd of clients that refuse a coding is decoded
+#: a few objects at a time, each at full speed, enough for the cores.
 DECODE_SLOTS = 4
-#: How long a decode waits for a slot before going ahead without one: decodes that
-#: follow slow upstreams hold theirs while they wait, and must not stall the others.
+#: How long a decode following an upstream waits for a slot before going ahead without
+#: one: such decodes hold their slots while their upstreams are slow, and must not
+#: stall the others. Decodes from the store only ever wait for CPU and disk, so they
+#: wait for theirs.
 DECODE_PATIENCE = 2.0
 
 
@@ -163,8 +166,13 @@ class Deriver:
     def __init__(self, store: Store, inflight: InFlight) -> None:
         self.store = store
         self.inflight = inflight
-        self.decode_slots = asyncio.Semaphore(DECODE_SLOTS)
+        self.decode_slots = {
+            "store": asyncio.Semaphore(DECODE_SLOTS),
+            "upstream": asyncio.Semaphore(DECODE_SLOTS),
+        }
         self.decoding = 0  # decodes running, with a slot or without
+        self._trimming = False  # a `_release_freed` is running
+        self._freed = False  # a decode ended since it started
 
     def fill(self, job: Job, source: BodySource) -> Fill:
         """The fill making this derived body, started here if nobody is making it.
@@ -181,17 +189,19 @@ class Deriver:
         return fill
 
     @contextlib.asynccontextmanager
-    async def _slot(self, needed: bool) -> AsyncIterator[None]:
-        """One of DECODE_SLOTS, held for a whole decode (its window lives that long), or
-        none after DECODE_PATIENCE seconds of waiting. When the last decode running
-        ends, what the decodes freed goes back to the system (`_release_freed`)."""
-        if not needed:
+    async def _slot(self, job: Job) -> AsyncIterator[None]:
+        """For a decode, one of DECODE_SLOTS, held for the whole decode (its window
+        lives that long); following an upstream, none after DECODE_PATIENCE seconds of
+        waiting. When it ends, what it freed goes back to the system (`_trim`)."""
+        if job.choice.transform != "decode":
             yield
             return
+        slots = self.decode_slots["store" if job.complete else "upstream"]
+        patience = None if job.complete else DECODE_PATIENCE
         self.decoding += 1
         try:
             try:
-                await asyncio.wait_for(self.decode_slots.acquire(), DECODE_PATIENCE)
+                await asyncio.wait_for(slots.acquire(), patience)
             except TimeoutError:
                 log.debug("decoding without a slot: %d decodes running", self.decoding)
                 yield
@@ -199,12 +209,28 @@ class Deriver:
             try:
                 yield
             finally:
-                self.decode_slots.release()
+                slots.release()
         finally:
             self.decoding -= 1
-            if not self.decoding:  # off the loop, and nobody waits for it
-                with contextlib.suppress(RuntimeError):  # the executor is shut down
-                    asyncio.get_running_loop().run_in_executor(None, _release_freed)
+            self._freed = True
+            if not self._trimming:
+                self._trim()
+
+    def _trim(self) -> None:
+        """`_release_freed` off the loop, one at a time, again when more decodes ended
+        meanwhile: freed windows would otherwise pile up in the arenas of the threads
+        that freed them for as long as a crowd of decodes lasts."""
+        self._trimming, self._freed = True, False
+        with contextlib.suppress(RuntimeError):  # the executor is shut down
+            done = asyncio.get_running_loop().run_in_executor(None, _release_freed)
+            done.add_done_callback(self._trimmed)
+            return
+        self._trimming = False
+
+    def _trimmed(self, _: asyncio.Future[None]) -> None:
+        self._trimming = False
+        if self._freed:
+            self._trim()
 
     async def _run(self, fill: Fill, job: Job, source: BodySource) -> None:
         choice = job.choice
@@ -244,7 +270,7 @@ class Deriver:
                 offload = True
 
         try:
-            async with self._slot(choice.transform == "decode"):
+            async with self._slot(job):
                 async for piece in source.pieces(0, job.source_length):
                     for chunk in _chunks(piece):
                         await pour(functools.partial(step, chunk), len(chunk) >= THREAD_CHUNK)
