@@ -5,7 +5,8 @@ how a request's Accept-Encoding picks one (RFC 9110 Section 12.5.3), which media
 are worth compressing and from what size, the compression levels of the two paths
 (while a client waits, and once for keeps), the entity tag and Vary of an encoded
 variant (RFC 9110 Sections 8.8.3 and 12.5.5), streaming encoders, and streaming
-decoders with a hard cap on their output (decompression bombs).
+decoders that hand out their output in bounded pieces, as it is asked for, with a hard
+cap on the whole (decompression bombs).
 
 It does no I/O, reads no clock and imports nothing of aiohttp or the store: bytes in,
 bytes out. `edge.derive` decides when to call it; `scenarios.compression` measures it.
@@ -15,7 +16,8 @@ from __future__ import annotations
 
 import re
 import zlib
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 import brotli
@@ -417,45 +419,83 @@ class DecodeLimitExceeded(DecodeError):
 
 
 class Decoder(Protocol):
-    """A streaming decoder: `decompress` returns the output of a piece of the encoded
-    body, `finish` what is left once the body has ended, and raises DecodeError if the
-    stream did not end properly. Output past `max_output` raises DecodeLimitExceeded
-    before more than ~one CHUNK beyond the cap is held. A decoder that raised is done."""
+    """A streaming decoder that hands out its output in pieces of at most CHUNK bytes,
+    each made only when the caller asks for it: `decompress` takes a piece of the
+    encoded body and returns an iterator over what it decodes to, `finish` one over
+    what is left once the body has ended (and raises DecodeError, as it is drained, if
+    the stream did not end properly). A caller that writes each piece before taking the
+    next holds one piece at a time, however much a few input bytes stand for.
+
+    Each iterator must be drained before the next call. Errors are raised as the
+    iterator is drained: DecodeError for malformed input, DecodeLimitExceeded as soon
+    as the output passes `max_output` (by at most one piece). A decoder that raised is
+    done."""
 
     max_output: int
     produced: int
 
-    def decompress(self, data: bytes) -> bytes: ...
+    def decompress(self, data: bytes) -> Iterator[bytes]: ...
 
-    def finish(self) -> bytes: ...
+    def finish(self) -> Iterator[bytes]: ...
 
 
-#: The most output a decoder asks its library for at once.
+#: The most output a decoder hands out at once.
 CHUNK = 1 << 16
 
 
 class _Capped:
-    """Output accounting shared by the decoders."""
+    """The pattern the decoders share: each turns input into a generator of bounded
+    pieces (`_pieces`, and `_rest` at the end); this class counts them against the cap,
+    turns the library's errors into DecodeError, and refuses new input while the last
+    output is still undrained (it would come out in the wrong order)."""
+
+    #: The library's exception (set by each decoder), and the coding's name for messages.
+    _library_error: type[Exception]
+    _name: str
 
     def __init__(self, max_output: int) -> None:
         if max_output < 0:
             raise ValueError("max_output must be >= 0")
         self.max_output = max_output
         self.produced = 0
+        self._draining = False
 
-    def _limit(self, pending: int) -> int:
-        """How much to ask for next: one byte past the cap is enough to know it is
-        exceeded."""
-        return max(1, min(CHUNK, self.max_output - self.produced - pending + 1))
+    def decompress(self, data: bytes) -> Iterator[bytes]:
+        self._enter()
+        return self._counted(self._pieces(data))
 
-    def _over(self, pending: int) -> bool:
-        return self.produced + pending > self.max_output
+    def finish(self) -> Iterator[bytes]:
+        self._enter()
+        return self._counted(self._rest())
 
-    def _account(self, out: bytearray) -> bytes:
-        self.produced += len(out)
-        if self.produced > self.max_output:
-            raise DecodeLimitExceeded(f"decoded body exceeds {self.max_output} bytes")
-        return bytes(out)
+    def _pieces(self, data: bytes) -> Iterator[bytes]:
+        raise NotImplementedError
+
+    def _rest(self) -> Iterator[bytes]:
+        raise NotImplementedError
+
+    def _limit(self) -> int:
+        """How much to ask the library for next: one byte past the cap is enough to know
+        it is exceeded."""
+        return max(1, min(CHUNK, self.max_output - self.produced + 1))
+
+    def _enter(self) -> None:
+        if self._draining:
+            raise RuntimeError("the decoder's previous output was not drained")
+        self._draining = True
+
+    def _counted(self, pieces: Iterator[bytes]) -> Iterator[bytes]:
+        try:
+            for piece in pieces:
+                self.produced += len(piece)
+                if self.produced > self.max_output:
+                    raise DecodeLimitExceeded(f"decoded body exceeds {self.max_output} bytes")
+                yield piece
+        except self._library_error as exc:
+            raise DecodeError(f"bad {self._name} data: {exc}") from exc
+        # Only a drained iterator frees the decoder: one that raised, or was dropped
+        # half-way, has lost output, and the decoder with it.
+        self._draining = False
 
 
 def _is_zlib_header(head: bytes) -> bool:
@@ -465,117 +505,94 @@ def _is_zlib_header(head: bytes) -> bool:
     return cmf & 0x0F == 8 and cmf >> 4 <= 7 and (cmf << 8 | flg) % 31 == 0
 
 
+#: Input given to zlib at once: what it does not get to is copied into unconsumed_tail
+#: at every call, so a whole body given at once would be copied at every piece.
+_ZLIB_INPUT = CHUNK // 4
+
+
 class _ZlibDecoder(_Capped):
     """gzip (RFC 1952, any number of members) and deflate: RFC 9110 Section 8.4.1.2
     says zlib-wrapped (RFC 1950), but some servers send raw deflate (RFC 1951), so the
-    first two bytes decide, as browsers do."""
+    first two bytes decide, as browsers do. zlib's max_length bounds each piece; the
+    input it did not get to waits in unconsumed_tail."""
+
+    _library_error = zlib.error
 
     def __init__(self, coding: str, max_output: int) -> None:
         super().__init__(max_output)
         self._gzip = coding == "gzip"
+        self._name = coding
         self._z = zlib.decompressobj(31) if self._gzip else None
         self._head = b""  # deflate: the first bytes, until the wrapping is known
 
-    def decompress(self, data: bytes) -> bytes:
-        try:
-            return self._step(data)
-        except zlib.error as exc:
-            raise DecodeError(f"bad {'gzip' if self._gzip else 'deflate'} data: {exc}") from exc
-
-    def _step(self, data: bytes) -> bytes:
+    def _pieces(self, data: bytes) -> Iterator[bytes]:
         if self._z is None:
             self._head += data
             if len(self._head) < 2:
-                return b""
+                return
             data, self._head = self._head, b""
             self._z = zlib.decompressobj(15 if _is_zlib_header(data) else -15)
-        out = bytearray()
-        buf = data
+        view = memoryview(data)
+        for start in range(0, len(view), _ZLIB_INPUT):
+            yield from self._inflate(view[start : start + _ZLIB_INPUT])
+
+    def _inflate(self, buf: bytes | memoryview) -> Iterator[bytes]:
+        assert self._z is not None
         while True:
             if self._z.eof:
                 if not buf:
-                    break
+                    return
                 if not self._gzip:
                     raise DecodeError("data after the end of the deflate stream")
                 # RFC 1952 Section 2.2: a gzip file is a series of members.
                 self._z = zlib.decompressobj(31)
-            limit = self._limit(len(out))
-            # max_length bounds this call's output; the input it did not get to stays
-            # in unconsumed_tail for the next turn.
+            limit = self._limit()
             piece = self._z.decompress(buf, limit)
-            out += piece
-            if self._over(len(out)):
-                break
+            if piece:
+                yield piece
             buf = self._z.unused_data if self._z.eof else self._z.unconsumed_tail
             # A full `limit` may leave output inside zlib even with no input left.
             if not self._z.eof and not buf and len(piece) < limit:
-                break
-        return self._account(out)
+                return
 
-    def finish(self) -> bytes:
+    def _rest(self) -> Iterator[bytes]:
         if self._z is None:
             raise DecodeError("truncated deflate stream")
-        out = self.decompress(b"")  # what zlib still holds, capped like the rest
+        yield from self._inflate(b"")  # what zlib still holds
         if not self._z.eof:
-            raise DecodeError(f"truncated {'gzip' if self._gzip else 'deflate'} stream")
-        return out
+            raise DecodeError(f"truncated {self._name} stream")
 
 
-def _brotli_bounded() -> bool:
-    """brotli >= 1.2 can bound one call's output (output_buffer_limit); older versions
-    cannot (pyproject allows brotli 1.1), so there the input goes in small pieces."""
-    try:
-        brotli.Decompressor().process(b"", output_buffer_limit=1)
-    except TypeError:  # pragma: no cover - brotli < 1.2
-        return False
-    return True
-
-
-_BROTLI_BOUNDED = _brotli_bounded()
-#: Input per call without output_buffer_limit: a few bytes of brotli can stand for MiBs
-#: of output, so this bounds the overshoot only loosely.
-_BROTLI_PIECE = 64
+#: brotli's output_buffer_limit is soft: the output buffer grows in blocks (the first
+#: just under 32 KiB, then ~64 KiB, ~128 KiB...) and stops growing once it has reached
+#: the limit. A quarter of a CHUNK is within the first block: pieces of under 32 KiB.
+_BROTLI_LIMIT = CHUNK // 4
 
 
 class _BrotliDecoder(_Capped):
-    """brotli (RFC 7932)."""
+    """brotli (RFC 7932). Each call's output stops at output_buffer_limit; the rest is
+    asked for with empty calls until one returns nothing, since the decoder must not be
+    given new input while it still holds output."""
+
+    _library_error = brotli.error
+    _name = "brotli"
 
     def __init__(self, max_output: int) -> None:
         super().__init__(max_output)
         self._b = brotli.Decompressor()
 
-    def decompress(self, data: bytes) -> bytes:
-        try:
-            return self._step(data)
-        except brotli.error as exc:
-            raise DecodeError(f"bad brotli data: {exc}") from exc
-
-    def _step(self, data: bytes) -> bytes:
+    def _pieces(self, data: bytes) -> Iterator[bytes]:
         if data and self._b.is_finished():
             raise DecodeError("data after the end of the brotli stream")
-        out = bytearray()
-        if not _BROTLI_BOUNDED:
-            for i in range(0, len(data), _BROTLI_PIECE):
-                out += self._b.process(data[i : i + _BROTLI_PIECE])
-                if self._over(len(out)):
-                    break
-            return self._account(out)
-        # Each call's output stops near the limit (softly: up to ~1.5x); the rest is
-        # drained with empty calls until one returns nothing, since the decoder must
-        # not be given new input while it still holds output.
-        out += self._b.process(data, output_buffer_limit=self._limit(0))
-        while not self._over(len(out)):
-            more = self._b.process(b"", output_buffer_limit=self._limit(len(out)))
-            if not more:
-                break
-            out += more
-        return self._account(out)
+        piece = self._b.process(data, output_buffer_limit=min(self._limit(), _BROTLI_LIMIT))
+        while piece:
+            yield piece
+            piece = self._b.process(b"", output_buffer_limit=min(self._limit(), _BROTLI_LIMIT))
 
-    def finish(self) -> bytes:
-        out = self.decompress(b"")
+    def _rest(self) -> Iterator[bytes]:
+        yield from self._pieces(b"")
         if not self._b.is_finished():
             raise DecodeError("truncated brotli stream")
-        return out
 
 
 # RFC 8878 Section 3.1: frame magic numbers.
@@ -585,9 +602,10 @@ _SKIPPABLE_MASK, _SKIPPABLE_MAGIC = 0xFFFFFFF0, 0x184D2A50
 
 class _ZstdFrames:
     """Follows the frame structure of zstd input (RFC 8878 Section 3.1) without decoding
-    it, to tell a stream cut short from a complete one: libzstd's streaming writer does
-    not say where frames end. Only headers are buffered (at most 13 bytes); block
-    contents and checksums are passed over by count."""
+    it: to tell a stream cut short from a complete one (libzstd's streaming writer does
+    not say where frames end), and to say where each block ends, so that the decoder
+    can be given one block at a time. Only headers are buffered (at most 13 bytes);
+    block contents and checksums are passed over by count."""
 
     def __init__(self) -> None:
         self.frames = 0  # complete frames seen (skippable ones not counted)
@@ -597,15 +615,19 @@ class _ZstdFrames:
         self._skip = 0  # bytes of content to pass over, then go to _after_skip
         self._after_skip = "magic"
         self._checksum = False
+        self._block_ended = False
 
     @property
     def at_boundary(self) -> bool:
         return self._state == "magic" and not self._buf and not self._skip
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | memoryview) -> int:
+        """Walk `data` up to the end of the first block (or frame header) that ends in
+        it, or to its end; returns how many bytes were walked."""
         view = memoryview(data)
         i, n = 0, len(view)
-        while i < n:
+        self._block_ended = False
+        while i < n and not self._block_ended:
             if self._skip:
                 step = min(self._skip, n - i)
                 self._skip -= step
@@ -620,8 +642,11 @@ class _ZstdFrames:
                 header = int.from_bytes(self._buf, "little")
                 self._buf.clear()
                 self._header(header)
+        return i
 
     def _goto(self, state: str, want: int = 0) -> None:
+        if state in ("block", "end"):  # a frame header or a block is through
+            self._block_ended = True
         if state == "end":  # the last block (and checksum) of a frame are through
             self.frames += 1
             state = "magic"
@@ -671,17 +696,13 @@ class _ZstdFrames:
 
 
 class _Sink:
-    """Where libzstd's writer puts its output, a bounded piece at a time; it counts, and
-    raises as soon as the cap is passed, which stops the writer mid-input."""
+    """Where libzstd's writer puts its output, in pieces of at most CHUNK bytes."""
 
-    def __init__(self, decoder: _ZstdDecoder) -> None:
-        self.decoder = decoder
-        self.out = bytearray()
+    def __init__(self) -> None:
+        self.pieces: deque[bytes] = deque()
 
     def write(self, data: bytes) -> int:
-        self.out += data
-        if self.decoder._over(len(self.out)):
-            self.decoder._account(self.out)  # raises DecodeLimitExceeded
+        self.pieces.append(data)
         return len(data)
 
 
@@ -691,31 +712,37 @@ ZSTD_MAX_WINDOW = 1 << ZSTD_MAX_WINDOW_LOG
 
 
 class _ZstdDecoder(_Capped):
-    """zstd (RFC 8878), any number of frames. The writer API hands out output in pieces
-    of at most CHUNK bytes as it goes, unlike decompressobj, which returns everything
-    one input produced (4 bytes of zstd can stand for 128 KiB)."""
+    """zstd (RFC 8878), any number of frames. libzstd's writer decodes all the input it
+    is given at once, handing its sink pieces of at most CHUNK bytes; so it is given one
+    block at a time (the frame walker knows where blocks end), and a block decodes to at
+    most Block_Maximum_Size, 128 KiB (RFC 8878 Section 3.1.1.2.3): two pieces. Four
+    bytes of zstd can stand for a whole block (an RLE block), so slices of input of any
+    fixed size would not bound it."""
+
+    _library_error = zstandard.ZstdError
+    _name = "zstd"
 
     def __init__(self, max_output: int) -> None:
         super().__init__(max_output)
-        self._sink = _Sink(self)
+        self._sink = _Sink()
         self._frames = _ZstdFrames()
         self._w = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW).stream_writer(
             self._sink, write_size=CHUNK, write_return_read=True, closefd=False
         )
 
-    def decompress(self, data: bytes) -> bytes:
-        self._frames.feed(data)
-        try:
-            self._w.write(data)
-        except zstandard.ZstdError as exc:
-            raise DecodeError(f"bad zstd data: {exc}") from exc
-        out, self._sink.out = self._sink.out, bytearray()
-        return self._account(out)
+    def _pieces(self, data: bytes) -> Iterator[bytes]:
+        view = memoryview(data)
+        while view:
+            walked = self._frames.feed(view)
+            self._w.write(view[:walked])
+            view = view[walked:]
+            while self._sink.pieces:
+                yield self._sink.pieces.popleft()
 
-    def finish(self) -> bytes:
+    def _rest(self) -> Iterator[bytes]:
         if not self._frames.frames or not self._frames.at_boundary:
             raise DecodeError("truncated zstd stream")
-        return b""
+        yield from ()
 
 
 #: The codings edge decodes (to serve identity to a client that cannot take what the
@@ -724,9 +751,10 @@ DECODABLE = ("gzip", "x-gzip", "deflate", "br", "zstd")
 
 
 def decoder(coding: str, max_output: int) -> Decoder:
-    """A streaming decoder for `coding` (any of DECODABLE, case-insensitive) that raises
-    DecodeLimitExceeded once its output passes `max_output` bytes, DecodeError on
-    malformed or truncated input; unknown codings raise ValueError."""
+    """A streaming decoder for `coding` (any of DECODABLE, case-insensitive) that hands
+    out bounded pieces as they are asked for, raises DecodeLimitExceeded once its
+    output passes `max_output` bytes and DecodeError on malformed or truncated input;
+    unknown codings raise ValueError."""
     coding = _coding(coding)
     if coding in ("gzip", "deflate"):
         return _ZlibDecoder(coding, max_output)

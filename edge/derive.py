@@ -14,15 +14,19 @@ This module owns the choice and the making; codecs and negotiation rules live in
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
+import functools
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from edge import compress, policy
 from edge.fill import Fill, FillHead, InFlight
 from edge.slices import BodySource, FileSegment
-from edge.store import Entry, Store, new_variant_id
+from edge.store import BodyWriter, Entry, Store, new_variant_id
+from edge.upstream import UpstreamError
 
 log = logging.getLogger("edge.derive")
 
@@ -36,6 +40,19 @@ MAX_DECODE_RATIO = 100
 #: Chunks at least this big are (de)compressed in a worker thread; the codecs release
 #: the GIL, so the event loop keeps serving meanwhile.
 THREAD_CHUNK = 64 << 10
+#: Output written per trip to a worker thread: readers of the body hear of it this often.
+WRITE_BATCH = 256 << 10
+#: Decodes made at once, from the store and following an upstream (each their own
+#: slots). A decoder's output is bounded pieces, but while it lives it holds its
+#: coding's window: 32 KiB for gzip, up to 8 MiB for zstd (RFC 9659) and 16 MiB for
+#: brotli (4 MiB as usually sent), so a crowd of clients that refuse a coding is decoded
+#: a few objects at a time, each at full speed, enough for the cores.
+DECODE_SLOTS = 4
+#: How long a decode following an upstream waits for a slot before going ahead without
+#: one: such decodes hold their slots while their upstreams are slow, and must not
+#: stall the others. Decodes from the store only ever wait for CPU and disk, so they
+#: wait for theirs.
+DECODE_PATIENCE = 2.0
 
 
 @dataclass(frozen=True)
@@ -149,6 +166,13 @@ class Deriver:
     def __init__(self, store: Store, inflight: InFlight) -> None:
         self.store = store
         self.inflight = inflight
+        self.decode_slots = {
+            "store": asyncio.Semaphore(DECODE_SLOTS),
+            "upstream": asyncio.Semaphore(DECODE_SLOTS),
+        }
+        self.decoding = 0  # decodes running, with a slot or without
+        self._trimming = False  # a `_release_freed` is running
+        self._freed = False  # a decode ended since it started
 
     def fill(self, job: Job, source: BodySource) -> Fill:
         """The fill making this derived body, started here if nobody is making it.
@@ -163,6 +187,50 @@ class Deriver:
         fill.head.set_result(FillHead("body", status=200, storable=True))
         self.inflight.spawn(self._run(fill, job, source))
         return fill
+
+    @contextlib.asynccontextmanager
+    async def _slot(self, job: Job) -> AsyncIterator[None]:
+        """For a decode, one of DECODE_SLOTS, held for the whole decode (its window
+        lives that long); following an upstream, none after DECODE_PATIENCE seconds of
+        waiting. When it ends, what it freed goes back to the system (`_trim`)."""
+        if job.choice.transform != "decode":
+            yield
+            return
+        slots = self.decode_slots["store" if job.complete else "upstream"]
+        patience = None if job.complete else DECODE_PATIENCE
+        self.decoding += 1
+        try:
+            try:
+                await asyncio.wait_for(slots.acquire(), patience)
+            except TimeoutError:
+                log.debug("decoding without a slot: %d decodes running", self.decoding)
+                yield
+                return
+            try:
+                yield
+            finally:
+                slots.release()
+        finally:
+            self.decoding -= 1
+            self._freed = True
+            if not self._trimming:
+                self._trim()
+
+    def _trim(self) -> None:
+        """`_release_freed` off the loop, one at a time, again when more decodes ended
+        meanwhile: freed windows would otherwise pile up in the arenas of the threads
+        that freed them for as long as a crowd of decodes lasts."""
+        self._trimming, self._freed = True, False
+        with contextlib.suppress(RuntimeError):  # the executor is shut down
+            done = asyncio.get_running_loop().run_in_executor(None, _release_freed)
+            done.add_done_callback(self._trimmed)
+            return
+        self._trimming = False
+
+    def _trimmed(self, _: asyncio.Future[None]) -> None:
+        self._trimming = False
+        if self._freed:
+            self._trim()
 
     async def _run(self, fill: Fill, job: Job, source: BodySource) -> None:
         choice = job.choice
@@ -184,21 +252,29 @@ class Deriver:
             decoder = compress.decoder(job.source_coding, limit)
             step, last = decoder.decompress, decoder.finish
 
-        def emit(data: bytes) -> None:
-            if data:
-                writer.write(data)
-                fill.advance(len(data))
+        async def pour(make: Callable[[], bytes | Iterable[bytes]], offload: bool) -> None:
+            """Write the output of one codec call to the body, each piece before the next
+            is made (a decoder makes them only as they are taken), so a few bytes that
+            decode to MiBs are never held whole. In a worker thread for a big input, or
+            once the output has outgrown one batch."""
+            pieces = _output(make)
+            while True:
+                if offload:
+                    written, done = await asyncio.to_thread(_write, pieces, writer, WRITE_BATCH)
+                else:
+                    written, done = _write(pieces, writer, THREAD_CHUNK)
+                if written:
+                    fill.advance(written)
+                if done:
+                    return
+                offload = True
 
         try:
-            async for piece in source.pieces(0, job.source_length):
-                for chunk in _chunks(piece):
-                    out = (
-                        await asyncio.to_thread(step, chunk)
-                        if len(chunk) >= THREAD_CHUNK
-                        else (step(chunk))
-                    )
-                    emit(out)
-            emit(last())
+            async with self._slot(job):
+                async for piece in source.pieces(0, job.source_length):
+                    for chunk in _chunks(piece):
+                        await pour(functools.partial(step, chunk), len(chunk) >= THREAD_CHUNK)
+                await pour(last, False)
             entry = Entry(
                 key=job.key,
                 variant=new_variant_id(),
@@ -220,10 +296,57 @@ class Deriver:
         except Exception as exc:  # a bad body must not leave readers waiting
             log.warning("could not make the %s variant of %s: %s", choice.coding, job.key, exc)
             writer.discard()
-            fill.finish(exc)
+            # Readers get a failure of their own, as for an upstream body that broke:
+            # one warning each, not a traceback. And not `exc`: its traceback holds this
+            # frame and the decoder (a 4 MiB brotli window) in a cycle with the fill,
+            # which only the cyclic collector would free, some time later.
+            fill.finish(UpstreamError(f"could not make the {choice.coding} variant: {exc}"))
         finally:
             source.close()
             self.inflight.done(fill)
+
+
+def _libc_malloc_trim() -> Callable[[int], int] | None:
+    try:  # the symbols the process is linked with: the C library's among them
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_MALLOC_TRIM = _libc_malloc_trim()
+
+
+def _release_freed() -> None:
+    """Hand the memory the decodes freed back to the system. glibc keeps freed blocks
+    in its per-thread arenas, and once a window bigger than its mmap threshold has been
+    freed it raises the threshold, so the next windows come from (and stay in) the
+    arenas: a crowd of brotli or zstd decodes would leave tens of MiB resident for good.
+    malloc_trim (glibc) returns the arenas' free pages; elsewhere this does nothing."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
+def _output(make: Callable[[], bytes | Iterable[bytes]]) -> Iterator[bytes]:
+    """One codec call's output as pieces, the call made when the first is asked for: an
+    encoder's bytes (no bigger than its input) whole, a decoder's pieces as it makes
+    them."""
+    out = make()
+    if isinstance(out, bytes):
+        yield out
+    else:
+        yield from out
+
+
+def _write(pieces: Iterator[bytes], writer: BodyWriter, budget: int) -> tuple[int, bool]:
+    """Write pieces, each before the next is made, until `budget` bytes are out or none
+    are left: how many bytes were written, and whether none are left."""
+    written = 0
+    for piece in pieces:
+        writer.write(piece)
+        written += len(piece)
+        if written >= budget:
+            return written, False
+    return written, True
 
 
 def _chunks(piece: bytes | FileSegment) -> Iterable[bytes]:

@@ -134,8 +134,10 @@ def decode_all(coding: str, encoded: list[bytes], corpus: list[Text]) -> float:
     started = time.process_time()
     for data in encoded:
         dec = compress.decoder(coding, 64 << 20)
-        parts = [dec.decompress(data[i : i + PIECE]) for i in range(0, len(data), PIECE)]
-        parts.append(dec.finish())
+        parts = [
+            out for i in range(0, len(data), PIECE) for out in dec.decompress(data[i : i + PIECE])
+        ]
+        parts.extend(dec.finish())
         decoded.append(b"".join(parts))
     cpu = time.process_time() - started
     for text, body in zip(corpus, decoded, strict=True):

@@ -51,7 +51,14 @@ def encode(coding: str, level: int, data: bytes, piece: int = 1000) -> bytes:
 
 def decode(coding: str, data: bytes, max_output: int, piece: int = 1000) -> bytes:
     dec = decoder(coding, max_output)
-    return b"".join(dec.decompress(p) for p in pieces(data, piece)) + dec.finish()
+    out = b"".join(b"".join(dec.decompress(p)) for p in pieces(data, piece))
+    return out + b"".join(dec.finish())
+
+
+def drain(out: Iterator[bytes]) -> None:
+    """Take every piece of a decoder's output (errors are raised as it is drained)."""
+    for _ in out:
+        pass
 
 
 # ------------------------------------------------------------------ negotiation
@@ -470,8 +477,8 @@ def test_truncated_streams_are_decode_errors(coding: str, make: Encode) -> None:
     for cut in sorted({0, 1, 2, len(data) // 3, len(data) // 2, len(data) - 1}):
         dec = decoder(coding, len(SMALL))
         with pytest.raises(DecodeError):
-            dec.decompress(data[:cut])
-            dec.finish()
+            drain(dec.decompress(data[:cut]))
+            drain(dec.finish())
 
 
 def test_zstd_cut_at_any_byte_is_a_decode_error() -> None:
@@ -483,8 +490,8 @@ def test_zstd_cut_at_any_byte_is_a_decode_error() -> None:
             continue  # the first frame alone is a whole stream
         dec = decoder("zstd", 1000)
         with pytest.raises(DecodeError):
-            dec.decompress(data[:cut])
-            dec.finish()
+            drain(dec.decompress(data[:cut]))
+            drain(dec.finish())
 
 
 @pytest.mark.parametrize(("coding", "make"), UPSTREAM, ids=IDS)
@@ -493,8 +500,8 @@ def test_data_after_the_end_is_a_decode_error(coding: str, make: Encode) -> None
     dec = decoder(coding, 2 * len(SMALL))
     with pytest.raises(DecodeError):
         for piece in pieces(data, 1000):
-            dec.decompress(piece)
-        dec.finish()
+            drain(dec.decompress(piece))
+        drain(dec.finish())
 
 
 @pytest.mark.parametrize("coding", ["gzip", "deflate", "br", "zstd"])
@@ -505,8 +512,8 @@ def test_data_after_the_end_is_a_decode_error(coding: str, make: Encode) -> None
 def test_malformed_input_is_a_decode_error(coding: str, junk: bytes) -> None:
     dec = decoder(coding, MIB)
     with pytest.raises(DecodeError):
-        dec.decompress(junk)
-        dec.finish()
+        drain(dec.decompress(junk))
+        drain(dec.finish())
 
 
 def test_a_gzip_crc_mismatch_is_a_decode_error() -> None:
@@ -579,24 +586,11 @@ def test_decompression_bombs_stop_at_the_cap_in_bounded_memory(
     try:
         with pytest.raises(DecodeLimitExceeded):
             for piece in pieces(bomb, 64 << 10):
-                dec.decompress(piece)
-            dec.finish()
+                drain(dec.decompress(piece))
+            drain(dec.finish())
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
     # The cap plus about one CHUNK of output was made, never the whole GiB.
     assert MIB < dec.produced <= MIB + 2 * CHUNK
     assert peak < 16 * MIB
-
-
-def test_brotli_without_output_limits_still_stops_bombs(
-    monkeypatch: pytest.MonkeyPatch, bombs: dict[str, bytes]
-) -> None:
-    """brotli < 1.2 cannot bound one call's output; edge then feeds small pieces."""
-    monkeypatch.setattr(compress, "_BROTLI_BOUNDED", False)
-    assert decode("br", brotli.compress(SMALL), len(SMALL)) == SMALL
-    dec = decoder("br", MIB)
-    with pytest.raises(DecodeLimitExceeded):
-        for piece in pieces(bombs["br"], 64 << 10):
-            dec.decompress(piece)
-    assert dec.produced < 64 * MIB

@@ -24,6 +24,9 @@ Query parameters on any other path:
   text=1           a body of readable words instead of bytes from the path
   gzip=1           the body gzip-encoded, with Content-Encoding: gzip
   zeros=N          with gzip=1: the encoded body is N bytes of zeros (a bomb)
+  sparse=N         a body of N bytes that is mostly zeros (`sparse_for`: ~50:1 in every coding)
+  encode=CODING    the body encoded in CODING (gzip, br or zstd), with Content-Encoding;
+                   with zeros=N, the encoded body is N bytes of zeros (made once per N)
   echo=1           the body is the request's header fields as JSON ([[name, value]...])
   leak=1           Server, X-Powered-By and a hop-by-hop field named by Connection
   tags=A B         Surrogate-Key: A B (purge tags, space-separated)
@@ -40,11 +43,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gzip
 import hashlib
 import json
+import random
 from collections import Counter
 
+import brotli
+import zstandard
 from aiohttp import web
 
 WORDS = b"the archive keeps books scans audio and bundles for readers everywhere ".split()
@@ -62,6 +69,37 @@ def text_for(path: str, size: int) -> bytes:
 def body_for(path: str, size: int) -> bytes:
     seed = hashlib.sha256(path.encode()).digest()
     return (seed * (size // len(seed) + 1))[:size]
+
+
+#: sparse=N: one byte drawn from the path in every SPARSE_STEP, zeros between.
+SPARSE_STEP = 64
+
+
+def sparse_for(path: str, size: int) -> bytes:
+    """N bytes that compress well but never past 1:SPARSE_STEP in any coding (the
+    drawn bytes are incompressible and never repeat), so a decoder with a ratio cap
+    above that passes them whole."""
+    seed = int.from_bytes(hashlib.sha256(path.encode()).digest()[:8], "big")
+    out = bytearray(size)
+    out[::SPARSE_STEP] = random.Random(seed).randbytes(len(range(0, size, SPARSE_STEP)))
+    return bytes(out)
+
+
+def encode_body(coding: str, body: bytes) -> bytes:
+    """`body` in `coding` at the levels an ordinary origin uses."""
+    if coding == "gzip":
+        return gzip.compress(body, 6)
+    if coding == "br":
+        return brotli.compress(body, quality=5)
+    if coding == "zstd":
+        return zstandard.ZstdCompressor(level=3).compress(body)
+    raise ValueError(f"unknown coding {coding!r}")
+
+
+@functools.lru_cache(maxsize=8)
+def encoded_zeros(coding: str, size: int) -> bytes:
+    """A decompression bomb in `coding`: `size` bytes of zeros, encoded once."""
+    return encode_body(coding, bytes(size))
 
 
 def make_app(
@@ -145,8 +183,19 @@ def make_app(
             body = json.dumps(info).encode()
             size = len(body)
             headers["Content-Type"] = "application/json"
+        if "sparse" in q:
+            body = sparse_for(request.path, int(q["sparse"]))
+            size = len(body)
         if "ctype" in q:
             headers["Content-Type"] = q["ctype"]
+        if "encode" in q and "zeros" in q:
+            body = await asyncio.to_thread(encoded_zeros, q["encode"], int(q["zeros"]))
+            size = len(body)
+            headers["Content-Encoding"] = q["encode"]
+        elif "encode" in q:
+            body = await asyncio.to_thread(encode_body, q["encode"], body)
+            size = len(body)
+            headers["Content-Encoding"] = q["encode"]
         if "gzip" in q:
             raw = bytes(int(q["zeros"])) if "zeros" in q else body
             body = gzip.compress(raw, 6)
