@@ -122,10 +122,12 @@ def wait_for(what: str, ready: Callable[[], bool], timeout: float = 60) -> None:
 
 def image_paths() -> list[str]:
     """The archive's images (long-lived: max-age=3600), from its catalogue."""
-    req = urllib.request.Request(EDGES[TOPO.edges[0].name] + "/catalogue.json?check=list")
-    req.add_header("Host", HOST)
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        items = json.loads(resp.read())["items"]
+    url = EDGES[TOPO.edges[0].name] + "/catalogue.json?check=list"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers={"Host": HOST})) as resp:
+            items = json.loads(resp.read())["items"]
+    except OSError as exc:
+        raise AssertionError(f"GET {url} (Host: {HOST}): {exc}") from exc
     return [i["path"] for i in items if i["collection"] == "images"]
 
 
@@ -244,7 +246,8 @@ def main() -> int:
             check()
         except Exception as exc:
             failed.append(title)
-            reason = str(exc) if isinstance(exc, AssertionError) else traceback.format_exc()
+            plain = isinstance(exc, AssertionError | subprocess.TimeoutExpired)
+            reason = str(exc) if plain else traceback.format_exc()
             print(f"FAIL {title} ({time.monotonic() - t0:.1f}s): {reason}", flush=True)
             if check is up:
                 break  # nothing else can run

@@ -16,11 +16,15 @@ from typing import Any
 
 
 def fetch(base: str, path: str, host: str, timeout: float = 10.0) -> tuple[int, str]:
-    """GET base+path with Host `host`: the status and the Cache-Status field."""
+    """GET base+path with Host `host`: the status and the Cache-Status field. No answer,
+    or an error status, fails the check with the URL in its one line."""
     req = urllib.request.Request(base + path, headers={"Host": host})
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        resp.read()
-        return resp.status, resp.headers.get("Cache-Status", "")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            resp.read()
+            return resp.status, resp.headers.get("Cache-Status", "")
+    except OSError as exc:  # URLError, HTTPError, timeouts
+        raise AssertionError(f"GET {base}{path} (Host: {host}): {exc}") from exc
 
 
 def entries(cache_status: str) -> list[tuple[str, str]]:
