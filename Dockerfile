@@ -1,6 +1,9 @@
 # The image every service of docker-compose.yml runs: the `edge` console script, installed
 # as the README installs it, with the docker view of the default topology for `edge dns`.
-FROM python:3.11-slim
+# BASE: another image with Python 3.11 as `python` whose pip may install into it (CI
+# builds one from Debian's packages where no image registry is reachable: .ci/compose).
+ARG BASE=python:3.11-slim
+FROM ${BASE}
 
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -16,16 +16,21 @@ The mapping (from origin/topologies/default.toml):
   /data/coordinator.db`), each edge by name (`edge serve`, cache in /cache) and the
   GeoDNS authority (`edge dns --topology /etc/edge/topology.docker.toml`). Services
   reach each other by service name (`http://origin:8081`).
-- Networks: `core` on [docker] core_subnet, and `region-NAME` on each region's
-  docker_subnet. Every container has a fixed address on every network it joins, by
-  host number in the subnet: on core the origin is .10, shield i (from 0) .20+i, the
-  coordinator .30, the GeoDNS authority .53 and edge i (from 0, topology order) .100+i;
-  each edge is also on its region's network at its docker_ipv4, and the GeoDNS
-  authority is on every region network at .53, so it sees a region's clients by their
-  source subnet. (.1 is the gateway docker takes.)
+- One network, `cdn`, as the internet is one: every client reaches every edge, as it
+  must when GeoDNS sends a region's clients elsewhere because their own edges are down
+  (docker drops traffic between two of its networks, so a network per region would
+  leave them timing out). Its subnet is the smallest one holding [docker] core_subnet
+  and every region's docker_subnet; those stay address ranges, so the GeoDNS authority
+  still tells a region's clients by their source address. Every container has one
+  fixed address: in core_subnet the origin is .10, shield i (from 0) .20+i, the
+  coordinator .30 and the GeoDNS authority .53; edge i is at its docker_ipv4 in its
+  region's docker_subnet; a client of a region takes any free address in that region's
+  docker_subnet. (.1 of the network is the gateway docker takes.)
+- Shields and edges listen on their own address, not 0.0.0.0: a node registers with
+  the coordinator the address it listens on, and that is where others reach it.
 - origin/topologies/docker.toml is the topology as the containers see it: services at
   their core addresses, edges at docker_ipv4 (health URLs on those), region networks
-  without the loopback ones, glue for the authority's name on its docker addresses. The
+  without the loopback ones, glue for the authority's name on its docker address. The
   image carries it at /etc/edge/topology.docker.toml.
 - Start order as `edge up` has it, by healthchecks: origin, coordinator, shields, edges,
   then the GeoDNS authority. Each service has a healthcheck (a Python one-liner: the
@@ -34,11 +39,14 @@ The mapping (from origin/topologies/default.toml):
 - Volumes: one cache volume per shield and edge, a data volume each for the origin
   and the coordinator. Tokens come from the environment (EDGE_TOKEN, EDGE_NODE_TOKEN;
   compose refuses to start without them), never from the file.
-- Trust: each shield is given its edges' core addresses as --trusted-proxy (they
-  reach it from there), and nothing else; admin endpoints are left to each node's
-  default, 127.0.0.1 in its own container, which is where its healthcheck runs.
-- Published ports, on 127.0.0.1 only: edge i at its port + i (8080, 8081, ...), the
-  GeoDNS authority at its port over UDP and TCP. Nothing else is reachable from the host.
+- Trust: each shield is given its edges' addresses as --trusted-proxy (they reach it
+  from there), and nothing else; admin endpoints are left to each node's default,
+  127.0.0.1 in its own container, which is where its healthcheck runs.
+- Published on this machine's loopback only, at the addresses `edge up` listens on:
+  each edge at its topology listen address (127.R.0.x:8080), the GeoDNS authority at
+  its own over UDP and TCP. Every edge is then one URL's host and port
+  (www.cdn.example:8080 resolved to any edge), so the shield keeps one copy for all and
+  a purge of that URL removes it everywhere. Nothing else is reachable from the host.
 """
 
 from __future__ import annotations
@@ -71,7 +79,9 @@ SHIELD_HOST = 20
 MAX_SHIELDS = 10  # .20 to .29, below the coordinator
 COORDINATOR_HOST = 30
 DNS_HOST = 53
-EDGE_CORE_HOST = 100
+NETWORK = "cdn"  # the one docker network (see the module's docstring)
+CLIENT_HOST = 200  # a region's example client in the header: .200 of its docker_subnet
+WIDEST_NETWORK = 16  # the network's prefix is at most this wide: a /16
 
 DEFAULT_EDGE_PORT = 8080  # what `edge up` gives an edge without a listen address
 
@@ -102,6 +112,38 @@ def edge_port(edge: Edge) -> int:
     return port_of(edge.listen) if edge.listen else DEFAULT_EDGE_PORT
 
 
+def edge_host_listen(edge: Edge) -> str:
+    """Where `edge up` runs the edge on this machine, so where compose publishes it."""
+    return edge.listen or f"{edge.ipv4}:{DEFAULT_EDGE_PORT}"
+
+
+def loopback_publish(listen: str, inside: int, what: str, suffix: str = "") -> str:
+    """A `ports` entry publishing container port `inside` at the loopback `listen`
+    address of the topology (never beyond this machine)."""
+    address, port = parse_listen(listen)
+    try:
+        loopback = ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback or ":" in address:
+        raise ComposeError(f"{what}: published on an IPv4 loopback address only, got {listen}")
+    return f"{address}:{port}:{inside}{suffix}"
+
+
+def covering(subnets: list[Network]) -> ipaddress.IPv4Network:
+    """The smallest IPv4 network holding every subnet, at most a /16."""
+    net = subnets[0]
+    while not all(s.subnet_of(net) for s in subnets):  # type: ignore[arg-type]
+        if net.prefixlen <= WIDEST_NETWORK:
+            raise ComposeError(
+                f"[docker] core_subnet and the regions' docker_subnet must lie in one "
+                f"/{WIDEST_NETWORK}"
+            )
+        net = net.supernet()
+    assert isinstance(net, ipaddress.IPv4Network)
+    return net
+
+
 @dataclass(frozen=True)
 class Layout:
     """The topology's processes with their docker addresses, checked for collisions."""
@@ -112,9 +154,9 @@ class Layout:
     coordinator: Service
     dns: Service
     core: Network
-    core_addresses: dict[str, ipaddress.IPv4Address]  # service name -> address on core
+    network: ipaddress.IPv4Network  # the one docker network, holding all the subnets
+    core_addresses: dict[str, ipaddress.IPv4Address]  # service name -> its address
     region_subnets: dict[str, Network]  # region name -> docker_subnet
-    dns_region_addresses: dict[str, ipaddress.IPv4Address]  # region name -> address
 
     @classmethod
     def of(cls, topo: Topology) -> Layout:
@@ -134,16 +176,12 @@ class Layout:
             },
             s.coordinator.name: host(core, COORDINATOR_HOST, "[docker] core_subnet"),
             s.dns.name: host(core, DNS_HOST, "[docker] core_subnet"),
-            **{
-                e.name: host(core, EDGE_CORE_HOST + i, "[docker] core_subnet")
-                for i, e in enumerate(topo.edges)
-            },
         }
-        # A service name is a DNS name on every network and a key in the compose file.
-        if len(core_addresses) != 3 + len(s.shields) + len(topo.edges):
+        # A service name is a DNS name on the network and a key in the compose file.
+        names = {*core_addresses, *(e.name for e in topo.edges)}
+        if len(names) != 3 + len(s.shields) + len(topo.edges):
             raise ComposeError("two processes of the topology have the same name")
         region_subnets: dict[str, Network] = {}
-        dns_region: dict[str, ipaddress.IPv4Address] = {}
         for region in topo.regions:
             if region.docker_subnet is None:
                 raise ComposeError(f"region {region.name} needs docker_subnet")
@@ -151,9 +189,8 @@ class Layout:
                 if region.docker_subnet.overlaps(subnet):  # type: ignore[arg-type]
                     raise ComposeError(f"region {region.name} docker_subnet overlaps {other}")
             region_subnets[region.name] = region.docker_subnet
-            where = f"region {region.name} docker_subnet"
-            dns_region[region.name] = host(region.docker_subnet, DNS_HOST, where)
-        reserved = {DNS_HOST: "the GeoDNS authority", GATEWAY_HOST: "the gateway"}
+        network = covering([core, *region_subnets.values()])
+        gateway = network.network_address + GATEWAY_HOST
         taken: dict[ipaddress.IPv4Address, str] = {}
         for edge in topo.edges:
             if edge.docker_ipv4 is None:
@@ -163,12 +200,8 @@ class Layout:
                 raise ComposeError(
                     f"edge {edge.name} docker_ipv4 {edge.docker_ipv4} is outside {subnet}"
                 )
-            number = int(edge.docker_ipv4) - int(subnet.network_address)
-            if number in reserved or edge.docker_ipv4 in (
-                subnet.network_address,
-                subnet.broadcast_address,
-            ):
-                what = reserved.get(number, "not a host address")
+            if edge.docker_ipv4 in (subnet.network_address, subnet.broadcast_address, gateway):
+                what = "the gateway" if edge.docker_ipv4 == gateway else "not a host address"
                 raise ComposeError(f"edge {edge.name} docker_ipv4 {edge.docker_ipv4}: {what}")
             if edge.docker_ipv4 in taken:
                 raise ComposeError(
@@ -182,9 +215,9 @@ class Layout:
             s.coordinator,
             s.dns,
             core,
+            network,
             core_addresses,
             region_subnets,
-            dns_region,
         )
 
     def docker_listen(self, service: Service) -> str:
@@ -192,10 +225,6 @@ class Layout:
 
     def edge_listen(self, edge: Edge) -> str:
         return f"{edge.docker_ipv4}:{edge_port(edge)}"
-
-
-def network_name(region: str) -> str:
-    return f"region-{region}"
 
 
 # -- docker-compose.yml -------------------------------------------------------------------
@@ -234,7 +263,7 @@ def _service(
     layout: Layout,
     command: list[str],
     *,
-    networks: dict[str, ipaddress.IPv4Address],
+    address: ipaddress.IPv4Address,
     check: list[str],
     depends_on: list[str],
     environment: dict[str, str] | None = None,
@@ -250,7 +279,7 @@ def _service(
     }
     if environment:
         service["environment"] = environment
-    service["networks"] = {net: {"ipv4_address": str(addr)} for net, addr in networks.items()}
+    service["networks"] = {NETWORK: {"ipv4_address": str(address)}}
     if ports:
         service["ports"] = ports
     if volumes:
@@ -283,7 +312,7 @@ def compose_model(topo: Topology) -> dict[str, Any]:
     services[origin.name] = _service(
         layout,
         origin_cmd,
-        networks={"core": addr[origin.name]},
+        address=addr[origin.name],
         check=_http_check(f"http://127.0.0.1:{port_of(origin.listen)}/"),
         depends_on=[],
         volumes=[f"{origin.name}-data:/data"],
@@ -293,7 +322,7 @@ def compose_model(topo: Topology) -> dict[str, Any]:
     services[coordinator.name] = _service(
         layout,
         ["coordinator", "--listen", _inside(coordinator.listen), "--db", "/data/coordinator.db"],
-        networks={"core": addr[coordinator.name]},
+        address=addr[coordinator.name],
         check=_http_check(f"http://127.0.0.1:{port_of(coordinator.listen)}/v1/health"),
         depends_on=[origin.name],
         # EDGE_COORDINATOR: `docker compose exec coordinator edge purge URL` just works.
@@ -305,11 +334,11 @@ def compose_model(topo: Topology) -> dict[str, Any]:
     )
 
     common = ["--coordinator", coordinator_url]
-    # A shield believes X-Forwarded-For from its edges only: their core addresses, from
-    # which they reach it. Nothing else is trusted, and the admin endpoints stay with
+    # A shield believes X-Forwarded-For from its edges only: their addresses, from which
+    # they reach it. Nothing else is trusted, and the admin endpoints stay with
     # 127.0.0.1 in each container (its healthcheck); the GeoDNS probes need only the
     # public health answer.
-    trust = [a for e in topo.edges for a in ("--trusted-proxy", str(addr[e.name]))]
+    trust = [a for e in topo.edges for a in ("--trusted-proxy", str(e.docker_ipv4))]
     for shield in layout.shields:
         volumes[f"{shield.name}-cache"] = {}
         services[shield.name] = _service(
@@ -317,7 +346,7 @@ def compose_model(topo: Topology) -> dict[str, Any]:
             [
                 "shield",
                 "--listen",
-                _inside(shield.listen),
+                layout.docker_listen(shield),
                 "--origin",
                 origin_url,
                 "--name",
@@ -332,15 +361,15 @@ def compose_model(topo: Topology) -> dict[str, Any]:
                 "--region",
                 "core",
             ],
-            networks={"core": addr[shield.name]},
-            check=_http_check(f"http://127.0.0.1:{port_of(shield.listen)}/_edge/health"),
+            address=addr[shield.name],
+            check=_http_check(f"http://{layout.docker_listen(shield)}/_edge/health"),
             depends_on=[origin.name, coordinator.name],
             environment=_env("EDGE_NODE_TOKEN"),
             volumes=[f"{shield.name}-cache:/cache"],
         )
 
     shield_args = [a for sh in layout.shields for a in ("--shield", _url(sh.name, sh.listen))]
-    for i, edge in enumerate(topo.edges):
+    for edge in topo.edges:
         port = edge_port(edge)
         assert edge.docker_ipv4 is not None  # Layout.of checked
         volumes[f"{edge.name}-cache"] = {}
@@ -349,7 +378,7 @@ def compose_model(topo: Topology) -> dict[str, Any]:
             [
                 "serve",
                 "--listen",
-                f"0.0.0.0:{port}",
+                layout.edge_listen(edge),
                 *shield_args,
                 "--origin",
                 origin_url,
@@ -364,11 +393,11 @@ def compose_model(topo: Topology) -> dict[str, Any]:
                 "--region",
                 edge.region,
             ],
-            networks={"core": addr[edge.name], network_name(edge.region): edge.docker_ipv4},
-            check=_http_check(f"http://127.0.0.1:{port}/_edge/health"),
+            address=edge.docker_ipv4,
+            check=_http_check(f"http://{layout.edge_listen(edge)}/_edge/health"),
             depends_on=[origin.name, coordinator.name, *(sh.name for sh in layout.shields)],
             environment=_env("EDGE_NODE_TOKEN"),
-            ports=[f"127.0.0.1:{port + i}:{port}"],
+            ports=[loopback_publish(edge_host_listen(edge), port, f"edge {edge.name}")],
             volumes=[f"{edge.name}-cache:/cache"],
         )
 
@@ -376,20 +405,26 @@ def compose_model(topo: Topology) -> dict[str, Any]:
     services[dns.name] = _service(
         layout,
         ["dns", "--listen", _inside(dns.listen), "--topology", IMAGE_TOPOLOGY],
-        networks={
-            "core": addr[dns.name],
-            **{network_name(r): a for r, a in layout.dns_region_addresses.items()},
-        },
+        address=addr[dns.name],
         check=_dns_check(topo.zone.origin.to_text(), dns_port),
         depends_on=[e.name for e in topo.edges],
         # The authority reads the coordinator's node registry with the operators' token.
         environment=_env("EDGE_TOKEN") if topo.health.coordinator else None,
-        ports=[f"127.0.0.1:{dns_port}:{dns_port}/udp", f"127.0.0.1:{dns_port}:{dns_port}/tcp"],
+        ports=[
+            loopback_publish(dns.listen, dns_port, "[dns] listen", "/udp"),
+            loopback_publish(dns.listen, dns_port, "[dns] listen", "/tcp"),
+        ],
     )
+    # ADDRESS:PORT:INSIDE[/PROTOCOL]: one host address, port and protocol per service.
+    published = [
+        (*p.split(":")[:2], p.partition("/")[2] or "tcp")
+        for service in services.values()
+        for p in service.get("ports", [])
+    ]
+    if len(published) != len(set(published)):
+        raise ComposeError("two processes of the topology are published at one address")
 
-    networks: dict[str, Any] = {"core": {"ipam": {"config": [{"subnet": str(layout.core)}]}}}
-    for region, subnet in layout.region_subnets.items():
-        networks[network_name(region)] = {"ipam": {"config": [{"subnet": str(subnet)}]}}
+    networks = {NETWORK: {"ipam": {"config": [{"subnet": str(layout.network)}]}}}
     return {
         "name": topo.services.cdn_name,
         "services": services,
@@ -401,13 +436,14 @@ def compose_model(topo: Topology) -> dict[str, Any]:
 def compose_header(topo: Topology, source: str) -> list[str]:
     layout = Layout.of(topo)
     width = max(len(e.name) for e in (*topo.edges, layout.dns)) + 2
-    published = [
-        f"  {e.name:<{width}}http://127.0.0.1:{edge_port(e) + i}" for i, e in enumerate(topo.edges)
-    ]
-    dns_port = port_of(layout.dns.listen)
+    published = [f"  {e.name:<{width}}http://{edge_host_listen(e)}" for e in topo.edges]
+    dns_host, dns_port = parse_listen(layout.dns.listen)
     site = f"www.{topo.zone.origin.to_text(omit_final_dot=True)}"
-    first = edge_port(topo.edges[0])
-    region = topo.regions[-1].name
+    first_host, first = parse_listen(edge_host_listen(topo.edges[0]))
+    region = topo.regions[-1]
+    assert region.docker_subnet is not None  # Layout.of checked
+    client = region.docker_subnet.network_address + CLIENT_HOST
+    cdn = topo.services.cdn_name
     return [
         f"Generated by `python -m origin.compose` from {source}:",
         "edit that topology or origin/compose.py and run it again, not this file",
@@ -417,15 +453,19 @@ def compose_header(topo: Topology, source: str) -> list[str]:
         "",
         "Published on this machine only:",
         *published,
-        f"  {layout.dns.name:<{width}}udp+tcp 127.0.0.1:{dns_port}",
-        "For example:",
-        f"  curl -si --resolve {site}:{first}:127.0.0.1 http://{site}:{first}/catalogue.json",
-        f"  dig @127.0.0.1 -p {dns_port} {site} +short",
-        f"  docker compose exec {layout.coordinator.name} edge purge --all",
-        "GeoDNS steers by source subnet: a client on a region's network",
-        f"({topo.services.cdn_name}_{network_name(region)}, ...) asking the authority at "
-        f"{layout.dns_region_addresses[region]}",
-        "(.53 of each region network) gets that region's edges.",
+        f"  {layout.dns.name:<{width}}udp+tcp {dns_host}:{dns_port}",
+        "Every edge is the same site: the shield keeps one copy, a purge of the URL removes it.",
+        "For example (the tokens set in the shell for every compose command):",
+        f"  curl -si --resolve {site}:{first}:{first_host} http://{site}:{first}/catalogue.json",
+        f"  docker compose exec {layout.coordinator.name} edge purge http://{site}:{first}/catalogue.json",
+        f"  docker compose exec {layout.coordinator.name} edge status",
+        f"GeoDNS steers by source address: a client in a region's docker_subnet on the {NETWORK}",
+        f"network, e.g. region {region.name}'s {client}, asking the authority at "
+        f"{layout.core_addresses[layout.dns.name]}:{dns_port}:",
+        f"  docker run --rm --network {cdn}_{NETWORK} --ip {client} {cdn}:local python -c \\",
+        '    "import dns.message as m, dns.query as q; '
+        f"print(q.udp(m.make_query('{site}', 'A'), "
+        f"'{layout.core_addresses[layout.dns.name]}', port={dns_port}))\"",
     ]
 
 
@@ -542,8 +582,7 @@ def _workers(count: int) -> list[str]:
 
 
 def _dns_addresses(layout: Layout) -> list[str]:
-    core = layout.core_addresses[layout.dns.name]
-    return [str(core), *(str(a) for a in layout.dns_region_addresses.values())]
+    return [str(layout.core_addresses[layout.dns.name])]
 
 
 def _coordinator_url(layout: Layout, url: str) -> str | None:

@@ -169,34 +169,51 @@ def test_every_process_has_a_service(topo: Topology, model: dict[str, Any]) -> N
         s.dns.name: "dns",
     }
     assert {name: argv_of(svc)[0] for name, svc in model["services"].items()} == expected
+
+
+def test_nodes_listen_where_others_reach_them(topo: Topology, model: dict[str, Any]) -> None:
+    """A shield or an edge registers its listen address with the coordinator, so it
+    listens on its own docker address (with 0.0.0.0 it registered 127.0.0.1, where no
+    other container reaches it); the other services listen on every interface."""
+    s = topo.services
+    nodes = {sh.name for sh in s.shields} | {e.name for e in topo.edges}
     for name, svc in model["services"].items():
-        listen = option(argv_of(svc), "--listen")
-        assert len(listen) == 1 and listen[0].startswith("0.0.0.0:"), name
+        (listen,) = option(argv_of(svc), "--listen")
+        address = svc["networks"][compose.NETWORK]["ipv4_address"]
+        if name in nodes:
+            assert listen.rsplit(":", 1)[0] == address, name
+        else:
+            assert listen.startswith("0.0.0.0:"), name
     for edge in topo.edges:
         port = edge.listen.rsplit(":", 1)[1]
-        assert option(argv_of(model["services"][edge.name]), "--listen") == [f"0.0.0.0:{port}"]
+        argv = argv_of(model["services"][edge.name])
+        assert option(argv, "--listen") == [f"{edge.docker_ipv4}:{port}"]
 
 
-def test_networks_are_the_topologys_subnets(topo: Topology, model: dict[str, Any]) -> None:
-    subnets = {name: net["ipam"]["config"][0]["subnet"] for name, net in model["networks"].items()}
-    assert subnets == {
-        "core": str(topo.services.docker_core_subnet),
-        **{f"region-{r.name}": str(r.docker_subnet) for r in topo.regions},
-    }
-
-
-def test_edges_sit_on_their_region_network_at_docker_ipv4(
+def test_one_network_holds_every_subnet_of_the_topology(
     topo: Topology, model: dict[str, Any]
 ) -> None:
-    core = topo.services.docker_core_subnet
-    assert core is not None
+    """Clients of every region reach every edge (GeoDNS may send them anywhere); docker
+    drops traffic between two of its networks, so there is one."""
+    assert list(model["networks"]) == [compose.NETWORK]
+    (config,) = model["networks"][compose.NETWORK]["ipam"]["config"]
+    network = ipaddress.ip_network(config["subnet"])
+    assert topo.services.docker_core_subnet is not None
+    subnets = [topo.services.docker_core_subnet, *(r.docker_subnet for r in topo.regions)]
+    assert all(s is not None and s.subnet_of(network) for s in subnets)  # type: ignore[union-attr]
+    assert not all(s.subnet_of(next(network.subnets())) for s in subnets)  # type: ignore[union-attr]
+    for name, svc in model["services"].items():
+        assert list(svc["networks"]) == [compose.NETWORK], name
+
+
+def test_edges_sit_in_their_region_subnet_at_docker_ipv4(
+    topo: Topology, model: dict[str, Any]
+) -> None:
     for edge in topo.edges:
         region = topo.region(edge.region)
         assert region.docker_subnet is not None and edge.docker_ipv4 in region.docker_subnet
         networks = model["services"][edge.name]["networks"]
-        assert set(networks) == {"core", f"region-{edge.region}"}
-        assert networks[f"region-{edge.region}"]["ipv4_address"] == str(edge.docker_ipv4)
-        assert ipaddress.ip_address(networks["core"]["ipv4_address"]) in core
+        assert networks == {compose.NETWORK: {"ipv4_address": str(edge.docker_ipv4)}}
 
 
 def test_central_services_follow_the_address_rule(topo: Topology, model: dict[str, Any]) -> None:
@@ -208,11 +225,10 @@ def test_central_services_follow_the_address_rule(topo: Topology, model: dict[st
         **{sh.name: 20 + i for i, sh in enumerate(s.shields)},
         s.coordinator.name: 30,
         s.dns.name: 53,
-        **{e.name: 100 + i for i, e in enumerate(topo.edges)},
     }
     for name, number in rule.items():
-        core = model["services"][name]["networks"]["core"]["ipv4_address"]
-        assert core == str(ipaddress.ip_address(base + number)), name
+        address = model["services"][name]["networks"][compose.NETWORK]["ipv4_address"]
+        assert address == str(ipaddress.ip_address(base + number)), name
     addresses = [
         net["ipv4_address"]
         for svc in model["services"].values()
@@ -221,15 +237,16 @@ def test_central_services_follow_the_address_rule(topo: Topology, model: dict[st
     assert len(addresses) == len(set(addresses))
 
 
-def test_the_geodns_authority_is_on_every_region_network(
-    topo: Topology, model: dict[str, Any]
+def test_the_geodns_authority_tells_regions_by_source_address(
+    topo: Topology, docker_topo: Topology
 ) -> None:
-    networks = model["services"]["dns"]["networks"]
-    assert set(networks) == {"core", *(f"region-{r.name}" for r in topo.regions)}
-    for region in topo.regions:
+    """One authority address for every client; a client's region is its source subnet."""
+    for region in docker_topo.regions:
         assert region.docker_subnet is not None
-        address = ipaddress.ip_address(networks[f"region-{region.name}"]["ipv4_address"])
-        assert address == region.docker_subnet.network_address + 53
+        client = region.docker_subnet.network_address + compose.CLIENT_HOST
+        assert docker_topo.locate(client)[0].name == region.name
+    assert docker_topo.services.dns is not None
+    assert docker_topo.services.dns.listen.startswith("172.30.0.53:")
 
 
 def test_commands_are_what_edge_up_passes(topo: Topology, model: dict[str, Any]) -> None:
@@ -245,9 +262,8 @@ def test_commands_are_what_edge_up_passes(topo: Topology, model: dict[str, Any])
         assert option(argv, "--name") == [shield.name]
         assert option(argv, "--region") == ["core"]
         assert option(argv, "--cache-dir") == ["/cache"]
-        # It believes X-Forwarded-For from its edges' core addresses, and nobody else's.
-        core = compose.Layout.of(topo).core_addresses
-        assert option(argv, "--trusted-proxy") == [str(core[e.name]) for e in topo.edges]
+        # It believes X-Forwarded-For from its edges' addresses, and nobody else's.
+        assert option(argv, "--trusted-proxy") == [str(e.docker_ipv4) for e in topo.edges]
     for edge in topo.edges:
         argv = argv_of(services[edge.name])
         assert option(argv, "--shield") == ["http://shield-1:8090"]
@@ -307,9 +323,10 @@ def test_healthchecks_are_python_one_liners(model: dict[str, Any]) -> None:
     del paths["dns"]
     for name, path in paths.items():
         service = model["services"][name]
-        port = option(argv_of(service), "--listen")[0].rsplit(":", 1)[1]
+        host, port = option(argv_of(service), "--listen")[0].rsplit(":", 1)
+        where = "127.0.0.1" if host == "0.0.0.0" else host  # where the process listens
         url = re.search(r"urlopen\('([^']+)'", service["healthcheck"]["test"][3])
-        assert url is not None and url.group(1) == f"http://127.0.0.1:{port}{path}", name
+        assert url is not None and url.group(1) == f"http://{where}:{port}{path}", name
     assert "'SOA'" in model["services"]["dns"]["healthcheck"]["test"][3]
 
 
@@ -346,10 +363,43 @@ def test_volumes_and_published_ports(topo: Topology, model: dict[str, Any]) -> N
     host_ports = []
     for name, ports in published.items():
         for port in ports:
-            assert port.startswith("127.0.0.1:"), f"{name} published beyond this machine: {port}"
-            host_ports.append(port.split(":")[1] + port.rpartition("/")[2])
+            address = ipaddress.ip_address(port.split(":")[0])
+            assert address.is_loopback, f"{name} published beyond this machine: {port}"
+            host_ports.append(port.rsplit(":", 1)[0] + port.rpartition("/")[2])
     assert len(host_ports) == len(set(host_ports))
     assert all("expose" not in svc and "network_mode" not in svc for svc in services.values())
+
+
+def test_every_edge_is_published_where_edge_up_runs_it(
+    topo: Topology, model: dict[str, Any]
+) -> None:
+    """At its topology listen address, on one port for all: one URL (www.cdn.example:8080)
+    whichever edge answers, so the shield keeps one copy and a purge of that URL
+    removes it everywhere (with a port per edge, the shield kept a copy per edge)."""
+    ports = set()
+    for edge in topo.edges:
+        host, port = edge.listen.rsplit(":", 1)
+        assert model["services"][edge.name]["ports"] == [f"{host}:{port}:{port}"]
+        ports.add(port)
+    assert len(ports) == 1
+    assert topo.services.dns is not None
+    dns = topo.services.dns.listen
+    dns_port = dns.rsplit(":", 1)[1]
+    assert model["services"]["dns"]["ports"] == [
+        f"{dns}:{dns_port}/udp",
+        f"{dns}:{dns_port}/tcp",
+    ]
+
+
+def test_a_topology_published_beyond_loopback_is_refused() -> None:
+    raw = tomllib.loads(DEFAULT.read_text())
+    raw["edges"][0]["listen"] = "0.0.0.0:8080"
+    with pytest.raises(compose.ComposeError, match="loopback"):
+        compose.compose_model(parse_topology(raw))
+    raw = tomllib.loads(DEFAULT.read_text())
+    raw["edges"][1]["listen"] = raw["edges"][0]["listen"]
+    with pytest.raises(compose.ComposeError, match="published at one address"):
+        compose.compose_model(parse_topology(raw))
 
 
 def test_no_token_is_written_down(model: dict[str, Any]) -> None:
@@ -444,8 +494,13 @@ def test_the_generator_refuses_a_topology_it_cannot_place() -> None:
     with pytest.raises(compose.ComposeError, match=r"outside 172\.30\.1\.0/24"):
         compose.compose_model(parse_topology(raw))
     raw = tomllib.loads(DEFAULT.read_text())
-    raw["edges"][0]["docker_ipv4"] = "172.30.1.53"
-    with pytest.raises(compose.ComposeError, match="GeoDNS"):
+    raw["edges"][0]["docker_ipv4"] = "172.30.1.255"
+    with pytest.raises(compose.ComposeError, match="not a host address"):
+        compose.compose_model(parse_topology(raw))
+    raw = tomllib.loads(DEFAULT.read_text())
+    raw["regions"][2]["docker_subnet"] = "172.31.3.0/24"
+    raw["edges"][3]["docker_ipv4"] = "172.31.3.11"
+    with pytest.raises(compose.ComposeError, match="one /16"):
         compose.compose_model(parse_topology(raw))
     raw = tomllib.loads(DEFAULT.read_text())
     del raw["docker"]
@@ -483,7 +538,8 @@ def readme_install_command() -> str:
 
 def test_the_image_installs_the_project_as_the_readme_does() -> None:
     steps = dockerfile_instructions()
-    assert steps[0] == ("FROM", "python:3.11-slim")
+    # python:3.11-slim unless the build is given another BASE (CI's stand-in).
+    assert steps[:2] == [("ARG", "BASE=python:3.11-slim"), ("FROM", "${BASE}")]
     install = shlex.split(readme_install_command())
     runs = [shlex.split(rest) for word, rest in steps if word == "RUN"]
     assert any(run[i : i + len(install)] == install for run in runs for i in range(len(run))), (
