@@ -18,13 +18,9 @@ import dns.message
 import dns.query
 
 from tests.support.procs import REPO, edge_cmd, free_port
+from tests.support.proctable import children_of
 
 DEFAULT = REPO / "origin" / "topologies" / "default.toml"
-
-
-def children_of(pid: int) -> list[int]:
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
-    return [int(p) for p in out.stdout.split()]
 
 
 def with_free_ports(text: str) -> str:
