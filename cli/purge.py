@@ -406,10 +406,12 @@ def wait_for(
         )
         fail(f"purge {purge_id} not confirmed within {seconds:g}s by: {late}")
     if connected_only:
-        print(
-            f"purge {purge_id}: confirmed by all {len(confirmed)} connected nodes in "
-            f"{slowest:.1f} ms; {NOT_CONNECTED}: {absent_names}"
+        by = (
+            f"confirmed by all {len(confirmed)} connected nodes in {slowest:.1f} ms"
+            if confirmed
+            else "stored; no node is connected to confirm it"
         )
+        print(f"purge {purge_id}: {by}; {NOT_CONNECTED}: {absent_names}")
         return
     fail(
         f"purge {purge_id} not confirmed by every known node: {absent_names} "

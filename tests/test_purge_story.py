@@ -132,3 +132,28 @@ async def test_a_known_node_that_is_down_is_named_and_fails_the_purge(
     assert code == 0, (out, err)
     assert out.splitlines()[-1].startswith(f"purge 3: confirmed by all {len(everyone)} nodes in ")
     assert NOT_CONNECTED not in out
+
+
+async def test_with_no_node_connected_the_known_ones_are_named(
+    tmp_path: Path,
+    upstream: Proc,
+    node: NodeFactory,
+    coordinator_factory: Callable[..., Proc],  # noqa: F811
+) -> None:
+    coordinator = coordinator_factory()
+    edge_0 = node(
+        "serve", "--origin", upstream.url, "--coordinator", coordinator.url, name="edge-0", env=ENV
+    )
+    cdn = Cdn(coordinator, {"edge-0": edge_0}, {}, ["edge-0"])
+    await registered(cdn, {"edge-0"})
+    edge_0.stop()
+    await registered(cdn, set())
+    flags = ["--coordinator", coordinator.url, "--token", TOKEN]
+    code, out, err = await edge(tmp_path, "purge", "--host", SITE, *flags)
+    assert code == 1, (out, err)
+    assert out.splitlines()[-1].split(maxsplit=2) == ["edge-0", "edge", NOT_CONNECTED]
+    assert "edge-0" in err and err.count("\n") == 1, err
+    code, out, err = await edge(tmp_path, "purge", "--host", SITE, "--connected-only", *flags)
+    assert (code, err) == (0, ""), (out, err)
+    last = out.splitlines()[-1]
+    assert last == f"purge 2: stored; no node is connected to confirm it; {NOT_CONNECTED}: edge-0"
