@@ -32,6 +32,9 @@ UP_CONFIG = ".edge/cli.toml"
 CONFIG_KEYS = ("coordinator", "token")
 #: The coordinator holds a long-poll at most this long.
 MAX_WAIT = 30.0
+#: What a known node that is not connected is shown as: it resumes from the last purge it
+#: applied when it reconnects, and serves nothing from its cache until it has caught up.
+NOT_CONNECTED = "not connected: applies on reconnect"
 
 # typer reads these annotations at runtime: Optional[...] spelled out for it.
 CoordinatorOpt = Annotated[
@@ -216,8 +219,11 @@ class Board:
         pending = set(view["pending"])
         for name in pending:
             self.expect(name)
+        absent = set(view.get("not_connected", ()))
+        for name in absent:
+            self.expect(name)
         for node in self.nodes.values():
-            node.connected = node.ms is not None or node.name in pending
+            node.connected = node.ms is not None or node.name not in absent
         if self.tty:
             self.draw()
         else:
@@ -229,6 +235,11 @@ class Board:
     def missing(self) -> list[Expected]:
         return [n for n in self.nodes.values() if n.ms is None]
 
+    def absent(self) -> list[Expected]:
+        """Known nodes that are not connected and owe a confirmation: they apply the
+        purge when they reconnect, and nothing here can wait for that."""
+        return [n for n in self.missing() if not n.connected]
+
     def lines(self) -> list[str]:
         done = len(self.nodes) - len(self.missing())
         rows = [
@@ -239,7 +250,7 @@ class Board:
                 (
                     f"confirmed after {n.ms:.1f} ms"
                     if n.ms is not None
-                    else ("waiting" if n.connected else "waiting (disconnected)")
+                    else ("waiting" if n.connected else NOT_CONNECTED)
                 ),
             ]
             for n in sorted(self.nodes.values(), key=lambda n: (n.role != "shield", n.name))
@@ -311,10 +322,20 @@ def purge(
             show_default="off: wait",
         ),
     ] = False,
+    connected_only: Annotated[
+        bool,
+        typer.Option(
+            "--connected-only",
+            help="Exit 0 once every connected node confirmed, even if a node the "
+            "coordinator knows is not connected (it applies the purge on reconnect).",
+        ),
+    ] = False,
     config: ConfigOpt = None,
 ) -> None:
     """Purge URLs, prefixes, tags or hosts from every cache node, and wait until each
-    node confirms."""
+    node confirms. Exits 0 when every node the coordinator knows confirmed, 1 otherwise
+    (a node did not confirm in time, or is not connected; --connected-only accepts the
+    confirmation of the connected nodes)."""
     try:
         seconds = float(timeout)
     except ValueError:
@@ -340,7 +361,10 @@ def purge(
             print(purge_id)
             return
         known = {n["name"]: n for n in client.call("GET", "/v1/nodes")["nodes"]}
-        wait_for(client, purge_id, accepted["nodes"], known, deadline, seconds)
+        absent = accepted.get("not_connected", [])
+        wait_for(
+            client, purge_id, accepted["nodes"], absent, known, deadline, seconds, connected_only
+        )
     except CoordinatorError as exc:
         fail(str(exc))
     except (KeyError, TypeError, ValueError):
@@ -351,22 +375,29 @@ def wait_for(
     client: Client,
     purge_id: int,
     names: list[str],
+    absent: list[str],
     known: dict[str, dict[str, Any]],
     deadline: float,
     seconds: float,
+    connected_only: bool = False,
 ) -> None:
-    """Long-poll the purge until every expected node confirmed (exit 0) or the deadline
-    passed (exit 1, naming the nodes that did not)."""
+    """Long-poll the purge until every connected node confirmed or the deadline passed.
+    Exit 0 when every known node confirmed (with `connected_only`, every connected one),
+    else 1, naming the nodes that did not and why."""
     board = Board(purge_id, sys.stdout, sys.stdout.isatty())
     for name in names:
         board.expect(name, known.get(name))
-    if not names:
-        print(f"purge {purge_id} stored; no node is connected to confirm it")
+    for name in absent:
+        board.expect(name, known.get(name))
+        board.nodes[name].connected = False
+    if not board.nodes:
+        print(f"purge {purge_id} stored; the coordinator knows no node to confirm it")
         return
     if board.tty:
         board.draw()
     seen = 0
-    while True:
+    done = not names  # with nothing connected, there is nothing to wait for
+    while not done:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
@@ -382,20 +413,35 @@ def wait_for(
                 board.expect(name, known.get(name, {"role": "?"}))
             if board.tty:
                 board.draw()
-        if not board.missing():
-            board.finish()
-            slowest = max(n.ms or 0.0 for n in board.nodes.values())
-            count = len(board.nodes)
-            print(f"purge {purge_id}: confirmed by all {count} nodes in {slowest:.1f} ms")
-            return
         seen = len(view["confirmations"])
-        if view["complete"]:
-            # The coordinator has no one left to wait for (a node disconnected); it may
-            # reconnect and confirm from its replay, so look again shortly.
-            time.sleep(min(0.25, max(deadline - time.monotonic(), 0)))
+        # Every connected node confirmed; a node not connected confirms only once it is
+        # back, which may be in seconds or never: say so rather than wait for it.
+        done = view["complete"] and len(board.missing()) == len(board.absent())
     board.finish()
-    late = ", ".join(n.name if n.connected else f"{n.name} (disconnected)" for n in board.missing())
-    fail(f"purge {purge_id} not confirmed within {seconds:g}s by: {late}")
+    confirmed = [n for n in board.nodes.values() if n.ms is not None]
+    slowest = max((n.ms or 0.0 for n in confirmed), default=0.0)
+    absent_names = ", ".join(n.name for n in board.absent())
+    if not board.missing():
+        count = len(board.nodes)
+        print(f"purge {purge_id}: confirmed by all {count} nodes in {slowest:.1f} ms")
+        return
+    if not done:
+        late = ", ".join(
+            n.name if n.connected else f"{n.name} ({NOT_CONNECTED})" for n in board.missing()
+        )
+        fail(f"purge {purge_id} not confirmed within {seconds:g}s by: {late}")
+    if connected_only:
+        by = (
+            f"confirmed by all {len(confirmed)} connected nodes in {slowest:.1f} ms"
+            if confirmed
+            else "stored; no node is connected to confirm it"
+        )
+        print(f"purge {purge_id}: {by}; {NOT_CONNECTED}: {absent_names}")
+        return
+    fail(
+        f"purge {purge_id} not confirmed by every known node: {absent_names} "
+        f"({NOT_CONNECTED}; --connected-only accepts the connected nodes)"
+    )
 
 
 # ---------------------------------------------------------------- edge status

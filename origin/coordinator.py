@@ -23,7 +23,10 @@ late holds back new events, never ones the edges already have.
 Pending and complete: `pending` lists the nodes connected now that have not confirmed the
 event (and have not applied it: `applied` is the node's own word at connect time), so a
 node that connects later and is sent the event becomes pending, and one that disconnects
-stops being so. `complete` means every node connected now has confirmed.
+stops being so. `complete` means every node connected now has confirmed. `not_connected`
+lists the nodes of the registry that are not connected and have neither confirmed nor
+applied the event: they apply it when they reconnect, and until then a purge is not
+confirmed by every node the coordinator knows (what `edge purge` reports).
 """
 
 from __future__ import annotations
@@ -590,6 +593,7 @@ class Coordinator:
                 "seq": event.seq,
                 "created": event.created,
                 "nodes": sorted(self.links),
+                "not_connected": self._not_connected(event.seq, {}),
             },
             status=202,
         )
@@ -620,7 +624,17 @@ class Coordinator:
             "confirmations": rows,
             "pending": pending,
             "complete": not pending,
+            "not_connected": self._not_connected(event.seq, confirmed),
         }
+
+    def _not_connected(self, seq: int, confirmed: dict[str, float]) -> list[str]:
+        """Known nodes without a connection that still owe event `seq` a confirmation:
+        they apply it when they reconnect (they resume from what they applied)."""
+        return sorted(
+            node.name
+            for node in self.nodes.values()
+            if node.link is None and node.name not in confirmed and node.applied < seq
+        )
 
     async def get_purge(self, request: web.Request) -> web.Response:
         denied = self._authorized(request, self.settings.token)

@@ -173,6 +173,18 @@ def _formerr(wire: bytes) -> bytes | None:
     return struct.pack("!HHHHHH", ident, dns.flags.QR | opcode_bits | dns.rcode.FORMERR, 0, 0, 0, 0)
 
 
+def _do_bit(query: dns.message.Message) -> int:
+    """RFC 3225 Section 3: the DO bit a response carries is the query's."""
+    return query.ednsflags & dns.flags.DO if query.edns >= 0 else 0
+
+
+def _ecs_acceptable(query: dns.message.Message) -> bool:
+    """RFC 7871 Section 6: SCOPE PREFIX-LENGTH MUST be 0 in queries, and a query with a
+    malformed option is answered FORMERR (Section 7.1.1). A FAMILY other than 1 or 2
+    never gets here: dnspython refuses to parse it, which is FORMERR too."""
+    return all(o.scopelen == 0 for o in query.options if isinstance(o, dns.edns.ECSOption))
+
+
 class Authority:
     """Answers DNS messages for one zone."""
 
@@ -222,15 +234,18 @@ class Authority:
         if query.flags & dns.flags.QR:
             return None  # a response sent to us: never answer it
         response = dns.message.make_response(query, our_payload=OUR_PAYLOAD)  # RD copied, no RA
+        # RFC 3225 Section 3: the DO bit of the query is copied into the response, on
+        # every path (use_edns below keeps the flags set here).
+        response.ednsflags |= _do_bit(query)
         if query.edns > 0:
             # RFC 6891 Section 6.1.3: only version 0 exists.
-            response.use_edns(0, 0, OUR_PAYLOAD)
+            response.use_edns(0, response.ednsflags, OUR_PAYLOAD)
             response.set_rcode(dns.rcode.BADVERS)
             return response.to_wire()
         if query.opcode() != dns.opcode.QUERY:
             response.set_rcode(dns.rcode.NOTIMP)
             return response.to_wire()
-        if len(query.question) != 1:
+        if len(query.question) != 1 or not _ecs_acceptable(query):
             response.set_rcode(dns.rcode.FORMERR)
             return response.to_wire()
         self._answer(query, response, source, explain)
@@ -300,7 +315,10 @@ class Authority:
             # RFC 7871 Section 7.2.1: echo family, source prefix and address; say for how
             # much of the address space the answer holds (0: for all of it).
             response.use_edns(
-                0, 0, OUR_PAYLOAD, options=[dns.edns.ECSOption(ecs.address, ecs.srclen, scope)]
+                0,
+                response.ednsflags,
+                OUR_PAYLOAD,
+                options=[dns.edns.ECSOption(ecs.address, ecs.srclen, scope)],
             )
 
     def _edges(

@@ -1,5 +1,6 @@
-"""`edge dns` as a real process, asked by real clients: `dig` (bind9-dnsutils) and
-dnspython (resolver and raw queries, from source addresses in each region's network).
+"""`edge dns` as a real process, asked by real clients: dnspython (resolver and raw
+queries, from source addresses in each region's network), and in the `system` stage
+(.ci/run installs bind9-dnsutils) `dig` as a user types it.
 
 Shown: each region's clients (by ECS or by source address) get their region's edge,
 over UDP and TCP; a region's edge stopped moves its clients to the next-nearest region
@@ -124,7 +125,9 @@ def geodns(procs: list[Proc], tmp_path: Path) -> Proc:
 
 
 def dig(server: Proc, *args: str) -> str:
-    assert shutil.which("dig"), "dig is installed by .ci/run (bind9-dnsutils)"
+    """`dig` itself: only in tests marked `system` (a machine with Python, pip and curl
+    has no dig; .ci/run installs it for them, and its absence there is a failure)."""
+    assert shutil.which("dig"), "dig is installed by .ci/run's system stage (bind9-dnsutils)"
     out = subprocess.run(
         ["dig", "@127.0.0.1", "-p", str(server.port), "+time=2", "+tries=1", *args],
         capture_output=True,
@@ -148,6 +151,12 @@ def ask(
     return send(q, "127.0.0.1", port=server.port, source=source, timeout=3)
 
 
+def ecs(subnet: str) -> dns.edns.ECSOption:
+    """The EDNS Client Subnet option of `dig +subnet=SUBNET`."""
+    address, prefix = subnet.split("/")
+    return dns.edns.ECSOption(address, int(prefix))
+
+
 def addresses(msg: dns.message.Message) -> set[str]:
     return {rr.to_text() for rrset in msg.answer for rr in rrset}
 
@@ -163,12 +172,12 @@ def addresses(msg: dns.message.Message) -> set[str]:
         ("127.3.7.0/24", "127.3.0.1"),
     ],
 )
-@pytest.mark.parametrize("transport", ["+notcp", "+tcp"])
-def test_dig_with_a_client_subnet_gets_its_regions_edge(
-    geodns: Proc, subnet: str, edge: str, transport: str
+@pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])
+def test_a_client_subnet_gets_its_regions_edge(
+    geodns: Proc, subnet: str, edge: str, tcp: bool
 ) -> None:
-    out = dig(geodns, "www.cdn.example", "A", f"+subnet={subnet}", transport, "+short")
-    assert out.split() == [edge]
+    r = ask(geodns, "www.cdn.example", "A", tcp=tcp, use_edns=0, options=[ecs(subnet)])
+    assert [rr.to_text() for rrset in r.answer for rr in rrset] == [edge]
 
 
 @pytest.mark.parametrize(
@@ -189,10 +198,13 @@ def test_dnspython_resolver_is_steered_by_its_source_address(
 
 
 def test_unknown_networks_go_to_the_nearest_region_or_the_default(geodns: Proc) -> None:
+    def answer(subnet: str) -> set[str]:
+        return addresses(ask(geodns, "www.cdn.example", use_edns=0, options=[ecs(subnet)]))
+
     # 192.0.2.0/24 is placed near Seoul: ap is nearest.
-    assert dig(geodns, "www.cdn.example", "+subnet=192.0.2.1/32", "+short").split() == ["127.3.0.1"]
+    assert answer("192.0.2.1/32") == {"127.3.0.1"}
     # Nowhere known: the default region (eu).
-    assert dig(geodns, "www.cdn.example", "+subnet=10.9.9.0/24", "+short").split() == ["127.1.0.1"]
+    assert answer("10.9.9.0/24") == {"127.1.0.1"}
 
 
 def test_aaaa_answers_only_edges_with_ipv6_and_nodata_without(geodns: Proc) -> None:
@@ -284,7 +296,6 @@ def test_nxdomain_and_nodata_carry_the_soa(geodns: Proc) -> None:
         nodata = ask(geodns, name, rdtype)  # static. is an empty non-terminal
         assert nodata.rcode() == dns.rcode.NOERROR and not nodata.answer, name
         assert nodata.authority[0].rdtype == dns.rdatatype.SOA
-    assert "status: NXDOMAIN" in dig(geodns, "nope.cdn.example")
 
 
 def test_outside_the_zone_is_refused_without_aa(geodns: Proc) -> None:
@@ -309,7 +320,6 @@ def test_edns_payload_and_badvers(geodns: Proc) -> None:
     assert ask(geodns, "www.cdn.example").edns == -1  # no OPT unless asked with one
     bad = ask(geodns, "www.cdn.example", use_edns=1)
     assert bad.rcode() == dns.rcode.BADVERS and bad.edns == 0
-    assert "BADVERS" in dig(geodns, "www.cdn.example", "+edns=1", "+noednsneg")
 
 
 def test_any_is_answered_minimally(geodns: Proc) -> None:
@@ -329,8 +339,34 @@ def test_truncation_over_udp_and_the_whole_answer_over_tcp(
     assert not big.flags & dns.flags.TC and len(addresses(big)) == 40  # fits in 1232
     tcp = ask(server, "www.cdn.example", source="127.1.0.9", tcp=True)
     assert not tcp.flags & dns.flags.TC and len(addresses(tcp)) == 40
-    # dig sees TC and retries over TCP by itself.
-    out = dig(server, "www.cdn.example", "+noedns")
+    # A client that sees TC asks again over TCP (dnspython's udp_with_fallback, as a
+    # stub resolver does) and gets every record.
+    query = dns.message.make_query("www.cdn.example", "A", use_edns=False)
+    whole, used_tcp = dns.query.udp_with_fallback(
+        query, "127.0.0.1", port=server.port, source="127.1.0.9", timeout=3
+    )
+    assert used_tcp and not whole.flags & dns.flags.TC and len(addresses(whole)) == 40
+
+
+# -- dig, as a user types it (the `system` stage of .ci/run) ----------------------------------
+
+
+@pytest.mark.system
+def test_dig_as_the_readme_types_it(geodns: Proc) -> None:
+    # By the source address, as `edge up` prints it, and by a client subnet.
+    assert dig(geodns, "www.cdn.example", "+short", "-b", "127.2.255.1").split() == ["127.2.0.1"]
+    for transport in ("+notcp", "+tcp"):
+        out = dig(geodns, "www.cdn.example", "A", "+subnet=203.0.113.0/24", transport, "+short")
+        assert out.split() == ["127.2.0.1"], transport
+    assert "status: NXDOMAIN" in dig(geodns, "nope.cdn.example")
+    assert "BADVERS" in dig(geodns, "www.cdn.example", "+edns=1", "+noednsneg")
+
+
+@pytest.mark.system
+def test_dig_retries_a_truncated_answer_over_tcp(procs: list[Proc], tmp_path: Path) -> None:
+    edges = "".join(edge_block(f"edge-eu-{i}", "eu", f"127.1.1.{i}") for i in range(1, 41))
+    server = start_dns(procs, tmp_path, BASE.format(answer_count=40) + edges)
+    out = dig(server, "www.cdn.example", "+noedns", "-b", "127.1.0.9")
     assert "Truncated, retrying in TCP mode" in out and out.count("IN\tA\t127.1.1.") == 40
 
 

@@ -40,10 +40,11 @@ def test_outside_the_repository_it_says_so(tmp_path: Path) -> None:
 
 
 def test_a_scenario_runs_with_its_options_and_its_status_comes_back(tmp_path: Path) -> None:
-    ok = run(
-        "dns_throughput", "--duration", "1", "--skip-reference", "--out", str(tmp_path / "d.json")
-    )
+    # A scenario that needs nothing but edge itself (dns_throughput would need dnsperf).
+    out = tmp_path / "p.json"
+    args = ["--purges", "3", "--warmup", "0", "--edges", "1", "--objects", "1", "--cli", "1"]
+    ok = run("purge_propagation", *args, "--out", str(out))
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    assert "edge dns" in ok.stdout and (tmp_path / "d.json").is_file()
-    bad = run("dns_throughput", "--duration", "-1")
-    assert bad.returncode == 2 and "--duration" in bad.stderr
+    assert "3 purges, 1 shield + 1 edges" in ok.stdout and out.is_file()
+    bad = run("purge_propagation", "--purges", "0")
+    assert bad.returncode == 2 and "--purges" in bad.stderr

@@ -1,6 +1,7 @@
 """scenarios/dns_throughput: its dnsperf parser (on output dnsperf 2.10.0 really printed),
 the query file, the ECS option, Knot's config and zone, the answer comparison, and a short
-real run of edge dns and Knot DNS under dnsperf (both installed by .ci/run)."""
+real run of edge dns and Knot DNS under dnsperf (marked `system`: both are installed by
+.ci/run's system stage)."""
 
 from __future__ import annotations
 
@@ -173,6 +174,7 @@ def test_differences_names_each_query_answered_otherwise() -> None:
     assert dns_throughput.differences(ours, ours) == []
 
 
+@pytest.mark.system
 def test_a_short_run_measures_both_servers(tmp_path: Path) -> None:
     out = tmp_path / "dns.json"
     code = dns_throughput.main(["--duration", "2", "--out", str(out)])

@@ -1,14 +1,15 @@
 """The flash-crowd scenario: its parsers and counting on their own (Cache-Status chains,
 access logs of the origin and of nginx, Prometheus counters, tier sums, percentiles, the
 nginx config), then one small run with real processes: 3 edges x 50 clients on one cold
-object through `edge shield` (and through nginx when it is installed), judged from the
-JSON report."""
+object through `edge shield`, judged from the JSON report; and the same run beside nginx
+in the same two tiers (marked `system`: .ci/run's system stage installs nginx)."""
 
 from __future__ import annotations
 
 import json
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -345,14 +346,19 @@ def test_bad_options_are_one_line(
 # --- a real run -------------------------------------------------------------------------
 
 
-@pytest.mark.timeout(120)
-def test_small_flash_crowd_makes_one_origin_request(tmp_path: Path) -> None:
+def small_crowd(tmp_path: Path, *extra: str) -> dict[str, Any]:
     out = tmp_path / "flash.json"
-    argv = ["--edges", "3", "--clients", "50", "--objects", "1", "--out", str(out)]
-    with_nginx = harness.find_tool("nginx") is not None
-    status = flash_crowd.main(argv if with_nginx else [*argv, "--skip-nginx"])
+    argv = ["--edges", "3", "--clients", "50", "--objects", "1", "--out", str(out), *extra]
+    status = flash_crowd.main(argv)
     report = json.loads(out.read_text())
     assert status == 0, report["problems"]
+    return report
+
+
+@pytest.mark.timeout(120)
+def test_small_flash_crowd_makes_one_origin_request(tmp_path: Path) -> None:
+    report = small_crowd(tmp_path, "--skip-nginx")
+    assert set(report["systems"]) == {"edge"}
     assert (tmp_path / "flash-logs" / "origin.log").is_file()
 
     edge = report["systems"]["edge"]
@@ -379,9 +385,16 @@ def test_small_flash_crowd_makes_one_origin_request(tmp_path: Path) -> None:
     assert obj["inconsistencies"] == []
     assert edge["latency_s"]["p50"] is not None
 
-    if with_nginx:
-        for system in ("nginx-lock-on", "nginx-lock-off"):
-            (nobj,) = report["systems"][system]["objects"]
-            assert nobj["edge_tier"]["requests"] == 150, system
-            assert nobj["origin_requests"] >= 1, system
-        assert set(report["origin_ratio_edge_to"]) == {"nginx-lock-on", "nginx-lock-off"}
+
+@pytest.mark.system
+@pytest.mark.timeout(240)
+def test_small_flash_crowd_beside_nginx(tmp_path: Path) -> None:
+    assert harness.find_tool("nginx"), "nginx is installed by .ci/run's system stage"
+    report = small_crowd(tmp_path)
+    (obj,) = report["systems"]["edge"]["objects"]
+    assert obj["origin_requests"] == 1 and obj["complete"] == 150
+    for system in ("nginx-lock-on", "nginx-lock-off"):
+        (nobj,) = report["systems"][system]["objects"]
+        assert nobj["edge_tier"]["requests"] == 150, system
+        assert nobj["origin_requests"] >= 1, system
+    assert set(report["origin_ratio_edge_to"]) == {"nginx-lock-on", "nginx-lock-off"}

@@ -9,7 +9,6 @@ The proxies themselves are not started here; `python -m scenarios.conformance` a
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import time
 import urllib.request
@@ -19,6 +18,7 @@ import pytest
 
 from scenarios import bench_hits, conformance, harness, large_files
 from scenarios.conformance import CacheTest, KindScore
+from tests.support.proctable import in_group
 
 WRK_OUTPUT = """\
 Running 10s test @ http://127.0.0.1:8080/obj/1024
@@ -268,13 +268,11 @@ def test_processes_reaps_children_and_their_groups(tmp_path: Path) -> None:
     # The grandchild is reparented when the shell exits; give init a moment to reap it.
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        check = subprocess.run(
-            ["pgrep", "-g", str(child.proc.pid)], capture_output=True, text=True, check=False
-        )
-        if check.stdout.strip() == "":
+        left = in_group(child.proc.pid)
+        if not left:
             break
         time.sleep(0.1)
-    assert check.stdout.strip() == "", "a process of the child's group outlived it"
+    assert left == [], "a process of the child's group outlived it"
 
 
 def test_wait_tcp_fails_fast_when_the_child_dies(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ import pytest
 
 from edge.tls import LocalCA
 from tests.support.procs import Proc, edge_cmd, free_port, start
+from tests.support.proctable import matching
 from tests.support.upstream import body_for
 
 
@@ -565,7 +566,4 @@ def test_edge_up_tls_end_to_end(tmp_path: Path) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
             raise
     assert "edge up: stopped" in rest
-    leftover = subprocess.run(
-        ["pgrep", "-f", str(workdir)], capture_output=True, text=True
-    ).stdout.split()
-    assert leftover == []
+    assert matching(str(workdir)) == []

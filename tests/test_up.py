@@ -21,13 +21,9 @@ import dns.query
 from origin.topology import load_topology
 from tests.support import cdnchecks
 from tests.support.procs import REPO, edge_cmd, free_port
+from tests.support.proctable import children_of
 
 DEFAULT = REPO / "origin" / "topologies" / "default.toml"
-
-
-def children_of(pid: int) -> list[int]:
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
-    return [int(p) for p in out.stdout.split()]
 
 
 def with_free_ports(text: str) -> str:
