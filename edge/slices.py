@@ -162,11 +162,14 @@ class Slicer:
         try:
             last = entry.slice_count - 1 if response.status == 200 else first
             for index in range(first, last + 1):
-                stream.advance(index)
                 if index > first:
+                    # Still at the slice before: a reader of this one waits for the
+                    # stream rather than asking for it by range.
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(_FIRST_READER_WAIT):
                             await stream.reader_came.wait()
+                stream.advance(index)
+                if index > first:
                     # Carry on only while someone reads along (or waits for a slice
                     # ahead): a client that went away does not pull the whole object.
                     read_along = previous is not None and previous.readers_total > 0
