@@ -605,17 +605,24 @@ class Transaction:
                 fill.head.set_result(self._freshen(entry, response))
                 response.release()
                 return
-            if response.status == 206 and probe is not None:
-                head = self._sliced_from_range(response, request_headers)
-                if head is not None:
-                    fill.head.set_result(head)
-                    return
-                # Not worth slicing after all (small, or no validator): fetch it whole.
-                response.close()
-                plain = [(k, v) for k, v in headers if k not in ("Range", *_CLIENT_CONDITIONALS)]
-                response = await e.upstream.request(
-                    "GET", path_qs, plain, key=fill.key, client=self.client
-                )
+            if probe is not None and response.status != 200:
+                if response.status == 206:
+                    head = self._sliced_from_range(response, request_headers)
+                    if head is not None:
+                        fill.head.set_result(head)
+                        return
+                if not (stale_ok and response.status in _ERROR_STATUSES):
+                    # Only a 200 (Range ignored) is the object's own answer. Anything
+                    # else answers edge's range (a 206 not worth slicing, a 416 for an
+                    # object shorter than the probe, RFC 9110 Section 15.5.17) and is
+                    # never stored as the object for everyone: fetch the object whole.
+                    response.close()
+                    plain = [
+                        (k, v) for k, v in headers if k not in ("Range", *_CLIENT_CONDITIONALS)
+                    ]
+                    response = await e.upstream.request(
+                        "GET", path_qs, plain, key=fill.key, client=self.client
+                    )
             if response.status in _ERROR_STATUSES and stale_ok:
                 response.release()
                 fill.head.set_result(FillHead("error", error=UpstreamStatusError(response.status)))
