@@ -72,6 +72,7 @@ class FillHead:
     error: Exception | None = None
     storable: bool = False
     variant: str = ""  # the variant id the body is stored under
+    level: int | None = None  # a derived encoding's compression level (edge.derive)
 
 
 class Fill:

@@ -861,6 +861,7 @@ class Transaction:
         source: BodySource
         length: int | None = entry.size
         choice = derive.AS_STORED
+        level: int | None = None
         if entry.slice_size:
             source = SlicedSource(self.e.slicer, entry, self._slice_headers(entry))
         else:
@@ -871,32 +872,39 @@ class Transaction:
                 self.method, entry.status, self.headers, self.entry_headers, entry.size
             )
             if choice.transform is not None:
-                source, length = self._derived_source(entry, choice, source)
+                source, length, level = self._derived_source(entry, choice, source)
             else:
                 self._hot_candidate = True
-        stored = derive.client_headers(stored, choice)
+        stored = derive.client_headers(stored, choice, level)
         headers = self._client_headers(stored, age)
         try:
-            await self._respond_body(entry.status, headers, length, CIMultiDict(stored), source)
+            await self._respond_body(
+                entry.status,
+                headers,
+                length,
+                CIMultiDict(stored),
+                source,
+                derived=choice.transform is not None,
+            )
         finally:
             source.close()
 
     def _derived_source(
         self, entry: Entry, choice: derive.Choice, stored: BodySource
-    ) -> tuple[BodySource, int | None]:
-        """The encoded (or decoded) body of a stored response: kept from before, or
-        being made now (once, whoever asks)."""
+    ) -> tuple[BodySource, int | None, int | None]:
+        """The encoded (or decoded) body of a stored response, and the level it is
+        encoded at: kept from before (whatever its level: the bytes clients already
+        have stay the bytes they get), or being made now (once, whoever asks)."""
         assert choice.coding is not None
         derived = derive.find_derived(self.e.store, entry, choice.coding)
         body = self.e.store.open_body(derived) if derived is not None else None
-        if derived is not None and body is not None and derived.extra.get("level") != "stream":
+        if derived is not None and body is not None:
             stored.close()
             # Kept encodings are as fixed as the stored response: the hot tier may
             # hold them (its key has the request's Accept-Encoding).
             self._hot_candidate = True
-            return FileSource(body), derived.size
-        # Not made yet, or made in a hurry while the source arrived: make it now from the
-        # stored source at the strong level (in the background when a copy exists).
+            return FileSource(body), derived.size, derive.stored_level(derived)
+        # Not made yet: make it now from the stored source.
         job = derive.Job(
             entry.key,
             entry.variant,
@@ -908,15 +916,14 @@ class Transaction:
             content_type=self.entry_headers.get("Content-Type"),
         )
         fill = self.e.deriver.fill(job, stored)
-        if derived is not None and body is not None:
-            return FileSource(body), derived.size
-        return FillSource(fill.reader()), None
+        return FillSource(fill.reader()), None, fill.head.result().level
 
     async def _deliver_fill(self, fill: Fill, head: FillHead) -> None:
         source: BodySource = FillSource(fill.reader())
         length = head.length
         stored = CIMultiDict(head.headers)
         choice = derive.choose(self.method, head.status, self.headers, stored, head.length)
+        level: int | None = None
         if choice.transform is not None:
             assert choice.coding is not None
             job = derive.Job(
@@ -931,10 +938,18 @@ class Transaction:
             )
             derived = self.e.deriver.fill(job, source)
             source, length = FillSource(derived.reader()), None
-        adjusted = derive.client_headers(head.headers, choice)
+            level = derived.head.result().level
+        adjusted = derive.client_headers(head.headers, choice, level)
         headers = self._client_headers(adjusted, None)
         try:
-            await self._respond_body(head.status, headers, length, CIMultiDict(adjusted), source)
+            await self._respond_body(
+                head.status,
+                headers,
+                length,
+                CIMultiDict(adjusted),
+                source,
+                derived=choice.transform is not None,
+            )
         finally:
             source.close()
 
@@ -946,7 +961,9 @@ class Transaction:
         choice = derive.choose(self.method, response.status, self.headers, response.headers, length)
         if choice.transform == "decode":  # only kept copies are decoded (with a cap)
             choice = derive.Choice(vary=True)
-        fields = derive.client_headers(policy.end_to_end(response.headers), choice)
+        fields = derive.client_headers(
+            policy.end_to_end(response.headers), choice, derive.encoding_level(choice, "stream")
+        )
         headers = self._client_headers(fields, None)
         no_body = self.method == "HEAD" or response.status in (204, 304) or response.status < 200
         resp = web.StreamResponse(status=response.status, headers=headers)
@@ -989,8 +1006,12 @@ class Transaction:
         length: int | None,
         stored: CIMultiDict[str],
         source: BodySource,
+        *,
+        derived: bool = False,
     ) -> None:
-        """Conditionals, ranges and the body, from a stored file or a fill in flight."""
+        """Conditionals, ranges and the body, from a stored file or a fill in flight;
+        `derived`: the body is an encoding edge made, which its source's dates do not
+        validate (If-Range by date never matches it)."""
         ts = self.entry.response_time if self.entry is not None else time.time()
         if 200 <= status < 300:
             verdict = policy.evaluate_preconditions(self.method, self.headers, stored, ts)
@@ -1008,7 +1029,7 @@ class Transaction:
             and length is not None
             and self.method == "GET"
             and "Range" in self.headers
-            and if_range_allows(self.headers, stored)
+            and if_range_allows(self.headers, stored, dates=not derived)
         ):
             try:
                 ranges = parse_range(

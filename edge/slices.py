@@ -92,6 +92,24 @@ def parse_content_range(value: str | None) -> tuple[int, int, int] | None:
     return (a, b, n) if a <= b < n else None
 
 
+def combinable(stored: policy.Headers, size: int, part: policy.Headers) -> bool:
+    """RFC 9111 Section 3.4: a part may be combined with the stored parts of a
+    representation only when its complete length is theirs (RFC 9110 Section 14.4)
+    and both carry the same strong validator: the manifest's strong ETag, by strong
+    comparison (RFC 9110 Section 8.8.3.2), or, when it has none, the Last-Modified date
+    it was sliced under (`sliceable`). An origin that ignores If-Match answers a
+    changed object with its new version: that part is another representation."""
+    span = parse_content_range(part.get("Content-Range"))
+    if span is None or span[2] != size:
+        return False
+    etag = stored.get("ETag")
+    if etag and not etag.startswith("W/"):
+        got = part.get("ETag")
+        return got is not None and policy.strong_etag_equal(etag, got)
+    modified = policy.parse_http_date(stored.get("Last-Modified"))
+    return modified is not None and modified == policy.parse_http_date(part.get("Last-Modified"))
+
+
 class _Stream:
     """One upstream response being cut into the slices of an entry."""
 
@@ -347,9 +365,14 @@ class Slicer:
             return
         try:
             span = parse_content_range(response.headers.get("Content-Range"))
-            if response.status != 206 or span != (start, end - 1, entry.size):
-                # Section 13.1.4 (If-Match failed: 412) or a different representation:
-                # the stored slices can no longer be put together. Start over.
+            if (
+                response.status != 206
+                or span != (start, end - 1, entry.size)
+                or not combinable(stored, entry.size, response.headers)
+            ):
+                # Section 13.1.4 (If-Match failed: 412) or a different representation
+                # (an origin that ignored If-Match): the stored slices can no longer
+                # be put together. Drop them; the next request fetches it afresh.
                 self.store.remove(entry.key)
                 raise ObjectChanged(f"upstream answered {response.status} for a slice")
             fill.attach_writer(self.store.begin())
