@@ -198,6 +198,7 @@ class Transaction:
         self._rounds = 0  # lookups again after another worker's fill (_look_again)
         self._looked_up: list[Entry] = []  # the variants the lookup saw
         self._hot_candidate = False  # delivered as stored from the entry's own file
+        self._prior_status: list[str] = []  # Cache-Status entries of the caches upstream
 
     # -- the walk -------------------------------------------------------------------
 
@@ -848,7 +849,32 @@ class Transaction:
         ):
             prior = headers.popall(name, [])
             headers[name] = ", ".join([*prior, value])
+            if name == "Cache-Status":
+                self._prior_status = prior
         return headers
+
+    def _fetched(self, seconds: float) -> None:
+        """An upstream fetch this request made outside a fill of its key (a slice)."""
+        self.e.metrics.upstream_latency.labels(self.e.config.name).observe(seconds)
+
+    def _partial(
+        self,
+        source: SlicedSource,
+        parts: list[tuple[bytes | None, ByteRange | None]],
+        headers: CIMultiDict[str],
+    ) -> None:
+        """RFC 9211 Section 2.2: a stored segmented response that needs slices from
+        upstream for this request is not a hit: `fwd=partial` (collapsed when fetches
+        already under way bring them all), and its slices are stored."""
+        spans = [(r.start, r.end + 1) for _, r in parts if r is not None]
+        missing, coming = source.plan(spans)
+        if not missing or not self.status.hit or self.status.fwd:
+            return
+        self.status.hit = False
+        self.status.fwd = "partial"
+        self.status.stored = True
+        self.status.collapsed = missing == coming
+        headers["Cache-Status"] = ", ".join([*self._prior_status, self.status.render()])
 
     async def _deliver_entry(self) -> None:
         entry, body = self.entry, self.body
@@ -863,7 +889,9 @@ class Transaction:
         choice = derive.AS_STORED
         level: int | None = None
         if entry.slice_size:
-            source = SlicedSource(self.e.slicer, entry, self._slice_headers(entry))
+            source = SlicedSource(
+                self.e.slicer, entry, self._slice_headers(entry), on_fetch=self._fetched
+            )
         else:
             assert body is not None
             source = FileSource(body)
@@ -1066,6 +1094,8 @@ class Transaction:
             resp = web.StreamResponse(status=206, headers=headers)
             resp.content_length = total + len(tail)
             parts.append((tail, None))
+        if isinstance(source, SlicedSource) and self.method != "HEAD":
+            self._partial(source, parts, resp.headers)
         if (
             isinstance(source, FileSource)
             and self.method != "HEAD"
@@ -1106,6 +1136,9 @@ class Transaction:
             log.warning("fill broke while delivering %s: %s", self.key, exc)
             self._abort()
             return
+        finally:
+            if isinstance(source, SlicedSource) and source.upstream_s is not None:
+                self.upstream_ms = (self.upstream_ms or 0.0) + source.upstream_s * 1000
         await resp.write_eof()
 
     async def _offer_hot(self, body: bytes) -> None:

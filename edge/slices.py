@@ -32,7 +32,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import IO, Protocol
 
@@ -286,10 +286,30 @@ class Slicer:
         fill.finish(exc)
         self.inflight.done(fill)
 
+    def coming(self, entry: Entry, index: int) -> bool | None:
+        """Whether a slice must come from upstream: None when it is stored, True when
+        a fetch already brings it (a fill in flight, or the stream about to reach
+        it), False when a reader needs a fetch of its own."""
+        if self._have(entry, index):
+            return None
+        if self.inflight.get(slice_fill_key(entry, index)) is not None:
+            return True
+        stream = self._streams.get((entry.key, entry.variant))
+        return (
+            stream is not None
+            and stream.alive
+            and stream.index <= index <= stream.index + STREAM_LOOKAHEAD
+        )
+
     async def slice(
-        self, entry: Entry, index: int, headers: list[tuple[str, str]]
+        self,
+        entry: Entry,
+        index: int,
+        headers: list[tuple[str, str]],
+        started: list[Fill] | None = None,
     ) -> IO[bytes] | Fill:
-        """The stored slice, or the fill bringing it (started here if nobody is)."""
+        """The stored slice, or the fill bringing it (started here if nobody is: then
+        it is added to `started`)."""
         key = slice_fill_key(entry, index)
         cross = self.inflight.cross
         if cross is not None:
@@ -329,6 +349,8 @@ class Slicer:
                 # "own", or "alone"/"error": bring it here (with the lock if taken).
                 locked = claim.kind == "own"
             fill = self.inflight.start(key, locked=locked)
+            if started is not None:
+                started.append(fill)
             self.inflight.spawn(self._range_fill(fill, entry, index, headers))
             return fill
 
@@ -363,6 +385,7 @@ class Slicer:
             fill.finish(exc)
             self.inflight.done(fill)
             return
+        fill.latency = response.response_time - response.request_time
         try:
             span = parse_content_range(response.headers.get("Content-Range"))
             if (
@@ -439,12 +462,36 @@ class FillSource:
 
 
 class SlicedSource:
-    """A segmented body: each slice from disk if stored, else followed as it arrives."""
+    """A segmented body: each slice from disk if stored, else followed as it arrives.
 
-    def __init__(self, slicer: Slicer, entry: Entry, headers: list[tuple[str, str]]) -> None:
+    What a delivery costs upstream is said, not hidden: `plan` tells before the head
+    is sent whether slices must come from upstream (RFC 9211: then the response is
+    not a hit), `upstream_s` is the time spent waiting for their heads, and `on_fetch`
+    hears the upstream latency of every slice fetch this source started."""
+
+    def __init__(
+        self,
+        slicer: Slicer,
+        entry: Entry,
+        headers: list[tuple[str, str]],
+        on_fetch: Callable[[float], None] | None = None,
+    ) -> None:
         self.slicer = slicer
         self.entry = entry
         self.headers = headers
+        self.on_fetch = on_fetch
+        self.upstream_s: float | None = None
+
+    def plan(self, spans: Iterable[tuple[int, int]]) -> tuple[int, int]:
+        """For byte spans [start, end): how many of the slices they need are not
+        stored, and how many of those a fetch already under way brings."""
+        entry, size = self.entry, self.entry.slice_size
+        indexes: set[int] = set()
+        for start, end in spans:
+            if end > start:
+                indexes.update(range(start // size, (min(end, entry.size) - 1) // size + 1))
+        states = [self.slicer.coming(entry, index) for index in sorted(indexes)]
+        return sum(s is not None for s in states), sum(s is True for s in states)
 
     async def pieces(self, start: int, end: int | None) -> AsyncIterator[Piece]:
         entry = self.entry
@@ -462,9 +509,14 @@ class SlicedSource:
         while start < end:
             s_start, s_end = entry.slice_span(index)
             lo, hi = start - s_start, min(end, s_end) - s_start
-            got = await self.slicer.slice(entry, index, self.headers)
+            started: list[Fill] = []
+            got = await self.slicer.slice(entry, index, self.headers, started)
             if isinstance(got, Fill):
+                waited = time.monotonic()
                 await asyncio.shield(got.head)
+                self.upstream_s = (self.upstream_s or 0.0) + time.monotonic() - waited
+                if started and got.latency is not None and self.on_fetch is not None:
+                    self.on_fetch(got.latency)
                 if got.failed is not None and got.writer is None:
                     raise got.failed
                 head = got.head.result()

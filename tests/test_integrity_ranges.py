@@ -12,7 +12,6 @@ import asyncio
 import json
 import subprocess
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -28,19 +27,30 @@ MiB = 1 << 20
 #: Small slices, so a sliced object is a few MiB (tests/test_edge_slices.py).
 SLICING = ("--slice-size", "1M", "--slice-threshold", "4M")
 
-#: Starts the nodes in front of an origin URL and returns the one clients talk to.
-Front = Callable[..., Proc]
+
+class Tiers:
+    """Starts the nodes in front of an origin URL and returns the one clients talk to:
+    an edge alone, or an edge whose shield (`shield`) is in front of the origin."""
+
+    def __init__(self, node: NodeFactory, kind: str) -> None:
+        self.node = node
+        self.kind = kind
+        self.shield: Proc | None = None
+
+    def __call__(self, origin: str, *options: str) -> Proc:
+        if self.kind == "one-tier":
+            return self.node("serve", "--origin", origin, *options, name="edge-1")
+        self.shield = self.node("shield", "--origin", origin, *options, name="shield-1")
+        shield = self.shield.url
+        return self.node("serve", "--shield", shield, "--origin", origin, *options, name="edge-1")
+
+
+Front = Tiers
 
 
 @pytest.fixture(params=["one-tier", "shield"])
-def front(request: pytest.FixtureRequest, node: NodeFactory) -> Front:
-    def make(origin: str, *options: str) -> Proc:
-        if request.param == "one-tier":
-            return node("serve", "--origin", origin, *options, name="edge-1")
-        shield = node("shield", "--origin", origin, *options, name="shield-1")
-        return node("serve", "--shield", shield.url, "--origin", origin, *options, name="edge-1")
-
-    return make
+def front(request: pytest.FixtureRequest, node: NodeFactory) -> Tiers:
+    return Tiers(node, request.param)
 
 
 async def fetch(url: str, **headers: str) -> tuple[int, CIMultiDict[str], bytes]:
@@ -197,3 +207,80 @@ async def test_slices_of_a_changed_object_are_never_served_together(
         if headers["ETag"] == '"v2"':
             break
     assert complete and complete[-1] == '"v2"'
+
+
+# -- 9. Cache-Status and metrics tell what happened -----------------------------------
+
+
+async def metrics(node: Proc) -> dict[str, float]:
+    """The node's samples, by name with labels as exposed (`name{labels}`)."""
+    _, _, text = await fetch(f"{node.url}/_edge/metrics")
+    samples = {}
+    for line in text.decode().splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+def summed(samples: dict[str, float], prefix: str, *labels: str) -> float:
+    return sum(
+        v for k, v in samples.items() if k.startswith(prefix) and all(lb in k for lb in labels)
+    )
+
+
+async def test_a_cold_segmented_download_is_a_miss_with_its_upstream_time(
+    upstream: Proc, front: Front
+) -> None:
+    """RFC 9211 Section 2.2: a download manager's parallel ranges over a cold sliced
+    object are answered by slices fetched upstream for them: each says so in
+    Cache-Status (fwd=..., never hit), its access line has the upstream time, and the
+    node counts every upstream fetch the next hop saw."""
+    node = front(upstream.url, *SLICING)
+    path, size, segments = "/segments", 16 * MiB, 16
+    url = f'{node.url}{path}?ranges=1&size={size}&etag="s1"'
+    data = body_for(path, size)
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as s:
+
+        async def segment(i: int) -> tuple[int, str, bytes]:
+            span = f"bytes={i * MiB}-{(i + 1) * MiB - 1}"
+            async with s.get(url, headers={"Range": span}) as r:
+                return r.status, r.headers["Cache-Status"], await r.read()
+
+        # As aria2c does: a first request, and once it has the size, the other
+        # segments in parallel while the first is still downloading.
+        async with s.get(url, headers={"Range": f"bytes=0-{MiB - 1}"}) as r:
+            rest = await asyncio.gather(*(segment(i) for i in range(1, segments)))
+            results = [(r.status, r.headers["Cache-Status"], await r.read()), *rest]
+    for i, (status, _, body) in enumerate(results):
+        assert status == 206 and body == data[i * MiB : (i + 1) * MiB]
+    if front.shield is None:
+        served = count(upstream, path)
+    else:
+        served = summed(await metrics(front.shield), "edge_requests_total{")
+    own = [cs.split(",")[-1].strip() for _, cs, _ in results]
+    fetched = [cs for cs in own if "hit" not in cs.split("; ")]
+    assert all("fwd=" in cs for cs in fetched), own
+    # Each upstream fetch was made for a response that says so (the segments are
+    # disjoint: a response is a hit only when the first one's stream brought its slice).
+    assert len(fetched) >= served > 1, own
+    for _ in range(50):  # bounded: the node accounts a request once its body is out
+        samples = await metrics(node)
+        if summed(samples, "edge_requests_total{") >= segments:
+            break
+        await asyncio.sleep(0.1)
+    assert summed(samples, "edge_requests_total{") == segments
+    hits = summed(samples, "edge_requests_total{", 'cache_status="hit"')
+    assert hits == segments - len(fetched)
+    # Every upstream fetch for the object is counted, as many as the next hop served.
+    assert summed(samples, "edge_upstream_latency_seconds_count") == served
+    lines = [
+        line
+        for line in node.output().splitlines()
+        if "edge.access" in line and f'"GET {path}?' in line
+    ]
+    assert len(lines) == segments
+    misses = [line for line in lines if " hit " not in line]
+    assert len(misses) == len(fetched)
+    assert all("upstream_ms=-" not in line for line in misses), misses

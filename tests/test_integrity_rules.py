@@ -10,7 +10,8 @@ from multidict import CIMultiDict
 from edge import derive
 from edge.compress import LEVELS, variant_etag
 from edge.ranges import if_range_allows
-from edge.slices import combinable
+from edge.slices import SlicedSource, Slicer, combinable
+from edge.store import Entry
 
 LM = "Wed, 01 Jan 2020 00:00:00 GMT"
 LATER = "Thu, 02 Jan 2020 00:00:00 GMT"
@@ -85,3 +86,33 @@ def test_parts_combine_only_under_one_strong_validator_and_length(
     stored: dict[str, str], received: CIMultiDict[str], ok: bool
 ) -> None:
     assert combinable(CIMultiDict(stored), 100, received) is ok
+
+
+class FakeSlicer:
+    """Which slices are stored (None), coming from a fetch under way (True), or need
+    a fetch of their own (False)."""
+
+    def __init__(self, states: dict[int, bool | None]) -> None:
+        self.states = states
+
+    def coming(self, entry: Entry, index: int) -> bool | None:
+        return self.states.get(index)
+
+
+def sliced(states: dict[int, bool | None]) -> SlicedSource:
+    entry = Entry("http://h/o", "v", 200, (), (), 0.0, 0.0, size=1000, slice_size=100)
+    slicer: Slicer = FakeSlicer(states)  # type: ignore[assignment]
+    return SlicedSource(slicer, entry, [])
+
+
+def test_a_delivery_plan_counts_the_slices_it_needs_from_upstream() -> None:
+    """RFC 9211 Section 2.2: what decides between hit and fwd=partial, before the head."""
+    stored = {i: None for i in range(10)}
+    assert sliced(stored).plan([(0, 1000)]) == (0, 0)
+    some = {**stored, 3: False, 4: True, 9: False}
+    assert sliced(some).plan([(0, 1000)]) == (3, 1)
+    assert sliced(some).plan([(0, 300)]) == (0, 0)  # slices 0-2 only
+    assert sliced(some).plan([(299, 301)]) == (1, 0)  # the last byte of 2, first of 3
+    assert sliced(some).plan([(400, 450), (420, 480)]) == (1, 1)  # one slice, once
+    assert sliced(some).plan([(950, 5000)]) == (1, 0)  # clamped to the object
+    assert sliced(some).plan([(500, 500)]) == (0, 0)  # empty
