@@ -42,6 +42,9 @@ MAX_TRANSFORM_SIZE = 64 << 20
 #: A decoded body may be at most this many times its encoded size (and at most
 #: MAX_TRANSFORM_SIZE): beyond it, it is treated as a decompression bomb.
 MAX_DECODE_RATIO = 100
+#: An arriving body up to this long is encoded at the strong level at once (256 KiB of
+#: text: br 9 ~9 ms, zstd 11 ~20 ms, gzip 9 ~40 ms), since an encoding is never remade.
+STRONG_WHILE_ARRIVING = 256 << 10
 #: Chunks at least this big are (de)compressed in a worker thread; the codecs release
 #: the GIL, so the event loop keeps serving meanwhile.
 THREAD_CHUNK = 64 << 10
@@ -190,6 +193,17 @@ class Job:
     def name(self) -> str:
         return f"{self.key}#{self.source_variant}#{self.choice.coding}"
 
+    @property
+    def path(self) -> str:
+        """The level an encoding is made at, kept for as long as its source: the strong
+        one from a stored source, or from an arriving one small enough that the strong
+        level keeps up with it; the fast one for a longer body still arriving."""
+        if self.complete or (
+            self.source_length is not None and self.source_length <= STRONG_WHILE_ARRIVING
+        ):
+            return "store"
+        return "stream"
+
 
 class Deriver:
     """Makes derived bodies: one task per (source variant, coding), followed by readers."""
@@ -216,7 +230,7 @@ class Deriver:
         fill = self.inflight.start(job.name)
         fill.attach_writer(self.store.begin())
         # Whoever joins this fill gets these bytes: their level goes with the fill.
-        level = encoding_level(job.choice, "store" if job.complete else "stream")
+        level = encoding_level(job.choice, job.path)
         fill.head.set_result(FillHead("body", status=200, storable=True, level=level))
         self.inflight.spawn(self._run(fill, job, source))
         return fill
@@ -269,7 +283,7 @@ class Deriver:
         choice = job.choice
         assert fill.writer is not None and choice.coding is not None
         writer = fill.writer
-        path = "store" if job.complete else "stream"
+        path = job.path
         if choice.transform == "encode":
             # The size hint fits the codec's window and tables to the body: much cheaper
             # set-up for small bodies, the same output.

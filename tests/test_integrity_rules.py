@@ -116,3 +116,24 @@ def test_a_delivery_plan_counts_the_slices_it_needs_from_upstream() -> None:
     assert sliced(some).plan([(400, 450), (420, 480)]) == (1, 1)  # one slice, once
     assert sliced(some).plan([(950, 5000)]) == (1, 0)  # clamped to the object
     assert sliced(some).plan([(500, 500)]) == (0, 0)  # empty
+
+
+@pytest.mark.parametrize(
+    ("length", "complete", "path"),
+    [
+        (10 << 20, True, "store"),
+        (None, True, "store"),
+        (derive.STRONG_WHILE_ARRIVING, False, "store"),
+        (derive.STRONG_WHILE_ARRIVING + 1, False, "stream"),
+        (None, False, "stream"),
+    ],
+)
+def test_an_encoding_made_once_is_made_strong_when_it_can_keep_up(
+    length: int | None, complete: bool, path: str
+) -> None:
+    """An encoding is never remade, so it is made at the strong level whenever that
+    keeps up: from a stored source, or from a short one still arriving."""
+    choice = derive.Choice("br", "encode", True)
+    job = derive.Job("k", "v", (), choice, length, "identity", complete=complete)
+    assert job.path == path
+    assert derive.encoding_level(choice, job.path) == LEVELS[path]["br"]
