@@ -180,11 +180,16 @@ class Slicer:
         try:
             last = entry.slice_count - 1 if response.status == 200 else first
             for index in range(first, last + 1):
-                stream.advance(index)
                 if index > first:
+                    # Before advancing: while the stream waits here, a reader of the
+                    # next slice sees it just behind and waits for it, rather than
+                    # finding it at that slice with no fill yet and fetching it by range.
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(_FIRST_READER_WAIT):
                             await stream.reader_came.wait()
+                # From here to the slice's fill being registered, nothing awaits.
+                stream.advance(index)
+                if index > first:
                     # Carry on only while someone reads along (or waits for a slice
                     # ahead): a client that went away does not pull the whole object.
                     read_along = previous is not None and previous.readers_total > 0
@@ -481,6 +486,7 @@ class SlicedSource:
         self.headers = headers
         self.on_fetch = on_fetch
         self.upstream_s: float | None = None
+        self._missing: set[int] = set()  # slices `plan` found not stored
 
     def plan(self, spans: Iterable[tuple[int, int]]) -> tuple[int, int]:
         """For byte spans [start, end): how many of the slices they need are not
@@ -490,8 +496,9 @@ class SlicedSource:
         for start, end in spans:
             if end > start:
                 indexes.update(range(start // size, (min(end, entry.size) - 1) // size + 1))
-        states = [self.slicer.coming(entry, index) for index in sorted(indexes)]
-        return sum(s is not None for s in states), sum(s is True for s in states)
+        states = {index: self.slicer.coming(entry, index) for index in sorted(indexes)}
+        self._missing = {index for index, state in states.items() if state is not None}
+        return len(self._missing), sum(state is True for state in states.values())
 
     async def pieces(self, start: int, end: int | None) -> AsyncIterator[Piece]:
         entry = self.entry
@@ -510,13 +517,16 @@ class SlicedSource:
             s_start, s_end = entry.slice_span(index)
             lo, hi = start - s_start, min(end, s_end) - s_start
             started: list[Fill] = []
+            waited = time.monotonic()
             got = await self.slicer.slice(entry, index, self.headers, started)
             if isinstance(got, Fill):
-                waited = time.monotonic()
                 await asyncio.shield(got.head)
-                self.upstream_s = (self.upstream_s or 0.0) + time.monotonic() - waited
                 if started and got.latency is not None and self.on_fetch is not None:
                     self.on_fetch(got.latency)
+            if isinstance(got, Fill) or index in self._missing:
+                # Waiting for a fetch (its own, another's, or the stream's) is upstream time.
+                self.upstream_s = (self.upstream_s or 0.0) + time.monotonic() - waited
+            if isinstance(got, Fill):
                 if got.failed is not None and got.writer is None:
                     raise got.failed
                 head = got.head.result()

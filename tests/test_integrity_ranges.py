@@ -256,21 +256,22 @@ async def test_a_cold_segmented_download_is_a_miss_with_its_upstream_time(
             results = [(r.status, r.headers["Cache-Status"], await r.read()), *rest]
     for i, (status, _, body) in enumerate(results):
         assert status == 206 and body == data[i * MiB : (i + 1) * MiB]
-    if front.shield is None:
-        served = count(upstream, path)
-    else:
-        served = summed(await metrics(front.shield), "edge_requests_total{")
     own = [cs.split(",")[-1].strip() for _, cs, _ in results]
     fetched = [cs for cs in own if "hit" not in cs.split("; ")]
     assert all("fwd=" in cs for cs in fetched), own
+    for _ in range(50):  # bounded: a node accounts a request once its body is out
+        samples = await metrics(node)
+        fetches = summed(samples, "edge_upstream_latency_seconds_count")
+        if front.shield is None:
+            served = count(upstream, path)
+        else:
+            served = summed(await metrics(front.shield), "edge_requests_total{")
+        if summed(samples, "edge_requests_total{") >= segments and served >= fetches:
+            break
+        await asyncio.sleep(0.1)
     # Each upstream fetch was made for a response that says so (the segments are
     # disjoint: a response is a hit only when the first one's stream brought its slice).
     assert len(fetched) >= served > 1, own
-    for _ in range(50):  # bounded: the node accounts a request once its body is out
-        samples = await metrics(node)
-        if summed(samples, "edge_requests_total{") >= segments:
-            break
-        await asyncio.sleep(0.1)
     assert summed(samples, "edge_requests_total{") == segments
     hits = summed(samples, "edge_requests_total{", 'cache_status="hit"')
     assert hits == segments - len(fetched)
