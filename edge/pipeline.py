@@ -624,6 +624,10 @@ class Transaction:
                     response = await e.upstream.request(
                         "GET", path_qs, plain, key=fill.key, client=self.client
                     )
+                    e.metrics.upstream_latency.labels(e.config.name).observe(
+                        response.response_time - response.request_time
+                    )
+                    fill.note = response.note
             if response.status in _ERROR_STATUSES and stale_ok:
                 response.release()
                 fill.head.set_result(FillHead("error", error=UpstreamStatusError(response.status)))
