@@ -262,12 +262,15 @@ def negotiate(accept: Sequence[str], available: Sequence[str]) -> str | None:
 _ENTITY_TAG = re.compile(r'(W/)?"([\x21\x23-\x7e\x80-\xff]*)"')
 
 
-def variant_etag(etag: str | None, coding: str) -> str | None:
+def variant_etag(etag: str | None, coding: str, level: int | None = None) -> str | None:
     """RFC 9110 Section 8.8.3: each content coding of a resource is a different
     representation, so it needs an entity tag of its own: `"abc"` -> `"abc-br"`,
-    `W/"abc"` -> `W/"abc-br"`. Identity keeps the tag. None stays None, and so does a
-    value that is not an entity tag (it cannot be extended safely, and reusing it
-    would claim the encoded bytes equal the unencoded ones)."""
+    `W/"abc"` -> `W/"abc-br"`. An encoding made at a compression `level` names it
+    (`"abc-br.9"`): the same source encoded at another level is other bytes, and a
+    strong tag (Section 8.8.1) must never name two byte sequences. Identity keeps the
+    tag. None stays None, and so does a value that is not an entity tag (it cannot be
+    extended safely, and reusing it would claim the encoded bytes equal the unencoded
+    ones)."""
     if etag is None:
         return None
     if coding == "identity":
@@ -276,7 +279,8 @@ def variant_etag(etag: str | None, coding: str) -> str | None:
     if match is None:
         return None
     weak, opaque = match.groups()
-    return f'{weak or ""}"{opaque}-{coding}"'
+    suffix = coding if level is None else f"{coding}.{level}"
+    return f'{weak or ""}"{opaque}-{suffix}"'
 
 
 def vary_with(existing: str | None, name: str) -> str:

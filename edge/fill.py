@@ -72,6 +72,7 @@ class FillHead:
     error: Exception | None = None
     storable: bool = False
     variant: str = ""  # the variant id the body is stored under
+    level: int | None = None  # a derived encoding's compression level (edge.derive)
 
 
 class Fill:
@@ -86,6 +87,7 @@ class Fill:
         self.finished = False
         self.failed: Exception | None = None
         self.note = ""  # how the upstream was reached, for Cache-Status (edge.upstream)
+        self.latency: float | None = None  # upstream request to response head, seconds
         self.started = time.time()  # purges applied later must not be joined to it
         self.readers = 0
         self.readers_total = 0  # every reader that ever attached

@@ -41,7 +41,8 @@ class NodeMetrics:
         )
         self.upstream_latency = Histogram(
             "edge_upstream_latency_seconds",
-            "Time from sending an upstream request to its response head",
+            "Time from sending an upstream request to its response head; one sample per "
+            "upstream fetch (whole objects, probes and slices alike)",
             labels,
             registry=self.registry,
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),

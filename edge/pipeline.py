@@ -198,6 +198,7 @@ class Transaction:
         self._rounds = 0  # lookups again after another worker's fill (_look_again)
         self._looked_up: list[Entry] = []  # the variants the lookup saw
         self._hot_candidate = False  # delivered as stored from the entry's own file
+        self._prior_status: list[str] = []  # Cache-Status entries of the caches upstream
 
     # -- the walk -------------------------------------------------------------------
 
@@ -605,17 +606,28 @@ class Transaction:
                 fill.head.set_result(self._freshen(entry, response))
                 response.release()
                 return
-            if response.status == 206 and probe is not None:
-                head = self._sliced_from_range(response, request_headers)
-                if head is not None:
-                    fill.head.set_result(head)
-                    return
-                # Not worth slicing after all (small, or no validator): fetch it whole.
-                response.close()
-                plain = [(k, v) for k, v in headers if k not in ("Range", *_CLIENT_CONDITIONALS)]
-                response = await e.upstream.request(
-                    "GET", path_qs, plain, key=fill.key, client=self.client
-                )
+            if probe is not None and response.status != 200:
+                if response.status == 206:
+                    head = self._sliced_from_range(response, request_headers)
+                    if head is not None:
+                        fill.head.set_result(head)
+                        return
+                if not (stale_ok and response.status in _ERROR_STATUSES):
+                    # Only a 200 (Range ignored) is the object's own answer. Anything
+                    # else answers edge's range (a 206 not worth slicing, a 416 for an
+                    # object shorter than the probe, RFC 9110 Section 15.5.17) and is
+                    # never stored as the object for everyone: fetch the object whole.
+                    response.close()
+                    plain = [
+                        (k, v) for k, v in headers if k not in ("Range", *_CLIENT_CONDITIONALS)
+                    ]
+                    response = await e.upstream.request(
+                        "GET", path_qs, plain, key=fill.key, client=self.client
+                    )
+                    e.metrics.upstream_latency.labels(e.config.name).observe(
+                        response.response_time - response.request_time
+                    )
+                    fill.note = response.note
             if response.status in _ERROR_STATUSES and stale_ok:
                 response.release()
                 fill.head.set_result(FillHead("error", error=UpstreamStatusError(response.status)))
@@ -841,7 +853,32 @@ class Transaction:
         ):
             prior = headers.popall(name, [])
             headers[name] = ", ".join([*prior, value])
+            if name == "Cache-Status":
+                self._prior_status = prior
         return headers
+
+    def _fetched(self, seconds: float) -> None:
+        """An upstream fetch this request made outside a fill of its key (a slice)."""
+        self.e.metrics.upstream_latency.labels(self.e.config.name).observe(seconds)
+
+    def _partial(
+        self,
+        source: SlicedSource,
+        parts: list[tuple[bytes | None, ByteRange | None]],
+        headers: CIMultiDict[str],
+    ) -> None:
+        """RFC 9211 Section 2.2: a stored segmented response that needs slices from
+        upstream for this request is not a hit: `fwd=partial` (collapsed when fetches
+        already under way bring them all), and its slices are stored."""
+        spans = [(r.start, r.end + 1) for _, r in parts if r is not None]
+        missing, coming = source.plan(spans)
+        if not missing or not self.status.hit or self.status.fwd:
+            return
+        self.status.hit = False
+        self.status.fwd = "partial"
+        self.status.stored = True
+        self.status.collapsed = missing == coming
+        headers["Cache-Status"] = ", ".join([*self._prior_status, self.status.render()])
 
     async def _deliver_entry(self) -> None:
         entry, body = self.entry, self.body
@@ -854,8 +891,11 @@ class Transaction:
         source: BodySource
         length: int | None = entry.size
         choice = derive.AS_STORED
+        level: int | None = None
         if entry.slice_size:
-            source = SlicedSource(self.e.slicer, entry, self._slice_headers(entry))
+            source = SlicedSource(
+                self.e.slicer, entry, self._slice_headers(entry), on_fetch=self._fetched
+            )
         else:
             assert body is not None
             source = FileSource(body)
@@ -864,32 +904,39 @@ class Transaction:
                 self.method, entry.status, self.headers, self.entry_headers, entry.size
             )
             if choice.transform is not None:
-                source, length = self._derived_source(entry, choice, source)
+                source, length, level = self._derived_source(entry, choice, source)
             else:
                 self._hot_candidate = True
-        stored = derive.client_headers(stored, choice)
+        stored = derive.client_headers(stored, choice, level)
         headers = self._client_headers(stored, age)
         try:
-            await self._respond_body(entry.status, headers, length, CIMultiDict(stored), source)
+            await self._respond_body(
+                entry.status,
+                headers,
+                length,
+                CIMultiDict(stored),
+                source,
+                derived=choice.transform is not None,
+            )
         finally:
             source.close()
 
     def _derived_source(
         self, entry: Entry, choice: derive.Choice, stored: BodySource
-    ) -> tuple[BodySource, int | None]:
-        """The encoded (or decoded) body of a stored response: kept from before, or
-        being made now (once, whoever asks)."""
+    ) -> tuple[BodySource, int | None, int | None]:
+        """The encoded (or decoded) body of a stored response, and the level it is
+        encoded at: kept from before (whatever its level: the bytes clients already
+        have stay the bytes they get), or being made now (once, whoever asks)."""
         assert choice.coding is not None
         derived = derive.find_derived(self.e.store, entry, choice.coding)
         body = self.e.store.open_body(derived) if derived is not None else None
-        if derived is not None and body is not None and derived.extra.get("level") != "stream":
+        if derived is not None and body is not None:
             stored.close()
             # Kept encodings are as fixed as the stored response: the hot tier may
             # hold them (its key has the request's Accept-Encoding).
             self._hot_candidate = True
-            return FileSource(body), derived.size
-        # Not made yet, or made in a hurry while the source arrived: make it now from the
-        # stored source at the strong level (in the background when a copy exists).
+            return FileSource(body), derived.size, derive.stored_level(derived)
+        # Not made yet: make it now from the stored source.
         job = derive.Job(
             entry.key,
             entry.variant,
@@ -901,15 +948,14 @@ class Transaction:
             content_type=self.entry_headers.get("Content-Type"),
         )
         fill = self.e.deriver.fill(job, stored)
-        if derived is not None and body is not None:
-            return FileSource(body), derived.size
-        return FillSource(fill.reader()), None
+        return FillSource(fill.reader()), None, fill.head.result().level
 
     async def _deliver_fill(self, fill: Fill, head: FillHead) -> None:
         source: BodySource = FillSource(fill.reader())
         length = head.length
         stored = CIMultiDict(head.headers)
         choice = derive.choose(self.method, head.status, self.headers, stored, head.length)
+        level: int | None = None
         if choice.transform is not None:
             assert choice.coding is not None
             job = derive.Job(
@@ -924,10 +970,18 @@ class Transaction:
             )
             derived = self.e.deriver.fill(job, source)
             source, length = FillSource(derived.reader()), None
-        adjusted = derive.client_headers(head.headers, choice)
+            level = derived.head.result().level
+        adjusted = derive.client_headers(head.headers, choice, level)
         headers = self._client_headers(adjusted, None)
         try:
-            await self._respond_body(head.status, headers, length, CIMultiDict(adjusted), source)
+            await self._respond_body(
+                head.status,
+                headers,
+                length,
+                CIMultiDict(adjusted),
+                source,
+                derived=choice.transform is not None,
+            )
         finally:
             source.close()
 
@@ -939,7 +993,9 @@ class Transaction:
         choice = derive.choose(self.method, response.status, self.headers, response.headers, length)
         if choice.transform == "decode":  # only kept copies are decoded (with a cap)
             choice = derive.Choice(vary=True)
-        fields = derive.client_headers(policy.end_to_end(response.headers), choice)
+        fields = derive.client_headers(
+            policy.end_to_end(response.headers), choice, derive.encoding_level(choice, "stream")
+        )
         headers = self._client_headers(fields, None)
         no_body = self.method == "HEAD" or response.status in (204, 304) or response.status < 200
         resp = web.StreamResponse(status=response.status, headers=headers)
@@ -982,8 +1038,12 @@ class Transaction:
         length: int | None,
         stored: CIMultiDict[str],
         source: BodySource,
+        *,
+        derived: bool = False,
     ) -> None:
-        """Conditionals, ranges and the body, from a stored file or a fill in flight."""
+        """Conditionals, ranges and the body, from a stored file or a fill in flight;
+        `derived`: the body is an encoding edge made, which its source's dates do not
+        validate (If-Range by date never matches it)."""
         ts = self.entry.response_time if self.entry is not None else time.time()
         if 200 <= status < 300:
             verdict = policy.evaluate_preconditions(self.method, self.headers, stored, ts)
@@ -1001,7 +1061,7 @@ class Transaction:
             and length is not None
             and self.method == "GET"
             and "Range" in self.headers
-            and if_range_allows(self.headers, stored)
+            and if_range_allows(self.headers, stored, dates=not derived)
         ):
             try:
                 ranges = parse_range(
@@ -1038,6 +1098,8 @@ class Transaction:
             resp = web.StreamResponse(status=206, headers=headers)
             resp.content_length = total + len(tail)
             parts.append((tail, None))
+        if isinstance(source, SlicedSource) and self.method != "HEAD":
+            self._partial(source, parts, resp.headers)
         if (
             isinstance(source, FileSource)
             and self.method != "HEAD"
@@ -1078,6 +1140,9 @@ class Transaction:
             log.warning("fill broke while delivering %s: %s", self.key, exc)
             self._abort()
             return
+        finally:
+            if isinstance(source, SlicedSource) and source.upstream_s is not None:
+                self.upstream_ms = (self.upstream_ms or 0.0) + source.upstream_s * 1000
         await resp.write_eof()
 
     async def _offer_hot(self, body: bytes) -> None:

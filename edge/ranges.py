@@ -166,11 +166,15 @@ def first_position(value: str | None) -> int | None:
     return 1 << 63 if len(significant) > 19 else int(significant)
 
 
-def if_range_allows(request_headers: Headers, stored: Headers) -> bool:
+def if_range_allows(request_headers: Headers, stored: Headers, *, dates: bool = True) -> bool:
     """RFC 9110 Section 13.1.5: If-Range. The range applies only when the validator
     matches: a strong ETag by strong comparison, or a date equal to Last-Modified that
     is a strong validator (Section 8.8.2.2: for an intermediate cache, the stored Date
-    is at least one second after Last-Modified)."""
+    is at least one second after Last-Modified).
+
+    `dates` False: the representation's Last-Modified does not date its bytes (an
+    encoding the cache made from it, possibly later than that date), so only an
+    entity tag can validate it and a date never matches."""
     value = request_headers.get("If-Range")
     if value is None:
         return True
@@ -178,6 +182,8 @@ def if_range_allows(request_headers: Headers, stored: Headers) -> bool:
     if value.startswith('"') or value.startswith("W/"):
         etag = stored.get("ETag")
         return etag is not None and strong_etag_equal(etag, value)
+    if not dates:
+        return False
     date = parse_http_date(value)
     last_modified = parse_http_date(stored.get("Last-Modified"))
     stored_date = parse_http_date(stored.get("Date"))

@@ -32,7 +32,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import IO, Protocol
 
@@ -90,6 +90,24 @@ def parse_content_range(value: str | None) -> tuple[int, int, int] | None:
         return None
     a, b, n = int(first), int(last), int(total)
     return (a, b, n) if a <= b < n else None
+
+
+def combinable(stored: policy.Headers, size: int, part: policy.Headers) -> bool:
+    """RFC 9111 Section 3.4: a part may be combined with the stored parts of a
+    representation only when its complete length is theirs (RFC 9110 Section 14.4)
+    and both carry the same strong validator: the manifest's strong ETag, by strong
+    comparison (RFC 9110 Section 8.8.3.2), or, when it has none, the Last-Modified date
+    it was sliced under (`sliceable`). An origin that ignores If-Match answers a
+    changed object with its new version: that part is another representation."""
+    span = parse_content_range(part.get("Content-Range"))
+    if span is None or span[2] != size:
+        return False
+    etag = stored.get("ETag")
+    if etag and not etag.startswith("W/"):
+        got = part.get("ETag")
+        return got is not None and policy.strong_etag_equal(etag, got)
+    modified = policy.parse_http_date(stored.get("Last-Modified"))
+    return modified is not None and modified == policy.parse_http_date(part.get("Last-Modified"))
 
 
 class _Stream:
@@ -163,11 +181,13 @@ class Slicer:
             last = entry.slice_count - 1 if response.status == 200 else first
             for index in range(first, last + 1):
                 if index > first:
-                    # Still at the slice before: a reader of this one waits for the
-                    # stream rather than asking for it by range.
+                    # Before advancing: while the stream waits here, a reader of the
+                    # next slice sees it just behind and waits for it, rather than
+                    # finding it at that slice with no fill yet and fetching it by range.
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(_FIRST_READER_WAIT):
                             await stream.reader_came.wait()
+                # From here to the slice's fill being registered, nothing awaits.
                 stream.advance(index)
                 if index > first:
                     # Carry on only while someone reads along (or waits for a slice
@@ -271,10 +291,30 @@ class Slicer:
         fill.finish(exc)
         self.inflight.done(fill)
 
+    def coming(self, entry: Entry, index: int) -> bool | None:
+        """Whether a slice must come from upstream: None when it is stored, True when
+        a fetch already brings it (a fill in flight, or the stream about to reach
+        it), False when a reader needs a fetch of its own."""
+        if self._have(entry, index):
+            return None
+        if self.inflight.get(slice_fill_key(entry, index)) is not None:
+            return True
+        stream = self._streams.get((entry.key, entry.variant))
+        return (
+            stream is not None
+            and stream.alive
+            and stream.index <= index <= stream.index + STREAM_LOOKAHEAD
+        )
+
     async def slice(
-        self, entry: Entry, index: int, headers: list[tuple[str, str]]
+        self,
+        entry: Entry,
+        index: int,
+        headers: list[tuple[str, str]],
+        started: list[Fill] | None = None,
     ) -> IO[bytes] | Fill:
-        """The stored slice, or the fill bringing it (started here if nobody is)."""
+        """The stored slice, or the fill bringing it (started here if nobody is: then
+        it is added to `started`)."""
         key = slice_fill_key(entry, index)
         cross = self.inflight.cross
         if cross is not None:
@@ -314,6 +354,8 @@ class Slicer:
                 # "own", or "alone"/"error": bring it here (with the lock if taken).
                 locked = claim.kind == "own"
             fill = self.inflight.start(key, locked=locked)
+            if started is not None:
+                started.append(fill)
             self.inflight.spawn(self._range_fill(fill, entry, index, headers))
             return fill
 
@@ -348,11 +390,17 @@ class Slicer:
             fill.finish(exc)
             self.inflight.done(fill)
             return
+        fill.latency = response.response_time - response.request_time
         try:
             span = parse_content_range(response.headers.get("Content-Range"))
-            if response.status != 206 or span != (start, end - 1, entry.size):
-                # Section 13.1.4 (If-Match failed: 412) or a different representation:
-                # the stored slices can no longer be put together. Start over.
+            if (
+                response.status != 206
+                or span != (start, end - 1, entry.size)
+                or not combinable(stored, entry.size, response.headers)
+            ):
+                # Section 13.1.4 (If-Match failed: 412) or a different representation
+                # (an origin that ignored If-Match): the stored slices can no longer
+                # be put together. Drop them; the next request fetches it afresh.
                 self.store.remove(entry.key)
                 raise ObjectChanged(f"upstream answered {response.status} for a slice")
             fill.attach_writer(self.store.begin())
@@ -419,12 +467,38 @@ class FillSource:
 
 
 class SlicedSource:
-    """A segmented body: each slice from disk if stored, else followed as it arrives."""
+    """A segmented body: each slice from disk if stored, else followed as it arrives.
 
-    def __init__(self, slicer: Slicer, entry: Entry, headers: list[tuple[str, str]]) -> None:
+    What a delivery costs upstream is said, not hidden: `plan` tells before the head
+    is sent whether slices must come from upstream (RFC 9211: then the response is
+    not a hit), `upstream_s` is the time spent waiting for their heads, and `on_fetch`
+    hears the upstream latency of every slice fetch this source started."""
+
+    def __init__(
+        self,
+        slicer: Slicer,
+        entry: Entry,
+        headers: list[tuple[str, str]],
+        on_fetch: Callable[[float], None] | None = None,
+    ) -> None:
         self.slicer = slicer
         self.entry = entry
         self.headers = headers
+        self.on_fetch = on_fetch
+        self.upstream_s: float | None = None
+        self._missing: set[int] = set()  # slices `plan` found not stored
+
+    def plan(self, spans: Iterable[tuple[int, int]]) -> tuple[int, int]:
+        """For byte spans [start, end): how many of the slices they need are not
+        stored, and how many of those a fetch already under way brings."""
+        entry, size = self.entry, self.entry.slice_size
+        indexes: set[int] = set()
+        for start, end in spans:
+            if end > start:
+                indexes.update(range(start // size, (min(end, entry.size) - 1) // size + 1))
+        states = {index: self.slicer.coming(entry, index) for index in sorted(indexes)}
+        self._missing = {index for index, state in states.items() if state is not None}
+        return len(self._missing), sum(state is True for state in states.values())
 
     async def pieces(self, start: int, end: int | None) -> AsyncIterator[Piece]:
         entry = self.entry
@@ -442,9 +516,17 @@ class SlicedSource:
         while start < end:
             s_start, s_end = entry.slice_span(index)
             lo, hi = start - s_start, min(end, s_end) - s_start
-            got = await self.slicer.slice(entry, index, self.headers)
+            started: list[Fill] = []
+            waited = time.monotonic()
+            got = await self.slicer.slice(entry, index, self.headers, started)
             if isinstance(got, Fill):
                 await asyncio.shield(got.head)
+                if started and got.latency is not None and self.on_fetch is not None:
+                    self.on_fetch(got.latency)
+            if isinstance(got, Fill) or index in self._missing:
+                # Waiting for a fetch (its own, another's, or the stream's) is upstream time.
+                self.upstream_s = (self.upstream_s or 0.0) + time.monotonic() - waited
+            if isinstance(got, Fill):
                 if got.failed is not None and got.writer is None:
                     raise got.failed
                 head = got.head.result()

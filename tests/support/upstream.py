@@ -37,6 +37,11 @@ Query parameters on any other path:
                    on 304s only ("304") or on both ("all"): a cookie for one client
   lm=DATE          Last-Modified: DATE (an HTTP-date; "old" for one in 2020)
   reqinfo=1        the body is JSON: method, raw target, headers, body length and body
+  ranges=1         Accept-Ranges: bytes, and one `bytes=first-[last]` range answered 206
+                   (416 past the end); If-Match and If-Range are ignored, as a careless
+                   origin does
+  changes=N        from the path's (N+1)-th request on, the object is another version:
+                   other bytes, and the ETag etag2=VALUE (the same ETag when not given)
 """
 
 from __future__ import annotations
@@ -102,6 +107,19 @@ def encoded_zeros(coding: str, size: int) -> bytes:
     return encode_body(coding, bytes(size))
 
 
+def _single_range(value: str | None, size: int) -> tuple[int, int] | str | None:
+    """One `bytes=first-[last]` range of `size` bytes: (first, last), "unsatisfiable",
+    or None (absent, or not this simple form: the whole body)."""
+    if not value or not value.startswith("bytes="):
+        return None
+    first, dash, last = value[6:].partition("-")
+    if not dash or not first.isdigit() or (last and not last.isdigit()):
+        return None
+    if int(first) >= size:
+        return "unsatisfiable"
+    return int(first), min(int(last), size - 1) if last else size - 1
+
+
 def make_app(
     name: str = "", fail_every: int = 0, fail_mode: str = "status", delay: float = 0.0
 ) -> web.Application:
@@ -138,8 +156,9 @@ def make_app(
         if "cdncc" in q:
             headers["CDN-Cache-Control"] = q["cdncc"]
         user_cookie = f"user={request.headers.get('X-User', '')}"
+        changed = "changes" in q and counts[request.path] > int(q["changes"])
         if "etag" in q:
-            headers["ETag"] = q["etag"]
+            headers["ETag"] = q.get("etag2", q["etag"]) if changed else q["etag"]
             if request.headers.get("If-None-Match") == q["etag"]:
                 if q.get("usercookie") in ("304", "all"):
                     headers["Set-Cookie"] = user_cookie
@@ -166,7 +185,8 @@ def make_app(
                 }
             )
         status = int(q.get("status", "200"))
-        body = text_for(request.path, size) if "text" in q else body_for(request.path, size)
+        version = request.path + "#2" if changed else request.path
+        body = text_for(version, size) if "text" in q else body_for(version, size)
         if "echo" in q:
             body = json.dumps([[k, v] for k, v in request.headers.items()]).encode()
             size = len(body)
@@ -201,6 +221,16 @@ def make_app(
             body = gzip.compress(raw, 6)
             size = len(body)
             headers["Content-Encoding"] = "gzip"
+        if "ranges" in q:
+            headers["Accept-Ranges"] = "bytes"
+            span = _single_range(request.headers.get("Range"), size)
+            if span == "unsatisfiable":
+                headers["Content-Range"] = f"bytes */{size}"
+                return web.Response(status=416, headers=headers)
+            if span is not None:
+                first, last = span
+                headers["Content-Range"] = f"bytes {first}-{last}/{size}"
+                status, body, size = 206, body[first : last + 1], last - first + 1
         resp = web.StreamResponse(status=status, headers=headers)
         resp.content_length = size
         await resp.prepare(request)
