@@ -328,6 +328,7 @@ def purge(
             "--connected-only",
             help="Exit 0 once every connected node confirmed, even if a node the "
             "coordinator knows is not connected (it applies the purge on reconnect).",
+            show_default="off",
         ),
     ] = False,
     config: ConfigOpt = None,
