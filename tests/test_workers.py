@@ -300,7 +300,10 @@ def test_purges_from_two_workers_at_once_are_all_kept(
     asyncio.run(purge_all())
     state = json.loads((tmp_path / "cache-multi" / "purge-state.json").read_text())
     purged = {url for ban in state["bans"] for url in ban["purge"]["urls"]}
-    assert purged == {f"http://{SITE}{p}" for p in paths}
+    # A ban leaves the state once a sweep has removed what it selects (a sweep follows
+    # every purge), so the state may already hold fewer; a ban lost to another
+    # worker's write would leave its object served from the cache.
+    assert purged <= {f"http://{SITE}{p}" for p in paths}
     for path in paths:
         assert b"fwd=uri-miss" in exchange(port, request(path))[0]
 
