@@ -31,13 +31,16 @@ from dataclasses import dataclass
 import httptools
 from multidict import CIMultiDict
 
+from edge import policy
+
 #: Reading from a connection pauses while this much body waits for the reader.
 _HIGH_WATER = 1 << 20
 _LOW_WATER = 256 << 10
 
-#: Methods whose request may be sent again on a fresh connection when a reused one turns
-#: out to be closed before any byte of the answer arrived (RFC 9110 Section 9.2.2).
-_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+#: RFC 9110 Section 9.2.2: requests that may be sent again (here, on a fresh connection
+#: when a reused one turns out closed before any byte of the answer; edge.upstream, on
+#: another member).
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 _BREAKS = re.compile(r"[\r\n\x00]")
 
@@ -141,9 +144,6 @@ class _Exchange:
         self.in_head = True
         self.response.headers = CIMultiDict()
 
-    def on_status(self, status: bytes) -> None:
-        pass
-
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.in_head:  # not the trailers of a chunked body: those are dropped
             self.response.headers.add(name.decode("latin-1"), value.decode("latin-1"))
@@ -162,7 +162,7 @@ class _Exchange:
         response.status = status
         response.version = self.parser.get_http_version()
         headers = response.headers
-        tokens = {t.strip().lower() for v in headers.getall("Connection", []) for t in v.split(",")}
+        tokens = policy.connection_listed(headers)
         persistent = "close" not in tokens and (response.version == "1.1" or "keep-alive" in tokens)
         bodyless = self.method == "HEAD" or status in (204, 304)
         framed = "Transfer-Encoding" in headers or "Content-Length" in headers
@@ -408,8 +408,6 @@ class ConnectionPool:
         self._ssl = ssl_context
         if server.scheme == "https" and self._ssl is None:
             self._ssl = ssl.create_default_context()
-        self.reused = 0
-        self.opened = 0
 
     async def request(
         self,
@@ -428,12 +426,11 @@ class ConnectionPool:
         try:
             conn = self._take_idle()
             if conn is not None:
-                self.reused += 1
                 try:
                     return await self._exchange(conn, method, data, read_timeout)
                 except _Lost:
                     # The server closed the idle connection as the request went out.
-                    if method not in _IDEMPOTENT:
+                    if method not in IDEMPOTENT:
                         raise BadResponse("connection closed before any response") from None
             conn = await self._connect(connect_timeout)
             try:
@@ -496,7 +493,6 @@ class ConnectionPool:
             raise ConnectTimeout(f"connecting to {server.authority} timed out") from None
         except (OSError, ssl.SSLError) as exc:
             raise NotSent(f"cannot connect to {server.authority}: {exc}") from exc
-        self.opened += 1
         self.all.add(conn)
         return conn
 

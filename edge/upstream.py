@@ -52,9 +52,6 @@ class UpstreamTimeout(UpstreamError):
     detail = "upstream-timeout"
 
 
-#: RFC 9110 Section 9.2.2.
-_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
-
 #: Latency sample recorded for a member that failed (pushes EWMA away from it).
 _FAILURE_PENALTY_MS = 5000.0
 
@@ -343,7 +340,7 @@ class Upstreams:
         route = self.route_for(host_of(key))
         if route is None:
             raise UpstreamError(f"no route for host {host_of(key)!r}")
-        idempotent = method in _IDEMPOTENT
+        idempotent = method in h1client.IDEMPOTENT
         plan = self._plan(route, key, client)
         tries: dict[str, int] = {}
         last: UpstreamError | None = None
