@@ -2,11 +2,13 @@
 
 By default the topology shipped in origin/topologies/default.toml: regions eu, us and ap
 with their edges on their own loopback networks (127.R.0.x), one shield, the demo
-archive origin, the purge coordinator and the GeoDNS authority. Every child is the same
-`edge` entry point; each is started in order (origin, coordinator, shields, edges, dns),
-waited on until it is healthy, restarted if it dies, and stopped (with everything else)
-on Ctrl-C or SIGTERM. Logs go to WORKDIR/logs, a file per process; tokens and a config
-for `edge purge` / `edge status` go to WORKDIR/cli.toml.
+archive origin, the purge coordinator and the GeoDNS authority. The processes are
+origin.plan's (the plan docker-compose.yml renders too); this module places them on
+this machine's loopback (`Local`) and runs them. Every child is the same `edge` entry
+point, given only the tokens it needs; each is started in the plan's order, waited on
+until it is healthy, restarted if it dies, and stopped (with everything else) on Ctrl-C
+or SIGTERM. Logs go to WORKDIR/logs, a file per process; tokens and a config for
+`edge purge` / `edge status` go to WORKDIR/cli.toml.
 """
 
 from __future__ import annotations
@@ -22,11 +24,17 @@ import urllib.request
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
+import origin.plan
 from cli.errors import fail
+
+if TYPE_CHECKING:
+    from edge.tls import LocalCA
+    from origin.plan import Process
+    from origin.topology import Edge, Topology
 
 #: The source address of connections between processes on loopback.
 EDGE_SOURCE = "127.0.0.1"
@@ -36,17 +44,81 @@ RESTART_WINDOW = 60.0
 
 @dataclass
 class Child:
-    name: str
-    role: str
-    region: str
-    listen: str
-    argv: list[str]
-    health: str  # URL that answers 200 when ready; "" for dns (checked by a query)
+    """A process of the plan, as this machine runs it."""
+
+    process: Process
     log: Path
     ca: str = ""  # CA to verify an https health URL with (edge up --tls)
     proc: subprocess.Popen[bytes] | None = None
     restarts: list[float] | None = None
     reported: bool = False  # with --no-restart: its exit was reported
+
+    @property
+    def name(self) -> str:
+        return self.process.name
+
+    @property
+    def role(self) -> str:
+        return self.process.role
+
+    @property
+    def region(self) -> str:
+        return self.process.region
+
+    @property
+    def listen(self) -> str:
+        return self.process.listen
+
+    @property
+    def argv(self) -> list[str]:
+        return list(self.process.argv)
+
+
+@dataclass
+class Local:
+    """The placement of `edge up`: every process on this machine's loopback, at the
+    topology's addresses, with its state under WORKDIR."""
+
+    workdir: Path
+    topology: Path
+    ca: LocalCA | None = None
+
+    @property
+    def tls(self) -> bool:
+        return self.ca is not None
+
+    def listen(self, role: str, name: str, listen: str, edge: Edge | None = None) -> str:
+        return listen
+
+    def url(self, name: str, listen: str) -> str:
+        return listen
+
+    def directory(self, name: str, kind: str) -> str:
+        return str(self.workdir / "cache" / name) if kind == "cache" else str(self.workdir)
+
+    def edge_sources(self, topo: Topology) -> list[str]:
+        # On loopback every connection an edge opens comes from 127.0.0.1 (the kernel's
+        # source for 127/8), not from the edge's 127.R.0.x: that one address is trusted.
+        return [EDGE_SOURCE]
+
+    def certificate(self, name: str, listen: str, names: list[str]) -> list[str]:
+        if self.ca is None:
+            return []
+        host = listen.rsplit(":", 1)[0].strip("[]")
+        cert, key = self.ca.issue(name, [*names, "localhost"], [host, "127.0.0.1"])
+        return ["--tls-cert", str(cert), "--tls-key", str(key)]
+
+    def upstream_ca(self) -> list[str]:
+        return ["--upstream-ca", str(self.ca.cert_path)] if self.ca is not None else []
+
+    def dns_topology(self) -> str:
+        if self.ca is None:
+            return str(self.topology)
+        # The GeoDNS authority probes the edges over https, trusting the local CA.
+        return str(_tls_topology(self.topology, self.workdir, str(self.ca.cert_path)))
+
+    def published(self, role: str, listen: str) -> str:
+        return listen
 
 
 def _edge_command() -> list[str]:
@@ -58,21 +130,22 @@ def _url(listen: str, tls: bool = False) -> str:
 
 
 def _healthy(child: Child) -> bool:
-    if child.role == "dns":
+    check = child.process.check
+    if check.kind == "dns":
         import dns.message
         import dns.query
 
-        host, port = child.listen.rsplit(":", 1)
+        host, port = check.target.rsplit(":", 1)
         try:
             dns.query.udp(
-                dns.message.make_query("cdn.example.", "SOA"), host, port=int(port), timeout=0.5
+                dns.message.make_query(check.name, "SOA"), host, port=int(port), timeout=0.5
             )
             return True
         except Exception:  # any failure means not ready yet
             return False
     context = ssl.create_default_context(cafile=child.ca) if child.ca else None
     try:
-        with urllib.request.urlopen(child.health, timeout=1, context=context) as resp:
+        with urllib.request.urlopen(check.target, timeout=1, context=context) as resp:
             return resp.status < 500
     except OSError:
         return False
@@ -81,7 +154,10 @@ def _healthy(child: Child) -> bool:
 def _start(child: Child, env: dict[str, str]) -> None:
     out = open(child.log, "ab")  # noqa: SIM115 - owned by the child
     child.proc = subprocess.Popen(
-        [*_edge_command(), *child.argv], stdout=out, stderr=subprocess.STDOUT, env=env
+        [*_edge_command(), *child.argv],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env=child_env(child, env),
     )
     out.close()
 
@@ -99,150 +175,39 @@ def _wait(child: Child, timeout: float) -> None:
 
 
 def plan(topology_path: Path, workdir: Path, tls: bool = False) -> list[Child]:
-    """The children of the topology, in start order. With `tls`, edges and shields
-    serve HTTPS with certificates from a local CA in WORKDIR/tls (edge.tls)."""
+    """The children of the topology, in start order (origin.plan). With `tls`, edges
+    and shields serve HTTPS with certificates from a local CA in WORKDIR/tls."""
     from origin.topology import TopologyError, load_topology
 
     try:
         topo = load_topology(topology_path)
     except TopologyError as exc:
         fail(str(exc), 2)
-    s = topo.services
-    missing = [
-        n
-        for n, v in (("origin", s.origin), ("coordinator", s.coordinator), ("dns", s.dns))
-        if v is None
-    ]
-    if missing or not s.shields:
-        fail(f"edge up needs [origin], [[shields]], [coordinator] and [dns] in {topology_path}", 2)
-    assert s.origin is not None and s.coordinator is not None and s.dns is not None
-    logs = workdir / "logs"
-    cache = workdir / "cache"
-    origin_url, coordinator_url = _url(s.origin.listen), _url(s.coordinator.listen)
-    children: list[Child] = []
-
-    ca: LocalCA | None = None
+    ca = None
     if tls:
         from edge.tls import LocalCA
 
         ca = LocalCA(workdir / "tls")
+    try:
+        processes = origin.plan.plan(topo, Local(workdir, topology_path, ca))
+    except origin.plan.PlanError as exc:
+        fail(f"edge up {exc} in {topology_path}", 2)
     ca_file = str(ca.cert_path) if ca else ""
-
-    def add(name: str, role: str, region: str, listen: str, argv: list[str], health: str) -> None:
-        secure = health.startswith("https:")
-        children.append(
-            Child(
-                name,
-                role,
-                region,
-                listen,
-                argv,
-                health,
-                logs / f"{name}.log",
-                ca_file if secure else "",
-            )
+    return [
+        Child(
+            p,
+            workdir / "logs" / f"{p.name}.log",
+            ca_file if p.check.target.startswith("https:") else "",
         )
-
-    def certificate(name: str, listen: str, names: list[str]) -> list[str]:
-        """--tls-cert/--tls-key for a node, issued by the local CA (none without tls)."""
-        if ca is None:
-            return []
-        host = listen.rsplit(":", 1)[0].strip("[]")
-        cert, key = ca.issue(name, [*names, "localhost"], [host, "127.0.0.1"])
-        return ["--tls-cert", str(cert), "--tls-key", str(key)]
-
-    origin_argv = ["origin", "--root", str(workdir / str(s.origin.options.get("root", "archive")))]
-    origin_argv += ["--listen", s.origin.listen]
-    if s.origin.options.get("demo", True):
-        origin_argv.append("--demo")
-        if s.origin.options.get("small", False):
-            origin_argv.append("--small")
-    for rule in s.origin.options.get("rules", []):  # GLOB=CACHE-CONTROL, as `edge origin --rule`
-        origin_argv += ["--rule", str(rule)]
-    if s.origin.options.get("latency"):
-        origin_argv += ["--latency", str(s.origin.options["latency"])]
-    add("origin", "origin", "core", s.origin.listen, origin_argv, origin_url + "/")
-    add(
-        s.coordinator.name,
-        "coordinator",
-        "core",
-        s.coordinator.listen,
-        ["coordinator", "--listen", s.coordinator.listen, "--db", str(workdir / "coordinator.db")],
-        coordinator_url + "/v1/health",
-    )
-    common = ["--coordinator", coordinator_url]
-    # A shield believes its edges' X-Forwarded-For, and nobody else's. On loopback every
-    # connection an edge opens comes from 127.0.0.1 (the kernel's source for 127/8), not
-    # from the edge's 127.R.0.x, so that one address is trusted: not the region networks,
-    # where the simulated clients are. Admin endpoints need nothing here: the health
-    # checks (edge up's, the GeoDNS authority's) come from 127.0.0.1 too, and a node's
-    # default admin_networks are 127.0.0.1 and ::1.
-    trust = ["--trusted-proxy", EDGE_SOURCE]
-    for shield in s.shields:
-        argv = ["shield", "--listen", shield.listen, "--origin", origin_url, "--name", shield.name]
-        argv += trust
-        argv += certificate(shield.name, shield.listen, [shield.name])
-        argv += [
-            "--cache-dir",
-            str(cache / shield.name),
-            "--cache-size",
-            str(shield.options["cache_size"]),
-        ]
-        argv += _workers(int(shield.options.get("workers", 1)))
-        add(
-            shield.name,
-            "shield",
-            "core",
-            shield.listen,
-            [*argv, *common, "--region", "core"],
-            _url(shield.listen, tls) + "/_edge/health",
-        )
-    shield_args = [a for sh in s.shields for a in ("--shield", _url(sh.listen, tls))]
-    if ca is not None:
-        shield_args += ["--upstream-ca", ca_file]
-    apex = topo.zone.origin.to_text().rstrip(".")
-    site_names = [n.to_text().rstrip(".") for n in topo.zone.names] + [apex, f"*.{apex}"]
-    for edge in topo.edges:
-        listen = edge.listen or f"{edge.ipv4}:8080"
-        argv = [
-            "serve",
-            "--listen",
-            listen,
-            *shield_args,
-            "--origin",
-            origin_url,
-            "--name",
-            edge.name,
-        ]
-        argv += ["--cache-dir", str(cache / edge.name), "--cache-size", edge.cache_size]
-        argv += _workers(edge.workers)
-        argv += certificate(edge.name, listen, site_names)
-        add(
-            edge.name,
-            "edge",
-            edge.region,
-            listen,
-            [*argv, *common, "--region", edge.region],
-            _url(listen, tls) + "/_edge/health",
-        )
-    if ca is not None:
-        # The GeoDNS authority probes the edges over https, trusting the local CA.
-        topology_path = _tls_topology(topology_path, workdir, ca_file)
-    # The GeoDNS authority probes each edge at its listen address (origin.topology).
-    add(
-        s.dns.name,
-        "dns",
-        "core",
-        s.dns.listen,
-        ["dns", "--listen", s.dns.listen, "--topology", str(topology_path)],
-        "",
-    )
-    return children
+        for p in processes
+    ]
 
 
-def _workers(count: int) -> list[str]:
-    """`--workers N` for a node of several processes (the topology's `workers`)."""
-    return ["--workers", str(count)] if count > 1 else []
+def child_env(child: Child, env: dict[str, str]) -> dict[str, str]:
+    """The environment of a child: this one's, without the tokens it does not need."""
+    secrets = {origin.plan.OPERATOR_TOKEN, origin.plan.NODE_TOKEN}
+    own = {k: v for k, v in env.items() if k not in secrets or k in child.process.secrets}
+    return {**own, **child.process.env}
 
 
 def _tls_topology(path: Path, workdir: Path, ca_file: str) -> Path:

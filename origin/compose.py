@@ -1,21 +1,21 @@
 """docker-compose.yml and origin/topologies/docker.toml, generated from the default
 topology so that `docker compose up` runs the same CDN as `edge up`.
 
-This module owns the mapping from a topology to compose services, networks and
-addresses, the docker view of the topology the GeoDNS authority answers from, and the
-small deterministic YAML and TOML writers both files need. `python -m origin.compose`
-rewrites both files; `python -m origin.compose --check` exits 1 with a one-line
-summary when the committed files differ from what it would write.
+This module owns where the plan's processes run in containers (networks, addresses,
+volumes, what is published), their rendering as compose services, the docker view of
+the topology the GeoDNS authority answers from, and the small deterministic YAML and
+TOML writers both files need. `python -m origin.compose` rewrites both files;
+`python -m origin.compose --check` exits 1 with a one-line summary when the committed
+files differ from what it would write.
 
-The mapping (from origin/topologies/default.toml):
+The processes, their options, secrets, health checks, start order and state are
+origin.plan's, the one plan `edge up` runs too; this module adds only where they are
+(the `Docker` placement) and how compose writes them:
 
-- One service per process, each running the image's `edge` console script with the
-  options `edge up` passes, listening on 0.0.0.0 at the topology's port:
-  the origin (`edge origin --root /data/<root> --demo [--small]`), each shield by name
-  (`edge shield`, cache in /cache), the coordinator (`edge coordinator --db
-  /data/coordinator.db`), each edge by name (`edge serve`, cache in /cache) and the
-  GeoDNS authority (`edge dns --topology /etc/edge/topology.docker.toml`). Services
-  reach each other by service name (`http://origin:8081`).
+- One service per process, running the image's `edge` console script with the plan's
+  argv. The origin, coordinator and GeoDNS authority listen on 0.0.0.0 at the topology's
+  port; services reach each other by service name (`http://origin:8081`); state lives
+  in one volume per process (`NAME-cache` at /cache, `NAME-data` at /data).
 - One network, `cdn`, as the internet is one: every client reaches every edge, as it
   must when GeoDNS sends a region's clients elsewhere because their own edges are down
   (docker drops traffic between two of its networks, so a network per region would
@@ -32,13 +32,10 @@ The mapping (from origin/topologies/default.toml):
   their core addresses, edges at docker_ipv4 (health URLs on those), region networks
   without the loopback ones, glue for the authority's name on its docker address. The
   image carries it at /etc/edge/topology.docker.toml.
-- Start order as `edge up` has it, by healthchecks: origin, coordinator, shields, edges,
-  then the GeoDNS authority. Each service has a healthcheck (a Python one-liner: the
-  image has no curl), restarts unless stopped, and runs under an init that forwards
-  signals.
-- Volumes: one cache volume per shield and edge, a data volume each for the origin
-  and the coordinator. Tokens come from the environment (EDGE_TOKEN, EDGE_NODE_TOKEN;
-  compose refuses to start without them), never from the file.
+- Start order is the plan's, by healthchecks (the plan's checks, as Python one-liners:
+  the image has no curl); every service restarts unless stopped and runs under an init
+  that forwards signals. Tokens come from the environment (EDGE_TOKEN,
+  EDGE_NODE_TOKEN; compose refuses to start without them), never from the file.
 - Trust: each shield is given its edges' addresses as --trusted-proxy (they reach it
   from there), and nothing else; admin endpoints are left to each node's default,
   127.0.0.1 in its own container, which is where its healthcheck runs.
@@ -58,11 +55,12 @@ import json
 import re
 import sys
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from edge.config import parse_listen
+from origin.plan import Check, PlanError, Process, edge_listen, plan
 from origin.topology import Edge, Network, Service, Topology, TopologyError, load_topology
 
 HERE = Path(__file__).resolve().parent
@@ -82,8 +80,6 @@ DNS_HOST = 53
 NETWORK = "cdn"  # the one docker network (see the module's docstring)
 CLIENT_HOST = 200  # a region's example client in the header: .200 of its docker_subnet
 WIDEST_NETWORK = 16  # the network's prefix is at most this wide: a /16
-
-DEFAULT_EDGE_PORT = 8080  # what `edge up` gives an edge without a listen address
 
 HEALTHCHECK_TIMING = {"interval": "3s", "timeout": "3s", "retries": 20, "start_period": "30s"}
 
@@ -106,15 +102,6 @@ def host(subnet: Network, number: int, what: str) -> ipaddress.IPv4Address:
 
 def port_of(listen: str) -> int:
     return parse_listen(listen)[1]
-
-
-def edge_port(edge: Edge) -> int:
-    return port_of(edge.listen) if edge.listen else DEFAULT_EDGE_PORT
-
-
-def edge_host_listen(edge: Edge) -> str:
-    """Where `edge up` runs the edge on this machine, so where compose publishes it."""
-    return edge.listen or f"{edge.ipv4}:{DEFAULT_EDGE_PORT}"
 
 
 def loopback_publish(listen: str, inside: int, what: str, suffix: str = "") -> str:
@@ -224,197 +211,118 @@ class Layout:
         return f"{self.core_addresses[service.name]}:{port_of(service.listen)}"
 
     def edge_listen(self, edge: Edge) -> str:
-        return f"{edge.docker_ipv4}:{edge_port(edge)}"
+        return f"{edge.docker_ipv4}:{port_of(edge_listen(edge))}"
 
 
 # -- docker-compose.yml -------------------------------------------------------------------
 
 
-def _url(name: str, listen: str) -> str:
-    return f"http://{name}:{port_of(listen)}"
+@dataclass(frozen=True)
+class Docker:
+    """The placement of compose (origin.plan): every process in its container at its
+    fixed address on the one network, reached by service name, state in volumes."""
+
+    layout: Layout
+    tls: bool = False  # `edge up --tls` only: compose serves plain HTTP
+
+    def listen(self, role: str, name: str, listen: str, edge: Edge | None = None) -> str:
+        if edge is not None:
+            return self.layout.edge_listen(edge)
+        if role == "shield":
+            # A node registers the address it listens on: the one others reach it at.
+            return f"{self.layout.core_addresses[name]}:{port_of(listen)}"
+        return f"0.0.0.0:{port_of(listen)}"
+
+    def url(self, name: str, listen: str) -> str:
+        return f"{name}:{port_of(listen)}"
+
+    def directory(self, name: str, kind: str) -> str:
+        return f"/{kind}"  # the process's own volume, `NAME-KIND`
+
+    def edge_sources(self, topo: Topology) -> list[str]:
+        return [str(e.docker_ipv4) for e in topo.edges]
+
+    def certificate(self, name: str, listen: str, names: list[str]) -> list[str]:
+        return []
+
+    def upstream_ca(self) -> list[str]:
+        return []
+
+    def dns_topology(self) -> str:
+        return IMAGE_TOPOLOGY
+
+    def published(self, role: str, listen: str) -> str:
+        # Users reach the edges and the GeoDNS authority; the rest stays inside.
+        return listen if role in ("edge", "dns") else ""
 
 
-def _inside(listen: str) -> str:
-    """The address a process listens on in its container: every interface."""
-    return f"0.0.0.0:{port_of(listen)}"
-
-
-def _http_check(url: str) -> list[str]:
+def _check(check: Check) -> list[str]:
     # python:3.11-slim has no curl; urlopen raises (exit 1) on no answer or 4xx/5xx.
-    code = f"import urllib.request; urllib.request.urlopen({url!r}, timeout=2)"
+    if check.kind == "http":
+        code = f"import urllib.request; urllib.request.urlopen({check.target!r}, timeout=2)"
+    else:
+        host, port = check.target.rsplit(":", 1)
+        code = (
+            "import dns.message, dns.query; "
+            f"dns.query.udp(dns.message.make_query({check.name!r}, 'SOA'), {host!r}, "
+            f"port={port}, timeout=2)"
+        )
     return ["CMD", "python", "-c", code]
 
 
-def _dns_check(apex: str, port: int) -> list[str]:
-    code = (
-        "import dns.message, dns.query; "
-        f"dns.query.udp(dns.message.make_query({apex!r}, 'SOA'), '127.0.0.1', "
-        f"port={port}, timeout=2)"
-    )
-    return ["CMD", "python", "-c", code]
-
-
-def _env(*names: str) -> dict[str, str]:
+def _environment(process: Process) -> dict[str, str]:
     # `:?` makes compose refuse to start when a token is unset: no default token exists.
-    return {name: f"${{{name}:?set {name}}}" for name in names}
+    secrets = {name: f"${{{name}:?set {name}}}" for name in process.secrets}
+    return {**secrets, **process.env}
 
 
-def _service(
-    layout: Layout,
-    command: list[str],
-    *,
-    address: ipaddress.IPv4Address,
-    check: list[str],
-    depends_on: list[str],
-    environment: dict[str, str] | None = None,
-    ports: list[str] | None = None,
-    volumes: list[str] | None = None,
-) -> dict[str, Any]:
-    service: dict[str, Any] = {
-        "build": ".",
-        "image": f"{layout.topology.services.cdn_name}:local",
-        "init": True,  # the process is not PID 1: signals reach it, children are reaped
-        "restart": "unless-stopped",
-        "command": ["edge", *command],
-    }
-    if environment:
-        service["environment"] = environment
-    service["networks"] = {NETWORK: {"ipv4_address": str(address)}}
-    if ports:
-        service["ports"] = ports
-    if volumes:
-        service["volumes"] = volumes
-    service["healthcheck"] = {"test": check, **HEALTHCHECK_TIMING}
-    if depends_on:
-        service["depends_on"] = {dep: {"condition": "service_healthy"} for dep in depends_on}
-    return service
+def _ports(process: Process) -> list[str]:
+    if not process.published:
+        return []
+    inside = port_of(process.listen)
+    what = f"{process.role} {process.name}"
+    if process.role == "dns":
+        return [
+            loopback_publish(process.published, inside, what, "/udp"),
+            loopback_publish(process.published, inside, what, "/tcp"),
+        ]
+    return [loopback_publish(process.published, inside, what)]
 
 
 def compose_model(topo: Topology) -> dict[str, Any]:
-    """The compose file as plain data (mappings in the order they are written)."""
+    """The compose file as plain data (mappings in the order they are written): the
+    plan's processes, one service each."""
     layout = Layout.of(topo)
-    origin, coordinator, dns = layout.origin, layout.coordinator, layout.dns
-    origin_url = _url(origin.name, origin.listen)
-    coordinator_url = _url(coordinator.name, coordinator.listen)
-    addr = layout.core_addresses
+    try:
+        processes = plan(topo, Docker(layout))
+    except PlanError as exc:
+        raise ComposeError(f"the topology {exc}") from exc
+    addresses = {**layout.core_addresses, **{e.name: e.docker_ipv4 for e in topo.edges}}
     services: dict[str, Any] = {}
     volumes: dict[str, Any] = {}
-
-    root = PurePosixPath("/data") / str(origin.options.get("root", "archive"))
-    origin_cmd = ["origin", "--root", str(root), "--listen", _inside(origin.listen)]
-    if origin.options.get("demo", True):
-        origin_cmd.append("--demo")
-        if origin.options.get("small", False):
-            origin_cmd.append("--small")
-    if origin.options.get("latency"):
-        origin_cmd += ["--latency", str(origin.options["latency"])]
-    volumes[f"{origin.name}-data"] = {}
-    services[origin.name] = _service(
-        layout,
-        origin_cmd,
-        address=addr[origin.name],
-        check=_http_check(f"http://127.0.0.1:{port_of(origin.listen)}/"),
-        depends_on=[],
-        volumes=[f"{origin.name}-data:/data"],
-    )
-
-    volumes[f"{coordinator.name}-data"] = {}
-    services[coordinator.name] = _service(
-        layout,
-        ["coordinator", "--listen", _inside(coordinator.listen), "--db", "/data/coordinator.db"],
-        address=addr[coordinator.name],
-        check=_http_check(f"http://127.0.0.1:{port_of(coordinator.listen)}/v1/health"),
-        depends_on=[origin.name],
-        # EDGE_COORDINATOR: `docker compose exec coordinator edge purge URL` just works.
-        environment={
-            **_env("EDGE_TOKEN", "EDGE_NODE_TOKEN"),
-            "EDGE_COORDINATOR": f"http://127.0.0.1:{port_of(coordinator.listen)}",
-        },
-        volumes=[f"{coordinator.name}-data:/data"],
-    )
-
-    common = ["--coordinator", coordinator_url]
-    # A shield believes X-Forwarded-For from its edges only: their addresses, from which
-    # they reach it. Nothing else is trusted, and the admin endpoints stay with
-    # 127.0.0.1 in each container (its healthcheck); the GeoDNS probes need only the
-    # public health answer.
-    trust = [a for e in topo.edges for a in ("--trusted-proxy", str(e.docker_ipv4))]
-    for shield in layout.shields:
-        volumes[f"{shield.name}-cache"] = {}
-        services[shield.name] = _service(
-            layout,
-            [
-                "shield",
-                "--listen",
-                layout.docker_listen(shield),
-                "--origin",
-                origin_url,
-                "--name",
-                shield.name,
-                *trust,
-                "--cache-dir",
-                "/cache",
-                "--cache-size",
-                str(shield.options["cache_size"]),
-                *_workers(int(shield.options.get("workers", 1))),
-                *common,
-                "--region",
-                "core",
-            ],
-            address=addr[shield.name],
-            check=_http_check(f"http://{layout.docker_listen(shield)}/_edge/health"),
-            depends_on=[origin.name, coordinator.name],
-            environment=_env("EDGE_NODE_TOKEN"),
-            volumes=[f"{shield.name}-cache:/cache"],
-        )
-
-    shield_args = [a for sh in layout.shields for a in ("--shield", _url(sh.name, sh.listen))]
-    for edge in topo.edges:
-        port = edge_port(edge)
-        assert edge.docker_ipv4 is not None  # Layout.of checked
-        volumes[f"{edge.name}-cache"] = {}
-        services[edge.name] = _service(
-            layout,
-            [
-                "serve",
-                "--listen",
-                layout.edge_listen(edge),
-                *shield_args,
-                "--origin",
-                origin_url,
-                "--name",
-                edge.name,
-                "--cache-dir",
-                "/cache",
-                "--cache-size",
-                edge.cache_size,
-                *_workers(edge.workers),
-                *common,
-                "--region",
-                edge.region,
-            ],
-            address=edge.docker_ipv4,
-            check=_http_check(f"http://{layout.edge_listen(edge)}/_edge/health"),
-            depends_on=[origin.name, coordinator.name, *(sh.name for sh in layout.shields)],
-            environment=_env("EDGE_NODE_TOKEN"),
-            ports=[loopback_publish(edge_host_listen(edge), port, f"edge {edge.name}")],
-            volumes=[f"{edge.name}-cache:/cache"],
-        )
-
-    dns_port = port_of(dns.listen)
-    services[dns.name] = _service(
-        layout,
-        ["dns", "--listen", _inside(dns.listen), "--topology", IMAGE_TOPOLOGY],
-        address=addr[dns.name],
-        check=_dns_check(topo.zone.origin.to_text(), dns_port),
-        depends_on=[e.name for e in topo.edges],
-        # The authority reads the coordinator's node registry with the operators' token.
-        environment=_env("EDGE_TOKEN") if topo.health.coordinator else None,
-        ports=[
-            loopback_publish(dns.listen, dns_port, "[dns] listen", "/udp"),
-            loopback_publish(dns.listen, dns_port, "[dns] listen", "/tcp"),
-        ],
-    )
+    for process in processes:
+        service: dict[str, Any] = {
+            "build": ".",
+            "image": f"{topo.services.cdn_name}:local",
+            "init": True,  # the process is not PID 1: signals reach it, children are reaped
+            "restart": "unless-stopped",
+            "command": ["edge", *process.argv],
+        }
+        environment = _environment(process)
+        if environment:
+            service["environment"] = environment
+        service["networks"] = {NETWORK: {"ipv4_address": str(addresses[process.name])}}
+        ports = _ports(process)
+        if ports:
+            service["ports"] = ports
+        if process.state:
+            mounts = [f"{process.name}-{kind}:/{kind}" for kind in process.state]
+            volumes.update({m.split(":")[0]: {} for m in mounts})
+            service["volumes"] = mounts
+        service["healthcheck"] = {"test": _check(process.check), **HEALTHCHECK_TIMING}
+        if process.after:
+            service["depends_on"] = {d: {"condition": "service_healthy"} for d in process.after}
+        services[process.name] = service
     # ADDRESS:PORT:INSIDE[/PROTOCOL]: one host address, port and protocol per service.
     published = [
         (*p.split(":")[:2], p.partition("/")[2] or "tcp")
@@ -436,10 +344,10 @@ def compose_model(topo: Topology) -> dict[str, Any]:
 def compose_header(topo: Topology, source: str) -> list[str]:
     layout = Layout.of(topo)
     width = max(len(e.name) for e in (*topo.edges, layout.dns)) + 2
-    published = [f"  {e.name:<{width}}http://{edge_host_listen(e)}" for e in topo.edges]
+    published = [f"  {e.name:<{width}}http://{edge_listen(e)}" for e in topo.edges]
     dns_host, dns_port = parse_listen(layout.dns.listen)
     site = f"www.{topo.zone.origin.to_text(omit_final_dot=True)}"
-    first_host, first = parse_listen(edge_host_listen(topo.edges[0]))
+    first_host, first = parse_listen(edge_listen(topo.edges[0]))
     region = topo.regions[-1]
     assert region.docker_subnet is not None  # Layout.of checked
     client = region.docker_subnet.network_address + CLIENT_HOST
@@ -574,11 +482,6 @@ def docker_topology(topo: Topology, source: str) -> str:
     for loc in topo.locations:
         out.array_item("locations", {"network": str(loc.network), "lat": loc.lat, "lon": loc.lon})
     return out.text()
-
-
-def _workers(count: int) -> list[str]:
-    """`--workers N` for a node of several processes (the topology's `workers`)."""
-    return ["--workers", str(count)] if count > 1 else []
 
 
 def _dns_addresses(layout: Layout) -> list[str]:

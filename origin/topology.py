@@ -26,6 +26,49 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 
 
+#: Every setting a topology may have, by section: the parser accepts these and no
+#: other, and tests/test_plan.py checks that each reaches `edge up` and compose alike.
+SECTIONS: dict[str, frozenset[str]] = {
+    "cdn": frozenset({"name"}),
+    "origin": frozenset({"listen", "name", "demo", "small", "root", "latency", "rules"}),
+    "shields": frozenset({"name", "listen", "cache_size", "workers"}),
+    "coordinator": frozenset({"listen", "name"}),
+    "dns": frozenset({"listen", "name"}),
+    "docker": frozenset({"core_subnet"}),
+    "zone": frozenset(
+        {
+            "name",
+            "ttl",
+            "negative_ttl",
+            "ns",
+            "glue",
+            "names",
+            "answer_count",
+            "mname",
+            "rname",
+            "serial",
+        }
+    ),
+    "health": frozenset({"interval", "timeout", "rise", "fall", "coordinator", "token", "ca"}),
+    "regions": frozenset({"name", "lat", "lon", "networks", "default", "docker_subnet"}),
+    "edges": frozenset(
+        {
+            "name",
+            "region",
+            "ipv4",
+            "ipv6",
+            "weight",
+            "health",
+            "listen",
+            "cache_size",
+            "docker_ipv4",
+            "workers",
+        }
+    ),
+    "locations": frozenset({"network", "lat", "lon"}),
+}
+
+
 class TopologyError(ValueError):
     """A mistake in the topology file; the message is one line."""
 
@@ -233,7 +276,7 @@ def to_toml(raw: dict[str, Any]) -> str:
     return "\n".join(lines).lstrip("\n") + "\n"
 
 
-def _table(raw: dict[str, Any], key: str, allowed: set[str]) -> dict[str, Any]:
+def _table(raw: dict[str, Any], key: str, allowed: frozenset[str]) -> dict[str, Any]:
     value = raw.get(key, {})
     if not isinstance(value, dict):
         raise TopologyError(f"[{key}] must be a table")
@@ -286,37 +329,10 @@ def _network(where: str, text: Any) -> Network:
 
 
 def parse_topology(raw: dict[str, Any]) -> Topology:
-    extra = set(raw) - {
-        "zone",
-        "health",
-        "regions",
-        "edges",
-        "locations",
-        "cdn",
-        "origin",
-        "shields",
-        "coordinator",
-        "dns",
-        "docker",
-    }
+    extra = set(raw) - set(SECTIONS)
     if extra:
         raise TopologyError(f"unknown section in topology: {sorted(extra)[0]}")
-    z = _table(
-        raw,
-        "zone",
-        {
-            "name",
-            "ttl",
-            "negative_ttl",
-            "ns",
-            "glue",
-            "names",
-            "answer_count",
-            "mname",
-            "rname",
-            "serial",
-        },
-    )
+    z = _table(raw, "zone", SECTIONS["zone"])
     if "name" not in z:
         raise TopologyError("[zone] needs name (the zone apex, e.g. cdn.example.)")
     origin = _dns_name(
@@ -353,7 +369,7 @@ def parse_topology(raw: dict[str, Any]) -> Topology:
             "[zone] answer_count", z.get("answer_count", 2), low=1, high=64, integer=True
         ),
     )
-    h = _table(raw, "health", {"interval", "timeout", "rise", "fall", "coordinator", "token", "ca"})
+    h = _table(raw, "health", SECTIONS["health"])
     health = HealthSettings(
         interval=_number("[health] interval", h.get("interval", 2.0), low=0.05, high=3600),
         timeout=_number("[health] timeout", h.get("timeout", 1.0), low=0.01, high=60),
@@ -368,7 +384,7 @@ def parse_topology(raw: dict[str, Any]) -> Topology:
     locations = []
     for i, item in enumerate(_list(raw, "locations")):
         where = f"[[locations]] #{i + 1}"
-        _keys(where, item, {"network", "lat", "lon"}, {"network", "lat", "lon"})
+        _keys(where, item, SECTIONS["locations"], {"network", "lat", "lon"})
         locations.append(
             Location(
                 _network(where, item["network"]),
@@ -389,10 +405,10 @@ def _listen(where: str, value: Any) -> str:
     return str(value)
 
 
-def _service(raw: dict[str, Any], key: str, allowed: set[str], default_name: str) -> Service | None:
+def _service(raw: dict[str, Any], key: str, default_name: str) -> Service | None:
     if key not in raw:
         return None
-    table = _table(raw, key, {"listen", "name", *allowed})
+    table = _table(raw, key, SECTIONS[key])
     if "listen" not in table:
         raise TopologyError(f"[{key}] needs listen (HOST:PORT)")
     options = {k: v for k, v in table.items() if k not in ("listen", "name")}
@@ -403,11 +419,11 @@ def _service(raw: dict[str, Any], key: str, allowed: set[str], default_name: str
 
 def _services(raw: dict[str, Any]) -> Services:
     """The processes `edge up` starts besides the edges (all optional for `edge dns`)."""
-    cdn = _table(raw, "cdn", {"name"})
+    cdn = _table(raw, "cdn", SECTIONS["cdn"])
     shields = []
     for i, item in enumerate(_list(raw, "shields")):
         where = f"[[shields]] #{i + 1}"
-        _keys(where, item, {"name", "listen", "cache_size", "workers"}, {"name", "listen"})
+        _keys(where, item, SECTIONS["shields"], {"name", "listen"})
         if not _NAME.match(str(item["name"])):
             raise TopologyError(f"{where}: name must be letters, digits, '.', '_' or '-'")
         options = {
@@ -415,13 +431,13 @@ def _services(raw: dict[str, Any]) -> Services:
             "workers": _workers(f"shield {item['name']}", item),
         }
         shields.append(Service(item["name"], _listen(where, item["listen"]), options))
-    docker = _table(raw, "docker", {"core_subnet"})
+    docker = _table(raw, "docker", SECTIONS["docker"])
     return Services(
         cdn_name=str(cdn.get("name", "edge")),
-        origin=_service(raw, "origin", {"demo", "small", "root", "latency", "rules"}, "origin"),
+        origin=_service(raw, "origin", "origin"),
         shields=tuple(shields),
-        coordinator=_service(raw, "coordinator", set(), "coordinator"),
-        dns=_service(raw, "dns", set(), "dns"),
+        coordinator=_service(raw, "coordinator", "coordinator"),
+        dns=_service(raw, "dns", "dns"),
         docker_core_subnet=_network("[docker] core_subnet", docker["core_subnet"])
         if "core_subnet" in docker
         else None,
@@ -435,7 +451,7 @@ def _list(raw: dict[str, Any], key: str) -> list[dict[str, Any]]:
     return value
 
 
-def _keys(where: str, item: dict[str, Any], allowed: set[str], required: set[str]) -> None:
+def _keys(where: str, item: dict[str, Any], allowed: frozenset[str], required: set[str]) -> None:
     unknown = set(item) - allowed
     if unknown:
         raise TopologyError(f"unknown setting in {where}: {sorted(unknown)[0]}")
@@ -448,8 +464,7 @@ def _regions(items: Any) -> tuple[Region, ...]:
     regions = []
     for i, item in enumerate(_list({"regions": items}, "regions")):
         where = f"[[regions]] #{i + 1}"
-        allowed = {"name", "lat", "lon", "networks", "default", "docker_subnet"}
-        _keys(where, item, allowed, {"name", "lat", "lon"})
+        _keys(where, item, SECTIONS["regions"], {"name", "lat", "lon"})
         name = item["name"]
         if not isinstance(name, str) or not _NAME.match(name):
             raise TopologyError(f"{where}: name must be letters, digits, '.', '_' or '-'")
@@ -481,19 +496,7 @@ def _edges(items: Any, regions: set[str]) -> tuple[Edge, ...]:
     edges = []
     for i, item in enumerate(_list({"edges": items}, "edges")):
         where = f"[[edges]] #{i + 1}"
-        allowed = {
-            "name",
-            "region",
-            "ipv4",
-            "ipv6",
-            "weight",
-            "health",
-            "listen",
-            "cache_size",
-            "docker_ipv4",
-            "workers",
-        }
-        _keys(where, item, allowed, {"name", "region"})
+        _keys(where, item, SECTIONS["edges"], {"name", "region"})
         name = item["name"]
         if not isinstance(name, str) or not _NAME.match(name):
             raise TopologyError(f"{where}: name must be letters, digits, '.', '_' or '-'")

@@ -1,0 +1,256 @@
+"""The one plan: a topology turned into the processes that run it.
+
+`edge up` runs this plan as child processes on this machine; origin.compose renders the
+same plan as docker-compose services. Everything a process is given (its subcommand,
+every option the topology sets, the secrets it reads, its health check, what must be
+healthy before it starts, where it keeps state) is decided here, once. What differs
+between the two ways of running the CDN is only *where* things are, and that is a
+`Placement`: which address a process listens on, how the others reach it, where its
+directories are, which sources a shield trusts, which topology file the GeoDNS
+authority reads and whether nodes serve TLS.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from origin.topology import Edge, Service, Topology
+
+Role = Literal["origin", "coordinator", "shield", "edge", "dns"]
+StateKind = Literal["cache", "data"]
+
+#: The secrets a process reads from its environment, by role. None of them is ever
+#: written into a plan: `edge up` makes or passes them, compose takes them from the
+#: operator's shell.
+OPERATOR_TOKEN = "EDGE_TOKEN"
+NODE_TOKEN = "EDGE_NODE_TOKEN"
+
+DEFAULT_EDGE_PORT = 8080  # an edge without a listen address in the topology
+
+
+@dataclass(frozen=True)
+class Check:
+    """How to tell a process is ready: an HTTP URL answering below 500, or (for the
+    GeoDNS authority) an SOA answer for `name` from `target` (HOST:PORT)."""
+
+    kind: Literal["http", "dns"]
+    target: str
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class Process:
+    """One process of the CDN, independent of how it is started."""
+
+    name: str
+    role: Role
+    region: str
+    listen: str  # where it listens (as the placement has it)
+    argv: tuple[str, ...]  # after the `edge` console script
+    check: Check
+    after: tuple[str, ...] = ()  # processes that must be healthy before it starts
+    secrets: tuple[str, ...] = ()  # environment variables it needs from the operator
+    env: dict[str, str] = field(default_factory=dict)  # other environment it is given
+    state: tuple[StateKind, ...] = ()  # directories it keeps across restarts
+    published: str = ""  # HOST:PORT where users on this machine reach it ("" nowhere)
+
+
+class Placement(Protocol):
+    """Where the processes of a plan are: this machine's loopback (`edge up`) or
+    containers on a docker network (compose)."""
+
+    tls: bool  # edges and shields serve HTTPS
+
+    def listen(self, role: Role, name: str, listen: str, edge: Edge | None = None) -> str:
+        """The address the process listens on, given the topology's `listen`."""
+        ...
+
+    def url(self, name: str, listen: str) -> str:
+        """How the other processes reach a process, without scheme (HOST:PORT)."""
+        ...
+
+    def directory(self, name: str, kind: StateKind) -> str:
+        """The process's cache (`cache`) or data (`data`) directory."""
+        ...
+
+    def edge_sources(self, topo: Topology) -> list[str]:
+        """The addresses a shield sees its edges' connections come from."""
+        ...
+
+    def certificate(self, name: str, listen: str, names: list[str]) -> list[str]:
+        """TLS options for a node (none without tls)."""
+        ...
+
+    def upstream_ca(self) -> list[str]:
+        """Options for an edge to verify its shields' certificates (none without tls)."""
+        ...
+
+    def dns_topology(self) -> str:
+        """The topology file the GeoDNS authority reads."""
+        ...
+
+    def published(self, role: Role, listen: str) -> str:
+        """Where users on this machine reach the process at the topology's `listen`."""
+        ...
+
+
+class PlanError(ValueError):
+    """The topology cannot be run; the message is one line, read after "the topology"
+    or the command's name."""
+
+
+def edge_listen(edge: Edge) -> str:
+    """The address an edge has on this machine: its listen, else its ipv4 on 8080."""
+    return edge.listen or f"{edge.ipv4}:{DEFAULT_EDGE_PORT}"
+
+
+def health_host(listen: str) -> str:
+    """HOST:PORT to check a process listening on `listen` at: its own address, or
+    127.0.0.1 when it listens on every interface."""
+    host, port = listen.rsplit(":", 1)
+    return f"127.0.0.1:{port}" if host in ("0.0.0.0", "[::]", "::") else listen
+
+
+def _workers(count: int) -> list[str]:
+    """`--workers N` for a node of several processes (the topology's `workers`)."""
+    return ["--workers", str(count)] if count > 1 else []
+
+
+def origin_argv(origin: Service, listen: str, root_parent: str) -> list[str]:
+    """`edge origin` with every option of the topology's [origin]."""
+    o = origin.options
+    argv = ["origin", "--root", f"{root_parent}/{o.get('root', 'archive')}", "--listen", listen]
+    if o.get("demo", True):
+        argv.append("--demo")
+        if o.get("small", False):
+            argv.append("--small")
+    for rule in o.get("rules", []):  # GLOB=CACHE-CONTROL, as `edge origin --rule`
+        argv += ["--rule", str(rule)]
+    if o.get("latency"):
+        argv += ["--latency", str(o["latency"])]
+    return argv
+
+
+def plan(topo: Topology, place: Placement) -> list[Process]:
+    """The topology's processes in start order: origin, coordinator, shields, edges and
+    the GeoDNS authority."""
+    s = topo.services
+    if s.origin is None or s.coordinator is None or s.dns is None or not s.shields:
+        raise PlanError("needs [origin], [[shields]], [coordinator] and [dns]")
+    origin, coordinator, dns = s.origin, s.coordinator, s.dns
+    node_scheme = "https" if place.tls else "http"
+    origin_url = f"http://{place.url(origin.name, origin.listen)}"
+    coordinator_url = f"http://{place.url(coordinator.name, coordinator.listen)}"
+    out: list[Process] = []
+
+    listen = place.listen("origin", origin.name, origin.listen)
+    out.append(
+        Process(
+            origin.name,
+            "origin",
+            "core",
+            listen,
+            tuple(origin_argv(origin, listen, place.directory(origin.name, "data"))),
+            Check("http", f"http://{health_host(listen)}/"),
+            state=("data",),
+            published=place.published("origin", origin.listen),
+        )
+    )
+
+    listen = place.listen("coordinator", coordinator.name, coordinator.listen)
+    db = f"{place.directory(coordinator.name, 'data')}/coordinator.db"
+    out.append(
+        Process(
+            coordinator.name,
+            "coordinator",
+            "core",
+            listen,
+            ("coordinator", "--listen", listen, "--db", db),
+            Check("http", f"http://{health_host(listen)}/v1/health"),
+            after=(origin.name,),
+            secrets=(OPERATOR_TOKEN, NODE_TOKEN),
+            # `edge purge` / `edge status` run beside it (compose exec) find it.
+            env={"EDGE_COORDINATOR": f"http://{health_host(listen)}"},
+            state=("data",),
+            published=place.published("coordinator", coordinator.listen),
+        )
+    )
+
+    common = ["--coordinator", coordinator_url]
+    # A shield believes X-Forwarded-For from its edges' connections, and nobody else's:
+    # not the region networks, where the clients are. Admin endpoints are left to each
+    # node's default (127.0.0.1 and ::1), which is where the health checks come from.
+    trust = [a for source in place.edge_sources(topo) for a in ("--trusted-proxy", source)]
+    for shield in s.shields:
+        listen = place.listen("shield", shield.name, shield.listen)
+        argv = ["shield", "--listen", listen, "--origin", origin_url, "--name", shield.name]
+        argv += trust
+        argv += place.certificate(shield.name, listen, [shield.name])
+        argv += ["--cache-dir", place.directory(shield.name, "cache")]
+        argv += ["--cache-size", str(shield.options["cache_size"])]
+        argv += _workers(int(shield.options.get("workers", 1)))
+        argv += [*common, "--region", "core"]
+        out.append(
+            Process(
+                shield.name,
+                "shield",
+                "core",
+                listen,
+                tuple(argv),
+                Check("http", f"{node_scheme}://{health_host(listen)}/_edge/health"),
+                after=(origin.name, coordinator.name),
+                secrets=(NODE_TOKEN,),
+                state=("cache",),
+                published=place.published("shield", shield.listen),
+            )
+        )
+
+    shields = [
+        a
+        for sh in s.shields
+        for a in ("--shield", f"{node_scheme}://{place.url(sh.name, sh.listen)}")
+    ]
+    shields += place.upstream_ca()
+    apex = topo.zone.origin.to_text().rstrip(".")
+    site_names = [n.to_text().rstrip(".") for n in topo.zone.names] + [apex, f"*.{apex}"]
+    for edge in topo.edges:
+        listen = place.listen("edge", edge.name, edge_listen(edge), edge)
+        argv = ["serve", "--listen", listen, *shields, "--origin", origin_url]
+        argv += ["--name", edge.name]
+        argv += ["--cache-dir", place.directory(edge.name, "cache")]
+        argv += ["--cache-size", edge.cache_size]
+        argv += _workers(edge.workers)
+        argv += place.certificate(edge.name, listen, site_names)
+        argv += [*common, "--region", edge.region]
+        out.append(
+            Process(
+                edge.name,
+                "edge",
+                edge.region,
+                listen,
+                tuple(argv),
+                Check("http", f"{node_scheme}://{health_host(listen)}/_edge/health"),
+                after=(origin.name, coordinator.name, *(sh.name for sh in s.shields)),
+                secrets=(NODE_TOKEN,),
+                state=("cache",),
+                published=place.published("edge", edge_listen(edge)),
+            )
+        )
+
+    listen = place.listen("dns", dns.name, dns.listen)
+    out.append(
+        Process(
+            dns.name,
+            "dns",
+            "core",
+            listen,
+            ("dns", "--listen", listen, "--topology", place.dns_topology()),
+            Check("dns", health_host(listen), topo.zone.origin.to_text()),
+            after=tuple(e.name for e in topo.edges),
+            # The authority reads the coordinator's node registry with the operators' token.
+            secrets=(OPERATOR_TOKEN,) if topo.health.coordinator else (),
+            published=place.published("dns", dns.listen),
+        )
+    )
+    return out
