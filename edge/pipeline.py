@@ -6,8 +6,9 @@
                           └─▶ pass ─▶ deliver (streamed, never stored)
     any state ─▶ synth (an error or a refusal made here)
 
-Each state is a method `st_<name>` returning the next state's name; `run` walks them
-and records the walk for the access log. The caching rules come from `edge.policy`;
+The steps and the moves between them are edge.steps' table; each step is a method
+`st_<name>` returning the next step, `run` drives them (refusing a move the table does
+not list) and records the walk for the access log. The caching rules come from `edge.policy`;
 this module owns the order of things and all I/O of a request: the store, the
 in-flight fills, the upstream and the client response.
 """
@@ -27,7 +28,7 @@ from typing import IO, Any
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from edge import compress, derive, fastpath, forwarding, guard, policy, zerocopy
+from edge import compress, derive, fastpath, forwarding, guard, policy, steps, zerocopy
 from edge.accesslog import AccessLog
 from edge.cachestatus import CacheStatus
 from edge.config import NodeConfig
@@ -55,6 +56,7 @@ from edge.slices import (
     parse_content_range,
     sliceable,
 )
+from edge.steps import Step
 from edge.store import Entry, Store, new_variant_id
 from edge.upstream import UpstreamError, UpstreamResponse, Upstreams
 from edge.waf import RuleSet
@@ -75,7 +77,7 @@ _SENDFILE_MIN = 128 << 10
 _ERROR_STATUSES = frozenset({500, 502, 503, 504})
 
 #: The walk of a plain hit, the only kind edge.fastpath repeats.
-_PLAIN_HIT = ["recv", "hash", "lookup", "hit", "deliver"]
+_PLAIN_HIT = [Step.RECV, Step.HASH, Step.LOOKUP, Step.HIT, Step.DELIVER]
 
 #: RFC 9112 Section 3.2.2: absolute-form, as a client talking to a proxy sends it.
 _ABSOLUTE_FORM = re.compile(r"^https?://([^/?#@]+)([/?][^#]*)?$", re.IGNORECASE)
@@ -178,7 +180,7 @@ class Transaction:
         self._request_id = ""
         self.client = forwarding.client_address(request.remote, request.headers, engine.trusted)
         self.request_cc = policy.request_cache_control(request.headers)
-        self.walk: list[str] = []
+        self.walk: list[Step] = []  # the steps taken (edge.steps), for the log
         self.key = ""
         self.entry: Entry | None = None
         self.entry_headers: CIMultiDict[str] = CIMultiDict()
@@ -203,11 +205,15 @@ class Transaction:
     # -- the walk -------------------------------------------------------------------
 
     async def run(self) -> web.StreamResponse:
-        state = "recv"
+        """Drive the client machine: each step names the next, and every move is
+        checked against edge.steps.MOVES."""
+        step = steps.FIRST
         try:
-            while state != "done":
-                self.walk.append(state)
-                state = await getattr(self, f"st_{state}")()
+            while True:
+                steps.move(self.walk, step)
+                if step in steps.FINAL:
+                    break
+                step = await _STEPS[step](self)
         finally:
             if self.body is not None:
                 self.body.close()
@@ -219,7 +225,7 @@ class Transaction:
 
     # -- states ---------------------------------------------------------------------
 
-    async def st_recv(self) -> str:
+    async def st_recv(self) -> Step:
         """The guard (edge.guard, edge.waf); then refuse loops (RFC 8586) and hosts this
         node does not serve; route by method."""
         refusal = self._guard()
@@ -239,7 +245,7 @@ class Transaction:
             # default origin by accident.
             return self.synth(421, "no origin is configured for this host")
         if self.method in policy.CACHEABLE_METHODS:
-            return "hash"
+            return Step.HASH
         if self.method == "CONNECT":
             return self.synth(
                 405,
@@ -247,13 +253,13 @@ class Transaction:
                 allow=guard.allow_field(self.e.config.allowed_methods),
             )
         self.status.fwd = "method"
-        return "pass"
+        return Step.PASS
 
-    async def st_hash(self) -> str:
+    async def st_hash(self) -> Step:
         self.key = request_key(self.req.scheme, self.host, self.target, self.e.config)
-        return "lookup"
+        return Step.LOOKUP
 
-    async def st_lookup(self) -> str:
+    async def st_lookup(self) -> Step:
         """RFC 9111 Section 4: select a stored response (URI, Vary) and decide how it
         may be used."""
         self._looked_up = self.e.store.variants(self.key)
@@ -274,8 +280,8 @@ class Transaction:
             if "only-if-cached" in self.request_cc:
                 return self.synth(504, "only-if-cached and not stored")
             if self.method == "HEAD":
-                return "pass"  # a HEAD miss is not worth fetching a whole body for
-            return "miss"
+                return Step.PASS  # a HEAD miss is not worth fetching a whole body for
+            return Step.MISS
         rp = self.e.response_policy(self.entry_headers)
         lifetime = self.e.lifetime(self.entry, self.entry_headers, rp)
         age = self.e.age(self.entry, self.entry_headers, self.now)
@@ -285,15 +291,15 @@ class Transaction:
             if "only-if-cached" in self.request_cc:
                 return self.synth(504, "only-if-cached and the stored response was purged")
             self.status.fwd, self.status.detail = "stale", "soft-purged"
-            return "miss"
+            return Step.MISS
         if self.reuse.kind in ("fresh", "stale-ok"):
-            return "hit"
+            return Step.HIT
         if self.reuse.kind == "stale-while-revalidate":
-            return "stale"
+            return Step.STALE
         if "only-if-cached" in self.request_cc:
             return self.synth(504, "only-if-cached and the stored response is stale")
         self.status.fwd = "request" if "no-cache" in self.request_cc else "stale"
-        return "miss"
+        return Step.MISS
 
     def _select(self, variants: list[Entry]) -> list[Entry] | None:
         """Choose the stored response for this request (Vary) and open its body;
@@ -314,13 +320,13 @@ class Transaction:
                 break
         return variants
 
-    async def st_hit(self) -> str:
+    async def st_hit(self) -> Step:
         self.status.hit = True
         assert self.reuse is not None
         self.status.ttl = int(self.reuse.ttl)
-        return "deliver"
+        return Step.DELIVER
 
-    async def st_stale(self) -> str:
+    async def st_stale(self) -> Step:
         """RFC 5861 Section 3: serve the stale response, refresh in the background."""
         assert self.entry is not None and self.reuse is not None
         self.status.hit = True
@@ -331,12 +337,12 @@ class Transaction:
         if inflight.get(self.key) is None and inflight.try_own(self.key):
             fill = inflight.start(self.key, locked=inflight.cross is not None)
             inflight.spawn(self._run_fill(fill, self._fill_headers(self.entry)))
-        return "deliver"
+        return Step.DELIVER
 
-    async def st_miss(self) -> str:
-        return "fetch"
+    async def st_miss(self) -> Step:
+        return Step.FETCH
 
-    async def st_fetch(self) -> str:
+    async def st_fetch(self) -> Step:
         """Join the key's fill in flight, or start one; then act on what it became."""
         inflight = self.e.inflight
         fill = inflight.get(self.key)
@@ -359,7 +365,7 @@ class Transaction:
             if claim.kind == "again":
                 return self._look_again()
             if claim.kind == "pass":
-                return "pass"
+                return Step.PASS
             if claim.kind == "error":
                 assert claim.error is not None
                 self.status.collapsed = True
@@ -385,36 +391,36 @@ class Transaction:
             assert head.entry is not None
             self.status.fwd_status = 304
             self._use_entry(head.entry)
-            return "deliver"
+            return Step.DELIVER
         if head.kind == "sliced":
             assert head.entry is not None
             if not initiator and not policy.vary_matches(
                 head.entry.vary, self.headers, _NEGOTIATED
             ):
                 self.status.collapsed = False
-                return "pass"
+                return Step.PASS
             self.status.fwd_status = head.status
             self.status.stored = True
             self._use_entry(head.entry)
-            return "deliver"
+            return Step.DELIVER
         if head.kind == "body":
             self.status.fwd_status = head.status
             if not initiator and not policy.vary_matches(head.vary, self.headers, _NEGOTIATED):
                 self.status.collapsed = False
-                return "pass"
+                return Step.PASS
             if self.body is not None:
                 self.body.close()
                 self.body = None
             self.fill, self.head = fill, head
             self.status.stored = head.storable
-            return "deliver"
+            return Step.DELIVER
         if head.kind == "private":
             if initiator:
                 self.upstream_response = head.response
                 self.status.fwd_status = head.status
-                return "deliver"
+                return Step.DELIVER
             self.status.collapsed = False
-            return "pass"
+            return Step.PASS
         # head.kind == "error"
         assert head.error is not None
         return self._upstream_failed(head.error)
@@ -429,7 +435,7 @@ class Transaction:
         cfg = self.e.config
         return cfg.upstream_connect_timeout + cfg.upstream_read_timeout
 
-    def _look_again(self) -> str:
+    def _look_again(self) -> Step:
         """Another worker's fill of this key ended: back to the lookup, which finds
         what it stored (a few rounds at most, then this request fetches alone)."""
         self._rounds += 1
@@ -439,9 +445,9 @@ class Transaction:
         self.entry, self.entry_headers, self.reuse = None, CIMultiDict(), None
         self.soft_purged = False
         self.status = CacheStatus(self.e.config.name)
-        return "lookup" if self._rounds < 3 else "fetch"
+        return Step.LOOKUP if self._rounds < 3 else Step.FETCH
 
-    async def st_pass(self) -> str:
+    async def st_pass(self) -> Step:
         """Forward the request as it came (less hop-by-hop fields); nothing stored.
         Unsafe methods invalidate what they touch (RFC 9111 Section 4.4)."""
         if self.body is not None:
@@ -486,7 +492,7 @@ class Transaction:
             key = uri if uri == effective else location_key(uri, self.e.config)
             removed = self.e.store.remove(key) if key is not None else 0
             log.debug("invalidated %s (%d variants) after %s", uri, removed, self.method)
-        return "deliver"
+        return Step.DELIVER
 
     async def _continue(self) -> None:
         """RFC 9110 Section 10.1.1: a client that sent `Expect: 100-continue` waits for
@@ -501,7 +507,7 @@ class Transaction:
         if self.req.version >= (1, 1):
             await self.req.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
-    async def st_deliver(self) -> str:
+    async def st_deliver(self) -> Step:
         try:
             if self.fill is not None and self.head is not None:
                 await self._deliver_fill(self.fill, self.head)
@@ -513,7 +519,7 @@ class Transaction:
             # The client went away mid-body (aiohttp's reset error is a ConnectionError):
             # ordinary for downloads, not an error of ours. Fills carry on regardless.
             self.client_gone = True
-        return "done"
+        return Step.DONE
 
     # -- the fill task (runs on its own, not tied to any client) ----------------------
 
@@ -822,7 +828,7 @@ class Transaction:
         age = self.e.age(entry, self.entry_headers, time.time())
         self.status.ttl = int(lifetime - age)
 
-    def _upstream_failed(self, error: Exception) -> str:
+    def _upstream_failed(self, error: Exception) -> Step:
         """RFC 5861 Section 4 / RFC 9111 Section 4.2.4: a stale copy may stand in for
         a failed upstream; otherwise the client gets 502 or 504."""
         status = getattr(error, "status", 502)
@@ -834,7 +840,7 @@ class Transaction:
             self.status.detail = f"stale-if-error {detail}"
             assert self.reuse is not None
             self.status.ttl = int(self.reuse.ttl)
-            return "deliver"
+            return Step.DELIVER
         return self.synth(status, str(error), detail=detail)
 
     def _client_headers(self, stored: list[tuple[str, str]], age: float | None) -> CIMultiDict[str]:
@@ -1291,7 +1297,7 @@ class Transaction:
                 return Refusal(403, f"refused by rule {rule.id}")
         return None
 
-    def refuse(self, refusal: Refusal) -> str:
+    def refuse(self, refusal: Refusal) -> Step:
         """A guard refusal as a synthetic response, closing the connection when its
         framing cannot be trusted any further."""
         self.status.detail = "refused"
@@ -1313,10 +1319,9 @@ class Transaction:
 
     # -- synthetic responses ----------------------------------------------------------
 
-    def synth(self, code: int, reason: str, *, detail: str | None = None, allow: str = "") -> str:
+    def synth(self, code: int, reason: str, *, detail: str | None = None, allow: str = "") -> Step:
         """The synth state: a response made here (an error or a refusal); it ends the
         walk, so states call it and return its result."""
-        self.walk.append("synth")
         self.synth_reason = reason
         if detail:  # upstream error text can quote a whole garbled response: cut it
             log.warning("%s %s: %.300s", self.method, self.req.raw_path, reason)
@@ -1336,7 +1341,7 @@ class Transaction:
         headers["X-Request-Id"] = self.request_id
         self.response = web.Response(status=code, text=None, body=text.encode(), headers=headers)
         self.code = code
-        return "done"
+        return Step.SYNTH
 
     # -- upstream request headers ----------------------------------------------------
 
@@ -1397,8 +1402,23 @@ class Transaction:
             self.e.access.line(
                 f'{self.req.remote} "{self.method} {self.req.raw_path}" {self.code} {label} '
                 f"bytes={self.sent} time_ms={took:.1f} upstream_ms={upstream}{req_id} "
-                f"walk={'>'.join(self.walk)}{end}"
+                f"walk={steps.render_walk(self.walk)}{end}"
             )
+
+
+#: Each step of the client machine and the method that takes it.
+_STEPS = {
+    Step.RECV: Transaction.st_recv,
+    Step.HASH: Transaction.st_hash,
+    Step.LOOKUP: Transaction.st_lookup,
+    Step.HIT: Transaction.st_hit,
+    Step.STALE: Transaction.st_stale,
+    Step.MISS: Transaction.st_miss,
+    Step.FETCH: Transaction.st_fetch,
+    Step.PASS: Transaction.st_pass,
+    Step.DELIVER: Transaction.st_deliver,
+}
+assert set(_STEPS) | steps.FINAL == set(Step), "every step has a method, or ends the walk"
 
 
 def _appended(headers: list[tuple[str, str]], name: str, value: str) -> list[tuple[str, str]]:
