@@ -25,8 +25,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from origin import compose  # noqa: E402
-from origin.topology import load_topology  # noqa: E402
+from origin.deploy import compose  # noqa: E402
+from origin.deploy.topology import load_topology  # noqa: E402
 from tests.support import cdnchecks  # noqa: E402
 
 TOPO = load_topology(compose.DEFAULT_TOPOLOGY)

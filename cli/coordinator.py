@@ -1,7 +1,7 @@
-"""`edge coordinator`: run the purge coordinator (origin/coordinator.py).
+"""`edge coordinator`: run the purge coordinator (origin/coordinator/service.py).
 
 Thin: check the options (a missing operator token, a bad listen address, --keep or
---heartbeat are one `edge:` line, exit 2), then hand over to `origin.coordinator.run`; a
+--heartbeat are one `edge:` line, exit 2), then hand over to `origin.coordinator.service.run`; a
 database that cannot be opened or an address that cannot be bound is one line, exit 1.
 """
 
@@ -50,7 +50,7 @@ def coordinator(
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
 ) -> None:
     """Run the purge coordinator."""
-    from origin.coordinator import CoordinatorSettings, StoreError, run
+    from origin.coordinator.service import CoordinatorSettings, StoreError, run
 
     operator = token or os.environ.get("EDGE_TOKEN", "")
     if not operator:

@@ -33,7 +33,7 @@ def dns_command(
     ] = True,
 ) -> None:
     """Answer for the CDN's zone, sending each client to its nearest healthy edge."""
-    from origin.topology import TopologyError, load_topology
+    from origin.deploy.topology import TopologyError, load_topology
 
     if topology is None:
         fail("--topology FILE is required", 2)
@@ -47,7 +47,7 @@ def dns_command(
         fail(f"unknown log level: {log_level}", 2)
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
-    from origin.geodns import serve
+    from origin.geodns.authority import serve
 
     def ready(bound: int) -> None:
         print(f"edge dns: {topo.zone.origin} on udp+tcp {host}:{bound}", flush=True)

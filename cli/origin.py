@@ -1,7 +1,7 @@
 """`edge origin`: serve a directory as an origin, optionally filled with the demo archive.
 
 Thin: parse and check the options, generate the demo archive if asked, then hand over to
-`origin.archive.run`. Bad input is one `edge: ...` line on stderr (exit 2), a failure to
+`origin.archive.server.run`. Bad input is one `edge: ...` line on stderr (exit 2), a failure to
 start is one line too (exit 1); never a traceback.
 """
 
@@ -15,7 +15,7 @@ import typer
 
 from cli.errors import fail
 from edge.config import ConfigError, parse_listen
-from origin.rules import CacheRules, RuleError
+from origin.archive.rules import CacheRules, RuleError
 
 
 def origin(
@@ -60,7 +60,7 @@ def origin(
         rules = CacheRules.from_options(rule or [])
     except RuleError as exc:
         fail(str(exc), 2)
-    from origin.archive import parse_latency, run
+    from origin.archive.server import parse_latency, run
 
     try:
         delay = parse_latency(latency)
@@ -73,7 +73,7 @@ def origin(
         fail("--small applies only with --demo", 2)
 
     if demo:
-        from origin.demo import generate
+        from origin.archive.demo import generate
 
         try:
             generate(root, large=not small)

@@ -3,7 +3,7 @@
 By default the topology shipped in origin/topologies/default.toml: regions eu, us and ap
 with their edges on their own loopback networks (127.R.0.x), one shield, the demo
 archive origin, the purge coordinator and the GeoDNS authority. The processes are
-origin.plan's (the plan docker-compose.yml renders too); this module places them on
+origin.deploy.plan's (the plan docker-compose.yml renders too); this module places them on
 this machine's loopback (`Local`) and runs them. Every child is the same `edge` entry
 point, given only the tokens it needs; each is started in the plan's order, waited on
 until it is healthy, restarted if it dies, and stopped (with everything else) on Ctrl-C
@@ -28,13 +28,13 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-import origin.plan
+import origin.deploy.plan
 from cli.errors import fail
 
 if TYPE_CHECKING:
     from edge.tls import LocalCA
-    from origin.plan import Process
-    from origin.topology import Edge, Topology
+    from origin.deploy.plan import Process
+    from origin.deploy.topology import Edge, Topology
 
 #: The source address of connections between processes on loopback.
 EDGE_SOURCE = "127.0.0.1"
@@ -175,9 +175,9 @@ def _wait(child: Child, timeout: float) -> None:
 
 
 def plan(topology_path: Path, workdir: Path, tls: bool = False) -> list[Child]:
-    """The children of the topology, in start order (origin.plan). With `tls`, edges
+    """The children of the topology, in start order (origin.deploy.plan). With `tls`, edges
     and shields serve HTTPS with certificates from a local CA in WORKDIR/tls."""
-    from origin.topology import TopologyError, load_topology
+    from origin.deploy.topology import TopologyError, load_topology
 
     try:
         topo = load_topology(topology_path)
@@ -189,8 +189,8 @@ def plan(topology_path: Path, workdir: Path, tls: bool = False) -> list[Child]:
 
         ca = LocalCA(workdir / "tls")
     try:
-        processes = origin.plan.plan(topo, Local(workdir, topology_path, ca))
-    except origin.plan.PlanError as exc:
+        processes = origin.deploy.plan.plan(topo, Local(workdir, topology_path, ca))
+    except origin.deploy.plan.PlanError as exc:
         fail(f"edge up {exc} in {topology_path}", 2)
     ca_file = str(ca.cert_path) if ca else ""
     return [
@@ -205,7 +205,7 @@ def plan(topology_path: Path, workdir: Path, tls: bool = False) -> list[Child]:
 
 def child_env(child: Child, env: dict[str, str]) -> dict[str, str]:
     """The environment of a child: this one's, without the tokens it does not need."""
-    secrets = {origin.plan.OPERATOR_TOKEN, origin.plan.NODE_TOKEN}
+    secrets = {origin.deploy.plan.OPERATOR_TOKEN, origin.deploy.plan.NODE_TOKEN}
     own = {k: v for k, v in env.items() if k not in secrets or k in child.process.secrets}
     return {**own, **child.process.env}
 
@@ -214,7 +214,7 @@ def _tls_topology(path: Path, workdir: Path, ca_file: str) -> Path:
     """A copy of the topology whose edges' health URLs are https, checked with the CA."""
     import tomllib
 
-    from origin.topology import to_toml
+    from origin.deploy.topology import to_toml
 
     raw = tomllib.loads(path.read_text())
     for edge in raw.get("edges", []):

@@ -67,7 +67,7 @@ LOCK_FILE = "purge-state.lock"
 #: Seconds between heartbeats to the coordinator, and the longest reconnect back-off.
 HEARTBEAT = 2.0
 MAX_BACKOFF = 5.0
-#: The coordinator's close code for a name another live node holds (origin.coordinator).
+#: The coordinator's close code for a name another live node holds (origin.coordinator.service).
 CLOSE_NAME_TAKEN = 4409
 
 

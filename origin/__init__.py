@@ -1,2 +1,3 @@
-"""origin: what runs at the central site (demo archive origin; later the shield role,
-the purge coordinator and the GeoDNS authority)."""
+"""origin: the central site of the CDN: the demo archive origin (archive/), the purge
+coordinator (coordinator/), the GeoDNS authority (geodns/) and the deployment of the
+whole CDN from a topology (deploy/: the topology file, the one process plan, compose)."""

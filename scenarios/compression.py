@@ -6,7 +6,7 @@ are chosen from.
     python -m scenarios.compression --full     # every book, 11.2 MB: ~55 s
     python -m scenarios.compression --levels edge   # only edge's own levels: ~10 s
 
-1. generates the demo archive (`origin.demo.generate`, small: its texts are the same at
+1. generates the demo archive (`origin.archive.demo.generate`, small: its texts are the same at
    any size) into a temporary folder and takes the files edge would compress (by the
    Content-Type the demo origin serves them with): the books, catalogue.json, the SVG and
    the README. By default every second book by size, from the largest down (so the sizes
@@ -44,8 +44,8 @@ import brotli
 import zstandard
 
 from edge import compress
-from origin.archive import content_type_for
-from origin.demo import generate
+from origin.archive.demo import generate
+from origin.archive.server import content_type_for
 
 OUT = Path(__file__).resolve().parent / "out"
 PIECE = 64 << 10  # what the edge feeds an encoder at a time

@@ -24,8 +24,8 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from edge.config import NodeConfig
-from origin import compose
-from origin.topology import (
+from origin.deploy import compose
+from origin.deploy.topology import (
     Edge,
     HealthSettings,
     Region,
@@ -44,7 +44,7 @@ TOKENS = {"EDGE_TOKEN": "compose-test-operator", "EDGE_NODE_TOKEN": "compose-tes
 
 
 def read_yaml(text: str) -> Any:
-    """The YAML subset origin.compose writes, read back: block mappings with plain keys,
+    """The YAML subset origin.deploy.compose writes, read back: block mappings with plain keys,
     block sequences (a mapping may start on the `- ` line), and JSON scalars and flow
     arrays after `key: ` or `- `. Anything else fails the test."""
     lines = [
@@ -125,7 +125,7 @@ def option(argv: list[str], name: str) -> list[str]:
 def test_the_committed_files_are_the_generators_output() -> None:
     assert compose.differences(compose.render()) == []
     done = subprocess.run(
-        [sys.executable, "-m", "origin.compose", "--check"],
+        [sys.executable, "-m", "origin.deploy.compose", "--check"],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -601,7 +601,7 @@ def test_dockerignore_leaves_out_local_state_but_not_the_sources() -> None:
         "pyproject.toml",
         "README.md",
         "edge/node.py",
-        "origin/compose.py",
+        "origin/deploy/compose.py",
         "origin/topologies/docker.toml",
         "cli/main.py",
     ]:

@@ -30,7 +30,7 @@ from edge.compress import (
     variant_etag,
     vary_with,
 )
-from origin.demo import book_text
+from origin.archive.demo import book_text
 
 ALL = ["br", "zstd", "gzip", "identity"]
 #: Prose as the demo archive has it: compresses like a real book.

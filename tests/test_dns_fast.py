@@ -1,4 +1,4 @@
-"""The wire fast path of `edge dns` (origin/dnswire.py) against its dnspython path.
+"""The wire fast path of `edge dns` (origin/geodns/wire.py) against its dnspython path.
 
 Two real `edge dns` processes serve one topology, one as shipped and one with
 --no-fast-path; the same queries (by dnspython and by raw sockets, over UDP and TCP, from
@@ -30,9 +30,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from origin.dnswire import FastPath, parse_ecs, plain_name_end
-from origin.geodns import OUR_PAYLOAD, Authority, Selector
-from origin.topology import parse_topology
+from origin.deploy.topology import parse_topology
+from origin.geodns.authority import OUR_PAYLOAD, Authority
+from origin.geodns.select import Selector
+from origin.geodns.wire import FastPath, parse_ecs, plain_name_end
 from tests.conftest import NodeFactory
 from tests.support.procs import REPO, Proc, edge_cmd, free_port
 from tests.test_geodns import BASE, EDGES, ZONE, edge_block

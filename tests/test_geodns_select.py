@@ -1,13 +1,14 @@
-"""origin.geodns.Selector and origin.topology, without sockets: where a client is, which
-region answers when its own has no healthy edge, the ECS scope, and the weighted pick."""
+"""origin.geodns.select.Selector and origin.deploy.topology, without sockets: where a
+client is, which region answers when its own has no healthy edge, the ECS scope, and the
+weighted pick."""
 
 from __future__ import annotations
 
 import ipaddress
 import random
 
-from origin.geodns import Selector
-from origin.topology import distance_km, parse_topology
+from origin.deploy.topology import distance_km, parse_topology
+from origin.geodns.select import Selector
 
 RAW = {
     "zone": {"name": "cdn.example.", "names": ["www"], "answer_count": 1},

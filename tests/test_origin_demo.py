@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from origin import demo
-from origin.archive import content_type_for
+from origin.archive import demo
+from origin.archive.server import content_type_for
 
 COLLECTIONS = ("books", "images", "audio", "bundles")
 

@@ -16,7 +16,15 @@ import pytest
 from aiohttp.test_utils import TestServer
 from multidict import CIMultiDict
 
-from origin.archive import (
+from origin.archive.rules import (
+    DEFAULT_CACHE_CONTROL,
+    CacheRule,
+    CacheRules,
+    RuleError,
+    parse_rule,
+    validate_cache_control,
+)
+from origin.archive.server import (
     MAX_RANGES,
     BadPath,
     Unsatisfiable,
@@ -36,14 +44,6 @@ from origin.archive import (
     prefers_json,
     resolve,
     surrogate_keys,
-)
-from origin.rules import (
-    DEFAULT_CACHE_CONTROL,
-    CacheRule,
-    CacheRules,
-    RuleError,
-    parse_rule,
-    validate_cache_control,
 )
 
 # ---------------------------------------------------------------- paths

@@ -1,4 +1,4 @@
-"""One plan (origin.plan) runs the CDN both ways: `edge up`'s children and compose's
+"""One plan (origin.deploy.plan) runs the CDN both ways: `edge up`'s children and compose's
 services are the same processes with the same options, and every setting a topology
 can have reaches both or, where it is about one way only, that one by design."""
 
@@ -16,9 +16,9 @@ import pytest
 
 from cli.up import Local
 from cli.up import plan as up_plan
-from origin import compose
-from origin.plan import Process, plan
-from origin.topology import SECTIONS, Topology, load_topology, parse_topology, to_toml
+from origin.deploy import compose
+from origin.deploy.plan import Process, plan
+from origin.deploy.topology import SECTIONS, Topology, load_topology, parse_topology, to_toml
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT = REPO / "origin" / "topologies" / "default.toml"
@@ -82,7 +82,7 @@ def _rename_region(raw: Raw) -> None:
             edge["region"] = "apac"
 
 
-# One change per setting of the topology: a setting added to origin.topology.SECTIONS
+# One change per setting of the topology: a setting added to origin.deploy.topology.SECTIONS
 # without a line here fails test_every_setting_has_a_change.
 CHANGES: dict[tuple[str, str], Callable[[Raw], None]] = {
     ("cdn", "name"): _set("cdn", "name", "archive-cdn"),

@@ -95,7 +95,7 @@ edge origin: serving /tmp/root on http://127.0.0.1:4000 (responses 0.2s late)
 "GET /edge/obj-1.bin?x=1 HTTP/1.1" 200 356 "-" "Python/3.11 aiohttp/3.14.5"
 2026-11-23 03:09:12,282 aiohttp.access INFO 127.0.0.1 [23/Nov/2026:03:09:12 +0000] \
 "HEAD /edge/obj-2.bin HTTP/1.1" 200 0 "-" "curl/7.88.1"
-2026-11-23 03:09:12,300 origin.archive WARNING /edge/obj-3.bin shrank while being sent
+2026-11-23 03:09:12,300 origin.archive.server WARNING /edge/obj-3.bin shrank while being sent
 """
 
 

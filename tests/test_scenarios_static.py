@@ -342,7 +342,7 @@ def test_parse_access_log_counts_the_object_by_method_and_status() -> None:
             f'... "GET {path} HTTP/1.1" 206 404 "-" "edge"',
             f'... "HEAD {path} HTTP/1.1" 200 360 "-" "curl"',
             '... "GET /other HTTP/1.1" 404 100 "-" "edge"',
-            "2026-01-01 origin.archive WARNING something else",
+            "2026-01-01 origin.archive.server WARNING something else",
         ]
     )
     tally = large_files.parse_access_log(text, path)

@@ -18,7 +18,7 @@ from pathlib import Path
 import dns.message
 import dns.query
 
-from origin.topology import load_topology
+from origin.deploy.topology import load_topology
 from tests.support import cdnchecks
 from tests.support.procs import REPO, edge_cmd, free_port
 from tests.support.proctable import children_of
@@ -179,7 +179,7 @@ def test_a_topology_without_the_central_services_is_a_one_line_error(tmp_path: P
 
 def test_a_node_of_the_topology_may_run_several_workers(tmp_path: Path) -> None:
     from cli.up import plan
-    from origin.topology import TopologyError, load_topology
+    from origin.deploy.topology import TopologyError, load_topology
 
     text = DEFAULT.read_text()
     text = text.replace("[[shields]]\n", "[[shields]]\nworkers = 2\n", 1)

@@ -39,8 +39,9 @@ import dns.name
 import dns.rdatatype
 
 if TYPE_CHECKING:
-    from origin.geodns import Authority, Placement, Plan
-    from origin.topology import Edge
+    from origin.deploy.topology import Edge
+    from origin.geodns.authority import Authority
+    from origin.geodns.select import Placement, Plan
 
 log = logging.getLogger("origin.geodns")
 
@@ -355,7 +356,7 @@ class FastPath:
 
     def _explain(self, wire: bytes, source: bytes, plan: Plan, picks: tuple[Edge, ...]) -> None:
         """The slow path's debug line for this decision (only when debug logging is on)."""
-        from origin.geodns import Decision
+        from origin.geodns.select import Decision
 
         query = dns.message.from_wire(wire)
         q = query.question[0]

@@ -6,7 +6,7 @@ what it sends (strong ETag, Last-Modified, Content-Type, Surrogate-Key), conditi
 requests (RFC 9110 Section 13) and byte ranges (RFC 9110 Section 14), directory
 listings, the server's lifetime (`start`, `run`), and an optional delay before every
 response (`latency`), which makes it behave like a distant origin. Cache-Control comes
-from `origin.rules`; the sample content from `origin.demo`.
+from `origin.archive.rules`; the sample content from `origin.archive.demo`.
 
 The RFC logic here is written on purpose without the edge engine's helpers: this
 origin is the reference the edge is tested against, so a bug in one should not be
@@ -42,7 +42,7 @@ from aiohttp import web
 from aiohttp.log import access_logger
 from aiohttp.typedefs import Handler, Middleware
 
-from origin.rules import CacheRules
+from origin.archive.rules import CacheRules
 
 log = logging.getLogger("origin.archive")
 

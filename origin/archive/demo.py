@@ -12,7 +12,7 @@ binary bundles and a README. Generation is
   dot-files);
 - streaming: bundles are written a MiB at a time, never held whole in memory.
 
-It does not serve anything; `origin.archive` does.
+It does not serve anything; `origin.archive.server` does.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from origin.archive import content_type_for
+from origin.archive.server import content_type_for
 
 DEFAULT_SEED = 1851
 MIB = 1 << 20

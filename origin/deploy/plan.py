@@ -1,6 +1,6 @@
 """The one plan: a topology turned into the processes that run it.
 
-`edge up` runs this plan as child processes on this machine; origin.compose renders the
+`edge up` runs this plan as child processes on this machine; origin.deploy.compose renders the
 same plan as docker-compose services. Everything a process is given (its subcommand,
 every option the topology sets, the secrets it reads, its health check, what must be
 healthy before it starts, where it keeps state) is decided here, once. What differs
@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from origin.topology import Edge, Service, Topology
+from origin.deploy.topology import Edge, Service, Topology
 
 Role = Literal["origin", "coordinator", "shield", "edge", "dns"]
 StateKind = Literal["cache", "data"]

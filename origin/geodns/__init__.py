@@ -1,0 +1,1 @@
+"""The GeoDNS authority: the selector, the server and its wire-level fast path."""
