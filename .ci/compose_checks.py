@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from origin.deploy import compose  # noqa: E402
+from origin.deploy.plan import edge_listen  # noqa: E402
 from origin.deploy.topology import load_topology  # noqa: E402
 from tests.support import cdnchecks  # noqa: E402
 
@@ -36,10 +37,10 @@ NETWORK = f"{PROJECT}_{compose.NETWORK}"
 IMAGE = f"{TOPO.services.cdn_name}:local"
 SHIELD = LAYOUT.shields[0].name
 SITE = f"www.{TOPO.zone.origin.to_text(omit_final_dot=True)}"
-PORT = compose.edge_port(TOPO.edges[0])
+PORT = compose.port_of(edge_listen(TOPO.edges[0]))
 HOST = f"{SITE}:{PORT}"  # what curl sends for http://www.cdn.example:8080/
 # Each edge where this machine reaches it: its `edge up` address, published by compose.
-EDGES = {e.name: f"http://{compose.edge_host_listen(e)}" for e in TOPO.edges}
+EDGES = {e.name: f"http://{edge_listen(e)}" for e in TOPO.edges}
 EDGE_ADDRESS = {e.name: str(e.docker_ipv4) for e in TOPO.edges}
 BY_REGION = {r.name: [e for e in TOPO.edges if e.region == r.name] for r in TOPO.regions}
 DNS_ADDRESS = str(LAYOUT.core_addresses[LAYOUT.dns.name])
@@ -93,7 +94,7 @@ def client(region: str, path: str = "") -> dict[str, object]:
     """A client container in `region`'s docker_subnet: its answers and fetches."""
     subnet = LAYOUT.region_subnets[region]
     address = str(subnet.network_address + compose.CLIENT_HOST)
-    ports = json.dumps({str(e.docker_ipv4): compose.edge_port(e) for e in TOPO.edges})
+    ports = json.dumps({str(e.docker_ipv4): compose.port_of(edge_listen(e)) for e in TOPO.edges})
     done = run(
         "docker", "run", "--rm", "--network", NETWORK, "--ip", address, IMAGE,
         "python", "-c", CLIENT, DNS_ADDRESS, str(DNS_PORT), SITE, path, HOST, ports,

@@ -606,3 +606,30 @@ def test_dockerignore_leaves_out_local_state_but_not_the_sources() -> None:
         "cli/main.py",
     ]:
         assert not ignored(path, patterns), path
+
+
+def test_the_ci_compose_checks_use_names_the_generator_has() -> None:
+    """.ci/compose_checks.py runs only where Docker does: what it takes from the
+    generator and the plan must exist here, or the CI stage breaks at its first line."""
+    import ast
+    import importlib.util
+
+    from origin.deploy import plan
+
+    path = REPO / ".ci" / "compose_checks.py"
+    tree = ast.parse(path.read_text())
+    modules = {"compose": compose, "plan": plan}
+    used = {
+        (node.value.id, node.attr)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.value.id in modules
+    }
+    assert used, "the checks name nothing of the generator"
+    assert [f"{m}.{a}" for m, a in sorted(used) if not hasattr(modules[m], a)] == []
+    spec = importlib.util.spec_from_file_location("compose_checks", path)
+    assert spec is not None and spec.loader is not None
+    checks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(checks)  # its constants are computed at import
+    assert checks.CHECKS and all(callable(check) for _, check in checks.CHECKS)
