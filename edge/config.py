@@ -1,6 +1,8 @@
 """Configuration of a cache node: one dataclass, filled from a TOML file and/or the
-command line. This module owns option parsing and validation (sizes like "10G",
-listen addresses), and nothing else; bad values raise ConfigError with one line."""
+command line. This module owns the node options (each declared once, as a NodeConfig
+field made with edge.options.opt), their parsing and validation (sizes like "10G",
+listen addresses), the TOML loader and the argv builder derived from them, and
+nothing else; bad values raise ConfigError with one line."""
 
 from __future__ import annotations
 
@@ -8,18 +10,16 @@ import os
 import re
 import socket
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from edge.balance import STRATEGIES
 from edge.forwarding import DEFAULT_TRUSTED
+from edge.options import ROLES, Check, ConfigError, Kind, Option, kind_check, opt, options_of
 from edge.policy import SET_COOKIE_DEFAULT, SET_COOKIE_MODES
-
-
-class ConfigError(ValueError):
-    """A configuration value a person must fix; its message is one line."""
-
 
 #: The exit status of a node stopped by a configuration error (as cli.errors has it).
 CONFIG_ERROR_STATUS = 2
@@ -114,12 +114,12 @@ DEFAULT_ADMIN_NETWORKS = ("127.0.0.1/32", "::1/128")
 MAX_WORKERS = 64
 
 
-def _workers(value: Any) -> int:
+def _workers(name: str, value: Any) -> int:
     """1..MAX_WORKERS, from TOML (an integer) or the command line (digits)."""
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value.strip())
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_WORKERS:
-        raise ConfigError(f"workers must be a whole number from 1 to {MAX_WORKERS}: {value!r}")
+        raise ConfigError(f"{name} must be a whole number from 1 to {MAX_WORKERS}: {value!r}")
     return value
 
 
@@ -230,153 +230,511 @@ def route_from_value(host: str, value: Any) -> RouteConfig:
     raise ConfigError(f'route {host} must be "POOL" or {{pool = "...", fallback = "..."}}')
 
 
+# -- the options' own checks: each takes the option's name and value, returns the value
+
+
+def _whole(*, zero: bool = False) -> Check:
+    return lambda name, value: _positive(name, value, integer=True, zero=zero)
+
+
+def _number(*, zero: bool = False) -> Check:
+    return lambda name, value: _positive(name, value, zero=zero)
+
+
+def _matching(pattern: str, what: str, *, label: str = "", empty: bool = True) -> Check:
+    """Text that matches `pattern` (or is empty, where `empty`)."""
+
+    def check(name: str, value: Any) -> str:
+        if not isinstance(value, str) or not (
+            (empty and not value) or re.fullmatch(pattern, value)
+        ):
+            raise ConfigError(f"{label or name} must be {what}: {value!r}")
+        return value
+
+    return check
+
+
+def _address(*, any_port: bool) -> Check:
+    """HOST:PORT, or empty where the option is optional (all but listen)."""
+
+    def check(name: str, value: Any) -> str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name} must be HOST:PORT: {value!r}")
+        if value or name == "listen":
+            parse_listen(value, any_port=any_port)
+        return value
+
+    return check
+
+
+def _url(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{name} must be an http(s) URL: {value!r}")
+    return parse_upstream(value) if value else value
+
+
+def _networks(name: str, value: Any) -> tuple[str, ...]:
+    from edge.forwarding import parse_networks
+
+    networks = kind_check(Kind.LIST)(name, value)
+    try:
+        parse_networks(networks)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from exc
+    return networks
+
+
+def _one_of(*choices: str, listed: bool = False) -> Check:
+    """One of `choices`; the error lists them ("one of a, b, c" where `listed`)."""
+    said = (
+        f"one of {', '.join(choices)}" if listed else f"{', '.join(choices[:-1])} or {choices[-1]}"
+    )
+
+    def check(name: str, value: Any) -> str:
+        if value not in choices:
+            raise ConfigError(f"{name} must be {said}: {value!r}")
+        return value
+
+    return check
+
+
+def _size_at_least(least: int, label: str) -> Check:
+    def check(name: str, value: Any) -> int:
+        size = kind_check(Kind.SIZE)(name, value)
+        if size < least:
+            raise ConfigError(f"{label} must be at least {format_size(least)}")
+        return size
+
+    return check
+
+
+def _loop_allowance(name: str, value: Any) -> int | None:
+    return None if value is None else _positive(name, value, integer=True, zero=True)
+
+
+def _methods(name: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, (list, tuple)) and all(isinstance(m, str) for m in value):
+        methods = tuple(m.strip().upper() for m in value)
+        if methods and all(re.fullmatch(r"[A-Z][A-Z-]*|\*", m) for m in methods):
+            if "CONNECT" in methods or "TRACE" in methods:
+                raise ConfigError("CONNECT and TRACE cannot be allowed at a cache node")
+            return methods
+    raise ConfigError(f"{name} must be method names: {value!r}")
+
+
+def _waf_hosts(name: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict) or not all(isinstance(v, bool) for v in value.values()):
+        raise ConfigError(f"{name} must be a table of host = true/false")
+    return value
+
+
+def _waf_rules(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{name} must be a path: {value!r}")
+    if value:
+        from edge.waf import RuleError, load_rules
+
+        try:
+            load_rules(value)
+        except RuleError as exc:
+            raise ConfigError(str(exc)) from exc
+    return value
+
+
+_TOKEN = r"[A-Za-z0-9._-]+"
+_LETTERS = "letters, digits, '.', '_' or '-'"
+_NODE_NAME = _matching(_TOKEN, _LETTERS, label="node name")
+_EDGE = ("edge",)
+
+
 @dataclass
 class NodeConfig:
-    """Everything a cache node needs; defaults are safe for a public edge."""
+    """Everything a cache node needs; defaults are safe for a public edge. Each option
+    is declared here once (edge.options.opt): the command line (cli.serve), the TOML
+    loader (load_config) and the argv builder (to_argv) are derived from these fields."""
 
-    listen: str = "127.0.0.1:8080"
+    listen: str = opt(
+        "127.0.0.1:8080",
+        "HOST:PORT to listen on.",
+        kind=Kind.TEXT,
+        flags="--listen",
+        check=_address(any_port=True),
+    )
     # What is behind the node. Simple form: origins (and, at an edge, shields, with
     # the origins as the fallback when no shield can answer). Full form: named pools
-    # and host routes. `upstream` is the one-URL shorthand for an origin.
-    upstream: str = ""
-    origins: tuple[str, ...] = ()
-    shields: tuple[str, ...] = ()
-    balance: str = ""  # strategy of the origin pool (shields: consistent-hash)
-    origin_direct: bool = True  # an edge may skip failed shields and ask the origin
-    pools: dict[str, Any] = field(default_factory=dict)
-    routes: dict[str, Any] = field(default_factory=dict)
-    # Peers whose X-Forwarded-For / Forwarded are believed (edges, at a shield); none
-    # unless named (edge.forwarding.DEFAULT_TRUSTED).
-    trusted_proxies: tuple[str, ...] = DEFAULT_TRUSTED
-    # RFC 8586: this CDN's name in CDN-Loop, and how many of its hops a request may
-    # already carry (default: 0 at an edge, 1 at a shield).
-    cdn_name: str = "edge"
-    loop_allowance: int | None = None
-    # Upstream fields clients do not see; and the node's own Server field.
-    hide_headers: tuple[str, ...] = ("Server", "X-Powered-By")
-    server_header: str = "edge"
-    # Purges: the coordinator this node subscribes to (empty: none), its token (or
-    # EDGE_NODE_TOKEN), the node's region, the address it is reached at (default: its
-    # listen address), and how long start-up waits to catch up before serving.
-    coordinator: str = ""
-    coordinator_token: str = ""
-    region: str = ""
-    advertise: str = ""
-    resume_timeout: float = 10.0
-    # Token for PURGE requests and POST /_edge/purge on this node (or EDGE_ADMIN_TOKEN);
-    # empty: purging this node directly is refused.
-    admin_token: str = ""
+    # and host routes.
+    upstream: str = opt(
+        "",
+        "One upstream base URL (shorthand for a single --origin).",
+        kind=Kind.TEXT,
+        flags="--upstream",
+    )
+    origins: tuple[str, ...] = opt(
+        (), "Origin base URL; repeat for a pool of origins.", kind=Kind.LIST, flags="--origin"
+    )
+    shields: tuple[str, ...] = opt(
+        (),
+        "Origin shield base URL; repeat for several (each object at one shield, by "
+        "rendezvous hashing).",
+        kind=Kind.LIST,
+        flags="--shield",
+        roles=_EDGE,
+    )
+    balance: str = opt(
+        "",
+        f"Origin pool strategy: {', '.join(STRATEGIES)}.",
+        kind=Kind.TEXT,
+        flags="--balance",
+        shown=PoolConfig.strategy,
+    )
+    origin_direct: bool = opt(
+        True,
+        "Never go to the origins directly when no shield can answer.",
+        kind=Kind.FLAG,
+        flags="--no-origin-direct",
+        roles=_EDGE,
+        shown="off: the origins answer when no shield can",
+    )
+    pools: dict[str, Any] = opt(
+        help="Named upstream pools: [pools.NAME] tables (members, strategy, health checks, "
+        "timeouts, retries).",
+        kind=Kind.TABLE,
+        factory=dict,
+    )
+    routes: dict[str, Any] = opt(
+        help='Host routes to pools: HOST = "POOL" or {pool, fallback}.',
+        kind=Kind.TABLE,
+        factory=dict,
+    )
+    trusted_proxies: tuple[str, ...] = opt(
+        DEFAULT_TRUSTED,
+        "Network (CIDR) whose X-Forwarded-For/Forwarded is believed, e.g. a "
+        "shield's edges; repeatable.",
+        kind=Kind.LIST,
+        flags="--trusted-proxy",
+        check=_networks,
+    )
+    cdn_name: str = opt(
+        "edge",
+        "This CDN's name in CDN-Loop (RFC 8586).",
+        kind=Kind.TEXT,
+        check=_matching(_TOKEN, "a token", empty=False),
+    )
+    loop_allowance: int | None = opt(
+        None,
+        "CDN-Loop hops of this CDN a request may already carry (RFC 8586).",
+        kind=Kind.INT,
+        shown="0 at an edge, 1 at a shield",
+        check=_loop_allowance,
+    )
+    hide_headers: tuple[str, ...] = opt(
+        ("Server", "X-Powered-By"),
+        "Upstream response fields clients do not see.",
+        kind=Kind.LIST,
+    )
+    server_header: str = opt("edge", "The node's own Server field.", kind=Kind.TEXT)
+    # -- purges -------------------------------------------------------------------
+    coordinator: str = opt(
+        "",
+        "Purge coordinator URL to subscribe to (token: coordinator_token in --config, "
+        "or EDGE_NODE_TOKEN).",
+        kind=Kind.TEXT,
+        flags="--coordinator",
+        check=_url,
+    )
+    coordinator_token: str = opt(
+        "", "Token for the coordinator.", kind=Kind.TEXT, env="EDGE_NODE_TOKEN"
+    )
+    region: str = opt(
+        "",
+        "This node's region, e.g. eu.",
+        kind=Kind.TEXT,
+        flags="--region",
+        check=_matching(_TOKEN, _LETTERS),
+    )
+    advertise: str = opt(
+        "",
+        "URL the coordinator reaches this node at.",
+        kind=Kind.TEXT,
+        shown="http://HOST:PORT of --listen",
+    )
+    resume_timeout: float = opt(
+        10.0,
+        "Seconds start-up waits to catch up with the coordinator before serving.",
+        kind=Kind.NUMBER,
+        check=_number(zero=True),
+    )
+    admin_token: str = opt(
+        "",
+        "Token for PURGE requests and POST /_edge/purge on this node; none: purging "
+        "this node directly is refused.",
+        kind=Kind.TEXT,
+        env="EDGE_ADMIN_TOKEN",
+    )
     # -- the guard (edge.guard): limits on what a client controls -----------------
     # Request line and each header line (bytes), header count and all header bytes
     # (32K: nginx's large_client_header_buffers and Varnish's http_req_size; a head
     # larger than that is an attack or a cookie jar gone wrong, 431 either way).
-    max_request_line: int = 8190
-    max_header_size: int = 8190
-    max_headers: int = 100
-    max_header_bytes: int = 32 << 10
-    max_body_size: int = 16 << 20
+    max_request_line: int = opt(
+        8190, "Longest request line (bytes).", kind=Kind.INT, check=_whole()
+    )
+    max_header_size: int = opt(8190, "Longest header line (bytes).", kind=Kind.INT, check=_whole())
+    max_headers: int = opt(100, "Most header fields.", kind=Kind.INT, check=_whole())
+    max_header_bytes: int = opt(32 << 10, "Most bytes of all header fields.", kind=Kind.SIZE)
+    max_body_size: int = opt(16 << 20, "Largest request body.", kind=Kind.SIZE)
     # Seconds to send a request head once it has begun (slowloris); to send a body
     # (extended by a second per body_min_rate bytes, like Apache's mod_reqtimeout);
     # a connection idle before its first request or between requests is closed after
     # keepalive_timeout (5 s: Varnish's timeout_idle; an idle connection costs a
     # socket and memory, and a crowd of them is the cheapest attack there is).
-    header_timeout: float = 10.0
-    body_timeout: float = 20.0
-    body_min_rate: int = 500
-    keepalive_timeout: float = 5.0
-    # Open connections one client address may hold (0: no limit; trusted proxies
-    # are not limited).
-    max_connections_per_client: int = 128
-    # Token bucket per client address: requests/s and burst (0: off); classes give
-    # a host and/or path pattern its own bucket ({name, host, path, rate, burst}).
-    rate_limit: float = 0.0
-    rate_burst: float = 0.0
-    rate_classes: tuple[dict[str, Any], ...] = ()
-    # Seconds a request over its rate is held before its 429 (0: answered at once).
-    rate_tarpit: float = 1.0
-    # Methods a client may use (405 otherwise); "*" allows any method but CONNECT
-    # and TRACE (an unknown one is forwarded and invalidates, RFC 9111 Section 4.4).
-    allowed_methods: tuple[str, ...] = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
-    # Request rules (edge.waf): the shipped set on/off, a TOML file of more rules,
-    # and per-host switches {host = false}.
-    waf: bool = True
-    waf_rules: str = ""
-    waf_hosts: dict[str, Any] = field(default_factory=dict)
-    # The cache key's query: "keep" as sent, "sort" parameters, or "ignore" it; and
-    # parameters left out of the key (a trailing * matches a prefix, e.g. "utm_*").
-    key_query: str = "keep"
-    key_query_ignore: tuple[str, ...] = ()
+    header_timeout: float = opt(
+        10.0, "Seconds to send a request head once begun.", kind=Kind.NUMBER, check=_number()
+    )
+    body_timeout: float = opt(
+        20.0, "Seconds to send a request body.", kind=Kind.NUMBER, check=_number()
+    )
+    body_min_rate: int = opt(
+        500, "Bytes per extra second of body_timeout.", kind=Kind.INT, check=_whole(zero=True)
+    )
+    keepalive_timeout: float = opt(
+        5.0, "Seconds an idle connection is kept.", kind=Kind.NUMBER, check=_number()
+    )
+    max_connections_per_client: int = opt(
+        128,
+        "Open connections per client address (0: no limit; trusted proxies are not limited).",
+        kind=Kind.INT,
+        check=_whole(zero=True),
+    )
+    # A token bucket per client address; classes give a host and/or path pattern its
+    # own bucket ({name, host, path, rate, burst}).
+    rate_limit: float = opt(
+        0.0,
+        "Requests per second per client address (0: off).",
+        kind=Kind.NUMBER,
+        check=_number(zero=True),
+    )
+    rate_burst: float = opt(
+        0.0, "Burst of the per-client rate.", kind=Kind.NUMBER, check=_number(zero=True)
+    )
+    rate_classes: tuple[dict[str, Any], ...] = opt(
+        (), "Rate classes: [{name, host, path, rate, burst}].", kind=Kind.TABLES
+    )
+    rate_tarpit: float = opt(
+        1.0,
+        "Seconds a request over its rate is held before its 429 (0: at once).",
+        kind=Kind.NUMBER,
+        check=_number(zero=True),
+    )
+    # "*" allows any method but CONNECT and TRACE (an unknown one is forwarded and
+    # invalidates, RFC 9111 Section 4.4).
+    allowed_methods: tuple[str, ...] = opt(
+        ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"),
+        "Methods a client may use (405 otherwise).",
+        kind=Kind.LIST,
+        check=_methods,
+    )
+    # Request rules (edge.waf).
+    waf: bool = opt(True, "Apply the shipped request rules.", kind=Kind.FLAG)
+    waf_rules: str = opt("", "TOML file of more request rules.", kind=Kind.TEXT, check=_waf_rules)
+    waf_hosts: dict[str, Any] = opt(
+        help="Request rules per host: {host = false}.",
+        kind=Kind.TABLE,
+        factory=dict,
+        check=_waf_hosts,
+    )
+    # The cache key's query, and parameters left out of the key (a trailing * matches
+    # a prefix, e.g. "utm_*").
+    key_query: str = opt(
+        "keep",
+        "The cache key's query: keep as sent, sort parameters, or ignore it.",
+        kind=Kind.TEXT,
+        check=_one_of("keep", "sort", "ignore"),
+    )
+    key_query_ignore: tuple[str, ...] = opt(
+        (), "Query parameters left out of the key.", kind=Kind.LIST
+    )
     # Request fields that could change a response but are not in the key: stripped
     # before forwarding unless listed in keyed_headers (then they vary the key).
-    unkeyed_headers: tuple[str, ...] = (
-        "X-Forwarded-Host",
-        "X-Forwarded-Scheme",
-        "X-Forwarded-Server",
-        "X-Forwarded-Port",
-        "X-Forwarded-Prefix",
-        "X-Original-URL",
-        "X-Original-Host",
-        "X-Rewrite-URL",
-        "X-Host",
-        "X-HTTP-Method-Override",
-        "X-HTTP-Method",
-        "X-Method-Override",
+    unkeyed_headers: tuple[str, ...] = opt(
+        (
+            "X-Forwarded-Host",
+            "X-Forwarded-Scheme",
+            "X-Forwarded-Server",
+            "X-Forwarded-Port",
+            "X-Forwarded-Prefix",
+            "X-Original-URL",
+            "X-Original-Host",
+            "X-Rewrite-URL",
+            "X-Host",
+            "X-HTTP-Method-Override",
+            "X-HTTP-Method",
+            "X-Method-Override",
+        ),
+        "Request fields stripped before forwarding (not in the key).",
+        kind=Kind.LIST,
     )
-    keyed_headers: tuple[str, ...] = ()
-    # Request fields with "_" in their names are not forwarded unless this is on
-    # (nginx's underscores_in_headers): CGI-style origins read X_Original_URL as
-    # X-Original-URL, past the unkeyed list above.
-    underscores_in_headers: bool = False
-    # Responses that set a cookie (edge.policy.is_storable): "never" shared (the
-    # default), or shared on the origin's say-so: "public" (public, s-maxage or a
-    # targeted field), "explicit" (also max-age or Expires) or "rfc" (as RFC 9111
-    # alone allows, a cookie set on a 304 included).
-    set_cookie: str = SET_COOKIE_DEFAULT
-    # Admin endpoints (/_edge/...): a separate internal listener (empty: none), and
-    # the networks from which health and metrics need no token: the machine's own
-    # 127.0.0.1 and ::1 only, not all of 127.0.0.0/8, which may hold other tenants
+    keyed_headers: tuple[str, ...] = opt(
+        (), "Request fields forwarded and varying the key.", kind=Kind.LIST
+    )
+    # CGI-style origins read X_Original_URL as X-Original-URL, past the unkeyed list
+    # above (nginx's underscores_in_headers).
+    underscores_in_headers: bool = opt(
+        False, "Forward request fields with '_' in their names.", kind=Kind.FLAG
+    )
+    # Responses that set a cookie (edge.policy.is_storable): "never" shared, or on the
+    # origin's say-so: "public" (public, s-maxage or a targeted field), "explicit" (also
+    # max-age or Expires) or "rfc" (as RFC 9111 alone allows, a cookie set on a 304 too).
+    set_cookie: str = opt(
+        SET_COOKIE_DEFAULT,
+        "When a response that sets a cookie is shared.",
+        kind=Kind.TEXT,
+        check=_one_of(*SET_COOKIE_MODES, listed=True),
+    )
+    # Admin endpoints (/_edge/...). Health and metrics need no token from the machine's
+    # own 127.0.0.1 and ::1 only, not all of 127.0.0.0/8, which may hold other tenants
     # (`edge up` puts its simulated clients on 127.R.255.x).
-    admin_listen: str = ""
-    admin_networks: tuple[str, ...] = DEFAULT_ADMIN_NETWORKS
-    # -- TLS (edge.tls) -----------------------------------------------------------
-    # Certificate chains and keys, paired in order; several are chosen by SNI.
-    tls_cert: tuple[str, ...] = ()
-    tls_key: tuple[str, ...] = ()
-    # A plain-HTTP listener that redirects to https (empty: none); HSTS max-age
-    # (0: no Strict-Transport-Security); CA bundle for https upstreams.
-    http_redirect: str = ""
-    hsts: int = 0
-    upstream_ca: str = ""
-    cache_dir: Path = Path("./cache")
-    cache_size: int = 1 << 30
-    # The largest object stored; 0: cache_size / OBJECT_SHARE (validate() fills it in).
-    max_object_size: int = 0
-    # Objects larger than slice_threshold are cached as slices of slice_size bytes.
-    slice_size: int = 4 << 20
-    slice_threshold: int = 16 << 20
+    admin_listen: str = opt(
+        "",
+        "HOST:PORT of a separate admin listener.",
+        kind=Kind.TEXT,
+        check=_address(any_port=False),
+    )
+    admin_networks: tuple[str, ...] = opt(
+        DEFAULT_ADMIN_NETWORKS,
+        "Networks whose health and metrics requests need no token.",
+        kind=Kind.LIST,
+        check=_networks,
+    )
+    # -- TLS (edge.tls): shape here; edge.tls loads the files when the node starts ----
+    tls_cert: tuple[str, ...] = opt(
+        (),
+        "PEM certificate chain to serve HTTPS with; repeat with --tls-key for several "
+        "(chosen by SNI, the first is the default).",
+        kind=Kind.LIST,
+        flags="--tls-cert",
+        shown="none: plain HTTP",
+    )
+    tls_key: tuple[str, ...] = opt(
+        (),
+        "PEM private key of the --tls-cert in the same position.",
+        kind=Kind.LIST,
+        flags="--tls-key",
+    )
+    http_redirect: str = opt(
+        "",
+        "HOST:PORT of a plain-HTTP listener that redirects (308) to https.",
+        kind=Kind.TEXT,
+        flags="--http-redirect",
+        check=_address(any_port=False),
+    )
+    hsts: int = opt(
+        0,
+        "Send Strict-Transport-Security: max-age=N over TLS (0: off).",
+        kind=Kind.INT,
+        flags="--hsts",
+        check=_whole(zero=True),
+    )
+    upstream_ca: str = opt(
+        "",
+        "CA bundle to verify https upstreams with.",
+        kind=Kind.TEXT,
+        flags="--upstream-ca",
+        shown="the system's CAs",
+    )
+    # -- the store ----------------------------------------------------------------
+    cache_dir: Path = opt(Path("./cache"), "Cache directory.", kind=Kind.PATH, flags="--cache-dir")
+    cache_size: int = opt(
+        1 << 30,
+        "Cache size bound, e.g. 512M, 10G (LRU eviction).",
+        kind=Kind.SIZE,
+        flags="--cache-size",
+        check=_size_at_least(1 << 20, "cache size"),
+    )
+    # 0: cache_size / OBJECT_SHARE (validate() fills it in).
+    max_object_size: int = opt(
+        0,
+        "Largest object stored, e.g. 2G; larger ones are passed through. At most the cache size.",
+        kind=Kind.SIZE,
+        flags="--max-object-size",
+        shown=f"cache size / {OBJECT_SHARE}",
+    )
+    slice_size: int = opt(
+        4 << 20,
+        "Slice size for big objects, e.g. 4M.",
+        kind=Kind.SIZE,
+        flags="--slice-size",
+        check=_size_at_least(64 << 10, "slice size"),
+    )
+    slice_threshold: int = opt(
+        16 << 20,
+        "Objects larger than this are cached as slices, e.g. 16M.",
+        kind=Kind.SIZE,
+        flags="--slice-threshold",
+    )
     # Unique per node: Cache-Status, Via, CDN-Loop (loop detection) and the purge
     # coordinator know a node by it; "": default_name(role, listen), filled by validate().
-    name: str = ""
+    name: str = opt(
+        "",
+        "Node name, shown in Cache-Status, Via and CDN-Loop; unique among the nodes of "
+        "a coordinator.",
+        kind=Kind.TEXT,
+        flags="--name",
+        shown="ROLE-HOSTNAME-ADDRESS-PORT of --listen; no ADDRESS on 0.0.0.0",
+        check=_NODE_NAME,
+    )
+    # Not an option: the subcommand (serve or shield) says it.
     role: str = "edge"
-    # RFC 9111 Section 4.2.2: fraction of (Date - Last-Modified), and its cap.
-    heuristic_fraction: float = 0.1
-    heuristic_max: float = 86400.0
-    # Seconds a stale response may be served when the upstream fails and the
-    # response said nothing (stale-if-error extends it; must-revalidate forbids it).
-    stale_if_error_grace: float = 0.0
+    # -- freshness (edge.policy) --------------------------------------------------
+    heuristic_fraction: float = opt(
+        0.1,
+        "Heuristic freshness: this fraction of (Date - Last-Modified) (RFC 9111 Section 4.2.2).",
+        kind=Kind.NUMBER,
+        check=_number(zero=True),
+    )
+    heuristic_max: float = opt(
+        86400.0,
+        "Heuristic freshness at most (seconds).",
+        kind=Kind.NUMBER,
+        check=_number(zero=True),
+    )
+    # stale-if-error extends it; must-revalidate forbids it.
+    stale_if_error_grace: float = opt(
+        0.0,
+        "Seconds a stale response may be served when the upstream fails and the "
+        "response said nothing.",
+        kind=Kind.NUMBER,
+        check=_number(zero=True),
+    )
     # RFC 9111 Section 5.1 says a cache SHOULD ignore an invalid Age; edge treats the
     # response as stale unless this is turned off (see edge.policy.parse_age).
-    invalid_age_is_stale: bool = True
-    # RFC 9213 targeted fields honoured, in order of precedence.
-    targeted_fields: tuple[str, ...] = ("CDN-Cache-Control", "Surrogate-Control")
-    upstream_connect_timeout: float = 5.0
-    upstream_read_timeout: float = 30.0
-    access_log: bool = True
-    # Answer repeated plain hits of small objects from memory (edge.fastpath).
-    fast_path: bool = True
-    # Worker processes (edge.workers), each a whole node on one listening port
-    # (SO_REUSEPORT) over one cache directory; 1: this process serves alone.
-    workers: int = 1
+    invalid_age_is_stale: bool = opt(
+        True, "Treat a response with an invalid Age as stale.", kind=Kind.FLAG
+    )
+    targeted_fields: tuple[str, ...] = opt(
+        ("CDN-Cache-Control", "Surrogate-Control"),
+        "Targeted cache-control fields honoured, in order of precedence (RFC 9213).",
+        kind=Kind.LIST,
+    )
+    upstream_connect_timeout: float = opt(
+        5.0, "Seconds to connect upstream.", kind=Kind.NUMBER, check=_number()
+    )
+    upstream_read_timeout: float = opt(
+        30.0, "Seconds between upstream reads.", kind=Kind.NUMBER, check=_number()
+    )
+    access_log: bool = opt(True, "Log one line per request (edge.access).", kind=Kind.FLAG)
+    fast_path: bool = opt(
+        True, "Answer repeated plain hits of small objects from memory.", kind=Kind.FLAG
+    )
+    # Each worker is a whole node on one listening port (SO_REUSEPORT) over one cache
+    # directory (edge.workers).
+    workers: int = opt(
+        1,
+        f"Worker processes (1-{MAX_WORKERS}), each serving the same port (SO_REUSEPORT) "
+        "from the same cache directory; 1: one process.",
+        kind=Kind.INT,
+        flags="--workers",
+        check=_workers,
+    )
     # Filled by validate(): the pools and routes in their checked form.
     pool_configs: dict[str, PoolConfig] = field(default_factory=dict, init=False, repr=False)
     route_configs: list[RouteConfig] = field(default_factory=list, init=False, repr=False)
@@ -386,36 +744,27 @@ class NodeConfig:
         return parse_listen(self.listen, any_port=True)
 
     def validate(self) -> NodeConfig:
-        parse_listen(self.listen, any_port=True)
-        if self.role not in ("edge", "shield"):
+        """Each option by its own check (the same for the command line and the file),
+        then the rules between options."""
+        if self.role not in ROLES:
             raise ConfigError(f"role must be edge or shield: {self.role!r}")
+        for option in OPTIONS:
+            value = getattr(self, option.name)
+            if option.env and not value:
+                value = os.environ.get(option.env, "")
+            setattr(self, option.name, option.validate(value))
         self.pool_configs, self.route_configs = self._upstreams()
-        from edge.forwarding import parse_networks
-
-        try:
-            parse_networks(self.trusted_proxies)
-        except ValueError as exc:
-            raise ConfigError(f"trusted_proxies: {exc}") from exc
-        if not re.fullmatch(r"[A-Za-z0-9._-]+", self.cdn_name):
-            raise ConfigError(f"cdn_name must be a token: {self.cdn_name!r}")
+        for option in OPTIONS:
+            if self.role not in option.roles and getattr(self, option.name) != option.default:
+                raise ConfigError(f"{option.name} is not a setting of a {self.role}")
         if self.loop_allowance is None:
             self.loop_allowance = 0 if self.role == "edge" else 1
-        self.coordinator_token = self.coordinator_token or os.environ.get("EDGE_NODE_TOKEN", "")
-        self.admin_token = self.admin_token or os.environ.get("EDGE_ADMIN_TOKEN", "")
-        if self.coordinator:
-            self.coordinator = parse_upstream(self.coordinator)
-            if not self.coordinator_token:
-                raise ConfigError(
-                    "a coordinator needs a token (coordinator_token or EDGE_NODE_TOKEN)"
-                )
-        if self.region and not re.fullmatch(r"[A-Za-z0-9._-]+", self.region):
-            raise ConfigError(f"region must be letters, digits, '.', '_' or '-': {self.region!r}")
+        if self.coordinator and not self.coordinator_token:
+            raise ConfigError("a coordinator needs a token (coordinator_token or EDGE_NODE_TOKEN)")
         if not self.advertise:
             host, port = self.host_port
             host = "127.0.0.1" if host in ("0.0.0.0", "") else host
             self.advertise = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-        self.cache_size = parse_size(self.cache_size)
-        self.max_object_size = parse_size(self.max_object_size)
         if not self.max_object_size:
             self.max_object_size = self.cache_size // OBJECT_SHARE
         elif self.max_object_size > self.cache_size:
@@ -424,20 +773,10 @@ class NodeConfig:
                 f"cache_size ({format_size(self.cache_size)}): storing one such object "
                 "would evict everything else"
             )
-        self.slice_size = parse_size(self.slice_size)
-        self.slice_threshold = parse_size(self.slice_threshold)
-        if self.slice_size < 64 << 10:
-            raise ConfigError("slice size must be at least 64K")
-        self.cache_dir = Path(self.cache_dir)
         if not self.name:
-            self.name = default_name(self.role, self.listen)
-        if not self.name or not re.fullmatch(r"[A-Za-z0-9._-]+", self.name):
-            raise ConfigError(f"node name must be letters, digits, '.', '_' or '-': {self.name!r}")
-        if self.cache_size < 1 << 20:
-            raise ConfigError("cache size must be at least 1M")
+            self.name = _NODE_NAME("name", default_name(self.role, self.listen))
         self._validate_guard()
         self._validate_tls()
-        self.workers = _workers(self.workers)
         return self
 
     def _validate_tls(self) -> None:
@@ -447,27 +786,13 @@ class NodeConfig:
                 f"--tls-cert and --tls-key come in pairs: {len(self.tls_cert)} certificate(s), "
                 f"{len(self.tls_key)} key(s)"
             )
-        if self.http_redirect:
-            if not self.tls_cert:
-                raise ConfigError("http_redirect needs TLS (--tls-cert and --tls-key)")
-            parse_listen(self.http_redirect)
-        _positive("hsts", self.hsts, integer=True, zero=True)
+        if self.http_redirect and not self.tls_cert:
+            raise ConfigError("http_redirect needs TLS (--tls-cert and --tls-key)")
         if self.hsts and not self.tls_cert:
             raise ConfigError("hsts needs TLS (--tls-cert and --tls-key)")
 
     def _validate_guard(self) -> None:
-        """The guard's settings (edge.guard, edge.waf): each mistake one line."""
-        self.max_body_size = parse_size(self.max_body_size)
-        self.max_header_bytes = parse_size(self.max_header_bytes)
-        for key in ("max_request_line", "max_header_size", "max_headers"):
-            _positive(key, getattr(self, key), integer=True)
-        for key in ("header_timeout", "body_timeout", "keepalive_timeout"):
-            _positive(key, getattr(self, key))
-        for key in ("body_min_rate", "max_connections_per_client"):
-            _positive(key, getattr(self, key), integer=True, zero=True)
-        _positive("rate_limit", self.rate_limit, zero=True)
-        _positive("rate_burst", self.rate_burst, zero=True)
-        _positive("rate_tarpit", self.rate_tarpit, zero=True)
+        """The guard's rules between options (edge.guard)."""
         if self.rate_limit and self.rate_burst and self.rate_burst < 1:
             raise ConfigError("rate_burst must be at least 1")
         from edge.guard import rate_classes
@@ -476,37 +801,6 @@ class NodeConfig:
             rate_classes(self.rate_limit, self.rate_burst, self.rate_classes)
         except ValueError as exc:
             raise ConfigError(f"rate_classes: {exc}") from exc
-        methods = tuple(m.strip().upper() for m in self.allowed_methods)
-        if not methods or not all(re.fullmatch(r"[A-Z][A-Z-]*|\*", m) for m in methods):
-            raise ConfigError(f"allowed_methods must be method names: {self.allowed_methods!r}")
-        if "CONNECT" in methods or "TRACE" in methods:
-            raise ConfigError("CONNECT and TRACE cannot be allowed at a cache node")
-        self.allowed_methods = methods
-        if self.key_query not in ("keep", "sort", "ignore"):
-            raise ConfigError(f"key_query must be keep, sort or ignore: {self.key_query!r}")
-        if self.set_cookie not in SET_COOKIE_MODES:
-            raise ConfigError(
-                f"set_cookie must be one of {', '.join(SET_COOKIE_MODES)}: {self.set_cookie!r}"
-            )
-        if not isinstance(self.waf_hosts, dict) or not all(
-            isinstance(v, bool) for v in self.waf_hosts.values()
-        ):
-            raise ConfigError("waf_hosts must be a table of host = true/false")
-        if self.waf_rules:
-            from edge.waf import RuleError, load_rules
-
-            try:
-                load_rules(self.waf_rules)
-            except RuleError as exc:
-                raise ConfigError(str(exc)) from exc
-        if self.admin_listen:
-            parse_listen(self.admin_listen)
-        from edge.forwarding import parse_networks
-
-        try:
-            parse_networks(self.admin_networks)
-        except ValueError as exc:
-            raise ConfigError(f"admin_networks: {exc}") from exc
 
     def _upstreams(self) -> tuple[dict[str, PoolConfig], list[RouteConfig]]:
         """The pools and host routes, from the full form or the simple one."""
@@ -579,9 +873,32 @@ class NodeConfig:
         return "; ".join(parts)
 
 
+#: The node options, in declaration order: what the command line, the TOML loader and
+#: the argv builder are derived from.
+OPTIONS = options_of(NodeConfig)
+_BY_KEY = {option.name: option for option in OPTIONS}
+
+
+def cli_options(role: str) -> tuple[Option, ...]:
+    """The options `edge serve` (role edge) or `edge shield` take on the command line."""
+    return tuple(o for o in OPTIONS if o.flags and role in o.roles)
+
+
+def from_command_line(role: str, given: dict[str, Any]) -> dict[str, Any]:
+    """Command-line values (as typer parsed them, None where not given) by option name,
+    as load_config's overrides."""
+    values = {}
+    for option in cli_options(role):
+        value = given.get(option.name)
+        if value is not None:
+            values[option.name] = option.from_text(value)
+    return {k: v for k, v in values.items() if v is not None}
+
+
 def load_config(path: Path | None, overrides: dict[str, Any]) -> NodeConfig:
-    """Read a TOML file (keys as NodeConfig fields, '-' or '_'), then apply the
-    command line's non-None overrides."""
+    """Read a TOML file (keys as option names, '-' or '_'), then apply the command
+    line's non-None overrides: the command line wins over the file, the file over the
+    defaults; tokens not set either way come from the environment (Option.env)."""
     values: dict[str, Any] = {}
     if path is not None:
         try:
@@ -590,17 +907,46 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> NodeConfig:
             raise ConfigError(f"config file not found: {path}") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
-        known = {f.name for f in fields(NodeConfig) if f.init}
         for key, value in raw.items():
-            name = key.replace("-", "_")
-            if name not in known:
+            option = _BY_KEY.get(key.replace("-", "_"))
+            if option is None:
                 raise ConfigError(f"unknown setting in {path}: {key}")
-            values[name] = tuple(value) if isinstance(value, list) else value
-    for key in ("origins", "shields", "trusted_proxies", "hide_headers", "tls_cert", "tls_key"):
-        if isinstance(overrides.get(key), list):
-            overrides[key] = tuple(overrides[key]) or None
+            values[option.name] = option.from_toml(value)
     values.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        return NodeConfig(**values).validate()
-    except TypeError as exc:
-        raise ConfigError(str(exc)) from exc
+    return NodeConfig(**values).validate()
+
+
+def node_argv(role: str, values: Mapping[str, Any]) -> list[str]:
+    """`edge serve ...` / `edge shield ...` arguments setting these options (by option
+    name; a value equal to the default is left out). An option the role's command line
+    does not take is a ConfigError naming it."""
+    flags = {o.name: o for o in cli_options(role)}
+    argv = [ROLES[role]]
+    for name, value in values.items():
+        option = flags.get(name)
+        if option is None:
+            raise ConfigError(f"not an option of edge {ROLES[role]}'s command line: {name}")
+        if value == option.default:
+            continue
+        if option.kind is Kind.FLAG:
+            argv.append(option.flag)
+        elif option.kind is Kind.LIST:
+            argv += [a for item in value for a in (option.flag, str(item))]
+        elif option.kind is Kind.SIZE and isinstance(value, int):
+            argv += [option.flag, format_size(value)]
+        else:
+            argv += [option.flag, str(value)]
+    return argv
+
+
+def to_argv(cfg: NodeConfig) -> list[str]:
+    """The arguments that make the validated `cfg` again: each command-line option that
+    differs from its default (values validation filled in, such as the name, included).
+    A config the command line cannot make (an option set in a TOML file, a token not
+    from the environment) is a ConfigError naming what differs."""
+    said = {o.name: getattr(cfg, o.name) for o in cli_options(cfg.role)}
+    again = NodeConfig(**said, role=cfg.role).validate()
+    differ = [o.name for o in OPTIONS if getattr(again, o.name) != getattr(cfg, o.name)]
+    if differ:
+        raise ConfigError(f"not said by the command line: {', '.join(differ)}")
+    return node_argv(cfg.role, said)
