@@ -1,13 +1,14 @@
 """The access log: one line per request, written in batches.
 
-Owns the line's layout and its buffering. A line looks as the logging module's
-`%(asctime)s %(name)s %(levelname)s %(message)s` would print it (the node's other
-logs use that layout), but it is formatted here and written with the lines around
-it: once the event loop has run what is ready now (under load, the requests of one
-loop turn share one write), or once `FLUSH_BYTES` have gathered. A logging record and
-a write per request cost as much as serving a cached hit, which is why nginx buffers
-its access log too. The `edge.access` logger's level still decides whether lines are
-written.
+Owns the line's layout (`request_line`, the one place a request's line is formatted,
+for the pipeline and the hit fast path alike) and its buffering. A line looks as the
+logging module's `%(asctime)s %(name)s %(levelname)s %(message)s` would print it (the
+node's other logs use that layout), but it is formatted here and written with the
+lines around it: once the event loop has run what is ready now (under load, the
+requests of one loop turn share one write), or once `FLUSH_BYTES` have gathered. A
+logging record and a write per request cost as much as serving a cached hit, which is
+why nginx buffers its access log too. The `edge.access` logger's level still decides
+whether lines are written.
 """
 
 from __future__ import annotations
@@ -22,6 +23,35 @@ NAME = "edge.access"
 FLUSH_BYTES = 64 << 10
 
 
+def request_line(
+    client: str,
+    method: str,
+    target: str,
+    status: int,
+    label: str,
+    sent: int,
+    took_ms: float,
+    upstream_ms: float | None,
+    walk: str,
+    *,
+    request_id: str = "",
+    end: str = "",
+) -> str:
+    """One request's line (the message part): who asked what, the status and how the
+    cache answered (edge.cachestatus label), body bytes sent, milliseconds in all and
+    upstream ("-": not asked), the request id when one was given, the walk (the client
+    machine's steps as its caller renders them, e.g. "recv>hash>lookup>hit>deliver", or
+    "fast"), and how the exchange ended when not whole ("client-gone", "cut").
+    """
+    upstream = "-" if upstream_ms is None else f"{upstream_ms:.1f}"
+    req_id = f" id={request_id}" if request_id else ""
+    tail = f" {end}" if end else ""
+    return (
+        f'{client} "{method} {target}" {status} {label} bytes={sent} time_ms={took_ms:.1f} '
+        f"upstream_ms={upstream}{req_id} walk={walk}{tail}"
+    )
+
+
 class AccessLog:
     def __init__(self, enabled: bool = True, stream: TextIO | None = None) -> None:
         self.enabled = enabled and logging.getLogger(NAME).isEnabledFor(logging.INFO)
@@ -33,7 +63,7 @@ class AccessLog:
         self._stamp = ""
 
     def line(self, message: str) -> None:
-        """Add one request's line (the message part)."""
+        """Add one line (the message part: request_line's)."""
         if not self.enabled:
             return
         now = time.time()

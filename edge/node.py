@@ -31,7 +31,7 @@ from aiohttp.web_protocol import RequestHandler, _ErrInfo
 from aiohttp.web_server import Server
 
 from edge import fastpath, forwarding, guard, tls
-from edge.accesslog import AccessLog
+from edge.accesslog import AccessLog, request_line
 from edge.config import ConfigError, NodeConfig, parse_listen
 from edge.derive import Deriver
 from edge.fill import CrossFills, InFlight
@@ -328,8 +328,7 @@ class _GuardedHandler(RequestHandler):
         engine.metrics.fast_bytes += len(hot.body)
         if engine.access.enabled:
             engine.access.line(
-                f'{self._client} "GET {path}" 200 hit bytes={len(hot.body)} time_ms=0.0 '
-                "upstream_ms=- walk=fast"
+                request_line(self._client, "GET", path, 200, "hit", len(hot.body), 0, None, "fast")
             )
         if should_close:
             self.force_close()

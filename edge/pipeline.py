@@ -29,7 +29,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from edge import compress, derive, fastpath, forwarding, guard, policy, steps, zerocopy
-from edge.accesslog import AccessLog
+from edge.accesslog import AccessLog, request_line
 from edge.cachestatus import CacheStatus
 from edge.config import NodeConfig
 from edge.derive import Deriver
@@ -1395,14 +1395,20 @@ class Transaction:
         self.e.metrics.requests.labels(name, label, str(self.code)).inc()
         self.e.metrics.bytes_sent.labels(name).inc(self.sent)
         if self.e.access.enabled:
-            took = (time.monotonic() - self.started) * 1000
-            upstream = f"{self.upstream_ms:.1f}" if self.upstream_ms is not None else "-"
-            req_id = f" id={self._request_id}" if self._request_id else ""
-            end = " client-gone" if self.client_gone else (" cut" if self.cut else "")
             self.e.access.line(
-                f'{self.req.remote} "{self.method} {self.req.raw_path}" {self.code} {label} '
-                f"bytes={self.sent} time_ms={took:.1f} upstream_ms={upstream}{req_id} "
-                f"walk={steps.render_walk(self.walk)}{end}"
+                request_line(
+                    str(self.req.remote),
+                    self.method,
+                    self.req.raw_path,
+                    self.code,
+                    label,
+                    self.sent,
+                    (time.monotonic() - self.started) * 1000,
+                    self.upstream_ms,
+                    steps.render_walk(self.walk),
+                    request_id=self._request_id,
+                    end="client-gone" if self.client_gone else ("cut" if self.cut else ""),
+                )
             )
 
 
