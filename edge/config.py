@@ -18,35 +18,21 @@ from urllib.parse import urlsplit
 
 from edge.balance import STRATEGIES
 from edge.forwarding import DEFAULT_TRUSTED
-from edge.options import ROLES, Check, ConfigError, Kind, Option, kind_check, opt, options_of
+from edge.options import (
+    ROLES,
+    Check,
+    ConfigError,
+    Kind,
+    Option,
+    format_size,
+    kind_check,
+    opt,
+    options_of,
+)
 from edge.policy import SET_COOKIE_DEFAULT, SET_COOKIE_MODES
 
 #: The exit status of a node stopped by a configuration error (as cli.errors has it).
 CONFIG_ERROR_STATUS = 2
-
-
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-
-
-def parse_size(value: str | int) -> int:
-    """'512M', '10G', '1.5g', '4096' -> bytes (binary units)."""
-    if isinstance(value, int):
-        if value < 0:
-            raise ConfigError(f"size must not be negative: {value}")
-        return value
-    match = _SIZE.match(str(value))
-    if not match:
-        raise ConfigError(f"not a size: {value!r} (use e.g. 512M, 10G)")
-    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
-
-
-def format_size(value: int) -> str:
-    """Bytes -> the largest binary unit that divides them: 1073741824 -> '1G'."""
-    for unit in ("t", "g", "m", "k"):
-        if value and value % _UNITS[unit] == 0:
-            return f"{value // _UNITS[unit]}{unit.upper()}"
-    return str(value)
 
 
 #: The default largest object is this share of the cache: storing it evicts at most an

@@ -29,12 +29,36 @@ class Kind(enum.Enum):
     TEXT = "text"
     INT = "int"
     NUMBER = "number"  # int or float
-    SIZE = "size"  # bytes: an integer or "512M", "10G" (edge.config.parse_size)
+    SIZE = "size"  # bytes: an integer or "512M", "10G" (parse_size)
     FLAG = "flag"  # true/false; on the command line a flag that flips the default
     LIST = "list"  # strings; a repeatable flag on the command line
     PATH = "path"
     TABLE = "table"  # a TOML table; not on the command line
     TABLES = "tables"  # a list of TOML tables; not on the command line
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(value: str | int) -> int:
+    """'512M', '10G', '1.5g', '4096' -> bytes (binary units)."""
+    if isinstance(value, int):
+        if value < 0:
+            raise ConfigError(f"size must not be negative: {value}")
+        return value
+    match = _SIZE.match(str(value))
+    if not match:
+        raise ConfigError(f"not a size: {value!r} (use e.g. 512M, 10G)")
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+def format_size(value: int) -> str:
+    """Bytes -> the largest binary unit that divides them: 1073741824 -> '1G'."""
+    for unit in ("t", "g", "m", "k"):
+        if value and value % _UNITS[unit] == 0:
+            return f"{value // _UNITS[unit]}{unit.upper()}"
+    return str(value)
 
 
 #: Roles of a cache node (NodeConfig.role) and the subcommand that runs each.
@@ -69,8 +93,6 @@ class Option:
             return self.shown
         value = self.default
         if self.kind is Kind.SIZE:
-            from edge.config import format_size
-
             return format_size(value)
         if self.kind is Kind.PATH:
             text = str(value)
@@ -195,8 +217,6 @@ def _path(name: str, value: Any) -> Path:
 
 
 def _size(name: str, value: Any) -> int:
-    from edge.config import parse_size
-
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise ConfigError(f"{name} must be a size (e.g. 512M, 10G): {value!r}")
     return parse_size(value)
