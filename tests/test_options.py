@@ -4,6 +4,7 @@ Pure: commands are parsed by typer's own click command, nothing is started."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -351,3 +352,10 @@ def test_node_argv_writes_each_option_by_its_flag() -> None:
         node_argv("shield", {"shields": ["http://s"]})
     with pytest.raises(ConfigError, match="rate_limit"):
         node_argv("edge", {"rate_limit": 5})
+
+
+def test_the_readmes_toml_keys_are_options() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    said = readme.split("A TOML file takes the same names (", 1)[1].split("tables below)")[0]
+    keys = {k.replace("-", "_") for k in re.findall(r"`([a-z_-]+)`", said)}
+    assert len(keys) > 20 and keys <= {o.name for o in OPTIONS}
