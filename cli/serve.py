@@ -25,6 +25,9 @@ _CLI_TYPES: dict[Kind, Any] = {
     Kind.PATH: Optional[Path],  # noqa: UP045
 }
 
+# --help names a whole number so, though it is read as text.
+_METAVARS = {Kind.INT: "<int>"}
+
 
 def _parameter(option: Option) -> inspect.Parameter:
     if option.kind is Kind.FLAG:
@@ -33,7 +36,12 @@ def _parameter(option: Option) -> inspect.Parameter:
     else:
         kind = _CLI_TYPES.get(option.kind, Optional[str])  # noqa: UP045
         default = None
-    info = typer.Option(*option.flags, help=option.help, show_default=option.shown_default())
+    info = typer.Option(
+        *option.flags,
+        help=option.help,
+        show_default=option.shown_default(),
+        metavar=_METAVARS.get(option.kind),
+    )
     return inspect.Parameter(
         option.name,
         inspect.Parameter.KEYWORD_ONLY,
