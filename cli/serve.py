@@ -79,15 +79,15 @@ def command(role: str, doc: str) -> Callable[..., None]:
     option its command line takes (edge.config.cli_options), then --config and
     --log-level."""
 
-    def run(*, config: Path | None, log_level: str, **given: Any) -> None:
+    def node_command(*, config: Path | None, log_level: str, **given: Any) -> None:
         run_node(role, config, given, log_level=log_level)
 
-    run.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+    node_command.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
         [*(_parameter(o) for o in cli_options(role)), *_PROCESS]
     )
-    run.__name__ = ROLES[role]
-    run.__doc__ = doc
-    return run
+    node_command.__name__ = ROLES[role]
+    node_command.__doc__ = doc
+    return node_command
 
 
 serve = command("edge", "Run an edge node.")
