@@ -20,13 +20,10 @@ from edge.options import ROLES, Kind, Option
 # typer reads these types at runtime: Optional[...] spelled out for it. Values are read
 # as text, so that a bad one is edge's one-line error (the option's own check, as for the
 # same value in a TOML file), not typer's box; None: not given, the file or default wins.
-_CLI_TYPES: dict[Kind, Any] = {
-    Kind.LIST: Optional[list[str]],  # noqa: UP045
-    Kind.PATH: Optional[Path],  # noqa: UP045
-}
+_CLI_TYPES: dict[Kind, Any] = {Kind.LIST: Optional[list[str]]}  # noqa: UP045
 
-# --help names a whole number so, though it is read as text.
-_METAVARS = {Kind.INT: "<int>"}
+# --help names what the text must be.
+_METAVARS = {Kind.INT: "<int>", Kind.PATH: "<path>"}
 
 
 def _parameter(option: Option) -> inspect.Parameter:

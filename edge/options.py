@@ -118,8 +118,6 @@ class Option:
                 return float(text) if re.search(r"[.eE]", text) else int(text)
             except ValueError:
                 return text
-        if self.kind is Kind.PATH:
-            return Path(text)
         return text
 
     def from_toml(self, value: Any) -> Any:
