@@ -24,7 +24,7 @@ import urllib.request
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
@@ -101,15 +101,15 @@ class Local:
         # source for 127/8), not from the edge's 127.R.0.x: that one address is trusted.
         return [EDGE_SOURCE]
 
-    def certificate(self, name: str, listen: str, names: list[str]) -> list[str]:
+    def certificate(self, name: str, listen: str, names: list[str]) -> dict[str, Any]:
         if self.ca is None:
-            return []
+            return {}
         host = listen.rsplit(":", 1)[0].strip("[]")
         cert, key = self.ca.issue(name, [*names, "localhost"], [host, "127.0.0.1"])
-        return ["--tls-cert", str(cert), "--tls-key", str(key)]
+        return {"tls_cert": [str(cert)], "tls_key": [str(key)]}
 
-    def upstream_ca(self) -> list[str]:
-        return ["--upstream-ca", str(self.ca.cert_path)] if self.ca is not None else []
+    def upstream_ca(self) -> dict[str, Any]:
+        return {"upstream_ca": str(self.ca.cert_path)} if self.ca is not None else {}
 
     def dns_topology(self) -> str:
         if self.ca is None:

@@ -242,11 +242,11 @@ class Docker:
     def edge_sources(self, topo: Topology) -> list[str]:
         return [str(e.docker_ipv4) for e in topo.edges]
 
-    def certificate(self, name: str, listen: str, names: list[str]) -> list[str]:
-        return []
+    def certificate(self, name: str, listen: str, names: list[str]) -> dict[str, Any]:
+        return {}
 
-    def upstream_ca(self) -> list[str]:
-        return []
+    def upstream_ca(self) -> dict[str, Any]:
+        return {}
 
     def dns_topology(self) -> str:
         return IMAGE_TOPOLOGY

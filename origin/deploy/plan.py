@@ -2,7 +2,8 @@
 
 `edge up` runs this plan as child processes on this machine; origin.deploy.compose renders the
 same plan as docker-compose services. Everything a process is given (its subcommand,
-every option the topology sets, the secrets it reads, its health check, what must be
+every option the topology sets (a node's through edge.config.node_argv, from the one
+declaration of node options), the secrets it reads, its health check, what must be
 healthy before it starts, where it keeps state) is decided here, once. What differs
 between the two ways of running the CDN is only *where* things are, and that is a
 `Placement`: which address a process listens on, how the others reach it, where its
@@ -13,8 +14,9 @@ authority reads and whether nodes serve TLS.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
+from edge.config import node_argv
 from origin.deploy.topology import Edge, Service, Topology
 
 Role = Literal["origin", "coordinator", "shield", "edge", "dns"]
@@ -78,12 +80,12 @@ class Placement(Protocol):
         """The addresses a shield sees its edges' connections come from."""
         ...
 
-    def certificate(self, name: str, listen: str, names: list[str]) -> list[str]:
-        """TLS options for a node (none without tls)."""
+    def certificate(self, name: str, listen: str, names: list[str]) -> dict[str, Any]:
+        """TLS options of a node, by option name (none without tls)."""
         ...
 
-    def upstream_ca(self) -> list[str]:
-        """Options for an edge to verify its shields' certificates (none without tls)."""
+    def upstream_ca(self) -> dict[str, Any]:
+        """The option for an edge to verify its shields' certificates (none without tls)."""
         ...
 
     def dns_topology(self) -> str:
@@ -110,11 +112,6 @@ def health_host(listen: str) -> str:
     127.0.0.1 when it listens on every interface."""
     host, port = listen.rsplit(":", 1)
     return f"127.0.0.1:{port}" if host in ("0.0.0.0", "[::]", "::") else listen
-
-
-def _workers(count: int) -> list[str]:
-    """`--workers N` for a node of several processes (the topology's `workers`)."""
-    return ["--workers", str(count)] if count > 1 else []
 
 
 def origin_argv(origin: Service, listen: str, root_parent: str) -> list[str]:
@@ -177,27 +174,30 @@ def plan(topo: Topology, place: Placement) -> list[Process]:
         )
     )
 
-    common = ["--coordinator", coordinator_url]
     # A shield believes X-Forwarded-For from its edges' connections, and nobody else's:
     # not the region networks, where the clients are. Admin endpoints are left to each
     # node's default (127.0.0.1 and ::1), which is where the health checks come from.
-    trust = [a for source in place.edge_sources(topo) for a in ("--trusted-proxy", source)]
     for shield in s.shields:
         listen = place.listen("shield", shield.name, shield.listen)
-        argv = ["shield", "--listen", listen, "--origin", origin_url, "--name", shield.name]
-        argv += trust
-        argv += place.certificate(shield.name, listen, [shield.name])
-        argv += ["--cache-dir", place.directory(shield.name, "cache")]
-        argv += ["--cache-size", str(shield.options["cache_size"])]
-        argv += _workers(int(shield.options.get("workers", 1)))
-        argv += [*common, "--region", "core"]
+        options = {
+            "listen": listen,
+            "origins": [origin_url],
+            "name": shield.name,
+            "trusted_proxies": place.edge_sources(topo),
+            **place.certificate(shield.name, listen, [shield.name]),
+            "cache_dir": place.directory(shield.name, "cache"),
+            "cache_size": str(shield.options["cache_size"]),
+            "workers": int(shield.options.get("workers", 1)),
+            "coordinator": coordinator_url,
+            "region": "core",
+        }
         out.append(
             Process(
                 shield.name,
                 "shield",
                 "core",
                 listen,
-                tuple(argv),
+                tuple(node_argv("shield", options)),
                 Check("http", f"{node_scheme}://{health_host(listen)}/_edge/health"),
                 after=(origin.name, coordinator.name),
                 secrets=(NODE_TOKEN,),
@@ -206,30 +206,31 @@ def plan(topo: Topology, place: Placement) -> list[Process]:
             )
         )
 
-    shields = [
-        a
-        for sh in s.shields
-        for a in ("--shield", f"{node_scheme}://{place.url(sh.name, sh.listen)}")
-    ]
-    shields += place.upstream_ca()
+    shields = [f"{node_scheme}://{place.url(sh.name, sh.listen)}" for sh in s.shields]
     apex = topo.zone.origin.to_text().rstrip(".")
     site_names = [n.to_text().rstrip(".") for n in topo.zone.names] + [apex, f"*.{apex}"]
     for edge in topo.edges:
         listen = place.listen("edge", edge.name, edge_listen(edge), edge)
-        argv = ["serve", "--listen", listen, *shields, "--origin", origin_url]
-        argv += ["--name", edge.name]
-        argv += ["--cache-dir", place.directory(edge.name, "cache")]
-        argv += ["--cache-size", edge.cache_size]
-        argv += _workers(edge.workers)
-        argv += place.certificate(edge.name, listen, site_names)
-        argv += [*common, "--region", edge.region]
+        options = {
+            "listen": listen,
+            "shields": shields,
+            **place.upstream_ca(),
+            "origins": [origin_url],
+            "name": edge.name,
+            "cache_dir": place.directory(edge.name, "cache"),
+            "cache_size": edge.cache_size,
+            "workers": edge.workers,
+            **place.certificate(edge.name, listen, site_names),
+            "coordinator": coordinator_url,
+            "region": edge.region,
+        }
         out.append(
             Process(
                 edge.name,
                 "edge",
                 edge.region,
                 listen,
-                tuple(argv),
+                tuple(node_argv("edge", options)),
                 Check("http", f"{node_scheme}://{health_host(listen)}/_edge/health"),
                 after=(origin.name, coordinator.name, *(sh.name for sh in s.shields)),
                 secrets=(NODE_TOKEN,),
