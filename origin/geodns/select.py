@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from origin.deploy.topology import Address, Edge, Network, Region, Topology
-from origin.geodns.geoip import GeoRecord, Lookup, unmapped
+from origin.geodns.geoip import GeoRecord, Lookup, WatchedDatabase, unmapped
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,11 @@ class Selector:
             *(n for r in topology.regions for n in r.networks),
             *(loc.network for loc in topology.locations),
         )
+
+    def geo_version(self) -> int:
+        """Which load of a watched database placements are made from: whoever keeps
+        placements (the wire fast path) forgets them when this changes."""
+        return self.geo.version if isinstance(self.geo, WatchedDatabase) else 0
 
     def decide(
         self,
@@ -136,10 +141,10 @@ class Selector:
         lat, lon = spot if spot is not None else (home.lat, home.lon)
         return [r for r in self.t.by_distance(lat, lon) if r is not home]
 
-    def pick(self, edges: tuple[Edge, ...]) -> tuple[Edge, ...]:
-        """At most answer_count edges, a weighted sample without replacement
+    def pick(self, edges: tuple[Edge, ...], n: int | None = None) -> tuple[Edge, ...]:
+        """At most `n` (answer_count) edges, a weighted sample without replacement
         (Efraimidis and Spirakis: the largest u^(1/w) win)."""
-        n = self.t.zone.answer_count
+        n = self.t.zone.answer_count if n is None else n
         if len(edges) <= n:
             return edges
         keyed = sorted(edges, key=lambda e: self.rng.random() ** (1.0 / e.weight), reverse=True)
