@@ -176,3 +176,16 @@ def test_a_country_on_two_regions_is_an_error() -> None:
     regions[2]["countries"] = ["DE"]
     with pytest.raises(TopologyError, match="DE is in the countries of eu and ap"):
         parse_topology({**RAW, "regions": regions})
+
+
+def test_a_relative_database_is_found_beside_the_topology_even_under_tls(tmp_path: Path) -> None:
+    from cli.up import _tls_topology
+    from origin.deploy.topology import load_topology, to_toml
+
+    (tmp_path / "work").mkdir()
+    path = tmp_path / "cdn.toml"
+    path.write_text(to_toml({**RAW, "geoip": {"database": "geo/GeoLite2-City.mmdb"}}))
+    want = str(tmp_path.resolve() / "geo" / "GeoLite2-City.mmdb")
+    assert load_topology(path).geoip.database == want
+    derived = _tls_topology(path, tmp_path / "work", ca_file="")
+    assert load_topology(derived).geoip.database == want
