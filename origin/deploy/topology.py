@@ -3,7 +3,9 @@ they serve) and edges (addresses, weights, health URL), read from one TOML file.
 
 This module owns the file format and its validation (every mistake is one line, raised
 as TopologyError) and the pure geography on top of it: which region a client address
-belongs to, and the regions nearest to another. `edge dns` answers from it; `edge up`
+belongs to, and the regions nearest to another. A `[geoip]` database and the countries
+and continents regions list are settings here; reading the database is
+origin/geodns/geoip.py's, placing by it the Selector's. `edge dns` answers from it; `edge up`
 will start the same topology.
 """
 
