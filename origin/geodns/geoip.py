@@ -50,6 +50,11 @@ class GeoRecord:
 Lookup = Callable[[Address], GeoRecord | None]
 
 
+#: Records kept per database object (past it the table starts over).
+RECORDS_KEPT = 100_000
+_UNSEEN = object()
+
+
 class GeoError(ValueError):
     """A database file that cannot be used; the message is one line."""
 
@@ -136,6 +141,9 @@ class GeoDatabase:
         self.ip_version = meta.ip_version
         self.kind = str(meta.database_type)
         self.built = int(meta.build_epoch)
+        # Records by database network: every address of a network has the same one, and
+        # making the network and record objects costs three times the tree walk.
+        self.records: dict[tuple[int, int, int], GeoRecord | None] = {}
 
     def __call__(self, address: Address) -> GeoRecord | None:
         address = unmapped(address)
@@ -148,7 +156,15 @@ class GeoDatabase:
             return None
         if data is None:
             return None
-        return record_of(data, ipaddress.ip_network((address, prefix), strict=False))
+        bits = address.max_prefixlen
+        key = (address.version, int(address) >> (bits - prefix), prefix)
+        record = self.records.get(key, _UNSEEN)
+        if record is _UNSEEN:
+            if len(self.records) >= RECORDS_KEPT:
+                self.records = {}
+            network = ipaddress.ip_network((address, prefix), strict=False)
+            record = self.records[key] = record_of(data, network)
+        return record  # type: ignore[return-value]
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:
