@@ -189,3 +189,16 @@ def test_a_relative_database_is_found_beside_the_topology_even_under_tls(tmp_pat
     assert load_topology(path).geoip.database == want
     derived = _tls_topology(path, tmp_path / "work", ca_file="")
     assert load_topology(derived).geoip.database == want
+
+
+@pytest.mark.parametrize(
+    "geoip, message",
+    [
+        ({"database": 5}, r"\[geoip\] database must be the path of a .mmdb file"),
+        ({"database": "x.mmdb", "reload": 0}, r"\[geoip\] reload must be a number"),
+        ({"file": "x.mmdb"}, r"unknown setting in \[geoip\]: file"),
+    ],
+)
+def test_geoip_mistakes_are_one_line_errors(geoip: dict[str, object], message: str) -> None:
+    with pytest.raises(TopologyError, match=message):
+        parse_topology({**RAW, "geoip": geoip})
