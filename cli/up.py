@@ -224,6 +224,10 @@ def _tls_topology(path: Path, workdir: Path, ca_file: str) -> Path:
         if health.startswith("http://"):
             edge["health"] = "https://" + health.removeprefix("http://")
     raw.setdefault("health", {})["ca"] = ca_file
+    geoip = raw.get("geoip", {})
+    if isinstance(geoip.get("database"), str):
+        # Relative to the topology file, which the copy is not beside.
+        geoip["database"] = str(path.resolve().parent / geoip["database"])
     derived = workdir / "topology-tls.toml"
     derived.write_text(to_toml(raw))
     return derived

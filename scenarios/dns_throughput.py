@@ -3,6 +3,7 @@
     python -m scenarios.dns_throughput                   # 10 s per pass, both servers
     python -m scenarios.dns_throughput --duration 3 --skip-reference
     python -m scenarios.dns_throughput --rounds 5        # medians of 5 alternating rounds
+    python -m scenarios.dns_throughput --no-geoip        # without a [geoip] database
 
 Owns: the topology edge dns serves and the equivalent static zone for the reference
 (Knot DNS, `knotd` from Debian's knot package, every file of it in a temporary folder),
@@ -12,8 +13,13 @@ table and scenarios/out/dns_throughput.json.
 
 Each server runs alone on a free loopback port, on core 0 when taskset allows, with
 dnsperf (one thread) on core 1. Each gets two passes at full speed (no -Q) for a fixed
-time: plain queries, then EDNS with a Client Subnet option (a us /24) on every query, the
+time: plain queries, then EDNS with a Client Subnet option on every query, the
 geographic path of edge dns; Knot ignores the option, so its ECS pass measures EDNS alone.
+
+edge dns runs with a [geoip] database loaded (unless --no-geoip): a synthetic GeoLite2-City
+file of GEO_NETWORKS networks in several countries, written with mmdb-writer (the test
+extra), and the ECS pass's subnet is one the topology does not list, placed in us by the
+database (country US); without it, the us /24 of the topology.
 
 Before any load: answers of edge dns are checked with dnspython (a loopback client gets
 the eu edges, the us subnet dnsperf sends gets the us edge, a missing name is NXDOMAIN),
@@ -85,6 +91,16 @@ NS_GLUE = "192.0.2.53"
 TTL, NEGATIVE_TTL, NS_TTL = 30, 60, 3600  # NS_TTL: what edge dns gives NS and glue
 US_SUBNET = "203.0.113.0/24"
 EU_SUBNET = "198.51.100.0/24"
+#: The ECS pass's subnet with a database: in no topology network, in a US record.
+GEO_SUBNET = "100.64.0.0/24"
+#: Networks in the synthetic database (a /22 each from 100.64.0.0/10, countries in turn).
+GEO_NETWORKS = 4096
+GEO_COUNTRIES = (  # country, continent, latitude, longitude
+    ("US", "NA", 40.7, -74.0),
+    ("DE", "EU", 50.1, 8.7),
+    ("BR", "SA", -23.5, -46.6),
+    ("JP", "AS", 35.7, 139.7),
+)
 MAX_LOST = 0.01
 EDGE, REFERENCE = "edge dns", "Knot DNS"  # the servers' rows in the table and the report
 # A pass also stops after this many queries per second of --duration, far above what
@@ -92,10 +108,11 @@ EDGE, REFERENCE = "edge dns", "Knot DNS"  # the servers' rows in the table and t
 MAX_QPS_BOUND = 200_000
 
 
-def topology_toml() -> str:
+def topology_toml(geoip: bool = False) -> str:
     """The topology edge dns serves: zone, two regions, EDGES; no health probes, so every
     edge counts as healthy. Loopback clients (127.0.0.1) are in neither region's networks:
-    they get the default, eu."""
+    they get the default, eu. With `geoip`, the database geo.mmdb beside it (see
+    write_database) and the countries each region takes."""
     edges = "".join(
         f'\n[[edges]]\nname = "{name}"\nregion = "{region}"\nipv4 = "{v4}"\nipv6 = "{v6}"\n'
         for name, region, v4, v6 in EDGES
@@ -115,13 +132,46 @@ lat = 50.1
 lon = 8.7
 networks = ["127.1.0.0/16", "{EU_SUBNET}"]
 default = true
+{'countries = ["DE"]' if geoip else ""}
 
 [[regions]]
 name = "us"
 lat = 40.7
 lon = -74.0
 networks = ["127.2.0.0/16", "{US_SUBNET}"]
-{edges}"""
+{'countries = ["US"]' if geoip else ""}
+{edges}{GEOIP if geoip else ""}"""
+
+
+GEOIP = """
+[geoip]
+database = "geo.mmdb"
+"""
+
+
+def write_database(path: Path) -> None:
+    """A GeoLite2-City-shaped database of GEO_NETWORKS /22s from 100.64.0.0/10 (the
+    first, holding GEO_SUBNET, in the US), written with mmdb-writer."""
+    try:
+        from mmdb_writer import MmdbF64, MMDBWriter
+        from netaddr import IPSet
+    except ImportError:
+        raise ScenarioError(
+            "the database needs mmdb-writer: pip install -e '.[test]' (or run with --no-geoip)"
+        ) from None
+    writer = MMDBWriter(ip_version=6, ipv4_compatible=True, database_type="GeoLite2-City")
+    base = ipaddress.ip_network("100.64.0.0/10")
+    for i, net in enumerate(base.subnets(new_prefix=22)):
+        if i == GEO_NETWORKS:
+            break
+        country, continent, lat, lon = GEO_COUNTRIES[i % len(GEO_COUNTRIES)]
+        record = {
+            "country": {"iso_code": country},
+            "continent": {"code": continent},
+            "location": {"latitude": MmdbF64(lat), "longitude": MmdbF64(lon)},
+        }
+        writer.insert_network(IPSet([str(net)]), record)
+    writer.to_db_file(str(path))
 
 
 #: (dnsperf query line, weight): 80/10/5/5.
@@ -305,7 +355,7 @@ def _addresses(m: dns.message.Message) -> set[str]:
     return {r.to_text() for rrset in m.answer for r in rrset}
 
 
-def spot_checks(port: int) -> list[str]:
+def spot_checks(port: int, geoip: bool = False) -> list[str]:
     """Answers of edge dns that must be right before its throughput means anything."""
     # The us option as the very bytes dnsperf sends with -E.
     code, data = ecs_option(US_SUBNET).split(":")
@@ -325,6 +375,15 @@ def spot_checks(port: int) -> list[str]:
             EU_V4,
         ),
     ]
+    if geoip:
+        geo_option = dns.edns.ECSOption.from_text(GEO_SUBNET)
+        checks.append(
+            (
+                f"www A for ECS {GEO_SUBNET} (database: US) gives the us edge",
+                _ask(port, "www.cdn.example A", [geo_option]),
+                US_V4,
+            )
+        )
     problems = [
         f"{what}: got {sorted(_addresses(m)) or dns.rcode.to_text(m.rcode())}"
         for what, m, want in checks
@@ -372,6 +431,7 @@ class Load:
     duration: float
     clients: int
     outstanding: int
+    ecs_subnet: str = US_SUBNET
 
 
 def dnsperf(load: Load, port: int, *, ecs: bool) -> dict[str, Any]:
@@ -383,7 +443,7 @@ def dnsperf(load: Load, port: int, *, ecs: bool) -> dict[str, Any]:
     # One thread: dnsperf has one core of its own; the clients are its sockets.
     argv += ["-c", str(load.clients), "-T", "1", "-q", str(load.outstanding)]
     if ecs:
-        argv += ["-e", "-E", ecs_option(US_SUBNET)]
+        argv += ["-e", "-E", ecs_option(load.ecs_subnet)]
     limit = load.duration + 30
     try:
         proc = subprocess.run(
@@ -409,14 +469,21 @@ def cpu_seconds(pid: int) -> float | None:
 
 
 def measure(
-    name: str, argv: list[str], port: int, work: Path, load: Load, *, checks: bool
+    name: str,
+    argv: list[str],
+    port: int,
+    work: Path,
+    load: Load,
+    *,
+    checks: bool,
+    geoip: bool = False,
 ) -> tuple[dict[str, Any], dict[str, list[str]], list[str]]:
     """Start one server alone, check and record its answers, run both passes, stop it:
     (results per pass, answers, problems)."""
     with Processes(work) as procs:
         child = procs.start(name, pinned(argv, SERVER_CORE))
         wait_dns(child, port)
-        problems = spot_checks(port) if checks else []
+        problems = spot_checks(port, geoip) if checks else []
         seen = answers(port)
         results = {}
         for kind, ecs in (("plain", False), ("ECS", True)):
@@ -526,15 +593,27 @@ def run(args: argparse.Namespace) -> int:
         work = Path(tmp)
         queries = work / "queries.txt"
         lines = write_queries(queries)
-        load = Load(dnsperf_tool, queries, lines, args.duration, args.clients, args.outstanding)
+        geoip = not args.no_geoip
+        ecs_subnet = GEO_SUBNET if geoip else US_SUBNET
+        load = Load(
+            dnsperf_tool,
+            queries,
+            lines,
+            args.duration,
+            args.clients,
+            args.outstanding,
+            ecs_subnet,
+        )
         topology = work / "topology.toml"
-        topology.write_text(topology_toml())
+        topology.write_text(topology_toml(geoip))
+        if geoip:
+            write_database(work / "geo.mmdb")
 
         def edge_dns(first: bool) -> tuple[dict[str, Any], dict[str, list[str]], list[str]]:
             port = free_port()
             argv = edge_command("dns", "--listen", f"127.0.0.1:{port}", "--topology", str(topology))
             argv += ["--log-level", "warning"]
-            return measure("edge-dns", argv, port, work, load, checks=first)
+            return measure("edge-dns", argv, port, work, load, checks=first, geoip=geoip)
 
         def knot() -> tuple[dict[str, Any], dict[str, list[str]], list[str]]:
             assert knotd is not None
@@ -583,7 +662,8 @@ def run(args: argparse.Namespace) -> int:
             "clients": args.clients,
             "outstanding": args.outstanding,
             "pinned": can_pin(),
-            "ecs_subnet": US_SUBNET,
+            "ecs_subnet": ecs_subnet,
+            "geoip_networks": GEO_NETWORKS if not args.no_geoip else 0,
             "query_mix": dict(QUERY_MIX),
         },
         "versions": versions,
@@ -624,6 +704,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "ratios are the medians of each round's (1)",
     )
     parser.add_argument("--skip-reference", action="store_true", help="edge dns only")
+    parser.add_argument(
+        "--no-geoip",
+        action="store_true",
+        help="edge dns without a [geoip] database (the ECS pass then uses a topology subnet)",
+    )
     parser.add_argument("--out", default="", help="JSON report path")
     args = parser.parse_args(argv)
     if not 1 <= args.rounds <= 20:

@@ -449,6 +449,7 @@ def test_the_docker_topology_is_the_default_one_otherwise(
         "locations",
         "health",
         "services",
+        "geoip",
     }
 
     def same(a: Any, b: Any, cls: type, moved: set[str]) -> None:
@@ -465,6 +466,8 @@ def test_the_docker_topology_is_the_default_one_otherwise(
     for a, b in zip(topo.edges, docker_topo.edges, strict=True):
         same(a, b, Edge, {"ipv4", "ipv6", "listen", "health"})
     assert topo.locations == docker_topo.locations
+    # The database file is not in the image (tests/test_plan.py UP_ONLY): all but it.
+    assert topo.geoip.reload == docker_topo.geoip.reload and not docker_topo.geoip.database
     s, d = topo.services, docker_topo.services
     assert (s.cdn_name, s.docker_core_subnet) == (d.cdn_name, d.docker_core_subnet)
     for a, b in [

@@ -138,6 +138,10 @@ CHANGES: dict[tuple[str, str], Callable[[Raw], None]] = {
     ("locations", "network"): _location,
     ("locations", "lat"): _location,
     ("locations", "lon"): _location,
+    ("regions", "countries"): _set("regions", "countries", ["DE", "FR"]),
+    ("regions", "continents"): _set("regions", "continents", ["EU"]),
+    ("geoip", "database"): _set("geoip", "database", "/var/lib/geoip/GeoLite2-City.mmdb"),
+    ("geoip", "reload"): _set("geoip", "reload", 30.0),
 }
 
 # Settings that reach one way of running the CDN only, and why.
@@ -152,6 +156,9 @@ UP_ONLY = {
     # A CA file on this machine, for `edge up --tls`'s https probes; compose serves
     # plain HTTP and the file is not in the image.
     ("health", "ca"),
+    # A database file on this machine, not in the image: the containers' authority
+    # places clients by the topology's networks (README: GeoIP).
+    ("geoip", "database"),
 }
 
 

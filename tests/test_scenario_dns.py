@@ -190,3 +190,22 @@ def test_a_short_run_measures_both_servers(tmp_path: Path) -> None:
             assert r["rcodes"]["NXDOMAIN"] > 0  # the missing names were asked
     assert set(report["ratios"]) == {"plain", "ECS"}
     assert all(v > 0 for v in report["ratios"].values())
+
+
+def test_the_database_places_the_ecs_pass_subnet_in_us(tmp_path: Path) -> None:
+    from origin.deploy.topology import load_topology
+    from origin.geodns.geoip import GeoDatabase
+    from origin.geodns.select import Selector
+
+    (tmp_path / "topology.toml").write_text(dns_throughput.topology_toml(geoip=True))
+    dns_throughput.write_database(tmp_path / "geo.mmdb")
+    topo = load_topology(tmp_path / "topology.toml")
+    database = GeoDatabase(Path(topo.geoip.database))
+    subnet = ipaddress.ip_network(dns_throughput.GEO_SUBNET)
+    assert topo.locate(subnet.network_address)[0] is None  # in no topology network
+    d = Selector(topo, geo=database).decide(subnet.network_address, 4, lambda e: True, 24)
+    assert d.region == "us" and d.scope == 22 and "country US listed on us" in d.why
+    # The last of the database's networks is there too, in a country no region lists.
+    last = ipaddress.ip_network("100.64.0.0/10").network_address + 1024 * 4095
+    record = database(last)
+    assert record is not None and record.country == "JP"

@@ -61,7 +61,15 @@ from urllib.parse import urlsplit, urlunsplit
 
 from edge.config import parse_listen
 from origin.deploy.plan import Check, PlanError, Process, edge_listen, plan
-from origin.deploy.topology import Edge, Network, Service, Topology, TopologyError, load_topology
+from origin.deploy.topology import (
+    Edge,
+    GeoIPSettings,
+    Network,
+    Service,
+    Topology,
+    TopologyError,
+    load_topology,
+)
 
 ORIGIN = Path(__file__).resolve().parents[1]
 REPO = ORIGIN.parent
@@ -461,6 +469,8 @@ def docker_topology(topo: Topology, source: str) -> str:
                 "networks": networks,
                 "docker_subnet": str(subnet),
                 "default": region.default or None,
+                "countries": list(region.countries) or None,
+                "continents": list(region.continents) or None,
             },
         )
     for edge in topo.edges:
@@ -481,6 +491,10 @@ def docker_topology(topo: Topology, source: str) -> str:
         )
     for loc in topo.locations:
         out.array_item("locations", {"network": str(loc.network), "lat": loc.lat, "lon": loc.lon})
+    # [geoip] database is a file on this machine, not in the image: the containers'
+    # authority places clients by the topology's networks alone (README: GeoIP).
+    if topo.geoip.reload != GeoIPSettings().reload:
+        out.table("geoip", {"reload": topo.geoip.reload})
     return out.text()
 
 

@@ -3,12 +3,15 @@ they serve) and edges (addresses, weights, health URL), read from one TOML file.
 
 This module owns the file format and its validation (every mistake is one line, raised
 as TopologyError) and the pure geography on top of it: which region a client address
-belongs to, and the regions nearest to another. `edge dns` answers from it; `edge up`
+belongs to, and the regions nearest to another. A `[geoip]` database and the countries
+and continents regions list are settings here; reading the database is
+origin/geodns/geoip.py's, placing by it the Selector's. `edge dns` answers from it; `edge up`
 will start the same topology.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import math
@@ -50,7 +53,9 @@ SECTIONS: dict[str, frozenset[str]] = {
         }
     ),
     "health": frozenset({"interval", "timeout", "rise", "fall", "coordinator", "token", "ca"}),
-    "regions": frozenset({"name", "lat", "lon", "networks", "default", "docker_subnet"}),
+    "regions": frozenset(
+        {"name", "lat", "lon", "networks", "default", "docker_subnet", "countries", "continents"}
+    ),
     "edges": frozenset(
         {
             "name",
@@ -66,7 +71,11 @@ SECTIONS: dict[str, frozenset[str]] = {
         }
     ),
     "locations": frozenset({"network", "lat", "lon"}),
+    "geoip": frozenset({"database", "reload"}),
 }
+
+#: Continent codes of the MaxMind format (`continent.code`).
+CONTINENTS = frozenset({"AF", "AN", "AS", "EU", "NA", "OC", "SA"})
 
 
 class TopologyError(ValueError):
@@ -95,6 +104,8 @@ class Region:
     networks: tuple[Network, ...] = ()
     default: bool = False
     docker_subnet: Network | None = None  # the region's network under docker-compose
+    countries: tuple[str, ...] = ()  # ISO 3166-1 alpha-2 codes a geoip database places here
+    continents: tuple[str, ...] = ()  # continent codes (EU, NA, ...), after countries
 
 
 @dataclass(frozen=True)
@@ -151,6 +162,14 @@ class HealthSettings:
 
 
 @dataclass(frozen=True)
+class GeoIPSettings:
+    """A MaxMind-format database placing clients outside every topology network."""
+
+    database: str = ""  # path of the .mmdb file (relative: to the topology file); "" none
+    reload: float = 10.0  # seconds between looks at the file for a new version
+
+
+@dataclass(frozen=True)
 class Topology:
     zone: Zone
     regions: tuple[Region, ...]
@@ -158,6 +177,7 @@ class Topology:
     locations: tuple[Location, ...] = ()
     health: HealthSettings = field(default_factory=HealthSettings)
     services: Services = field(default_factory=Services)
+    geoip: GeoIPSettings = field(default_factory=GeoIPSettings)
 
     def region(self, name: str) -> Region:
         return next(r for r in self.regions if r.name == name)
@@ -216,6 +236,11 @@ def load_topology(path: Path) -> Topology:
     except OSError as exc:
         raise TopologyError(f"cannot read topology file {path}: {exc.strerror or exc}") from exc
     topology = parse_topology(raw)
+    database = topology.geoip.database
+    if database and not Path(database).is_absolute():
+        # Relative to the topology file, wherever the process reading it runs.
+        geoip = GeoIPSettings(str(Path(path).resolve().parent / database), topology.geoip.reload)
+        topology = dataclasses.replace(topology, geoip=geoip)
     if topology.health.ca:
         _check_ca(topology.health.ca)
     return topology
@@ -392,7 +417,14 @@ def parse_topology(raw: dict[str, Any]) -> Topology:
                 _number(f"{where} lon", item["lon"], low=-180, high=180),
             )
         )
-    return Topology(zone, regions, edges, tuple(locations), health, _services(raw))
+    g = _table(raw, "geoip", SECTIONS["geoip"])
+    database = g.get("database", "")
+    if not isinstance(database, str):
+        raise TopologyError("[geoip] database must be the path of a .mmdb file")
+    geoip = GeoIPSettings(
+        database, _number("[geoip] reload", g.get("reload", 10.0), low=0.1, high=86400)
+    )
+    return Topology(zone, regions, edges, tuple(locations), health, _services(raw), geoip)
 
 
 def _listen(where: str, value: Any) -> str:
@@ -481,6 +513,8 @@ def _regions(items: Any) -> tuple[Region, ...]:
                 _network(f"region {name} docker_subnet", item["docker_subnet"])
                 if "docker_subnet" in item
                 else None,
+                _codes(f"region {name} countries", item.get("countries", []), None),
+                _codes(f"region {name} continents", item.get("continents", []), CONTINENTS),
             )
         )
     if not regions:
@@ -489,7 +523,27 @@ def _regions(items: Any) -> tuple[Region, ...]:
         raise TopologyError("two regions have the same name")
     if sum(r.default for r in regions) > 1:
         raise TopologyError("only one region can be the default")
+    for kind in ("countries", "continents"):
+        seen: dict[str, str] = {}
+        for r in regions:
+            for code in getattr(r, kind):
+                if code in seen:
+                    raise TopologyError(f"{code} is in the {kind} of {seen[code]} and {r.name}")
+                seen[code] = r.name
     return tuple(regions)
+
+
+def _codes(where: str, value: Any, allowed: frozenset[str] | None) -> tuple[str, ...]:
+    """Country (ISO 3166-1 alpha-2) or continent codes, upper case as databases say them."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TopologyError(f"{where} must be a list of codes")
+    codes = tuple(v.upper() for v in value)
+    for code in codes:
+        bad = code not in allowed if allowed is not None else not re.fullmatch(r"[A-Z]{2}", code)
+        if bad:
+            want = ", ".join(sorted(allowed)) if allowed else "two letters, e.g. DE"
+            raise TopologyError(f"{where}: {code!r} is not a code ({want})")
+    return codes
 
 
 def _edges(items: Any, regions: set[str]) -> tuple[Edge, ...]:

@@ -11,7 +11,8 @@ Three parts, each with one job:
   HealthView  whether each edge is up: its own HTTP probes of each edge's health URL
               (rise/fall) and, when configured, the coordinator's node registry
 
-`serve` runs them over UDP and TCP on one port: the common queries are answered from
+`serve` runs them over UDP and TCP on one port (and, when asked, the HTTP steering
+listener of origin/geodns/steer.py beside them): the common queries are answered from
 precomputed wire bytes (origin/geodns/wire.py), UDP in batches (origin/geodns/udpbatch.py), and
 everything else by Authority through dnspython, which stays the reference.
 """
@@ -43,6 +44,7 @@ import dns.rrset
 
 from edge.balance import Health, Member, Thresholds
 from origin.deploy.topology import Address, Edge, Topology
+from origin.geodns.geoip import WatchedDatabase
 from origin.geodns.select import Decision, Selector, address_of
 from origin.geodns.udpbatch import open_udp
 from origin.geodns.wire import FastPath, packed_source
@@ -422,14 +424,29 @@ async def serve(
     ready: Callable[[int], None] | None = None,
     *,
     fast: bool = True,
+    geo: WatchedDatabase | None = None,
+    steer: tuple[str, int] | None = None,
+    steer_ready: Callable[[int], None] | None = None,
 ) -> None:
     """Answer on UDP and TCP host:port until cancelled. `fast`: answer the common
     queries on the wire-level fast path (origin/geodns/wire.py); without it every query goes
-    through dnspython's messages (the same answers, for comparison)."""
+    through dnspython's messages (the same answers, for comparison). `geo`: the
+    geolocation database, looked at every [geoip] reload seconds for a new version.
+    `steer`: HOST, PORT of the HTTP steering listener (origin/geodns/steer.py), which
+    shares the selector and the health view."""
     view = HealthView(topology)
     await view.start()
-    authority = Authority(topology, Selector(topology), view.healthy)
+    selector = Selector(topology, geo=geo)
+    authority = Authority(topology, selector, view.healthy)
     answers = _Answers(authority, FastPath(authority, OUR_PAYLOAD) if fast else None)
+    watch = asyncio.create_task(_watch(geo, topology.geoip.reload)) if geo is not None else None
+    stop_steer = None
+    if steer is not None:
+        from origin.geodns.steer import start_steering
+
+        stop_steer, steer_port = await start_steering(selector, view.healthy, *steer)
+        if steer_ready is not None:
+            steer_ready(steer_port)
     tcp = await asyncio.start_server(
         lambda r, w: _tcp_client(answers, r, w), host, port, reuse_address=True
     )
@@ -443,4 +460,19 @@ async def serve(
         close_udp()
         tcp.close()
         await tcp.wait_closed()
+        if stop_steer is not None:
+            await stop_steer()
+        if watch is not None:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
         await view.close()
+
+
+async def _watch(geo: WatchedDatabase, interval: float) -> None:
+    """Look at the database file every `interval` seconds; a new one is read in a
+    thread (a city database is tens of megabytes) and swapped in whole. The fast path
+    notices the swap at its next sync."""
+    while True:
+        await asyncio.sleep(interval)
+        await asyncio.to_thread(geo.check)

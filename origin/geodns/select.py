@@ -1,8 +1,12 @@
-"""The GeoDNS selector (pure: no I/O, health passed in): which edges answer a client.
+"""The GeoDNS selector (pure: no I/O, health and the geolocation lookup passed in):
+which edges answer a client.
 
-Its region by EDNS Client Subnet (RFC 7871) or source address, the healthy edges there,
-the next-nearest region when there are none, a weighted pick when there are more than
-the answer size.
+Its region by EDNS Client Subnet (RFC 7871) or source address: the topology's networks
+first (regions, then [[locations]]), then a geolocation database's record (a country or
+continent a region lists, else the nearest region to its coordinates), else the default
+region; the healthy edges there, the next-nearest region when there are none, a weighted
+pick when there are more than the answer size. HTTP steering (origin/geodns/steer.py)
+asks the same questions.
 """
 
 from __future__ import annotations
@@ -11,7 +15,8 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from origin.deploy.topology import Address, Edge, Region, Topology
+from origin.deploy.topology import Address, Edge, Network, Region, Topology
+from origin.geodns.geoip import GeoRecord, Lookup, WatchedDatabase, unmapped
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,7 @@ class Placement:
     spot: tuple[float, float] | None  # a [[locations]] network's coordinates
     how: str
     scope: int
+    record: GeoRecord | None = None  # the database record that placed the client
 
 
 @dataclass(frozen=True)
@@ -50,9 +56,25 @@ class Selector:
     edges of that region or the next-nearest) -> pick (weighted, when there are more
     than the answer size). Only the pick is random."""
 
-    def __init__(self, topology: Topology, rng: random.Random | None = None) -> None:
+    def __init__(
+        self, topology: Topology, rng: random.Random | None = None, geo: Lookup | None = None
+    ) -> None:
         self.t = topology
         self.rng = rng or random.Random()
+        self.geo = geo
+        self.by_country = {c: r for r in topology.regions for c in r.countries}
+        self.by_continent = {c: r for r in topology.regions for c in r.continents}
+        # Every network the topology places by itself: a database answer must not be
+        # said to hold for one of them (see narrowed_scope).
+        self.own_networks: tuple[Network, ...] = (
+            *(n for r in topology.regions for n in r.networks),
+            *(loc.network for loc in topology.locations),
+        )
+
+    def geo_version(self) -> int:
+        """Which load of a watched database placements are made from: whoever keeps
+        placements (the wire fast path) forgets them when this changes."""
+        return self.geo.version if isinstance(self.geo, WatchedDatabase) else 0
 
     def decide(
         self,
@@ -73,9 +95,33 @@ class Selector:
         if spot is not None:
             nearest = self.t.by_distance(*spot)[0]
             return Placement(nearest, spot, f"location /{prefix} nearest", prefix)
+        record = self.geo(unmapped(client)) if self.geo is not None else None
+        if record is not None:
+            return self._by_record(client, record)
         # Unknown network: the answer holds for the client's own subnet only.
         scope = source_prefix if source_prefix is not None else 0
         return Placement(self.t.default_region, spot, "default", scope)
+
+    def _by_record(self, client: Address, record: GeoRecord) -> Placement:
+        """A region for a database record: one listing its country, else one listing its
+        continent, else the nearest to its coordinates, else the default region. The
+        answer holds for the record's network (RFC 7871 Section 7.2.1: SCOPE
+        PREFIX-LENGTH), less any topology network inside it."""
+        scope = narrowed_scope(unmapped(client), record.network.prefixlen, self.own_networks)
+        where = record.describe()
+        if record.country is not None and record.country in self.by_country:
+            home = self.by_country[record.country]
+            how = f"{where}: country {record.country} listed on {home.name}"
+        elif record.continent is not None and record.continent in self.by_continent:
+            home = self.by_continent[record.continent]
+            how = f"{where}: continent {record.continent} listed on {home.name}"
+        elif record.location is not None:
+            home = self.t.by_distance(*record.location)[0]
+            how = f"{where}: nearest region by coordinates"
+        else:
+            home = self.t.default_region
+            how = f"{where}: no region lists it, no coordinates: default"
+        return Placement(home, record.location, how, scope, record)
 
     def plan(self, place: Placement, family: int, healthy: Callable[[Edge], bool]) -> Plan:
         home, how, scope = place.home, place.how, place.scope
@@ -95,14 +141,34 @@ class Selector:
         lat, lon = spot if spot is not None else (home.lat, home.lon)
         return [r for r in self.t.by_distance(lat, lon) if r is not home]
 
-    def pick(self, edges: tuple[Edge, ...]) -> tuple[Edge, ...]:
-        """At most answer_count edges, a weighted sample without replacement
+    def pick(self, edges: tuple[Edge, ...], n: int | None = None) -> tuple[Edge, ...]:
+        """At most `n` (answer_count) edges, a weighted sample without replacement
         (Efraimidis and Spirakis: the largest u^(1/w) win)."""
-        n = self.t.zone.answer_count
+        n = self.t.zone.answer_count if n is None else n
         if len(edges) <= n:
             return edges
         keyed = sorted(edges, key=lambda e: self.rng.random() ** (1.0 / e.weight), reverse=True)
         return tuple(keyed[:n])
+
+
+def narrowed_scope(client: Address, prefix: int, networks: tuple[Network, ...]) -> int:
+    """RFC 7871 Section 7.2.1: the SCOPE PREFIX-LENGTH of an answer that holds for the
+    client's /`prefix`, made longer until that covers none of `networks` (the topology's
+    own, which are answered otherwise): a resolver caches the answer for the whole scope.
+    A network the client's /S would reach shares its first S bits with the client; one
+    bit past their common prefix keeps it out."""
+    bits = client.max_prefixlen
+    value = int(client)
+    scope = prefix
+    for net in networks:
+        if net.version != client.version or net.prefixlen <= prefix:
+            continue
+        common = bits - (value ^ int(net.network_address)).bit_length()
+        if common >= net.prefixlen:
+            continue  # the client is inside it: it was placed by it, not here
+        if common >= scope:
+            scope = common + 1
+    return scope
 
 
 def address_of(edge: Edge, family: int) -> Address | None:

@@ -14,9 +14,12 @@ Where answers come from, so that they are dnspython's byte for byte:
     whose layout depends on the name's labels, not their case, so the bytes fit any
     spelling of the name;
   - the geographic A/AAAA answers are the Selector's plan for the client's placement
-    (its region by ECS or source address, the healthy edges there or next door), kept per
-    placement until health changes, and one resource record per edge; the weighted pick
-    runs per query with the Selector's own random generator.
+    (its region by ECS or source address, through the topology's networks or the
+    geolocation database, the healthy edges there or next door), kept per placement
+    until health changes, and one resource record per edge; the weighted pick runs per
+    query with the Selector's own random generator. Placements are kept per source
+    address and per ECS option (a client prefix), so the database is read once per
+    prefix, and forgotten when the database is reloaded.
 
 Anything else (another opcode, several questions or records, EDNS version != 0, options
 other than one well-formed ECS, compressed or odd question names, a response sent to us)
@@ -216,13 +219,20 @@ class FastPath:
         self.wheres: dict[Placement, Where] = {}
         self.gen = 0
         self.state: tuple[bool, ...] = ()
+        self.geo_version = self.selector.geo_version()
         self.sync()
 
     def sync(self) -> None:
-        """Notice health changes (call before each batch of queries): plans made under
-        another health state are made again when next used, and the remembered replies
-        are dropped: a new table, so that a reply being composed meanwhile (UDP has a
-        thread of its own) goes into the old one."""
+        """Notice health changes and a reloaded geolocation database (call before each
+        batch of queries): plans made under another health state are made again when
+        next used, clients are placed again after a reload, and the remembered replies
+        are dropped: new tables, so that a reply being composed meanwhile (UDP has a
+        thread of its own) goes into the old ones."""
+        version = self.selector.geo_version()
+        if version != self.geo_version:
+            self.geo_version = version
+            self.by_source, self.by_ecs, self.wheres = {}, {}, {}
+            self.state = ()  # and so a new generation below
         state = tuple(map(self.healthy, self.edges))
         if state != self.state:
             self.state = state
