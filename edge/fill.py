@@ -88,8 +88,8 @@ class Fill:
         self.readers = 0
         self.readers_total = 0  # every reader that ever attached
         self._changed = asyncio.Event()
-        # Across workers (CrossFills): this fill holds its key's lock, and has said
-        # what it became; or it stands in for another worker's fill.
+        # Across processes (edge.coordination): this fill holds its key's lock, and
+        # has said what it became.
         self.locked = False
         self.published = False
         self.ident = uuid.uuid4().hex

@@ -346,7 +346,7 @@ class Transaction:
         purger = self.e.purger
         if purger is not None:
             purger.sync()
-        looking = self._rounds < 3  # else: fetch, without waiting for anyone's again
+        looking = self._rounds < 3  # after three rounds: fetch, waiting on nobody
         # Unchanged: the store's memory cache still holds the very list looked up
         # (edge.store re-reads a key another process changed).
         claim = await inflight.join_or_start(

@@ -313,7 +313,11 @@ class Slicer:
         it is added to `started`)."""
         key = slice_fill_key(entry, index)
         coordination = self.inflight.coordination
-        coordination.want(stream_key(entry))  # a stream in another process: carry on
+        if (entry.key, entry.variant) not in self._streams:
+            # A stream in another process: carry on for this reader. (One of this
+            # process's counts by reading along: touching the mark here would keep it
+            # going for a second after its last reader went.)
+            coordination.want(stream_key(entry))
         while True:
             handle = self.store.open_slice(entry, index)
             if handle is not None:

@@ -13,7 +13,7 @@ start a fill (edge.fill.InFlight.join_or_start) on each, and the slices' use of 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -24,7 +24,7 @@ from edge import shared as shared_map
 from edge.coordination import Coordination, Solo
 from edge.fill import Fill, FillHead, InFlight
 from edge.metrics import NodeMetrics
-from edge.slices import Slicer
+from edge.slices import Slicer, stream_key
 from edge.store import BodyWriter, DiskStore, Entry
 from edge.upstream import UpstreamError, Upstreams
 from edge.workers import METRICS_DIR, Workers
@@ -385,4 +385,53 @@ async def test_a_slice_fill_that_failed_fails_every_reader_waiting_on_it(
     head = await got.head
     assert head.kind == "error" and str(head.error) == "origin down"
     assert upstream.requests == 1
+    store.close()
+
+
+class StalledResponse:
+    """A whole-object response whose body never comes (the stream stays at its first
+    slice)."""
+
+    status = 200
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    async def _never(self) -> AsyncIterator[bytes]:
+        await asyncio.Event().wait()
+        yield b""
+
+    def chunks(self, size: int) -> AsyncIterator[bytes]:
+        return self._never()
+
+    def close(self) -> None:
+        self.closed = True
+
+
+async def test_a_reader_beside_a_stream_in_its_own_process_does_not_mark_it_wanted(
+    pair: Pair, tables: Tables
+) -> None:
+    """The mark is for readers in other processes: one in the stream's own is counted
+    by reading along, and its touch would keep the stream going after it left."""
+    store = DiskStore(pair.directory, 1 << 30, pair.here)
+    slicer = Slicer(store, tables.here, cast(Upstreams, GatedUpstream()), claim_timeout=30.0)
+    entry = Entry(
+        key="http://a.test/big",
+        variant="v",
+        status=200,
+        headers=(("ETag", '"x"'),),
+        vary=(),
+        request_time=0.0,
+        response_time=0.0,
+        size=8 << 20,
+        slice_size=1 << 20,
+    )
+    response = StalledResponse()
+    slicer.start_stream(entry, cast(Any, response), 0)
+    await _settle()
+    got = await slicer.slice(entry, 6, [])  # far ahead of the stream: fetched by range
+    assert isinstance(got, Fill)
+    assert not pair.here.wanted_since(stream_key(entry), 1.0)
+    await tables.here.close()
+    assert response.closed
     store.close()
