@@ -269,8 +269,12 @@ class Purger:
     def _rewrite(self, change: Callable[[Bans], Bans]) -> None:
         """Read, change and write the state under its lock; announce it."""
         with self.coordination.purge_lock():
-            on_disk = Bans.load(self.directory, self.rules)
-            if on_disk.applied < 0:  # damaged after start: this process's copy stands
+            # The stamp where this process left it: nobody wrote the file since this
+            # process read or wrote it, so its copy (with what it applied since) is the
+            # file's state; for a node alone, always. Else the file is read.
+            fresh = self.coordination.purge_stamp() != self._stamp
+            on_disk = Bans.load(self.directory, self.rules) if fresh else Bans(applied=-1)
+            if on_disk.applied < 0:  # or damaged after start: this process's copy stands
                 on_disk = Bans(list(self.bans.bans), self.bans.applied)
             bans = change(on_disk)
             bans.save(self.directory)
@@ -285,10 +289,12 @@ class Purger:
         stamp = self.coordination.purge_stamp()
         if stamp == self._stamp:
             return False
-        self._stamp = stamp  # before the read: a later write shows
         bans = Bans.load(self.directory, self.rules)
         if bans.applied < 0:
-            return False  # being replaced; the writer moves the stamp again
+            return False  # being replaced: read again next time
+        # The stamp read before the file: a write since shows as a newer one.
+        # (`_rewrite` trusts this process's copy while the stamp stays.)
+        self._stamp = stamp
         bans.merge(self._unsaved)
         self.bans = bans
         if notify:

@@ -23,7 +23,10 @@ import pytest
 from edge import shared as shared_map
 from edge.coordination import Coordination, Solo
 from edge.fill import Fill, FillHead, InFlight
+from edge.keys import QueryRules
 from edge.metrics import NodeMetrics
+from edge.purge import Bans, Purger
+from edge.purgemodel import Purge
 from edge.slices import Slicer, stream_key
 from edge.store import BodyWriter, DiskStore, Entry
 from edge.upstream import UpstreamError, Upstreams
@@ -435,3 +438,26 @@ async def test_a_reader_beside_a_stream_in_its_own_process_does_not_mark_it_want
     await tables.here.close()
     assert response.closed
     store.close()
+
+
+# -- the purge state through it (edge.purge.Purger) --------------------------------------
+
+
+async def test_purges_applied_by_any_process_are_all_kept_and_seen(pair: Pair) -> None:
+    """Each process rewrites the state under the lock from the file as the others left
+    it: no ban one applied is lost to another's write, and each takes up the others'."""
+    rules = QueryRules()
+    stores = {id(c): DiskStore(pair.directory, 1 << 30, c) for c in (pair.here, pair.there)}
+    here = Purger.open(stores[id(pair.here)], pair.directory, rules, pair.here)
+    there = Purger.open(stores[id(pair.there)], pair.directory, rules, pair.there)
+    here.apply(Purge(hosts=("a.test",)), 1)
+    there.apply(Purge(tags=("t",)), 2)  # after here's write, without a read of its own
+    here.apply(Purge(urls=("http://b.test/x",)), 3)
+    saved = Bans.load(pair.directory, rules)
+    assert sorted(b.seq for b in saved.bans) == [1, 2, 3] and saved.applied == 3
+    there.sync()
+    here.sync()
+    for purger in (here, there):
+        assert sorted(b.seq for b in purger.bans.bans) == [1, 2, 3]
+    for store in stores.values():
+        store.close()
