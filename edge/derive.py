@@ -223,11 +223,14 @@ class Deriver:
         """The fill making this derived body, started here if nobody is making it.
         `source` is consumed by the task (and closed by it) only when it starts one."""
         assert job.choice.coding is not None
-        fill = self.inflight.get(job.name)
-        if fill is not None:
+        # Made from this process's source (a stored file or a fill it follows): each
+        # process of a node makes its own, joined by its own readers.
+        claim = self.inflight.join_or_start_now(job.name, local=True)
+        assert claim.fill is not None
+        if claim.kind == "joined":
             source.close()
-            return fill
-        fill = self.inflight.start(job.name)
+            return claim.fill
+        fill = claim.fill
         fill.attach_writer(self.store.begin())
         # Whoever joins this fill gets these bytes: their level goes with the fill.
         level = encoding_level(job.choice, job.path)

@@ -6,28 +6,26 @@ the growing file at its own pace, so a crowd on a cold object makes one upstream
 request and starts at once. The fetch runs as its own task: a client that goes away
 does not break the download for the others.
 
-This module owns the in-flight table and the reader side (`FillReader`); the pipeline
-decides what to fetch and whether the result is stored.
+This module owns the in-flight table, the one way to join or start a fill
+(`InFlight.join_or_start`: whole objects, stale refreshes, slices and derived bodies all
+come through it) and the reader side (`FillReader`); the pipeline decides what to fetch
+and whether the result is stored.
 
-Across the workers of one node (edge.workers) the same holds through the cache
-directory (`CrossFills`): the worker that starts a fill of a key takes that key's lock
-(a byte of `fills.lock`, an fcntl record lock, which the kernel drops if the worker
-dies) and keeps it until the fill ends; it publishes what the fill turned out to be in
-`fills/` as soon as the head is known. A worker that finds the key locked waits
-(polling, never blocking its loop): a body on its way is followed from the growing
-file by a local stand-in fill, which that worker's own requests join as they would a
-fill of their own; a response that may not be shared sends them upstream at once; a
-stored result (the lock released) is looked up again. One upstream request per object
-for the whole node.
+Across the processes of one node the same holds through the node's coordination
+(edge.coordination; across workers, the cache directory): the process that starts a
+fill of a key takes that key's lock and keeps it until the fill ends; it publishes what
+the fill turned out to be as soon as the head is known. A process that finds the key
+locked waits (polling, never blocking its loop): a body on its way is followed from the
+growing file by a local stand-in fill, which that process's own requests join as they
+would a fill of their own; a response that may not be shared, or a failure, is handed
+to them as a stand-in that already ended so, as a local fill's would be; a stored
+result (the lock released) is looked up again. One upstream request per object for the
+whole node.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fcntl
-import hashlib
-import json
 import logging
 import os
 import time
@@ -35,18 +33,16 @@ import uuid
 import weakref
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from edge.coordination import Coordination, Record, alive
 from edge.store import BodyWriter, Entry
 from edge.upstream import UpstreamError
 
 log = logging.getLogger("edge.fill")
 
-#: How often a worker waiting on another's fill looks again, in seconds.
+#: How often a process waiting on another's fill looks again, in seconds.
 POLL = 0.005
-#: How long a finished fill's record stays for the workers that followed it.
-RECORD_LINGER = 10.0
 
 
 @dataclass
@@ -92,8 +88,8 @@ class Fill:
         self.readers = 0
         self.readers_total = 0  # every reader that ever attached
         self._changed = asyncio.Event()
-        # Across workers (CrossFills): this fill holds its key's lock, and has said
-        # what it became; or it stands in for another worker's fill.
+        # Across processes (edge.coordination): this fill holds its key's lock, and
+        # has said what it became.
         self.locked = False
         self.published = False
         self.ident = uuid.uuid4().hex
@@ -178,161 +174,137 @@ class FillReader:
             self.fill.readers -= 1
 
 
-class CrossFills:
-    """Fills across the workers of one node: a lock and a record per cache key, in
-    the cache directory."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = Path(directory)
-        self.records = self.directory / "fills"
-        self.records.mkdir(exist_ok=True)
-        # One descriptor for the process's life: closing any descriptor of the file
-        # would drop every record lock this process holds on it (POSIX).
-        self._fd = os.open(self.directory / "fills.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        # Record locks are per process: a byte this process holds is counted here.
-        self._held: dict[int, int] = {}
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
-    @staticmethod
-    def _name(key: str) -> str:
-        return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
-
-    def try_lock(self, key: str) -> bool:
-        """Take the key's lock if no process holds it; False if one does (this one
-        included: its fill is in the in-flight table)."""
-        offset = int(self._name(key)[:12], 16)  # 48 bits: keys do not share a byte
-        if offset in self._held:
-            return False
-        try:
-            fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset)
-        except OSError:
-            return False
-        self._held[offset] = 1
-        return True
-
-    def unlock(self, key: str) -> None:
-        offset = int(self._name(key)[:12], 16)
-        if self._held.pop(offset, None) is not None:
-            fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, offset)
-
-    def read(self, key: str) -> dict[str, Any] | None:
-        try:
-            data = json.loads((self.records / self._name(key)).read_bytes())
-        except (OSError, ValueError):
-            return None
-        return data if isinstance(data, dict) else None
-
-    def write(self, key: str, record: dict[str, Any]) -> None:
-        path = self.records / self._name(key)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(record))
-        os.replace(tmp, path)
-
-    def forget(self, key: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            (self.records / self._name(key)).unlink()
-
-    def want(self, key: str, *, start: bool = False, stop: bool = False) -> None:
-        """Say that this worker wants `key` (edge.slices: readers of a segmented
-        object in other workers keep its stream going). The worker bringing it
-        creates the mark (`start`) and removes it (`stop`); the others only touch it."""
-        path = self.records / f"{self._name(key)}.wanted"
-        with contextlib.suppress(OSError):
-            if stop:
-                path.unlink()
-            elif start:
-                path.touch()
-                os.utime(path, (0, 0))  # wanted by nobody yet
-            else:
-                os.utime(path)
-
-    def wanted_since(self, key: str, since: float) -> bool:
-        try:
-            return (self.records / f"{self._name(key)}.wanted").stat().st_mtime >= since
-        except OSError:
-            return False
-
-    def forget_later(self, key: str, ident: str) -> None:
-        """Remove a finished fill's record once its followers are done with it."""
-        with contextlib.suppress(RuntimeError):  # no loop: the next start empties fills/
-            asyncio.get_running_loop().call_later(RECORD_LINGER, self._forget_if, key, ident)
-
-    def _forget_if(self, key: str, ident: str) -> None:
-        record = self.read(key)
-        if record is None or record.get("id") != ident:
-            return  # a later fill's
-        if self.try_lock(key):  # no fill of the key running anywhere: nobody writes it
-            try:
-                self.forget(key)
-            finally:
-                self.unlock(key)
-
-
 @dataclass
 class Claim:
-    """What a request that found no fill of its key in this worker should do:
-    "own" (it holds the key's lock: start the fill), "join" (`fill`: this worker's, or
-    a stand-in following another worker's body), "again" (another worker's fill ended:
-    look the store up again), "pass" (another worker's response may not be shared),
-    "error" (another worker's fill failed: `error`), "alone" (waited too long: fetch
-    without the lock)."""
+    """What `InFlight.join_or_start` found for a key:
+
+    "joined"   `fill` brings it: a fill of this process, or a stand-in for another
+               process's (following its body; or already ended as "private" or
+               "error", so every joiner acts on it as on a local fill's outcome)
+    "started"  `fill` was started for the caller, who runs it
+    "again"    another process's fill of the key ended: look the store up again
+    "busy"     another process brings it, and the caller would not wait
+    """
 
     kind: str
     fill: Fill | None = None
-    error: Exception | None = None
 
 
 class InFlight:
-    """The table of fills in progress on this node, by primary cache key; with
-    `cross`, shared with the node's other workers (see the module's docstring)."""
+    """The table of fills in progress in this process, by fill key, and the one way
+    in: `join_or_start`. Through `coordination` (edge.coordination) the node's other
+    processes see each fill's lock and record (see the module's docstring)."""
 
-    def __init__(
-        self,
-        cross: CrossFills | None = None,
-        on_oldest: Callable[[float | None], None] | None = None,
-    ) -> None:
+    def __init__(self, coordination: Coordination) -> None:
         self._fills: dict[str, Fill] = {}
         self.tasks: set[asyncio.Task[None]] = set()
-        self.cross = cross
-        # Told when the oldest fill in flight changes (edge.shared, for edge.purge).
-        self._on_oldest = on_oldest
+        self.coordination = coordination
 
     def get(self, key: str) -> Fill | None:
         return self._fills.get(key)
 
+    # -- join or start --------------------------------------------------------------
+
+    def join_or_start_now(
+        self,
+        key: str,
+        *,
+        usable: Callable[[Fill], bool] | None = None,
+        local: bool = False,
+    ) -> Claim:
+        """`join_or_start` for a caller that will not wait for another process (a
+        stale refresh, a stream's next slice, a derived body): "joined", "started" or
+        "busy". `local`: only this process's table counts (a derived body is made
+        from this process's source: each process makes its own)."""
+        if local:
+            fill = self._fills.get(key)
+            if fill is not None and (usable is None or usable(fill)):
+                return Claim("joined", fill)
+            return Claim("started", self.start(key))
+        return self._step(key, usable, None, waited=False, since=time.time()) or Claim("busy")
+
+    async def join_or_start(
+        self,
+        key: str,
+        wait: float,
+        *,
+        usable: Callable[[Fill], bool] | None = None,
+        unchanged: Callable[[], bool] | None = None,
+    ) -> Claim:
+        """Join the key's fill, wherever in the node it runs, or start one (see Claim).
+
+        A fill that is not `usable` (it asked upstream before a purge) is not joined:
+        a fill is started alone beside it. When another process holds the key, this
+        waits up to `wait` seconds for its record (polling, never blocking the loop),
+        then starts a fill alone. `unchanged()`, asked once the key's lock is taken,
+        says whether the store still lacks what the caller looked up: another process
+        may have stored it and let go of the lock in between ("again")."""
+        since = time.time()
+        deadline = time.monotonic() + wait
+        waited = False
+        while True:
+            claim = self._step(key, usable, unchanged, waited=waited, since=since)
+            if claim is not None:
+                return claim
+            if time.monotonic() >= deadline:
+                return Claim("started", self.start(key))  # alone: no lock, no record
+            waited = True
+            await asyncio.sleep(POLL)
+
+    def _step(
+        self,
+        key: str,
+        usable: Callable[[Fill], bool] | None,
+        unchanged: Callable[[], bool] | None,
+        *,
+        waited: bool,
+        since: float,
+    ) -> Claim | None:
+        """One look: a claim, or None while another process's fill says nothing yet."""
+        fill = self._fills.get(key)
+        if fill is None and self.coordination.try_lock(key):
+            if not waited and (unchanged is None or unchanged()):
+                return Claim("started", self.start(key, locked=True))
+            self.coordination.unlock(key)
+            # Another process's fill ended while this waited. What it could not store
+            # (a failure, a response that may not be shared) is this caller's outcome
+            # too, as a local fill's is for those who joined it; the rest is stored.
+            record = self.coordination.read(key) if waited else None
+            fill = None if record is None else self._from_record(key, record, since)
+            if fill is None:
+                return Claim("again")
+        elif fill is None:
+            record = self.coordination.read(key)
+            fill = None if record is None else self._from_record(key, record, since)
+            if fill is None:
+                return None
+        if usable is None or usable(fill):
+            return Claim("joined", fill)
+        # Its key's lock is the older fill's: this one goes alone.
+        return Claim("started", self.start(key))
+
     def start(self, key: str, *, locked: bool = False) -> Fill:
-        """A fill of `key`; `locked`: it holds the key's cross-worker lock (from
-        `claim` or `try_own`) until `done`, and publishes its head."""
+        """A fill of `key` in the table; `locked`: it holds the key's lock (taken by
+        `_step`) until `done`, and publishes its head."""
         fill = Fill(key)
         self._fills[key] = fill
         if locked:
-            assert self.cross is not None
             fill.locked = True
-            self.cross.forget(key)  # an older fill's record says nothing of this one
+            self.coordination.forget(key)  # an older fill's record says nothing of this one
             fill.head.add_done_callback(lambda _: self._publish(fill))
         self._oldest_changed()
         return fill
-
-    def try_own(self, key: str) -> bool:
-        """Whether a fill of `key` may start now without waiting: alone, or the
-        key's lock taken (then start it with `locked=True`)."""
-        return self.cross is None or self.cross.try_lock(key)
 
     def done(self, fill: Fill) -> None:
         if self._fills.get(fill.key) is fill:
             del self._fills[fill.key]
         if fill.locked:
-            assert self.cross is not None
             self._publish(fill)
             if fill.published:
                 self._publish_end(fill)
-                self.cross.forget_later(fill.key, fill.ident)
+                self.coordination.forget_later(fill.key, fill.ident)
             fill.locked = False
-            self.cross.unlock(fill.key)
+            self.coordination.unlock(fill.key)
         self._oldest_changed()
 
     def oldest(self) -> float | None:
@@ -340,116 +312,56 @@ class InFlight:
         return min((f.started for f in self._fills.values()), default=None)
 
     def _oldest_changed(self) -> None:
-        if self._on_oldest is not None:
-            self._on_oldest(self.oldest())
+        self.coordination.set_oldest(self.oldest())
 
-    # -- across workers -----------------------------------------------------------
+    # -- records for the other processes --------------------------------------------
 
     def _publish(self, fill: Fill) -> None:
         """Say what a locked fill became, once its head is known."""
         if fill.published or not fill.locked or not fill.head.done() or fill.head.cancelled():
             return
-        assert self.cross is not None
         head = fill.head.result()
-        record: dict[str, Any] = {
-            "id": fill.ident,
-            "pid": os.getpid(),
-            "started": fill.started,
-            "at": time.time(),
-            "kind": head.kind,
-            "state": "final",
-        }
-        if head.kind == "body":
-            if fill.writer is None:
-                return  # nothing another worker could follow
-            record.update(
-                state="running",
-                path=os.path.relpath(fill.writer.path, self.cross.directory),
-                status=head.status,
-                headers=head.headers,
-                vary=head.vary,
-                length=head.length,
-                storable=head.storable,
-                variant=head.variant,
-                note=fill.note,
-            )
-        elif head.kind == "error":
-            error = head.error or UpstreamError("upstream failed")
-            record.update(
-                status=getattr(error, "status", 502),
-                detail=getattr(error, "detail", "upstream-error"),
-                message=str(error),
-            )
+        if head.kind == "body" and fill.writer is None:
+            return  # nothing another process could follow
         fill.published = True
-        try:
-            self.cross.write(fill.key, record)
-        except OSError as exc:
-            log.warning("could not publish the fill of %s to other workers: %s", fill.key, exc)
+        self.coordination.publish(fill.key, _record(fill, head))
 
     def _publish_end(self, fill: Fill) -> None:
-        assert self.cross is not None
-        record = self.cross.read(fill.key)
+        record = self.coordination.read(fill.key)
         if record is None or record.get("id") != fill.ident or record.get("state") != "running":
             return
         record.update(state="failed" if fill.failed else "done", size=fill.written)
-        with contextlib.suppress(OSError):
-            self.cross.write(fill.key, record)
+        self.coordination.publish(fill.key, record)
 
-    async def claim(
-        self, key: str, timeout: float, unchanged: Callable[[], bool] | None = None
-    ) -> Claim:
-        """For a request that found no fill of `key` here: take the key's lock, or
-        wait for the worker that holds it (see Claim). `unchanged()`, asked once the
-        lock is taken, says whether the store still lacks what the caller looked up:
-        another worker may have stored it and let go of the lock in between."""
-        cross = self.cross
-        assert cross is not None
-        since = time.time()
-        deadline = time.monotonic() + timeout
-        waited = False
-        while True:
-            local = self._fills.get(key)
-            if local is not None:
-                return Claim("join", local)
-            if cross.try_lock(key):
-                if not waited and (unchanged is None or unchanged()):
-                    return Claim("own")
-                # The other worker's fill ended (stored, or not): the store says.
-                cross.unlock(key)
-                return Claim("again")
-            waited = True
-            record = cross.read(key)
-            if record is not None:
-                found = self._from_record(key, record, since)
-                if found is not None:
-                    return found
-            if time.monotonic() >= deadline:
-                return Claim("alone")
-            await asyncio.sleep(POLL)
-
-    def _from_record(self, key: str, record: dict[str, Any], since: float) -> Claim | None:
+    def _from_record(self, key: str, record: Record, since: float) -> Fill | None:
+        """A stand-in for another process's fill, from its record; None while the
+        record says nothing (yet) of a fill this caller could use."""
         kind = record.get("kind")
         if kind == "body" and record.get("state") == "running":
             if not alive(record.get("pid")):
                 return None  # died mid-body: its lock goes with it
-            fill = self._follow(key, record)
-            return None if fill is None else Claim("join", fill)
+            return self._follow(key, record)
         if not isinstance(record.get("at"), float) or record["at"] < since:
             return None  # an earlier fill's (the lock holder has not published yet)
         if kind == "private":
-            return Claim("pass")
-        if kind == "error":
+            head = FillHead("private", status=int(record.get("status", 0)))
+        elif kind == "error":
             error = UpstreamError(str(record.get("message", "upstream failed")))
             error.status = int(record.get("status", 502))
             error.detail = str(record.get("detail", "upstream-error"))
-            return Claim("error", error=error)
-        return None  # stored or refreshed: the lock is about to go
+            head = FillHead("error", error=error)
+        else:
+            return None  # stored or refreshed: the lock is about to go
+        ended = Fill(key)
+        ended.started = float(record.get("started", ended.started))
+        ended.head.set_result(head)
+        ended.finish(head.error)
+        return ended
 
-    def _follow(self, key: str, record: dict[str, Any]) -> Fill | None:
-        """A stand-in for another worker's fill, following its body file."""
-        assert self.cross is not None
+    def _follow(self, key: str, record: Record) -> Fill | None:
+        """A stand-in for another process's fill, following its body file."""
         try:
-            fd = os.open(self.cross.directory / str(record["path"]), os.O_RDONLY)
+            fd = os.open(str(record["path"]), os.O_RDONLY)
         except (OSError, KeyError):
             return None  # stored (renamed) or dropped already: the lock will say
         try:
@@ -475,8 +387,8 @@ class InFlight:
         self.spawn(self._mirror(fill, record))
         return fill
 
-    async def _mirror(self, fill: Fill, record: dict[str, Any]) -> None:
-        """Move a stand-in fill along as the other worker's file grows, and end it as
+    async def _mirror(self, fill: Fill, record: Record) -> None:
+        """Move a stand-in fill along as the other process's file grows, and end it as
         that fill ended."""
         assert fill._fd is not None
         fd, length = fill._fd, record.get("length")
@@ -499,13 +411,10 @@ class InFlight:
             fill.finish(error)
             self.done(fill)
 
-    def _ended(
-        self, fill: Fill, followed: dict[str, Any], length: int | None
-    ) -> Exception | bool | None:
+    def _ended(self, fill: Fill, followed: Record, length: int | None) -> Exception | bool | None:
         """None while the followed fill runs; False when it ended whole; the error
         when it ended short."""
-        assert self.cross is not None
-        record = self.cross.read(fill.key)
+        record = self.coordination.read(fill.key)
         whole = length is not None and fill.written == length
         if record is None or record.get("id") != followed["id"]:
             # Its record was replaced by a later fill's: judge by the bytes.
@@ -535,14 +444,36 @@ class InFlight:
                 self.done(fill)
 
 
-def alive(pid: Any) -> bool:
-    """Whether `pid` names a live process (a fill's worker, from its record)."""
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _record(fill: Fill, head: FillHead) -> Record:
+    """What a fill became, for the processes that find its key locked."""
+    record: Record = {
+        "id": fill.ident,
+        "pid": os.getpid(),
+        "started": fill.started,
+        "at": time.time(),
+        "kind": head.kind,
+        "state": "final",
+    }
+    if head.kind == "body":
+        assert fill.writer is not None
+        record.update(
+            state="running",
+            path=str(fill.writer.path),
+            status=head.status,
+            headers=head.headers,
+            vary=head.vary,
+            length=head.length,
+            storable=head.storable,
+            variant=head.variant,
+            note=fill.note,
+        )
+    elif head.kind == "private":
+        record.update(status=head.status)
+    elif head.kind == "error":
+        error = head.error or UpstreamError("upstream failed")
+        record.update(
+            status=getattr(error, "status", 502),
+            detail=getattr(error, "detail", "upstream-error"),
+            message=str(error),
+        )
+    return record

@@ -33,8 +33,9 @@ from aiohttp.web_server import Server
 from edge import fastpath, forwarding, guard, tls
 from edge.accesslog import AccessLog, request_line
 from edge.config import ConfigError, NodeConfig, parse_listen
+from edge.coordination import Coordination, Solo
 from edge.derive import Deriver
-from edge.fill import CrossFills, InFlight
+from edge.fill import InFlight
 from edge.forwarding import parse_networks
 from edge.metrics import CONTENT_TYPE_LATEST, NodeMetrics
 from edge.pipeline import Engine, Transaction, guard_settings
@@ -45,7 +46,6 @@ from edge.store import DiskStore
 from edge.tokens import CHALLENGE, check_bearer
 from edge.upstream import Member, Pool, Upstreams
 from edge.waf import RuleSet
-from edge.workers import Worker
 
 log = logging.getLogger("edge.node")
 
@@ -481,10 +481,11 @@ def _phrase(status: int) -> str:
 class EdgeNode:
     """One caching reverse proxy, edge or shield."""
 
-    def __init__(self, config: NodeConfig, worker: Worker | None = None) -> None:
+    def __init__(self, config: NodeConfig, coordination: Coordination) -> None:
         self.config = config
-        # One of the node's worker processes (edge.workers), or None: the node alone.
-        self.worker = worker
+        # What this process shares with the node's others (edge.coordination): Solo
+        # when it is the node, edge.workers.Workers when it is one of its workers.
+        self.coordination = coordination
         self.started_at = time.time()
         self.runner: web.AppRunner | None = None
         self.admin_runner: web.AppRunner | None = None
@@ -520,21 +521,13 @@ class EdgeNode:
         # Certificates first: a bad file is a one-line error before anything opens.
         cfg = self.config
         ssl_context = tls.check(cfg)
-        worker = self.worker
-        shared = worker.shared if worker is not None else None
-        store = DiskStore(self.config.cache_dir, self.config.cache_size, shared=shared)
+        coordination = self.coordination
+        store = DiskStore(self.config.cache_dir, self.config.cache_size, coordination)
         metrics = NodeMetrics(self.config.name, store.stats)
         upstream = Upstreams(self.config, on_change=self._member_changed)
         await upstream.start()
-        if shared is not None:
-            inflight = InFlight(CrossFills(self.config.cache_dir), on_oldest=shared.set_oldest)
-            oldest = shared.oldest  # a ban outlives every worker's older fills
-        else:
-            inflight = InFlight()
-            oldest = inflight.oldest
-        purger = Purger.open(
-            store, self.config.cache_dir, self.config, oldest_fill=oldest, shared=shared
-        )
+        inflight = InFlight(coordination)
+        purger = Purger.open(store, self.config.cache_dir, self.config, coordination)
         # Tags are for purging inside the CDN: a shield passes them on to its edges,
         # an edge keeps them from clients.
         hidden = {h.lower() for h in self.config.hide_headers}
@@ -560,33 +553,22 @@ class EdgeNode:
             **guard_settings(self.config),
         )
         if self.config.fast_path:
-            self.engine.hot = fastpath.HotTier(
-                (
-                    self._still_current
-                    if worker is not None
-                    else lambda key, variant: any(e.variant == variant for e in store.variants(key))
-                ),
-                store.version,
-            )
+            self.engine.hot = fastpath.HotTier(self._still_current, store.version)
             purger.on_change.append(self.engine.hot.clear)
         # Of a node's workers only the lead sweeps and hears the coordinator; the
         # others take up the purge state it writes (edge.purge).
-        if worker is None or worker.lead:
+        if coordination.leads:
             self._tasks.append(asyncio.create_task(purger.sweep_forever()))
             if self.config.coordinator:
                 await self._subscribe(purger)
-        if worker is not None:
-            if worker.lead:
-                worker.shared.set_ready(purger.ready)
-            else:
-                purger.ready = worker.shared.ready()
-            self._tasks.append(asyncio.create_task(worker.keep_ready(purger)))
-            self._tasks.append(asyncio.create_task(worker.publish_metrics(metrics)))
+        coordination.share_ready(purger)
+        for duty in coordination.duties(purger, metrics):
+            self._tasks.append(asyncio.create_task(duty))
         for pool in upstream.pools.values():
             for member in pool.members:
                 metrics.member_up.labels(self.config.name, pool.name, member.url).set(1)
         # Workers share each listening address; the kernel spreads connections.
-        reuse_port = worker is not None or None
+        reuse_port = coordination.reuse_port or None
         self.runner = await self._runner(
             self.build_app(admin=not self.config.admin_listen), public=True
         )
@@ -627,9 +609,9 @@ class EdgeNode:
             ).start()
 
     def _still_current(self, key: str, variant: str) -> bool:
-        """Whether a hot entry still stands, for a worker of several (edge.fastpath
-        asks once the store's version moved): its variant still stored, and no purge
-        another worker applied since selects it."""
+        """Whether a hot entry still stands (edge.fastpath asks once the store's
+        version moved): its variant still stored, and no purge another process
+        applied since selects it."""
         engine = self.engine
         assert engine is not None and engine.purger is not None
         purger = engine.purger
@@ -727,10 +709,7 @@ class EdgeNode:
         if self.engine is not None:
             await self.engine.inflight.close()
             await self.engine.upstream.close()
-            if self.engine.inflight.cross is not None:
-                self.engine.inflight.cross.close()
-            if self.worker is not None:
-                self.worker.write_snapshot(self.engine.metrics)  # its last counts
+            self.coordination.close(self.engine.metrics)
             self.engine.store.close()
             self.engine.access.flush()
 
@@ -826,8 +805,7 @@ class EdgeNode:
             "uptime": round(time.time() - self.started_at, 3),
             "store": {"bytes": size, "objects": count},
         }
-        if self.worker is not None:
-            body["worker"] = self.worker.report()
+        body.update(self.coordination.describe())
         return web.Response(
             text=json.dumps(body),
             content_type="application/json",
@@ -889,11 +867,7 @@ class EdgeNode:
         if not self._admin_access(request):
             return _unauthorised("metrics need the admin token")
         metrics = self.engine.metrics
-        body = (
-            await self.worker.node_metrics(metrics)  # the whole node's, every worker's
-            if self.worker is not None
-            else metrics.render()
-        )
+        body = await self.coordination.exposition(metrics)  # every process's
         return web.Response(
             body=body,
             headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"},
@@ -902,7 +876,7 @@ class EdgeNode:
 
 async def serve_forever(config: NodeConfig, ready: str = "") -> None:
     """Run a node until SIGINT/SIGTERM; print `ready` once listening."""
-    node = EdgeNode(config)
+    node = EdgeNode(config, Solo())
     await node.start()
     if ready:
         print(ready.format(port=node.port), flush=True)

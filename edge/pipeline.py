@@ -275,6 +275,10 @@ class Transaction:
                 self.body = None
             self.entry, self.entry_headers = None, CIMultiDict()
             variants = []
+        if not variants:
+            # What this request removed itself (a hard purge, a lost body) is not another
+            # process's change: st_fetch compares with the store as this left it.
+            self._looked_up = self.e.store.variants(self.key)
         if self.entry is None:
             self.status.fwd = "vary-miss" if variants else "uri-miss"
             if "only-if-cached" in self.request_cc:
@@ -333,10 +337,10 @@ class Transaction:
         self.status.ttl = int(self.reuse.ttl)
         self.status.detail = "stale-while-revalidate"
         inflight = self.e.inflight
-        # Another worker refreshing it (its lock held) is as good as this one doing so.
-        if inflight.get(self.key) is None and inflight.try_own(self.key):
-            fill = inflight.start(self.key, locked=inflight.cross is not None)
-            inflight.spawn(self._run_fill(fill, self._fill_headers(self.entry)))
+        # A refresh under way, here or in another process, is as good as this one.
+        claim = inflight.join_or_start_now(self.key)
+        if claim.kind == "started" and claim.fill is not None:
+            inflight.spawn(self._run_fill(claim.fill, self._fill_headers(self.entry)))
         return Step.DELIVER
 
     async def st_miss(self) -> Step:
@@ -345,37 +349,26 @@ class Transaction:
     async def st_fetch(self) -> Step:
         """Join the key's fill in flight, or start one; then act on what it became."""
         inflight = self.e.inflight
-        fill = inflight.get(self.key)
         purger = self.e.purger
         if purger is not None:
             purger.sync()
-        locked = afresh = False
-        if fill is not None and self._purged_since(fill):
-            fill, afresh = None, True  # it asked upstream before a purge: start afresh
-        if fill is None and inflight.cross is not None and not afresh and self._rounds < 3:
-            # The node's other workers (edge.fill.CrossFills): one of them may be
-            # bringing this object already.
-            # Unchanged: the store's memory cache still holds the very list looked up
-            # (edge.store re-reads a key another worker changed).
-            claim = await inflight.claim(
-                self.key,
-                self._claim_timeout(),
-                lambda: self.e.store.variants(self.key) is self._looked_up,
-            )
-            if claim.kind == "again":
-                return self._look_again()
-            if claim.kind == "pass":
-                return Step.PASS
-            if claim.kind == "error":
-                assert claim.error is not None
-                self.status.collapsed = True
-                return self._upstream_failed(claim.error)
-            if claim.kind == "join" and claim.fill is not None:
-                fill = None if self._purged_since(claim.fill) else claim.fill
-            locked = claim.kind == "own"
-        initiator = fill is None
-        if fill is None:
-            fill = inflight.start(self.key, locked=locked)
+        looking = self._rounds < 3  # after three rounds: fetch, waiting on nobody
+        # Unchanged: the store's memory cache still holds the very list looked up
+        # (edge.store re-reads a key another process changed).
+        claim = await inflight.join_or_start(
+            self.key,
+            self._claim_timeout() if looking else 0.0,
+            usable=lambda fill: not self._purged_since(fill),  # asked upstream before a purge
+            unchanged=(lambda: self.e.store.variants(self.key) is self._looked_up)
+            if looking
+            else None,
+        )
+        if claim.kind == "again":
+            return self._look_again()
+        fill = claim.fill
+        assert fill is not None
+        initiator = claim.kind == "started"
+        if initiator:
             inflight.spawn(
                 self._run_fill(
                     fill, self._fill_headers(self.entry), self._stale_on_error(), self._probe()

@@ -26,25 +26,25 @@ to `purge-state.json` in the cache directory (atomically, before an event is
 acknowledged), so a restarted node resumes where it stopped and serves nothing cached
 until it has caught up.
 
-The workers of one node (edge.workers) share that file: each change is made to it under
-a lock (`purge-state.lock`) by reading it, changing it and writing it back, so no ban
-one worker applies is lost to another's write; the writer then moves the purge stamp
-and the store's version (edge.shared), and every other worker reloads the file at its
-next lookup, or hot-tier hit, after that. Only one worker subscribes to the
-coordinator and sweeps; any worker applies a purge made on the node directly.
+Every change to that file is made the same way, whether the node is one process or
+several workers sharing it (edge.coordination): under the state's lock
+(`purge-state.lock` across workers), by reading it, changing it and writing it back,
+so no ban one process applies is lost to another's write; the writer then moves the
+purge stamp and the store's version, and every other process reloads the file at its
+next lookup, or hot-tier hit, after that. Only the leading process subscribes to the
+coordinator and sweeps; any process applies a purge made on the node directly.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import json
 import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -58,7 +58,7 @@ from edge.purgemodel import SELECTORS, Purge
 from edge.store import Entry, Store
 
 if TYPE_CHECKING:
-    from edge.shared import Shared
+    from edge.coordination import Coordination
 
 log = logging.getLogger("edge.purge")
 
@@ -170,13 +170,6 @@ class Bans:
         started before it must not be joined)."""
         return any(b.at > since and not b.soft and b.matches_key(key) for b in reversed(self.bans))
 
-    def retire(self, before: float) -> int:
-        """Drop bans applied before `before` (the sweeper has dealt with them)."""
-        kept = [b for b in self.bans if b.at >= before]
-        dropped = len(self.bans) - len(kept)
-        self.bans = kept
-        return dropped
-
     # -- the durable record ---------------------------------------------------------
 
     def save(self, directory: Path) -> None:
@@ -220,7 +213,9 @@ class Purger:
     directory: Path
     #: How this node keys queries (its NodeConfig): bans key purge URLs by it.
     rules: KeyRules
-    oldest_fill: Callable[[], float | None] = lambda: None
+    #: What the node's processes share (edge.coordination): the state's lock and
+    #: stamp, and the oldest fill in flight.
+    coordination: Coordination
     bans: Bans = field(default_factory=Bans)
     #: False until the node has caught up with the coordinator: nothing cached is
     #: served before, since a purge may have been missed while the node was away.
@@ -228,18 +223,17 @@ class Purger:
     sweep_interval: float = 5.0
     #: Called after every purge and reset (edge.fastpath's hot tier empties itself).
     on_change: list[Callable[[], None]] = field(default_factory=list)
-    #: The node's workers share the state (edge.shared); None: this process alone.
-    shared: Shared | None = None
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
-    _stamp: int = 0  # the shared purge stamp of the state held
+    _stamp: int = 0  # the purge stamp of the state held
     _unsaved: list[Ban] = field(default_factory=list)  # applied, not yet written
 
     @classmethod
-    def open(cls, store: Store, directory: Path, rules: KeyRules, **kw: Any) -> Purger:
-        shared: Shared | None = kw.get("shared")
-        stamp = shared.purge_stamp() if shared is not None else 0
+    def open(
+        cls, store: Store, directory: Path, rules: KeyRules, coordination: Coordination, **kw: Any
+    ) -> Purger:
+        stamp = coordination.purge_stamp()
         bans = Bans.load(directory, rules)
-        purger = cls(store, directory, rules, bans=bans, _stamp=stamp, **kw)
+        purger = cls(store, directory, rules, coordination, bans=bans, _stamp=stamp, **kw)
         if bans.applied < 0:
             store.clear()
             purger.bans = Bans()
@@ -250,8 +244,7 @@ class Purger:
         ban = Ban.of(seq, time.time(), purge, self.rules)
         self.sync(notify=False)
         self.bans.add(ban)
-        if self.shared is not None:
-            self._unsaved.append(ban)
+        self._unsaved.append(ban)
         if save:
             self.save()
         self._wake.set()
@@ -261,11 +254,8 @@ class Purger:
         return ban
 
     def save(self) -> None:
-        """Write the state; shared: add what this worker applied to the file as it
-        is now, under the lock."""
-        if self.shared is None:
-            self.bans.save(self.directory)
-            return
+        """Write the state: what this process applied added to the file as it is now
+        (another process may have written it since), under the state's lock."""
         unsaved, applied = self._unsaved, self.bans.applied
 
         def change(on_disk: Bans) -> Bans:
@@ -277,29 +267,34 @@ class Purger:
         self._unsaved = []
 
     def _rewrite(self, change: Callable[[Bans], Bans]) -> None:
-        """Read, change and write the shared state under its lock; announce it."""
-        assert self.shared is not None
-        with _locked(self.directory / LOCK_FILE):
-            on_disk = Bans.load(self.directory, self.rules)
-            if on_disk.applied < 0:  # damaged after start: this worker's copy stands
+        """Read, change and write the state under its lock; announce it."""
+        with self.coordination.purge_lock():
+            # The stamp where this process left it: nobody wrote the file since this
+            # process read or wrote it, so its copy (with what it applied since) is the
+            # file's state; for a node alone, always. Else the file is read.
+            fresh = self.coordination.purge_stamp() != self._stamp
+            on_disk = Bans.load(self.directory, self.rules) if fresh else Bans(applied=-1)
+            if on_disk.applied < 0:  # or damaged after start: this process's copy stands
                 on_disk = Bans(list(self.bans.bans), self.bans.applied)
             bans = change(on_disk)
             bans.save(self.directory)
-            self._stamp = self.shared.purge_changed()
+            self._stamp = self.coordination.purge_changed()
         self.bans = bans
         self.bans.merge(self._unsaved)
 
     def sync(self, *, notify: bool = True) -> bool:
-        """Shared: take up the state another worker wrote since this one read it;
-        True if it did (the listeners are told unless `notify` is False: the caller
-        tells them when it is safe)."""
-        shared = self.shared
-        if shared is None or shared.purge_stamp() == self._stamp:
+        """Take up the state another process wrote since this one read it; True if it
+        did (the listeners are told unless `notify` is False: the caller tells them
+        when it is safe)."""
+        stamp = self.coordination.purge_stamp()
+        if stamp == self._stamp:
             return False
-        self._stamp = shared.purge_stamp()  # before the read: a later write shows
         bans = Bans.load(self.directory, self.rules)
         if bans.applied < 0:
-            return False  # being replaced; the writer moves the stamp again
+            return False  # being replaced: read again next time
+        # The stamp read before the file: a write since shows as a newer one.
+        # (`_rewrite` trusts this process's copy while the stamp stays.)
+        self._stamp = stamp
         bans.merge(self._unsaved)
         self.bans = bans
         if notify:
@@ -313,11 +308,7 @@ class Purger:
         for listener in self.on_change:
             listener()
         self._unsaved = []
-        if self.shared is not None:
-            self._rewrite(lambda _: Bans(applied=seq))
-        else:
-            self.bans = Bans(applied=seq)
-            self.bans.save(self.directory)
+        self._rewrite(lambda _: Bans(applied=seq))
         log.warning("purge log compacted past this node: cache dropped, resuming at %d", seq)
 
     def check(self, entry: Entry) -> str | None:
@@ -365,44 +356,28 @@ class Purger:
                 if entry.extra.get("stale_at", 0) < ban.at:
                     self.store.update(replace(entry, extra={**entry.extra, "stale_at": ban.at}))
                     marked += 1
-        oldest = self.oldest_fill()
+        oldest = self.coordination.oldest()
         horizon = started if oldest is None else min(started, oldest)
         if any(b.at < horizon for b in pending):
-            if self.shared is not None:
-                retired = 0
-                # Only bans this walk knew: another worker may have applied one before
-                # the walk began and written it only since.
-                walked = {(b.seq, b.at, b.purge) for b in pending}
+            retired = 0
+            # Only bans this walk knew: another process may have applied one before
+            # the walk began and written it only since.
+            walked = {(b.seq, b.at, b.purge) for b in pending}
 
-                def retire(bans: Bans) -> Bans:
-                    nonlocal retired
-                    kept = [
-                        b
-                        for b in bans.bans
-                        if not (b.at < horizon and (b.seq, b.at, b.purge) in walked)
-                    ]
-                    retired, bans.bans = len(bans.bans) - len(kept), kept
-                    return bans
+            def retire(bans: Bans) -> Bans:
+                nonlocal retired
+                kept = [
+                    b
+                    for b in bans.bans
+                    if not (b.at < horizon and (b.seq, b.at, b.purge) in walked)
+                ]
+                retired, bans.bans = len(bans.bans) - len(kept), kept
+                return bans
 
-                self._rewrite(retire)
-            else:
-                retired = self.bans.retire(horizon)
-                self.bans.save(self.directory)
+            self._rewrite(retire)
             log.info(
                 "sweep: %d keys removed, %d marked stale, %d bans retired", removed, marked, retired
             )
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock between the workers of a node (released by the kernel if
-    the holder dies). Held for one read and write of the state: milliseconds."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def _describe(purge: Purge) -> str:

@@ -14,12 +14,12 @@ Slices arrive two ways:
 Either way a slice in progress is an ordinary Fill in the in-flight table, so readers
 follow it byte by byte.
 
-Across the workers of one node (edge.fill.CrossFills) a slice fill holds its slice's
-lock, as a whole-object fill does, so a reader in another worker follows it rather
-than asking upstream again; a stream says which slice it has reached (a record next to
-the fills'), so that a reader elsewhere just ahead of it waits for it as a reader here
-would, and readers elsewhere say they want the object, so that the stream carries on
-for them.
+A slice fill is joined or started as a whole-object fill is (edge.fill.InFlight), so
+across the processes of one node (edge.coordination) a reader in another process
+follows it rather than asking upstream again; a stream says which slice it has reached
+(a record beside the fills'), so that a reader elsewhere just ahead of it waits for it
+as a reader here would, and readers say they want the object, so that the stream
+carries on for them.
 
 This module owns slices and body sources; the pipeline decides when an object is
 segmented and builds the manifest.
@@ -39,7 +39,8 @@ from typing import IO, Protocol
 from multidict import CIMultiDict
 
 from edge import policy
-from edge.fill import POLL, Fill, FillHead, FillReader, InFlight, alive
+from edge.coordination import alive
+from edge.fill import POLL, Fill, FillHead, FillReader, InFlight
 from edge.store import Entry, Store
 from edge.upstream import UpstreamError, UpstreamResponse, Upstreams
 
@@ -173,10 +174,9 @@ class Slicer:
         chunks = response.chunks(1 << 16)
         carry = b""
         previous: Fill | None = None
-        cross = self.inflight.cross
+        coordination = self.inflight.coordination
         began = time.time()
-        if cross is not None:
-            cross.want(stream_key(entry), start=True)
+        coordination.want(stream_key(entry), start=True)
         try:
             last = entry.slice_count - 1 if response.status == 200 else first
             for index in range(first, last + 1):
@@ -194,19 +194,16 @@ class Slicer:
                     # ahead): a client that went away does not pull the whole object.
                     read_along = previous is not None and previous.readers_total > 0
                     reading = self.active.get((entry.key, entry.variant), 0) > 0
-                    elsewhere = cross is not None and cross.wanted_since(
-                        stream_key(entry), began - 1.0
-                    )
+                    elsewhere = coordination.wanted_since(stream_key(entry), began - 1.0)
                     if not (read_along or reading or stream.waiters > 0 or elsewhere):
                         break
                     fill = self._open_slice_fill(entry, index)
-                if cross is not None:
-                    # Only now that this slice's fill holds its lock: a reader elsewhere
-                    # that sees the stream here finds the slice taken.
-                    began = time.time()
-                    cross.write(
-                        stream_key(entry), {"index": index, "pid": os.getpid(), "at": began}
-                    )
+                # Only now that this slice's fill holds its lock: a reader elsewhere
+                # that sees the stream here finds the slice taken.
+                began = time.time()
+                coordination.publish(
+                    stream_key(entry), {"index": index, "pid": os.getpid(), "at": began}
+                )
                 start, end = entry.slice_span(index)
                 current = fill
                 carry = await self._pump(chunks, carry, end - start, fill, entry, index)
@@ -219,9 +216,8 @@ class Slicer:
         finally:
             stream.end()
             self._streams.pop((entry.key, entry.variant), None)
-            if cross is not None:
-                cross.forget(stream_key(entry))
-                cross.want(stream_key(entry), stop=True)
+            coordination.forget(stream_key(entry))
+            coordination.want(stream_key(entry), stop=True)
             response.close()
 
     async def _pump(
@@ -267,12 +263,12 @@ class Slicer:
     # -- slice fills ------------------------------------------------------------------
 
     def _open_slice_fill(self, entry: Entry, index: int) -> Fill | None:
-        key = slice_fill_key(entry, index)
-        if self.inflight.get(key) is not None or self._have(entry, index):
+        if self._have(entry, index):
             return None
-        if not self.inflight.try_own(key):
-            return None  # another worker brings it
-        fill = self.inflight.start(key, locked=self.inflight.cross is not None)
+        claim = self.inflight.join_or_start_now(slice_fill_key(entry, index))
+        if claim.kind != "started" or claim.fill is None:
+            return None  # a fill here or in another process brings it
+        fill = claim.fill
         fill.attach_writer(self.store.begin())
         start, end = entry.slice_span(index)
         fill.head.set_result(FillHead("body", status=206, length=end - start, storable=True))
@@ -316,9 +312,12 @@ class Slicer:
         """The stored slice, or the fill bringing it (started here if nobody is: then
         it is added to `started`)."""
         key = slice_fill_key(entry, index)
-        cross = self.inflight.cross
-        if cross is not None:
-            cross.want(stream_key(entry))  # a stream in another worker: carry on
+        coordination = self.inflight.coordination
+        if (entry.key, entry.variant) not in self._streams:
+            # A stream in another process: carry on for this reader. (One of this
+            # process's counts by reading along: touching the mark here would keep it
+            # going for a second after its last reader went.)
+            coordination.want(stream_key(entry))
         while True:
             handle = self.store.open_slice(entry, index)
             if handle is not None:
@@ -338,31 +337,26 @@ class Slicer:
                 finally:
                     stream.waiters -= 1
                 continue
-            locked = False
-            if cross is not None:
-                if self._stream_elsewhere(entry, index):
-                    cross.want(stream_key(entry))
-                    await asyncio.sleep(POLL)  # it is about to bring this slice
-                    continue
-                claim = await self.inflight.claim(
-                    key, self.claim_timeout, lambda: not self._have(entry, index)
-                )
-                if claim.kind == "join" and claim.fill is not None:
-                    return claim.fill
-                if claim.kind == "again":
-                    continue  # stored now, or the worker that had it gave up
-                # "own", or "alone"/"error": bring it here (with the lock if taken).
-                locked = claim.kind == "own"
-            fill = self.inflight.start(key, locked=locked)
-            if started is not None:
-                started.append(fill)
-            self.inflight.spawn(self._range_fill(fill, entry, index, headers))
-            return fill
+            if self._stream_elsewhere(entry, index):
+                coordination.want(stream_key(entry))
+                await asyncio.sleep(POLL)  # it is about to bring this slice
+                continue
+            claim = await self.inflight.join_or_start(
+                key, self.claim_timeout, unchanged=lambda: not self._have(entry, index)
+            )
+            if claim.kind == "again":
+                continue  # stored now, or the process that had it gave up
+            assert claim.fill is not None
+            if claim.kind == "started":
+                if started is not None:
+                    started.append(claim.fill)
+                self.inflight.spawn(self._range_fill(claim.fill, entry, index, headers))
+            # Joined: followed, or ended (its error is this reader's, as a local one's).
+            return claim.fill
 
     def _stream_elsewhere(self, entry: Entry, index: int) -> bool:
-        """A live stream in another worker is just before this slice."""
-        assert self.inflight.cross is not None
-        record = self.inflight.cross.read(stream_key(entry))
+        """A live stream in another process is just before this slice."""
+        record = self.inflight.coordination.read(stream_key(entry))
         if record is None or record.get("pid") == os.getpid() or not alive(record.get("pid")):
             return False
         at = record.get("index")

@@ -4,9 +4,9 @@ This module owns where entries and bodies live and how they survive restarts and
 crashes. It knows nothing of HTTP caching rules (that is `edge.policy`): it keeps what
 it is given and hands it back.
 
-Several processes may share one store directory (the workers of one node,
-edge.workers): changes are made in SQLite transactions, and each is announced through
-edge.shared so that the other processes' memory caches drop what it made stale.
+Several processes may share one store directory (the workers of one node): changes are
+made in SQLite transactions, and each is announced through the node's coordination
+(edge.coordination) so that the other processes' memory caches drop what it made stale.
 
 An entry is one stored response (a variant of a cache key): status, header fields,
 the secondary key from Vary, request/response times, tags and the body size. Bodies
@@ -33,7 +33,7 @@ import diskcache
 from diskcache.core import MODE_BINARY, UNKNOWN
 
 if TYPE_CHECKING:
-    from edge.shared import Shared
+    from edge.coordination import Coordination
 
 VaryKey = tuple[tuple[str, str | None], ...]
 
@@ -225,19 +225,18 @@ class DiskStore(Store):
     column in batches, so a hit costs no SQLite write. This relies on diskcache's
     table layout (pinned to diskcache 5.x).
 
-    One process owns a store directory, or, with `shared` (edge.shared), the workers of
-    one node do: each change to a key's metadata is one SQLite transaction (a
+    The processes of one node share a store directory through `coordination`
+    (edge.coordination): each change to a key's metadata is one SQLite transaction (a
     read-modify-write of a key's variants cannot interleave with another process's),
-    announced afterwards through the shared generations, which the memory cache of
-    every process checks before it answers; `incoming/` is then emptied by the
-    supervisor (`prepare`) before any worker starts, never by a worker.
+    announced afterwards as the keys' new generations, which the memory cache of every
+    process checks before it answers; `incoming/` is emptied (`prepare`) by the one
+    process that may: the node's own, or its workers' supervisor before any starts.
     """
 
-    def __init__(self, directory: Path, size_limit: int, shared: Shared | None = None) -> None:
+    def __init__(self, directory: Path, size_limit: int, coordination: Coordination) -> None:
         self.directory = Path(directory)
-        self._shared = shared
-        if shared is None:
-            self.prepare(self.directory)
+        self._coordination = coordination
+        coordination.prepare_directory(lambda: self.prepare(self.directory))
         self.tmp = self.directory / "incoming"
         self.objects = self.directory / "objects"
         self.cache = diskcache.Cache(
@@ -255,17 +254,15 @@ class DiskStore(Store):
         # diskcache is thread-safe, but a read-modify-write of one key's variant map
         # must not interleave with another (other processes: the transaction).
         self._lock = threading.Lock()
-        # Per key: its generation when read (edge.shared; 0 when not shared) and its
-        # variants, newest first.
+        # Per key: its generation when read (edge.coordination) and its variants,
+        # newest first.
         self._meta_cache: dict[str, tuple[int, list[Entry]]] = {}
-        self._changes = 0  # see version()
         self._touched: dict[tuple[str, ...], float] = {}
         self._last_flush = time.monotonic()
-        # Bodies arriving in this process are named after it, so that the supervisor
-        # can remove a dead worker's (edge.workers).
-        self._prefix = f"{os.getpid()}-" if shared is not None else ""
-        if shared is not None:
-            self.version = shared.version  # type: ignore[method-assign]
+        # Bodies arriving in a worker are named after it, so that the supervisor can
+        # remove a dead worker's (edge.workers).
+        self._prefix = coordination.body_prefix
+        self.version = coordination.version  # type: ignore[method-assign]
 
     @staticmethod
     def prepare(directory: Path) -> None:
@@ -296,9 +293,7 @@ class DiskStore(Store):
             if changed:
                 for key in changed:
                     self._meta_cache.pop(key, None)
-                self._changes += 1
-                if self._shared is not None:
-                    self._shared.changed(*changed)
+                self._coordination.changed(*changed)
 
     # -- metadata -----------------------------------------------------------------
 
@@ -314,10 +309,9 @@ class DiskStore(Store):
         changed.append(key)
 
     def variants(self, key: str) -> list[Entry]:
-        shared = self._shared
         # Read before the metadata: a change committed after this read shows as a
         # new generation next time.
-        generation = 0 if shared is None else shared.generation(key)
+        generation = self._coordination.generation(key)
         cached = self._meta_cache.get(key)
         if cached is not None and cached[0] == generation:
             return cached[1]
@@ -426,8 +420,7 @@ class DiskStore(Store):
             return len(meta)
 
     def drop_lost(self, entry: Entry) -> bool:
-        if self._shared is None:
-            return super().drop_lost(entry)
+        # Checked in the transaction: another process may have replaced the entry.
         with self._changing() as changed:
             meta = self._meta(entry.key)
             current = meta.get(entry.variant)
@@ -473,17 +466,15 @@ class DiskStore(Store):
         with self._lock:
             self.cache.clear()
             self._meta_cache.clear()
-            self._changes += 1
             self._touched.clear()
-            if self._shared is not None:
-                self._shared.changed_all()
+            self._coordination.changed_all()
 
     def stats(self) -> tuple[int, int]:
         return int(self.cache.volume()), len(self.cache) // 2
 
     def version(self) -> Hashable:
-        # Shared: every worker's change counter (edge.shared), set in __init__.
-        return self._changes
+        # The coordination's (edge.coordination), set in __init__.
+        return self._coordination.version()
 
     def close(self) -> None:
         self.flush_access()

@@ -1,8 +1,10 @@
 """A node of several worker processes: `edge serve --workers N` (and `edge shield`).
 
-This module owns the supervisor and what a worker shares with the others besides the
-store (edge.store), the fills (edge.fill) and the purges (edge.purge): its identity,
-the node-wide metrics and the workers' part of /_edge/health.
+This module owns the supervisor and `Workers`, the workers' implementation of the
+coordination seam (edge.coordination): what a worker shares with the others, through
+the worker map (edge.shared) and the cache directory: the store's version, the fill
+locks and records, the purge state's lock and stamp, the node-wide metrics, its part
+of /_edge/health. No other module knows whether it runs in a worker.
 
 The supervisor is the process that was started. Before any worker runs it prepares the
 cache directory, once: `incoming/` emptied (no worker may delete another's bodies in
@@ -35,6 +37,8 @@ import asyncio
 import contextlib
 import copy
 import ctypes
+import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -45,14 +49,15 @@ import socket
 import sys
 import time
 import traceback
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from collections.abc import Callable, Coroutine, Hashable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge import shared as shared_map
 from edge.config import CONFIG_ERROR_STATUS, ConfigError, NodeConfig
-from edge.fill import alive
+from edge.coordination import RECORD_LINGER, Coordination, Record, Solo, alive
+from edge.purge import LOCK_FILE as PURGE_LOCK_FILE
 from edge.purge import Refusal
 from edge.shared import Shared
 
@@ -75,28 +80,189 @@ RESTART_DELAY = 1.0
 STOP_GRACE = 10.0
 
 
-@dataclass
-class Worker:
-    """This process's place in its node."""
+class _LockFile:
+    """`fills.lock` as this process holds it: one descriptor for the process's life
+    (closing any descriptor of the file would drop every record lock the process
+    holds on it, POSIX), and which of this process's views holds each byte (record
+    locks are per process: the kernel would grant a byte again to its holder)."""
 
-    index: int
-    count: int
-    directory: Path
-    shared: Shared
-    _snapshots: Path = field(init=False)
+    def __init__(self, path: Path) -> None:
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        self.held: dict[int, Workers] = {}
+        self.users = 0
 
-    def __post_init__(self) -> None:
+
+_LOCK_FILES: dict[Path, _LockFile] = {}
+
+
+class Workers(Coordination):
+    """This process as one worker of a node: its index in the worker map
+    (edge.shared), the fill locks and records in the cache directory, the purge
+    state's lock, the metrics snapshots. Several may be open in one process (the
+    contract tests' stand-ins for workers): they exclude each other as processes do."""
+
+    def __init__(self, directory: Path, shared: Shared) -> None:
+        self.directory = Path(directory)
+        self.shared = shared
+        self.index = shared.index
+        self.count = shared.count
         self._snapshots = self.directory / METRICS_DIR
+        self.records = self.directory / "fills"
+        self.records.mkdir(exist_ok=True)
+        path = (self.directory / "fills.lock").resolve()
+        if path not in _LOCK_FILES:
+            _LOCK_FILES[path] = _LockFile(path)
+        self._lock_file = _LOCK_FILES[path]
+        self._lock_file.users += 1
+        self._lock_path = path
 
     @classmethod
-    def open(cls, directory: Path, index: int) -> Worker:
-        shared = Shared(directory, index)
-        return cls(index, shared.count, Path(directory), shared)
+    def open(cls, directory: Path, index: int) -> Workers:
+        return cls(directory, Shared(directory, index))
+
+    # -- this process's duties ------------------------------------------------------
 
     @property
-    def lead(self) -> bool:
+    def leads(self) -> bool:
         """Worker 0 subscribes to the coordinator and sweeps purges."""
         return self.index == 0
+
+    @property
+    def reuse_port(self) -> bool:
+        return True
+
+    def prepare_directory(self, prepare: Callable[[], None]) -> None:
+        return None  # the supervisor did, before any worker started (prepare())
+
+    @property
+    def body_prefix(self) -> str:
+        return f"{os.getpid()}-"
+
+    # -- the store's version ----------------------------------------------------------
+
+    def changed(self, *keys: str) -> None:
+        self.shared.changed(*keys)
+
+    def changed_all(self) -> None:
+        self.shared.changed_all()
+
+    def generation(self, key: str) -> int:
+        return self.shared.generation(key)
+
+    def version(self) -> Hashable:
+        return self.shared.version()
+
+    # -- the purge state ----------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def purge_lock(self) -> Iterator[None]:
+        """An exclusive lock between the workers (released by the kernel if the holder
+        dies). Held for one read and write of the state: milliseconds."""
+        fd = os.open(self.directory / PURGE_LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def purge_stamp(self) -> int:
+        return self.shared.purge_stamp()
+
+    def purge_changed(self) -> int:
+        return self.shared.purge_changed()
+
+    def share_ready(self, purger: Purger) -> None:
+        """The lead says whether it has caught up with the coordinator; the others
+        serve from the cache only while it has."""
+        if self.leads:
+            self.shared.set_ready(purger.ready)
+        else:
+            purger.ready = self.shared.ready()
+
+    def set_oldest(self, started: float | None) -> None:
+        self.shared.set_oldest(started)
+
+    def oldest(self) -> float | None:
+        return self.shared.oldest()
+
+    # -- fills across workers ----------------------------------------------------------
+
+    @staticmethod
+    def _name(key: str) -> str:
+        return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+
+    def _offset(self, key: str) -> int:
+        return int(self._name(key)[:12], 16)  # 48 bits: keys do not share a byte
+
+    def try_lock(self, key: str) -> bool:
+        """A byte of `fills.lock` per key, an fcntl record lock, which the kernel drops
+        if the worker dies."""
+        offset, lock = self._offset(key), self._lock_file
+        if offset in lock.held:
+            return False
+        try:
+            fcntl.lockf(lock.fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset)
+        except OSError:
+            return False
+        lock.held[offset] = self
+        return True
+
+    def unlock(self, key: str) -> None:
+        offset, lock = self._offset(key), self._lock_file
+        if lock.held.get(offset) is self:
+            del lock.held[offset]
+            fcntl.lockf(lock.fd, fcntl.LOCK_UN, 1, offset)
+
+    def publish(self, key: str, record: Record) -> None:
+        path = self.records / self._name(key)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.{self.index}.tmp")
+        try:
+            tmp.write_text(json.dumps(record))
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.warning("could not publish the fill of %s to other workers: %s", key, exc)
+
+    def read(self, key: str) -> Record | None:
+        try:
+            data = json.loads((self.records / self._name(key)).read_bytes())
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def forget(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self.records / self._name(key)).unlink()
+
+    def forget_later(self, key: str, ident: str) -> None:
+        with contextlib.suppress(RuntimeError):  # no loop: the next start empties fills/
+            asyncio.get_running_loop().call_later(RECORD_LINGER, self._forget_if, key, ident)
+
+    def _forget_if(self, key: str, ident: str) -> None:
+        record = self.read(key)
+        if record is None or record.get("id") != ident:
+            return  # a later fill's
+        if self.try_lock(key):  # no fill of the key running anywhere: nobody writes it
+            try:
+                self.forget(key)
+            finally:
+                self.unlock(key)
+
+    def want(self, key: str, *, start: bool = False, stop: bool = False) -> None:
+        path = self.records / f"{self._name(key)}.wanted"
+        with contextlib.suppress(OSError):
+            if stop:
+                path.unlink()
+            elif start:
+                path.touch()
+                os.utime(path, (0, 0))  # wanted by nobody yet
+            else:
+                os.utime(path)
+
+    def wanted_since(self, key: str, since: float) -> bool:
+        try:
+            return (self.records / f"{self._name(key)}.wanted").stat().st_mtime >= since
+        except OSError:
+            return False
 
     # -- metrics --------------------------------------------------------------------
 
@@ -132,7 +298,7 @@ class Worker:
                 continue  # being replaced, or not ours
         return found
 
-    async def node_metrics(self, metrics: NodeMetrics) -> bytes:
+    async def exposition(self, metrics: NodeMetrics) -> bytes:
         """The node's exposition: this worker's counters and every other worker's,
         those of workers that died included (their requests were served)."""
         asked = time.time()
@@ -149,31 +315,39 @@ class Worker:
         others = [data.get("samples", []) for pid, data in snapshots.items() if pid != me]
         return metrics.render(others)
 
-    # -- purges -----------------------------------------------------------------------
+    # -- lifetime -------------------------------------------------------------------------
 
     async def keep_ready(self, purger: Purger) -> None:
-        """The lead says whether it has caught up with the coordinator; the others
-        serve from the cache only while it has."""
         while True:
-            if self.lead:
-                self.shared.set_ready(purger.ready)
-            else:
-                purger.ready = self.shared.ready()
+            self.share_ready(purger)
             await asyncio.sleep(SCRAPE_POLL)
 
-    # -- health ---------------------------------------------------------------------
+    def duties(self, purger: Purger, metrics: NodeMetrics) -> list[Coroutine[Any, Any, None]]:
+        return [self.keep_ready(purger), self.publish_metrics(metrics)]
 
-    def report(self) -> dict[str, Any]:
+    def describe(self) -> dict[str, Any]:
         return {
-            "index": self.index,
-            "pid": os.getpid(),
-            "lead": self.lead,
-            "count": self.count,
-            "all": [
-                {"index": i, "pid": pid, "alive": alive(pid)}
-                for i, pid in enumerate(self.shared.pids())
-            ],
+            "worker": {
+                "index": self.index,
+                "pid": os.getpid(),
+                "lead": self.leads,
+                "count": self.count,
+                "all": [
+                    {"index": i, "pid": pid, "alive": alive(pid)}
+                    for i, pid in enumerate(self.shared.pids())
+                ],
+            }
         }
+
+    def close(self, metrics: NodeMetrics) -> None:
+        self.write_snapshot(metrics)  # its last counts
+        lock = self._lock_file
+        for offset in [o for o, holder in lock.held.items() if holder is self]:
+            del lock.held[offset]
+            fcntl.lockf(lock.fd, fcntl.LOCK_UN, 1, offset)
+        lock.users -= 1
+        if lock.users == 0 and _LOCK_FILES.pop(self._lock_path, None) is lock:
+            os.close(lock.fd)
 
 
 # ---------------------------------------------------------------------------------------
@@ -193,7 +367,7 @@ def prepare(cfg: NodeConfig) -> None:
     shared_map.create(directory, cfg.workers)
     shared_map.set_ready(directory, not cfg.coordinator)  # the lead says when it is
     if Bans.load(directory, cfg).applied < 0:  # damaged: logged; drop what it cannot vouch for
-        store = DiskStore(directory, cfg.cache_size)
+        store = DiskStore(directory, cfg.cache_size, Solo())  # no worker runs yet
         try:
             store.clear()
         finally:
@@ -392,9 +566,9 @@ class Supervisor:
         for child in self.children.values():  # other workers' pipes
             _close_pipe(child)
         _tag_logs(index)
-        worker = Worker.open(Path(self.cfg.cache_dir), index)
+        workers = Workers.open(Path(self.cfg.cache_dir), index)
         try:
-            self.run(_serve(self.cfg, worker, ready_fd))
+            self.run(_serve(self.cfg, workers, ready_fd))
             refused = Refusal.exit_status()
             if refused is not None:
                 return refused  # it said why; the supervisor stops the node
@@ -411,14 +585,14 @@ class Supervisor:
         return 0
 
 
-async def _serve(cfg: NodeConfig, worker: Worker, ready_fd: int) -> None:
+async def _serve(cfg: NodeConfig, workers: Workers, ready_fd: int) -> None:
     from edge.node import EdgeNode
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    node = EdgeNode(cfg, worker=worker)
+    node = EdgeNode(cfg, workers)
     try:
         await node.start()
         os.write(ready_fd, b"1")

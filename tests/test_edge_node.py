@@ -405,6 +405,7 @@ async def test_access_log_records_each_state_walk(upstream: Proc, edge: EdgeFact
     await get(f"{node.url}/w2?cc=max-age=1,stale-while-revalidate=60")  # stale
     async with aiohttp.ClientSession() as s, s.delete(f"{node.url}/w") as r:  # pass
         assert r.status == 200
+        await r.read()  # read to the end: a client leaving early is logged as client-gone
     await get(f"{node.url}/nothing", **{"Cache-Control": "only-if-cached"})  # synth
     for _ in range(50):  # access lines are written a loop turn later (edge.accesslog)
         walks = {

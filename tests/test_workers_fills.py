@@ -1,0 +1,112 @@
+"""Fills across two real worker processes (forked here), through the coordination seam
+(edge.workers.Workers) and the one join-or-start path (edge.fill.InFlight): what one
+worker's fill could not store reaches a reader waiting on it in another as it reaches
+a reader in its own, with no upstream request of that reader's."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import select
+from pathlib import Path
+from typing import Any, cast
+
+from edge import shared as shared_map
+from edge.fill import Fill, InFlight
+from edge.slices import Slicer
+from edge.store import DiskStore, Entry
+from edge.upstream import UpstreamError, Upstreams
+from edge.workers import METRICS_DIR, Workers
+
+ENTRY = Entry(
+    key="http://a.test/big",
+    variant="v",
+    status=200,
+    headers=(("ETag", '"x"'),),
+    vary=(),
+    request_time=0.0,
+    response_time=0.0,
+    size=4 << 20,
+    slice_size=1 << 20,
+)
+
+
+class FailingUpstream:
+    """Fails every request; with `gate`, only once a byte can be read from it."""
+
+    def __init__(self, gate: int | None = None) -> None:
+        self.requests = 0
+        self.gate = gate
+
+    async def request(self, method: str, path: str, headers: Any, **kw: Any) -> Any:
+        self.requests += 1
+        if self.gate is not None:
+            await asyncio.get_running_loop().run_in_executor(None, os.read, self.gate, 1)
+        raise UpstreamError("origin down")
+
+
+def _worker(directory: Path, index: int, upstream: FailingUpstream) -> tuple[Slicer, DiskStore]:
+    workers = Workers.open(directory, index)
+    store = DiskStore(directory, 1 << 30, workers)
+    return Slicer(store, InFlight(workers), cast(Upstreams, upstream), claim_timeout=30.0), store
+
+
+def _first_worker(directory: Path, gate: int, started: int) -> None:
+    """Worker 0: starts the slice's fill, says so, fails when the gate opens."""
+
+    async def run() -> None:
+        slicer, store = _worker(directory, 0, FailingUpstream(gate))
+        fill = await slicer.slice(ENTRY, 2, [])
+        os.write(started, b"1")
+        await asyncio.shield(fill.head)
+        while slicer.inflight.tasks:  # until the fill task has let go of the key
+            await asyncio.wait(slicer.inflight.tasks)
+        store.close()
+
+    asyncio.run(run())
+
+
+def test_a_slice_fill_that_failed_in_one_worker_fails_its_readers_in_another(
+    tmp_path: Path,
+) -> None:
+    directory = tmp_path / "cache"
+    DiskStore.prepare(directory)
+    shared_map.create(directory, 2)
+    (directory / METRICS_DIR).mkdir()
+    gate_r, gate_w = os.pipe()
+    started_r, started_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the other worker
+        code = 1
+        try:
+            _first_worker(directory, gate_r, started_w)
+            code = 0
+        finally:
+            os._exit(code)
+    try:
+        assert select.select([started_r], [], [], 30)[0], "the first worker never started"
+        os.read(started_r, 1)
+
+        async def reader() -> tuple[Fill, int]:
+            upstream = FailingUpstream()
+            slicer, store = _worker(directory, 1, upstream)
+            waiting = asyncio.ensure_future(slicer.slice(ENTRY, 2, []))
+            for _ in range(3):  # until it waits on the fill the other worker holds
+                await asyncio.sleep(0)
+            assert not waiting.done()
+            os.write(gate_w, b"1")  # that worker's upstream fails now
+            got = await asyncio.wait_for(waiting, 30)
+            assert isinstance(got, Fill)
+            await got.head
+            store.close()
+            return got, upstream.requests
+
+        got, requests = asyncio.run(reader())
+        head = got.head.result()
+        assert head.kind == "error" and str(head.error) == "origin down"
+        assert requests == 0
+    finally:
+        _, status = os.waitpid(pid, 0)
+        for fd in (gate_r, gate_w, started_r, started_w):
+            os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 0
