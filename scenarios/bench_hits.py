@@ -293,8 +293,10 @@ def run_wrk(
     duration: int,
     pin: bool,
     script: Path | None = None,
+    core: int = LOAD_CORE,
 ) -> tuple[WrkResult, str]:
-    """One wrk run; `script` is a Lua file for `-s` (e.g. one that makes each path)."""
+    """One wrk run, on `core` when pinned; `script` is a Lua file for `-s` (e.g. one that
+    makes each request's path)."""
     argv = [
         wrk,
         f"-t{threads}",
@@ -306,7 +308,7 @@ def run_wrk(
         *(["-s", str(script)] if script is not None else []),
         url,
     ]
-    argv = pinned(argv, LOAD_CORE) if pin else argv
+    argv = pinned(argv, core) if pin else argv
     try:
         done = subprocess.run(
             argv, capture_output=True, text=True, timeout=duration + 30, stdin=subprocess.DEVNULL
