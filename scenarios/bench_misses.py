@@ -54,6 +54,7 @@ from scenarios.harness import (
     can_pin,
     edge_argv,
     free_port,
+    memory_folder,
     parse_size,
     pinned,
     require_tool,
@@ -307,16 +308,6 @@ class Origin:
         return self.log.read_text(errors="replace")
 
 
-def body_folder(parent: Path) -> Path:
-    """A folder for the origin's bodies on tmpfs (/dev/shm) where there is one, else in
-    `parent`; readable by nginx's unprivileged workers."""
-    shm = Path("/dev/shm")
-    base = shm if shm.is_dir() and os.access(shm, os.W_OK) else parent
-    folder = Path(tempfile.mkdtemp(prefix="edge-bench-misses-", dir=base))
-    folder.chmod(0o755)
-    return folder
-
-
 def start_origin(
     procs: Processes, workdir: Path, bodies: Path, sizes: Sequence[int], pin: bool
 ) -> Origin:
@@ -468,7 +459,7 @@ def run(args: argparse.Namespace) -> int:
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="edge-bench-misses-") as tmp:
         work = Path(tmp)
-        bodies = body_folder(work)
+        bodies = memory_folder(work, "edge-bench-misses-")
         try:
             with Processes(work) as procs:
                 origin = start_origin(procs, work, bodies, sizes, pin)

@@ -481,6 +481,17 @@ def fmt_seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+def memory_folder(fallback: Path, prefix: str) -> Path:
+    """A new folder on tmpfs (/dev/shm) where there is one, else under `fallback`: for
+    bytes a scenario serves or downloads that should cost no disk. Readable by nginx's
+    unprivileged workers; the caller removes it."""
+    shm = Path("/dev/shm")
+    base = shm if shm.is_dir() and os.access(shm, os.W_OK) else fallback
+    folder = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+    folder.chmod(0o755)
+    return folder
+
+
 def client_loop_factory() -> Any:
     """uvloop for a scenario's client process (a project dependency): cheaper per
     request and byte, leaving more of the machine to the servers under test; plain

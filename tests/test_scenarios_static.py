@@ -268,6 +268,18 @@ def test_require_tool_names_the_apt_package_that_brings_it(
         harness.require_tool("wrk")
 
 
+def test_memory_folder_is_new_and_readable_by_nginx_workers(tmp_path: Path) -> None:
+    first = harness.memory_folder(tmp_path, "edge-test-")
+    second = harness.memory_folder(tmp_path, "edge-test-")
+    try:
+        assert first != second and first.is_dir() and not any(first.iterdir())
+        assert first.name.startswith("edge-test-")
+        assert first.stat().st_mode & 0o777 == 0o755
+    finally:
+        first.rmdir()
+        second.rmdir()
+
+
 def test_edge_argv_follows_the_serve_contract(tmp_path: Path) -> None:
     argv = harness.edge_argv(8080, "http://127.0.0.1:9090", tmp_path, "conformance")
     i = argv.index("serve")
