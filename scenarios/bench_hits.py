@@ -51,9 +51,11 @@ from scenarios.harness import (
     can_pin,
     edge_argv,
     free_port,
+    parse_size,
     pinned,
     require_tool,
     run_main,
+    size_label,
     wait_http_ok,
     wait_tcp,
     write_nginx_config,
@@ -70,26 +72,9 @@ CACHE_CONTROL = "public, max-age=3600"
 LAST_MODIFIED = "Mon, 01 Jan 2024 00:00:00 GMT"
 
 # ---------------------------------------------------------------------------------------
-# Pure parts: sizes and wrk's report (unit-tested).
+# Pure parts: wrk's report (unit-tested; sizes are the harness's).
 
 _UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
-_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kib": 1024, "m": 1024**2, "mib": 1024**2}
-
-
-def parse_size(text: str) -> int:
-    """'1k' -> 1024, '100KiB' -> 102400, '512' -> 512."""
-    m = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]*)\s*", text)
-    if not m or m.group(2).lower() not in _SIZE_UNITS:
-        raise ValueError(f"bad size {text!r} (use e.g. 1k, 100k, 1m)")
-    return int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
-
-
-def size_label(size: int) -> str:
-    if size % 1024**2 == 0:
-        return f"{size // 1024**2} MiB"
-    if size % 1024 == 0:
-        return f"{size // 1024} KiB"
-    return f"{size} B"
 
 
 def parse_time_ms(text: str) -> float:
@@ -300,8 +285,18 @@ def warm(target: Target, size: int) -> None:
 
 
 def run_wrk(
-    wrk: str, url: str, *, connections: int, threads: int, duration: int, pin: bool
+    wrk: str,
+    url: str,
+    *,
+    connections: int,
+    threads: int,
+    duration: int,
+    pin: bool,
+    script: Path | None = None,
+    core: int = LOAD_CORE,
 ) -> tuple[WrkResult, str]:
+    """One wrk run, on `core` when pinned; `script` is a Lua file for `-s` (e.g. one that
+    makes each request's path)."""
     argv = [
         wrk,
         f"-t{threads}",
@@ -310,9 +305,10 @@ def run_wrk(
         "--timeout",
         "5s",
         "--latency",
+        *(["-s", str(script)] if script is not None else []),
         url,
     ]
-    argv = pinned(argv, LOAD_CORE) if pin else argv
+    argv = pinned(argv, core) if pin else argv
     try:
         done = subprocess.run(
             argv, capture_output=True, text=True, timeout=duration + 30, stdin=subprocess.DEVNULL

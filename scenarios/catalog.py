@@ -18,6 +18,10 @@ SCENARIOS: dict[str, str] = {
     "dns_throughput": "the GeoDNS authority under dnsperf, against Knot DNS",
     "conformance": "the HTTP caching test suite (http-cache-tests) against an edge",
     "bench_hits": "cache-hit throughput and latency against nginx",
+    "bench_misses": "cache-miss throughput and latency against nginx (every request a new "
+    "URL, same origin), edge serve or edge shield; the p99 a miss adds over the origin",
+    "cold_large": "a cold large object (1 GiB) by aria2c -x 16 and by curl, through edge "
+    "and nginx slice 4m: time, MB/s, origin bytes / object size",
     "compression": "bytes saved and CPU per MB for br, zstd and gzip on the demo texts",
     "guard_soak": "well-behaved clients beside slowloris, a flood, range bombs, oversize "
     "heads, smuggling and slow POSTs: their success and p99, what the abusers got",

@@ -69,9 +69,9 @@ from scenarios.harness import (
     ScenarioError,
     can_pin,
     edge_command,
-    find_tool,
     free_port,
     pinned,
+    require_tool,
     run_main,
 )
 
@@ -314,13 +314,6 @@ def parse_dnsperf(text: str) -> dict[str, Any]:
     out["dnsperf_version"] = m.group(1) if m else None
     out["lost_pct"] = 100.0 * out.get("lost", 0) / out["sent"] if out["sent"] else 100.0
     return out
-
-
-def _tool(name: str, package: str) -> str:
-    path = find_tool(name)
-    if path is None:
-        raise ScenarioError(f"{name} not found: install it with `apt-get install {package}`")
-    return path
 
 
 def _ask(
@@ -581,8 +574,8 @@ def render(report: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
-    dnsperf_tool = _tool("dnsperf", "dnsperf")
-    knotd = None if args.skip_reference else _tool("knotd", "knot")
+    dnsperf_tool = require_tool("dnsperf")
+    knotd = None if args.skip_reference else require_tool("knotd")
     out = Path(args.out) if args.out else OUT_DIR / "dns_throughput.json"
     versions = {"dnsperf": _version([dnsperf_tool, "-H"], r"Version (\S+)")}
     if knotd is not None:

@@ -30,7 +30,19 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 OUT_DIR = REPO_ROOT / "scenarios" / "out"
-APT_HINT = "apt-get install nginx wrk"
+# The Debian package that brings each tool the scenarios run (as .ci/run installs them).
+APT_PACKAGES = {
+    "nginx": "nginx",
+    "wrk": "wrk",
+    "curl": "curl",
+    "aria2c": "aria2",
+    "taskset": "util-linux",
+    "dig": "bind9-dnsutils",
+    "dnsperf": "dnsperf",
+    "knotd": "knot",
+    "node": "nodejs",
+    "npm": "npm",
+}
 
 
 class ScenarioError(Exception):
@@ -61,9 +73,11 @@ def find_tool(name: str) -> str | None:
 
 
 def require_tool(name: str) -> str:
+    """The tool's path, or one line naming the apt package that brings it."""
     path = find_tool(name)
     if path is None:
-        raise ScenarioError(f"{name} not found: install it with `{APT_HINT}`")
+        package = APT_PACKAGES.get(name, name)
+        raise ScenarioError(f"{name} not found: install it with `apt-get install {package}`")
     return path
 
 
@@ -143,6 +157,8 @@ def nginx_config(
     keepalive_upstream: bool,
     access_log: bool = False,
     workers: int = 1,
+    max_size: str = "1000m",
+    upstream_keepalive: int = 16,
 ) -> str:
     """A foreground nginx with proxy_cache (one worker, or `workers` each with its own
     listening socket, as `edge serve --workers` has), every path inside `run_dir`.
@@ -157,7 +173,7 @@ def nginx_config(
     if keepalive_upstream:
         # Without these nginx opens a new upstream connection per miss; the benchmark's
         # edge keeps upstream connections alive, so the reference must too.
-        upstream_extra = "        keepalive 16;\n"
+        upstream_extra = f"        keepalive {upstream_keepalive};\n"
         location_extra = (
             '            proxy_http_version 1.1;\n            proxy_set_header Connection "";\n'
         )
@@ -177,7 +193,7 @@ http {{
     fastcgi_temp_path {d}/fastcgi_temp;
     uwsgi_temp_path {d}/uwsgi_temp;
     scgi_temp_path {d}/scgi_temp;
-    proxy_cache_path {d}/cache levels=1:2 keys_zone=edge_ref:8m max_size=1000m inactive=600m;
+    proxy_cache_path {d}/cache levels=1:2 keys_zone=edge_ref:8m max_size={max_size} inactive=600m;
     upstream origin {{
         server 127.0.0.1:{upstream_port};
 {upstream_extra}    }}
@@ -200,6 +216,8 @@ def write_nginx_config(
     *,
     keepalive_upstream: bool,
     workers: int = 1,
+    max_size: str = "1000m",
+    upstream_keepalive: int = 16,
 ) -> list[str]:
     """Write nginx.conf into `run_dir` and return the argv that runs it in the foreground."""
     return write_nginx_config_text(
@@ -210,6 +228,8 @@ def write_nginx_config(
             upstream_port,
             keepalive_upstream=keepalive_upstream,
             workers=workers,
+            max_size=max_size,
+            upstream_keepalive=upstream_keepalive,
         ),
     )
 
@@ -459,6 +479,17 @@ def size_label(size: int) -> str:
 def fmt_seconds(value: float | None) -> str:
     """Seconds for a report table: three decimals, '-' when not measured."""
     return "-" if value is None else f"{value:.3f}"
+
+
+def memory_folder(fallback: Path, prefix: str) -> Path:
+    """A new folder on tmpfs (/dev/shm) where there is one, else under `fallback`: for
+    bytes a scenario serves or downloads that should cost no disk. Readable by nginx's
+    unprivileged workers; the caller removes it."""
+    shm = Path("/dev/shm")
+    base = shm if shm.is_dir() and os.access(shm, os.W_OK) else fallback
+    folder = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+    folder.chmod(0o755)
+    return folder
 
 
 def client_loop_factory() -> Any:

@@ -641,13 +641,15 @@ def start_origin(procs: Processes) -> Origin:
     return Origin(child, port)
 
 
-def start_edge(procs: Processes, label: str, origin: Origin, cache_dir: Path) -> Server:
+def start_edge(
+    procs: Processes, label: str, origin: Origin, cache_dir: Path, cache_size: str = "4G"
+) -> Server:
     port = free_port()
     argv = [
-        *edge_argv(port, f"http://127.0.0.1:{origin.port}", cache_dir, "large", "4G"),
+        *edge_argv(port, f"http://127.0.0.1:{origin.port}", cache_dir, "large", cache_size),
         # The whole cache for the one object (the default is an eighth of it).
         "--max-object-size",
-        "4G",
+        cache_size,
     ]
     child = procs.start(label, argv, cwd=REPO_ROOT)
     wait_http_ok(child, f"http://127.0.0.1:{port}/_edge/health")

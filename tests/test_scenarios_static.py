@@ -242,6 +242,44 @@ def test_nginx_config_keeps_every_path_in_the_run_dir(tmp_path: Path) -> None:
     assert "proxy_http_version 1.1;" in keep
 
 
+def test_nginx_config_takes_the_cache_bound_and_idle_upstream_connections(
+    tmp_path: Path,
+) -> None:
+    conf = harness.nginx_config(
+        tmp_path, 8081, 9091, keepalive_upstream=True, max_size="8g", upstream_keepalive=64
+    )
+    assert "max_size=8g " in conf
+    assert "keepalive 64;" in conf
+    # The defaults stay what the conformance and hit runs have always used.
+    default = harness.nginx_config(tmp_path, 8081, 9091, keepalive_upstream=True)
+    assert "max_size=1000m " in default and "keepalive 16;" in default
+
+
+def test_require_tool_names_the_apt_package_that_brings_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(harness, "find_tool", lambda name: None)
+    with pytest.raises(harness.ScenarioError) as aria2:
+        harness.require_tool("aria2c")
+    assert str(aria2.value) == "aria2c not found: install it with `apt-get install aria2`"
+    with pytest.raises(harness.ScenarioError, match=r"`apt-get install knot`"):
+        harness.require_tool("knotd")
+    with pytest.raises(harness.ScenarioError, match=r"`apt-get install wrk`$"):
+        harness.require_tool("wrk")
+
+
+def test_memory_folder_is_new_and_readable_by_nginx_workers(tmp_path: Path) -> None:
+    first = harness.memory_folder(tmp_path, "edge-test-")
+    second = harness.memory_folder(tmp_path, "edge-test-")
+    try:
+        assert first != second and first.is_dir() and not any(first.iterdir())
+        assert first.name.startswith("edge-test-")
+        assert first.stat().st_mode & 0o777 == 0o755
+    finally:
+        first.rmdir()
+        second.rmdir()
+
+
 def test_edge_argv_follows_the_serve_contract(tmp_path: Path) -> None:
     argv = harness.edge_argv(8080, "http://127.0.0.1:9090", tmp_path, "conformance")
     i = argv.index("serve")
