@@ -53,6 +53,7 @@ def dns_command(
             metavar="ADDRESS",
             help="Print where ADDRESS lands and why (topology network or geoip "
             "database record, region, edges, ECS scope), then exit.",
+            show_default="off: serve",
         ),
     ] = None,
 ) -> None:
