@@ -24,7 +24,7 @@ What goes through it:
   leaves when it stops.
 
 `Solo` is one process's: state in memory, and the supervisor's work done by the node
-itself. It implements the same contract (tests/test_coordination.py holds both to it),
+itself. It implements the same contract (tests/unit/test_coordination.py holds both to it),
 so that a path that works alone works unchanged across workers.
 """
 

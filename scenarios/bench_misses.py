@@ -79,7 +79,7 @@ NGINX_CACHE_SIZE = "8g"
 MUST_HOLD = 0.5
 
 # ---------------------------------------------------------------------------------------
-# Pure parts (unit-tested in tests/test_scenario_bench_misses.py).
+# Pure parts (unit-tested in tests/unit/test_scenario_bench_misses.py).
 
 
 def run_prefix(size: int, server: str, token: str) -> str:

@@ -75,7 +75,7 @@ SLICE = "4m"
 ARIA2_MIN_SPLIT = "1M"
 
 # ---------------------------------------------------------------------------------------
-# Pure parts (unit-tested in tests/test_scenario_cold_large.py).
+# Pure parts (unit-tested in tests/unit/test_scenario_cold_large.py).
 
 
 def nginx_slice_config(run_dir: Path, listen_port: int, upstream_port: int, size: int) -> str:

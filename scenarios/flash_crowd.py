@@ -117,7 +117,7 @@ TIERS = ("hit", "miss", "collapsed", "other")
 NGINX_FORWARDED = ("MISS", "EXPIRED", "BYPASS", "REVALIDATED")
 
 # ---------------------------------------------------------------------------------------
-# Pure parts (unit-tested in tests/test_scenario_flash_crowd.py).
+# Pure parts (unit-tested in tests/unit/test_scenario_flash_crowd.py).
 
 
 def split_outside_quotes(text: str, sep: str) -> list[str]:

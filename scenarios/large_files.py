@@ -112,7 +112,7 @@ MAX_ORIGIN_FACTOR = 1.25
 CLIENT_HEADERS = {"Accept-Encoding": "identity"}
 
 # ---------------------------------------------------------------------------------------
-# Pure parts (unit-tested in tests/test_scenarios_static.py).
+# Pure parts (unit-tested in tests/unit/test_scenarios_static.py).
 
 
 def stamped_block(base: bytes, offset: int) -> bytes:

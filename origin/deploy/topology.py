@@ -30,7 +30,7 @@ _NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 
 
 #: Every setting a topology may have, by section: the parser accepts these and no
-#: other, and tests/test_plan.py checks that each reaches `edge up` and compose alike.
+#: other, and tests/unit/test_plan.py checks that each reaches `edge up` and compose alike.
 SECTIONS: dict[str, frozenset[str]] = {
     "cdn": frozenset({"name"}),
     "origin": frozenset({"listen", "name", "demo", "small", "root", "latency", "rules"}),

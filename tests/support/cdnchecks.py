@@ -1,5 +1,5 @@
 """End-to-end checks of a running CDN, one set for both ways of starting it: `edge up`
-(tests/test_up.py) and docker compose (.ci/compose_checks.py, the compose stage of CI).
+(tests/integration/test_up.py) and docker compose (.ci/compose_checks.py, the compose stage of CI).
 
 A check is given what differs between the two (where each edge is reached from here,
 what a client in a region was answered by the GeoDNS authority, what a command printed)

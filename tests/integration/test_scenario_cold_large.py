@@ -1,0 +1,60 @@
+"""The cold large-object scenario: its pure parts on their own (the nginx slice config,
+aria2c's command line and report, ratios and the table), then a small run end to end with
+real processes (marked `system`: .ci/run's system stage installs nginx and aria2)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from scenarios import harness
+from scenarios.cold_large import Download
+from scenarios.large_files import OriginTally
+
+# --- nginx and aria2c -------------------------------------------------------------------
+
+
+# --- ratios and the table ---------------------------------------------------------------
+
+
+def downloads() -> list[Download]:
+    size = 1000 * 1000 * 1000
+    once = OriginTally(requests=256, bytes_sent=size, object_factor=1.0)
+    return [
+        Download("aria2", "edge", size, 2.0, once),
+        Download("aria2", "nginx", size, 4.0, OriginTally(300, {}, 0, 2 * size, 2.0)),
+        Download("curl", "nginx", size, 5.0, once),
+        Download("curl", "edge", size, None, OriginTally(), error="curl exit 28"),
+    ]
+
+
+# --- a small run ------------------------------------------------------------------------
+
+
+@pytest.mark.system
+@pytest.mark.timeout(180)
+def test_small_cold_object_by_aria2c_and_curl_through_edge_and_nginx(tmp_path: Path) -> None:
+    assert harness.find_tool("aria2c"), "aria2 is installed by .ci/run"
+    out = tmp_path / "cold.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "scenarios.cold_large", "--size", "32M", "--out", str(out)],
+        cwd=harness.REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=170,
+    )
+    assert out.is_file(), done.stdout + done.stderr
+    report = json.loads(out.read_text())
+    assert done.returncode == 0, report["problems"]
+    assert "edge/nginx MB/s" in done.stdout
+    got = {(d["client"], d["server"]): d for d in report["downloads"]}
+    assert set(got) == {(c, s) for c in ("aria2", "curl") for s in ("edge", "nginx")}
+    for key, d in got.items():
+        # Whole and unchanged (checked by SHA-256), and the origin sent it at least once.
+        assert d["error"] is None and d["mb_per_s"] > 0, key
+        assert d["origin"]["requests"] >= 1 and d["origin"]["object_factor"] >= 0.99, key
+    assert set(report["ratios_edge_nginx"]) == {"aria2", "curl"}
