@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.coordinators import NODE_TOKEN, TOKEN
 from tests.support.procs import Proc, edge_cmd, free_port, start
 
 
@@ -109,6 +110,31 @@ def node(procs: list[Proc], tmp_path: Path) -> NodeFactory:
         extra = [] if "--cache-dir" in args else ["--cache-dir", str(tmp_path / f"cache-{name}")]
         cmd = edge_cmd(kind, "--listen", f"127.0.0.1:{port}", "--name", name, *extra, *args)
         proc = start(cmd, port, tmp_path / f"{name}.log", health_path="/_edge/health", env=env)
+        procs.append(proc)
+        return proc
+
+    return factory
+
+
+@pytest.fixture
+def coordinator_factory(procs: list[Proc], tmp_path: Path) -> Callable[..., Proc]:
+    """Start `edge coordinator` with the tokens of tests.support.coordinators."""
+
+    def factory(port: int | None = None, keep: int | None = None) -> Proc:
+        port = port or free_port()
+        cmd = edge_cmd(
+            "coordinator",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--db",
+            str(tmp_path / "coordinator.db"),
+            "--token",
+            TOKEN,
+            "--node-token",
+            NODE_TOKEN,
+            *(["--keep", str(keep)] if keep else []),
+        )
+        proc = start(cmd, port, tmp_path / "coordinator.log", health_path="/v1/health")
         procs.append(proc)
         return proc
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import socket
 import struct
-import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -28,8 +27,8 @@ import dns.rdatatype
 import pytest
 
 from tests.integration.conftest import NodeFactory
-from tests.support.geodns import BASE, EDGES, ZONE, edge_block
-from tests.support.procs import REPO, Proc, edge_cmd, free_port
+from tests.support.geodns import BASE, EDGES, ZONE, edge_block, start_dns
+from tests.support.procs import Proc, free_port
 
 # -- comparing replies ----------------------------------------------------------------------
 
@@ -53,32 +52,6 @@ def same_reply(fast: bytes | None, slow: bytes | None) -> bool:
 
 
 # -- two real servers -------------------------------------------------------------------------
-
-
-def start_dns(procs: list[Proc], tmp_path: Path, topology: str, *extra: str) -> Proc:
-    """`edge dns` at info level (debug would explain every answer) with `extra` options."""
-    name = "slow" if "--no-fast-path" in extra else "fast"
-    path = tmp_path / f"topology-{name}.toml"
-    path.write_text(topology)
-    port = free_port()
-    log = tmp_path / f"dns-{name}.log"
-    out = open(log, "ab")  # noqa: SIM115 - handed to the child
-    cmd = edge_cmd("dns", "--listen", f"127.0.0.1:{port}", "--topology", str(path), *extra)
-    popen = subprocess.Popen(
-        [*cmd, "--log-level", "info"], cwd=REPO, stdout=out, stderr=subprocess.STDOUT
-    )
-    out.close()
-    proc = Proc(popen, port, log)
-    procs.append(proc)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            dns.query.udp(dns.message.make_query(ZONE, "SOA"), "127.0.0.1", port=port, timeout=0.5)
-            return proc
-        except (dns.exception.Timeout, OSError):
-            if popen.poll() is not None:
-                raise RuntimeError(log.read_text()) from None
-    raise RuntimeError(f"edge dns did not answer:\n{log.read_text()}")
 
 
 @pytest.fixture

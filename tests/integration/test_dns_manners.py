@@ -21,8 +21,7 @@ import dns.rcode
 import dns.resolver
 import pytest
 
-from tests.integration.test_dns_fast import start_dns
-from tests.support.geodns import BASE, EDGES, edge_block
+from tests.support.geodns import BASE, EDGES, edge_block, start_dns
 from tests.support.procs import Proc
 
 #: 40 edges in ap: their answer (40 A records) does not fit in 512 bytes.

@@ -28,9 +28,9 @@ import pytest
 
 from edge.tls import LocalCA
 from tests.integration.conftest import NodeFactory
-from tests.integration.test_tls import tls_edge
 from tests.support.guardkit import connect, exchange, read_all, status_of, write_config
 from tests.support.procs import Proc, free_port
+from tests.support.tlsnodes import tls_edge
 
 SITE = "site.test"
 TOKEN = "front-door-admin"

@@ -20,8 +20,8 @@ import aiohttp
 import pytest
 
 from tests.integration.conftest import NodeFactory
-from tests.integration.test_purge import NODE_TOKEN, TOKEN, coordinator_factory  # noqa: F401
-from tests.integration.test_purge_cli import edge as run_edge
+from tests.support.cli import run_edge
+from tests.support.coordinators import NODE_TOKEN, TOKEN
 from tests.support.guardkit import write_config
 from tests.support.procs import Proc
 
@@ -155,7 +155,7 @@ async def test_edge_purge_through_the_coordinator_selects_what_nodes_stored(
     upstream: Proc,
     node: NodeFactory,
     tmp_path: Path,
-    coordinator_factory: Callable[..., Proc],  # noqa: F811
+    coordinator_factory: Callable[..., Proc],
     tiers: int,
 ) -> None:
     coordinator = coordinator_factory()
@@ -202,7 +202,7 @@ async def test_nodes_and_the_coordinator_refuse_the_same_bodies_alike(
     upstream: Proc,
     node: NodeFactory,
     tmp_path: Path,
-    coordinator_factory: Callable[..., Proc],  # noqa: F811
+    coordinator_factory: Callable[..., Proc],
     kind: str,
 ) -> None:
     coordinator = coordinator_factory()
@@ -232,7 +232,7 @@ async def test_the_bearer_scheme_is_case_insensitive_everywhere(
     upstream: Proc,
     node: NodeFactory,
     tmp_path: Path,
-    coordinator_factory: Callable[..., Proc],  # noqa: F811
+    coordinator_factory: Callable[..., Proc],
     scheme: str,
 ) -> None:
     coordinator = coordinator_factory()

@@ -10,19 +10,13 @@ import signal
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import aiohttp
 import pytest
 
 from tests.integration.conftest import NodeFactory
-from tests.support.procs import REPO, Proc, edge_cmd, free_port, start
-
-TOKEN = "operator-secret"
-NODE_TOKEN = "node-secret"
-ENV = {"EDGE_NODE_TOKEN": NODE_TOKEN}
-SITE = "archive.example"
-OP = {"Authorization": f"Bearer {TOKEN}"}
+from tests.support.coordinators import ENV, OP, SITE, TOKEN, fetch
+from tests.support.procs import REPO, Proc, edge_cmd, free_port
 
 
 @dataclass
@@ -36,29 +30,6 @@ class Cdn:
     @property
     def nodes(self) -> list[Proc]:
         return [self.shield, *self.edges]
-
-
-@pytest.fixture
-def coordinator_factory(procs: list[Proc], tmp_path: Path) -> Callable[..., Proc]:
-    def factory(port: int | None = None, keep: int | None = None) -> Proc:
-        port = port or free_port()
-        cmd = edge_cmd(
-            "coordinator",
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--db",
-            str(tmp_path / "coordinator.db"),
-            "--token",
-            TOKEN,
-            "--node-token",
-            NODE_TOKEN,
-            *(["--keep", str(keep)] if keep else []),
-        )
-        proc = start(cmd, port, tmp_path / "coordinator.log", health_path="/v1/health")
-        procs.append(proc)
-        return proc
-
-    return factory
 
 
 def make_cdn(
@@ -91,15 +62,6 @@ def cdn(
     upstream: Proc, node: NodeFactory, coordinator_factory: Callable[..., Proc]
 ) -> Iterator[Cdn]:
     yield make_cdn(upstream, node, coordinator_factory(), coordinator_factory)
-
-
-async def fetch(s: aiohttp.ClientSession, proc: Proc, path: str) -> str:
-    """hit, miss or stale, by the node's own Cache-Status entry."""
-    async with s.get(proc.url + path, headers={"Host": SITE}) as resp:
-        await resp.read()
-        assert resp.status == 200
-        mine = resp.headers["Cache-Status"].split(",")[-1]
-    return "hit" if "; hit" in mine else ("stale" if "fwd=stale" in mine else "miss")
 
 
 async def send_purge(s: aiohttp.ClientSession, cdn: Cdn, body: dict) -> dict:

@@ -17,32 +17,11 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_coordinator import TOKEN, FakeNode, Http, start_coordinator
-from tests.support.procs import REPO, Proc, edge_cmd, free_port
+from tests.support.cli import run_edge as edge
+from tests.support.coordinators import TOKEN, FakeNode, Http, start_coordinator
+from tests.support.procs import Proc, free_port
 
 URL = "http://archive.example/books/a.txt"
-
-
-async def edge(
-    home: Path, *args: str, env: dict[str, str] | None = None, stdout: int | None = None
-) -> tuple[int, str, str]:
-    """Run `edge ARGS` with a clean environment (no EDGE_*, HOME with no config file
-    unless the test writes one); (exit status, stdout, stderr)."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_")}
-    proc = await asyncio.create_subprocess_exec(
-        *edge_cmd(*args),
-        cwd=REPO,
-        env={**clean, "HOME": str(home), **(env or {})},
-        stdout=asyncio.subprocess.PIPE if stdout is None else stdout,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), 30)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    return proc.returncode or 0, (out or b"").decode(), err.decode()
 
 
 def one_line_error(err: str, text: str) -> None:

@@ -19,8 +19,8 @@ import aiohttp
 import pytest
 
 from tests.integration.conftest import NodeFactory
-from tests.integration.test_purge import ENV, SITE, TOKEN, coordinator_factory, fetch  # noqa: F401
-from tests.integration.test_purge_cli import edge
+from tests.support.cli import run_edge as edge
+from tests.support.coordinators import ENV, SITE, TOKEN, fetch
 from tests.support.procs import Proc, free_port
 
 NOT_CONNECTED = "not connected: applies on reconnect"
@@ -86,7 +86,7 @@ async def test_a_known_node_that_is_down_is_named_and_fails_the_purge(
     tmp_path: Path,
     upstream: Proc,
     node: NodeFactory,
-    coordinator_factory: Callable[..., Proc],  # noqa: F811
+    coordinator_factory: Callable[..., Proc],
     shielded: bool,
     stopped: str,
 ) -> None:
@@ -138,7 +138,7 @@ async def test_with_no_node_connected_the_known_ones_are_named(
     tmp_path: Path,
     upstream: Proc,
     node: NodeFactory,
-    coordinator_factory: Callable[..., Proc],  # noqa: F811
+    coordinator_factory: Callable[..., Proc],
 ) -> None:
     coordinator = coordinator_factory()
     edge_0 = node(

@@ -21,42 +21,13 @@ import pytest
 from edge.tls import LocalCA
 from tests.support.procs import Proc, edge_cmd, free_port, start
 from tests.support.proctable import matching
+from tests.support.tlsnodes import tls_edge
 from tests.support.upstream import body_for
 
 
 @pytest.fixture
 def ca(tmp_path: Path) -> LocalCA:
     return LocalCA(tmp_path / "tls")
-
-
-def tls_edge(
-    procs: list[Proc],
-    tmp_path: Path,
-    upstream_url: str,
-    certs: list[tuple[Path, Path]],
-    ca_file: Path,
-    *extra: str,
-    name: str = "tls-edge",
-    kind: str = "serve",
-) -> Proc:
-    port = free_port()
-    pairs = [a for cert, key in certs for a in ("--tls-cert", str(cert), "--tls-key", str(key))]
-    cmd = edge_cmd(
-        kind,
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--origin",
-        upstream_url,
-        "--cache-dir",
-        str(tmp_path / f"cache-{name}"),
-        "--name",
-        name,
-        *pairs,
-        *extra,
-    )
-    proc = start(cmd, port, tmp_path / f"{name}.log", "/_edge/health", ca=str(ca_file))
-    procs.append(proc)
-    return proc
 
 
 def client_context(ca: LocalCA, **versions: ssl.TLSVersion) -> ssl.SSLContext:

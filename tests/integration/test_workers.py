@@ -23,7 +23,7 @@ import aiohttp
 import pytest
 
 from tests.integration.conftest import NodeFactory
-from tests.integration.test_purge import ENV, NODE_TOKEN, OP, coordinator_factory  # noqa: F401
+from tests.support.coordinators import NODE_TOKEN, OP
 from tests.support.guardkit import connect, exchange, status_of, write_config
 from tests.support.procs import Proc, edge_cmd, free_port
 from tests.support.procs import start as start_proc
@@ -324,7 +324,7 @@ def test_a_purge_through_the_coordinator_reaches_every_worker(
     node: NodeFactory,
     upstream: Proc,
     tmp_path: Path,
-    coordinator_factory: Callable[..., Proc],  # noqa: F811
+    coordinator_factory: Callable[..., Proc],
 ) -> None:
     coordinator = coordinator_factory()
     config = write_config(tmp_path / "workers.toml", admin_token=TOKEN)
@@ -598,7 +598,7 @@ def test_tls_and_the_redirect_listener_in_every_worker(
     procs: list[Proc], upstream: Proc, tmp_path: Path
 ) -> None:
     from edge.tls import LocalCA
-    from tests.integration.test_tls import tls_edge
+    from tests.support.tlsnodes import tls_edge
 
     ca = LocalCA(tmp_path / "tls")
     pair = ca.issue("archive", [SITE], ["127.0.0.1"])

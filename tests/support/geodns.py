@@ -1,6 +1,19 @@
-"""The GeoDNS tests' zone and topology pieces (edge dns on a topology of three regions)."""
+"""The GeoDNS tests' zone and topology pieces (three regions), and `edge dns` started on them."""
 
 from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import dns.edns
+import dns.exception
+import dns.flags
+import dns.message
+import dns.query
+import dns.rdatatype
+
+from tests.support.procs import REPO, Proc, edge_cmd, free_port
 
 ZONE = "cdn.example."
 
@@ -60,3 +73,29 @@ EDGES = (
     + edge_block("edge-us-1", "us", "127.2.0.1")
     + edge_block("edge-ap-1", "ap", "127.3.0.1", "fd00:3::1")
 )
+
+
+def start_dns(procs: list[Proc], tmp_path: Path, topology: str, *extra: str) -> Proc:
+    """`edge dns` at info level (debug would explain every answer) with `extra` options."""
+    name = "slow" if "--no-fast-path" in extra else "fast"
+    path = tmp_path / f"topology-{name}.toml"
+    path.write_text(topology)
+    port = free_port()
+    log = tmp_path / f"dns-{name}.log"
+    out = open(log, "ab")  # noqa: SIM115 - handed to the child
+    cmd = edge_cmd("dns", "--listen", f"127.0.0.1:{port}", "--topology", str(path), *extra)
+    popen = subprocess.Popen(
+        [*cmd, "--log-level", "info"], cwd=REPO, stdout=out, stderr=subprocess.STDOUT
+    )
+    out.close()
+    proc = Proc(popen, port, log)
+    procs.append(proc)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            dns.query.udp(dns.message.make_query(ZONE, "SOA"), "127.0.0.1", port=port, timeout=0.5)
+            return proc
+        except (dns.exception.Timeout, OSError):
+            if popen.poll() is not None:
+                raise RuntimeError(log.read_text()) from None
+    raise RuntimeError(f"edge dns did not answer:\n{log.read_text()}")
