@@ -10,9 +10,10 @@ made in SQLite transactions, and each is announced through the node's coordinati
 
 An entry is one stored response (a variant of a cache key): status, header fields,
 the secondary key from Vary, request/response times, tags and the body size. Bodies
-are written to a temporary file while they arrive and *adopted* into the store by a
-rename only once complete, so a partial body can never be found under a key, even
-after a crash mid-download.
+are written to a temporary file while they arrive (readers follow it) and become part
+of the store only once complete, in the transaction that records their entry: a small
+body (up to INLINE_MAX) is copied into its SQLite row, a larger one is *adopted* by a
+rename. A partial body can never be found under a key, even after a crash mid-download.
 """
 
 from __future__ import annotations
@@ -84,18 +85,25 @@ class Entry:
         )
 
 
+#: Bodies up to this size are kept in their SQLite row rather than a file of their own:
+#: a file and its directory cost a small miss more than the bytes do.
+INLINE_MAX = 64 << 10
+
+
 class BodyWriter:
     """A body being received: an append-only temporary file that readers may follow
     (read-while-writer) and that becomes part of the store only via `Store.commit`.
 
     Writes go straight to the OS (no user-space buffer), so a reader told that N bytes
-    exist can read them at once with pread.
+    exist can read them at once with pread. While the body is small its bytes are also
+    kept here, so that a commit can store them inline without reading the file back.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         self.written = 0
+        self._small: list[bytes] | None = []
 
     def write(self, chunk: bytes) -> None:
         view = memoryview(chunk)
@@ -103,6 +111,16 @@ class BodyWriter:
             n = os.write(self._fd, view)
             view = view[n:]
         self.written += len(chunk)
+        if self._small is not None:
+            if self.written <= INLINE_MAX:
+                self._small.append(bytes(chunk))
+            else:
+                self._small = None
+
+    @property
+    def small(self) -> bytes | None:
+        """The whole body, if it is small enough to be stored inline."""
+        return b"".join(self._small) if self._small is not None else None
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -210,6 +228,9 @@ class _AdoptingDisk(diskcache.Disk):
         return super().store(value, read, key)
 
 
+#: `Entry.body_file` of a body kept in its row (INLINE_MAX).
+INLINE = ":inline"
+
 #: How many keys' metadata is kept in memory (it is small: headers and times).
 META_CACHE_KEYS = 65536
 #: How often recorded accesses are written back for the LRU order, in seconds.
@@ -221,9 +242,11 @@ class DiskStore(Store):
     recently used, durable across restarts (SQLite in WAL mode plus body files).
 
     Reads are served from memory where possible: metadata is cached per key, a body is
-    opened by its file name, and accesses are written back to diskcache's access_time
-    column in batches, so a hit costs no SQLite write. This relies on diskcache's
-    table layout (pinned to diskcache 5.x).
+    opened by its file name (a small one read from its row), and accesses are written
+    back to diskcache's access_time column in batches, so a hit costs no SQLite write.
+    Small values (metadata, bodies up to INLINE_MAX) live in their rows: a miss of a
+    small object creates no file of the store's own. This relies on diskcache's table
+    layout (pinned to diskcache 5.x).
 
     The processes of one node share a store directory through `coordination`
     (edge.coordination): each change to a key's metadata is one SQLite transaction (a
@@ -244,7 +267,9 @@ class DiskStore(Store):
             size_limit=size_limit,
             eviction_policy="least-recently-used",
             disk=_AdoptingDisk,
-            disk_min_file_size=0,
+            # Values smaller than this stay in their SQLite row (diskcache's rule):
+            # metadata and small bodies; slices and larger bodies are adopted files.
+            disk_min_file_size=INLINE_MAX + 1,
             # diskcache's own cull drops a fixed number of rows per write, which for
             # a small cache empties it; `_evict` removes whole objects instead, only
             # as many as the bound needs.
@@ -297,8 +322,23 @@ class DiskStore(Store):
 
     # -- metadata -----------------------------------------------------------------
 
+    def _get(self, key: tuple[Any, ...], read: bool = False) -> Any:
+        """A value by key, or None: a plain read. diskcache's own `get` writes the
+        access time in a transaction of its own under an LRU policy; accesses are
+        recorded in batches here instead (`flush_access`)."""
+        db_key, raw = self.cache._disk.put(key)
+        row = self.cache._sql(
+            "SELECT mode, filename, value FROM Cache WHERE key = ? AND raw = ?", (db_key, raw)
+        ).fetchone()
+        if row is None:
+            return None
+        try:
+            return self.cache._disk.fetch(*row, read)
+        except OSError:
+            return None  # its file went (evicted) between the row and the open
+
     def _meta(self, key: str) -> dict[str, Entry]:
-        value = self.cache.get(("m", key))
+        value = self._get(("m", key))
         return value if isinstance(value, dict) else {}
 
     def _put_meta(self, key: str, meta: dict[str, Entry], changed: list[str]) -> None:
@@ -324,10 +364,16 @@ class DiskStore(Store):
     # -- bodies ---------------------------------------------------------------------
 
     def open_body(self, entry: Entry) -> IO[bytes] | None:
-        try:
-            handle = open(self.objects / entry.body_file, "rb")  # noqa: SIM115 - caller closes
-        except (FileNotFoundError, IsADirectoryError):
-            return None  # evicted
+        if entry.body_file == INLINE:
+            data = self._get(("b", entry.key, entry.variant))
+            if not isinstance(data, bytes):
+                return None  # evicted
+            handle = _memory_file(data)
+        else:
+            try:
+                handle = open(self.objects / entry.body_file, "rb")  # noqa: SIM115 - caller closes
+            except (FileNotFoundError, IsADirectoryError):
+                return None  # evicted
         now = time.time()
         self._touched[("b", entry.key, entry.variant)] = now
         self._touched[("m", entry.key)] = now
@@ -361,10 +407,18 @@ class DiskStore(Store):
                 # Its source went (another process may have removed it): nor is this.
                 body.discard()
                 return entry
-            disk: _AdoptingDisk = self.cache.disk
-            self.cache.set(("b", entry.key, entry.variant), _Adopt(body.path, body.written))
-            entry = replace(entry, body_file=disk.last_filename)
+            small = body.small
+            if small is not None:
+                # In the row, in this transaction: visible whole or not at all.
+                self.cache.set(("b", entry.key, entry.variant), small)
+                entry = replace(entry, body_file=INLINE)
+            else:
+                disk: _AdoptingDisk = self.cache.disk
+                self.cache.set(("b", entry.key, entry.variant), _Adopt(body.path, body.written))
+                entry = replace(entry, body_file=disk.last_filename)
             self._record(entry, changed)
+        if small is not None:
+            body.discard()  # its readers keep their descriptors
         return entry
 
     def commit_manifest(self, entry: Entry) -> Entry:
@@ -383,7 +437,9 @@ class DiskStore(Store):
             self._evict(entry.key, changed)
 
     def open_slice(self, entry: Entry, index: int) -> IO[bytes] | None:
-        handle = self.cache.get(("s", entry.key, entry.variant, index), read=True)
+        handle = self._get(("s", entry.key, entry.variant, index), read=True)
+        if handle is not None:
+            self._touched[("s", entry.key, entry.variant, index)] = time.time()
         return handle  # type: ignore[no-any-return]
 
     def _record(self, entry: Entry, changed: list[str]) -> None:
@@ -424,12 +480,17 @@ class DiskStore(Store):
         with self._changing() as changed:
             meta = self._meta(entry.key)
             current = meta.get(entry.variant)
-            if current is None or (self.objects / current.body_file).exists():
+            if current is None or self._has_body(current):
                 return False  # replaced or removed by another worker since it was read
             for stale in meta.values():
                 self._drop_bodies(stale)
             self._put_meta(entry.key, {}, changed)
             return True
+
+    def _has_body(self, entry: Entry) -> bool:
+        if entry.body_file == INLINE:
+            return self._get(("b", entry.key, entry.variant)) is not None
+        return (self.objects / entry.body_file).exists()
 
     def _evict(self, keep: str, changed: list[str]) -> None:
         """Remove least recently used objects (a variant's body or one slice, or a
@@ -479,6 +540,28 @@ class DiskStore(Store):
     def close(self) -> None:
         self.flush_access()
         self.cache.close()
+
+
+def _memory_file(data: bytes) -> IO[bytes]:
+    """An inline body as an open file with a descriptor of its own (memfd, no disk):
+    delivery reads stored bodies with pread and sends large ones with sendfile, which
+    a descriptor-less io.BytesIO could not take."""
+    memfd_create = getattr(os, "memfd_create", None)
+    if memfd_create is None:  # not Linux: an anonymous temporary file
+        import tempfile
+
+        handle: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - caller closes
+        handle.write(data)
+        handle.flush()
+        handle.seek(0)
+        return handle
+    fd = memfd_create("edge-body", os.MFD_CLOEXEC)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+    handle = open(fd, "rb", closefd=True)  # noqa: SIM115 - caller closes
+    handle.seek(0)
+    return handle
 
 
 def new_variant_id() -> str:

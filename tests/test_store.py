@@ -1,0 +1,115 @@
+"""The disk store on its own (edge.store.DiskStore): where bodies live, what a reader
+gets back, and what survives a restart. One process (edge.coordination.Solo); the
+workers' sharing is held by tests/test_coordination.py and tests/test_workers.py.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edge.coordination import Solo
+from edge.store import INLINE_MAX, DiskStore, Entry, new_variant_id
+
+
+def entry(key: str, size: int) -> Entry:
+    return Entry(
+        key=key,
+        variant=new_variant_id(),
+        status=200,
+        headers=(("Content-Type", "application/octet-stream"),),
+        vary=(),
+        request_time=1.0,
+        response_time=2.0,
+        size=size,
+    )
+
+
+def files_under(directory: Path) -> list[Path]:
+    """The store's files other than its SQLite database."""
+    return [
+        Path(root) / name
+        for root, _, names in os.walk(directory)
+        for name in names
+        if not name.startswith("cache.db")
+    ]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[DiskStore]:
+    opened = DiskStore(tmp_path / "cache", 1 << 30, Solo())
+    yield opened
+    opened.close()
+
+
+def put(store: DiskStore, key: str, body: bytes) -> Entry:
+    writer = store.begin()
+    for start in range(0, len(body), 4096):
+        writer.write(body[start : start + 4096])
+    return store.commit(entry(key, len(body)), writer)
+
+
+def read(store: DiskStore, stored: Entry) -> bytes:
+    handle = store.open_body(stored)
+    assert handle is not None
+    with handle:
+        # As delivery reads it: by descriptor, at an offset (edge.pipeline, edge.derive).
+        return os.pread(handle.fileno(), stored.size + 1, 0)
+
+
+def test_a_small_body_makes_no_file_and_reads_back_whole(store: DiskStore) -> None:
+    body = os.urandom(INLINE_MAX)
+    stored = put(store, "http://a.test/small", body)
+    assert files_under(store.objects) == []
+    assert files_under(store.tmp) == []  # the arriving copy went at commit
+    assert read(store, stored) == body
+    assert store.variants("http://a.test/small") == [stored]
+
+
+def test_a_body_over_the_inline_bound_is_a_file_of_its_own(store: DiskStore) -> None:
+    body = os.urandom(INLINE_MAX + 1)
+    stored = put(store, "http://a.test/large", body)
+    assert len(files_under(store.objects)) == 1
+    assert read(store, stored) == body
+
+
+def test_small_and_large_bodies_survive_a_restart(tmp_path: Path) -> None:
+    first = DiskStore(tmp_path / "cache", 1 << 30, Solo())
+    small, large = os.urandom(1000), os.urandom(INLINE_MAX * 3)
+    put(first, "http://a.test/s", small)
+    put(first, "http://a.test/l", large)
+    first.close()
+    second = DiskStore(tmp_path / "cache", 1 << 30, Solo())
+    try:
+        (s,) = second.variants("http://a.test/s")
+        (big,) = second.variants("http://a.test/l")
+        assert read(second, s) == small and read(second, big) == large
+    finally:
+        second.close()
+
+
+def test_a_removed_small_body_is_gone_and_its_reader_says_so(store: DiskStore) -> None:
+    stored = put(store, "http://a.test/gone", b"x" * 100)
+    assert store.remove("http://a.test/gone") == 1
+    assert store.open_body(stored) is None
+    assert store.variants("http://a.test/gone") == []
+
+
+def test_small_bodies_are_evicted_to_keep_the_bound(tmp_path: Path) -> None:
+    """Inline bodies count towards the size bound (diskcache counts the database's
+    pages), so eviction makes room for new ones and keeps the newest."""
+    limit = 4 << 20
+    bounded = DiskStore(tmp_path / "cache", limit, Solo())
+    try:
+        keys = [f"http://a.test/{n}" for n in range(200)]
+        for key in keys:
+            put(bounded, key, os.urandom(60 << 10))
+        used, _ = bounded.stats()
+        assert used <= limit
+        assert bounded.variants(keys[-1]) != []
+        assert bounded.variants(keys[0]) == []
+    finally:
+        bounded.close()
