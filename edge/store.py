@@ -14,11 +14,17 @@ are written to a temporary file while they arrive (readers follow it) and become
 of the store only once complete, in the transaction that records their entry: a small
 body (up to INLINE_MAX) is copied into its SQLite row, a larger one is *adopted* by a
 rename. A partial body can never be found under a key, even after a crash mid-download.
+
+Small bodies' commits are batched where the coordination allows (one process alone):
+the entries a loop turn completes are written in one transaction at the end of that
+turn. Until then they are this process's alone (a lookup of such a key writes the
+batch first); a crash before the write loses the batch whole, never part of an entry.
 """
 
 from __future__ import annotations
 
 import abc
+import asyncio
 import contextlib
 import os
 import shutil
@@ -235,6 +241,8 @@ INLINE = ":inline"
 META_CACHE_KEYS = 65536
 #: How often recorded accesses are written back for the LRU order, in seconds.
 TOUCH_INTERVAL = 1.0
+#: A batch of deferred commits is written at once when it grows this long.
+BATCH_MAX = 256
 
 
 class DiskStore(Store):
@@ -288,6 +296,12 @@ class DiskStore(Store):
         # remove a dead worker's (edge.workers).
         self._prefix = coordination.body_prefix
         self.version = coordination.version  # type: ignore[method-assign]
+        # Commits of small bodies waiting for the end of the loop's turn (`flush`),
+        # by key, in order; only where no other process reads the store.
+        self._defer = coordination.defers_commits
+        self._pending: dict[str, list[tuple[Entry, bytes]]] = {}
+        self._pending_count = 0
+        self._flush_scheduled = False
 
     @staticmethod
     def prepare(directory: Path) -> None:
@@ -309,7 +323,10 @@ class DiskStore(Store):
     @contextlib.contextmanager
     def _changing(self) -> Iterator[list[str]]:
         """One change to the metadata: a transaction (other processes wait for it),
-        and afterwards the keys it changed (appended to the list given) announced."""
+        and afterwards the keys it changed (appended to the list given) announced.
+        Deferred commits are written first, so that changes land in their order."""
+        if self._pending:
+            self.flush()
         changed: list[str] = []
         with self._lock:
             with self.cache.transact():
@@ -349,6 +366,8 @@ class DiskStore(Store):
         changed.append(key)
 
     def variants(self, key: str) -> list[Entry]:
+        if key in self._pending:
+            self.flush()
         # Read before the metadata: a change committed after this read shows as a
         # new generation next time.
         generation = self._coordination.generation(key)
@@ -364,6 +383,8 @@ class DiskStore(Store):
     # -- bodies ---------------------------------------------------------------------
 
     def open_body(self, entry: Entry) -> IO[bytes] | None:
+        if entry.key in self._pending:
+            self.flush()
         if entry.body_file == INLINE:
             data = self._get(("b", entry.key, entry.variant))
             if not isinstance(data, bytes):
@@ -402,12 +423,24 @@ class DiskStore(Store):
 
     def commit(self, entry: Entry, body: BodyWriter) -> Entry:
         body.close()
+        small = body.small
+        if small is not None and self._defer_now():
+            entry = replace(entry, body_file=INLINE)
+            self._pending.setdefault(entry.key, []).append((entry, small))
+            self._pending_count += 1
+            # This process's memory moves at once (edge.fastpath compares the version);
+            # the next lookup of the key writes the batch first.
+            self._meta_cache.pop(entry.key, None)
+            self._coordination.changed(entry.key)
+            body.discard()  # its readers keep their descriptors
+            if self._pending_count >= BATCH_MAX:
+                self.flush()
+            return entry
         with self._changing() as changed:
             if entry.derived_from and entry.derived_from not in self._meta(entry.key):
                 # Its source went (another process may have removed it): nor is this.
                 body.discard()
                 return entry
-            small = body.small
             if small is not None:
                 # In the row, in this transaction: visible whole or not at all.
                 self.cache.set(("b", entry.key, entry.variant), small)
@@ -420,6 +453,41 @@ class DiskStore(Store):
         if small is not None:
             body.discard()  # its readers keep their descriptors
         return entry
+
+    def _defer_now(self) -> bool:
+        """Whether a commit may wait for the end of this loop turn; schedules the
+        batch's write when it is the first to."""
+        if not self._defer:
+            return False
+        if not self._flush_scheduled:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return False  # no loop to end a turn: written now
+            loop.call_soon(self.flush)
+            self._flush_scheduled = True
+        return True
+
+    def flush(self) -> None:
+        """Write the deferred commits in one transaction: each entry with its body in
+        its row, so a crash keeps an entry whole or loses it."""
+        self._flush_scheduled = False
+        if not self._pending:
+            return
+        pending, self._pending, self._pending_count = self._pending, {}, 0
+        changed: list[str] = []
+        with self._lock:
+            with self.cache.transact():
+                for key, commits in pending.items():
+                    for entry, data in commits:
+                        if entry.derived_from and entry.derived_from not in self._meta(key):
+                            continue  # its source went meanwhile: nor is this
+                        self.cache.set(("b", key, entry.variant), data)
+                        self._record(entry, changed, evict=False)
+                self._evict("", changed)
+            for key in {*pending, *changed}:
+                self._meta_cache.pop(key, None)
+            self._coordination.changed(*pending, *changed)
 
     def commit_manifest(self, entry: Entry) -> Entry:
         with self._changing() as changed:
@@ -442,7 +510,7 @@ class DiskStore(Store):
             self._touched[("s", entry.key, entry.variant, index)] = time.time()
         return handle  # type: ignore[no-any-return]
 
-    def _record(self, entry: Entry, changed: list[str]) -> None:
+    def _record(self, entry: Entry, changed: list[str], evict: bool = True) -> None:
         """Add a variant to its key's metadata, dropping the one it replaces."""
         meta = self._meta(entry.key)
         replaced = {v.variant for v in meta.values() if v.vary == entry.vary}
@@ -453,7 +521,8 @@ class DiskStore(Store):
             self._drop_bodies(old)
         meta[entry.variant] = entry
         self._put_meta(entry.key, meta, changed)
-        self._evict(entry.key, changed)
+        if evict:
+            self._evict(entry.key, changed)
 
     def _drop_bodies(self, entry: Entry) -> None:
         self.cache.delete(("b", entry.key, entry.variant))
@@ -519,11 +588,14 @@ class DiskStore(Store):
                         self._put_meta(key, meta, changed)
 
     def keys(self) -> Iterator[str]:
+        self.flush()
         for key in self.cache.iterkeys():
             if isinstance(key, tuple) and key[0] == "m":
                 yield key[1]
 
     def clear(self) -> None:
+        self._pending.clear()
+        self._pending_count = 0
         with self._lock:
             self.cache.clear()
             self._meta_cache.clear()
@@ -531,6 +603,7 @@ class DiskStore(Store):
             self._coordination.changed_all()
 
     def stats(self) -> tuple[int, int]:
+        self.flush()
         return int(self.cache.volume()), len(self.cache) // 2
 
     def version(self) -> Hashable:
@@ -538,6 +611,7 @@ class DiskStore(Store):
         return self._coordination.version()
 
     def close(self) -> None:
+        self.flush()
         self.flush_access()
         self.cache.close()
 
