@@ -26,8 +26,11 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import io
 import os
+import pickle
 import shutil
+import sqlite3
 import threading
 import time
 import uuid
@@ -217,12 +220,31 @@ class _Adopt:
         self.size = size
 
 
+#: Longer keys take diskcache's own path (a pickle this long may be framed otherwise).
+_FAST_KEY_MAX = 32 << 10
+
+
 class _AdoptingDisk(diskcache.Disk):
     """diskcache's Disk, taught to take ownership of an already-written file by
     renaming it into place. Copying a multi-GB body once more at commit time would
     double the disk traffic of every miss."""
 
     last_filename: str = ""
+
+    def put(self, key: Any) -> tuple[Any, bool]:
+        """The database form of a key, as diskcache's own (a pickle without unused
+        memo opcodes), made in one pass: the store's keys are tuples of distinct
+        strings and ints, which a memo-less pickler writes to those very bytes, where
+        pickletools.optimize costs a miss more than its SQLite row does."""
+        if type(key) is tuple and len({id(part) for part in key}) == len(key):
+            out = io.BytesIO()
+            pickler = pickle.Pickler(out, self.pickle_protocol)
+            pickler.fast = True  # no memo: what optimize would strip is never written
+            pickler.dump(key)
+            data = out.getvalue()
+            if len(data) < _FAST_KEY_MAX:
+                return sqlite3.Binary(data), False
+        return super().put(key)
 
     def store(self, value: Any, read: bool, key: Any = UNKNOWN) -> tuple[int, int, Any, Any]:
         if isinstance(value, _Adopt):

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import diskcache
 import pytest
 
 from edge.coordination import Solo
@@ -187,3 +188,18 @@ def test_a_batch_not_written_when_the_process_dies_is_absent_after_restart(
         assert files_under(store.tmp) == []
     finally:
         store.close()
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        ("m", "http://a.test/x?y=1"),
+        ("b", "http://a.test/" + "é" * 50, new_variant_id()),
+        ("s", "http://a.test/" + "k" * 3000, new_variant_id(), 12),
+        ("s", "http://a.test/k", "v", 10**12),
+    ],
+)
+def test_keys_are_written_as_diskcache_writes_them(store: DiskStore, key: tuple[object]) -> None:
+    """The store's own key encoding is byte for byte diskcache's: entries written
+    before it are found after it."""
+    assert store.cache._disk.put(key) == diskcache.Disk.put(store.cache._disk, key)
