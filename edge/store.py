@@ -27,6 +27,7 @@ import abc
 import asyncio
 import contextlib
 import io
+import logging
 import os
 import pickle
 import shutil
@@ -44,6 +45,8 @@ from diskcache.core import MODE_BINARY, UNKNOWN
 
 if TYPE_CHECKING:
     from edge.coordination import Coordination
+
+log = logging.getLogger("edge.store")
 
 VaryKey = tuple[tuple[str, str | None], ...]
 
@@ -499,14 +502,19 @@ class DiskStore(Store):
         pending, self._pending, self._pending_count = self._pending, {}, 0
         changed: list[str] = []
         with self._lock:
-            with self.cache.transact():
-                for key, commits in pending.items():
-                    for entry, data in commits:
-                        if entry.derived_from and entry.derived_from not in self._meta(key):
-                            continue  # its source went meanwhile: nor is this
-                        self.cache.set(("b", key, entry.variant), data)
-                        self._record(entry, changed, evict=False)
-                self._evict("", changed)
+            try:
+                with self.cache.transact():
+                    for key, commits in pending.items():
+                        for entry, data in commits:
+                            if entry.derived_from and entry.derived_from not in self._meta(key):
+                                continue  # its source went meanwhile: nor is this
+                            self.cache.set(("b", key, entry.variant), data)
+                            self._record(entry, changed, evict=False)
+                    self._evict("", changed)
+            except (sqlite3.Error, OSError, diskcache.Timeout) as exc:
+                # Rolled back: the batch is not stored (fetched again when next asked),
+                # as a commit that failed alone would not be.
+                log.error("could not store %d new entries: %s", len(pending), exc)
             for key in {*pending, *changed}:
                 self._meta_cache.pop(key, None)
             self._coordination.changed(*pending, *changed)
