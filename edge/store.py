@@ -249,11 +249,31 @@ class _AdoptingDisk(diskcache.Disk):
                 return sqlite3.Binary(data), False
         return super().put(key)
 
+    def filename(self, key: Any = UNKNOWN, value: Any = UNKNOWN) -> tuple[str, str]:
+        """A new file's name: random, under one level of 256 directories (diskcache
+        makes two levels, 65,536 directories: nearly every file of a young store then
+        needs a directory of its own). The name is kept in the row, so files named
+        either way are found."""
+        hex_name = os.urandom(16).hex()
+        filename = os.path.join(hex_name[:2], hex_name[2:] + ".val")
+        return filename, os.path.join(self._directory, filename)
+
     def store(self, value: Any, read: bool, key: Any = UNKNOWN) -> tuple[int, int, Any, Any]:
         if isinstance(value, _Adopt):
             filename, full_path = self.filename(key, value)
-            os.makedirs(os.path.dirname(full_path), exist_ok=True)
-            os.replace(value.path, full_path)
+            for _ in range(3):
+                # Its directory usually exists: one rename, and the directories only
+                # when it does not (diskcache removes a directory it empties, so
+                # another process may have removed it just after it was made).
+                try:
+                    os.replace(value.path, full_path)
+                    break
+                except FileNotFoundError:
+                    if not value.path.exists():
+                        raise
+                    os.makedirs(os.path.dirname(full_path), exist_ok=True)
+            else:
+                raise OSError(f"could not adopt {value.path} as {full_path}")
             self.last_filename = filename
             return value.size, MODE_BINARY, filename, None
         return super().store(value, read, key)
