@@ -473,9 +473,8 @@ class DiskStore(Store):
             entry = replace(entry, body_file=INLINE)
             self._pending.setdefault(entry.key, []).append((entry, small))
             self._pending_count += 1
-            # This process's memory moves at once (edge.fastpath compares the version);
-            # the next lookup of the key writes the batch first.
-            self._meta_cache.pop(entry.key, None)
+            # The version moves at once (edge.fastpath compares it); the next lookup
+            # of the key writes the batch first.
             self._coordination.changed(entry.key)
             body.discard()  # its readers keep their descriptors
             if self._pending_count >= BATCH_MAX:
@@ -525,11 +524,12 @@ class DiskStore(Store):
             try:
                 with self.cache.transact():
                     for key, commits in pending.items():
+                        meta = self._known_meta(key)
                         for entry, data in commits:
-                            if entry.derived_from and entry.derived_from not in self._meta(key):
+                            if entry.derived_from and entry.derived_from not in meta:
                                 continue  # its source went meanwhile: nor is this
                             self.cache.set(("b", key, entry.variant), data)
-                            self._record(entry, changed, evict=False)
+                            self._record(entry, changed, evict=False, meta=meta)
                     self._evict("", changed)
             except (sqlite3.Error, OSError, diskcache.Timeout) as exc:
                 # Rolled back: the batch is not stored (fetched again when next asked),
@@ -560,9 +560,25 @@ class DiskStore(Store):
             self._touched[("s", entry.key, entry.variant, index)] = time.time()
         return handle  # type: ignore[no-any-return]
 
-    def _record(self, entry: Entry, changed: list[str], evict: bool = True) -> None:
-        """Add a variant to its key's metadata, dropping the one it replaces."""
-        meta = self._meta(entry.key)
+    def _known_meta(self, key: str) -> dict[str, Entry]:
+        """The key's metadata as this process last read it, if still current (a miss
+        was looked up just before its commit), else as stored."""
+        cached = self._meta_cache.get(key)
+        if cached is not None and cached[0] == self._coordination.generation(key):
+            return {entry.variant: entry for entry in cached[1]}
+        return self._meta(key)
+
+    def _record(
+        self,
+        entry: Entry,
+        changed: list[str],
+        evict: bool = True,
+        meta: dict[str, Entry] | None = None,
+    ) -> None:
+        """Add a variant to its key's metadata (`meta`: as already read, and updated
+        here), dropping the one it replaces."""
+        if meta is None:
+            meta = self._meta(entry.key)
         replaced = {v.variant for v in meta.values() if v.vary == entry.vary}
         for old in [
             v for v in meta.values() if v.variant in replaced or v.derived_from in replaced

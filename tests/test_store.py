@@ -205,3 +205,30 @@ def test_keys_are_written_as_diskcache_writes_them(store: DiskStore, key: tuple[
     """The store's own key encoding is byte for byte diskcache's: entries written
     before it are found after it."""
     assert store.cache._disk.put(key) == diskcache.Disk.put(store.cache._disk, key)
+
+
+async def test_a_batch_replaces_variants_as_commits_one_by_one_would(tmp_path: Path) -> None:
+    """Commits of one key, in one batch and across batches (the second read from this
+    process's memory of the key), leave the newest variant and its body only."""
+    store = DiskStore(tmp_path / "cache", 1 << 30, Solo())
+    key = "http://a.test/again"
+
+    def written() -> tuple[list[bytes], int]:
+        """What a process opening the store now would find (memory of its own)."""
+        fresh = DiskStore(tmp_path / "cache", 1 << 30, Solo())
+        try:
+            return [read(fresh, e) for e in fresh.variants(key)], fresh.stats()[1]
+        finally:
+            fresh.close()
+
+    try:
+        put(store, key, b"1" * 100)
+        second = put(store, key, b"2" * 100)
+        await asyncio.sleep(0)
+        assert written() == ([b"2" * 100], 1)
+        assert store.variants(key) == [second]  # remembered, for the next commit
+        put(store, key, b"3" * 100)
+        await asyncio.sleep(0)
+        assert written() == ([b"3" * 100], 1)  # one entry, one body: replaced ones went
+    finally:
+        store.close()
