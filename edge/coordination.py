@@ -74,6 +74,13 @@ class Coordination(abc.ABC):
         """How bodies this process writes begin their names (a dead worker's are
         removed by its supervisor)."""
 
+    @property
+    @abc.abstractmethod
+    def defers_commits(self) -> bool:
+        """Whether the store may hold new entries until the end of the event loop's
+        turn and write them in one transaction: only when no other process reads the
+        store (another would look for an entry as soon as its fill lets go)."""
+
     # -- the store's version ----------------------------------------------------------
 
     @abc.abstractmethod
@@ -207,6 +214,10 @@ class Solo(Coordination):
     @property
     def body_prefix(self) -> str:
         return ""
+
+    @property
+    def defers_commits(self) -> bool:
+        return True
 
     def changed(self, *keys: str) -> None:
         self._changes += 1

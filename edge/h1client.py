@@ -236,22 +236,25 @@ class _Exchange:
                 self._let_go()
                 return b""
             self.waiter = self.conn.loop.create_future()
+            timer = self._deadline("upstream read timed out")
             try:
-                async with asyncio.timeout(self.read_timeout or None):
-                    await self.waiter
-            except TimeoutError:
-                self._fail(ReadTimeout("upstream read timed out"))
-                raise self.error from None
+                await self.waiter
             finally:
                 self.waiter = None
+                if timer is not None:
+                    timer.cancel()
 
     async def wait_head(self) -> Response:
+        if self.head.done():
+            return self.head.result()
+        timer = self._deadline("upstream response timed out")
         try:
-            async with asyncio.timeout(self.read_timeout or None):
-                return await asyncio.shield(self.head)
-        except TimeoutError:
-            self._fail(ReadTimeout("upstream response timed out"))
-            raise self.error from None
+            # Not shielded: a cancelled head is a finished one to the parser's
+            # callbacks (on_message_begin), and the caller closes the connection.
+            return await self.head
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     def abandon(self, close: bool = False) -> None:
         if not self.complete or self.pieces or close:
@@ -263,6 +266,13 @@ class _Exchange:
         self._let_go()
 
     # -- internals -----------------------------------------------------------------------
+
+    def _deadline(self, message: str) -> asyncio.TimerHandle | None:
+        """The read timeout as one timer that fails the exchange (waking its reader),
+        cheaper per wait than a timeout scope and a shielded future."""
+        if not self.read_timeout:
+            return None
+        return self.conn.loop.call_later(self.read_timeout, self._fail, ReadTimeout(message))
 
     def _completed(self) -> None:
         self.complete = True
@@ -526,9 +536,13 @@ def _serialise(
             continue  # framed below; the body is whole, so nothing waits for a 100
         if lower == "host":
             has_host = True
-        if _BREAKS.search(name) or _BREAKS.search(value):
-            raise ClientError(f"the request field {name!r} holds a line break")
         lines.append(f"{name}: {value}")
+    # One scan of every field for what would split it (the culprit named only then).
+    if _BREAKS.search("".join(lines[1:])):
+        for line in lines[1:]:
+            if _BREAKS.search(line):
+                name = line.split(":", 1)[0]
+                raise ClientError(f"the request field {name!r} holds a line break")
     if not has_host:
         lines.insert(1, f"Host: {server.authority}")
     if body or method in _BODY_METHODS:

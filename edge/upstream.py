@@ -52,6 +52,9 @@ class UpstreamTimeout(UpstreamError):
     detail = "upstream-timeout"
 
 
+#: How many hosts' routes are remembered (Upstreams.route_for).
+_ROUTES_REMEMBERED = 4096
+
 #: Latency sample recorded for a member that failed (pushes EWMA away from it).
 _FAILURE_PENALTY_MS = 5000.0
 
@@ -280,6 +283,8 @@ class Upstreams:
             config.route_configs,
             key=lambda r: ("*" in r.host, r.host == "*", -len(r.host)),
         )
+        # Each host's route, as found: every miss asks, and a node serves few hosts.
+        self._route_of: dict[str, RouteConfig | None] = {}
 
     async def start(self) -> None:
         for pool in self.pools.values():
@@ -290,6 +295,17 @@ class Upstreams:
             await pool.close()
 
     def route_for(self, host: str) -> RouteConfig | None:
+        try:
+            return self._route_of[host]
+        except KeyError:
+            pass
+        route = self._find_route(host)
+        if len(self._route_of) >= _ROUTES_REMEMBERED:
+            self._route_of.clear()  # the Host field is the client's: keep this bounded
+        self._route_of[host] = route
+        return route
+
+    def _find_route(self, host: str) -> RouteConfig | None:
         host = host.lower()
         if host.startswith("["):
             host = host.split("]", 1)[0] + "]"

@@ -135,6 +135,10 @@ class Workers(Coordination):
         return None  # the supervisor did, before any worker started (prepare())
 
     @property
+    def defers_commits(self) -> bool:
+        return False  # the others look for a fill's entry as soon as its lock goes
+
+    @property
     def body_prefix(self) -> str:
         return f"{os.getpid()}-"
 

@@ -187,6 +187,44 @@ async def test_an_http10_body_of_unknown_length_runs_to_the_close(front: Front, 
         assert answer(body)["path"] == "/ten/raw?x"
 
 
+# -- Content-Length: more or less than declared -------------------------------------------
+
+
+@pytest.mark.parametrize("tier", TIERS)
+async def test_a_body_past_its_content_length_is_cut_stored_and_its_connection_ended(
+    front: Front, tier: str
+) -> None:
+    """RFC 9112 Section 6.3: the declared length ends the response; what follows is
+    not part of it (cut there, never sent on), the response is whole (stored), and the
+    connection is unclean (never used again)."""
+    origin, edge = front("overrun", tier)
+    for i in range(3):
+        path = f"/over/{i}"
+        status, headers, body = await ask(f"{edge.url}{path}")
+        assert status == 200, (status, body)
+        assert b"OVERRUN" not in body
+        assert answer(body)["path"] == path
+        assert int(headers["Content-Length"]) == len(body)
+        await check_users(edge, [f"/after/{i}"], pause=0.1)
+    for i in range(3):
+        status, _, body = await ask(f"{edge.url}/over/{i}")
+        assert status == 200 and answer(body)["path"] == f"/over/{i}"
+    over = [row for row in origin_log(origin) if str(row[2]).startswith("/over")]
+    assert len(over) == 3, over  # each stored at every tier: asked for once
+    never_reused_after(origin, lambda row: str(row[2]).startswith("/over"))
+
+
+@pytest.mark.parametrize("tier", TIERS)
+async def test_a_body_short_of_its_content_length_is_never_stored(front: Front, tier: str) -> None:
+    origin, edge = front("overrun", tier)
+    for _ in range(2):
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await ask(f"{edge.url}/short/x")
+    short = [row for row in origin_log(origin) if row[2] == "/short/x"]
+    assert len(short) >= 2, short  # not stored: the second ask went upstream again
+    await check_users(edge, ["/after/short"])
+
+
 # -- Expect: 100-continue -------------------------------------------------------------------
 
 

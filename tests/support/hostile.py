@@ -20,6 +20,8 @@ Modes:
                 runs to the close
   no-continue   never sends `100 Continue`: a request with `Expect: 100-continue` waits
                 for its body, up to 30 s, before it is answered
+  overrun       GET /over... gets more body than its Content-Length says, in the same
+                write, and the connection kept; GET /short... gets less, then the close
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ import itertools
 import json
 
 _conn_ids = itertools.count(1)
+#: What `overrun` sends beyond the declared length: never part of any answer.
+OVERRUN = b"OVERRUN: bytes beyond the declared Content-Length"
 _seen: list[list[object]] = []
 
 
@@ -122,6 +126,12 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, mod
                     b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                     b"Connection: Upgrade\r\n\r\n" + _smuggled()
                 )
+            elif mode == "overrun" and target.startswith("/over"):
+                writer.write(_response("200 OK", body, extra=cache) + OVERRUN)
+            elif mode == "overrun" and target.startswith("/short"):
+                writer.write(_response("200 OK", body, extra=cache)[:-10])
+                await writer.drain()
+                return  # the close cuts the body short
             elif mode == "http10":
                 writer.write(
                     _response(

@@ -1,0 +1,117 @@
+"""edge's upstream HTTP/1.1 client (edge.h1client) against raw-socket servers on
+loopback: read timeouts for a head and a body that never come, a response that overruns
+its Content-Length, and a field with a line break refused before anything is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from edge import h1client
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+async def _serve(handler: Handler) -> AsyncIterator[h1client.ConnectionPool]:
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    pool = h1client.ConnectionPool(h1client.Server("http", "127.0.0.1", port))
+    try:
+        yield pool
+    finally:
+        await pool.close()
+        server.close()
+
+
+async def _read_request(reader: asyncio.StreamReader) -> bytes:
+    return await reader.readuntil(b"\r\n\r\n")
+
+
+async def _stall(writer: asyncio.StreamWriter, data: bytes) -> None:
+    writer.write(data)
+    await writer.drain()
+    await asyncio.sleep(30)
+
+
+@pytest.fixture
+async def quiet_head() -> AsyncIterator[h1client.ConnectionPool]:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        await _stall(writer, b"")
+
+    async for pool in _serve(handler):
+        yield pool
+
+
+@pytest.fixture
+async def quiet_body() -> AsyncIterator[h1client.ConnectionPool]:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        await _stall(writer, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+
+    async for pool in _serve(handler):
+        yield pool
+
+
+@pytest.fixture
+async def overrun() -> AsyncIterator[h1client.ConnectionPool]:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                await _read_request(reader)
+            except asyncio.IncompleteReadError:
+                return
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloEXTRA BYTES")
+            await writer.drain()
+
+    async for pool in _serve(handler):
+        yield pool
+
+
+async def test_a_head_that_never_comes_times_out(quiet_head: h1client.ConnectionPool) -> None:
+    started = time.monotonic()
+    with pytest.raises(h1client.ReadTimeout):
+        await quiet_head.request("GET", "/", [], connect_timeout=5, read_timeout=0.3)
+    assert time.monotonic() - started < 5
+    assert not quiet_head.idle and not quiet_head.all  # closed, never pooled
+
+
+async def test_a_body_that_stops_times_out(quiet_body: h1client.ConnectionPool) -> None:
+    response = await quiet_body.request("GET", "/", [], connect_timeout=5, read_timeout=0.3)
+    assert await response.read() == b"abc"
+    started = time.monotonic()
+    with pytest.raises(h1client.ReadTimeout):
+        await response.read()
+    assert time.monotonic() - started < 5
+    response.release()
+    assert not quiet_body.idle
+
+
+async def test_an_overrun_is_cut_at_the_declared_length_and_ends_the_connection(
+    overrun: h1client.ConnectionPool,
+) -> None:
+    response = await overrun.request("GET", "/", [], connect_timeout=5, read_timeout=5)
+    body = b""
+    while piece := await response.read():
+        body += piece
+    assert body == b"hello"
+    response.release()
+    assert not overrun.idle  # never reused
+
+
+async def test_a_field_with_a_line_break_is_refused_before_sending(
+    overrun: h1client.ConnectionPool,
+) -> None:
+    with pytest.raises(h1client.ClientError, match="X-Bad"):
+        await overrun.request(
+            "GET",
+            "/",
+            [("X-Ok", "1"), ("X-Bad", "a\r\nInjected: 1")],
+            connect_timeout=5,
+            read_timeout=5,
+        )
+    assert not overrun.all  # nothing was sent: no connection made

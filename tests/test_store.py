@@ -1,0 +1,234 @@
+"""The disk store on its own (edge.store.DiskStore): where bodies live, what a reader
+gets back, and what survives a restart. One process (edge.coordination.Solo); the
+workers' sharing is held by tests/test_coordination.py and tests/test_workers.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import diskcache
+import pytest
+
+from edge.coordination import Solo
+from edge.store import INLINE_MAX, DiskStore, Entry, new_variant_id
+
+
+def entry(key: str, size: int) -> Entry:
+    return Entry(
+        key=key,
+        variant=new_variant_id(),
+        status=200,
+        headers=(("Content-Type", "application/octet-stream"),),
+        vary=(),
+        request_time=1.0,
+        response_time=2.0,
+        size=size,
+    )
+
+
+def files_under(directory: Path) -> list[Path]:
+    """The store's files other than its SQLite database."""
+    return [
+        Path(root) / name
+        for root, _, names in os.walk(directory)
+        for name in names
+        if not name.startswith("cache.db")
+    ]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[DiskStore]:
+    opened = DiskStore(tmp_path / "cache", 1 << 30, Solo())
+    yield opened
+    opened.close()
+
+
+def put(store: DiskStore, key: str, body: bytes) -> Entry:
+    writer = store.begin()
+    for start in range(0, len(body), 4096):
+        writer.write(body[start : start + 4096])
+    return store.commit(entry(key, len(body)), writer)
+
+
+def read(store: DiskStore, stored: Entry) -> bytes:
+    handle = store.open_body(stored)
+    assert handle is not None
+    with handle:
+        # As delivery reads it: by descriptor, at an offset (edge.pipeline, edge.derive).
+        return os.pread(handle.fileno(), stored.size + 1, 0)
+
+
+def test_a_small_body_makes_no_file_and_reads_back_whole(store: DiskStore) -> None:
+    body = os.urandom(INLINE_MAX)
+    stored = put(store, "http://a.test/small", body)
+    assert files_under(store.objects) == []
+    assert files_under(store.tmp) == []  # the arriving copy went at commit
+    assert read(store, stored) == body
+    assert store.variants("http://a.test/small") == [stored]
+
+
+def test_a_body_over_the_inline_bound_is_a_file_of_its_own(store: DiskStore) -> None:
+    body = os.urandom(INLINE_MAX + 1)
+    stored = put(store, "http://a.test/large", body)
+    (file,) = files_under(store.objects)
+    # One level of directories: a young store does not make one per file.
+    assert file.parent.parent == store.objects
+    assert read(store, stored) == body
+
+
+def test_small_and_large_bodies_survive_a_restart(tmp_path: Path) -> None:
+    first = DiskStore(tmp_path / "cache", 1 << 30, Solo())
+    small, large = os.urandom(1000), os.urandom(INLINE_MAX * 3)
+    put(first, "http://a.test/s", small)
+    put(first, "http://a.test/l", large)
+    first.close()
+    second = DiskStore(tmp_path / "cache", 1 << 30, Solo())
+    try:
+        (s,) = second.variants("http://a.test/s")
+        (big,) = second.variants("http://a.test/l")
+        assert read(second, s) == small and read(second, big) == large
+    finally:
+        second.close()
+
+
+def test_a_removed_small_body_is_gone_and_its_reader_says_so(store: DiskStore) -> None:
+    stored = put(store, "http://a.test/gone", b"x" * 100)
+    assert store.remove("http://a.test/gone") == 1
+    assert store.open_body(stored) is None
+    assert store.variants("http://a.test/gone") == []
+
+
+def test_small_bodies_are_evicted_to_keep_the_bound(tmp_path: Path) -> None:
+    """Inline bodies count towards the size bound (diskcache counts the database's
+    pages), so eviction makes room for new ones and keeps the newest."""
+    limit = 4 << 20
+    bounded = DiskStore(tmp_path / "cache", limit, Solo())
+    try:
+        keys = [f"http://a.test/{n}" for n in range(200)]
+        for key in keys:
+            put(bounded, key, os.urandom(60 << 10))
+        used, _ = bounded.stats()
+        assert used <= limit
+        assert bounded.variants(keys[-1]) != []
+        assert bounded.variants(keys[0]) == []
+    finally:
+        bounded.close()
+
+
+# -- commits batched per loop turn (one process alone) -----------------------------------
+
+
+async def test_a_deferred_commit_is_read_back_at_once_and_written_by_the_turns_end(
+    tmp_path: Path,
+) -> None:
+    store = DiskStore(tmp_path / "cache", 1 << 30, Solo())
+    other = DiskStore(tmp_path / "cache", 1 << 30, Solo())  # reads only what is written
+    try:
+        body = os.urandom(3000)
+        stored = put(store, "http://a.test/soon", body)
+        assert other.variants("http://a.test/soon") == []  # not written yet
+        assert store.variants("http://a.test/soon") == [stored]  # but this process sees it
+        assert read(store, stored) == body
+        later = put(store, "http://a.test/later", body)
+        await asyncio.sleep(0)  # the loop's turn ends: the batch is written
+        assert other.variants("http://a.test/later") == [later]
+    finally:
+        store.close()
+        other.close()
+
+
+_CRASH = """
+import asyncio, os, signal, sys
+from pathlib import Path
+from edge.coordination import Solo
+from edge.store import DiskStore, Entry
+
+def put(store, key, body):
+    writer = store.begin()
+    writer.write(body)
+    entry = Entry(key=key, variant=key[-1], status=200, headers=(), vary=(),
+                  request_time=1.0, response_time=2.0, size=len(body))
+    store.commit(entry, writer)
+
+async def main():
+    store = DiskStore(Path(sys.argv[1]), 1 << 30, Solo())
+    put(store, "http://a.test/a", b"a" * 5000)
+    await asyncio.sleep(0)  # that turn's batch is written
+    put(store, "http://a.test/b", b"b" * 5000)
+    put(store, "http://a.test/c", b"c" * 5000)
+    os.kill(os.getpid(), signal.SIGKILL)  # before this turn ends
+
+asyncio.run(main())
+"""
+
+
+def test_a_batch_not_written_when_the_process_dies_is_absent_after_restart(
+    tmp_path: Path,
+) -> None:
+    directory = tmp_path / "cache"
+    done = subprocess.run(
+        [sys.executable, "-c", _CRASH, str(directory)],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        timeout=60,
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    store = DiskStore(directory, 1 << 30, Solo())
+    try:
+        (a,) = store.variants("http://a.test/a")
+        assert read(store, a) == b"a" * 5000
+        assert store.variants("http://a.test/b") == []
+        assert store.variants("http://a.test/c") == []
+        assert store.stats()[1] == 1
+        assert files_under(store.tmp) == []
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        ("m", "http://a.test/x?y=1"),
+        ("b", "http://a.test/" + "é" * 50, new_variant_id()),
+        ("s", "http://a.test/" + "k" * 3000, new_variant_id(), 12),
+        ("s", "http://a.test/k", "v", 10**12),
+    ],
+)
+def test_keys_are_written_as_diskcache_writes_them(store: DiskStore, key: tuple[object]) -> None:
+    """The store's own key encoding is byte for byte diskcache's: entries written
+    before it are found after it."""
+    assert store.cache._disk.put(key) == diskcache.Disk.put(store.cache._disk, key)
+
+
+async def test_a_batch_replaces_variants_as_commits_one_by_one_would(tmp_path: Path) -> None:
+    """Commits of one key, in one batch and across batches (the second read from this
+    process's memory of the key), leave the newest variant and its body only."""
+    store = DiskStore(tmp_path / "cache", 1 << 30, Solo())
+    key = "http://a.test/again"
+
+    def written() -> tuple[list[bytes], int]:
+        """What a process opening the store now would find (memory of its own)."""
+        fresh = DiskStore(tmp_path / "cache", 1 << 30, Solo())
+        try:
+            return [read(fresh, e) for e in fresh.variants(key)], fresh.stats()[1]
+        finally:
+            fresh.close()
+
+    try:
+        put(store, key, b"1" * 100)
+        second = put(store, key, b"2" * 100)
+        await asyncio.sleep(0)
+        assert written() == ([b"2" * 100], 1)
+        assert store.variants(key) == [second]  # remembered, for the next commit
+        put(store, key, b"3" * 100)
+        await asyncio.sleep(0)
+        assert written() == ([b"3" * 100], 1)  # one entry, one body: replaced ones went
+    finally:
+        store.close()
