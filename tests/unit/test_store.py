@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -142,54 +139,6 @@ async def test_a_deferred_commit_is_read_back_at_once_and_written_by_the_turns_e
     finally:
         store.close()
         other.close()
-
-
-_CRASH = """
-import asyncio, os, signal, sys
-from pathlib import Path
-from edge.coordination import Solo
-from edge.store import DiskStore, Entry
-
-def put(store, key, body):
-    writer = store.begin()
-    writer.write(body)
-    entry = Entry(key=key, variant=key[-1], status=200, headers=(), vary=(),
-                  request_time=1.0, response_time=2.0, size=len(body))
-    store.commit(entry, writer)
-
-async def main():
-    store = DiskStore(Path(sys.argv[1]), 1 << 30, Solo())
-    put(store, "http://a.test/a", b"a" * 5000)
-    await asyncio.sleep(0)  # that turn's batch is written
-    put(store, "http://a.test/b", b"b" * 5000)
-    put(store, "http://a.test/c", b"c" * 5000)
-    os.kill(os.getpid(), signal.SIGKILL)  # before this turn ends
-
-asyncio.run(main())
-"""
-
-
-def test_a_batch_not_written_when_the_process_dies_is_absent_after_restart(
-    tmp_path: Path,
-) -> None:
-    directory = tmp_path / "cache"
-    done = subprocess.run(
-        [sys.executable, "-c", _CRASH, str(directory)],
-        cwd=Path(__file__).resolve().parent.parent,
-        capture_output=True,
-        timeout=60,
-    )
-    assert done.returncode == -signal.SIGKILL, done.stderr
-    store = DiskStore(directory, 1 << 30, Solo())
-    try:
-        (a,) = store.variants("http://a.test/a")
-        assert read(store, a) == b"a" * 5000
-        assert store.variants("http://a.test/b") == []
-        assert store.variants("http://a.test/c") == []
-        assert store.stats()[1] == 1
-        assert files_under(store.tmp) == []
-    finally:
-        store.close()
 
 
 @pytest.mark.parametrize(
