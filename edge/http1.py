@@ -67,16 +67,19 @@ def phrase(status: int) -> str:
         return "Error"
 
 
-_date_cache: tuple[int, str] = (0, "")
-
-
-def http_date() -> str:
+class DateField:
     """The Date field's value for now, formatted once a second."""
-    global _date_cache
-    now = int(time.time())
-    if _date_cache[0] != now:
-        _date_cache = (now, formatdate(now, usegmt=True))
-    return _date_cache[1]
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._second = -1
+        self._value = ""
+
+    def __call__(self) -> str:
+        now = int(self._clock())
+        if now != self._second:
+            self._second, self._value = now, formatdate(now, usegmt=True)
+        return self._value
 
 
 @dataclass
@@ -152,6 +155,7 @@ class Listener:
         self.hot = hot  # answer hot hits (edge.fastpath): the public listener only
         self.connections: set[Connection] = set()
         self.servers: list[asyncio.Server] = []
+        self.date = DateField()
 
     def __call__(self) -> Connection:
         return Connection(self)
@@ -451,6 +455,18 @@ class Connection(asyncio.Protocol):
         version_text = parser.get_http_version()
         version = (int(version_text[0]), int(version_text[2])) if version_text else (1, 1)
         raw = tuple(self._fields)
+        method = parser.get_method().decode("ascii", "replace")
+        target = self._url.decode("utf-8", "surrogateescape")
+        if self._current is None and not self._queue and self._hot_enabled():
+            # A hot hit is answered from the parsed head: no request value is built.
+            # Its key admits no Content-Length or Transfer-Encoding, so no body follows.
+            key = fastpath.request_key(method, version, target, raw)
+            if key is not None:
+                close = not parser.should_keep_alive()
+                if self._serve_hot(key, target, close, raw):
+                    if self._whole and self._messages_in_feed == 0:
+                        self._hot_whole = (key, target, close)
+                    return
         headers = CIMultiDictProxy(
             CIMultiDict(
                 (k.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape"))
@@ -464,8 +480,8 @@ class Connection(asyncio.Protocol):
         self._body = body
         authority = headers.get("Host")
         request = Request(
-            method=parser.get_method().decode("ascii", "replace"),
-            target=self._url.decode("utf-8", "surrogateescape"),
+            method=method,
+            target=target,
             version=version,
             headers=headers,
             raw=raw,
@@ -482,7 +498,7 @@ class Connection(asyncio.Protocol):
             # answer 100-continue or refuse it before it is sent).
             self._enqueue(pending)
         else:
-            self._pending = pending  # complete in a moment: maybe a hot hit
+            self._pending = pending  # handed over when llhttp sees its end
 
     def on_body(self, data: bytes) -> None:
         if self._body is not None:
@@ -495,17 +511,8 @@ class Connection(asyncio.Protocol):
             self._body.finish()
             self._body = None
         pending, self._pending = self._pending, None
-        if pending is None:
-            return
-        if self._current is None and not self._queue and self._hot_enabled():
-            req = pending.request
-            key = fastpath.request_key(req.method, req.version, req.target, req.raw)
-            close = not pending.keep_alive
-            if key is not None and self._serve_hot(key, req.target, close, req.raw):
-                if self._whole and self._messages_in_feed == 1:
-                    self._hot_whole = (key, req.target, close)
-                return
-        self._enqueue(pending)
+        if pending is not None:
+            self._enqueue(pending)
 
     def _broken_body(self) -> None:
         """The message llhttp refused mid-body was handed over at its head: not yet
@@ -678,10 +685,11 @@ class Connection(asyncio.Protocol):
         text = f"{status} {phrase(status)}\n" if plain else f"{status} {phrase(status)}: {reason}\n"
         body = text.encode()
         server = self.guard.server_header.encode()
+        date = self.listener.date().encode()
         self.transport.write(
             b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
             b"Content-Length: %d\r\nDate: %s\r\nServer: %s\r\nConnection: close\r\n\r\n%s"
-            % (status, phrase(status).encode(), len(body), http_date().encode(), server, body)
+            % (status, phrase(status).encode(), len(body), date, server, body)
         )
         if status < 500 or status == 505:
             self.guard.refused(status)
@@ -803,8 +811,9 @@ class Http1Channel:
             self._transport().write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def _head(self, response: Response, length: int | None) -> tuple[bytes, list[tuple[str, str]]]:
-        """The head as written (aiohttp's order and defaults, which clients and the
-        hot tier have known), and its fields."""
+        """The head as written, and its fields: the response's own fields (finished
+        by the listener), then framing, Content-Type's default (RFC 9110 Section 8.3),
+        Date, Server and Connection, in the order edge's answers have always had."""
         request = self.pending.request
         method = request.method
         status = response.status
@@ -832,7 +841,7 @@ class Http1Channel:
             # RFC 9110 Section 8.3: a body without a type is an octet stream.
             headers.setdefault("Content-Type", "application/octet-stream")
         if "Date" not in headers:
-            headers["Date"] = http_date()
+            headers["Date"] = self.conn.listener.date()
         headers.setdefault("Server", self.conn.guard.server_header or "edge")
         if "Connection" not in headers:
             if keep_alive:

@@ -8,6 +8,7 @@ connection wrote: pipelining in order, chunked request bodies, the head limits,
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -321,3 +322,90 @@ async def test_an_unread_body_is_skipped_before_the_next_request() -> None:
     await settle()
     got = responses(t.take())
     assert [status for status, _, _ in got] == [204, 204]
+
+
+def hot_engine() -> Any:
+    """What the fast path asks of an engine: a hot tier holding GET /hot for Host h."""
+    from types import SimpleNamespace
+
+    from edge.accesslog import AccessLog
+    from edge.fastpath import HotTier
+
+    tier = HotTier(lambda key, variant: True, lambda: 1)
+    tier.offer(
+        (b"/hot", b"h", b""),
+        "k",
+        "v",
+        "/hot",
+        "HTTP/1.1 200 OK",
+        [("Age", "0"), ("Cache-Status", "e; hit; ttl=60"), ("Content-Length", "3")],
+        b"hot",
+        0.0,
+        3600.0,
+        time.time(),
+    )
+    metrics = SimpleNamespace(fast_hits=0, fast_bytes=0)
+    return SimpleNamespace(
+        hot=tier, purger=None, limiter=None, rules=None, metrics=metrics, access=AccessLog()
+    )
+
+
+async def test_a_hot_hit_is_answered_from_the_head_without_the_handler() -> None:
+    asked: list[str] = []
+
+    async def handler(request: Request, channel: Channel) -> None:
+        asked.append(request.target)
+        await echo(request, channel)
+
+    engine = hot_engine()
+    listener = Listener(
+        handler, ConnectionGuard(10.0, 0, "edge", engine=engine), Limits(), hot=True
+    )
+    conn, t = listener(), FakeTransport()
+    t.protocol = conn
+    conn.connection_made(t)
+    request = b"GET /hot HTTP/1.1\r\nHost: h\r\n\r\n"
+    conn.data_received(request + b"GET /cold HTTP/1.1\r\nHost: h\r\n\r\n" + request)
+    await settle()
+    got = responses(t.take())
+    assert [body for _, _, body in got] == [
+        b"hot",
+        b"GET /cold (1, 1) body=",
+        b"GET /hot (1, 1) body=",
+    ]
+    # In order: the second /hot waited behind /cold, so it went the general way.
+    assert asked == ["/cold", "/hot"]
+    assert got[0][1]["age"] == "0" and got[0][1]["cache-status"].startswith("e; hit; ttl=35")
+    # Alone, it is answered from its parsed head; then its bytes are remembered and
+    # the same bytes again are answered without parsing them.
+    for _ in range(2):
+        conn.data_received(request)
+        assert responses(t.take())[0][2] == b"hot"
+        assert request in listener.guard.parsed
+    assert asked == ["/cold", "/hot"] and engine.metrics.fast_hits == 3
+
+
+async def test_shutdown_finishes_the_request_in_flight_then_closes() -> None:
+    release = asyncio.Event()
+
+    async def slow(request: Request, channel: Channel) -> None:
+        await release.wait()
+        await echo(request, channel)
+
+    # No lingering: the fake client never closes its side.
+    listener = Listener(slow, ConnectionGuard(10.0, 0, "edge"), Limits(lingering_time=0.0))
+    busy, idle = listener(), listener()
+    t_busy, t_idle = FakeTransport(), FakeTransport()
+    for conn, t in ((busy, t_busy), (idle, t_idle)):
+        t.protocol = conn
+        conn.connection_made(t)
+    busy.data_received(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n")
+    await settle()
+    closing = asyncio.create_task(listener.close(timeout=5))
+    await settle()
+    assert t_idle.closed and not t_busy.closed  # the idle one at once
+    release.set()
+    await asyncio.wait_for(closing, 5)
+    ((status, fields, body),) = responses(t_busy.take())
+    assert (status, body) == (200, b"GET /a (1, 1) body=") and fields["connection"] == "close"
+    assert t_busy.closed and listener.connections == set()
