@@ -303,6 +303,9 @@ class Connection(asyncio.Protocol):
         self._whole = False  # this feed began at a message boundary
         self._hot_whole: tuple[tuple[bytes, bytes, bytes], str, bool] | None = None
         self._messages_in_feed = 0
+        engine = self.guard.engine
+        # Whether hot hits are answered here (edge.fastpath): the public listener's.
+        self._hot = listener.hot and engine is not None and engine.hot is not None
 
     # -- asyncio.Protocol --------------------------------------------------------------
 
@@ -368,14 +371,16 @@ class Connection(asyncio.Protocol):
         if self.closed or self._lingering or (self._no_more and not self._in_message):
             return  # closing: read and dropped
         if not self._in_message:
+            if self._hot and self._current is None and not self._queue:
+                # Bytes that parsed as a whole hot request before (never a rewritten
+                # request line: those are remembered as rewritten).
+                parsed = self.guard.parsed.get(data)
+                if parsed is not None and self._serve_hot(*parsed, None):
+                    return
             checked = self._request_line(data)
             if checked is None:
                 return
             data = checked
-            if self._current is None and not self._queue and self._hot_enabled():
-                parsed = self.guard.parsed.get(data)
-                if parsed is not None and self._serve_hot(*parsed, None):
-                    return
         self._cancel_idle()
         self._whole = not self._in_message
         self._hot_whole = None
@@ -457,7 +462,7 @@ class Connection(asyncio.Protocol):
         raw = tuple(self._fields)
         method = parser.get_method().decode("ascii", "replace")
         target = self._url.decode("utf-8", "surrogateescape")
-        if self._current is None and not self._queue and self._hot_enabled():
+        if self._hot and self._current is None and not self._queue:
             # A hot hit is answered from the parsed head: no request value is built.
             # Its key admits no Content-Length or Transfer-Encoding, so no body follows.
             key = fastpath.request_key(method, version, target, raw)
@@ -612,10 +617,6 @@ class Connection(asyncio.Protocol):
 
     # -- the hit fast path (edge.fastpath) -----------------------------------------------
 
-    def _hot_enabled(self) -> bool:
-        engine = self.guard.engine
-        return self.listener.hot and engine is not None and engine.hot is not None
-
     def _serve_hot(self, key: tuple[bytes, bytes, bytes], path: str, close: bool, raw: Any) -> bool:
         """Answer from the hot tier if it holds this request's response and the
         guard's per-request checks pass; False sends it the general way. `raw` is
@@ -627,15 +628,18 @@ class Connection(asyncio.Protocol):
         if found is None:
             return False
         hot, data = found
-        host = key[1].decode("latin-1").lower()
-        if engine.limiter and engine.limiter.take(self.client, host, hot.path, time.monotonic()):
-            return False  # the general path takes the same decision and refuses it
-        if (
-            raw is not None
-            and engine.rules is not None
-            and self.guard.header_verdict(engine.rules, host, raw)
-        ):
-            return False
+        if engine.limiter or (raw is not None and engine.rules is not None):
+            host = key[1].decode("latin-1").lower()
+            if engine.limiter and engine.limiter.take(
+                self.client, host, hot.path, time.monotonic()
+            ):
+                return False  # the general path takes the same decision and refuses it
+            if (
+                raw is not None
+                and engine.rules is not None
+                and self.guard.header_verdict(engine.rules, host, raw)
+            ):
+                return False
         assert self.transport is not None
         self.transport.write(data)
         engine.metrics.fast_hits += 1
