@@ -296,19 +296,25 @@ async def test_a_client_over_its_connection_limit_is_dropped_before_a_byte() -> 
 
 
 async def test_a_client_leaving_does_not_cancel_its_handler() -> None:
-    finished = asyncio.Event()
+    left, finished = asyncio.Event(), asyncio.Event()
+    outcome: list[str] = []
 
     async def slow(request: Request, channel: Channel) -> None:
-        await asyncio.sleep(0.01)
+        await left.wait()  # the client is gone by now: this handler carries on
         finished.set()
-        await channel.respond(Response(200, CIMultiDict(), b"late"))
+        try:
+            await channel.respond(Response(200, CIMultiDict(), b"late"))
+        except ConnectionError:
+            outcome.append("told")
 
     conn, t = connect(slow)
     conn.data_received(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
     await settle()
     t.close()
+    left.set()
     await asyncio.wait_for(finished.wait(), 5)
-    assert t.take() == b""
+    await settle()
+    assert outcome == ["told"] and t.take() == b""
 
 
 async def test_an_unread_body_is_skipped_before_the_next_request() -> None:
@@ -409,3 +415,27 @@ async def test_shutdown_finishes_the_request_in_flight_then_closes() -> None:
     ((status, fields, body),) = responses(t_busy.take())
     assert (status, body) == (200, b"GET /a (1, 1) body=") and fields["connection"] == "close"
     assert t_busy.closed and listener.connections == set()
+
+
+async def test_reading_pauses_while_a_body_waits_unread() -> None:
+    release = asyncio.Event()
+
+    async def late_reader(request: Request, channel: Channel) -> None:
+        await release.wait()
+        await echo(request, channel)
+
+    conn, t = connect(late_reader)
+    size = 3 << 20
+    conn.data_received(b"POST /u HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n" % size)
+    piece = b"x" * (256 << 10)
+    for _ in range(size // len(piece)):
+        conn.data_received(piece)
+        if t.paused:
+            break
+    assert t.paused  # over the high-water mark: the client is made to wait
+    release.set()
+    for _ in range(200):
+        await asyncio.sleep(0)
+        if not t.paused:
+            break
+    assert not t.paused  # read: the client may send again
