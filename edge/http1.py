@@ -466,7 +466,11 @@ class Connection(asyncio.Protocol):
             # A hot hit is answered from the parsed head: no request value is built.
             # Its key admits no Content-Length or Transfer-Encoding, so no body follows.
             key = fastpath.request_key(method, version, target, raw)
-            if key is not None:
+            # Heads over max_header_bytes get the guard's 431 (edge.guard.check_framing
+            # counts them so): the general way.
+            if key is not None and (
+                sum(len(k) + len(v) + 4 for k, v in raw) <= self.guard.max_header_bytes
+            ):
                 close = not parser.should_keep_alive()
                 if self._serve_hot(key, target, close, raw):
                     if self._whole and self._messages_in_feed == 0:

@@ -439,3 +439,21 @@ async def test_reading_pauses_while_a_body_waits_unread() -> None:
         if not t.paused:
             break
     assert not t.paused  # read: the client may send again
+
+
+async def test_a_hot_request_over_the_header_bytes_limit_goes_the_general_way() -> None:
+    asked: list[str] = []
+
+    async def handler(request: Request, channel: Channel) -> None:
+        asked.append(request.target)
+        await channel.respond(Response(431, CIMultiDict()))
+
+    guard = ConnectionGuard(10.0, 0, "edge", engine=hot_engine(), max_header_bytes=2000)
+    listener = Listener(handler, guard, Limits(), hot=True)
+    conn, t = listener(), FakeTransport()
+    t.protocol = conn
+    conn.connection_made(t)
+    accepts = b"".join(b"Accept: " + b"a" * 150 + b"\r\n" for _ in range(15))  # ~2.4 KB
+    conn.data_received(b"GET /hot HTTP/1.1\r\nHost: h\r\n" + accepts + b"\r\n")
+    await settle()
+    assert asked == ["/hot"] and responses(t.take())[0][0] == 431
