@@ -1,5 +1,6 @@
-"""The hit fast path: small, fresh, plain cache hits answered from memory before
-aiohttp builds a request, with the bytes the general path would have sent.
+"""The hit fast path: small, fresh, plain cache hits answered from memory by the
+connection (edge.http1) from the parsed head, before any request value is built or
+a task woken, with the bytes the general path would have sent.
 
 Owns the hot tier (responses the general pipeline has just delivered as plain hits,
 kept as pre-rendered header blocks and bodies) and the decision, per parsed request,
@@ -7,7 +8,7 @@ whether one of them may answer it. Everything else goes the general way.
 
 How a response gets here: when the pipeline serves a fresh stored 200 from a small
 body file, as stored, to a GET whose fields are all ordinary (edge.pipeline calls
-`HotTier.offer` with the exact header fields aiohttp wrote), the head is kept with
+`HotTier.offer` with the exact header fields the connection wrote), the head is kept with
 the two values that change with time cut out: Age and Cache-Status' ttl. A request
 reuses it only if it asks the same: the same target bytes, Host and Accept-Encoding,
 no field outside `ORDINARY`, HTTP/1.1, GET, no body. So every decision the pipeline
@@ -44,7 +45,7 @@ ORDINARY = frozenset(
 #: Bodies up to this size are kept in memory (the general path's single-write size).
 MAX_BODY = 128 << 10
 MAX_ENTRIES = 4096
-#: Request heads up to this size are remembered whole (edge.node), to skip parsing.
+#: Request heads up to this size are remembered whole (edge.http1), to skip parsing.
 MAX_REQUEST_BYTES = 4096
 
 
@@ -68,7 +69,7 @@ class Hot:
 
 def render(hot: Hot, now: float, close: bool = False) -> bytes | None:
     """The response for `now`, or None once it is no longer fresh; `close` adds the
-    Connection: close aiohttp would write last for a request that asked to close."""
+    Connection: close edge.http1 writes last for a request that asked to close."""
     age = hot.age0 + (now - hot.at)
     if not age < hot.lifetime:
         return None
@@ -212,4 +213,4 @@ def request_key(
             return None
     if isinstance(guard.check_host([host.decode("latin-1")] * hosts, (1, 1)), guard.Refusal):
         return None
-    return (path.encode("latin-1", "surrogateescape"), host, accept_encoding)
+    return (path.encode("utf-8", "surrogateescape"), host, accept_encoding)

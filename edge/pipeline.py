@@ -25,14 +25,14 @@ import uuid
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from edge import compress, derive, fastpath, forwarding, guard, policy, steps, zerocopy
+from edge import compress, derive, fastpath, forwarding, guard, policy, steps
 from edge.accesslog import AccessLog, request_line
 from edge.cachestatus import CacheStatus
 from edge.config import NodeConfig
 from edge.derive import Deriver
+from edge.exchange import Channel, Request, Response
 from edge.fill import Fill, FillHead, InFlight
 from edge.guard import Refusal, Refused
 from edge.keys import key_target, location_key, request_key
@@ -162,9 +162,10 @@ def guard_settings(config: NodeConfig) -> dict[str, Any]:
 class Transaction:
     """One client request on its walk through the states."""
 
-    def __init__(self, engine: Engine, request: web.Request) -> None:
+    def __init__(self, engine: Engine, request: Request, channel: Channel) -> None:
         self.e = engine
         self.req = request
+        self.channel = channel
         self.method = request.method
         self.headers: CIMultiDictProxy[str] = request.headers
         self.now = time.time()
@@ -172,13 +173,13 @@ class Transaction:
         self.status = CacheStatus(engine.config.name)
         # Whether the peer is a trusted proxy (an edge, at a shield), and who the
         # client is: the peer, or the address that proxy forwarded for.
-        self.trusted = forwarding.is_trusted(request.remote, engine.trusted)
+        self.trusted = forwarding.is_trusted(request.peer, engine.trusted)
         # The authority and target as the guard normalised them (st_recv).
-        self.host = request.host
+        self.host = request.authority
         self.target = guard.Target("/", None)
         self.key_target = "/"
         self._request_id = ""
-        self.client = forwarding.client_address(request.remote, request.headers, engine.trusted)
+        self.client = forwarding.client_address(request.peer, request.headers, engine.trusted)
         self.request_cc = policy.request_cache_control(request.headers)
         self.walk: list[Step] = []  # the steps taken (edge.steps), for the log
         self.key = ""
@@ -189,7 +190,8 @@ class Transaction:
         self.fill: Fill | None = None
         self.head: FillHead | None = None
         self.upstream_response: UpstreamResponse | None = None
-        self.response: web.StreamResponse | None = None
+        # The response as described, sent (or about to be: synth) through channel.
+        self.response: Response | None = None
         self.code = 0
         self.sent = 0
         self.upstream_ms: float | None = None
@@ -204,9 +206,9 @@ class Transaction:
 
     # -- the walk -------------------------------------------------------------------
 
-    async def run(self) -> web.StreamResponse:
+    async def run(self) -> None:
         """Drive the client machine: each step names the next, and every move is
-        checked against edge.steps.MOVES."""
+        checked against edge.steps.MOVES; a response synth made leaves at the end."""
         step = steps.FIRST
         try:
             while True:
@@ -214,14 +216,14 @@ class Transaction:
                 if step in steps.FINAL:
                     break
                 step = await _STEPS[step](self)
+            if self.response is not None and not self.channel.started:
+                await self.channel.respond(self.response)  # made by synth
         finally:
             if self.body is not None:
                 self.body.close()
             if self.upstream_response is not None:  # not read to the end: drop it
                 self.upstream_response.close()
             self._account()
-        assert self.response is not None
-        return self.response
 
     # -- states ---------------------------------------------------------------------
 
@@ -448,11 +450,11 @@ class Transaction:
             self.body = None
         cfg = self.e.config
         body = None
-        if self.req.body_exists:
+        if self.req.has_body:
             try:
                 await self._continue()
                 body = await guard.read_body(
-                    self.req.content,
+                    self.req.body,
                     max_size=cfg.max_body_size,
                     timeout=cfg.body_timeout,
                     min_rate=cfg.body_min_rate,
@@ -497,8 +499,7 @@ class Transaction:
         length = self.req.content_length
         if length is not None and length > self.e.config.max_body_size:
             raise Refused(Refusal(413, "request body too large", close=True))
-        if self.req.version >= (1, 1):
-            await self.req.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        await self.channel.send_continue()
 
     async def st_deliver(self) -> Step:
         try:
@@ -509,7 +510,7 @@ class Transaction:
             else:
                 await self._deliver_entry()
         except ConnectionError:
-            # The client went away mid-body (aiohttp's reset error is a ConnectionError):
+            # The client went away mid-body (the channel raises a ConnectionError):
             # ordinary for downloads, not an error of ours. Fills carry on regardless.
             self.client_gone = True
         return Step.DONE
@@ -997,7 +998,7 @@ class Transaction:
         )
         headers = self._client_headers(fields, None)
         no_body = self.method == "HEAD" or response.status in (204, 304) or response.status < 200
-        resp = web.StreamResponse(status=response.status, headers=headers)
+        resp = Response(response.status, headers)
         encoder = None
         if choice.transform == "encode" and choice.coding:
             encoder = compress.encoder(
@@ -1007,28 +1008,27 @@ class Transaction:
                 size_hint=length,
             )
         elif length is not None:
-            resp.content_length = length
-        self.response, self.code = resp, response.status
-        await self._prepare(resp)
+            resp.length = length
+        await self._start(resp)
         if not no_body:
             try:
                 async for chunk in response.chunks():
                     if encoder is not None:
                         chunk = await asyncio.to_thread(encoder.compress, chunk)
-                    await resp.write(chunk)
+                    await self.channel.write(chunk)
                     self.sent += len(chunk)
                 if encoder is not None:
                     tail = encoder.finish()
-                    await resp.write(tail)
+                    await self.channel.write(tail)
                     self.sent += len(tail)
             except UpstreamError as exc:
-                log.warning("upstream body broke while relaying %s: %s", self.req.raw_path, exc)
+                log.warning("upstream body broke while relaying %s: %s", self.req.target, exc)
                 self._abort()
                 return
         # Read to the end: the upstream connection can go back to the pool.
         response.release()
         self.upstream_response = None
-        await resp.write_eof()
+        await self.channel.end()
 
     async def _respond_body(
         self,
@@ -1071,14 +1071,11 @@ class Transaction:
                 return await self._send_simple(416, headers)
         if ranges is None:
             parts = [(None, ByteRange(0, length - 1) if length else None)]
-            resp = web.StreamResponse(status=status, headers=headers)
-            if length is not None:
-                resp.content_length = length
+            resp = Response(status, headers, length=length)
         elif len(ranges) == 1:
             r = ranges[0]
             headers["Content-Range"] = f"bytes {r.start}-{r.end}/{length}"
-            resp = web.StreamResponse(status=206, headers=headers)
-            resp.content_length = r.length
+            resp = Response(206, headers, length=r.length)
             parts = [(None, r)]
         else:
             boundary = uuid.uuid4().hex
@@ -1094,16 +1091,15 @@ class Transaction:
                 parts.append((head.encode(), r))
                 total += len(head) + r.length
             tail = f"\r\n--{boundary}--\r\n".encode()
-            resp = web.StreamResponse(status=206, headers=headers)
-            resp.content_length = total + len(tail)
+            resp = Response(206, headers, length=total + len(tail))
             parts.append((tail, None))
         if isinstance(source, SlicedSource) and self.method != "HEAD":
             self._partial(source, parts, resp.headers)
         if (
             isinstance(source, FileSource)
             and self.method != "HEAD"
-            and resp.content_length is not None
-            and resp.content_length <= _SENDFILE_MIN
+            and resp.length is not None
+            and resp.length <= _SENDFILE_MIN
         ):
             # Small and on disk: one buffer, so head and body leave in one write.
             fd = source.file.fileno()
@@ -1111,29 +1107,30 @@ class Transaction:
                 (preamble or b"") + (os.pread(fd, r.length, r.start) if r else b"")
                 for preamble, r in parts
             )
-            self.response = web.Response(status=resp.status, headers=headers, body=data)
-            self.code, self.sent = resp.status, len(data)
+            resp.body, resp.length = data, None
+            self.response, self.code = resp, resp.status
+            written = await self.channel.respond(resp)
+            self.sent = len(data)
             if self._hot_candidate and ranges is None:
-                await self._offer_hot(data)
+                self._offer_hot(data, written)
             return
-        self.response, self.code = resp, resp.status
-        await self._prepare(resp)
+        await self._start(resp)
         if self.method == "HEAD" or status in (204, 304):
-            await resp.write_eof()
+            await self.channel.end()
             return
         try:
             for preamble, r in parts:
                 if preamble:
-                    await resp.write(preamble)
+                    await self.channel.write(preamble)
                 if r is None and length is not None:
                     continue
                 start = r.start if r is not None else 0
                 end = r.end + 1 if r is not None else None
                 async for piece in source.pieces(start, end):
                     if isinstance(piece, FileSegment):
-                        await self._sendfile(resp, piece.file, piece.offset, piece.count)
+                        await self._sendfile(piece.file, piece.offset, piece.count)
                     else:
-                        await resp.write(piece)
+                        await self.channel.write(piece)
                         self.sent += len(piece)
         except UpstreamError as exc:
             log.warning("fill broke while delivering %s: %s", self.key, exc)
@@ -1142,17 +1139,17 @@ class Transaction:
         finally:
             if isinstance(source, SlicedSource) and source.upstream_s is not None:
                 self.upstream_ms = (self.upstream_ms or 0.0) + source.upstream_s * 1000
-        await resp.write_eof()
+        await self.channel.end()
 
-    async def _offer_hot(self, body: bytes) -> None:
-        """A plain fresh hit from a small file, for an ordinary GET: send it now and
-        keep exactly what was sent for edge.fastpath to answer the same request with."""
-        hot, entry, reuse, resp = self.e.hot, self.entry, self.reuse, self.response
+    def _offer_hot(self, body: bytes, written: list[tuple[str, str]]) -> None:
+        """A plain fresh hit from a small file, for an ordinary GET, just sent with
+        the fields `written`: keep exactly what was sent for edge.fastpath to answer
+        the same request with."""
+        hot, entry, reuse = self.e.hot, self.entry, self.reuse
         if (
             hot is None
             or entry is None
             or reuse is None
-            or resp is None
             or self.walk != _PLAIN_HIT
             or reuse.kind != "fresh"
             or self.code != 200
@@ -1163,74 +1160,50 @@ class Transaction:
             or any(name != "accept-encoding" for name, _ in entry.vary)
         ):
             return
-        key = fastpath.request_key(
-            self.method, tuple(self.req.version), self.req.raw_path, self.req.raw_headers
-        )
+        key = fastpath.request_key(self.method, self.req.version, self.req.target, self.req.raw)
         if key is None:
             return
-        await self._prepare(resp)
-        await resp.write_eof()
         now = time.time()
         hot.offer(
             key,
             self.key,
             entry.variant,
             self.target.path,
-            f"HTTP/1.1 {resp.status} {resp.reason}",
-            list(resp.headers.items()),
+            f"HTTP/1.1 {self.code} {_reason(self.code)}",
+            written,
             body,
             self.e.age(entry, self.entry_headers, now),
             reuse.lifetime,
             now,
         )
 
-    async def _sendfile(
-        self, resp: web.StreamResponse, body: IO[bytes], offset: int, count: int
-    ) -> None:
+    async def _sendfile(self, body: IO[bytes], offset: int, count: int) -> None:
         """Zero-copy from the stored file to the socket where the transport allows;
         small bodies are cheaper as one read and write than a sendfile round."""
         if count <= 0:
             return
         if count <= _SENDFILE_MIN:
-            await resp.write(os.pread(body.fileno(), count, offset))
-            self.sent += count
-            return
-        transport = self.req.transport
-        if transport is None:
-            raise ConnectionResetError("client went away")
-        await zerocopy.send_span(transport, body, offset, count, resp.write)
+            await self.channel.write(os.pread(body.fileno(), count, offset))
+        else:
+            await self.channel.send_file(body, offset, count)
         self.sent += count
 
-    async def _prepare(self, resp: web.StreamResponse) -> None:
-        """Send the head. RFC 9112 Section 6.3: a body of unknown length reaches an
-        HTTP/1.0 client (no chunked coding) framed by closing the connection, whatever
-        keep-alive it asked for."""
-        if (
-            resp.content_length is None
-            and not resp.chunked
-            and self.req.version < (1, 1)
-            and self.method != "HEAD"
-            and resp.status not in (204, 304)
-        ):
-            resp.force_close()
-        await resp.prepare(self.req)
+    async def _start(self, head: Response) -> None:
+        """Send a head whose body follows (the connection layer frames it)."""
+        self.response, self.code = head, head.status
+        await self.channel.start(head)
 
     async def _send_simple(self, status: int, headers: CIMultiDict[str]) -> None:
         for name in ("Content-Length", "Transfer-Encoding"):
             headers.popall(name, None)
-        resp = web.StreamResponse(status=status, headers=headers)
-        if status not in (204, 304):
-            resp.content_length = 0
-        self.response, self.code = resp, status
-        await self._prepare(resp)
-        await resp.write_eof()
+        await self._start(Response(status, headers, length=None if status in (204, 304) else 0))
+        await self.channel.end()
 
     def _abort(self) -> None:
         """The body cannot be completed: close the connection so the client sees a
         truncated response rather than a short one that looks whole."""
         self.cut = True
-        if self.req.transport is not None:
-            self.req.transport.abort()
+        self.channel.abort()
 
     # -- the guard ----------------------------------------------------------------------
 
@@ -1250,9 +1223,9 @@ class Transaction:
         host = guard.check_host(self.headers.getall("Host", []), req.version)
         if isinstance(host, Refusal):
             return host
-        # HTTP/1.0 without Host: aiohttp's fallback, the address the client reached.
-        self.host = host or req.host
-        raw = req.raw_path
+        # HTTP/1.0 without Host: the address the client reached (Request.authority).
+        self.host = host or req.authority
+        raw = req.target
         if not raw.startswith("/"):
             absolute = _ABSOLUTE_FORM.match(raw)
             if absolute is None:
@@ -1299,7 +1272,7 @@ class Transaction:
         if refusal.retry_after:
             self.response.headers["Retry-After"] = str(refusal.retry_after)
         if refusal.close:
-            self.response.force_close()
+            self.response.close = True
         self.e.metrics.refused.labels(self.e.config.name, str(refusal.status)).inc()
         return state
 
@@ -1317,7 +1290,7 @@ class Transaction:
         walk, so states call it and return its result."""
         self.synth_reason = reason
         if detail:  # upstream error text can quote a whole garbled response: cut it
-            log.warning("%s %s: %.300s", self.method, self.req.raw_path, reason)
+            log.warning("%s %s: %.300s", self.method, self.req.target, reason)
         self.status.detail = detail or self.status.detail
         headers = CIMultiDict(
             {
@@ -1332,7 +1305,7 @@ class Transaction:
         public = _PUBLIC_REASONS.get(detail or "", reason)
         text = f"{code} {_reason(code)}: {public}\nrequest id: {self.request_id}\n"
         headers["X-Request-Id"] = self.request_id
-        self.response = web.Response(status=code, text=None, body=text.encode(), headers=headers)
+        self.response = Response(code, headers, body=text.encode())
         self.code = code
         return Step.SYNTH
 
@@ -1367,7 +1340,7 @@ class Transaction:
         headers.append(("Surrogate-Capability", f'{cfg.name}="Surrogate/1.0"'))
         headers += forwarding.forwarding_fields(
             self.headers,
-            peer=self.req.remote,
+            peer=self.req.peer,
             scheme=self.req.scheme,
             host=self.host,
             trusted=self.trusted,
@@ -1390,9 +1363,9 @@ class Transaction:
         if self.e.access.enabled:
             self.e.access.line(
                 request_line(
-                    str(self.req.remote),
+                    self.req.peer,
                     self.method,
-                    self.req.raw_path,
+                    self.req.target,
                     self.code,
                     label,
                     self.sent,

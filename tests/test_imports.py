@@ -1,0 +1,99 @@
+"""edge uses only aiohttp's public API, and the request path none of it.
+
+Read from the source (no import needed): every `import` and `from ... import` in
+edge/, and every `aiohttp.<name>` attribute reached. A private aiohttp module or name
+(one starting with "_", or the server and wire internals aiohttp does not document
+as API) fails the test with the file and line; so does any aiohttp import at all in
+the modules a request walks through, which must stay protocol-independent.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+EDGE = Path(__file__).resolve().parent.parent / "edge"
+
+#: aiohttp modules that are its internals, not its documented API.
+PRIVATE_MODULES = (
+    "web_protocol",
+    "web_server",
+    "http_parser",
+    "http_exceptions",
+    "http_writer",
+    "streams",
+    "http",
+    "helpers",
+    "base_protocol",
+)
+#: Modules that import nothing of aiohttp (nor of any server framework).
+FRAMEWORK_FREE = ("pipeline.py", "exchange.py", "http1.py", "fastpath.py", "zerocopy.py")
+
+
+def _private(dotted: str) -> bool:
+    """Whether an aiohttp module path or name (without "aiohttp.") is internal."""
+    parts = dotted.split(".")
+    return any(p.startswith("_") for p in parts) or parts[0] in PRIVATE_MODULES
+
+
+def aiohttp_uses(source: str) -> list[tuple[int, str]]:
+    """(line, what) for each aiohttp module, name or attribute the source reaches."""
+    tree = ast.parse(source)
+    aliases: set[str] = set()
+    uses: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name == "aiohttp" or alias.name.startswith("aiohttp."):
+                    uses.append((node.lineno, alias.name))
+                    aliases.add((alias.asname or alias.name).split(".")[0])
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "aiohttp":
+            for alias in node.names:
+                uses.append((node.lineno, f"{node.module}.{alias.name}"))
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in aliases
+        ):
+            uses.append((node.lineno, f"aiohttp.{node.attr}"))
+    return uses
+
+
+def test_the_check_sees_private_names() -> None:
+    """The rule itself, on examples of what edge/node.py used to import."""
+    source = (
+        "import aiohttp\n"
+        "from aiohttp import web\n"
+        "from aiohttp.web_protocol import RequestHandler, _ErrInfo\n"
+        "from aiohttp import http_parser as _http_parser\n"
+        "from aiohttp.http import RawRequestMessage\n"
+        "x = aiohttp._private\n"
+        "y = aiohttp.ClientSession\n"
+    )
+    found = [what for _, what in aiohttp_uses(source) if _private(what.removeprefix("aiohttp."))]
+    assert found == [
+        "aiohttp.web_protocol.RequestHandler",
+        "aiohttp.web_protocol._ErrInfo",
+        "aiohttp.http_parser",
+        "aiohttp.http.RawRequestMessage",
+        "aiohttp._private",
+    ]
+
+
+def test_edge_uses_no_private_aiohttp_module_or_name() -> None:
+    offences = []
+    for path in sorted(EDGE.rglob("*.py")):
+        for line, what in aiohttp_uses(path.read_text()):
+            if _private(what.removeprefix("aiohttp.")):
+                offences.append(f"{path.relative_to(EDGE.parent)}:{line}: {what}")
+    assert offences == []
+
+
+def test_the_request_path_imports_nothing_of_aiohttp() -> None:
+    offences = []
+    for name in FRAMEWORK_FREE:
+        path = EDGE / name
+        for line, what in aiohttp_uses(path.read_text()):
+            offences.append(f"edge/{name}:{line}: {what}")
+    assert offences == []
