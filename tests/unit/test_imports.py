@@ -12,7 +12,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-EDGE = Path(__file__).resolve().parent.parent / "edge"
+EDGE = Path(__file__).resolve().parents[2] / "edge"
 
 #: aiohttp modules that are its internals, not its documented API.
 PRIVATE_MODULES = (
