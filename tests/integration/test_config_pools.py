@@ -1,5 +1,8 @@
 """Pools, routes and tiers in the node's configuration: the forms that work and a
-one-line error (exit 2) for each mistake, from `edge serve`/`edge shield` and TOML."""
+one-line error (exit 2) for each mistake, from `edge serve`/`edge shield` and TOML.
+
+Here the parts with real processes or sockets; tests/unit/test_config_pools.py has
+the pure ones."""
 
 from __future__ import annotations
 

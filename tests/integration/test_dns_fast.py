@@ -7,7 +7,8 @@ order of an RRset's records, which dnspython shuffles on every reply (so does th
 path), and the weighted pick's distribution. A health change must reach warm answers.
 In-process, random and mutated packets must never raise out of the fast path, and
 whatever it answers must be what Authority.respond answers.
-"""
+Here the parts with real processes or sockets; tests/unit/test_dns_fast.py has
+the pure ones."""
 
 from __future__ import annotations
 

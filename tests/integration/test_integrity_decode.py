@@ -11,7 +11,8 @@ tier (the edge decodes) and through a shield (the edge asks the shield for no co
 so the shield decodes; both are measured). Also the decoders on their own: every piece
 they hand out is bounded, they make nothing until asked, they refuse input while output
 is undrained, and their cap on the whole output still holds.
-"""
+Here the parts with real processes or sockets; tests/unit/test_integrity_decode.py has
+the pure ones."""
 
 from __future__ import annotations
 

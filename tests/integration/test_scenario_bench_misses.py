@@ -1,7 +1,10 @@
 """The miss benchmark: its pure parts on their own (wrk's Lua script, the origin's nginx
 config, counting the origin's log, the miss check, ratios and the table), then the script
 and config as wrk and nginx themselves read them, and one brief run end to end with real
-processes (marked `system`: .ci/run's system stage installs nginx and wrk)."""
+processes (marked `system`: .ci/run's system stage installs nginx and wrk).
+
+Here the parts with real processes or sockets; tests/unit/test_scenario_bench_misses.py has
+the pure ones."""
 
 from __future__ import annotations
 

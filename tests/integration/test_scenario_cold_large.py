@@ -1,6 +1,9 @@
 """The cold large-object scenario: its pure parts on their own (the nginx slice config,
 aria2c's command line and report, ratios and the table), then a small run end to end with
-real processes (marked `system`: .ci/run's system stage installs nginx and aria2)."""
+real processes (marked `system`: .ci/run's system stage installs nginx and aria2).
+
+Here the parts with real processes or sockets; tests/unit/test_scenario_cold_large.py has
+the pure ones."""
 
 from __future__ import annotations
 
@@ -12,24 +15,11 @@ from pathlib import Path
 import pytest
 
 from scenarios import harness
-from scenarios.cold_large import Download
-from scenarios.large_files import OriginTally
 
 # --- nginx and aria2c -------------------------------------------------------------------
 
 
 # --- ratios and the table ---------------------------------------------------------------
-
-
-def downloads() -> list[Download]:
-    size = 1000 * 1000 * 1000
-    once = OriginTally(requests=256, bytes_sent=size, object_factor=1.0)
-    return [
-        Download("aria2", "edge", size, 2.0, once),
-        Download("aria2", "nginx", size, 4.0, OriginTally(300, {}, 0, 2 * size, 2.0)),
-        Download("curl", "nginx", size, 5.0, once),
-        Download("curl", "edge", size, None, OriginTally(), error="curl exit 28"),
-    ]
 
 
 # --- a small run ------------------------------------------------------------------------

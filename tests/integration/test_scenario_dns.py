@@ -1,7 +1,10 @@
 """scenarios/dns_throughput: its dnsperf parser (on output dnsperf 2.10.0 really printed),
 the query file, the ECS option, Knot's config and zone, the answer comparison, and a short
 real run of edge dns and Knot DNS under dnsperf (marked `system`: both are installed by
-.ci/run's system stage)."""
+.ci/run's system stage).
+
+Here the parts with real processes or sockets; tests/unit/test_scenario_dns.py has
+the pure ones."""
 
 from __future__ import annotations
 

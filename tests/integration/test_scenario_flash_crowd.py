@@ -2,7 +2,10 @@
 access logs of the origin and of nginx, Prometheus counters, tier sums, percentiles, the
 nginx config), then one small run with real processes: 3 edges x 50 clients on one cold
 object through `edge shield`, judged from the JSON report; and the same run beside nginx
-in the same two tiers (marked `system`: .ci/run's system stage installs nginx)."""
+in the same two tiers (marked `system`: .ci/run's system stage installs nginx).
+
+Here the parts with real processes or sockets; tests/unit/test_scenario_flash_crowd.py has
+the pure ones."""
 
 from __future__ import annotations
 

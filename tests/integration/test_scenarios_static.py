@@ -5,7 +5,8 @@ plumbing on loopback.
 
 The proxies themselves are not started here; `python -m scenarios.conformance` and
 `python -m scenarios.bench_hits` do that.
-"""
+Here the parts with real processes or sockets; tests/unit/test_scenarios_static.py has
+the pure ones."""
 
 from __future__ import annotations
 

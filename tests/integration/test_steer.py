@@ -3,7 +3,10 @@
 CDN name and is sent, with a 302 and `Cache-Control: private`, to its region's edge;
 a down edge (real `edge serve` processes, probed by the same health view as DNS) is
 skipped; a client that reached the listener on its nearest edge's own address is served
-by that edge, never redirected; other Hosts are not steered."""
+by that edge, never redirected; other Hosts are not steered.
+
+Here the parts with real processes or sockets; tests/unit/test_steer.py has
+the pure ones."""
 
 from __future__ import annotations
 

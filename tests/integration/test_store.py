@@ -1,7 +1,8 @@
 """The disk store on its own (edge.store.DiskStore): where bodies live, what a reader
 gets back, and what survives a restart. One process (edge.coordination.Solo); the
 workers' sharing is held by tests/test_coordination.py and tests/test_workers.py.
-"""
+Here the parts with real processes or sockets; tests/unit/test_store.py has
+the pure ones."""
 
 from __future__ import annotations
 
@@ -15,20 +16,7 @@ from pathlib import Path
 import pytest
 
 from edge.coordination import Solo
-from edge.store import DiskStore, Entry, new_variant_id
-
-
-def entry(key: str, size: int) -> Entry:
-    return Entry(
-        key=key,
-        variant=new_variant_id(),
-        status=200,
-        headers=(("Content-Type", "application/octet-stream"),),
-        vary=(),
-        request_time=1.0,
-        response_time=2.0,
-        size=size,
-    )
+from edge.store import DiskStore, Entry
 
 
 def files_under(directory: Path) -> list[Path]:
@@ -46,13 +34,6 @@ def store(tmp_path: Path) -> Iterator[DiskStore]:
     opened = DiskStore(tmp_path / "cache", 1 << 30, Solo())
     yield opened
     opened.close()
-
-
-def put(store: DiskStore, key: str, body: bytes) -> Entry:
-    writer = store.begin()
-    for start in range(0, len(body), 4096):
-        writer.write(body[start : start + 4096])
-    return store.commit(entry(key, len(body)), writer)
 
 
 def read(store: DiskStore, stored: Entry) -> bytes:

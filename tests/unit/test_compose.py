@@ -2,7 +2,10 @@
 topology as `edge up` does: both files are the generator's output (they cannot drift),
 every topology process has its service on the right networks and addresses, every
 service's command parses as an `edge` subcommand, and no token is written down. No
-Docker engine is needed: the files are read, never run."""
+Docker engine is needed: the files are read, never run.
+
+Here the parts that open no socket and start no process;
+tests/integration/test_compose.py has the ones with real processes."""
 
 from __future__ import annotations
 

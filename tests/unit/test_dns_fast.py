@@ -7,13 +7,13 @@ order of an RRset's records, which dnspython shuffles on every reply (so does th
 path), and the weighted pick's distribution. A health change must reach warm answers.
 In-process, random and mutated packets must never raise out of the fast path, and
 whatever it answers must be what Authority.respond answers.
-"""
+Here the parts that open no socket and start no process;
+tests/integration/test_dns_fast.py has the ones with real processes."""
 
 from __future__ import annotations
 
 import ipaddress
 import struct
-from collections.abc import Iterator
 
 import dns.edns
 import dns.exception
@@ -29,7 +29,6 @@ from origin.deploy.topology import parse_topology
 from origin.geodns.authority import OUR_PAYLOAD, Authority
 from origin.geodns.select import Selector
 from origin.geodns.wire import FastPath, parse_ecs, plain_name_end
-from tests.support.geodns import ZONE
 
 # -- comparing replies ----------------------------------------------------------------------
 
@@ -71,54 +70,6 @@ def test_same_reply_sees_order_but_nothing_else() -> None:
 
 
 # -- two real servers -------------------------------------------------------------------------
-
-
-def queries() -> Iterator[tuple[str, bytes]]:
-    """Every kind of question edge dns answers, with and without EDNS and ECS."""
-    names = [
-        "www.cdn.example",
-        "WwW.CdN.ExAmPlE",
-        "cdn.example",
-        "files.static.cdn.example",
-        "static.cdn.example",
-        "ns1.cdn.example",
-        "nope.cdn.example",
-        "x.www.cdn.example",
-        "example.org",
-    ]
-    types = ["A", "AAAA", "SOA", "NS", "MX", "TXT", "ANY", "HTTPS"]
-    ecs_cases = {
-        "none": None,
-        "us/24": [dns.edns.ECSOption("203.0.113.0", 24)],
-        "eu/32": [dns.edns.ECSOption("198.51.100.7", 32)],
-        "ap/16": [dns.edns.ECSOption("127.3.0.0", 16)],
-        "zero": [dns.edns.ECSOption("0.0.0.0", 0)],
-        "located": [dns.edns.ECSOption("192.0.2.1", 32)],
-        "unknown/8": [dns.edns.ECSOption("10.0.0.0", 8)],
-        "v6/56": [dns.edns.ECSOption("2001:db8::", 56)],
-        "cookie": [dns.edns.GenericOption(10, b"\x01" * 8)],
-        "ecs+cookie": [dns.edns.ECSOption("203.0.113.0", 24), dns.edns.GenericOption(10, b"1" * 8)],
-        "scope in query": [dns.edns.GenericOption(8, bytes.fromhex("00011810cb0071"))],
-        "pad bits": [dns.edns.GenericOption(8, bytes.fromhex("00011500cb0071"))],
-        "too long": [dns.edns.GenericOption(8, bytes.fromhex("00011800cb007100"))],
-        "family 3": [dns.edns.GenericOption(8, bytes.fromhex("00031800cb0071"))],
-    }
-    for name in names:
-        for rdtype in types:
-            yield f"{name} {rdtype}", dns.message.make_query(name, rdtype).to_wire()
-            for what, options in ecs_cases.items():
-                for payload in (512, 1232, 4096):
-                    q = dns.message.make_query(
-                        name, rdtype, use_edns=0, payload=payload, options=options
-                    )
-                    yield f"{name} {rdtype} edns {payload} {what}", q.to_wire()
-    q = dns.message.make_query("www.cdn.example", "A", want_dnssec=True)
-    q.flags |= dns.flags.CD | dns.flags.AD
-    q.flags &= ~dns.flags.RD
-    yield "DO, CD, AD, no RD", q.to_wire()
-    yield "EDNS version 1", dns.message.make_query("www.cdn.example", "A", use_edns=1).to_wire()
-    yield "class CH", dns.message.make_query("version.bind", "TXT", "CH").to_wire()
-    yield "AXFR", dns.message.make_query(ZONE, "AXFR").to_wire()
 
 
 # -- in-process: the parser on bad input ----------------------------------------------------------

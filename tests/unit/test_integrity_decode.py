@@ -11,55 +11,25 @@ tier (the edge decodes) and through a shield (the edge asks the shield for no co
 so the shield decodes; both are measured). Also the decoders on their own: every piece
 they hand out is bounded, they make nothing until asked, they refuse input while output
 is undrained, and their cap on the whole output still holds.
-"""
+Here the parts that open no socket and start no process;
+tests/integration/test_integrity_decode.py has the ones with real processes."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import tracemalloc
 from collections.abc import Iterator
 
-import aiohttp
 import pytest
 
 from edge.compress import CHUNK, DecodeLimitExceeded, decoder
 from tests.support.upstream import encode_body, sparse_for
 
 MIB = 1 << 20
-CLIENTS = 32
 SIZE = 16 * MIB
 #: The issue's bound on a node's growth while it decodes, and how near its start it
 #: must come back once the clients are served.
-SITE = {"Host": "archive.example"}
 CODINGS = ["gzip", "br", "zstd"]
-
-
-def client() -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(
-        auto_decompress=False,
-        skip_auto_headers=["Accept-Encoding"],
-        timeout=aiohttp.ClientTimeout(total=600),
-    )
-
-
-async def fetch(s: aiohttp.ClientSession, url: str, accept: str) -> tuple[int, str | None, str]:
-    """Status, Content-Encoding and the sha256 of the body, read whole a piece at a
-    time (32 bodies of 16 MiB are not held by the test either)."""
-    digest = hashlib.sha256()
-    async with s.get(url, headers={**SITE, "Accept-Encoding": accept}) as resp:
-        async for piece in resp.content.iter_chunked(1 << 16):
-            digest.update(piece)
-        return resp.status, resp.headers.get("Content-Encoding"), digest.hexdigest()
-
-
-async def crowd(base: str, objects: dict[str, str]) -> None:
-    """CLIENTS clients at once, each asking for its own object without any coding; each
-    gets the whole decoded body."""
-    async with client() as s:
-        results = await asyncio.gather(*(fetch(s, base + p, "identity") for p in objects))
-    for (path, expected), (status, coding, digest) in zip(objects.items(), results, strict=True):
-        assert (status, coding, digest) == (200, None, expected), path
 
 
 # ------------------------------------------------------------------ decompression bombs

@@ -2,7 +2,10 @@
 RFC 9110 preconditions (Section 13) and ranges (Section 14), the Cache-Control rules,
 and the response delay (`--latency`): its parser, the app in this process, and the command
 refusing a bad value. tests/integration/test_origin.py drives the real process for
-everything else."""
+everything else.
+
+Here the parts that open no socket and start no process;
+tests/integration/test_origin_http.py has the ones with real processes."""
 
 from __future__ import annotations
 

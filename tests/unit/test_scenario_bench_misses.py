@@ -1,7 +1,10 @@
 """The miss benchmark: its pure parts on their own (wrk's Lua script, the origin's nginx
 config, counting the origin's log, the miss check, ratios and the table), then the script
 and config as wrk and nginx themselves read them, and one brief run end to end with real
-processes (marked `system`: .ci/run's system stage installs nginx and wrk)."""
+processes (marked `system`: .ci/run's system stage installs nginx and wrk).
+
+Here the parts that open no socket and start no process;
+tests/integration/test_scenario_bench_misses.py has the ones with real processes."""
 
 from __future__ import annotations
 

@@ -1,6 +1,9 @@
 """The cold large-object scenario: its pure parts on their own (the nginx slice config,
 aria2c's command line and report, ratios and the table), then a small run end to end with
-real processes (marked `system`: .ci/run's system stage installs nginx and aria2)."""
+real processes (marked `system`: .ci/run's system stage installs nginx and aria2).
+
+Here the parts that open no socket and start no process;
+tests/integration/test_scenario_cold_large.py has the ones with real processes."""
 
 from __future__ import annotations
 

@@ -3,7 +3,10 @@ run as a subprocess (`python -m scenarios.guard_soak --quick`), judged from its 
 report: the report's shape, the well-behaved clients losing nothing, and every abuser
 refused (429s for the flood, slowloris connections closed by the edge, smuggled requests
 never reaching the origin). The p99 ratio is reported, not asserted here: on a shared
-2-core machine it moves with whatever else runs."""
+2-core machine it moves with whatever else runs.
+
+Here the parts that open no socket and start no process;
+tests/integration/test_scenario_guard_soak.py has the ones with real processes."""
 
 from __future__ import annotations
 

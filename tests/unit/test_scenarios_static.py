@@ -5,7 +5,8 @@ plumbing on loopback.
 
 The proxies themselves are not started here; `python -m scenarios.conformance` and
 `python -m scenarios.bench_hits` do that.
-"""
+Here the parts that open no socket and start no process;
+tests/integration/test_scenarios_static.py has the ones with real processes."""
 
 from __future__ import annotations
 

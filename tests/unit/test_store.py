@@ -1,7 +1,8 @@
 """The disk store on its own (edge.store.DiskStore): where bodies live, what a reader
 gets back, and what survives a restart. One process (edge.coordination.Solo); the
 workers' sharing is held by tests/test_coordination.py and tests/test_workers.py.
-"""
+Here the parts that open no socket and start no process;
+tests/integration/test_store.py has the ones with real processes."""
 
 from __future__ import annotations
 
