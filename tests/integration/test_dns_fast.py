@@ -28,29 +28,8 @@ import dns.rdatatype
 import pytest
 
 from tests.integration.conftest import NodeFactory
-from tests.support.geodns import BASE, EDGES, ZONE, edge_block, start_dns
+from tests.support.geodns import BASE, EDGES, ZONE, edge_block, same_reply, start_dns
 from tests.support.procs import Proc, free_port
-
-# -- comparing replies ----------------------------------------------------------------------
-
-
-def same_reply(fast: bytes | None, slow: bytes | None) -> bool:
-    """Equal, or equal but for the order of records inside RRsets: the same length,
-    header and question bytes, the same records in each section, the same OPT."""
-    if fast == slow:
-        return True
-    if fast is None or slow is None or len(fast) != len(slow):
-        return False
-    a, b = dns.message.from_wire(fast), dns.message.from_wire(slow)
-    qlen = len(a.question[0].name.to_wire()) + 4 if a.question else 0
-    if fast[: 12 + qlen] != slow[: 12 + qlen] or a != b:
-        return False
-    return (a.edns, a.payload, [o.to_wire() for o in a.options]) == (
-        b.edns,
-        b.payload,
-        [o.to_wire() for o in b.options],
-    )
-
 
 # -- two real servers -------------------------------------------------------------------------
 

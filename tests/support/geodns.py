@@ -1,4 +1,5 @@
-"""The GeoDNS tests' zone and topology pieces (three regions), and `edge dns` started on them."""
+"""The GeoDNS tests' zone and topology pieces (three regions), `edge dns` started on them,
+and `same_reply` (two DNS replies equal but for the order of records in RRsets)."""
 
 from __future__ import annotations
 
@@ -99,3 +100,21 @@ def start_dns(procs: list[Proc], tmp_path: Path, topology: str, *extra: str) -> 
             if popen.poll() is not None:
                 raise RuntimeError(log.read_text()) from None
     raise RuntimeError(f"edge dns did not answer:\n{log.read_text()}")
+
+
+def same_reply(fast: bytes | None, slow: bytes | None) -> bool:
+    """Equal, or equal but for the order of records inside RRsets: the same length,
+    header and question bytes, the same records in each section, the same OPT."""
+    if fast == slow:
+        return True
+    if fast is None or slow is None or len(fast) != len(slow):
+        return False
+    a, b = dns.message.from_wire(fast), dns.message.from_wire(slow)
+    qlen = len(a.question[0].name.to_wire()) + 4 if a.question else 0
+    if fast[: 12 + qlen] != slow[: 12 + qlen] or a != b:
+        return False
+    return (a.edns, a.payload, [o.to_wire() for o in a.options]) == (
+        b.edns,
+        b.payload,
+        [o.to_wire() for o in b.options],
+    )

@@ -27,12 +27,7 @@ from tests.support.upstream import encode_body, sparse_for
 
 MIB = 1 << 20
 SIZE = 16 * MIB
-#: The issue's bound on a node's growth while it decodes, and how near its start it
-#: must come back once the clients are served.
 CODINGS = ["gzip", "br", "zstd"]
-
-
-# ------------------------------------------------------------------ decompression bombs
 
 
 # ------------------------------------------------------------------ the decoders alone
