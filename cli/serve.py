@@ -94,7 +94,7 @@ shield = command("shield", "Run an origin shield: the second cache tier, in fron
 def run_node(role: str, config: Path | None, given: dict[str, Any], *, log_level: str) -> None:
     """Load the node's configuration (the command line's `given` values over the
     --config file), check it, set up logging and start the node."""
-    from edge import tls
+    from edge.server import tls
 
     try:
         cfg = load_config(config, {**from_command_line(role, given), "role": role})
@@ -110,7 +110,7 @@ def run_node(role: str, config: Path | None, given: dict[str, Any], *, log_level
 
 def run(main: Coroutine[Any, Any, None]) -> None:
     """Run a node's loop on uvloop where it is installed: a hit costs about half as
-    much CPU as on asyncio's own loop (edge.zerocopy keeps sendfile working on it)."""
+    much CPU as on asyncio's own loop (edge.server.zerocopy keeps sendfile working on it)."""
     try:
         import uvloop
     except ImportError:
@@ -120,8 +120,8 @@ def run(main: Coroutine[Any, Any, None]) -> None:
 
 
 def start(cfg: NodeConfig) -> None:
-    from edge.node import serve_forever
-    from edge.purge import Refusal
+    from edge.purge.bans import Refusal
+    from edge.server.node import serve_forever
 
     host = cfg.host_port[0]
     scheme = "https" if cfg.tls_cert else "http"
@@ -130,7 +130,7 @@ def start(cfg: NodeConfig) -> None:
     )
     try:
         if cfg.workers > 1:
-            from edge.workers import supervise
+            from edge.multiproc.workers import supervise
 
             supervise(cfg, ready, run)
         else:

@@ -32,7 +32,7 @@ import origin.deploy.plan
 from cli.errors import fail
 
 if TYPE_CHECKING:
-    from edge.tls import LocalCA
+    from edge.server.tls import LocalCA
     from origin.deploy.plan import Process
     from origin.deploy.topology import Edge, Topology
 
@@ -185,7 +185,7 @@ def plan(topology_path: Path, workdir: Path, tls: bool = False) -> list[Child]:
         fail(str(exc), 2)
     ca = None
     if tls:
-        from edge.tls import LocalCA
+        from edge.server.tls import LocalCA
 
         ca = LocalCA(workdir / "tls")
     try:

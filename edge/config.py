@@ -16,8 +16,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from edge.balance import STRATEGIES
-from edge.forwarding import DEFAULT_TRUSTED
 from edge.options import (
     ROLES,
     Check,
@@ -29,7 +27,9 @@ from edge.options import (
     opt,
     options_of,
 )
-from edge.policy import SET_COOKIE_DEFAULT, SET_COOKIE_MODES
+from edge.rfc.forwarding import DEFAULT_TRUSTED
+from edge.rfc.policy import SET_COOKIE_DEFAULT, SET_COOKIE_MODES
+from edge.upstream.balance import STRATEGIES
 
 #: The exit status of a node stopped by a configuration error (as cli.errors has it).
 CONFIG_ERROR_STATUS = 2
@@ -96,7 +96,7 @@ def _positive(name: str, value: Any, *, integer: bool = False, zero: bool = Fals
 #: Peers that may read /_edge/health in full and /_edge/metrics without a token.
 DEFAULT_ADMIN_NETWORKS = ("127.0.0.1/32", "::1/128")
 
-#: The most worker processes a node runs (edge.shared sizes its slots by it).
+#: The most worker processes a node runs (edge.multiproc.shared sizes its slots by it).
 MAX_WORKERS = 64
 
 
@@ -161,7 +161,7 @@ _POOL_KEYS = {f.name for f in fields(PoolConfig)} - {"name"}
 
 def pool_from_table(name: str, table: dict[str, Any]) -> PoolConfig:
     """A [pools.NAME] table -> PoolConfig. Members are URLs or {url, weight} tables."""
-    from edge.balance import STRATEGIES
+    from edge.upstream.balance import STRATEGIES
 
     unknown = set(k.replace("-", "_") for k in table) - _POOL_KEYS
     if unknown:
@@ -260,7 +260,7 @@ def _url(name: str, value: Any) -> str:
 
 
 def _networks(name: str, value: Any) -> tuple[str, ...]:
-    from edge.forwarding import parse_networks
+    from edge.rfc.forwarding import parse_networks
 
     networks = kind_check(Kind.LIST)(name, value)
     try:
@@ -318,7 +318,7 @@ def _waf_rules(name: str, value: Any) -> str:
     if not isinstance(value, str):
         raise ConfigError(f"{name} must be a path: {value!r}")
     if value:
-        from edge.waf import RuleError, load_rules
+        from edge.features.waf import RuleError, load_rules
 
         try:
             load_rules(value)
@@ -457,7 +457,7 @@ class NodeConfig:
         kind=Kind.TEXT,
         env="EDGE_ADMIN_TOKEN",
     )
-    # -- the guard (edge.guard): limits on what a client controls -----------------
+    # -- the guard (edge.features.guard): limits on what a client controls -----------------
     # Request line and each header line (bytes), header count and all header bytes
     # (32K: nginx's large_client_header_buffers and Varnish's http_req_size; a head
     # larger than that is an attack or a cookie jar gone wrong, 431 either way).
@@ -519,7 +519,7 @@ class NodeConfig:
         kind=Kind.LIST,
         check=_methods,
     )
-    # Request rules (edge.waf).
+    # Request rules (edge.features.waf).
     waf: bool = opt(True, "Apply the shipped request rules.", kind=Kind.FLAG)
     waf_rules: str = opt("", "TOML file of more request rules.", kind=Kind.TEXT, check=_waf_rules)
     waf_hosts: dict[str, Any] = opt(
@@ -567,7 +567,7 @@ class NodeConfig:
     underscores_in_headers: bool = opt(
         False, "Forward request fields with '_' in their names.", kind=Kind.FLAG
     )
-    # Responses that set a cookie (edge.policy.is_storable): "never" shared, or on the
+    # Responses that set a cookie (edge.rfc.policy.is_storable): "never" shared, or on the
     # origin's say-so: "public" (public, s-maxage or a targeted field), "explicit" (also
     # max-age or Expires) or "rfc" (as RFC 9111 alone allows, a cookie set on a 304 too).
     set_cookie: str = opt(
@@ -591,7 +591,7 @@ class NodeConfig:
         kind=Kind.LIST,
         check=_networks,
     )
-    # -- TLS (edge.tls): shape here; edge.tls loads the files when the node starts ----
+    # -- TLS (edge.server.tls): shape here; edge.server.tls loads the files at start ----
     tls_cert: tuple[str, ...] = opt(
         (),
         "PEM certificate chain to serve HTTPS with; repeat with --tls-key for several "
@@ -670,7 +670,7 @@ class NodeConfig:
     )
     # Not an option: the subcommand (serve or shield) says it.
     role: str = "edge"
-    # -- freshness (edge.policy) --------------------------------------------------
+    # -- freshness (edge.rfc.policy) --------------------------------------------------
     heuristic_fraction: float = opt(
         0.1,
         "Heuristic freshness: this fraction of (Date - Last-Modified) (RFC 9111 Section 4.2.2).",
@@ -692,7 +692,7 @@ class NodeConfig:
         check=_number(zero=True),
     )
     # RFC 9111 Section 5.1 says a cache SHOULD ignore an invalid Age; edge treats the
-    # response as stale unless this is turned off (see edge.policy.parse_age).
+    # response as stale unless this is turned off (see edge.rfc.policy.parse_age).
     invalid_age_is_stale: bool = opt(
         True, "Treat a response with an invalid Age as stale.", kind=Kind.FLAG
     )
@@ -712,7 +712,7 @@ class NodeConfig:
         True, "Answer repeated plain hits of small objects from memory.", kind=Kind.FLAG
     )
     # Each worker is a whole node on one listening port (SO_REUSEPORT) over one cache
-    # directory (edge.workers).
+    # directory (edge.multiproc.workers).
     workers: int = opt(
         1,
         f"Worker processes (1-{MAX_WORKERS}), each serving the same port (SO_REUSEPORT) "
@@ -766,7 +766,7 @@ class NodeConfig:
         return self
 
     def _validate_tls(self) -> None:
-        """Shape only; edge.tls loads and checks the files when the node starts."""
+        """Shape only; edge.server.tls loads and checks the files when the node starts."""
         if len(self.tls_cert) != len(self.tls_key):
             raise ConfigError(
                 f"--tls-cert and --tls-key come in pairs: {len(self.tls_cert)} certificate(s), "
@@ -778,10 +778,10 @@ class NodeConfig:
             raise ConfigError("hsts needs TLS (--tls-cert and --tls-key)")
 
     def _validate_guard(self) -> None:
-        """The guard's rules between options (edge.guard)."""
+        """The guard's rules between options (edge.features.guard)."""
         if self.rate_limit and self.rate_burst and self.rate_burst < 1:
             raise ConfigError("rate_burst must be at least 1")
-        from edge.guard import rate_classes
+        from edge.features.guard import rate_classes
 
         try:
             rate_classes(self.rate_limit, self.rate_burst, self.rate_classes)

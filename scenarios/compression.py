@@ -1,5 +1,5 @@
 """Compression on the demo archive's texts: bytes saved, CPU to encode and speed to decode
-for br, zstd and gzip at several levels, the numbers edge.compress.LEVELS and MIN_SIZE
+for br, zstd and gzip at several levels, the numbers edge.features.compress.LEVELS and MIN_SIZE
 are chosen from.
 
     python -m scenarios.compression            # half the books, 6.1 MB: ~35 s
@@ -11,12 +11,12 @@ are chosen from.
    Content-Type the demo origin serves them with): the books, catalogue.json, the SVG and
    the README. By default every second book by size, from the largest down (so the sizes
    still span 60 KB to 2 MB and the run stays bounded); `--full` takes all twenty;
-2. for each coding and level, compresses every file with `edge.compress.encoder`, fed in
+2. for each coding and level, compresses every file with `edge.features.compress.encoder`, fed in
    64 KiB pieces as the edge feeds it, with the body's length as size hint, timing with
    `time.process_time` (CPU of this process, encoder set-up included: the edge makes one
    per response). Cheap levels are repeated (up to 5 times, until 0.25 s of CPU) and the
    fastest run kept;
-3. decodes each result with `edge.compress.decoder` (capped, 64 KiB pieces), checks the
+3. decodes each result with `edge.features.compress.decoder` (capped, 64 KiB pieces), checks the
    bytes round-trip, and times it;
 4. small bodies: slices of 128 B to 4 KiB from the same texts, at edge's two levels:
    bytes saved per response net of the `Content-Encoding` line, and CPU per response with
@@ -43,7 +43,7 @@ from pathlib import Path
 import brotli
 import zstandard
 
-from edge import compress
+from edge.features import compress
 from origin.archive.demo import generate
 from origin.archive.server import content_type_for
 

@@ -81,7 +81,7 @@ GUARD = {
     "keepalive_timeout": 5.0,
     "max_connections_per_client": 32,
 }
-# aiohttp reads on for this long after refusing an unread body (edge/node.py).
+# aiohttp reads on for this long after refusing an unread body (edge/server/node.py).
 LINGER_S = 2.0
 # What a client may see beyond a deadline before it counts as held too long: the
 # edge's timers are checked on its event loop, which is busy during a soak.

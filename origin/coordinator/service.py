@@ -3,7 +3,7 @@
 This module owns the SQLite log (`PurgeStore`: purges, confirmations, the node registry,
 the compaction point), the in-memory fan-out over WebSockets (`Coordinator`), the HTTP
 API and the server's lifetime (`run`). The purge format and its validation are the
-nodes' own (edge.purgemodel), as is the bearer-token check (edge.tokens): a body the
+nodes' own (edge.purge.model), as is the bearer-token check (edge.rfc.tokens): a body the
 coordinator takes, every node takes. The command line is in cli/coordinator.py.
 
 The protocol, in short. A node subscribes at /v1/subscribe with the last seq it applied
@@ -51,8 +51,8 @@ import aiosqlite
 from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp.typedefs import Handler
 
-from edge.purgemodel import SELECTORS, PurgeError, parse_purge_body
-from edge.tokens import CHALLENGE, check_bearer
+from edge.purge.model import SELECTORS, PurgeError, parse_purge_body
+from edge.rfc.tokens import CHALLENGE, check_bearer
 
 log = logging.getLogger("origin.coordinator")
 
@@ -566,7 +566,7 @@ class Coordinator:
     # -- HTTP
 
     def _authorized(self, request: web.Request, token: str) -> web.Response | None:
-        """None when the request carries `token` (edge.tokens), else the 401 to answer."""
+        """None when the request carries `token` (edge.rfc.tokens), else the 401 to answer."""
         reason = check_bearer(request.headers.get("Authorization"), token)
         if reason is None:
             return None
@@ -580,7 +580,7 @@ class Coordinator:
         if denied is not None:
             return denied
         try:
-            # The validation nodes apply to their own purge endpoint (edge.purgemodel).
+            # The validation nodes apply to their own purge endpoint (edge.purge.model).
             purge = parse_purge_body(await request.read()).to_json()
         except PurgeError as exc:
             return _error(400, str(exc))

@@ -119,7 +119,7 @@ class Edge:
     listen: str = ""  # HOST:PORT the edge listens on when `edge up` runs it
     cache_size: str = "1G"
     docker_ipv4: ipaddress.IPv4Address | None = None
-    workers: int = 1  # processes of `edge serve --workers` (edge.workers)
+    workers: int = 1  # processes of `edge serve --workers` (edge.multiproc.workers)
 
 
 @dataclass(frozen=True)
@@ -320,7 +320,7 @@ def _number(where: str, value: Any, *, low: float, high: float, integer: bool = 
 
 
 def _workers(where: str, item: dict[str, Any]) -> int:
-    """A node's processes (`edge serve --workers`, edge.workers)."""
+    """A node's processes (`edge serve --workers`, edge.multiproc.workers)."""
     return int(_number(f"{where} workers", item.get("workers", 1), low=1, high=64, integer=True))
 
 

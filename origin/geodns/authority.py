@@ -42,7 +42,7 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
-from edge.balance import Health, Member, Thresholds
+from edge.upstream.balance import Health, Member, Thresholds
 from origin.deploy.topology import Address, Edge, Topology
 from origin.geodns.geoip import WatchedDatabase
 from origin.geodns.select import Decision, Selector, address_of

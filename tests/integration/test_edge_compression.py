@@ -14,7 +14,7 @@ import pytest
 import zstandard
 from multidict import CIMultiDict
 
-from edge.compress import LEVELS
+from edge.features.compress import LEVELS
 from tests.integration.conftest import EdgeFactory
 from tests.support.procs import Proc
 from tests.support.upstream import text_for

@@ -407,7 +407,7 @@ async def test_access_log_records_each_state_walk(upstream: Proc, edge: EdgeFact
         assert r.status == 200
         await r.read()  # read to the end: a client leaving early is logged as client-gone
     await get(f"{node.url}/nothing", **{"Cache-Control": "only-if-cached"})  # synth
-    for _ in range(50):  # access lines are written a loop turn later (edge.accesslog)
+    for _ in range(50):  # access lines are written a loop turn later (edge.observe.accesslog)
         walks = {
             line.split("walk=")[1].strip() for line in node.output().splitlines() if "walk=" in line
         }

@@ -1,4 +1,4 @@
-"""The hit fast path (edge.fastpath) gives the bytes the general path gives, and every
+"""The hit fast path (edge.pipeline.fastpath) gives the bytes the general path gives, and every
 per-request rule still holds on it: freshness, purges, rate limits, header rules,
 conditionals and ranges (which go the general way), closing and pipelining.
 
@@ -40,7 +40,7 @@ def timing(response: bytes) -> tuple[bytes, list[int]]:
 
 
 def fast_count(proc: Proc) -> int:
-    time.sleep(0.05)  # access lines are written a loop turn later (edge.accesslog)
+    time.sleep(0.05)  # access lines are written a loop turn later (edge.observe.accesslog)
     return proc.output().count("walk=fast")
 
 
@@ -52,7 +52,7 @@ CASES = {
         ("Accept-Encoding: gzip, br",),
     ),
     "Vary on Accept-Language": ("/v/1?vary=Accept-Language", ("Accept-Language: fr",)),
-    # Shared only on the node's opt-in (set_cookie, edge.policy.is_storable).
+    # Shared only on the node's opt-in (set_cookie, edge.rfc.policy.is_storable).
     "explicit cookie": ("/c/1?cc=max-age%3D600&cookie=a%3Db", ("User-Agent: curl/8",)),
     "targeted field": ("/d/1?cc=no-cache&cdncc=max-age%3D600", ()),
     "empty body": ("/e/1?size=0", ()),

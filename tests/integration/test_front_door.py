@@ -26,7 +26,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from edge.tls import LocalCA
+from edge.server.tls import LocalCA
 from tests.integration.conftest import NodeFactory
 from tests.support.guardkit import connect, exchange, read_all, status_of, write_config
 from tests.support.procs import Proc, free_port
@@ -111,7 +111,7 @@ def test_a_host_is_one_authority_or_a_400_at_every_tier_and_listener(
         second = exchange(proc.port, request("/norm", f"Host: {SITE}:"))[0]
         assert status_of(first) == 200 and status_of(second) == 200
         assert b"hit" in second.partition(b"Cache-Status:")[2].split(b"\r\n")[0], second[:400]
-    # A hot hit (edge.fastpath) answers a good Host only: a second Host line is a 400.
+    # A hot hit (edge.pipeline.fastpath) answers a good Host only: a second Host line is a 400.
     for _ in range(3):
         assert status_of(exchange(t.front.port, request("/hot", f"Host: {SITE}"))[0]) == 200
     answer, closed = exchange(t.front.port, request("/hot", f"Host: {SITE}", "Host: evil.test"))

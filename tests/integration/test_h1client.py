@@ -1,4 +1,4 @@
-"""edge's upstream HTTP/1.1 client (edge.h1client) against raw-socket servers on
+"""edge's upstream HTTP/1.1 client (edge.upstream.h1client) against raw-socket servers on
 loopback: read timeouts for a head and a body that never come, a response that overruns
 its Content-Length, and a field with a line break refused before anything is sent.
 """
@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from edge import h1client
+from edge.upstream import h1client
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 

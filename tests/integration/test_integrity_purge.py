@@ -2,7 +2,7 @@
 serve` alone or behind `edge shield`, and purges made on the nodes themselves (POST
 /_edge/purge) or through `edge coordinator` with `edge purge`.
 
-A purge URL is keyed by the function that keys requests (edge.keys): escapes of
+A purge URL is keyed by the function that keys requests (edge.rfc.keys): escapes of
 unreserved characters decoded and the rest upper-cased, raw non-ASCII escaped, the
 query by the node's own key_query, host case and default port. So a purge spelled
 differently from the request that stored an object still removes it, at every tier.

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.ranges import MAX_RANGES, ByteRange, multipart_length
+from edge.rfc.ranges import MAX_RANGES, ByteRange, multipart_length
 from tests.integration.conftest import NodeFactory
 from tests.support.guardkit import exchange, status_of
 from tests.support.procs import Proc, edge_cmd, free_port, start
@@ -213,7 +213,7 @@ def test_overlapping_ranges_are_one_part(objects: Objects, kind: str, visit: str
 @pytest.mark.parametrize("visit", VISITS)
 def test_unsorted_ranges_come_in_ascending_order(objects: Objects, kind: str, visit: str) -> None:
     """Section 14.2 lets a server reorder parts: edge sends them ascending. The body is
-    exactly what edge.ranges.multipart_length costs it at, which is what parse_range
+    exactly what edge.rfc.ranges.multipart_length costs it at, which is what parse_range
     weighs against the object."""
     port, path, data = objects.fresh(kind)
     if visit == "hit":

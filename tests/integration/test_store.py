@@ -1,5 +1,5 @@
-"""The disk store on its own (edge.store.DiskStore): where bodies live, what a reader
-gets back, and what survives a restart. One process (edge.coordination.Solo); the
+"""The disk store on its own (edge.store.disk.DiskStore): where bodies live, what a reader
+gets back, and what survives a restart. One process (edge.multiproc.coordination.Solo); the
 workers' sharing is held by tests/test_coordination.py and tests/test_workers.py.
 Here the parts with real processes or sockets; tests/unit/test_store.py has
 the pure ones."""
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.coordination import Solo
-from edge.store import DiskStore, Entry
+from edge.multiproc.coordination import Solo
+from edge.store.disk import DiskStore, Entry
 
 
 def files_under(directory: Path) -> list[Path]:
@@ -40,7 +40,8 @@ def read(store: DiskStore, stored: Entry) -> bytes:
     handle = store.open_body(stored)
     assert handle is not None
     with handle:
-        # As delivery reads it: by descriptor, at an offset (edge.pipeline, edge.derive).
+        # As delivery reads it: by descriptor, at an offset (edge.pipeline.transaction,
+        # edge.fetch.derive).
         return os.pread(handle.fileno(), stored.size + 1, 0)
 
 
@@ -50,8 +51,8 @@ def read(store: DiskStore, stored: Entry) -> bytes:
 _CRASH = """
 import asyncio, os, signal, sys
 from pathlib import Path
-from edge.coordination import Solo
-from edge.store import DiskStore, Entry
+from edge.multiproc.coordination import Solo
+from edge.store.disk import DiskStore, Entry
 
 def put(store, key, body):
     writer = store.begin()

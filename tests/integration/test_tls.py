@@ -18,7 +18,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from edge.tls import LocalCA
+from edge.server.tls import LocalCA
 from tests.support.procs import Proc, edge_cmd, free_port, start
 from tests.support.proctable import matching
 from tests.support.tlsnodes import tls_edge
@@ -114,7 +114,7 @@ async def test_large_bodies_over_tls_are_whole(
     procs: list[Proc], tmp_path: Path, upstream: Proc, ca: LocalCA
 ) -> None:
     """Bodies above the single-write size leave by sendfile over plain TCP; over TLS
-    they must be read and encrypted (edge.zerocopy): miss, hit and a range, whole."""
+    they must be read and encrypted (edge.server.zerocopy): miss, hit and a range, whole."""
     pair = ca.issue("archive", ["archive.test"], ["127.0.0.1"])
     edge = tls_edge(procs, tmp_path, upstream.url, [pair], ca.cert_path, name="tls-big")
     base = f"https://127.0.0.1:{edge.port}"

@@ -1,4 +1,4 @@
-"""A node of several workers (`edge serve --workers N`, edge.workers), real processes on
+"""A node of several workers (`edge serve --workers N`, edge.multiproc.workers), real processes on
 loopback: connections spread over the workers, one upstream request per object for the
 whole node (a cold crowd over many connections, a Vary'd object, a small one), purges
 and replaced objects seen by every worker (their hot tiers and memory caches included),
@@ -122,7 +122,7 @@ async def crowd(
 
 def counters_by_worker(proc: Proc, cache_dir: Path, status: str) -> dict[int, float]:
     """Each live worker's edge_requests_total for `status`, from the snapshots every
-    worker writes into the cache directory (edge.workers)."""
+    worker writes into the cache directory (edge.multiproc.workers)."""
     port = proc.port
     pids = {w["pid"] for w in health(port)["worker"]["all"] if w["alive"]}
     time.sleep(1.5)  # every worker writes its counters at least once a second
@@ -597,7 +597,7 @@ def test_a_cold_crowd_on_a_sliced_object_over_every_worker_makes_one_upstream_re
 def test_tls_and_the_redirect_listener_in_every_worker(
     procs: list[Proc], upstream: Proc, tmp_path: Path
 ) -> None:
-    from edge.tls import LocalCA
+    from edge.server.tls import LocalCA
     from tests.support.tlsnodes import tls_edge
 
     ca = LocalCA(tmp_path / "tls")

@@ -1,4 +1,4 @@
-"""The access log's line (edge.accesslog.request_line: the pipeline and the hit fast
+"""The access log's line (edge.observe.accesslog.request_line: the pipeline and the hit fast
 path both write theirs with it) and its buffering. Pure: a StringIO stream, no sockets."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from edge.accesslog import FLUSH_BYTES, NAME, AccessLog, request_line
+from edge.observe.accesslog import FLUSH_BYTES, NAME, AccessLog, request_line
 
 STAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}"
 

@@ -593,7 +593,7 @@ def test_dockerignore_leaves_out_local_state_but_not_the_sources() -> None:
     for path in [
         "pyproject.toml",
         "README.md",
-        "edge/node.py",
+        "edge/server/node.py",
         "origin/deploy/compose.py",
         "origin/topologies/docker.toml",
         "cli/main.py",

@@ -1,4 +1,4 @@
-"""edge.compress on its own: Accept-Encoding negotiation (RFC 9110 Section 12.5.3), the
+"""edge.features.compress on its own: Accept-Encoding negotiation (RFC 9110 Section 12.5.3), the
 compressible types, variant entity tags (Section 8.8.3) and Vary, the encoders (checked
 with the standard decoders) and the capped decoders (round trips, truncation, garbage,
 decompression bombs with bounded memory)."""
@@ -15,8 +15,8 @@ import brotli
 import pytest
 import zstandard
 
-from edge import compress
-from edge.compress import (
+from edge.features import compress
+from edge.features.compress import (
     CHUNK,
     CODINGS,
     LEVELS,

@@ -1,5 +1,5 @@
-"""The coordination seam (edge.coordination) held to one contract by both of its
-implementations: `Solo` (one process; an injected clock) and `Workers` (edge.workers:
+"""The coordination seam (edge.multiproc.coordination) held to one contract by both of its
+implementations: `Solo` (one process; an injected clock) and `Workers` (edge.multiproc.workers:
 the worker map, the fill locks and records in a cache directory under tmp_path).
 
 Each test sees two views of one node, `here` and `there`. For Solo they are the one
@@ -7,7 +7,7 @@ process (the same object, and the same in-flight table); for workers they are tw
 `Workers` over one directory in this process, standing in for two workers: their fill
 locks exclude each other as two processes' do. What the contract promises holds either
 way, so a path that works alone works across workers. Then the one way to join or
-start a fill (edge.fill.InFlight.join_or_start) on each, and the slices' use of it.
+start a fill (edge.fetch.fill.InFlight.join_or_start) on each, and the slices' use of it.
 """
 
 from __future__ import annotations
@@ -20,17 +20,17 @@ from typing import Any, cast
 
 import pytest
 
-from edge import shared as shared_map
-from edge.coordination import Coordination, Solo
-from edge.fill import Fill, FillHead, InFlight
-from edge.keys import QueryRules
-from edge.metrics import NodeMetrics
-from edge.purge import Bans, Purger
-from edge.purgemodel import Purge
-from edge.slices import Slicer, stream_key
-from edge.store import BodyWriter, DiskStore, Entry
-from edge.upstream import UpstreamError, Upstreams
-from edge.workers import METRICS_DIR, Workers
+from edge.fetch.fill import Fill, FillHead, InFlight
+from edge.fetch.slices import Slicer, stream_key
+from edge.multiproc import shared as shared_map
+from edge.multiproc.coordination import Coordination, Solo
+from edge.multiproc.workers import METRICS_DIR, Workers
+from edge.observe.metrics import NodeMetrics
+from edge.purge.bans import Bans, Purger
+from edge.purge.model import Purge
+from edge.rfc.keys import QueryRules
+from edge.store.disk import BodyWriter, DiskStore, Entry
+from edge.upstream.pools import UpstreamError, Upstreams
 
 
 class Clock:
@@ -72,7 +72,7 @@ def pair(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Pair]:
         yield Pair("solo", solo, solo, [solo], directory, clock)
         solo.close(_metrics())
         return
-    # What the supervisor does before any worker starts (edge.workers.prepare).
+    # What the supervisor does before any worker starts (edge.multiproc.workers.prepare).
     shared_map.create(directory, 2)
     (directory / METRICS_DIR).mkdir()
     first, second = Workers.open(directory, 0), Workers.open(directory, 1)
@@ -218,7 +218,7 @@ def test_only_the_node_alone_prepares_its_directory(tmp_path: Path) -> None:
     worker.shared.close()
 
 
-# -- join or start (edge.fill.InFlight) ---------------------------------------------------
+# -- join or start (edge.fetch.fill.InFlight) ---------------------------------------------------
 
 
 @dataclass
@@ -440,7 +440,7 @@ async def test_a_reader_beside_a_stream_in_its_own_process_does_not_mark_it_want
     store.close()
 
 
-# -- the purge state through it (edge.purge.Purger) --------------------------------------
+# -- the purge state through it (edge.purge.bans.Purger) --------------------------------------
 
 
 async def test_purges_applied_by_any_process_are_all_kept_and_seen(pair: Pair) -> None:

@@ -1,4 +1,4 @@
-"""edge.http1 on an in-memory transport: bytes in, bytes out, no sockets.
+"""edge.server.http1 on an in-memory transport: bytes in, bytes out, no sockets.
 
 Each test feeds a connection the bytes a client would send and reads what the
 connection wrote: pipelining in order, chunked request bodies, the head limits,
@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from multidict import CIMultiDict
 
-from edge.exchange import Channel, Request, Response
-from edge.http1 import Connection, ConnectionGuard, Limits, Listener
+from edge.pipeline.exchange import Channel, Request, Response
+from edge.server.http1 import Connection, ConnectionGuard, Limits, Listener
 
 
 class FakeTransport(asyncio.Transport):
@@ -334,8 +334,8 @@ def hot_engine() -> Any:
     """What the fast path asks of an engine: a hot tier holding GET /hot for Host h."""
     from types import SimpleNamespace
 
-    from edge.accesslog import AccessLog
-    from edge.fastpath import HotTier
+    from edge.observe.accesslog import AccessLog
+    from edge.pipeline.fastpath import HotTier
 
     tier = HotTier(lambda key, variant: True, lambda: 1)
     tier.offer(

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from edge.compress import CHUNK, DecodeLimitExceeded, decoder
+from edge.features.compress import CHUNK, DecodeLimitExceeded, decoder
 from tests.support.upstream import encode_body, sparse_for
 
 MIB = 1 << 20

@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 from multidict import CIMultiDict
 
-from edge import derive
-from edge.compress import LEVELS, variant_etag
-from edge.ranges import if_range_allows
-from edge.slices import SlicedSource, Slicer, combinable
-from edge.store import Entry
+from edge.features.compress import LEVELS, variant_etag
+from edge.fetch import derive
+from edge.fetch.slices import SlicedSource, Slicer, combinable
+from edge.rfc.ranges import if_range_allows
+from edge.store.disk import Entry
 
 LM = "Wed, 01 Jan 2020 00:00:00 GMT"
 LATER = "Thu, 02 Jan 2020 00:00:00 GMT"

@@ -28,7 +28,7 @@ from edge.options import ROLES, Kind, Option
 TOKEN = "node-token"
 
 # A good value of each command-line option, as a TOML file says it. The TLS pair is in
-# every config (http_redirect and hsts need TLS; edge.tls loads the files at start-up,
+# every config (http_redirect and hsts need TLS; edge.server.tls loads the files at start-up,
 # not here).
 GOOD: dict[str, Any] = {
     "listen": "127.0.0.1:9911",

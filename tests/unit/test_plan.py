@@ -68,7 +68,7 @@ def _move_edge(raw: Raw) -> None:
 
 
 def _ca(raw: Raw) -> None:
-    from edge.tls import LocalCA
+    from edge.server.tls import LocalCA
 
     raw.setdefault("health", {})["ca"] = str(LocalCA(Path(tempfile.mkdtemp())).cert_path)
 

@@ -1,11 +1,13 @@
 """No module of edge/ outside the coordination seam asks whether it runs as a worker.
 
-The seam (edge.coordination) has two implementations, Solo and edge.workers.Workers
-(over edge.shared); the node's entry points choose one. Everywhere else the seam is a
-value that is always there, used through its interface. Read from the source (ast):
+The seam (edge.multiproc.coordination) has two implementations, Solo and
+edge.multiproc.workers.Workers (over edge.multiproc.shared); the node's entry points choose
+one. Everywhere else the seam is a value that is always there, used through its interface.
+Read from the source (ast):
 
-- nothing outside the seam imports edge.shared or edge.workers, or names `Workers` or
-  `Shared`; `Solo` is only constructed (the entry point's choice), never tested for;
+- nothing outside the seam imports edge.multiproc.shared or edge.multiproc.workers, or
+  names `Workers` or `Shared`; `Solo` is only constructed (the entry point's choice), never
+  tested for;
 - no value of the seam is optional: no `Coordination | None` (or Optional, or a None
   default) in a signature, an attribute or a variable;
 - nothing is compared with None, or tested for truth, whose name says it is the seam
@@ -25,7 +27,7 @@ import pytest
 EDGE = Path(__file__).resolve().parents[2] / "edge"
 #: The seam's own modules: the interface and Solo, the workers' implementation and
 #: the supervisor, the worker map.
-SEAM = {"coordination.py", "workers.py", "shared.py"}
+SEAM = EDGE / "multiproc"
 #: Names that stand for the seam, or for worker-ness in the branches it replaced.
 SEAM_NAME = re.compile(r"(^|_)(worker|workers|shared|cross|coordination|coord|solo)s?$", re.I)
 SEAM_CLASSES = {"Coordination", "Solo", "Workers", "Shared"}
@@ -33,7 +35,7 @@ PRIVATE_TO_SEAM = {"Workers", "Shared"}
 
 
 def modules() -> list[Path]:
-    return sorted(p for p in EDGE.glob("*.py") if p.name not in SEAM)
+    return sorted(p for p in EDGE.rglob("*.py") if SEAM not in p.parents)
 
 
 def _terminal(node: ast.AST) -> str | None:
@@ -48,7 +50,7 @@ def _terminal(node: ast.AST) -> str | None:
 def _is_seam_value(node: ast.AST, *, truth: bool = False) -> bool:
     name = _terminal(node)
     if truth and isinstance(node, ast.Name) and node.id == "shared":
-        return False  # also RFC 9111's word (a shared cache: edge.policy's bool)
+        return False  # also RFC 9111's word (a shared cache: edge.rfc.policy's bool)
     return name is not None and bool(SEAM_NAME.search(name))
 
 
@@ -105,11 +107,12 @@ def findings(source: str) -> list[str]:
     for n in ast.walk(tree):
         if isinstance(n, ast.Import):
             for alias in n.names:
-                if alias.name in ("edge.shared", "edge.workers"):
+                if alias.name in ("edge.multiproc.shared", "edge.multiproc.workers"):
                     say(n, f"imports {alias.name}")
         elif isinstance(n, ast.ImportFrom):
-            if n.module in ("edge.shared", "edge.workers") or (
-                n.module == "edge" and any(a.name in ("shared", "workers") for a in n.names)
+            if n.module in ("edge.multiproc.shared", "edge.multiproc.workers") or (
+                n.module == "edge.multiproc"
+                and any(a.name in ("shared", "workers") for a in n.names)
             ):
                 say(n, f"imports from {n.module}")
         elif isinstance(n, ast.Name) and n.id in PRIVATE_TO_SEAM:
@@ -162,7 +165,7 @@ def findings(source: str) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize("path", modules(), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", modules(), ids=lambda p: str(p.relative_to(EDGE)))
 def test_no_module_outside_the_seam_asks_whether_it_runs_as_a_worker(path: Path) -> None:
     assert findings(path.read_text()) == [], path.name
 
@@ -170,9 +173,10 @@ def test_no_module_outside_the_seam_asks_whether_it_runs_as_a_worker(path: Path)
 def test_the_seam_is_used_where_the_branches_were() -> None:
     """The check reads the modules that took the seam's place (a rename would leave it
     reading nothing)."""
-    names = {p.name for p in modules()}
-    assert {"fill.py", "slices.py", "store.py", "purge.py", "node.py", "pipeline.py"} <= names
-    for name in ("fill.py", "slices.py", "store.py", "purge.py", "node.py"):
+    names = {str(p.relative_to(EDGE)) for p in modules()}
+    users = ["fetch/fill.py", "fetch/slices.py", "store/disk.py", "purge/bans.py", "server/node.py"]
+    assert {*users, "pipeline/transaction.py"} <= names
+    for name in users:
         assert "coordination" in (EDGE / name).read_text(), name
 
 
@@ -189,9 +193,9 @@ def test_the_seam_is_used_where_the_branches_were() -> None:
         "if isinstance(self.coordination, Solo):\n    pass",
         "if type(c) is Solo:\n    pass",
         "if hasattr(self.engine, 'worker'):\n    pass",
-        "from edge.workers import Workers",
-        "from edge import shared",
-        "import edge.shared",
+        "from edge.multiproc.workers import Workers",
+        "from edge.multiproc import shared",
+        "import edge.multiproc.shared",
         "def f(coordination: Coordination | None = None) -> None: ...",
         "def f(c: 'Optional[Coordination]') -> None: ...",
         "def f(*, worker=None) -> None: ...",

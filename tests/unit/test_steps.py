@@ -1,4 +1,4 @@
-"""The client machine's table (edge.steps): the driver's check refuses every move the
+"""The client machine's table (edge.pipeline.steps): the driver's check refuses every move the
 table does not list, the table has no dead ends or unreachable steps, every step has
 its method in the pipeline, and the README shows the table as the code has it."""
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from edge import steps
-from edge.steps import FINAL, FIRST, MOVES, IllegalMove, Step, move
+from edge.pipeline import steps
+from edge.pipeline.steps import FINAL, FIRST, MOVES, IllegalMove, Step, move
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -71,7 +71,7 @@ def test_the_log_shows_the_walk_without_its_end() -> None:
 
 
 def test_every_step_has_its_method_in_the_pipeline() -> None:
-    from edge import pipeline
+    from edge.pipeline import transaction as pipeline
 
     assert set(pipeline._STEPS) == set(Step) - FINAL
     for step, method in pipeline._STEPS.items():

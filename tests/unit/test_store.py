@@ -1,5 +1,5 @@
-"""The disk store on its own (edge.store.DiskStore): where bodies live, what a reader
-gets back, and what survives a restart. One process (edge.coordination.Solo); the
+"""The disk store on its own (edge.store.disk.DiskStore): where bodies live, what a reader
+gets back, and what survives a restart. One process (edge.multiproc.coordination.Solo); the
 workers' sharing is held by tests/test_coordination.py and tests/test_workers.py.
 Here the parts that open no socket and start no process;
 tests/integration/test_store.py has the ones with real processes."""
@@ -14,8 +14,8 @@ from pathlib import Path
 import diskcache
 import pytest
 
-from edge.coordination import Solo
-from edge.store import INLINE_MAX, DiskStore, Entry, new_variant_id
+from edge.multiproc.coordination import Solo
+from edge.store.disk import INLINE_MAX, DiskStore, Entry, new_variant_id
 
 
 def entry(key: str, size: int) -> Entry:
@@ -59,7 +59,8 @@ def read(store: DiskStore, stored: Entry) -> bytes:
     handle = store.open_body(stored)
     assert handle is not None
     with handle:
-        # As delivery reads it: by descriptor, at an offset (edge.pipeline, edge.derive).
+        # As delivery reads it: by descriptor, at an offset (edge.pipeline.transaction,
+        # edge.fetch.derive).
         return os.pread(handle.fileno(), stored.size + 1, 0)
 
 

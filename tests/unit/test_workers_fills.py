@@ -1,5 +1,5 @@
 """Fills across two real worker processes (forked here), through the coordination seam
-(edge.workers.Workers) and the one join-or-start path (edge.fill.InFlight): what one
+(edge.multiproc.workers.Workers) and the one join-or-start path (edge.fetch.fill.InFlight): what one
 worker's fill could not store reaches a reader waiting on it in another as it reaches
 a reader in its own, with no upstream request of that reader's."""
 
@@ -11,12 +11,12 @@ import select
 from pathlib import Path
 from typing import Any, cast
 
-from edge import shared as shared_map
-from edge.fill import Fill, InFlight
-from edge.slices import Slicer
-from edge.store import DiskStore, Entry
-from edge.upstream import UpstreamError, Upstreams
-from edge.workers import METRICS_DIR, Workers
+from edge.fetch.fill import Fill, InFlight
+from edge.fetch.slices import Slicer
+from edge.multiproc import shared as shared_map
+from edge.multiproc.workers import METRICS_DIR, Workers
+from edge.store.disk import DiskStore, Entry
+from edge.upstream.pools import UpstreamError, Upstreams
 
 ENTRY = Entry(
     key="http://a.test/big",

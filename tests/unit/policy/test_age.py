@@ -15,7 +15,7 @@ from email.utils import formatdate
 import pytest
 from multidict import CIMultiDict
 
-from edge.policy import MAX_DELTA, current_age, has_invalid_age, parse_age
+from edge.rfc.policy import MAX_DELTA, current_age, has_invalid_age, parse_age
 
 NOW = 1_700_000_000.0
 

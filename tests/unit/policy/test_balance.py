@@ -1,4 +1,4 @@
-"""edge.balance: each strategy distributes as it claims, and health transitions
+"""edge.upstream.balance: each strategy distributes as it claims, and health transitions
 (active rise/fall, passive ejection, probation) happen exactly at their thresholds."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from edge.balance import (
+from edge.upstream.balance import (
     MAX_BACKOFF,
     STRATEGIES,
     Balancer,

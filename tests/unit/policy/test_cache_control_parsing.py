@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from multidict import CIMultiDict
 
-from edge.policy import (
+from edge.rfc.policy import (
     MAX_DELTA,
     CacheControl,
     is_sf_dictionary,
@@ -375,7 +375,7 @@ def test_cdn_cache_control_with_a_string_delta_is_ignored_whole() -> None:
     """RFC 9213 Section 2.1: `max-age="60"` is a String where an Integer belongs, so the
     field is ignored and Cache-Control governs (unlike Cache-Control itself, which
     accepts the quoted form)."""
-    from edge.policy import response_policy
+    from edge.rfc.policy import response_policy
 
     headers = CIMultiDict([("CDN-Cache-Control", 'max-age="10000"'), ("Cache-Control", "no-store")])
     rp = response_policy(headers)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from edge.cachestatus import CacheStatus
+from edge.rfc.cachestatus import CacheStatus
 
 
 def test_bare_node() -> None:

@@ -1,4 +1,4 @@
-"""edge.forwarding: X-Forwarded-*, Forwarded (RFC 7239) with trusted proxies, and
+"""edge.rfc.forwarding: X-Forwarded-*, Forwarded (RFC 7239) with trusted proxies, and
 CDN-Loop (RFC 8586) loop detection."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from multidict import CIMultiDict
 
-from edge.forwarding import (
+from edge.rfc.forwarding import (
     DEFAULT_TRUSTED,
     cdn_loop_entry,
     client_address,

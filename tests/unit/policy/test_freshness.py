@@ -10,7 +10,7 @@ from email.utils import formatdate
 import pytest
 from multidict import CIMultiDict
 
-from edge.policy import (
+from edge.rfc.policy import (
     MAX_DELTA,
     freshness_lifetime,
     heuristic_lifetime,

@@ -1,4 +1,4 @@
-"""edge.guard's pure checks: framing left to it, targets, key queries, rate limits,
+"""edge.features.guard's pure checks: framing left to it, targets, key queries, rate limits,
 and the bounded body reader."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import asyncio
 import pytest
 from multidict import CIMultiDict
 
-from edge import guard
-from edge.guard import Refusal, Refused, Target
+from edge.features import guard
+from edge.features.guard import Refusal, Refused, Target
 
 MAX = {"max_body": 1000, "max_header_bytes": 4096}
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from multidict import CIMultiDict
 
-from edge.policy import HOP_BY_HOP, connection_listed, end_to_end
+from edge.rfc.policy import HOP_BY_HOP, connection_listed, end_to_end
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 from multidict import CIMultiDict
 
-from edge.policy import SAFE_METHODS, invalidated_uris
+from edge.rfc.policy import SAFE_METHODS, invalidated_uris
 
 URI = "https://shop.example/cart/items?id=7"
 

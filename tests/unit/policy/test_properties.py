@@ -22,8 +22,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
-from edge import compress, guard, policy
-from edge.ranges import (
+from edge.features import compress, guard
+from edge.rfc import policy
+from edge.rfc.ranges import (
     MAX_RANGES,
     ByteRange,
     Unsatisfiable,

@@ -1,6 +1,6 @@
-"""The pure rules purges stand on: a URL keyed as a request for it is (edge.keys), the
-one validation of purge bodies (edge.purgemodel), and bans built with a node's query
-rules (edge.purge.Ban)."""
+"""The pure rules purges stand on: a URL keyed as a request for it is (edge.rfc.keys), the
+one validation of purge bodies (edge.purge.model), and bans built with a node's query
+rules (edge.purge.bans.Ban)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,16 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from edge import guard
-from edge.keys import (
+from edge.features import guard
+from edge.purge.bans import Ban
+from edge.purge.model import (
+    MAX_SELECTORS,
+    Purge,
+    PurgeError,
+    parse_purge,
+    parse_purge_body,
+)
+from edge.rfc.keys import (
     AS_SENT,
     BadURL,
     QueryRules,
@@ -19,14 +27,6 @@ from edge.keys import (
     prefix_key,
     request_key,
     url_key,
-)
-from edge.purge import Ban
-from edge.purgemodel import (
-    MAX_SELECTORS,
-    Purge,
-    PurgeError,
-    parse_purge,
-    parse_purge_body,
 )
 
 SORT = QueryRules("sort")
@@ -106,8 +106,8 @@ TARGETS = st.text(
 @example("/a%7e?b=1&a=2", "H:80", SORT)
 @example("/p?", "h", AS_SENT)
 def test_a_url_is_keyed_as_a_request_for_it(raw: str, host: str, rules: QueryRules) -> None:
-    """The property purges rely on: whatever request the pipeline keys (edge.guard
-    normalises its target, edge.keys.request_key keys it), the URL of that request
+    """The property purges rely on: whatever request the pipeline keys (edge.features.guard
+    normalises its target, edge.rfc.keys.request_key keys it), the URL of that request
     has the same key, and so has its canonical form (idempotence)."""
     target = guard.normalise_target(raw)
     if isinstance(target, guard.Refusal):

@@ -9,7 +9,7 @@ from email.utils import formatdate
 import pytest
 from multidict import CIMultiDict
 
-from edge.ranges import (
+from edge.rfc.ranges import (
     ASSUMED_CONTENT_TYPE_LENGTH,
     MAX_RANGES,
     ByteRange,
@@ -208,7 +208,7 @@ def test_parts_costing_more_than_the_whole_are_not_sent() -> None:
 
 
 def delivered(ranges: list[ByteRange], length: int, ctype: str | None) -> bytes:
-    """A multipart/byteranges body written as edge.pipeline writes it (boundary of 32
+    """A multipart/byteranges body written as edge.pipeline.transaction writes it (boundary of 32
     hex digits, the representation's Content-Type in each part when it has one)."""
     boundary = "0123456789abcdef" * 2
     out = b""

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from multidict import CIMultiDict
 
-from edge.policy import (
+from edge.rfc.policy import (
     CacheControl,
     Reuse,
     evaluate_reuse,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from multidict import CIMultiDict
 
-from edge.policy import (
+from edge.rfc.policy import (
     HEURISTICALLY_CACHEABLE,
     UNDERSTOOD_STATUS,
     Decision,
@@ -422,7 +422,7 @@ def test_decision_is_truthy_only_when_ok() -> None:
 def test_qualified_no_cache_fields_are_withheld_unless_validated() -> None:
     """RFC 9111 Section 5.2.2.4: `no-cache="Set-Cookie, X-Secret"` names fields that
     must not be reused without revalidation; an unqualified no-cache names none."""
-    from edge.policy import response_policy, withheld_unless_validated
+    from edge.rfc.policy import response_policy, withheld_unless_validated
 
     qualified = response_policy(
         CIMultiDict([("Cache-Control", 'max-age=60, no-cache="Set-Cookie, X-Secret"')])

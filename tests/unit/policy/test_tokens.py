@@ -1,11 +1,11 @@
-"""edge.tokens: the one bearer-token check of nodes and the coordinator (RFC 6750
+"""edge.rfc.tokens: the one bearer-token check of nodes and the coordinator (RFC 6750
 Section 2.1; the auth-scheme in any case, RFC 9110 Section 11.1)."""
 
 from __future__ import annotations
 
 import pytest
 
-from edge.tokens import MISSING, WRONG, bearer_token, check_bearer
+from edge.rfc.tokens import MISSING, WRONG, bearer_token, check_bearer
 
 
 @pytest.mark.parametrize(

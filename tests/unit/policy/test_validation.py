@@ -11,7 +11,7 @@ from email.utils import formatdate
 import pytest
 from multidict import CIMultiDict
 
-from edge.policy import (
+from edge.rfc.policy import (
     conditional_headers,
     evaluate_preconditions,
     freshen_headers,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from multidict import CIMultiDict
 
-from edge.policy import normalise_selecting, vary_field_names, vary_key, vary_matches
+from edge.rfc.policy import normalise_selecting, vary_field_names, vary_key, vary_matches
 
 
 def headers(*pairs: tuple[str, str]) -> CIMultiDict[str]:

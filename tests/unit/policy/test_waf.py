@@ -1,4 +1,4 @@
-"""edge.waf: the shipped rules catch the probes they name and leave plain archive
+"""edge.features.waf: the shipped rules catch the probes they name and leave plain archive
 requests alone; rule files and per-host switches."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from multidict import CIMultiDict
 
-from edge.waf import DEFAULT_RULES, RuleError, RuleSet, load_rules
+from edge.features.waf import DEFAULT_RULES, RuleError, RuleSet, load_rules
 
 RULES = RuleSet(DEFAULT_RULES)
 

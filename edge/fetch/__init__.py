@@ -1,0 +1,1 @@
+"""The fetch side: fills in flight, join-or-start, slices and derived encodings."""

@@ -1,0 +1,546 @@
+"""Segmented caching of big objects, and the body sources delivery reads from.
+
+Above a size threshold an object is stored as fixed-size slices under one manifest
+entry (its headers, size and validators). Each slice is stored, evicted and fetched on
+its own, so a seek into a 5 GB file costs one slice from upstream, and revalidating
+the manifest never re-fetches the file.
+
+Slices arrive two ways:
+  - a *stream*: one upstream response carrying the whole object (a client read it
+    from the start) is cut into slices as it arrives, so a crowd reading a cold object
+    front to back still makes one upstream request;
+  - a *range fill*: one upstream range request for one slice, validated against the
+    manifest (If-Match), when a reader needs a slice nobody is bringing.
+Either way a slice in progress is an ordinary Fill in the in-flight table, so readers
+follow it byte by byte.
+
+A slice fill is joined or started as a whole-object fill is (edge.fetch.fill.InFlight), so
+across the processes of one node (edge.multiproc.coordination) a reader in another process
+follows it rather than asking upstream again; a stream says which slice it has reached
+(a record beside the fills'), so that a reader elsewhere just ahead of it waits for it
+as a reader here would, and readers say they want the object, so that the stream
+carries on for them.
+
+This module owns slices and body sources; the pipeline decides when an object is
+segmented and builds the manifest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
+from typing import IO, Protocol
+
+from multidict import CIMultiDict
+
+from edge.fetch.fill import POLL, Fill, FillHead, FillReader, InFlight
+from edge.multiproc.coordination import alive
+from edge.rfc import policy
+from edge.store.disk import Entry, Store
+from edge.upstream.pools import UpstreamError, UpstreamResponse, Upstreams
+
+log = logging.getLogger("edge.fetch.slices")
+
+#: How many slices ahead of the stream a reader waits for it rather than fetching the
+#: slice by range (a reader just behind a stream should not race it to the origin).
+STREAM_LOOKAHEAD = 2
+#: How long a stream waits for its first reader before deciding nobody reads along.
+_FIRST_READER_WAIT = 5.0
+
+
+class ObjectChanged(UpstreamError):
+    """The upstream's representation changed under a segmented entry."""
+
+    detail = "object-changed"
+
+
+def slice_fill_key(entry: Entry, index: int) -> str:
+    return f"{entry.key}#{entry.variant}#{index}"
+
+
+def stream_key(entry: Entry) -> str:
+    """Where a stream of the entry says how far it got (across workers)."""
+    return f"{entry.key}#{entry.variant}#stream"
+
+
+def sliceable(status: int, headers: policy.Headers, length: int | None, threshold: int) -> bool:
+    """A response may be kept as slices when it is a complete 200 larger than the
+    threshold, the upstream serves byte ranges, and a validator lets slices fetched
+    later be checked against the same representation (RFC 9110 Section 13.1.1)."""
+    if status != 200 or length is None or length <= threshold:
+        return False
+    if "bytes" not in {v.strip().lower() for v in headers.getall("Accept-Ranges", [])}:
+        return False
+    etag = headers.get("ETag")
+    return bool(etag and not etag.startswith("W/")) or "Last-Modified" in headers
+
+
+def parse_content_range(value: str | None) -> tuple[int, int, int] | None:
+    """RFC 9110 Section 14.4: `bytes first-last/complete` -> (first, last, complete)."""
+    if not value:
+        return None
+    unit, _, rest = value.strip().partition(" ")
+    span, _, total = rest.partition("/")
+    first, _, last = span.partition("-")
+    if unit.lower() != "bytes" or not (first.isdigit() and last.isdigit() and total.isdigit()):
+        return None
+    a, b, n = int(first), int(last), int(total)
+    return (a, b, n) if a <= b < n else None
+
+
+def combinable(stored: policy.Headers, size: int, part: policy.Headers) -> bool:
+    """RFC 9111 Section 3.4: a part may be combined with the stored parts of a
+    representation only when its complete length is theirs (RFC 9110 Section 14.4)
+    and both carry the same strong validator: the manifest's strong ETag, by strong
+    comparison (RFC 9110 Section 8.8.3.2), or, when it has none, the Last-Modified date
+    it was sliced under (`sliceable`). An origin that ignores If-Match answers a
+    changed object with its new version: that part is another representation."""
+    span = parse_content_range(part.get("Content-Range"))
+    if span is None or span[2] != size:
+        return False
+    etag = stored.get("ETag")
+    if etag and not etag.startswith("W/"):
+        got = part.get("ETag")
+        return got is not None and policy.strong_etag_equal(etag, got)
+    modified = policy.parse_http_date(stored.get("Last-Modified"))
+    return modified is not None and modified == policy.parse_http_date(part.get("Last-Modified"))
+
+
+class _Stream:
+    """One upstream response being cut into the slices of an entry."""
+
+    def __init__(self) -> None:
+        self.index = 0
+        self.alive = True
+        self.waiters = 0  # readers waiting for the stream to reach their slice
+        # Set when a reader first delivers the entry: the client whose miss started the
+        # stream may still be writing its head when the first slice is already whole.
+        self.reader_came = asyncio.Event()
+        self._moved = asyncio.Event()
+
+    def advance(self, index: int) -> None:
+        self.index = index
+        self._moved.set()
+        self._moved = asyncio.Event()
+
+    def end(self) -> None:
+        self.alive = False
+        self._moved.set()
+
+    async def moved(self) -> None:
+        await self._moved.wait()
+
+
+class Slicer:
+    """Slices of segmented entries on one node: who brings each, and storing them."""
+
+    def __init__(
+        self, store: Store, inflight: InFlight, upstream: Upstreams, claim_timeout: float = 35.0
+    ) -> None:
+        self.store = store
+        self.inflight = inflight
+        self.upstream = upstream
+        # How long a reader waits for another worker's slice fill before asking alone.
+        self.claim_timeout = claim_timeout
+        self._streams: dict[tuple[str, str], _Stream] = {}
+        # Readers currently delivering each segmented entry (SlicedSource.pieces).
+        self.active: dict[tuple[str, str], int] = {}
+
+    # -- streams --------------------------------------------------------------------
+
+    def start_stream(self, entry: Entry, response: UpstreamResponse, first: int) -> Fill:
+        """Cut `response` (whose body starts at slice `first`) into slices. Returns the
+        fill of the first slice, already registered, so readers can follow it at once."""
+        stream = _Stream()
+        stream.index = first
+        self._streams[(entry.key, entry.variant)] = stream
+        fill = self._open_slice_fill(entry, first)
+        self.inflight.spawn(self._run_stream(entry, response, first, fill, stream))
+        return fill
+
+    async def _run_stream(
+        self,
+        entry: Entry,
+        response: UpstreamResponse,
+        first: int,
+        fill: Fill | None,
+        stream: _Stream,
+    ) -> None:
+        chunks = response.chunks(1 << 16)
+        carry = b""
+        previous: Fill | None = None
+        coordination = self.inflight.coordination
+        began = time.time()
+        coordination.want(stream_key(entry), start=True)
+        try:
+            last = entry.slice_count - 1 if response.status == 200 else first
+            for index in range(first, last + 1):
+                if index > first:
+                    # Before advancing: while the stream waits here, a reader of the
+                    # next slice sees it just behind and waits for it, rather than
+                    # finding it at that slice with no fill yet and fetching it by range.
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(_FIRST_READER_WAIT):
+                            await stream.reader_came.wait()
+                # From here to the slice's fill being registered, nothing awaits.
+                stream.advance(index)
+                if index > first:
+                    # Carry on only while someone reads along (or waits for a slice
+                    # ahead): a client that went away does not pull the whole object.
+                    read_along = previous is not None and previous.readers_total > 0
+                    reading = self.active.get((entry.key, entry.variant), 0) > 0
+                    elsewhere = coordination.wanted_since(stream_key(entry), began - 1.0)
+                    if not (read_along or reading or stream.waiters > 0 or elsewhere):
+                        break
+                    fill = self._open_slice_fill(entry, index)
+                # Only now that this slice's fill holds its lock: a reader elsewhere
+                # that sees the stream here finds the slice taken.
+                began = time.time()
+                coordination.publish(
+                    stream_key(entry), {"index": index, "pid": os.getpid(), "at": began}
+                )
+                start, end = entry.slice_span(index)
+                current = fill
+                carry = await self._pump(chunks, carry, end - start, fill, entry, index)
+                previous = current if current is not None else previous
+                fill = None
+        except (UpstreamError, OSError) as exc:
+            if fill is not None:
+                self._fail(fill, exc)
+            log.warning("stream of %s broke: %s", entry.key, exc)
+        finally:
+            stream.end()
+            self._streams.pop((entry.key, entry.variant), None)
+            coordination.forget(stream_key(entry))
+            coordination.want(stream_key(entry), stop=True)
+            response.close()
+
+    async def _pump(
+        self,
+        chunks: AsyncIterator[bytes],
+        carry: bytes,
+        want: int,
+        fill: Fill | None,
+        entry: Entry,
+        index: int,
+    ) -> bytes:
+        """Move `want` bytes from the stream into `fill` (or drop them when another
+        fill brings this slice); return what was read beyond them."""
+        writer = fill.writer if fill is not None else None
+        got = 0
+        while got < want:
+            chunk = carry or await anext(chunks, b"")
+            carry = b""
+            if not chunk:
+                raise UpstreamError(f"upstream ended at {got} of {want} bytes of a slice")
+            take, carry = chunk[: want - got], chunk[want - got :]
+            got += len(take)
+            if writer is not None and fill is not None:
+                writer.write(take)
+                fill.advance(len(take))
+        if fill is not None and writer is not None:
+            self.store.commit_slice(entry, index, writer)
+            fill.finish()
+            self.inflight.done(fill)
+        return carry
+
+    def reading(self, ident: tuple[str, str], change: int) -> None:
+        """A reader starts (+1) or stops (-1) delivering a segmented entry."""
+        count = self.active.get(ident, 0) + change
+        if count > 0:
+            self.active[ident] = count
+        else:
+            self.active.pop(ident, None)
+        stream = self._streams.get(ident)
+        if change > 0 and stream is not None:
+            stream.reader_came.set()
+
+    # -- slice fills ------------------------------------------------------------------
+
+    def _open_slice_fill(self, entry: Entry, index: int) -> Fill | None:
+        if self._have(entry, index):
+            return None
+        claim = self.inflight.join_or_start_now(slice_fill_key(entry, index))
+        if claim.kind != "started" or claim.fill is None:
+            return None  # a fill here or in another process brings it
+        fill = claim.fill
+        fill.attach_writer(self.store.begin())
+        start, end = entry.slice_span(index)
+        fill.head.set_result(FillHead("body", status=206, length=end - start, storable=True))
+        return fill
+
+    def _have(self, entry: Entry, index: int) -> bool:
+        handle = self.store.open_slice(entry, index)
+        if handle is None:
+            return False
+        handle.close()
+        return True
+
+    def _fail(self, fill: Fill, exc: Exception) -> None:
+        if fill.writer is not None:
+            fill.writer.discard()
+        fill.finish(exc)
+        self.inflight.done(fill)
+
+    def coming(self, entry: Entry, index: int) -> bool | None:
+        """Whether a slice must come from upstream: None when it is stored, True when
+        a fetch already brings it (a fill in flight, or the stream about to reach
+        it), False when a reader needs a fetch of its own."""
+        if self._have(entry, index):
+            return None
+        if self.inflight.get(slice_fill_key(entry, index)) is not None:
+            return True
+        stream = self._streams.get((entry.key, entry.variant))
+        return (
+            stream is not None
+            and stream.alive
+            and stream.index <= index <= stream.index + STREAM_LOOKAHEAD
+        )
+
+    async def slice(
+        self,
+        entry: Entry,
+        index: int,
+        headers: list[tuple[str, str]],
+        started: list[Fill] | None = None,
+    ) -> IO[bytes] | Fill:
+        """The stored slice, or the fill bringing it (started here if nobody is: then
+        it is added to `started`)."""
+        key = slice_fill_key(entry, index)
+        coordination = self.inflight.coordination
+        if (entry.key, entry.variant) not in self._streams:
+            # A stream in another process: carry on for this reader. (One of this
+            # process's counts by reading along: touching the mark here would keep it
+            # going for a second after its last reader went.)
+            coordination.want(stream_key(entry))
+        while True:
+            handle = self.store.open_slice(entry, index)
+            if handle is not None:
+                return handle
+            fill = self.inflight.get(key)
+            if fill is not None:
+                return fill
+            stream = self._streams.get((entry.key, entry.variant))
+            if (
+                stream is not None
+                and stream.alive
+                and stream.index < index <= (stream.index + STREAM_LOOKAHEAD)
+            ):
+                stream.waiters += 1
+                try:
+                    await stream.moved()  # it is about to bring this slice
+                finally:
+                    stream.waiters -= 1
+                continue
+            if self._stream_elsewhere(entry, index):
+                coordination.want(stream_key(entry))
+                await asyncio.sleep(POLL)  # it is about to bring this slice
+                continue
+            claim = await self.inflight.join_or_start(
+                key, self.claim_timeout, unchanged=lambda: not self._have(entry, index)
+            )
+            if claim.kind == "again":
+                continue  # stored now, or the process that had it gave up
+            assert claim.fill is not None
+            if claim.kind == "started":
+                if started is not None:
+                    started.append(claim.fill)
+                self.inflight.spawn(self._range_fill(claim.fill, entry, index, headers))
+            # Joined: followed, or ended (its error is this reader's, as a local one's).
+            return claim.fill
+
+    def _stream_elsewhere(self, entry: Entry, index: int) -> bool:
+        """A live stream in another process is just before this slice."""
+        record = self.inflight.coordination.read(stream_key(entry))
+        if record is None or record.get("pid") == os.getpid() or not alive(record.get("pid")):
+            return False
+        at = record.get("index")
+        return isinstance(at, int) and at < index <= at + STREAM_LOOKAHEAD
+
+    async def _range_fill(
+        self, fill: Fill, entry: Entry, index: int, headers: list[tuple[str, str]]
+    ) -> None:
+        """One slice by an upstream range request that must match the manifest's
+        representation: If-Match with its strong ETag, else If-Unmodified-Since."""
+        start, end = entry.slice_span(index)
+        stored = CIMultiDict(entry.headers)
+        request = [*headers, ("Range", f"bytes={start}-{end - 1}")]
+        etag = stored.get("ETag")
+        if etag and not etag.startswith("W/"):
+            request.append(("If-Match", etag))
+        elif "Last-Modified" in stored:
+            request.append(("If-Unmodified-Since", stored["Last-Modified"]))
+        path = entry.key.split("://", 1)[1]
+        path = path[path.find("/") :] if "/" in path else "/"
+        try:
+            response = await self.upstream.request("GET", path, request, key=entry.key)
+        except UpstreamError as exc:
+            fill.head.set_result(FillHead("error", error=exc))
+            fill.finish(exc)
+            self.inflight.done(fill)
+            return
+        fill.latency = response.response_time - response.request_time
+        try:
+            span = parse_content_range(response.headers.get("Content-Range"))
+            if (
+                response.status != 206
+                or span != (start, end - 1, entry.size)
+                or not combinable(stored, entry.size, response.headers)
+            ):
+                # Section 13.1.4 (If-Match failed: 412) or a different representation
+                # (an origin that ignored If-Match): the stored slices can no longer
+                # be put together. Drop them; the next request fetches it afresh.
+                self.store.remove(entry.key)
+                raise ObjectChanged(f"upstream answered {response.status} for a slice")
+            fill.attach_writer(self.store.begin())
+            fill.head.set_result(FillHead("body", status=206, length=end - start, storable=True))
+            await self._pump(response.chunks(1 << 16), b"", end - start, fill, entry, index)
+        except (UpstreamError, OSError) as exc:
+            if not fill.head.done():
+                fill.head.set_result(FillHead("error", error=exc))
+            self._fail(fill, exc)
+        finally:
+            response.close()
+
+
+# ------------------------------------------------------------------ body sources
+
+
+@dataclass
+class FileSegment:
+    """Part of a file on disk, for sendfile."""
+
+    file: IO[bytes]
+    offset: int
+    count: int
+
+
+Piece = bytes | FileSegment
+
+
+class BodySource(Protocol):
+    """Where a response body comes from; delivery asks for [start, end)."""
+
+    def pieces(self, start: int, end: int | None) -> AsyncIterator[Piece]: ...
+
+    def close(self) -> None: ...
+
+
+class FileSource:
+    """A complete body stored in one file."""
+
+    def __init__(self, file: IO[bytes]) -> None:
+        self.file = file
+
+    async def pieces(self, start: int, end: int | None) -> AsyncIterator[Piece]:
+        assert end is not None
+        if end > start:
+            yield FileSegment(self.file, start, end - start)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class FillSource:
+    """A body still arriving (read-while-writer)."""
+
+    def __init__(self, reader: FillReader) -> None:
+        self.reader = reader
+
+    async def pieces(self, start: int, end: int | None) -> AsyncIterator[Piece]:
+        async for chunk in self.reader.read_range(start, end):
+            yield chunk
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+class SlicedSource:
+    """A segmented body: each slice from disk if stored, else followed as it arrives.
+
+    What a delivery costs upstream is said, not hidden: `plan` tells before the head
+    is sent whether slices must come from upstream (RFC 9211: then the response is
+    not a hit), `upstream_s` is the time spent waiting for their heads, and `on_fetch`
+    hears the upstream latency of every slice fetch this source started."""
+
+    def __init__(
+        self,
+        slicer: Slicer,
+        entry: Entry,
+        headers: list[tuple[str, str]],
+        on_fetch: Callable[[float], None] | None = None,
+    ) -> None:
+        self.slicer = slicer
+        self.entry = entry
+        self.headers = headers
+        self.on_fetch = on_fetch
+        self.upstream_s: float | None = None
+        self._missing: set[int] = set()  # slices `plan` found not stored
+
+    def plan(self, spans: Iterable[tuple[int, int]]) -> tuple[int, int]:
+        """For byte spans [start, end): how many of the slices they need are not
+        stored, and how many of those a fetch already under way brings."""
+        entry, size = self.entry, self.entry.slice_size
+        indexes: set[int] = set()
+        for start, end in spans:
+            if end > start:
+                indexes.update(range(start // size, (min(end, entry.size) - 1) // size + 1))
+        states = {index: self.slicer.coming(entry, index) for index in sorted(indexes)}
+        self._missing = {index for index, state in states.items() if state is not None}
+        return len(self._missing), sum(state is True for state in states.values())
+
+    async def pieces(self, start: int, end: int | None) -> AsyncIterator[Piece]:
+        entry = self.entry
+        end = entry.size if end is None else end
+        index = start // entry.slice_size
+        ident = (entry.key, entry.variant)
+        self.slicer.reading(ident, +1)
+        try:
+            async for piece in self._pieces(entry, start, end, index):
+                yield piece
+        finally:
+            self.slicer.reading(ident, -1)
+
+    async def _pieces(self, entry: Entry, start: int, end: int, index: int) -> AsyncIterator[Piece]:
+        while start < end:
+            s_start, s_end = entry.slice_span(index)
+            lo, hi = start - s_start, min(end, s_end) - s_start
+            started: list[Fill] = []
+            waited = time.monotonic()
+            got = await self.slicer.slice(entry, index, self.headers, started)
+            if isinstance(got, Fill):
+                await asyncio.shield(got.head)
+                if started and got.latency is not None and self.on_fetch is not None:
+                    self.on_fetch(got.latency)
+            if isinstance(got, Fill) or index in self._missing:
+                # Waiting for a fetch (its own, another's, or the stream's) is upstream time.
+                self.upstream_s = (self.upstream_s or 0.0) + time.monotonic() - waited
+            if isinstance(got, Fill):
+                if got.failed is not None and got.writer is None:
+                    raise got.failed
+                head = got.head.result()
+                if head.kind == "error":
+                    raise head.error or UpstreamError("slice fetch failed")
+                reader = got.reader()
+                try:
+                    async for chunk in reader.read_range(lo, hi):
+                        yield chunk
+                finally:
+                    reader.close()
+            else:
+                # Closed as soon as it is sent: a 1 GB body is 256 slices, and holding
+                # them all until the response ends runs a crowd out of descriptors.
+                try:
+                    yield FileSegment(got, lo, hi - lo)
+                finally:
+                    got.close()
+            start = s_start + hi
+            index += 1
+
+    def close(self) -> None:
+        """Each slice file is closed once sent; nothing is held between pieces."""

@@ -1,0 +1,1433 @@
+"""The request pipeline: one client request walks named states, as in Varnish.
+
+    recv ─▶ hash ─▶ lookup ─▶ hit ─────────────▶ deliver
+                          ├─▶ stale (swr) ─────▶ deliver (+ background refresh)
+                          ├─▶ miss ─▶ fetch ──▶ deliver (read-while-writer) / pass
+                          └─▶ pass ─▶ deliver (streamed, never stored)
+    any state ─▶ synth (an error or a refusal made here)
+
+The steps and the moves between them are edge.pipeline.steps' table; each step is a method
+`st_<name>` returning the next step, `run` drives them (refusing a move the table does
+not list) and records the walk for the access log. The caching rules come from `edge.rfc.policy`;
+this module owns the order of things and all I/O of a request: the store, the
+in-flight fills, the upstream and the client response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from edge.config import NodeConfig
+from edge.features import compress, guard
+from edge.features.guard import Refusal, Refused
+from edge.features.waf import RuleSet
+from edge.fetch import derive
+from edge.fetch.derive import Deriver
+from edge.fetch.fill import Fill, FillHead, InFlight
+from edge.fetch.slices import (
+    BodySource,
+    FileSegment,
+    FileSource,
+    FillSource,
+    SlicedSource,
+    Slicer,
+    parse_content_range,
+    sliceable,
+)
+from edge.observe.accesslog import AccessLog, request_line
+from edge.observe.metrics import NodeMetrics
+from edge.pipeline import fastpath, steps
+from edge.pipeline.exchange import Channel, Request, Response
+from edge.pipeline.steps import Step
+from edge.purge.bans import Purger
+from edge.rfc import forwarding, policy
+from edge.rfc.cachestatus import CacheStatus
+from edge.rfc.keys import key_target, location_key, request_key
+from edge.rfc.policy import ResponsePolicy, Reuse
+from edge.rfc.ranges import (
+    ByteRange,
+    Unsatisfiable,
+    first_position,
+    if_range_allows,
+    parse_range,
+)
+from edge.store.disk import Entry, Store, new_variant_id
+from edge.upstream.pools import UpstreamError, UpstreamResponse, Upstreams
+
+log = logging.getLogger("edge.pipeline.transaction")
+
+#: Request fields that belong to this hop or to the client's own cache; a fill asks
+#: upstream for the whole, unconditional representation and answers them itself.
+_CLIENT_CONDITIONALS = ("If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since")
+_RANGE_FIELDS = ("Range", "If-Range")
+#: Selecting fields the cache negotiates itself rather than keying on (RFC 9111 4.1).
+_NEGOTIATED = frozenset({"accept-encoding"})
+#: Consumed here (W3C Edge Architecture): never passed on to clients.
+_SURROGATE_ONLY = ("surrogate-control",)
+#: Bodies (or ranges) smaller than this are read and written, not sendfile'd.
+_SENDFILE_MIN = 128 << 10
+#: RFC 5861 Section 4: the statuses that count as errors for stale-if-error.
+_ERROR_STATUSES = frozenset({500, 502, 503, 504})
+
+#: The walk of a plain hit, the only kind edge.pipeline.fastpath repeats.
+_PLAIN_HIT = [Step.RECV, Step.HASH, Step.LOOKUP, Step.HIT, Step.DELIVER]
+
+#: RFC 9112 Section 3.2.2: absolute-form, as a client talking to a proxy sends it.
+_ABSOLUTE_FORM = re.compile(r"^https?://([^/?#@]+)([/?][^#]*)?$", re.IGNORECASE)
+
+
+_PUBLIC_REASONS = {
+    "upstream-unreachable": "the upstream server could not be reached or answered badly",
+    "upstream-timeout": "the upstream server did not answer in time",
+}
+
+
+class UpstreamStatusError(UpstreamError):
+    """The upstream answered with a server error while a stale copy may be served."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"upstream answered {status}")
+        self.status = status
+        self.detail = f"upstream-{status}"
+
+
+@dataclass
+class Engine:
+    """Everything a request needs from its node, shared by all its transactions."""
+
+    config: NodeConfig
+    store: Store
+    upstream: Upstreams
+    inflight: InFlight
+    metrics: NodeMetrics
+    slicer: Slicer
+    deriver: Deriver
+    purger: Purger | None = None
+    trusted: tuple[forwarding.Network, ...] = ()
+    hidden: frozenset[str] = frozenset()  # upstream fields clients do not see
+    limiter: guard.RateLimiter | None = None
+    rules: RuleSet | None = None
+    # Request fields dropped before forwarding (unkeyed), and those that key instead.
+    unkeyed: frozenset[str] = frozenset()
+    keyed: tuple[str, ...] = ()
+    hot: fastpath.HotTier | None = None  # plain hits kept for edge.pipeline.fastpath
+    access: AccessLog = field(default_factory=lambda: AccessLog(enabled=False))
+
+    def response_policy(self, headers: policy.Headers) -> ResponsePolicy:
+        return policy.response_policy(
+            headers, self.config.targeted_fields, surrogate_targets=(self.config.name,)
+        )
+
+    def age(self, entry: Entry, headers: policy.Headers, now: float) -> float:
+        return policy.current_age(
+            headers,
+            entry.request_time,
+            entry.response_time,
+            now,
+            invalid_age_is_stale=self.config.invalid_age_is_stale,
+        )
+
+    def lifetime(self, entry: Entry, headers: policy.Headers, rp: ResponsePolicy) -> float:
+        lifetime, _ = policy.freshness_lifetime(
+            entry.status,
+            headers,
+            rp,
+            entry.response_time,
+            heuristic_fraction=self.config.heuristic_fraction,
+            heuristic_max=self.config.heuristic_max,
+        )
+        return lifetime
+
+
+def guard_settings(config: NodeConfig) -> dict[str, Any]:
+    """The Engine's guard parts from a node's config: rate limiter, request rules,
+    and the request fields dropped before forwarding or added to the key."""
+    classes = guard.rate_classes(config.rate_limit, config.rate_burst, config.rate_classes)
+    keyed = tuple(h.lower() for h in config.keyed_headers)
+    return {
+        "limiter": guard.RateLimiter(classes) if classes else None,
+        "rules": RuleSet.from_config(config.waf, config.waf_rules, config.waf_hosts),
+        "unkeyed": frozenset(h.lower() for h in config.unkeyed_headers) - set(keyed),
+        "keyed": keyed,
+    }
+
+
+class Transaction:
+    """One client request on its walk through the states."""
+
+    def __init__(self, engine: Engine, request: Request, channel: Channel) -> None:
+        self.e = engine
+        self.req = request
+        self.channel = channel
+        self.method = request.method
+        self.headers: CIMultiDictProxy[str] = request.headers
+        self.now = time.time()
+        self.started = time.monotonic()
+        self.status = CacheStatus(engine.config.name)
+        # Whether the peer is a trusted proxy (an edge, at a shield), and who the
+        # client is: the peer, or the address that proxy forwarded for.
+        self.trusted = forwarding.is_trusted(request.peer, engine.trusted)
+        # The authority and target as the guard normalised them (st_recv).
+        self.host = request.authority
+        self.target = guard.Target("/", None)
+        self.key_target = "/"
+        self._request_id = ""
+        self.client = forwarding.client_address(request.peer, request.headers, engine.trusted)
+        self.request_cc = policy.request_cache_control(request.headers)
+        self.walk: list[Step] = []  # the steps taken (edge.pipeline.steps), for the log
+        self.key = ""
+        self.entry: Entry | None = None
+        self.entry_headers: CIMultiDict[str] = CIMultiDict()
+        self.body: IO[bytes] | None = None
+        self.reuse: Reuse | None = None
+        self.fill: Fill | None = None
+        self.head: FillHead | None = None
+        self.upstream_response: UpstreamResponse | None = None
+        # The response as described, sent (or about to be: synth) through channel.
+        self.response: Response | None = None
+        self.code = 0
+        self.sent = 0
+        self.upstream_ms: float | None = None
+        self.synth_reason = ""
+        self.client_gone = False
+        self.cut = False  # the body was cut short on our side (upstream broke)
+        self.soft_purged = False  # the stored response must be revalidated (edge.purge.bans)
+        self._rounds = 0  # lookups again after another worker's fill (_look_again)
+        self._looked_up: list[Entry] = []  # the variants the lookup saw
+        self._hot_candidate = False  # delivered as stored from the entry's own file
+        self._prior_status: list[str] = []  # Cache-Status entries of the caches upstream
+
+    # -- the walk -------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Drive the client machine: each step names the next, and every move is
+        checked against edge.pipeline.steps.MOVES; a response synth made leaves at the end."""
+        step = steps.FIRST
+        try:
+            while True:
+                steps.move(self.walk, step)
+                if step in steps.FINAL:
+                    break
+                step = await _STEPS[step](self)
+            if self.response is not None and not self.channel.started:
+                await self.channel.respond(self.response)  # made by synth
+        finally:
+            if self.body is not None:
+                self.body.close()
+            if self.upstream_response is not None:  # not read to the end: drop it
+                self.upstream_response.close()
+            self._account()
+
+    # -- states ---------------------------------------------------------------------
+
+    async def st_recv(self) -> Step:
+        """The guard (edge.features.guard, edge.features.waf); then refuse loops (RFC 8586)
+        and hosts this node does not serve; route by method."""
+        refusal = self._guard()
+        if refusal is not None:
+            if refusal.status == 429 and self.e.config.rate_tarpit:
+                # A client over its rate waits before it hears so: one connection then
+                # costs the node one refusal per tarpit interval, not one per request.
+                await asyncio.sleep(self.e.config.rate_tarpit)
+            return self.refuse(refusal)
+        cfg = self.e.config
+        if forwarding.is_loop(
+            self.headers, cdn_name=cfg.cdn_name, node=cfg.name, allowance=cfg.loop_allowance or 0
+        ):
+            return self.synth(508, "loop detected (CDN-Loop)")
+        if self.e.upstream.route_for(self.host) is None:
+            # RFC 9110 Section 15.5.20: not an authority this node answers for. Never a
+            # default origin by accident.
+            return self.synth(421, "no origin is configured for this host")
+        if self.method in policy.CACHEABLE_METHODS:
+            return Step.HASH
+        if self.method == "CONNECT":
+            return self.synth(
+                405,
+                "CONNECT is not supported",
+                allow=guard.allow_field(self.e.config.allowed_methods),
+            )
+        self.status.fwd = "method"
+        return Step.PASS
+
+    async def st_hash(self) -> Step:
+        self.key = request_key(self.req.scheme, self.host, self.target, self.e.config)
+        return Step.LOOKUP
+
+    async def st_lookup(self) -> Step:
+        """RFC 9111 Section 4: select a stored response (URI, Vary) and decide how it
+        may be used."""
+        self._looked_up = self.e.store.variants(self.key)
+        chosen = self._select(self._looked_up)
+        if chosen is None:
+            # Another worker replaced the entry since it was read: look again, once.
+            self._looked_up = self.e.store.variants(self.key)
+            chosen = self._select(self._looked_up) or []
+        variants = chosen
+        if self.entry is not None and not self._purge_check(self.entry):
+            if self.body is not None:
+                self.body.close()
+                self.body = None
+            self.entry, self.entry_headers = None, CIMultiDict()
+            variants = []
+        if not variants:
+            # What this request removed itself (a hard purge, a lost body) is not another
+            # process's change: st_fetch compares with the store as this left it.
+            self._looked_up = self.e.store.variants(self.key)
+        if self.entry is None:
+            self.status.fwd = "vary-miss" if variants else "uri-miss"
+            if "only-if-cached" in self.request_cc:
+                return self.synth(504, "only-if-cached and not stored")
+            if self.method == "HEAD":
+                return Step.PASS  # a HEAD miss is not worth fetching a whole body for
+            return Step.MISS
+        rp = self.e.response_policy(self.entry_headers)
+        lifetime = self.e.lifetime(self.entry, self.entry_headers, rp)
+        age = self.e.age(self.entry, self.entry_headers, self.now)
+        self.reuse = policy.evaluate_reuse(age, lifetime, self.request_cc, rp)
+        if self.soft_purged:
+            # Soft purge: stale from now on, whatever its freshness said.
+            if "only-if-cached" in self.request_cc:
+                return self.synth(504, "only-if-cached and the stored response was purged")
+            self.status.fwd, self.status.detail = "stale", "soft-purged"
+            return Step.MISS
+        if self.reuse.kind in ("fresh", "stale-ok"):
+            return Step.HIT
+        if self.reuse.kind == "stale-while-revalidate":
+            return Step.STALE
+        if "only-if-cached" in self.request_cc:
+            return self.synth(504, "only-if-cached and the stored response is stale")
+        self.status.fwd = "request" if "no-cache" in self.request_cc else "stale"
+        return Step.MISS
+
+    def _select(self, variants: list[Entry]) -> list[Entry] | None:
+        """Choose the stored response for this request (Vary) and open its body;
+        returns the variants (emptied when the chosen one's body was lost), or None
+        when the store moved on since they were read (edge.store.disk.Store.drop_lost)."""
+        for entry in variants:
+            if entry.derived_from:
+                continue  # encodings of a stored response are chosen at delivery
+            if policy.vary_matches(entry.vary, self.headers, _NEGOTIATED):
+                if entry.slice_size:  # segmented: slices are found as they are read
+                    self.entry, self.entry_headers = entry, CIMultiDict(entry.headers)
+                    break
+                body = self.e.store.open_body(entry)
+                if body is None:  # evicted under us: the metadata is stale
+                    return [] if self.e.store.drop_lost(entry) else None
+                self.entry, self.body = entry, body
+                self.entry_headers = CIMultiDict(entry.headers)
+                break
+        return variants
+
+    async def st_hit(self) -> Step:
+        self.status.hit = True
+        assert self.reuse is not None
+        self.status.ttl = int(self.reuse.ttl)
+        return Step.DELIVER
+
+    async def st_stale(self) -> Step:
+        """RFC 5861 Section 3: serve the stale response, refresh in the background."""
+        assert self.entry is not None and self.reuse is not None
+        self.status.hit = True
+        self.status.ttl = int(self.reuse.ttl)
+        self.status.detail = "stale-while-revalidate"
+        inflight = self.e.inflight
+        # A refresh under way, here or in another process, is as good as this one.
+        claim = inflight.join_or_start_now(self.key)
+        if claim.kind == "started" and claim.fill is not None:
+            inflight.spawn(self._run_fill(claim.fill, self._fill_headers(self.entry)))
+        return Step.DELIVER
+
+    async def st_miss(self) -> Step:
+        return Step.FETCH
+
+    async def st_fetch(self) -> Step:
+        """Join the key's fill in flight, or start one; then act on what it became."""
+        inflight = self.e.inflight
+        purger = self.e.purger
+        if purger is not None:
+            purger.sync()
+        looking = self._rounds < 3  # after three rounds: fetch, waiting on nobody
+        # Unchanged: the store's memory cache still holds the very list looked up
+        # (edge.store.disk re-reads a key another process changed).
+        claim = await inflight.join_or_start(
+            self.key,
+            self._claim_timeout() if looking else 0.0,
+            usable=lambda fill: not self._purged_since(fill),  # asked upstream before a purge
+            unchanged=(lambda: self.e.store.variants(self.key) is self._looked_up)
+            if looking
+            else None,
+        )
+        if claim.kind == "again":
+            return self._look_again()
+        fill = claim.fill
+        assert fill is not None
+        initiator = claim.kind == "started"
+        if initiator:
+            inflight.spawn(
+                self._run_fill(
+                    fill, self._fill_headers(self.entry), self._stale_on_error(), self._probe()
+                )
+            )
+        else:
+            self.status.collapsed = True
+        started = time.monotonic()
+        head = await asyncio.shield(fill.head)
+        self.upstream_ms = (time.monotonic() - started) * 1000
+        self._note(fill.note)
+        if head.kind == "not-modified":
+            assert head.entry is not None
+            self.status.fwd_status = 304
+            self._use_entry(head.entry)
+            return Step.DELIVER
+        if head.kind == "sliced":
+            assert head.entry is not None
+            if not initiator and not policy.vary_matches(
+                head.entry.vary, self.headers, _NEGOTIATED
+            ):
+                self.status.collapsed = False
+                return Step.PASS
+            self.status.fwd_status = head.status
+            self.status.stored = True
+            self._use_entry(head.entry)
+            return Step.DELIVER
+        if head.kind == "body":
+            self.status.fwd_status = head.status
+            if not initiator and not policy.vary_matches(head.vary, self.headers, _NEGOTIATED):
+                self.status.collapsed = False
+                return Step.PASS
+            if self.body is not None:
+                self.body.close()
+                self.body = None
+            self.fill, self.head = fill, head
+            self.status.stored = head.storable
+            return Step.DELIVER
+        if head.kind == "private":
+            if initiator:
+                self.upstream_response = head.response
+                self.status.fwd_status = head.status
+                return Step.DELIVER
+            self.status.collapsed = False
+            return Step.PASS
+        # head.kind == "error"
+        assert head.error is not None
+        return self._upstream_failed(head.error)
+
+    def _purged_since(self, fill: Fill) -> bool:
+        purger = self.e.purger
+        return purger is not None and purger.bans.matches_key_since(self.key, fill.started)
+
+    def _claim_timeout(self) -> float:
+        """How long to wait for another worker's fill before fetching alone: as long
+        as that worker's own upstream timeouts could let it wait for a head."""
+        cfg = self.e.config
+        return cfg.upstream_connect_timeout + cfg.upstream_read_timeout
+
+    def _look_again(self) -> Step:
+        """Another worker's fill of this key ended: back to the lookup, which finds
+        what it stored (a few rounds at most, then this request fetches alone)."""
+        self._rounds += 1
+        if self.body is not None:
+            self.body.close()
+            self.body = None
+        self.entry, self.entry_headers, self.reuse = None, CIMultiDict(), None
+        self.soft_purged = False
+        self.status = CacheStatus(self.e.config.name)
+        return Step.LOOKUP if self._rounds < 3 else Step.FETCH
+
+    async def st_pass(self) -> Step:
+        """Forward the request as it came (less hop-by-hop fields); nothing stored.
+        Unsafe methods invalidate what they touch (RFC 9111 Section 4.4)."""
+        if self.body is not None:
+            self.body.close()
+            self.body = None
+        cfg = self.e.config
+        body = None
+        if self.req.has_body:
+            try:
+                await self._continue()
+                body = await guard.read_body(
+                    self.req.body,
+                    max_size=cfg.max_body_size,
+                    timeout=cfg.body_timeout,
+                    min_rate=cfg.body_min_rate,
+                )
+            except Refused as exc:
+                return self.refuse(exc.refusal)
+        started = time.monotonic()
+        effective = request_key(self.req.scheme, self.host, self.target, self.e.config)
+        try:
+            response = await self.e.upstream.request(
+                self.method,
+                self.target.path_qs,
+                self._upstream_headers(),
+                body,
+                key=effective,
+                client=self.client,
+            )
+        except UpstreamError as exc:
+            self.e.metrics.upstream_errors.labels(self.e.config.name, exc.detail).inc()
+            return self.synth(exc.status, str(exc), detail=exc.detail)
+        self.upstream_ms = (time.monotonic() - started) * 1000
+        self.e.metrics.upstream_latency.labels(self.e.config.name).observe(self.upstream_ms / 1000)
+        self.upstream_response = response
+        self.status.fwd_status = response.status
+        self.status.fwd = self.status.fwd or "bypass"
+        self._note(response.note)
+        for uri in policy.invalidated_uris(
+            self.method, response.status, effective, response.headers
+        ):
+            key = uri if uri == effective else location_key(uri, self.e.config)
+            removed = self.e.store.remove(key) if key is not None else 0
+            log.debug("invalidated %s (%d variants) after %s", uri, removed, self.method)
+        return Step.DELIVER
+
+    async def _continue(self) -> None:
+        """RFC 9110 Section 10.1.1: a client that sent `Expect: 100-continue` waits for
+        edge's word before its body. edge reads the body whole before going upstream, so
+        it answers itself (the origin is never asked to, so never waited for), or
+        refuses at once a body it would refuse after reading it."""
+        if (self.req.headers.get("Expect") or "").strip().lower() != "100-continue":
+            return
+        length = self.req.content_length
+        if length is not None and length > self.e.config.max_body_size:
+            raise Refused(Refusal(413, "request body too large", close=True))
+        await self.channel.send_continue()
+
+    async def st_deliver(self) -> Step:
+        try:
+            if self.fill is not None and self.head is not None:
+                await self._deliver_fill(self.fill, self.head)
+            elif self.upstream_response is not None:
+                await self._deliver_upstream(self.upstream_response)
+            else:
+                await self._deliver_entry()
+        except ConnectionError:
+            # The client went away mid-body (the channel raises a ConnectionError):
+            # ordinary for downloads, not an error of ours. Fills carry on regardless.
+            self.client_gone = True
+        return Step.DONE
+
+    # -- the fill task (runs on its own, not tied to any client) ----------------------
+
+    def _fill_headers(self, entry: Entry | None) -> list[tuple[str, str]]:
+        """The upstream request of a fill: the client's end-to-end fields without its
+        own conditionals and ranges, plus our validators when revalidating."""
+        # Accept-Encoding too: edge negotiates codings with clients itself and keeps
+        # one response per object, so it asks upstream for no particular coding.
+        drop = (*_CLIENT_CONDITIONALS, *_RANGE_FIELDS, "accept-encoding")
+        headers = self._upstream_headers(drop=drop)
+        if entry is not None:
+            headers += policy.conditional_headers(CIMultiDict(entry.headers))
+        return headers
+
+    def _probe(self) -> int | None:
+        """The slice to ask for by range instead of the whole object: the first slice
+        when revalidating a segmented entry (a changed object is then not fetched
+        whole), or the slice a cold range request starts in when it starts beyond the
+        slicing threshold (only a big object can satisfy it: fetch one slice)."""
+        cfg = self.e.config
+        if self.entry is not None:
+            return 0 if self.entry.slice_size else None
+        first = _range_start(self.headers.get("Range"))
+        if self.method == "GET" and first is not None and first >= cfg.slice_threshold:
+            return first // cfg.slice_size
+        return None
+
+    def _purge_check(self, entry: Entry) -> bool:
+        """Whether the chosen entry survives the node's purges (edge.purge.bans): not before
+        the node has caught up with the coordinator, not when a hard purge selects it;
+        a soft-purged one survives to be revalidated."""
+        purger = self.e.purger
+        if purger is None:
+            return True
+        if not purger.ready:
+            self.status.detail = "purges-resuming"
+            return False
+        verdict = purger.check(entry)
+        if verdict == "hard":
+            self.status.detail = "purged"
+            return False
+        self.soft_purged = verdict == "soft"
+        return True
+
+    def _stale_on_error(self) -> bool:
+        if self.entry is None or self.reuse is None:
+            return False
+        if self.soft_purged and self.reuse.age < self.reuse.lifetime:
+            return True  # still fresh by its own lifetime: it may stand in for a failure
+        rp = self.e.response_policy(self.entry_headers)
+        return policy.may_serve_stale_on_error(
+            self.reuse.age,
+            self.reuse.lifetime,
+            self.request_cc,
+            rp,
+            self.e.config.stale_if_error_grace,
+        )
+
+    async def _run_fill(
+        self,
+        fill: Fill,
+        headers: list[tuple[str, str]],
+        stale_ok: bool = False,
+        probe: int | None = None,
+    ) -> None:
+        e, entry = self.e, self.entry
+        # A fill asks for what the key names (its query as the key sees it), so
+        # every later reader of this key gets what was asked for.
+        path_qs = self.key_target
+        request_headers = CIMultiDict(headers)
+        if probe is not None:
+            size = e.config.slice_size
+            headers = [*headers, ("Range", f"bytes={probe * size}-{(probe + 1) * size - 1}")]
+        try:
+            try:
+                response = await e.upstream.request(
+                    "GET", path_qs, headers, key=fill.key, client=self.client
+                )
+            except UpstreamError as exc:
+                e.metrics.upstream_errors.labels(e.config.name, exc.detail).inc()
+                fill.head.set_result(FillHead("error", error=exc))
+                return
+            e.metrics.upstream_latency.labels(e.config.name).observe(
+                response.response_time - response.request_time
+            )
+            fill.note = response.note
+            if response.status == 304 and entry is not None:
+                # We validated exactly this entry, so the 304 speaks for it (Section
+                # 4.3.4); fields its body depends on, ETag included, are kept.
+                fill.head.set_result(self._freshen(entry, response))
+                response.release()
+                return
+            if probe is not None and response.status != 200:
+                if response.status == 206:
+                    head = self._sliced_from_range(response, request_headers)
+                    if head is not None:
+                        fill.head.set_result(head)
+                        return
+                if not (stale_ok and response.status in _ERROR_STATUSES):
+                    # Only a 200 (Range ignored) is the object's own answer. Anything
+                    # else answers edge's range (a 206 not worth slicing, a 416 for an
+                    # object shorter than the probe, RFC 9110 Section 15.5.17) and is
+                    # never stored as the object for everyone: fetch the object whole.
+                    response.close()
+                    plain = [
+                        (k, v) for k, v in headers if k not in ("Range", *_CLIENT_CONDITIONALS)
+                    ]
+                    response = await e.upstream.request(
+                        "GET", path_qs, plain, key=fill.key, client=self.client
+                    )
+                    e.metrics.upstream_latency.labels(e.config.name).observe(
+                        response.response_time - response.request_time
+                    )
+                    fill.note = response.note
+            if response.status in _ERROR_STATUSES and stale_ok:
+                response.release()
+                fill.head.set_result(FillHead("error", error=UpstreamStatusError(response.status)))
+                return
+            await self._fill_body(fill, response, request_headers)
+        except UpstreamError as exc:
+            if not fill.head.done():
+                fill.head.set_result(FillHead("error", error=exc))
+        except Exception as exc:  # never leave waiters hanging
+            log.exception("fill of %s failed", fill.key)
+            if not fill.head.done():
+                fill.head.set_result(FillHead("error", error=UpstreamError(str(exc))))
+            fill.finish(exc)
+        finally:
+            if not fill.finished:
+                fill.finish()
+            e.inflight.done(fill)
+
+    def _freshen(self, entry: Entry, response: UpstreamResponse) -> FillHead:
+        """RFC 9111 Section 4.3.3/3.2: a 304 refreshes the stored response, and the
+        refreshed stored response answers every request waiting on this validation
+        (so a cookie set on the 304 reaches none of them: edge.rfc.policy.freshen_headers)."""
+        headers = policy.freshen_headers(
+            entry.headers, response.headers, set_cookie=self.e.config.set_cookie
+        )
+        # Section 5.2.2.7: what the refreshed response names in a qualified private is
+        # not stored, as for a full response (_fill_body).
+        headers = policy.strip_private_fields(headers, self.e.response_policy(CIMultiDict(headers)))
+        if not any(k.lower() == "date" for k, _ in headers):
+            headers.append(("Date", _http_date(response.response_time)))
+        updated = entry.with_headers(headers, response.request_time, response.response_time)
+        self.e.store.update(updated)
+        return FillHead("not-modified", status=304, entry=updated)
+
+    async def _fill_body(
+        self, fill: Fill, response: UpstreamResponse, request_headers: CIMultiDict[str]
+    ) -> None:
+        e = self.e
+        rp = e.response_policy(response.headers)
+        decision = policy.is_storable(
+            "GET",
+            response.status,
+            self.request_cc,
+            request_headers,
+            rp,
+            response.headers,
+            set_cookie=e.config.set_cookie,
+        )
+        length_field = response.headers.get("Content-Length")
+        length = int(length_field) if length_field and length_field.isdigit() else None
+        if decision and length is not None and length > e.config.max_object_size:
+            decision = policy.Decision(False, "larger than max_object_size")
+        if not decision:
+            log.debug(
+                "not storing %s: %s (RFC 9111 Section %s)",
+                fill.key,
+                decision.reason,
+                decision.section,
+            )
+            fill.head.set_result(FillHead("private", status=response.status, response=response))
+            return
+        headers = policy.strip_private_fields(policy.end_to_end(response.headers), rp)
+        if "Date" not in response.headers:
+            # RFC 9110 Section 6.6.1: a cache adds Date to a response that lacks one.
+            headers.append(("Date", _http_date(response.response_time)))
+        if sliceable(response.status, response.headers, length, e.config.slice_threshold):
+            assert length is not None
+            manifest = self._manifest(response, headers, request_headers, length)
+            e.slicer.start_stream(manifest, response, 0)
+            fill.head.set_result(FillHead("sliced", status=200, entry=manifest))
+            return
+        writer = e.store.begin()
+        fill.attach_writer(writer)
+        head = FillHead(
+            "body",
+            variant=new_variant_id(),
+            status=response.status,
+            headers=headers,
+            vary=policy.vary_key(
+                [*policy.vary_field_names(response.headers), *self.e.keyed],
+                request_headers,
+                _NEGOTIATED,
+            ),
+            length=length,
+            storable=True,
+        )
+        fill.head.set_result(head)
+        try:
+            async for chunk in response.chunks():
+                writer.write(chunk)
+                fill.advance(len(chunk))
+                if head.storable and writer.written > e.config.max_object_size:
+                    head.storable = False
+            if length is not None and writer.written != length:
+                # RFC 9111 Section 3.3: an incomplete response is not stored as complete.
+                raise UpstreamError(f"upstream sent {writer.written} of {length} bytes")
+        except (UpstreamError, OSError) as exc:
+            writer.discard()
+            fill.finish(exc)
+            log.warning("fill of %s broke: %s", fill.key, exc)
+            return
+        finally:
+            response.release()
+        if head.storable:
+            entry = Entry(
+                key=fill.key,
+                variant=head.variant,
+                status=response.status,
+                headers=tuple(headers),
+                vary=head.vary,
+                request_time=response.request_time,
+                response_time=response.response_time,
+                size=writer.written,
+                tags=_tags(response.headers),
+            )
+            e.store.commit(entry, writer)
+        else:
+            writer.discard()
+        fill.finish()
+
+    def _manifest(
+        self,
+        response: UpstreamResponse,
+        headers: list[tuple[str, str]],
+        request_headers: CIMultiDict[str],
+        length: int,
+    ) -> Entry:
+        """Record a segmented entry: the object's headers and size; no body."""
+        manifest = Entry(
+            key=self.key,
+            variant=new_variant_id(),
+            status=200,
+            headers=tuple(headers),
+            vary=policy.vary_key(
+                [*policy.vary_field_names(response.headers), *self.e.keyed],
+                request_headers,
+                _NEGOTIATED,
+            ),
+            request_time=response.request_time,
+            response_time=response.response_time,
+            size=length,
+            tags=_tags(response.headers),
+            slice_size=self.e.config.slice_size,
+        )
+        return self.e.store.commit_manifest(manifest)
+
+    def _sliced_from_range(
+        self, response: UpstreamResponse, request_headers: CIMultiDict[str]
+    ) -> FillHead | None:
+        """A 206 to a probe: if the whole object is big, storable and validated, record
+        its manifest and keep this slice; None if it should be fetched whole instead."""
+        span = parse_content_range(response.headers.get("Content-Range"))
+        size = self.e.config.slice_size
+        if span is None or span[0] % size:
+            return None
+        first, _, total = span
+        headers = [
+            (k, v)
+            for k, v in policy.end_to_end(response.headers)
+            if k.lower() not in ("content-range", "content-length")
+        ]
+        as_whole = CIMultiDict(headers)
+        rp = self.e.response_policy(as_whole)
+        storable = policy.is_storable(
+            "GET",
+            200,
+            self.request_cc,
+            request_headers,
+            rp,
+            as_whole,
+            set_cookie=self.e.config.set_cookie,
+        )
+        if not storable or not sliceable(200, as_whole, total, self.e.config.slice_threshold):
+            return None
+        headers = policy.strip_private_fields(headers, rp)
+        if "Date" not in as_whole:
+            headers.append(("Date", _http_date(response.response_time)))
+        manifest = self._manifest(response, headers, request_headers, total)
+        self.e.slicer.start_stream(manifest, response, first // size)
+        return FillHead("sliced", status=206, entry=manifest)
+
+    # -- delivery -------------------------------------------------------------------
+
+    def _use_entry(self, entry: Entry) -> None:
+        if self.body is not None:
+            self.body.close()
+        self.entry = entry
+        self.entry_headers = CIMultiDict(entry.headers)
+        self.body = None if entry.slice_size else self.e.store.open_body(entry)
+        rp = self.e.response_policy(self.entry_headers)
+        lifetime = self.e.lifetime(entry, self.entry_headers, rp)
+        age = self.e.age(entry, self.entry_headers, time.time())
+        self.status.ttl = int(lifetime - age)
+
+    def _upstream_failed(self, error: Exception) -> Step:
+        """RFC 5861 Section 4 / RFC 9111 Section 4.2.4: a stale copy may stand in for
+        a failed upstream; otherwise the client gets 502 or 504."""
+        status = getattr(error, "status", 502)
+        detail = getattr(error, "detail", "upstream-error")
+        usable = self.entry is not None and (self.body is not None or self.entry.slice_size)
+        if usable and self._stale_on_error():
+            self.status.fwd = "stale"
+            self.status.hit = True
+            self.status.detail = f"stale-if-error {detail}"
+            assert self.reuse is not None
+            self.status.ttl = int(self.reuse.ttl)
+            return Step.DELIVER
+        return self.synth(status, str(error), detail=detail)
+
+    def _client_headers(self, stored: list[tuple[str, str]], age: float | None) -> CIMultiDict[str]:
+        """RFC 9111 Section 4: the header fields of a response built from storage or
+        relayed from upstream: Age recomputed, Cache-Status and Via appended."""
+        drop = {"content-length", *_SURROGATE_ONLY, *self.e.hidden}
+        if age is not None:
+            drop.add("age")
+        headers = CIMultiDict((k, v) for k, v in stored if k.lower() not in drop)
+        if age is not None:
+            headers["Age"] = str(min(int(age), policy.MAX_DELTA))
+        # One line each, earlier hops first: simple clients read only one line.
+        for name, value in (
+            ("Via", f"1.1 {self.e.config.name}"),
+            ("Cache-Status", self.status.render()),
+        ):
+            prior = headers.popall(name, [])
+            headers[name] = ", ".join([*prior, value])
+            if name == "Cache-Status":
+                self._prior_status = prior
+        return headers
+
+    def _fetched(self, seconds: float) -> None:
+        """An upstream fetch this request made outside a fill of its key (a slice)."""
+        self.e.metrics.upstream_latency.labels(self.e.config.name).observe(seconds)
+
+    def _partial(
+        self,
+        source: SlicedSource,
+        parts: list[tuple[bytes | None, ByteRange | None]],
+        headers: CIMultiDict[str],
+    ) -> None:
+        """RFC 9211 Section 2.2: a stored segmented response that needs slices from
+        upstream for this request is not a hit: `fwd=partial` (collapsed when fetches
+        already under way bring them all), and its slices are stored."""
+        spans = [(r.start, r.end + 1) for _, r in parts if r is not None]
+        missing, coming = source.plan(spans)
+        if not missing or not self.status.hit or self.status.fwd:
+            return
+        self.status.hit = False
+        self.status.fwd = "partial"
+        self.status.stored = True
+        self.status.collapsed = missing == coming
+        headers["Cache-Status"] = ", ".join([*self._prior_status, self.status.render()])
+
+    async def _deliver_entry(self) -> None:
+        entry, body = self.entry, self.body
+        assert entry is not None
+        age = self.e.age(entry, self.entry_headers, time.time())
+        stored = list(entry.headers)
+        if self.status.fwd_status != 304:  # not validated on this request
+            withheld = policy.withheld_unless_validated(self.e.response_policy(self.entry_headers))
+            stored = [(k, v) for k, v in stored if k.lower() not in withheld]
+        source: BodySource
+        length: int | None = entry.size
+        choice = derive.AS_STORED
+        level: int | None = None
+        if entry.slice_size:
+            source = SlicedSource(
+                self.e.slicer, entry, self._slice_headers(entry), on_fetch=self._fetched
+            )
+        else:
+            assert body is not None
+            source = FileSource(body)
+            self.body = None  # the source closes it
+            choice = derive.choose(
+                self.method, entry.status, self.headers, self.entry_headers, entry.size
+            )
+            if choice.transform is not None:
+                source, length, level = self._derived_source(entry, choice, source)
+            else:
+                self._hot_candidate = True
+        stored = derive.client_headers(stored, choice, level)
+        headers = self._client_headers(stored, age)
+        try:
+            await self._respond_body(
+                entry.status,
+                headers,
+                length,
+                CIMultiDict(stored),
+                source,
+                derived=choice.transform is not None,
+            )
+        finally:
+            source.close()
+
+    def _derived_source(
+        self, entry: Entry, choice: derive.Choice, stored: BodySource
+    ) -> tuple[BodySource, int | None, int | None]:
+        """The encoded (or decoded) body of a stored response, and the level it is
+        encoded at: kept from before (whatever its level: the bytes clients already
+        have stay the bytes they get), or being made now (once, whoever asks)."""
+        assert choice.coding is not None
+        derived = derive.find_derived(self.e.store, entry, choice.coding)
+        body = self.e.store.open_body(derived) if derived is not None else None
+        if derived is not None and body is not None:
+            stored.close()
+            # Kept encodings are as fixed as the stored response: the hot tier may
+            # hold them (its key has the request's Accept-Encoding).
+            self._hot_candidate = True
+            return FileSource(body), derived.size, derive.stored_level(derived)
+        # Not made yet: make it now from the stored source.
+        job = derive.Job(
+            entry.key,
+            entry.variant,
+            entry.vary,
+            choice,
+            entry.size,
+            derive.coding_of(self.entry_headers) or "identity",
+            complete=True,
+            content_type=self.entry_headers.get("Content-Type"),
+        )
+        fill = self.e.deriver.fill(job, stored)
+        return FillSource(fill.reader()), None, fill.head.result().level
+
+    async def _deliver_fill(self, fill: Fill, head: FillHead) -> None:
+        source: BodySource = FillSource(fill.reader())
+        length = head.length
+        stored = CIMultiDict(head.headers)
+        choice = derive.choose(self.method, head.status, self.headers, stored, head.length)
+        level: int | None = None
+        if choice.transform is not None:
+            assert choice.coding is not None
+            job = derive.Job(
+                self.key,
+                head.variant,
+                head.vary,
+                choice,
+                head.length,
+                derive.coding_of(stored) or "identity",
+                complete=False,
+                content_type=stored.get("Content-Type"),
+            )
+            derived = self.e.deriver.fill(job, source)
+            source, length = FillSource(derived.reader()), None
+            level = derived.head.result().level
+        adjusted = derive.client_headers(head.headers, choice, level)
+        headers = self._client_headers(adjusted, None)
+        try:
+            await self._respond_body(
+                head.status,
+                headers,
+                length,
+                CIMultiDict(adjusted),
+                source,
+                derived=choice.transform is not None,
+            )
+        finally:
+            source.close()
+
+    async def _deliver_upstream(self, response: UpstreamResponse) -> None:
+        """Relay a response that is not stored; compressible text is still compressed
+        (at the fast level: nothing is kept to pay for a strong one)."""
+        length_field = response.headers.get("Content-Length")
+        length = int(length_field) if length_field and length_field.isdigit() else None
+        choice = derive.choose(self.method, response.status, self.headers, response.headers, length)
+        if choice.transform == "decode":  # only kept copies are decoded (with a cap)
+            choice = derive.Choice(vary=True)
+        fields = derive.client_headers(
+            policy.end_to_end(response.headers), choice, derive.encoding_level(choice, "stream")
+        )
+        headers = self._client_headers(fields, None)
+        no_body = self.method == "HEAD" or response.status in (204, 304) or response.status < 200
+        resp = Response(response.status, headers)
+        encoder = None
+        if choice.transform == "encode" and choice.coding:
+            encoder = compress.encoder(
+                choice.coding,
+                compress.LEVELS["stream"][choice.coding],
+                content_type=response.headers.get("Content-Type"),
+                size_hint=length,
+            )
+        elif length is not None:
+            resp.length = length
+        await self._start(resp)
+        if not no_body:
+            try:
+                async for chunk in response.chunks():
+                    if encoder is not None:
+                        chunk = await asyncio.to_thread(encoder.compress, chunk)
+                    await self.channel.write(chunk)
+                    self.sent += len(chunk)
+                if encoder is not None:
+                    tail = encoder.finish()
+                    await self.channel.write(tail)
+                    self.sent += len(tail)
+            except UpstreamError as exc:
+                log.warning("upstream body broke while relaying %s: %s", self.req.target, exc)
+                self._abort()
+                return
+        # Read to the end: the upstream connection can go back to the pool.
+        response.release()
+        self.upstream_response = None
+        await self.channel.end()
+
+    async def _respond_body(
+        self,
+        status: int,
+        headers: CIMultiDict[str],
+        length: int | None,
+        stored: CIMultiDict[str],
+        source: BodySource,
+        *,
+        derived: bool = False,
+    ) -> None:
+        """Conditionals, ranges and the body, from a stored file or a fill in flight;
+        `derived`: the body is an encoding edge made, which its source's dates do not
+        validate (If-Range by date never matches it)."""
+        ts = self.entry.response_time if self.entry is not None else time.time()
+        if 200 <= status < 300:
+            verdict = policy.evaluate_preconditions(self.method, self.headers, stored, ts)
+            if verdict == 304:
+                nm = CIMultiDict(policy.not_modified_headers(headers.items()))
+                for name in ("Age", "Via", "Cache-Status"):
+                    for value in headers.getall(name, []):
+                        nm.add(name, value)
+                return await self._send_simple(304, nm)
+            if verdict == 412:
+                return await self._send_simple(412, CIMultiDict(headers))
+        ranges: list[ByteRange] | None = None
+        if (
+            status == 200
+            and length is not None
+            and self.method == "GET"
+            and "Range" in self.headers
+            and if_range_allows(self.headers, stored, dates=not derived)
+        ):
+            try:
+                ranges = parse_range(
+                    self.headers.get("Range"), length, headers.get("Content-Type") or ""
+                )
+            except Unsatisfiable:
+                headers["Content-Range"] = f"bytes */{length}"
+                return await self._send_simple(416, headers)
+        if ranges is None:
+            parts = [(None, ByteRange(0, length - 1) if length else None)]
+            resp = Response(status, headers, length=length)
+        elif len(ranges) == 1:
+            r = ranges[0]
+            headers["Content-Range"] = f"bytes {r.start}-{r.end}/{length}"
+            resp = Response(206, headers, length=r.length)
+            parts = [(None, r)]
+        else:
+            boundary = uuid.uuid4().hex
+            ctype = headers.get("Content-Type")
+            headers["Content-Type"] = f"multipart/byteranges; boundary={boundary}"
+            parts = []
+            total = 0
+            for r in ranges:
+                head = f"\r\n--{boundary}\r\n"
+                if ctype:
+                    head += f"Content-Type: {ctype}\r\n"
+                head += f"Content-Range: bytes {r.start}-{r.end}/{length}\r\n\r\n"
+                parts.append((head.encode(), r))
+                total += len(head) + r.length
+            tail = f"\r\n--{boundary}--\r\n".encode()
+            resp = Response(206, headers, length=total + len(tail))
+            parts.append((tail, None))
+        if isinstance(source, SlicedSource) and self.method != "HEAD":
+            self._partial(source, parts, resp.headers)
+        if (
+            isinstance(source, FileSource)
+            and self.method != "HEAD"
+            and resp.length is not None
+            and resp.length <= _SENDFILE_MIN
+        ):
+            # Small and on disk: one buffer, so head and body leave in one write.
+            fd = source.file.fileno()
+            data = b"".join(
+                (preamble or b"") + (os.pread(fd, r.length, r.start) if r else b"")
+                for preamble, r in parts
+            )
+            resp.body, resp.length = data, None
+            self.response, self.code = resp, resp.status
+            written = await self.channel.respond(resp)
+            self.sent = len(data)
+            if self._hot_candidate and ranges is None:
+                self._offer_hot(data, written)
+            return
+        await self._start(resp)
+        if self.method == "HEAD" or status in (204, 304):
+            await self.channel.end()
+            return
+        try:
+            for preamble, r in parts:
+                if preamble:
+                    await self.channel.write(preamble)
+                if r is None and length is not None:
+                    continue
+                start = r.start if r is not None else 0
+                end = r.end + 1 if r is not None else None
+                async for piece in source.pieces(start, end):
+                    if isinstance(piece, FileSegment):
+                        await self._sendfile(piece.file, piece.offset, piece.count)
+                    else:
+                        await self.channel.write(piece)
+                        self.sent += len(piece)
+        except UpstreamError as exc:
+            log.warning("fill broke while delivering %s: %s", self.key, exc)
+            self._abort()
+            return
+        finally:
+            if isinstance(source, SlicedSource) and source.upstream_s is not None:
+                self.upstream_ms = (self.upstream_ms or 0.0) + source.upstream_s * 1000
+        await self.channel.end()
+
+    def _offer_hot(self, body: bytes, written: list[tuple[str, str]]) -> None:
+        """A plain fresh hit from a small file, for an ordinary GET, just sent with
+        the fields `written`: keep exactly what was sent for edge.pipeline.fastpath to answer
+        the same request with."""
+        hot, entry, reuse = self.e.hot, self.entry, self.reuse
+        if (
+            hot is None
+            or entry is None
+            or reuse is None
+            or self.walk != _PLAIN_HIT
+            or reuse.kind != "fresh"
+            or self.code != 200
+            or self.status.detail
+            or self.soft_purged
+            # The hot key holds Accept-Encoding only: other selecting fields (Vary,
+            # keyed_headers) would need their values in it too.
+            or any(name != "accept-encoding" for name, _ in entry.vary)
+        ):
+            return
+        key = fastpath.request_key(self.method, self.req.version, self.req.target, self.req.raw)
+        if key is None:
+            return
+        now = time.time()
+        hot.offer(
+            key,
+            self.key,
+            entry.variant,
+            self.target.path,
+            f"HTTP/1.1 {self.code} {_reason(self.code)}",
+            written,
+            body,
+            self.e.age(entry, self.entry_headers, now),
+            reuse.lifetime,
+            now,
+        )
+
+    async def _sendfile(self, body: IO[bytes], offset: int, count: int) -> None:
+        """Zero-copy from the stored file to the socket where the transport allows;
+        small bodies are cheaper as one read and write than a sendfile round."""
+        if count <= 0:
+            return
+        if count <= _SENDFILE_MIN:
+            await self.channel.write(os.pread(body.fileno(), count, offset))
+        else:
+            await self.channel.send_file(body, offset, count)
+        self.sent += count
+
+    async def _start(self, head: Response) -> None:
+        """Send a head whose body follows (the connection layer frames it)."""
+        self.response, self.code = head, head.status
+        await self.channel.start(head)
+
+    async def _send_simple(self, status: int, headers: CIMultiDict[str]) -> None:
+        for name in ("Content-Length", "Transfer-Encoding"):
+            headers.popall(name, None)
+        await self._start(Response(status, headers, length=None if status in (204, 304) else 0))
+        await self.channel.end()
+
+    def _abort(self) -> None:
+        """The body cannot be completed: close the connection so the client sees a
+        truncated response rather than a short one that looks whole."""
+        self.cut = True
+        self.channel.abort()
+
+    # -- the guard ----------------------------------------------------------------------
+
+    def _guard(self) -> Refusal | None:
+        """edge.features.guard's checks in order, cheapest first: framing, the target (the
+        authority too, for absolute-form), the client's rate, the method, the rules."""
+        cfg, req = self.e.config, self.req
+        refusal = guard.check_framing(
+            req.version,
+            self.method,
+            self.headers,
+            max_body=cfg.max_body_size,
+            max_header_bytes=cfg.max_header_bytes,
+        )
+        if refusal is not None:
+            return refusal
+        host = guard.check_host(self.headers.getall("Host", []), req.version)
+        if isinstance(host, Refusal):
+            return host
+        # HTTP/1.0 without Host: the address the client reached (Request.authority).
+        self.host = host or req.authority
+        raw = req.target
+        if not raw.startswith("/"):
+            absolute = _ABSOLUTE_FORM.match(raw)
+            if absolute is None:
+                return Refusal(400, "the request target must be a path", close=True)
+            # RFC 9112 Section 3.2.2: the target's authority replaces Host, checked alike.
+            authority = guard.check_authority(absolute.group(1))
+            if isinstance(authority, Refusal):
+                return authority
+            self.host, raw = authority, absolute.group(2) or "/"
+            raw = raw if raw.startswith("/") else "/" + raw
+        target = guard.normalise_target(raw)
+        if isinstance(target, Refusal):
+            return target
+        self.target = target
+        self.key_target = key_target(target, cfg)
+        if self.e.limiter:
+            wait = self.e.limiter.take(self.client, self.host.lower(), target.path, self.started)
+            if wait:
+                return guard.too_many(wait)
+        refusal = guard.check_method(self.method, cfg.allowed_methods)
+        if refusal is not None:
+            return refusal
+        if self.e.rules is not None:
+            rule = self.e.rules.check(self.host, target.path, target.query, self.headers)
+            if rule is not None:
+                log.warning(
+                    "refused %s %s from %s: rule %s (%s), request id %s",
+                    self.method,
+                    target.path_qs[:200],
+                    self.client,
+                    rule.id,
+                    rule.message,
+                    self.request_id,
+                )
+                return Refusal(403, f"refused by rule {rule.id}")
+        return None
+
+    def refuse(self, refusal: Refusal) -> Step:
+        """A guard refusal as a synthetic response, closing the connection when its
+        framing cannot be trusted any further."""
+        self.status.detail = "refused"
+        state = self.synth(refusal.status, refusal.reason, allow=refusal.allow)
+        assert self.response is not None
+        if refusal.retry_after:
+            self.response.headers["Retry-After"] = str(refusal.retry_after)
+        if refusal.close:
+            self.response.close = True
+        self.e.metrics.refused.labels(self.e.config.name, str(refusal.status)).inc()
+        return state
+
+    @property
+    def request_id(self) -> str:
+        """An id for a response made here, shown to the client and logged with it."""
+        if not self._request_id:
+            self._request_id = os.urandom(8).hex()
+        return self._request_id
+
+    # -- synthetic responses ----------------------------------------------------------
+
+    def synth(self, code: int, reason: str, *, detail: str | None = None, allow: str = "") -> Step:
+        """The synth state: a response made here (an error or a refusal); it ends the
+        walk, so states call it and return its result."""
+        self.synth_reason = reason
+        if detail:  # upstream error text can quote a whole garbled response: cut it
+            log.warning("%s %s: %.300s", self.method, self.req.target, reason)
+        self.status.detail = detail or self.status.detail
+        headers = CIMultiDict(
+            {
+                "Content-Type": "text/plain; charset=utf-8",
+                "Cache-Control": "no-store",
+                "Cache-Status": self.status.render(),
+            }
+        )
+        if allow:
+            headers["Allow"] = allow
+        # Upstream error text can echo upstream bytes: clients get a plain reason only.
+        public = _PUBLIC_REASONS.get(detail or "", reason)
+        text = f"{code} {_reason(code)}: {public}\nrequest id: {self.request_id}\n"
+        headers["X-Request-Id"] = self.request_id
+        self.response = Response(code, headers, body=text.encode())
+        self.code = code
+        return Step.SYNTH
+
+    # -- upstream request headers ----------------------------------------------------
+
+    def _slice_headers(self, entry: Entry) -> list[tuple[str, str]]:
+        """Upstream fields for a slice's range request: this hop's own, and the
+        selecting fields the manifest was stored under (its Vary key)."""
+        headers = self._upstream_headers(drop=(*_CLIENT_CONDITIONALS, *_RANGE_FIELDS))
+        names = {name for name, _ in entry.vary}
+        headers = [(k, v) for k, v in headers if k.lower() not in names]
+        headers += [(name, value) for name, value in entry.vary if value is not None]
+        return headers
+
+    def _upstream_headers(self, drop: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+        """RFC 9110 Section 7.6: forward end-to-end fields, append Via, CDN-Loop
+        (RFC 8586) and the forwarding fields (edge.rfc.forwarding)."""
+        cfg = self.e.config
+        # Host is the authority the guard settled on (absolute-form targets name it);
+        # unkeyed fields that could change a response are not forwarded (edge.features.guard).
+        headers = policy.end_to_end(
+            self.headers,
+            drop=("content-length", "host", *forwarding.FORWARDING_FIELDS, *self.e.unkeyed, *drop),
+        )
+        if not cfg.underscores_in_headers:
+            headers = guard.without_underscores(headers)
+        headers.insert(0, ("Host", self.host))
+        headers = _appended(headers, "Via", f"1.1 {cfg.name}")
+        headers = _appended(headers, "CDN-Loop", forwarding.cdn_loop_entry(cfg.cdn_name, cfg.name))
+        # W3C Edge Architecture: advertise this surrogate so the origin can target
+        # Surrogate-Control directives at it by name.
+        headers.append(("Surrogate-Capability", f'{cfg.name}="Surrogate/1.0"'))
+        headers += forwarding.forwarding_fields(
+            self.headers,
+            peer=self.req.peer,
+            scheme=self.req.scheme,
+            host=self.host,
+            trusted=self.trusted,
+        )
+        return headers
+
+    def _note(self, note: str) -> None:
+        """Say in Cache-Status how the upstream was reached when it is worth knowing
+        (e.g. origin-direct: no shield could answer)."""
+        if note:
+            self.status.detail = f"{self.status.detail} {note}" if self.status.detail else note
+
+    # -- accounting ------------------------------------------------------------------
+
+    def _account(self) -> None:
+        label = self.status.label
+        name = self.e.config.name
+        self.e.metrics.requests.labels(name, label, str(self.code)).inc()
+        self.e.metrics.bytes_sent.labels(name).inc(self.sent)
+        if self.e.access.enabled:
+            self.e.access.line(
+                request_line(
+                    self.req.peer,
+                    self.method,
+                    self.req.target,
+                    self.code,
+                    label,
+                    self.sent,
+                    (time.monotonic() - self.started) * 1000,
+                    self.upstream_ms,
+                    steps.render_walk(self.walk),
+                    request_id=self._request_id,
+                    end="client-gone" if self.client_gone else ("cut" if self.cut else ""),
+                )
+            )
+
+
+#: Each step of the client machine and the method that takes it.
+_STEPS = {
+    Step.RECV: Transaction.st_recv,
+    Step.HASH: Transaction.st_hash,
+    Step.LOOKUP: Transaction.st_lookup,
+    Step.HIT: Transaction.st_hit,
+    Step.STALE: Transaction.st_stale,
+    Step.MISS: Transaction.st_miss,
+    Step.FETCH: Transaction.st_fetch,
+    Step.PASS: Transaction.st_pass,
+    Step.DELIVER: Transaction.st_deliver,
+}
+assert set(_STEPS) | steps.FINAL == set(Step), "every step has a method, or ends the walk"
+
+
+def _appended(headers: list[tuple[str, str]], name: str, value: str) -> list[tuple[str, str]]:
+    """The list field `name` as one line with `value` appended (RFC 9110 Section 5.3)."""
+    lower = name.lower()
+    prior = [v for k, v in headers if k.lower() == lower]
+    rest = [(k, v) for k, v in headers if k.lower() != lower]
+    return [*rest, (name, ", ".join([*prior, value]))]
+
+
+def _range_start(value: str | None) -> int | None:
+    """The first byte a Range field asks for, if it names one plainly."""
+    return first_position(value)
+
+
+def _tags(headers: policy.Headers) -> tuple[str, ...]:
+    """Surrogate-Key (space-separated) and Cache-Tag (comma-separated) tags."""
+    tags: list[str] = []
+    for value in headers.getall("Surrogate-Key", []):
+        tags += value.split()
+    for value in headers.getall("Cache-Tag", []):
+        tags += [t.strip() for t in value.split(",") if t.strip()]
+    return tuple(dict.fromkeys(tags))
+
+
+def _http_date(ts: float) -> str:
+    from email.utils import formatdate
+
+    return formatdate(ts, usegmt=True)
+
+
+def _reason(code: int) -> str:
+    from http import HTTPStatus
+
+    with contextlib.suppress(ValueError):
+        return HTTPStatus(code).phrase
+    return "Error"

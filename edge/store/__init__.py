@@ -1,0 +1,1 @@
+"""Where cached responses live: the store's interface and its disk implementation."""

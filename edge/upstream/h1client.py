@@ -1,0 +1,551 @@
+"""edge's own HTTP/1.1 client for the upstream side: keep-alive pools of connections
+to one server each, responses parsed by llhttp (through httptools).
+
+It owns one rule above all: a connection is reused only when it is known clean
+(RFC 9112 Section 9.3). A response ends exactly where its framing says; anything else
+the server sends ends the connection instead of becoming the next user's response:
+- bytes after the end of a response, in the same read or later while the connection
+  is idle in its pool;
+- a body after an answer that has none (HEAD, 1xx, 204, 304: RFC 9112 Section 6.3);
+- a response whose length is only known by the server closing (it is read to the end,
+  never pooled), and any response that says `Connection: close`;
+- a `101 Switching Protocols` nobody asked for (edge never forwards Upgrade): an
+  error, never relayed;
+- a parse error, a broken read, or a response abandoned before its end.
+Interim responses (100, 102, 103) are read past. Bodies are handed on as they arrive;
+reading from the socket pauses while too much is waiting for the reader.
+
+It knows nothing of pools of members, health or retries across members (edge.upstream.pools)
+nor of caching (edge.pipeline.transaction).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import re
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import httptools
+from multidict import CIMultiDict
+
+from edge.rfc import policy
+
+#: Reading from a connection pauses while this much body waits for the reader.
+_HIGH_WATER = 1 << 20
+_LOW_WATER = 256 << 10
+
+#: RFC 9110 Section 9.2.2: requests that may be sent again (here, on a fresh connection
+#: when a reused one turns out closed before any byte of the answer; edge.upstream.pools, on
+#: another member).
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+
+_BREAKS = re.compile(r"[\r\n\x00]")
+
+#: Methods that carry a body by definition: an empty one is sent as Content-Length: 0
+#: (RFC 9110 Section 8.6).
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+class ClientError(Exception):
+    """The exchange with the server failed."""
+
+
+class NotSent(ClientError):
+    """The request never left: no connection could be made."""
+
+
+class ConnectTimeout(NotSent, TimeoutError):
+    """Connecting took longer than allowed."""
+
+
+class ReadTimeout(ClientError, TimeoutError):
+    """The server went quiet for longer than the read timeout."""
+
+
+class BadResponse(ClientError):
+    """The server's answer broke HTTP/1.1: unparseable, unsolicited or cut short."""
+
+
+class _Stop(Exception):
+    """Raised inside a parser callback to stop parsing: the connection is unclean."""
+
+
+@dataclass(frozen=True)
+class Server:
+    """Where a pool connects: scheme, host and port."""
+
+    scheme: str
+    host: str
+    port: int
+
+    @property
+    def authority(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default = 443 if self.scheme == "https" else 80
+        return host if self.port == default else f"{host}:{self.port}"
+
+
+class Response:
+    """One response: its head, then its body as the reader asks for it."""
+
+    def __init__(self, exchange: _Exchange) -> None:
+        self._exchange = exchange
+        self.status = 0
+        self.version = ""
+        self.headers: CIMultiDict[str] = CIMultiDict()
+
+    async def read(self) -> bytes:
+        """The next piece of the body, b"" at its end; raises ClientError if the body
+        broke or ReadTimeout if the server went quiet."""
+        return await self._exchange.next_piece()
+
+    def release(self) -> None:
+        """Done with the response: the connection goes back to its pool if the body
+        was read to its end and the connection is clean, else it is closed."""
+        self._exchange.abandon()
+
+    def close(self) -> None:
+        """Done with the response, and the connection is closed whatever its state."""
+        self._exchange.abandon(close=True)
+
+
+class _Exchange:
+    """One request and its response on a connection: the parser's callbacks, the body
+    queue, and the verdict on whether the connection may be used again."""
+
+    def __init__(self, conn: _Connection, method: str, read_timeout: float) -> None:
+        self.conn = conn
+        self.method = method
+        self.read_timeout = read_timeout
+        self.parser = httptools.HttpResponseParser(self)
+        self.response = Response(self)
+        self.head: asyncio.Future[Response] = conn.loop.create_future()
+        self.received = False  # any byte of an answer at all
+        self.interim = False  # the message being parsed is a 1xx
+        self.in_head = False
+        self.complete = False  # the response's last byte has arrived
+        self.until_close = False  # the body ends when the server closes
+        self.keep_alive = False
+        self.pieces: collections.deque[bytes] = collections.deque()
+        self.buffered = 0
+        self.error: ClientError | None = None
+        self.waiter: asyncio.Future[None] | None = None
+        self.finished = False  # the exchange let go of its connection
+
+    # -- llhttp's callbacks --------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self.complete or self.head.done():
+            # A second response to one request: the bytes are not ours to read.
+            raise _Stop
+        self.in_head = True
+        self.response.headers = CIMultiDict()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.in_head:  # not the trailers of a chunked body: those are dropped
+            self.response.headers.add(name.decode("latin-1"), value.decode("latin-1"))
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        status = self.parser.get_status_code()
+        if status == 101:
+            # edge never asks to upgrade (RFC 9110 Section 15.2.2): not an answer to relay.
+            self._fail(BadResponse("unsolicited 101 Switching Protocols"))
+            raise _Stop
+        if 100 <= status < 200:
+            self.interim = True  # 100, 102, 103: read past, the final answer follows
+            return
+        response = self.response
+        response.status = status
+        response.version = self.parser.get_http_version()
+        headers = response.headers
+        tokens = policy.connection_listed(headers)
+        persistent = "close" not in tokens and (response.version == "1.1" or "keep-alive" in tokens)
+        bodyless = self.method == "HEAD" or status in (204, 304)
+        framed = "Transfer-Encoding" in headers or "Content-Length" in headers
+        # RFC 9112 Section 6.3: with neither field, the body runs to the close.
+        self.until_close = not bodyless and not framed
+        self.keep_alive = persistent and not self.until_close
+        self.head.set_result(response)
+        if self.method == "HEAD":
+            # llhttp does not know this answered a HEAD and would wait for the body
+            # Content-Length announces: the response ends here, and any byte after it
+            # is unclean (on_body stops the parse).
+            self._completed()
+
+    def on_body(self, body: bytes) -> None:
+        if self.complete:
+            raise _Stop  # a body after HEAD
+        self.pieces.append(body)
+        self.buffered += len(body)
+        if self.buffered > _HIGH_WATER:
+            self.conn.pause()
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False
+            return
+        if not self.complete:
+            self._completed()
+
+    # -- fed by the connection -----------------------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        self.received = True
+        try:
+            self.parser.feed_data(data)
+        except (httptools.HttpParserError, _Stop) as exc:
+            # HttpParserUpgrade is an HttpParserError: a 101 was refused above.
+            if self.complete:
+                # The response was whole; what came after it is not. Keep the answer,
+                # never the connection.
+                self.keep_alive = False
+                self.conn.close()
+            else:
+                self._fail(BadResponse(f"malformed response: {_reason(exc)}"))
+
+    def closed(self, exc: Exception | None) -> None:
+        """The server closed (or the connection broke)."""
+        if self.complete:
+            return
+        if self.until_close and self.head.done():
+            self._completed()
+            return
+        if not self.received:
+            self._fail(_Lost("connection closed before any response"))
+        else:
+            self._fail(BadResponse("connection closed before the response ended"))
+
+    # -- the reader's side ---------------------------------------------------------------
+
+    async def next_piece(self) -> bytes:
+        while True:
+            if self.pieces:
+                piece = self.pieces.popleft()
+                self.buffered -= len(piece)
+                if self.buffered < _LOW_WATER:
+                    self.conn.resume()
+                return piece
+            if self.error is not None:
+                raise self.error
+            if self.complete:
+                self._let_go()
+                return b""
+            self.waiter = self.conn.loop.create_future()
+            timer = self._deadline("upstream read timed out")
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+                if timer is not None:
+                    timer.cancel()
+
+    async def wait_head(self) -> Response:
+        if self.head.done():
+            return self.head.result()
+        timer = self._deadline("upstream response timed out")
+        try:
+            # Not shielded: a cancelled head is a finished one to the parser's
+            # callbacks (on_message_begin), and the caller closes the connection.
+            return await self.head
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def abandon(self, close: bool = False) -> None:
+        if not self.complete or self.pieces or close:
+            self.keep_alive = False
+        if not self.complete:
+            self._fail(ClientError("response abandoned"))
+        self.pieces.clear()
+        self.buffered = 0
+        self._let_go()
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _deadline(self, message: str) -> asyncio.TimerHandle | None:
+        """The read timeout as one timer that fails the exchange (waking its reader),
+        cheaper per wait than a timeout scope and a shielded future."""
+        if not self.read_timeout:
+            return None
+        return self.conn.loop.call_later(self.read_timeout, self._fail, ReadTimeout(message))
+
+    def _completed(self) -> None:
+        self.complete = True
+        self.conn.exchange_done(self)
+        self._wake()
+
+    def _fail(self, error: ClientError) -> None:
+        if self.error is None and not self.complete:
+            self.error = error
+        self.keep_alive = False
+        if not self.head.done():
+            self.head.set_exception(error)
+            self.head.exception()  # retrieved here: a reader may never come for it
+        self.conn.exchange_done(self)
+        self._wake()
+
+    def _let_go(self) -> None:
+        if not self.finished:
+            self.finished = True
+            self.conn.exchange_done(self)
+
+    def _wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+
+class _Lost(ClientError):
+    """A connection closed before anything of the answer came: on a reused connection
+    the server had closed it while idle, and an idempotent request may be sent again."""
+
+
+def _reason(exc: BaseException) -> str:
+    context = exc.__context__
+    if isinstance(context, _Stop):
+        return "bytes beyond the end of the response"
+    return str(exc) or type(exc).__name__
+
+
+class _Connection(asyncio.Protocol):
+    """One TCP (or TLS) connection to the server: idle in its pool, or carrying one
+    exchange. Bytes that arrive while it is idle end it."""
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self.pool = pool
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.exchange: _Exchange | None = None
+        self.is_closed = False
+        self.paused = False
+        self.holds_slot = False  # of its pool's limit, from the request until it is free
+        self.idle_timer: asyncio.TimerHandle | None = None
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        exchange = self.exchange
+        if exchange is None or exchange.complete:
+            self.close()  # unsolicited bytes: never read as the next response
+            return
+        exchange.feed(data)
+
+    def eof_received(self) -> bool:
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.is_closed = True
+        self._cancel_idle()
+        exchange = self.exchange
+        if exchange is not None:
+            exchange.closed(exc)
+        self.pool.forget(self)
+
+    # used by the exchange and the pool
+
+    def send(self, exchange: _Exchange, data: bytes) -> None:
+        assert self.transport is not None
+        self._cancel_idle()
+        self.exchange = exchange
+        self.transport.write(data)
+
+    def exchange_done(self, exchange: _Exchange) -> None:
+        """The exchange no longer needs the connection, or the response is whole: pool
+        it if it is clean, close it otherwise. Called more than once; acts once."""
+        if self.exchange is not exchange:
+            return
+        if exchange.complete and exchange.keep_alive and not self.is_closed:
+            # Free as soon as the response is whole, even if its body still waits in the
+            # exchange for its reader.
+            self.exchange = None
+            self.resume()
+            self.pool.put_back(self)
+        elif exchange.complete or exchange.error is not None or exchange.finished:
+            self.exchange = None
+            self.close()
+
+    def pause(self) -> None:
+        if not self.paused and self.transport is not None and not self.is_closed:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self.paused and self.transport is not None and not self.is_closed:
+            self.paused = False
+            self.transport.resume_reading()
+
+    def idle_for(self, seconds: float) -> None:
+        self.idle_timer = self.loop.call_later(seconds, self.close)
+
+    def close(self) -> None:
+        self._cancel_idle()
+        if self.transport is not None and not self.is_closed:
+            self.is_closed = True
+            self.transport.close()
+            self.pool.forget(self)
+
+    def _cancel_idle(self) -> None:
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
+
+
+class ConnectionPool:
+    """Keep-alive connections to one server: at most `limit` carrying requests at once
+    (0: no limit), idle ones kept `keepalive` seconds, the most recently used first."""
+
+    def __init__(
+        self,
+        server: Server,
+        *,
+        limit: int = 0,
+        keepalive: float = 30.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.server = server
+        self.keepalive = keepalive
+        self.idle: collections.deque[_Connection] = collections.deque()
+        self.all: set[_Connection] = set()
+        self._slots = asyncio.Semaphore(limit) if limit > 0 else None
+        self._ssl = ssl_context
+        if server.scheme == "https" and self._ssl is None:
+            self._ssl = ssl.create_default_context()
+
+    async def request(
+        self,
+        method: str,
+        target: str,
+        headers: Sequence[tuple[str, str]],
+        body: bytes | None = None,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+    ) -> Response:
+        """Send one request and return its response once the head has arrived."""
+        data = _serialise(method, target, headers, body, self.server)
+        if self._slots is not None:
+            await self._slots.acquire()
+        try:
+            conn = self._take_idle()
+            if conn is not None:
+                try:
+                    return await self._exchange(conn, method, data, read_timeout)
+                except _Lost:
+                    # The server closed the idle connection as the request went out.
+                    if method not in IDEMPOTENT:
+                        raise BadResponse("connection closed before any response") from None
+            conn = await self._connect(connect_timeout)
+            try:
+                return await self._exchange(conn, method, data, read_timeout)
+            except _Lost:
+                raise BadResponse("connection closed before any response") from None
+        except BaseException:
+            if self._slots is not None:
+                self._slots.release()
+            raise
+
+    async def close(self) -> None:
+        for conn in list(self.all):
+            conn.close()
+        self.idle.clear()
+
+    # -- used by connections -------------------------------------------------------------
+
+    def put_back(self, conn: _Connection) -> None:
+        self._free_slot(conn)
+        if conn.is_closed:
+            return
+        conn.idle_for(self.keepalive)
+        self.idle.append(conn)
+
+    def forget(self, conn: _Connection) -> None:
+        self._free_slot(conn)
+        self.all.discard(conn)
+        if conn in self.idle:
+            self.idle.remove(conn)
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _free_slot(self, conn: _Connection) -> None:
+        if conn.holds_slot:
+            conn.holds_slot = False
+            if self._slots is not None:
+                self._slots.release()
+
+    def _take_idle(self) -> _Connection | None:
+        while self.idle:
+            conn = self.idle.pop()
+            if not conn.is_closed:
+                return conn
+        return None
+
+    async def _connect(self, timeout: float) -> _Connection:
+        loop = asyncio.get_running_loop()
+        server = self.server
+        try:
+            async with asyncio.timeout(timeout or None):
+                _, conn = await loop.create_connection(
+                    lambda: _Connection(self),
+                    server.host,
+                    server.port,
+                    ssl=self._ssl,
+                    server_hostname=server.host if self._ssl is not None else None,
+                )
+        except TimeoutError:
+            raise ConnectTimeout(f"connecting to {server.authority} timed out") from None
+        except (OSError, ssl.SSLError) as exc:
+            raise NotSent(f"cannot connect to {server.authority}: {exc}") from exc
+        self.all.add(conn)
+        return conn
+
+    async def _exchange(
+        self, conn: _Connection, method: str, data: bytes, read_timeout: float
+    ) -> Response:
+        exchange = _Exchange(conn, method, read_timeout)
+        conn.holds_slot = True
+        conn.send(exchange, data)
+        try:
+            return await exchange.wait_head()
+        except BaseException:
+            conn.holds_slot = False
+            exchange.abandon(close=True)
+            raise
+
+
+def _serialise(
+    method: str,
+    target: str,
+    headers: Sequence[tuple[str, str]],
+    body: bytes | None,
+    server: Server,
+) -> bytes:
+    """The request's bytes: request line, fields (Host first), framing, body."""
+    lines = [f"{method} {target} HTTP/1.1"]
+    has_host = False
+    for name, value in headers:
+        lower = name.lower()
+        if lower in ("content-length", "transfer-encoding", "expect"):
+            continue  # framed below; the body is whole, so nothing waits for a 100
+        if lower == "host":
+            has_host = True
+        lines.append(f"{name}: {value}")
+    # One scan of every field for what would split it (the culprit named only then).
+    if _BREAKS.search("".join(lines[1:])):
+        for line in lines[1:]:
+            if _BREAKS.search(line):
+                name = line.split(":", 1)[0]
+                raise ClientError(f"the request field {name!r} holds a line break")
+    if not has_host:
+        lines.insert(1, f"Host: {server.authority}")
+    if body or method in _BODY_METHODS:
+        lines.append(f"Content-Length: {len(body or b'')}")
+    head = "\r\n".join(lines) + "\r\n\r\n"
+    return head.encode("latin-1") + (body or b"")
