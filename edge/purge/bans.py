@@ -53,7 +53,7 @@ from urllib.parse import urlencode
 import aiohttp
 
 from edge.config import CONFIG_ERROR_STATUS
-from edge.purge.model import SELECTORS, Purge
+from edge.purge.model import SELECTORS, Purge, PurgeError, widen
 from edge.rfc.keys import KeyRules, authority_of, host_of, prefix_key, url_key
 from edge.store.disk import Entry, Store
 
@@ -478,7 +478,7 @@ class Subscription:
                             continue  # already applied (a resend after reconnecting)
                         # While replaying, save once at the end rather than per event.
                         replaying = seq < target
-                        self.purger.apply(Purge.from_json(event["purge"]), seq, save=not replaying)
+                        self.purger.apply(self._purge_of(event, seq), seq, save=not replaying)
                         if replaying:
                             continue
                     else:
@@ -489,6 +489,15 @@ class Subscription:
                     await ws.send_json({"type": "ack", "seq": self.purger.bans.applied})
             finally:
                 beat.cancel()
+
+    @staticmethod
+    def _purge_of(event: dict[str, Any], seq: int) -> Purge:
+        try:
+            return Purge.from_json(event["purge"])
+        except PurgeError as exc:
+            wider = widen(event["purge"])
+            log.warning("purge %d: %s; applied wider, as %s", seq, exc, _describe(wider))
+            return wider
 
     async def _stop_node(self, reason: str) -> None:
         """Stop the node the way SIGTERM does (its own handler: listeners closed, the

@@ -19,6 +19,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from edge.features.guard import authority
 from edge.rfc.keys import AS_SENT, BadURL, prefix_key, url_key
@@ -131,6 +132,46 @@ def parse_purge(body: Any) -> Purge:
     if not values["all"] and not any(values[key] for key in SELECTORS):
         raise PurgeError("nothing to purge: give urls, prefixes, tags or hosts, or all: true")
     return Purge(**values)
+
+
+def widen(body: Any) -> Purge:
+    """The purge to apply for a logged event this node's validation refuses: a newer
+    coordinator's selector, or a rule changed since the event was stored. Skipping it
+    would keep serving what an operator purged, and stopping at it would stall every
+    purge after it, so it is applied wider: the hosts it names when every selector names
+    one (a URL's, a prefix's, a host), otherwise everything. Soft only if it said so."""
+    soft = isinstance(body, Mapping) and body.get("soft") is True
+    everything = Purge(all=True, soft=soft)
+    if not isinstance(body, Mapping) or body.get("all", False) is not False:
+        return everything
+    known = {"urls", "prefixes", "hosts", *FLAGS}
+    if set(body) - known:
+        return everything
+    hosts: list[str] = []
+    for key in ("urls", "prefixes", "hosts"):
+        items = body.get(key, [])
+        if not isinstance(items, list):
+            return everything
+        for value in items:
+            host = _host_of_selector(key, value)
+            if host is None:
+                return everything
+            hosts.append(host)
+    return Purge(hosts=tuple(dict.fromkeys(hosts)), soft=soft) if hosts else everything
+
+
+def _host_of_selector(key: str, value: Any) -> str | None:
+    """The host a selector names, without its port (a host ban matches every port)."""
+    if not isinstance(value, str) or len(value) > MAX_STRING:
+        return None
+    try:
+        host = urlsplit(value if key != "hosts" else f"//{value}").hostname
+        if not host:
+            return None
+        authority(host if ":" not in host else f"[{host}]")  # the rule a Host is held to
+    except ValueError:
+        return None
+    return host
 
 
 def parse_purge_body(raw: bytes) -> Purge:

@@ -11,7 +11,10 @@ endpoint that asks for a token takes its auth-scheme in any case (RFC 9110 §11.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sqlite3
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +24,7 @@ import pytest
 
 from tests.integration.conftest import NodeFactory
 from tests.support.cli import run_edge
-from tests.support.coordinators import NODE_TOKEN, TOKEN
+from tests.support.coordinators import NODE_TOKEN, TOKEN, start_coordinator
 from tests.support.guardkit import write_config
 from tests.support.procs import Proc
 
@@ -281,3 +284,71 @@ async def test_the_bearer_scheme_is_case_insensitive_everywhere(
         ) as ws:
             message = await ws.receive_json(timeout=10)
             assert message["type"] == "purge" and message["seq"] == 1
+
+
+async def test_a_logged_purge_the_node_refuses_is_applied_wider_and_the_log_goes_on(
+    node: NodeFactory, upstream: Proc, tmp_path: Path, procs: list[Proc]
+) -> None:
+    """An event in the coordinator's log that this node's validation refuses (written by
+    a newer coordinator, or under older rules) is applied as a ban on the hosts it names,
+    and the purges after it still arrive: neither skipped nor retried forever."""
+    db = tmp_path / "coordinator.db"
+    coordinator = start_coordinator(procs, db, node_token=NODE_TOKEN)
+    edge = node(
+        "serve",
+        "--origin",
+        upstream.url,
+        "--config",
+        node_config(tmp_path, "edge"),
+        "--coordinator",
+        coordinator.url,
+        name="edge-w",
+    )
+    other = "other.example"
+    async with aiohttp.ClientSession() as s:
+
+        async def entry(host: str, path: str) -> str:
+            async with s.get(edge.url + path, headers={"Host": host}) as resp:
+                await resp.read()
+                assert resp.status == 200
+                return own_entry(resp.headers.get("Cache-Status", ""), "edge-w")
+
+        async def applied() -> int:
+            async with s.get(edge.url + "/_edge/health") as resp:
+                return int((await resp.json())["purges"]["applied"])
+
+        for host in (SITE, other):
+            for path in ("/w/a", "/w/b"):
+                await entry(host, path)
+                assert await entry(host, path) == "hit"
+
+        coordinator.stop()
+        with sqlite3.connect(db) as conn:
+            conn.execute(
+                "INSERT INTO purges (created, body) VALUES (?, ?)",
+                (time.time(), json.dumps({"urls": [f"http://{SITE}/w/a\x01"]})),
+            )
+        coordinator = start_coordinator(procs, db, port=coordinator.port, node_token=NODE_TOKEN)
+        code, out = await coordinator_purge(s, coordinator, {"urls": [f"http://{other}/w/b"]})
+        assert code in (200, 202), out  # 202: accepted before the node reconnected
+        deadline = time.monotonic() + 20
+        while await applied() < 2:
+            assert time.monotonic() < deadline, "the node stopped at the refused purge"
+            await asyncio.sleep(0.1)
+        seen = {(h, p): await entry(h, p) for h in (SITE, other) for p in ("/w/a", "/w/b")}
+    assert seen == {
+        (SITE, "/w/a"): "miss",  # the refused event, applied to its whole host
+        (SITE, "/w/b"): "miss",
+        (other, "/w/a"): "hit",  # another host: untouched
+        (other, "/w/b"): "miss",  # the purge after it
+    }
+    assert "applied wider" in edge.output()
+
+
+async def coordinator_purge(
+    s: aiohttp.ClientSession, coordinator: Proc, body: dict
+) -> tuple[int, dict]:
+    async with s.post(
+        coordinator.url + "/v1/purge", json=body, headers={"Authorization": f"Bearer {TOKEN}"}
+    ) as resp:
+        return resp.status, await resp.json()
