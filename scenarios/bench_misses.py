@@ -55,6 +55,8 @@ from scenarios.harness import (
     edge_argv,
     free_port,
     memory_folder,
+    nginx_main,
+    nginx_temp_paths,
     parse_size,
     pinned,
     require_tool,
@@ -113,21 +115,10 @@ def origin_config(run_dir: Path, port: int, bodies: Path) -> str:
     """nginx as the origin: `GET /SIZE/anything` answers the file `bodies/SIZE` (404 for a
     size it has no file for), cacheable, logging `$request_uri` per request."""
     d = run_dir
-    return f"""worker_processes 1;
-daemon off;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{
-    worker_connections 4096;
-}}
-http {{
+    return f"""{nginx_main(d, connections=4096)}http {{
     log_format uri '$request_uri $status';
     access_log {d}/access.log uri buffer=64k flush=250ms;
-    client_body_temp_path {d}/client_body;
-    proxy_temp_path {d}/proxy_temp;
-    fastcgi_temp_path {d}/fastcgi_temp;
-    uwsgi_temp_path {d}/uwsgi_temp;
-    scgi_temp_path {d}/scgi_temp;
+{nginx_temp_paths(d)}
     default_type application/octet-stream;
     sendfile on;
     tcp_nopush on;

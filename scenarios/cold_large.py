@@ -44,6 +44,8 @@ from scenarios.harness import (
     ScenarioError,
     free_port,
     memory_folder,
+    nginx_main,
+    nginx_temp_paths,
     parse_size,
     require_tool,
     run_main,
@@ -84,22 +86,11 @@ def nginx_slice_config(run_dir: Path, listen_port: int, upstream_port: int, size
     reference here has, sendfile, the cache sized for the object."""
     d = run_dir
     cache_mib = 2 * -(-size // (1 << 20)) + 64
-    return f"""worker_processes 1;
-daemon off;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{
-    worker_connections 1024;
-}}
-http {{
+    return f"""{nginx_main(d)}http {{
     access_log off;
     sendfile on;
     tcp_nopush on;
-    client_body_temp_path {d}/client_body;
-    proxy_temp_path {d}/proxy_temp;
-    fastcgi_temp_path {d}/fastcgi_temp;
-    uwsgi_temp_path {d}/uwsgi_temp;
-    scgi_temp_path {d}/scgi_temp;
+{nginx_temp_paths(d)}
     proxy_cache_path {d}/cache levels=1:2 keys_zone=slices:8m max_size={cache_mib}m
                      inactive=600m use_temp_path=off;
     upstream origin {{

@@ -82,6 +82,8 @@ from scenarios.harness import (
     fmt_seconds,
     free_port,
     http_get_text,
+    nginx_main,
+    nginx_temp_paths,
     parse_size,
     prometheus_samples,
     require_tool,
@@ -354,21 +356,10 @@ def nginx_tier_config(
         if lock
         else "            proxy_cache_lock off;\n"
     )
-    return f"""worker_processes 1;
-daemon off;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{
-    worker_connections 4096;
-}}
-http {{
+    return f"""{nginx_main(d, connections=4096)}http {{
     log_format flash '{NGINX_LOG_FORMAT}';
     access_log {d}/access.log flash;
-    client_body_temp_path {d}/client_body;
-    proxy_temp_path {d}/proxy_temp;
-    fastcgi_temp_path {d}/fastcgi_temp;
-    uwsgi_temp_path {d}/uwsgi_temp;
-    scgi_temp_path {d}/scgi_temp;
+{nginx_temp_paths(d)}
     proxy_cache_path {d}/cache levels=1:2 keys_zone=flash:8m max_size={cache_mib}m
                      inactive=600m use_temp_path=off;
     upstream up {{

@@ -149,6 +149,30 @@ def shielded_edge_argv(
     return [*argv, "--origin", origin, "--cache-dir", str(cache_dir), "--name", name]
 
 
+def nginx_main(run_dir: Path, *, workers: int = 1, connections: int = 1024) -> str:
+    """The part every reference nginx shares before its `http` block: in the foreground,
+    its pid and error log inside `run_dir`."""
+    return f"""worker_processes {workers};
+daemon off;
+pid {run_dir}/nginx.pid;
+error_log {run_dir}/error.log warn;
+events {{
+    worker_connections {connections};
+}}
+"""
+
+
+def nginx_temp_paths(run_dir: Path) -> str:
+    """Every temp path nginx would otherwise put under its compiled-in prefix (not writable
+    by a test), inside `run_dir`: lines for an `http` block."""
+    d = run_dir
+    return f"""    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy_temp;
+    fastcgi_temp_path {d}/fastcgi_temp;
+    uwsgi_temp_path {d}/uwsgi_temp;
+    scgi_temp_path {d}/scgi_temp;"""
+
+
 def nginx_config(
     run_dir: Path,
     listen_port: int,
@@ -179,20 +203,9 @@ def nginx_config(
         )
     log = f"access_log {d}/access.log;" if access_log else "access_log off;"
     reuseport = " reuseport" if workers > 1 else ""
-    return f"""worker_processes {workers};
-daemon off;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{
-    worker_connections 1024;
-}}
-http {{
+    return f"""{nginx_main(d, workers=workers)}http {{
     {log}
-    client_body_temp_path {d}/client_body;
-    proxy_temp_path {d}/proxy_temp;
-    fastcgi_temp_path {d}/fastcgi_temp;
-    uwsgi_temp_path {d}/uwsgi_temp;
-    scgi_temp_path {d}/scgi_temp;
+{nginx_temp_paths(d)}
     proxy_cache_path {d}/cache levels=1:2 keys_zone=edge_ref:8m max_size={max_size} inactive=600m;
     upstream origin {{
         server 127.0.0.1:{upstream_port};

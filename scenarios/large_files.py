@@ -81,6 +81,8 @@ from scenarios.harness import (
     edge_command,
     fmt_seconds,
     free_port,
+    nginx_main,
+    nginx_temp_paths,
     parse_size,
     require_tool,
     run_main,
@@ -255,22 +257,11 @@ def nginx_large_config(run_dir: Path, listen_port: int, upstream_port: int, size
     written in the cache dir (use_temp_path=off) so storing is a rename."""
     d = run_dir
     cache_mib = 2 * -(-size // (1 << 20)) + 64
-    return f"""worker_processes 1;
-daemon off;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{
-    worker_connections 1024;
-}}
-http {{
+    return f"""{nginx_main(d)}http {{
     access_log off;
     sendfile on;
     tcp_nopush on;
-    client_body_temp_path {d}/client_body;
-    proxy_temp_path {d}/proxy_temp;
-    fastcgi_temp_path {d}/fastcgi_temp;
-    uwsgi_temp_path {d}/uwsgi_temp;
-    scgi_temp_path {d}/scgi_temp;
+{nginx_temp_paths(d)}
     proxy_cache_path {d}/cache levels=1:2 keys_zone=large:8m max_size={cache_mib}m
                      inactive=600m use_temp_path=off;
     upstream origin {{
