@@ -41,6 +41,7 @@ app.command(
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
 )(scenario_cmd.scenario)
 app.command("status", help="Show the cache nodes: health, applied seq, lag.")(purge_cmd.status)
+app.command("forget", help="Forget a retired node at the coordinator.")(purge_cmd.forget)
 
 
 def main() -> None:

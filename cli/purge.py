@@ -19,7 +19,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Optional, TextIO
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import typer
 
@@ -470,6 +470,24 @@ def status(
         show_nodes(client.base, answer)
     except (KeyError, TypeError, ValueError):
         fail(f"unexpected answer from the coordinator at {client.base} (is it one?)")
+
+
+def forget(
+    name: Annotated[
+        str, typer.Argument(help="The retired node's name, as `edge status` shows it.")
+    ],
+    coordinator: CoordinatorOpt = None,
+    token: TokenOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Forget a retired node: purges stop waiting for it and `edge status` stops listing it.
+    A node still connected is refused; one that comes back later registers again."""
+    client = resolve(coordinator, token, config)
+    try:
+        client.call("DELETE", f"/v1/nodes/{quote(name, safe='')}")
+    except CoordinatorError as exc:
+        fail(str(exc))
+    print(f"forgot {name}")
 
 
 def show_nodes(base: str, answer: dict[str, Any]) -> None:

@@ -318,6 +318,12 @@ class PurgeStore:
         )
         self.written.set()
 
+    async def forget_node(self, name: str) -> None:
+        """Remove a node from the registry (the confirmations it made stay: history)."""
+        async with self._lock:
+            await self.db.execute("DELETE FROM nodes WHERE name = ?", (name,))
+        self.written.set()
+
     async def flush(
         self, confirmations: list[tuple[int, str, float]], nodes: list[NodeRecord]
     ) -> None:
@@ -691,6 +697,30 @@ class Coordinator:
             )
         return web.json_response({"seq": self.latest, "nodes": rows})
 
+    async def delete_node(self, request: web.Request) -> web.Response:
+        """Forget a retired node: purges stop waiting for it and `edge status` stops
+        listing it. A connected node is refused (it would register again at once)."""
+        denied = self._authorized(request, self.settings.token)
+        if denied is not None:
+            return denied
+        name = request.match_info["name"]
+        node = self.nodes.get(name)
+        if node is None:
+            return _error(404, f"no node named {name!r}")
+        if node.link is not None:
+            return _error(409, f"{name} is connected: stop it first, then forget it")
+        # Out of memory first, so no later batch writes it back; then after any batch
+        # already being written, out of the file.
+        del self.nodes[name]
+        self._unsaved_nodes.discard(name)
+        if self._flushing is not None and not self._flushing.done():
+            with contextlib.suppress(sqlite3.Error):
+                await asyncio.shield(self._flushing)
+        await self.store.forget_node(name)
+        self._notify()
+        log.info("forgot node %s (%s, applied %d)", name, node.role, node.applied)
+        return web.json_response({"forgot": name})
+
     # -- WebSocket
 
     async def subscribe(self, request: web.Request) -> web.StreamResponse:
@@ -814,6 +844,7 @@ class Coordinator:
         app.router.add_post("/v1/purge", self.post_purge)
         app.router.add_get("/v1/purge/{id}", self.get_purge)
         app.router.add_get("/v1/nodes", self.get_nodes)
+        app.router.add_delete("/v1/nodes/{name}", self.delete_node)
         app.router.add_get("/v1/subscribe", self.subscribe)
         return app
 

@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.support.cli import run_edge
 from tests.support.coordinators import NODE_TOKEN, TOKEN, FakeNode, Http, start_coordinator
 from tests.support.procs import REPO, Proc, edge_cmd, free_port
 
@@ -85,7 +86,12 @@ async def test_tokens(procs: list[Proc], tmp_path: Path, http: Http) -> None:
     _, health, _ = await api(http, "GET", f"{base}/v1/health", token=None)
     assert health == {"status": "ok", "seq": 0}
     for token, reason in [(None, "authorization required"), ("wrong", "invalid token")]:
-        for method, path in [("POST", "/v1/purge"), ("GET", "/v1/nodes"), ("GET", "/v1/purge/1")]:
+        for method, path in [
+            ("POST", "/v1/purge"),
+            ("GET", "/v1/nodes"),
+            ("GET", "/v1/purge/1"),
+            ("DELETE", "/v1/nodes/edge-1"),
+        ]:
             status, body, headers = await api(
                 http, method, base + path, {"urls": [URL]}, token=token
             )
@@ -544,3 +550,41 @@ async def test_bad_subscriptions_are_400(
 ) -> None:
     status, body, _ = await api(http, "GET", f"{coordinator.url}/v1/subscribe?{query}")
     assert status == 400 and reason in body["error"]
+
+
+async def test_a_retired_node_is_forgotten_and_purges_stop_waiting_for_it(
+    procs: list[Proc], tmp_path: Path, http: Http, nodes: Callable[..., Any]
+) -> None:
+    db = tmp_path / "f.db"
+    proc = start_coordinator(procs, db)
+    base = proc.url
+    old = await nodes(base, "edge-old")
+    await nodes(base, "edge-live")
+    status, body, _ = await api(http, "DELETE", f"{base}/v1/nodes/edge-old")
+    assert status == 409 and "connected" in body["error"]
+    await old.close()
+
+    async def listed() -> dict[str, bool]:
+        _, answer, _ = await api(http, "GET", f"{base}/v1/nodes")
+        return {n["name"]: n["connected"] for n in answer["nodes"]}
+
+    deadline = time.monotonic() + 10
+    while (await listed()).get("edge-old") is not False:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    assert (await purge(http, base))["not_connected"] == ["edge-old"]
+
+    env = {"EDGE_COORDINATOR": base, "EDGE_TOKEN": TOKEN}
+    code, out, err = await run_edge(tmp_path, "forget", "edge-old", env=env)
+    assert (code, out.strip(), err) == (0, "forgot edge-old", "")
+    assert (await purge(http, base))["not_connected"] == []
+    assert await listed() == {"edge-live": True}
+
+    code, out, err = await run_edge(tmp_path, "forget", "edge-old", env=env)
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "404" in err, err
+    status, _, _ = await api(http, "DELETE", f"{base}/v1/nodes/edge-live", token=None)
+    assert status == 401
+    # Forgotten for good: not back after a restart.
+    proc.stop()
+    proc = start_coordinator(procs, db, port=proc.port)
+    assert "edge-old" not in await listed()
