@@ -41,16 +41,19 @@ CONFIG_ERROR_STATUS = 2
 OBJECT_SHARE = 8
 
 
-def default_name(role: str, listen: str) -> str:
+def default_name(role: str, listen: str, pid: int | None = None) -> str:
     """ROLE-HOSTNAME-PORT, or ROLE-HOSTNAME-ADDRESS-PORT when the node listens on one
     address: nodes on one machine differ by role and listen address, so an edge in front
     of a shield there is not taken for a loop (RFC 8586), nor a coordinator's node for
-    another."""
+    another. Port 0 (the system picks one) tells two nodes apart by nothing, so there the
+    process id is added (`pid`: this process's by default; its workers are forked from it
+    after the name is set, so they share it)."""
     host, port = parse_listen(listen, any_port=True)
     machine = re.sub(r"[^A-Za-z0-9.-]+", "-", socket.gethostname()).strip("-.") or "localhost"
+    where = f"{port}" if port else f"0-pid{os.getpid() if pid is None else pid}"
     if host in ("", "0.0.0.0", "::"):
-        return f"{role}-{machine}-{port}"
-    return f"{role}-{machine}-{host.replace(':', '_')}-{port}"
+        return f"{role}-{machine}-{where}"
+    return f"{role}-{machine}-{host.replace(':', '_')}-{where}"
 
 
 def parse_listen(value: str, *, any_port: bool = False) -> tuple[str, int]:

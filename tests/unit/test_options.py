@@ -18,6 +18,7 @@ from edge.config import (
     ConfigError,
     NodeConfig,
     cli_options,
+    default_name,
     from_command_line,
     load_config,
     node_argv,
@@ -360,3 +361,16 @@ def test_the_readmes_toml_keys_are_options() -> None:
     said = readme.split("A TOML file takes the same names (", 1)[1].split("tables below)")[0]
     keys = {k.replace("-", "_") for k in re.findall(r"`([a-z_-]+)`", said)}
     assert len(keys) > 20 and keys <= {o.name for o in OPTIONS}
+
+
+def test_nodes_on_port_0_get_names_of_their_own() -> None:
+    """Port 0 says nothing of which node this is: the process tells them apart (two such
+    nodes under one name would be refused by the coordinator)."""
+    first = default_name("edge", "127.0.0.1:0", pid=101)
+    assert first != default_name("edge", "127.0.0.1:0", pid=102)
+    assert first.endswith("-127.0.0.1-0-pid101")
+    assert default_name("edge", ":0", pid=7).endswith("-0-pid7")
+    # A fixed port is the node's identity across restarts: no process id in it.
+    assert default_name("edge", "127.0.0.1:8080", pid=101) == default_name(
+        "edge", "127.0.0.1:8080", pid=102
+    )
