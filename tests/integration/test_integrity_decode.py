@@ -27,7 +27,7 @@ import pytest
 
 from tests.integration.conftest import EdgeFactory, NodeFactory
 from tests.support.procs import Proc
-from tests.support.upstream import encode_body, sparse_for
+from tests.support.upstream import sparse_for
 
 MIB = 1 << 20
 CLIENTS = 32
@@ -268,16 +268,3 @@ async def test_bombs_for_a_crowd_through_a_shield_stop_at_the_cap_in_bounded_mem
         name="edge-1",
     )
     await bombs_in_bounded_memory({"shield": shield, "edge": front}, front, upstream, coding)
-
-
-# ------------------------------------------------------------------ the decoders alone
-
-
-@pytest.fixture(scope="module")
-def sparse() -> bytes:
-    return sparse_for("/unit", SIZE)
-
-
-@pytest.fixture(scope="module")
-def encoded(sparse: bytes) -> dict[str, bytes]:
-    return {coding: encode_body(coding, sparse) for coding in CODINGS}
