@@ -129,6 +129,34 @@ async def warm(base: str, objects: dict[str, str], coding: str) -> None:
             assert (status, got) == (200, coding), path
 
 
+async def judged(
+    decoding: dict[str, Proc], baseline: dict[str, int], sampler: Sampler, phase: str
+) -> tuple[list[str], list[str]]:
+    """Each decoding node's baseline, peak and settled size, as report lines; and the
+    lines of nodes that grew by GROWTH or more, or did not settle within SETTLED."""
+    report, failed = [], []
+    for name, proc in decoding.items():
+        after = await asyncio.to_thread(settled, proc.popen.pid, baseline[name] + SETTLED)
+        line = (
+            f"{name}{phase}: baseline {baseline[name] / MIB:.0f} MiB,"
+            f" peak {sampler.peak[name] / MIB:.0f}, after {after / MIB:.0f}"
+        )
+        report.append(line)
+        if sampler.peak[name] - baseline[name] >= GROWTH or after - baseline[name] >= SETTLED:
+            failed.append(line)
+    return report, failed
+
+
+def shielded(upstream: Proc, node: NodeFactory) -> tuple[Proc, Proc]:
+    """A shield on the origin and an edge in front of it, each with room for the crowd."""
+    shield = node("shield", "--origin", upstream.url, "--cache-size", "4G", name="shield-1")
+    front = node(
+        "serve", "--shield", shield.url, "--origin", upstream.url, "--cache-size", "4G",
+        name="edge-1",
+    )  # fmt: skip
+    return shield, front
+
+
 async def decode_in_bounded_memory(
     decoding: dict[str, Proc], front: Proc, stores: Proc, coding: str
 ) -> None:
@@ -151,15 +179,9 @@ async def decode_in_bounded_memory(
     for phase, objects in (("from upstream", arriving), ("from the store", stored)):
         with Sampler(decoding) as sampler:
             await crowd(front.url, objects)
-        for name, proc in decoding.items():
-            after = await asyncio.to_thread(settled, proc.popen.pid, baseline[name] + SETTLED)
-            line = (
-                f"{name} {phase}: baseline {baseline[name] / MIB:.0f} MiB,"
-                f" peak {sampler.peak[name] / MIB:.0f}, after {after / MIB:.0f}"
-            )
-            report.append(line)
-            if sampler.peak[name] - baseline[name] >= GROWTH or after - baseline[name] >= SETTLED:
-                failed.append(line)
+        lines, bad = await judged(decoding, baseline, sampler, f" {phase}")
+        report += lines
+        failed += bad
     print("\n".join(report))
     assert not failed, report
 
@@ -176,17 +198,7 @@ async def test_decoding_for_a_crowd_holds_bounded_memory(
 async def test_decoding_for_a_crowd_through_a_shield_holds_bounded_memory(
     upstream: Proc, node: NodeFactory, coding: str
 ) -> None:
-    shield = node("shield", "--origin", upstream.url, "--cache-size", "4G", name="shield-1")
-    front = node(
-        "serve",
-        "--shield",
-        shield.url,
-        "--origin",
-        upstream.url,
-        "--cache-size",
-        "4G",
-        name="edge-1",
-    )
+    shield, front = shielded(upstream, node)
     # The shield keeps the origin's encoding and decodes for the edge, which asks for
     # no coding; the edge keeps and relays what it gets.
     await decode_in_bounded_memory({"shield": shield, "edge": front}, front, shield, coding)
@@ -230,16 +242,7 @@ async def bombs_in_bounded_memory(
             results = await asyncio.gather(*(fetch_cut(s, url) for url in urls))
     for status, received, cut in results:
         assert status == 200 and cut and received < 64 * MIB, (status, received, cut)
-    report, failed = [], []
-    for name, proc in decoding.items():
-        after = await asyncio.to_thread(settled, proc.popen.pid, baseline[name] + SETTLED)
-        line = (
-            f"{name}: baseline {baseline[name] / MIB:.0f} MiB,"
-            f" peak {sampler.peak[name] / MIB:.0f}, after {after / MIB:.0f}"
-        )
-        report.append(line)
-        if sampler.peak[name] - baseline[name] >= GROWTH or after - baseline[name] >= SETTLED:
-            failed.append(line)
+    report, failed = await judged(decoding, baseline, sampler, "")
     print("\n".join(report))
     assert not failed, report
 
@@ -256,15 +259,5 @@ async def test_bombs_for_a_crowd_stop_at_the_cap_in_bounded_memory(
 async def test_bombs_for_a_crowd_through_a_shield_stop_at_the_cap_in_bounded_memory(
     upstream: Proc, node: NodeFactory, coding: str
 ) -> None:
-    shield = node("shield", "--origin", upstream.url, "--cache-size", "4G", name="shield-1")
-    front = node(
-        "serve",
-        "--shield",
-        shield.url,
-        "--origin",
-        upstream.url,
-        "--cache-size",
-        "4G",
-        name="edge-1",
-    )
+    shield, front = shielded(upstream, node)
     await bombs_in_bounded_memory({"shield": shield, "edge": front}, front, upstream, coding)
