@@ -694,10 +694,11 @@ class NodeConfig:
         kind=Kind.NUMBER,
         check=_number(zero=True),
     )
-    # RFC 9111 Section 5.1 says a cache SHOULD ignore an invalid Age; edge treats the
-    # response as stale unless this is turned off (see edge.rfc.policy.parse_age).
+    # RFC 9111 Section 5.1: a cache SHOULD ignore an invalid Age, and does by default;
+    # on, such a response is stale instead (an upstream whose Age cannot be read may be
+    # a cache holding an old copy). See edge.rfc.policy.parse_age.
     invalid_age_is_stale: bool = opt(
-        True, "Treat a response with an invalid Age as stale.", kind=Kind.FLAG
+        False, "Treat a response with an invalid Age as stale.", kind=Kind.FLAG
     )
     targeted_fields: tuple[str, ...] = opt(
         ("CDN-Cache-Control", "Surrogate-Control"),

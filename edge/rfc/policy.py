@@ -313,9 +313,8 @@ def parse_age(headers: Headers) -> int | None:
     """RFC 9111 Section 5.1: Age.
 
     A list-valued Age (several members or field lines) is read by its first member.
-    An invalid value returns None: Section 5.1 says a cache SHOULD ignore it; edge by
-    default treats the response as stale instead (an upstream whose Age cannot be
-    read may be a cache holding an old copy), see `current_age`.
+    An invalid value returns None: Section 5.1 says a cache SHOULD ignore it, which
+    `current_age` does unless told to treat the response as stale instead.
     """
     values = headers.getall("Age", [])
     if not values:
@@ -598,12 +597,12 @@ def current_age(
     response_time: float,
     now: float,
     *,
-    invalid_age_is_stale: bool = True,
+    invalid_age_is_stale: bool = False,
 ) -> float:
     """RFC 9111 Section 4.2.3: Calculating Age.
 
-    An invalid Age field (Section 5.1) yields MAX_DELTA, so the response is stale,
-    unless `invalid_age_is_stale` is off, when it is ignored as Section 5.1 suggests.
+    An invalid Age field is ignored, as Section 5.1 says a cache SHOULD; with
+    `invalid_age_is_stale` it yields MAX_DELTA instead, so the response is stale.
     """
     age_value = parse_age(headers)
     if age_value is None:
