@@ -165,8 +165,11 @@ class _Exchange:
         tokens = policy.connection_listed(headers)
         persistent = "close" not in tokens and (response.version == "1.1" or "keep-alive" in tokens)
         bodyless = self.method == "HEAD" or status in (204, 304)
-        framed = "Transfer-Encoding" in headers or "Content-Length" in headers
-        # RFC 9112 Section 6.3: with neither field, the body runs to the close.
+        # RFC 9112 Section 6.3: Transfer-Encoding overrides Content-Length; chunked as
+        # the final coding frames the body, any other final coding (or neither field)
+        # leaves it to run to the close.
+        codings = policy.split_list(headers.getall("Transfer-Encoding", []))
+        framed = codings[-1].lower() == "chunked" if codings else "Content-Length" in headers
         self.until_close = not bodyless and not framed
         self.keep_alive = persistent and not self.until_close
         self.head.set_result(response)

@@ -1,6 +1,7 @@
 """edge's upstream HTTP/1.1 client (edge.upstream.h1client) against raw-socket servers on
 loopback: read timeouts for a head and a body that never come, a response that overruns
-its Content-Length, and a field with a line break refused before anything is sent.
+its Content-Length, a field with a line break refused before anything is sent, and
+bodies whose end is the server's close (RFC 9112 Section 6.3).
 """
 
 from __future__ import annotations
@@ -115,3 +116,33 @@ async def test_a_field_with_a_line_break_is_refused_before_sending(
             read_timeout=5,
         )
     assert not overrun.all  # nothing was sent: no connection made
+
+
+@pytest.mark.parametrize(
+    ("framing", "body"),
+    [
+        # RFC 9112 Section 6.3: a final coding other than chunked, and no framing at
+        # all, each leave the body to run to the close. (With Content-Length beside
+        # Transfer-Encoding the response is refused: Section 6.3 says to treat it as an
+        # error, and llhttp does.)
+        (b"Transfer-Encoding: foo-bar\r\n", b"close-delimited " * 64),
+        (b"Transfer-Encoding: gzip, foo\r\n", b"two codings"),
+        (b"", b"no framing at all"),
+    ],
+    ids=["unknown-coding", "codings-not-chunked", "neither-field"],
+)
+async def test_a_body_framed_by_nothing_runs_to_the_close(framing: bytes, body: bytes) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\n" + framing + b"\r\n" + body)
+        await writer.drain()
+        writer.close()
+
+    async for pool in _serve(handler):
+        response = await pool.request("GET", "/", [], connect_timeout=5, read_timeout=5)
+        got = b""
+        while piece := await response.read():
+            got += piece
+        assert got == body
+        response.release()
+        assert not pool.idle  # a connection the server closed is never reused
