@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -102,8 +103,17 @@ class Objects:
         (self.archive / name).write_bytes(data)
         return self.ports["big"], f"/{name}", data
 
-    def origin_lines(self, path: str) -> list[str]:
-        return [line for line in self.origin.output().splitlines() if f'"GET {path} ' in line]
+    def origin_lines(self, path: str, at_least: int = 0) -> list[str]:
+        """The origin's access-log lines for `path`. The origin logs a request once its
+        response is written, which can be after the client has the bytes: with
+        `at_least`, wait (a few seconds at most) for that many lines to be there."""
+        deadline = time.monotonic() + 5
+        while True:
+            log = self.origin.output().splitlines()
+            lines = [line for line in log if f'"GET {path} ' in line]
+            if len(lines) >= at_least or time.monotonic() > deadline:
+                return lines
+            time.sleep(0.05)
 
 
 @pytest.fixture
@@ -249,7 +259,7 @@ def test_a_big_object_seeked_cold_is_sliced(objects: Objects) -> None:
     bomb = "bytes=" + ",".join([f"{start_at}-"] * MAX_RANGES)
     reply = ask(port, path, bomb)
     assert reply.status == 206 and reply.body == data[start_at:]
-    lines = objects.origin_lines(path)
+    lines = objects.origin_lines(path, at_least=2)
     assert len(lines) == 2 and all('" 206 ' in line for line in lines), lines
     again = ask(port, path, bomb)
     assert again.status == 206 and again.body == data[start_at:] and again.hit
