@@ -686,9 +686,12 @@ class NodeConfig:
         kind=Kind.NUMBER,
         check=_number(zero=True),
     )
-    # stale-if-error extends it; must-revalidate forbids it.
+    # RFC 9111 Section 4.2.4: a cache that cannot reach its upstream may serve stale.
+    # A day by default: an archive's readers are better served by yesterday's copy
+    # than by a 502 while the origin is down. stale-if-error extends it; must-revalidate,
+    # proxy-revalidate, no-cache and s-maxage forbid it.
     stale_if_error_grace: float = opt(
-        0.0,
+        86400.0,
         "Seconds a stale response may be served when the upstream fails and the "
         "response said nothing.",
         kind=Kind.NUMBER,

@@ -1,10 +1,12 @@
 """The defaults a new user meets, against real processes: trust and admin rights narrow
 (127.0.0.1 and ::1 are admins, nobody is a trusted proxy), node names that differ by role
 and listen address (and a coordinator that refuses a second live node with a name it
-has), the largest object a fraction of the cache, and every --help naming each default."""
+has), the largest object a fraction of the cache, a stale copy served while the origin is
+down, and every --help naming each default."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -18,7 +20,7 @@ import pytest
 import typer
 
 from cli.main import app
-from tests.integration.conftest import NodeFactory
+from tests.integration.conftest import EdgeFactory, NodeFactory
 from tests.support.procs import REPO, Proc, edge_cmd, free_port, start
 
 NO_STORE = "cc=no-store"
@@ -59,6 +61,27 @@ def unnamed(procs: list[Proc], tmp_path: Path, kind: str, *args: str) -> Proc:
     proc = start(cmd, port, tmp_path / f"{kind}-{port}.log", health_path="/_edge/health")
     procs.append(proc)
     return proc
+
+
+# -- an origin that is down ------------------------------------------------------------------
+
+
+async def test_a_stale_copy_stands_in_for_an_origin_that_is_down(
+    upstream: Proc, edge: EdgeFactory
+) -> None:
+    """RFC 9111 Section 4.2.4: a cache that cannot reach its upstream may serve stale, and
+    by default does (stale_if_error_grace: a day), unless the response forbade it."""
+    node = edge(upstream.url)
+    paths = {"plain": "/down/a?cc=max-age=1", "forbidden": "/down/b?cc=max-age=1,must-revalidate"}
+    for path in paths.values():
+        status, _, _ = await fetch(node.url + path)
+        assert status == 200
+    upstream.stop()
+    await asyncio.sleep(1.5)  # both are stale now
+    status, headers, body = await fetch(node.url + paths["plain"])
+    assert status == 200 and body and "fwd=stale" in headers["Cache-Status"], headers
+    status, headers, _ = await fetch(node.url + paths["forbidden"])
+    assert status in (502, 504), (status, headers)
 
 
 # -- trust and admin rights are narrow -----------------------------------------------------
