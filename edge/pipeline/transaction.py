@@ -469,6 +469,7 @@ class Transaction:
                     max_size=cfg.max_body_size,
                     timeout=cfg.body_timeout,
                     min_rate=cfg.body_min_rate,
+                    clock=self.e.monotonic,
                 )
             except Refused as exc:
                 return self.refuse(exc.refusal)
