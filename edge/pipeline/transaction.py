@@ -22,6 +22,7 @@ import os
 import re
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -109,6 +110,13 @@ class Engine:
     keyed: tuple[str, ...] = ()
     hot: fastpath.HotTier | None = None  # plain hits kept for edge.pipeline.fastpath
     access: AccessLog = field(default_factory=lambda: AccessLog(enabled=False))
+    # The clocks the client machine decides by, injected so a test sets `now`: the
+    # wall clock (ages, freshness, dates) and a monotonic one (the rate limiter's
+    # buckets, which the connection layer's hit fast path shares); and the pause of
+    # the rate tarpit.
+    clock: Callable[[], float] = time.time
+    monotonic: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
     def response_policy(self, headers: policy.Headers) -> ResponsePolicy:
         return policy.response_policy(
@@ -158,8 +166,8 @@ class Transaction:
         self.channel = channel
         self.method = request.method
         self.headers: CIMultiDictProxy[str] = request.headers
-        self.now = time.time()
-        self.started = time.monotonic()
+        self.now = engine.clock()
+        self.started = engine.monotonic()
         self.status = CacheStatus(engine.config.name)
         # Whether the peer is a trusted proxy (an edge, at a shield), and who the
         # client is: the peer, or the address that proxy forwarded for.
@@ -225,7 +233,7 @@ class Transaction:
             if refusal.status == 429 and self.e.config.rate_tarpit:
                 # A client over its rate waits before it hears so: one connection then
                 # costs the node one refusal per tarpit interval, not one per request.
-                await asyncio.sleep(self.e.config.rate_tarpit)
+                await self.e.sleep(self.e.config.rate_tarpit)
             return self.refuse(refusal)
         cfg = self.e.config
         if forwarding.is_loop(
@@ -445,6 +453,7 @@ class Transaction:
                     max_size=cfg.max_body_size,
                     timeout=cfg.body_timeout,
                     min_rate=cfg.body_min_rate,
+                    clock=self.e.monotonic,
                 )
             except Refused as exc:
                 return self.refuse(exc.refusal)
@@ -580,7 +589,7 @@ class Transaction:
         self.body = None if entry.slice_size else self.e.store.open_body(entry)
         rp = self.e.response_policy(self.entry_headers)
         lifetime = self.e.lifetime(entry, self.entry_headers, rp)
-        age = self.e.age(entry, self.entry_headers, time.time())
+        age = self.e.age(entry, self.entry_headers, self.e.clock())
         self.status.ttl = int(lifetime - age)
 
     def _upstream_failed(self, error: Exception) -> Step:
@@ -644,7 +653,7 @@ class Transaction:
     async def _deliver_entry(self) -> None:
         entry, body = self.entry, self.body
         assert entry is not None
-        age = self.e.age(entry, self.entry_headers, time.time())
+        age = self.e.age(entry, self.entry_headers, self.e.clock())
         stored = list(entry.headers)
         if self.status.fwd_status != 304:  # not validated on this request
             withheld = policy.withheld_unless_validated(self.e.response_policy(self.entry_headers))
@@ -804,7 +813,7 @@ class Transaction:
         """Conditionals, ranges and the body, from a stored file or a fill in flight;
         `derived`: the body is an encoding edge made, which its source's dates do not
         validate (If-Range by date never matches it)."""
-        ts = self.entry.response_time if self.entry is not None else time.time()
+        ts = self.entry.response_time if self.entry is not None else self.e.clock()
         if 200 <= status < 300:
             verdict = policy.evaluate_preconditions(self.method, self.headers, stored, ts)
             if verdict == 304:
@@ -924,7 +933,7 @@ class Transaction:
         key = fastpath.request_key(self.method, self.req.version, self.req.target, self.req.raw)
         if key is None:
             return
-        now = time.time()
+        now = self.e.clock()
         hot.offer(
             key,
             self.key,
@@ -1130,7 +1139,7 @@ class Transaction:
                     self.code,
                     label,
                     self.sent,
-                    (time.monotonic() - self.started) * 1000,
+                    (self.e.monotonic() - self.started) * 1000,
                     self.upstream_ms,
                     steps.render_walk(self.walk),
                     request_id=self._request_id,
