@@ -47,12 +47,14 @@ POLL = 0.005
 
 @dataclass
 class FillHead:
-    """What a fill turned out to be, once the upstream answered.
+    """What a fill turned out to be, once the upstream answered (edge.fetch.machine).
 
     kind:
       "body"          a shared response whose body is arriving in `writer` (stored
                       at the end if `storable`)
       "not-modified"  a 304 refreshed the stored `entry`; serve it
+      "sliced"        a big object kept as slices: its manifest is `entry`, and its
+                      slices come as their own fills (edge.fetch.slices)
       "private"       not shareable; only the fill's initiator may use `response`
       "error"         the upstream failed (`error`), or answered 5xx while a stale
                       copy may be served; waiters decide what to do

@@ -70,7 +70,7 @@ class FetchRequest:
     validators: Fields = ()  # RFC 9111 Section 4.3.1: sent when revalidating
     stale_ok: bool = False  # a 5xx is an error: a stale copy stands in for it
     probe: int | None = None  # ask for this slice by range instead of the whole
-    method: str = "GET"  # a fill always asks for the whole representation
+    method: str = "GET"  # what a fill asks: a HEAD that misses is passed, never filled
 
 
 class Node(Protocol):
