@@ -9,6 +9,7 @@ import ast
 import asyncio
 import dataclasses
 import itertools
+import logging
 from collections.abc import AsyncIterator, Callable
 from email.utils import formatdate
 from pathlib import Path
@@ -139,10 +140,14 @@ def test_the_request_is_frozen() -> None:
 # -- bereq -> headers -> beresp -> body -> store -> done ------------------------------------
 
 
-async def test_a_whole_object_is_asked_for_kept_and_stored(r: Rig) -> None:
+async def test_a_whole_object_is_asked_for_kept_and_stored(
+    r: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
     r.upstream.script("/a", Reply(200, [("Cache-Control", "max-age=60")], b"hello", took=0.25))
-    fetch, fill = await fetched(r, ask(r))
+    with caplog.at_level(logging.DEBUG, logger="edge.fetch.machine"):
+        fetch, fill = await fetched(r, ask(r))
     assert fetch.walk == [S.BEREQ, S.HEADERS, S.BERESP, S.BODY, S.STORE, S.DONE]
+    assert "fetch of http://site.test/a: bereq>headers>beresp>body>store>done" in caplog.text
     (sent,) = r.upstream.sent
     assert (sent.method, sent.path, sent.client) == ("GET", "/a", "192.0.2.10")
     assert sent.headers["Host"] == "site.test" and "Range" not in sent.headers
