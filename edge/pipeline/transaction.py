@@ -9,8 +9,10 @@
 The steps and the moves between them are edge.pipeline.steps' table; each step is a method
 `st_<name>` returning the next step, `run` drives them (refusing a move the table does
 not list) and records the walk for the access log. The caching rules come from `edge.rfc.policy`;
-this module owns the order of things and all I/O of a request: the store, the
-in-flight fills, the upstream and the client response.
+this module owns the order of things and the client's I/O: the lookup in the store,
+joining the in-flight fills, passes to the upstream and the client response. A fill's
+own fetch is the fetch machine's (edge.fetch.machine): the fetch step hands it a frozen
+request and delivers what the fill brings.
 """
 
 from __future__ import annotations
