@@ -26,6 +26,7 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from email.utils import formatdate
 from pathlib import Path
 from typing import IO, Any, cast
 
@@ -259,9 +260,12 @@ class Reply:
     note: str = ""
     hold: asyncio.Event | None = None
     content_length: bool = True  # send Content-Length for the body
+    date: bool = True  # send Date, as an origin with a clock must (RFC 9110 Section 6.6.1)
 
-    def fields(self) -> CIMultiDict[str]:
+    def fields(self, now: float) -> CIMultiDict[str]:
         fields = CIMultiDict(self.headers)
+        if self.date and "Date" not in fields:
+            fields["Date"] = formatdate(now, usegmt=True)
         if self.content_length and "Content-Length" not in fields and self.pieces is None:
             fields["Content-Length"] = str(len(self.body))
         return fields
@@ -382,7 +386,7 @@ class ScriptedUpstream:
         self.bodies.append(raw)
         return UpstreamResponse(
             reply.status,
-            reply.fields(),
+            reply.fields(self.clock.time()),
             cast(h1client.Response, raw),
             request_time,
             self.clock.time(),
