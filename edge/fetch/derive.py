@@ -220,13 +220,13 @@ class Deriver:
         self._trimming = False  # a `_release_freed` is running
         self._freed = False  # a decode ended since it started
 
-    def fill(self, job: Job, source: BodySource) -> Fill:
+    async def fill(self, job: Job, source: BodySource) -> Fill:
         """The fill making this derived body, started here if nobody is making it.
         `source` is consumed by the task (and closed by it) only when it starts one."""
         assert job.choice.coding is not None
         # Made from this process's source (a stored file or a fill it follows): each
         # process of a node makes its own, joined by its own readers.
-        claim = self.inflight.join_or_start_now(job.name, local=True)
+        claim = await self.inflight.join_or_start(job.name, local=True)
         assert claim.fill is not None
         if claim.kind == "joined":
             source.close()

@@ -47,12 +47,14 @@ POLL = 0.005
 
 @dataclass
 class FillHead:
-    """What a fill turned out to be, once the upstream answered.
+    """What a fill turned out to be, once the upstream answered (edge.fetch.machine).
 
     kind:
       "body"          a shared response whose body is arriving in `writer` (stored
                       at the end if `storable`)
       "not-modified"  a 304 refreshed the stored `entry`; serve it
+      "sliced"        a big object kept as slices: its manifest is `entry`, and its
+                      slices come as their own fills (edge.fetch.slices)
       "private"       not shareable; only the fill's initiator may use `response`
       "error"         the upstream failed (`error`), or answered 5xx while a stale
                       copy may be served; waiters decide what to do
@@ -183,7 +185,7 @@ class Claim:
                "error", so every joiner acts on it as on a local fill's outcome)
     "started"  `fill` was started for the caller, who runs it
     "again"    another process's fill of the key ended: look the store up again
-    "busy"     another process brings it, and the caller would not wait
+    "busy"     another process brings it, and the caller would not wait (wait=None)
     """
 
     kind: str
@@ -205,41 +207,37 @@ class InFlight:
 
     # -- join or start --------------------------------------------------------------
 
-    def join_or_start_now(
+    async def join_or_start(
         self,
         key: str,
+        wait: float | None = None,
         *,
         usable: Callable[[Fill], bool] | None = None,
+        unchanged: Callable[[], bool] | None = None,
         local: bool = False,
     ) -> Claim:
-        """`join_or_start` for a caller that will not wait for another process (a
-        stale refresh, a stream's next slice, a derived body): "joined", "started" or
-        "busy". `local`: only this process's table counts (a derived body is made
-        from this process's source: each process makes its own)."""
+        """Join the key's fill, wherever in the node it runs, or start one (see Claim).
+
+        `wait`: how long to wait, when another process holds the key, for its record
+        (polling, never blocking the loop) before starting a fill alone. None: the
+        caller will not wait (a stale refresh, a stream's next slice): it hears "busy"
+        instead, and the call never suspends, so what the caller does around it is one
+        turn of the loop. `local`: only this process's table counts (a derived body is
+        made from this process's source: each process makes its own).
+
+        A fill that is not `usable` (it asked upstream before a purge) is not joined:
+        a fill is started alone beside it. `unchanged()`, asked once the key's lock is
+        taken, says whether the store still lacks what the caller looked up: another
+        process may have stored it and let go of the lock in between ("again")."""
         if local:
             fill = self._fills.get(key)
             if fill is not None and (usable is None or usable(fill)):
                 return Claim("joined", fill)
             return Claim("started", self.start(key))
-        return self._step(key, usable, None, waited=False, since=time.time()) or Claim("busy")
-
-    async def join_or_start(
-        self,
-        key: str,
-        wait: float,
-        *,
-        usable: Callable[[Fill], bool] | None = None,
-        unchanged: Callable[[], bool] | None = None,
-    ) -> Claim:
-        """Join the key's fill, wherever in the node it runs, or start one (see Claim).
-
-        A fill that is not `usable` (it asked upstream before a purge) is not joined:
-        a fill is started alone beside it. When another process holds the key, this
-        waits up to `wait` seconds for its record (polling, never blocking the loop),
-        then starts a fill alone. `unchanged()`, asked once the key's lock is taken,
-        says whether the store still lacks what the caller looked up: another process
-        may have stored it and let go of the lock in between ("again")."""
         since = time.time()
+        if wait is None:
+            claim = self._step(key, usable, unchanged, waited=False, since=since)
+            return claim or Claim("busy")
         deadline = time.monotonic() + wait
         waited = False
         while True:

@@ -153,13 +153,16 @@ class Slicer:
 
     # -- streams --------------------------------------------------------------------
 
-    def start_stream(self, entry: Entry, response: UpstreamResponse, first: int) -> Fill:
+    async def start_stream(
+        self, entry: Entry, response: UpstreamResponse, first: int
+    ) -> Fill | None:
         """Cut `response` (whose body starts at slice `first`) into slices. Returns the
-        fill of the first slice, already registered, so readers can follow it at once."""
+        fill of the first slice, already registered, so readers can follow it at once
+        (None when that slice is stored, or another fill brings it)."""
         stream = _Stream()
         stream.index = first
         self._streams[(entry.key, entry.variant)] = stream
-        fill = self._open_slice_fill(entry, first)
+        fill = await self._open_slice_fill(entry, first)
         self.inflight.spawn(self._run_stream(entry, response, first, fill, stream))
         return fill
 
@@ -187,7 +190,7 @@ class Slicer:
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(_FIRST_READER_WAIT):
                             await stream.reader_came.wait()
-                # From here to the slice's fill being registered, nothing awaits.
+                # From here to the slice's fill being registered, nothing suspends.
                 stream.advance(index)
                 if index > first:
                     # Carry on only while someone reads along (or waits for a slice
@@ -197,7 +200,7 @@ class Slicer:
                     elsewhere = coordination.wanted_since(stream_key(entry), began - 1.0)
                     if not (read_along or reading or stream.waiters > 0 or elsewhere):
                         break
-                    fill = self._open_slice_fill(entry, index)
+                    fill = await self._open_slice_fill(entry, index)
                 # Only now that this slice's fill holds its lock: a reader elsewhere
                 # that sees the stream here finds the slice taken.
                 began = time.time()
@@ -262,10 +265,12 @@ class Slicer:
 
     # -- slice fills ------------------------------------------------------------------
 
-    def _open_slice_fill(self, entry: Entry, index: int) -> Fill | None:
+    async def _open_slice_fill(self, entry: Entry, index: int) -> Fill | None:
+        """A fill for the stream to write one slice into, unless the slice is stored
+        or a fill (here or in another process) brings it. Never suspends."""
         if self._have(entry, index):
             return None
-        claim = self.inflight.join_or_start_now(slice_fill_key(entry, index))
+        claim = await self.inflight.join_or_start(slice_fill_key(entry, index))
         if claim.kind != "started" or claim.fill is None:
             return None  # a fill here or in another process brings it
         fill = claim.fill

@@ -3,13 +3,27 @@
 A request walks these steps (edge.pipeline.transaction drives them, one method per step), as a
 request walks Varnish's cache_req_fsm.c. Each step decides one thing and names the next;
 the driver asks `move` before every step and a move the table does not list raises
-`IllegalMove`: a bug in the engine, never something a client can cause, so it is loud
-(as Varnish's WRONG() and h11's LocalProtocolError are). Pure: no I/O.
+`IllegalMove` (edge.steptable: the check the fetch machine's driver makes too). Pure: no I/O.
 """
 
 from __future__ import annotations
 
 import enum
+
+from edge.steptable import IllegalMove, Table
+
+__all__ = [
+    "FINAL",
+    "FIRST",
+    "MAX_STEPS",
+    "MOVES",
+    "TABLE",
+    "IllegalMove",
+    "Step",
+    "move",
+    "render_table",
+    "render_walk",
+]
 
 
 class Step(enum.Enum):
@@ -24,10 +38,6 @@ class Step(enum.Enum):
     DELIVER = "deliver"  # the response to the client
     SYNTH = "synth"  # a response made here: an error or a refusal (ends the walk)
     DONE = "done"  # the response is made
-
-
-class IllegalMove(RuntimeError):
-    """A step asked for a move the table does not allow."""
 
 
 #: Where each step may go. SYNTH and DONE end the walk.
@@ -49,34 +59,15 @@ MOVES: dict[Step, tuple[Step, ...]] = {
 }
 
 FIRST = Step.RECV
-FINAL = frozenset(step for step, nexts in MOVES.items() if not nexts)
 #: Most steps a walk can take: FETCH -> LOOKUP rounds are bounded by the pipeline.
 MAX_STEPS = 24
-
-
-def move(walk: list[Step], to: Step) -> None:
-    """Record the move from the walk's last step to `to`, refusing one not in MOVES."""
-    if not walk:
-        if to is not FIRST:
-            raise IllegalMove(f"a walk starts at {FIRST.value}, not {to.value}")
-    elif to not in MOVES[walk[-1]]:
-        raise IllegalMove(f"{walk[-1].value} -> {to.value} is not a move of the client machine")
-    if len(walk) >= MAX_STEPS:
-        raise IllegalMove(f"walk longer than {MAX_STEPS} steps: {render_walk(walk)}")
-    walk.append(to)
+TABLE = Table("client machine", MOVES, FIRST, MAX_STEPS)
+FINAL = TABLE.final
+move = TABLE.move
+render_table = TABLE.render
 
 
 def render_walk(walk: list[Step]) -> str:
     """The walk as the access log shows it: recv>hash>lookup>hit>deliver (the end of
     a walk that delivered goes without saying)."""
     return ">".join(step.value for step in walk if step is not Step.DONE)
-
-
-def render_table() -> str:
-    """The table as text, one line per step (the README shows it; a test compares)."""
-    width = max(len(step.value) for step in Step)
-    lines = []
-    for step, nexts in MOVES.items():
-        targets = ", ".join(n.value for n in nexts) if nexts else "(end)"
-        lines.append(f"{step.value:<{width}} -> {targets}")
-    return "\n".join(lines)

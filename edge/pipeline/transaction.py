@@ -9,8 +9,10 @@
 The steps and the moves between them are edge.pipeline.steps' table; each step is a method
 `st_<name>` returning the next step, `run` drives them (refusing a move the table does
 not list) and records the walk for the access log. The caching rules come from `edge.rfc.policy`;
-this module owns the order of things and all I/O of a request: the store, the
-in-flight fills, the upstream and the client response.
+this module owns the order of things and the client's I/O: the lookup in the store,
+joining the in-flight fills, passes to the upstream and the client response. A fill's
+own fetch is the fetch machine's (edge.fetch.machine): the fetch step hands it a frozen
+request and delivers what the fill brings.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import os
 import re
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -31,9 +34,11 @@ from edge.config import NodeConfig
 from edge.features import compress, guard
 from edge.features.guard import Refusal, Refused
 from edge.features.waf import RuleSet
-from edge.fetch import derive
+from edge.fetch import derive, machine
 from edge.fetch.derive import Deriver
 from edge.fetch.fill import Fill, FillHead, InFlight
+from edge.fetch.machine import NEGOTIATED as _NEGOTIATED
+from edge.fetch.machine import FetchRequest
 from edge.fetch.slices import (
     BodySource,
     FileSegment,
@@ -41,8 +46,6 @@ from edge.fetch.slices import (
     FillSource,
     SlicedSource,
     Slicer,
-    parse_content_range,
-    sliceable,
 )
 from edge.observe.accesslog import AccessLog, request_line
 from edge.observe.metrics import NodeMetrics
@@ -61,7 +64,7 @@ from edge.rfc.ranges import (
     if_range_allows,
     parse_range,
 )
-from edge.store.disk import Entry, Store, new_variant_id
+from edge.store.disk import Entry, Store
 from edge.upstream.pools import UpstreamError, UpstreamResponse, Upstreams
 
 log = logging.getLogger("edge.pipeline.transaction")
@@ -70,14 +73,10 @@ log = logging.getLogger("edge.pipeline.transaction")
 #: upstream for the whole, unconditional representation and answers them itself.
 _CLIENT_CONDITIONALS = ("If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since")
 _RANGE_FIELDS = ("Range", "If-Range")
-#: Selecting fields the cache negotiates itself rather than keying on (RFC 9111 4.1).
-_NEGOTIATED = frozenset({"accept-encoding"})
 #: Consumed here (W3C Edge Architecture): never passed on to clients.
 _SURROGATE_ONLY = ("surrogate-control",)
 #: Bodies (or ranges) smaller than this are read and written, not sendfile'd.
 _SENDFILE_MIN = 128 << 10
-#: RFC 5861 Section 4: the statuses that count as errors for stale-if-error.
-_ERROR_STATUSES = frozenset({500, 502, 503, 504})
 
 #: The walk of a plain hit, the only kind edge.pipeline.fastpath repeats.
 _PLAIN_HIT = [Step.RECV, Step.HASH, Step.LOOKUP, Step.HIT, Step.DELIVER]
@@ -90,15 +89,6 @@ _PUBLIC_REASONS = {
     "upstream-unreachable": "the upstream server could not be reached or answered badly",
     "upstream-timeout": "the upstream server did not answer in time",
 }
-
-
-class UpstreamStatusError(UpstreamError):
-    """The upstream answered with a server error while a stale copy may be served."""
-
-    def __init__(self, status: int) -> None:
-        super().__init__(f"upstream answered {status}")
-        self.status = status
-        self.detail = f"upstream-{status}"
 
 
 @dataclass
@@ -122,6 +112,13 @@ class Engine:
     keyed: tuple[str, ...] = ()
     hot: fastpath.HotTier | None = None  # plain hits kept for edge.pipeline.fastpath
     access: AccessLog = field(default_factory=lambda: AccessLog(enabled=False))
+    # The clocks the client machine decides by, injected so a test sets `now`: the
+    # wall clock (ages, freshness, dates) and a monotonic one (the rate limiter's
+    # buckets, which the connection layer's hit fast path shares); and the pause of
+    # the rate tarpit.
+    clock: Callable[[], float] = time.time
+    monotonic: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
     def response_policy(self, headers: policy.Headers) -> ResponsePolicy:
         return policy.response_policy(
@@ -171,8 +168,8 @@ class Transaction:
         self.channel = channel
         self.method = request.method
         self.headers: CIMultiDictProxy[str] = request.headers
-        self.now = time.time()
-        self.started = time.monotonic()
+        self.now = engine.clock()
+        self.started = engine.monotonic()
         self.status = CacheStatus(engine.config.name)
         # Whether the peer is a trusted proxy (an edge, at a shield), and who the
         # client is: the peer, or the address that proxy forwarded for.
@@ -238,7 +235,7 @@ class Transaction:
             if refusal.status == 429 and self.e.config.rate_tarpit:
                 # A client over its rate waits before it hears so: one connection then
                 # costs the node one refusal per tarpit interval, not one per request.
-                await asyncio.sleep(self.e.config.rate_tarpit)
+                await self.e.sleep(self.e.config.rate_tarpit)
             return self.refuse(refusal)
         cfg = self.e.config
         if forwarding.is_loop(
@@ -343,9 +340,9 @@ class Transaction:
         self.status.detail = "stale-while-revalidate"
         inflight = self.e.inflight
         # A refresh under way, here or in another process, is as good as this one.
-        claim = inflight.join_or_start_now(self.key)
+        claim = await inflight.join_or_start(self.key)
         if claim.kind == "started" and claim.fill is not None:
-            inflight.spawn(self._run_fill(claim.fill, self._fill_headers(self.entry)))
+            machine.start(self.e, claim.fill, self._fetch_request())
         return Step.DELIVER
 
     async def st_miss(self) -> Step:
@@ -374,11 +371,8 @@ class Transaction:
         assert fill is not None
         initiator = claim.kind == "started"
         if initiator:
-            inflight.spawn(
-                self._run_fill(
-                    fill, self._fill_headers(self.entry), self._stale_on_error(), self._probe()
-                )
-            )
+            request = self._fetch_request(stale_ok=self._stale_on_error(), probe=self._probe())
+            machine.start(self.e, fill, request)
         else:
             self.status.collapsed = True
         started = time.monotonic()
@@ -461,6 +455,7 @@ class Transaction:
                     max_size=cfg.max_body_size,
                     timeout=cfg.body_timeout,
                     min_rate=cfg.body_min_rate,
+                    clock=self.e.monotonic,
                 )
             except Refused as exc:
                 return self.refuse(exc.refusal)
@@ -518,18 +513,29 @@ class Transaction:
             self.client_gone = True
         return Step.DONE
 
-    # -- the fill task (runs on its own, not tied to any client) ----------------------
+    # -- what a fetch takes from the client (edge.fetch.machine runs it) ---------------
 
-    def _fill_headers(self, entry: Entry | None) -> list[tuple[str, str]]:
-        """The upstream request of a fill: the client's end-to-end fields without its
-        own conditionals and ranges, plus our validators when revalidating."""
+    def _fetch_request(self, *, stale_ok: bool = False, probe: int | None = None) -> FetchRequest:
+        """The fetch a fill of this key makes, taken from this request as the fill
+        starts (edge.fetch.machine: the fill outlives this client and reads none of it):
+        the client's end-to-end fields without its own conditionals and ranges, plus our
+        validators when revalidating."""
         # Accept-Encoding too: edge negotiates codings with clients itself and keeps
         # one response per object, so it asks upstream for no particular coding.
         drop = (*_CLIENT_CONDITIONALS, *_RANGE_FIELDS, "accept-encoding")
-        headers = self._upstream_headers(drop=drop)
-        if entry is not None:
-            headers += policy.conditional_headers(CIMultiDict(entry.headers))
-        return headers
+        entry = self.entry
+        validators = policy.conditional_headers(CIMultiDict(entry.headers)) if entry else []
+        return FetchRequest(
+            key=self.key,
+            target=self.key_target,
+            fields=tuple(self._upstream_headers(drop=drop)),
+            client=self.client,
+            cache_control=self.request_cc,
+            revalidate=entry,
+            validators=tuple(validators),
+            stale_ok=stale_ok,
+            probe=probe,
+        )
 
     def _probe(self) -> int | None:
         """The slice to ask for by range instead of the whole object: the first slice
@@ -575,243 +581,6 @@ class Transaction:
             self.e.config.stale_if_error_grace,
         )
 
-    async def _run_fill(
-        self,
-        fill: Fill,
-        headers: list[tuple[str, str]],
-        stale_ok: bool = False,
-        probe: int | None = None,
-    ) -> None:
-        e, entry = self.e, self.entry
-        # A fill asks for what the key names (its query as the key sees it), so
-        # every later reader of this key gets what was asked for.
-        path_qs = self.key_target
-        request_headers = CIMultiDict(headers)
-        if probe is not None:
-            size = e.config.slice_size
-            headers = [*headers, ("Range", f"bytes={probe * size}-{(probe + 1) * size - 1}")]
-        try:
-            try:
-                response = await e.upstream.request(
-                    "GET", path_qs, headers, key=fill.key, client=self.client
-                )
-            except UpstreamError as exc:
-                e.metrics.upstream_errors.labels(e.config.name, exc.detail).inc()
-                fill.head.set_result(FillHead("error", error=exc))
-                return
-            e.metrics.upstream_latency.labels(e.config.name).observe(
-                response.response_time - response.request_time
-            )
-            fill.note = response.note
-            if response.status == 304 and entry is not None:
-                # We validated exactly this entry, so the 304 speaks for it (Section
-                # 4.3.4); fields its body depends on, ETag included, are kept.
-                fill.head.set_result(self._freshen(entry, response))
-                response.release()
-                return
-            if probe is not None and response.status != 200:
-                if response.status == 206:
-                    head = self._sliced_from_range(response, request_headers)
-                    if head is not None:
-                        fill.head.set_result(head)
-                        return
-                if not (stale_ok and response.status in _ERROR_STATUSES):
-                    # Only a 200 (Range ignored) is the object's own answer. Anything
-                    # else answers edge's range (a 206 not worth slicing, a 416 for an
-                    # object shorter than the probe, RFC 9110 Section 15.5.17) and is
-                    # never stored as the object for everyone: fetch the object whole.
-                    response.close()
-                    plain = [
-                        (k, v) for k, v in headers if k not in ("Range", *_CLIENT_CONDITIONALS)
-                    ]
-                    response = await e.upstream.request(
-                        "GET", path_qs, plain, key=fill.key, client=self.client
-                    )
-                    e.metrics.upstream_latency.labels(e.config.name).observe(
-                        response.response_time - response.request_time
-                    )
-                    fill.note = response.note
-            if response.status in _ERROR_STATUSES and stale_ok:
-                response.release()
-                fill.head.set_result(FillHead("error", error=UpstreamStatusError(response.status)))
-                return
-            await self._fill_body(fill, response, request_headers)
-        except UpstreamError as exc:
-            if not fill.head.done():
-                fill.head.set_result(FillHead("error", error=exc))
-        except Exception as exc:  # never leave waiters hanging
-            log.exception("fill of %s failed", fill.key)
-            if not fill.head.done():
-                fill.head.set_result(FillHead("error", error=UpstreamError(str(exc))))
-            fill.finish(exc)
-        finally:
-            if not fill.finished:
-                fill.finish()
-            e.inflight.done(fill)
-
-    def _freshen(self, entry: Entry, response: UpstreamResponse) -> FillHead:
-        """RFC 9111 Section 4.3.3/3.2: a 304 refreshes the stored response, and the
-        refreshed stored response answers every request waiting on this validation
-        (so a cookie set on the 304 reaches none of them: edge.rfc.policy.freshen_headers)."""
-        headers = policy.freshen_headers(
-            entry.headers, response.headers, set_cookie=self.e.config.set_cookie
-        )
-        # Section 5.2.2.7: what the refreshed response names in a qualified private is
-        # not stored, as for a full response (_fill_body).
-        headers = policy.strip_private_fields(headers, self.e.response_policy(CIMultiDict(headers)))
-        if not any(k.lower() == "date" for k, _ in headers):
-            headers.append(("Date", _http_date(response.response_time)))
-        updated = entry.with_headers(headers, response.request_time, response.response_time)
-        self.e.store.update(updated)
-        return FillHead("not-modified", status=304, entry=updated)
-
-    async def _fill_body(
-        self, fill: Fill, response: UpstreamResponse, request_headers: CIMultiDict[str]
-    ) -> None:
-        e = self.e
-        rp = e.response_policy(response.headers)
-        decision = policy.is_storable(
-            "GET",
-            response.status,
-            self.request_cc,
-            request_headers,
-            rp,
-            response.headers,
-            set_cookie=e.config.set_cookie,
-        )
-        length_field = response.headers.get("Content-Length")
-        length = int(length_field) if length_field and length_field.isdigit() else None
-        if decision and length is not None and length > e.config.max_object_size:
-            decision = policy.Decision(False, "larger than max_object_size")
-        if not decision:
-            log.debug(
-                "not storing %s: %s (RFC 9111 Section %s)",
-                fill.key,
-                decision.reason,
-                decision.section,
-            )
-            fill.head.set_result(FillHead("private", status=response.status, response=response))
-            return
-        headers = policy.strip_private_fields(policy.end_to_end(response.headers), rp)
-        if "Date" not in response.headers:
-            # RFC 9110 Section 6.6.1: a cache adds Date to a response that lacks one.
-            headers.append(("Date", _http_date(response.response_time)))
-        if sliceable(response.status, response.headers, length, e.config.slice_threshold):
-            assert length is not None
-            manifest = self._manifest(response, headers, request_headers, length)
-            e.slicer.start_stream(manifest, response, 0)
-            fill.head.set_result(FillHead("sliced", status=200, entry=manifest))
-            return
-        writer = e.store.begin()
-        fill.attach_writer(writer)
-        head = FillHead(
-            "body",
-            variant=new_variant_id(),
-            status=response.status,
-            headers=headers,
-            vary=policy.vary_key(
-                [*policy.vary_field_names(response.headers), *self.e.keyed],
-                request_headers,
-                _NEGOTIATED,
-            ),
-            length=length,
-            storable=True,
-        )
-        fill.head.set_result(head)
-        try:
-            async for chunk in response.chunks():
-                writer.write(chunk)
-                fill.advance(len(chunk))
-                if head.storable and writer.written > e.config.max_object_size:
-                    head.storable = False
-            if length is not None and writer.written != length:
-                # RFC 9111 Section 3.3: an incomplete response is not stored as complete.
-                raise UpstreamError(f"upstream sent {writer.written} of {length} bytes")
-        except (UpstreamError, OSError) as exc:
-            writer.discard()
-            fill.finish(exc)
-            log.warning("fill of %s broke: %s", fill.key, exc)
-            return
-        finally:
-            response.release()
-        if head.storable:
-            entry = Entry(
-                key=fill.key,
-                variant=head.variant,
-                status=response.status,
-                headers=tuple(headers),
-                vary=head.vary,
-                request_time=response.request_time,
-                response_time=response.response_time,
-                size=writer.written,
-                tags=_tags(response.headers),
-            )
-            e.store.commit(entry, writer)
-        else:
-            writer.discard()
-        fill.finish()
-
-    def _manifest(
-        self,
-        response: UpstreamResponse,
-        headers: list[tuple[str, str]],
-        request_headers: CIMultiDict[str],
-        length: int,
-    ) -> Entry:
-        """Record a segmented entry: the object's headers and size; no body."""
-        manifest = Entry(
-            key=self.key,
-            variant=new_variant_id(),
-            status=200,
-            headers=tuple(headers),
-            vary=policy.vary_key(
-                [*policy.vary_field_names(response.headers), *self.e.keyed],
-                request_headers,
-                _NEGOTIATED,
-            ),
-            request_time=response.request_time,
-            response_time=response.response_time,
-            size=length,
-            tags=_tags(response.headers),
-            slice_size=self.e.config.slice_size,
-        )
-        return self.e.store.commit_manifest(manifest)
-
-    def _sliced_from_range(
-        self, response: UpstreamResponse, request_headers: CIMultiDict[str]
-    ) -> FillHead | None:
-        """A 206 to a probe: if the whole object is big, storable and validated, record
-        its manifest and keep this slice; None if it should be fetched whole instead."""
-        span = parse_content_range(response.headers.get("Content-Range"))
-        size = self.e.config.slice_size
-        if span is None or span[0] % size:
-            return None
-        first, _, total = span
-        headers = [
-            (k, v)
-            for k, v in policy.end_to_end(response.headers)
-            if k.lower() not in ("content-range", "content-length")
-        ]
-        as_whole = CIMultiDict(headers)
-        rp = self.e.response_policy(as_whole)
-        storable = policy.is_storable(
-            "GET",
-            200,
-            self.request_cc,
-            request_headers,
-            rp,
-            as_whole,
-            set_cookie=self.e.config.set_cookie,
-        )
-        if not storable or not sliceable(200, as_whole, total, self.e.config.slice_threshold):
-            return None
-        headers = policy.strip_private_fields(headers, rp)
-        if "Date" not in as_whole:
-            headers.append(("Date", _http_date(response.response_time)))
-        manifest = self._manifest(response, headers, request_headers, total)
-        self.e.slicer.start_stream(manifest, response, first // size)
-        return FillHead("sliced", status=206, entry=manifest)
-
     # -- delivery -------------------------------------------------------------------
 
     def _use_entry(self, entry: Entry) -> None:
@@ -822,7 +591,7 @@ class Transaction:
         self.body = None if entry.slice_size else self.e.store.open_body(entry)
         rp = self.e.response_policy(self.entry_headers)
         lifetime = self.e.lifetime(entry, self.entry_headers, rp)
-        age = self.e.age(entry, self.entry_headers, time.time())
+        age = self.e.age(entry, self.entry_headers, self.e.clock())
         self.status.ttl = int(lifetime - age)
 
     def _upstream_failed(self, error: Exception) -> Step:
@@ -886,7 +655,7 @@ class Transaction:
     async def _deliver_entry(self) -> None:
         entry, body = self.entry, self.body
         assert entry is not None
-        age = self.e.age(entry, self.entry_headers, time.time())
+        age = self.e.age(entry, self.entry_headers, self.e.clock())
         stored = list(entry.headers)
         if self.status.fwd_status != 304:  # not validated on this request
             withheld = policy.withheld_unless_validated(self.e.response_policy(self.entry_headers))
@@ -907,7 +676,7 @@ class Transaction:
                 self.method, entry.status, self.headers, self.entry_headers, entry.size
             )
             if choice.transform is not None:
-                source, length, level = self._derived_source(entry, choice, source)
+                source, length, level = await self._derived_source(entry, choice, source)
             else:
                 self._hot_candidate = True
         stored = derive.client_headers(stored, choice, level)
@@ -924,7 +693,7 @@ class Transaction:
         finally:
             source.close()
 
-    def _derived_source(
+    async def _derived_source(
         self, entry: Entry, choice: derive.Choice, stored: BodySource
     ) -> tuple[BodySource, int | None, int | None]:
         """The encoded (or decoded) body of a stored response, and the level it is
@@ -950,7 +719,7 @@ class Transaction:
             complete=True,
             content_type=self.entry_headers.get("Content-Type"),
         )
-        fill = self.e.deriver.fill(job, stored)
+        fill = await self.e.deriver.fill(job, stored)
         return FillSource(fill.reader()), None, fill.head.result().level
 
     async def _deliver_fill(self, fill: Fill, head: FillHead) -> None:
@@ -971,7 +740,7 @@ class Transaction:
                 complete=False,
                 content_type=stored.get("Content-Type"),
             )
-            derived = self.e.deriver.fill(job, source)
+            derived = await self.e.deriver.fill(job, source)
             source, length = FillSource(derived.reader()), None
             level = derived.head.result().level
         adjusted = derive.client_headers(head.headers, choice, level)
@@ -1046,7 +815,7 @@ class Transaction:
         """Conditionals, ranges and the body, from a stored file or a fill in flight;
         `derived`: the body is an encoding edge made, which its source's dates do not
         validate (If-Range by date never matches it)."""
-        ts = self.entry.response_time if self.entry is not None else time.time()
+        ts = self.entry.response_time if self.entry is not None else self.e.clock()
         if 200 <= status < 300:
             verdict = policy.evaluate_preconditions(self.method, self.headers, stored, ts)
             if verdict == 304:
@@ -1166,7 +935,7 @@ class Transaction:
         key = fastpath.request_key(self.method, self.req.version, self.req.target, self.req.raw)
         if key is None:
             return
-        now = time.time()
+        now = self.e.clock()
         hot.offer(
             key,
             self.key,
@@ -1372,7 +1141,7 @@ class Transaction:
                     self.code,
                     label,
                     self.sent,
-                    (time.monotonic() - self.started) * 1000,
+                    (self.e.monotonic() - self.started) * 1000,
                     self.upstream_ms,
                     steps.render_walk(self.walk),
                     request_id=self._request_id,
@@ -1407,22 +1176,6 @@ def _appended(headers: list[tuple[str, str]], name: str, value: str) -> list[tup
 def _range_start(value: str | None) -> int | None:
     """The first byte a Range field asks for, if it names one plainly."""
     return first_position(value)
-
-
-def _tags(headers: policy.Headers) -> tuple[str, ...]:
-    """Surrogate-Key (space-separated) and Cache-Tag (comma-separated) tags."""
-    tags: list[str] = []
-    for value in headers.getall("Surrogate-Key", []):
-        tags += value.split()
-    for value in headers.getall("Cache-Tag", []):
-        tags += [t.strip() for t in value.split(",") if t.strip()]
-    return tuple(dict.fromkeys(tags))
-
-
-def _http_date(ts: float) -> str:
-    from email.utils import formatdate
-
-    return formatdate(ts, usegmt=True)
 
 
 def _reason(code: int) -> str:

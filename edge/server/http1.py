@@ -631,14 +631,14 @@ class Connection(asyncio.Protocol):
         engine = self.guard.engine
         if engine.purger is not None and not engine.purger.ready:
             return False
-        found = engine.hot.answer(key, time.time(), close)
+        found = engine.hot.answer(key, engine.clock(), close)
         if found is None:
             return False
         hot, data = found
         if engine.limiter or (raw is not None and engine.rules is not None):
             host = key[1].decode("latin-1").lower()
             if engine.limiter and engine.limiter.take(
-                self.client, host, hot.path, time.monotonic()
+                self.client, host, hot.path, engine.monotonic()
             ):
                 return False  # the general path takes the same decision and refuses it
             if (

@@ -316,9 +316,9 @@ async def test_a_fill_from_before_a_purge_is_not_joined(pair: Pair, tables: Tabl
 async def test_a_caller_that_will_not_wait_never_starts_a_second_fill(
     pair: Pair, tables: Tables
 ) -> None:
-    first = tables.here.join_or_start_now("k")
+    first = await tables.here.join_or_start("k")
     assert first.kind == "started"
-    second = tables.there.join_or_start_now("k")
+    second = await tables.there.join_or_start("k")
     assert second.kind in ("joined", "busy")
     assert second.fill is None or second.fill is first.fill
 
@@ -334,9 +334,9 @@ async def test_a_key_held_without_word_past_the_wait_is_fetched_alone(
 
 
 async def test_a_derived_body_is_made_per_process(pair: Pair, tables: Tables) -> None:
-    first = tables.here.join_or_start_now("k#br", local=True)
+    first = await tables.here.join_or_start("k#br", local=True)
     assert first.kind == "started"
-    assert tables.here.join_or_start_now("k#br", local=True).fill is first.fill
+    assert (await tables.here.join_or_start("k#br", local=True)).fill is first.fill
 
 
 # -- slices through it ---------------------------------------------------------------------
@@ -430,7 +430,7 @@ async def test_a_reader_beside_a_stream_in_its_own_process_does_not_mark_it_want
         slice_size=1 << 20,
     )
     response = StalledResponse()
-    slicer.start_stream(entry, cast(Any, response), 0)
+    await slicer.start_stream(entry, cast(Any, response), 0)
     await _settle()
     got = await slicer.slice(entry, 6, [])  # far ahead of the stream: fetched by range
     assert isinstance(got, Fill)

@@ -352,7 +352,14 @@ def hot_engine() -> Any:
     )
     metrics = SimpleNamespace(fast_hits=0, fast_bytes=0)
     return SimpleNamespace(
-        hot=tier, purger=None, limiter=None, rules=None, metrics=metrics, access=AccessLog()
+        hot=tier,
+        purger=None,
+        limiter=None,
+        rules=None,
+        metrics=metrics,
+        access=AccessLog(),
+        clock=time.time,
+        monotonic=time.monotonic,
     )
 
 

@@ -1,0 +1,506 @@
+"""The fetch machine: one backend fetch of a cache key, from the request sent upstream to
+what is stored, apart from the client machine as Varnish's cache_fetch.c is from its
+cache_req_fsm.c.
+
+A fetch starts from a FetchRequest: a frozen value the client machine takes from its
+request when it starts a fill (edge.pipeline.transaction). The fill outlives that client
+and serves every client that joins it, so the fetch reads nothing of any client. Each
+step is a method that decides one thing and names the next; the driver checks every
+move against MOVES (edge.steptable) and refuses one the table does not list. What the
+fetch turns out to be is the fill's head (edge.fetch.fill.FillHead): every client that
+joined the fill acts on it.
+
+This module owns the backend side of a fill: asking, reading what the answer's head
+makes of it, and storing (whole, as slices, or freshened by a 304). The caching rules
+come from edge.rfc.policy. Which fetch to make (a conditional one, a probe for one
+slice, stale allowed to stand in for a failure) is the client machine's decision,
+carried in the request; a fill is started only through InFlight.join_or_start.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from email.utils import formatdate
+from typing import Protocol
+
+from multidict import CIMultiDict
+
+from edge.config import NodeConfig
+from edge.fetch.fill import Fill, FillHead, InFlight
+from edge.fetch.slices import Slicer, parse_content_range, sliceable
+from edge.observe.metrics import NodeMetrics
+from edge.rfc import policy
+from edge.rfc.policy import CacheControl, ResponsePolicy
+from edge.steptable import Table
+from edge.store.disk import BodyWriter, Entry, Store, new_variant_id
+from edge.upstream.pools import UpstreamError, UpstreamResponse, Upstreams
+
+log = logging.getLogger("edge.fetch.machine")
+
+Fields = tuple[tuple[str, str], ...]
+
+#: Selecting fields the cache negotiates itself rather than keying on (RFC 9111 4.1).
+NEGOTIATED = frozenset({"accept-encoding"})
+#: RFC 5861 Section 4: the statuses that count as errors for stale-if-error.
+ERROR_STATUSES = frozenset({500, 502, 503, 504})
+
+
+class UpstreamStatusError(UpstreamError):
+    """The upstream answered with a server error while a stale copy may be served."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"upstream answered {status}")
+        self.status = status
+        self.detail = f"upstream-{status}"
+
+
+@dataclass(frozen=True)
+class FetchRequest:
+    """What a fetch asks and may do, taken from the client that started the fill."""
+
+    key: str  # the primary cache key: what the fill brings, and the route it asks (its host)
+    target: str  # path and query as the key names them: every reader gets what was asked
+    fields: Fields  # the upstream request's fields (Host first), computed by the client
+    client: str  # the client's address, for balancing (edge.upstream.balance)
+    cache_control: CacheControl  # the request's own directives (RFC 9111 Section 3)
+    revalidate: Entry | None = None  # the stored response this fetch validates
+    validators: Fields = ()  # RFC 9111 Section 4.3.1: sent when revalidating
+    stale_ok: bool = False  # a 5xx is an error: a stale copy stands in for it
+    probe: int | None = None  # ask for this slice by range instead of the whole
+    method: str = "GET"  # what a fill asks: a HEAD that misses is passed, never filled
+
+
+class Node(Protocol):
+    """What a fetch needs of its node (edge.pipeline.transaction.Engine is one)."""
+
+    @property
+    def config(self) -> NodeConfig: ...
+    @property
+    def store(self) -> Store: ...
+    @property
+    def upstream(self) -> Upstreams: ...
+    @property
+    def inflight(self) -> InFlight: ...
+    @property
+    def metrics(self) -> NodeMetrics: ...
+    @property
+    def slicer(self) -> Slicer: ...
+    @property
+    def keyed(self) -> tuple[str, ...]: ...
+    def response_policy(self, headers: policy.Headers) -> ResponsePolicy: ...
+
+
+class FetchStep(enum.Enum):
+    BEREQ = "bereq"  # the request sent upstream: fields, validators, the probe's range
+    HEADERS = "headers"  # send it; what the answer's status makes of the fetch
+    FRESHEN = "freshen"  # RFC 9111 Section 4.3.4: a 304 refreshes the stored response
+    SLICE = "slice"  # a 206 to the probe: keep the object as slices, from this one on
+    REFETCH = "refetch"  # the answer to the probe is not the object's: ask for it whole
+    BERESP = "beresp"  # RFC 9111 Section 3: may it be stored, and how
+    PRIVATE = "private"  # not storable: the fill's initiator alone relays it
+    STREAM = "stream"  # big and storable: cut into slices as it arrives
+    BODY = "body"  # the body into a new file, readers following it
+    STORE = "store"  # commit it (or drop what outgrew the limit)
+    ERROR = "error"  # no response to store: the upstream failed, or any step raised
+    ABANDON = "abandon"  # the body broke mid-way: its readers see it cut
+    DONE = "done"  # the fill has its head; the body is stored or on its way
+
+
+_ERROR = FetchStep.ERROR
+
+#: Where each step may go. Every step may end in ERROR: an exception a step raises is
+#: the fetch's failure, so the clients waiting on it are never left hanging.
+MOVES: dict[FetchStep, tuple[FetchStep, ...]] = {
+    FetchStep.BEREQ: (FetchStep.HEADERS, _ERROR),
+    FetchStep.HEADERS: (
+        FetchStep.FRESHEN,
+        FetchStep.SLICE,
+        FetchStep.REFETCH,
+        FetchStep.BERESP,
+        _ERROR,
+    ),
+    FetchStep.FRESHEN: (FetchStep.DONE, _ERROR),
+    FetchStep.SLICE: (FetchStep.DONE, FetchStep.REFETCH, _ERROR),
+    FetchStep.REFETCH: (FetchStep.HEADERS, _ERROR),
+    FetchStep.BERESP: (FetchStep.PRIVATE, FetchStep.STREAM, FetchStep.BODY, _ERROR),
+    FetchStep.PRIVATE: (FetchStep.DONE, _ERROR),
+    FetchStep.STREAM: (FetchStep.DONE, _ERROR),
+    FetchStep.BODY: (FetchStep.STORE, FetchStep.ABANDON, _ERROR),
+    FetchStep.STORE: (FetchStep.DONE, _ERROR),
+    FetchStep.ERROR: (),
+    FetchStep.ABANDON: (),
+    FetchStep.DONE: (),
+}
+
+#: A refetch happens once at most (it asks without a range): 9 steps is the longest walk.
+TABLE = Table("fetch machine", MOVES, FetchStep.BEREQ, max_steps=12)
+FINAL = TABLE.final
+render_table = TABLE.render
+
+
+def start(node: Node, fill: Fill, request: FetchRequest) -> Fetch:
+    """Run the fetch machine for a fill `InFlight.join_or_start` just started, on a
+    task of its own: the client that started it may go, the fetch carries on."""
+    fetch = Fetch(node, request, fill)
+    node.inflight.spawn(fetch.run())
+    return fetch
+
+
+class Fetch:
+    """One walk of the fetch machine: its request, its fill, what the steps found."""
+
+    def __init__(self, node: Node, request: FetchRequest, fill: Fill) -> None:
+        self.node = node
+        self.request = request
+        self.fill = fill
+        self.walk: list[FetchStep] = []
+        self.bereq: list[tuple[str, str]] = []
+        self.ranged = False  # the bereq asks for the probe's slice
+        self.conditional = False  # the bereq validates request.revalidate
+        self.response: UpstreamResponse | None = None  # held until handed on or let go
+        self.error: Exception | None = None
+        # What is kept of a storable response (_keep): fields, secondary key, tags, and
+        # its request and response times (RFC 9111 Section 4.2.3).
+        self.stored: list[tuple[str, str]] = []
+        self.vary: policy.VaryKey = ()
+        self.tags: tuple[str, ...] = ()
+        self.times = (0.0, 0.0)
+        self.length: int | None = None
+        self.writer: BodyWriter | None = None
+        self.head: FillHead | None = None
+        # What the fetch asked with, as the storage rules read it (RFC 9111 Sections 3, 4.1).
+        self.asked = CIMultiDict([*request.fields, *request.validators])
+
+    async def run(self) -> None:
+        """Drive the machine: each step names the next (a final step, none), and every
+        move is checked against MOVES."""
+        step: FetchStep | None = TABLE.first
+        try:
+            while step is not None:
+                TABLE.move(self.walk, step)
+                try:
+                    step = await _STEPS[step](self)
+                except Exception as exc:  # never leave the fill's waiters hanging
+                    self.error, step = exc, FetchStep.ERROR
+        finally:
+            if self.response is not None:  # neither handed on nor read to the end
+                self.response.close()
+            if not self.fill.head.done():  # stopped (the node is closing), or a bug
+                self.fill.head.set_result(FillHead("error", error=UpstreamError("fetch stopped")))
+            if not self.fill.finished:
+                self.fill.finish()
+            self.node.inflight.done(self.fill)
+            log.debug("fetch of %s: %s", self.fill.key, ">".join(s.value for s in self.walk))
+
+    # -- steps --------------------------------------------------------------------------
+
+    async def st_bereq(self) -> FetchStep:
+        """The request upstream: the client's fields, our validators when revalidating
+        (RFC 9111 Section 4.3.1), and the probe's slice as a range."""
+        request = self.request
+        self.bereq = [*request.fields, *request.validators]
+        self.conditional = request.revalidate is not None
+        if request.probe is not None:
+            size = self.node.config.slice_size
+            first = request.probe * size
+            self.bereq.append(("Range", f"bytes={first}-{first + size - 1}"))
+            self.ranged = True
+        return FetchStep.HEADERS
+
+    async def st_headers(self) -> FetchStep:
+        """Send the bereq; the answer's status says what the fetch became."""
+        node, request = self.node, self.request
+        name = node.config.name
+        try:
+            response = await node.upstream.request(
+                request.method, request.target, self.bereq, key=request.key, client=request.client
+            )
+        except UpstreamError as exc:
+            node.metrics.upstream_errors.labels(name, exc.detail).inc()
+            self.error = exc
+            return FetchStep.ERROR
+        node.metrics.upstream_latency.labels(name).observe(
+            response.response_time - response.request_time
+        )
+        self.response, self.fill.note = response, response.note
+        status = response.status
+        if status == 304 and self.conditional:
+            return FetchStep.FRESHEN
+        stale_error = request.stale_ok and status in ERROR_STATUSES
+        if self.ranged and status != 200:
+            if status == 206:
+                return FetchStep.SLICE
+            if not stale_error:
+                # Only a 200 (Range ignored) is the object's own answer. Anything else
+                # answers edge's range (a 416 for an object shorter than the probe, RFC
+                # 9110 Section 15.5.17) and is never stored as the object for everyone.
+                return FetchStep.REFETCH
+        if stale_error:
+            response.release()
+            self.response, self.error = None, UpstreamStatusError(status)
+            return FetchStep.ERROR
+        return FetchStep.BERESP
+
+    async def st_freshen(self) -> FetchStep:
+        """RFC 9111 Section 4.3.3/3.2: we validated exactly this entry, so the 304 speaks
+        for it (Section 4.3.4); the refreshed stored response answers every request
+        waiting on this validation (so a cookie set on the 304 reaches none of them:
+        edge.rfc.policy.freshen_headers). Fields its body depends on, ETag included,
+        are kept."""
+        node, entry, response = self.node, self.request.revalidate, self.response
+        assert entry is not None and response is not None
+        headers = policy.freshen_headers(
+            entry.headers, response.headers, set_cookie=node.config.set_cookie
+        )
+        # Section 5.2.2.7: what the refreshed response names in a qualified private is
+        # not stored, as for a full response (st_beresp).
+        headers = policy.strip_private_fields(headers, node.response_policy(CIMultiDict(headers)))
+        if not any(k.lower() == "date" for k, _ in headers):
+            headers.append(("Date", _http_date(response.response_time)))
+        updated = entry.with_headers(headers, response.request_time, response.response_time)
+        node.store.update(updated)
+        self.fill.head.set_result(FillHead("not-modified", status=304, entry=updated))
+        response.release()
+        self.response = None
+        return FetchStep.DONE
+
+    async def st_slice(self) -> FetchStep:
+        """A 206 to the probe: if the whole object is big, storable and validated, record
+        its manifest and keep this slice on; otherwise fetch the object whole."""
+        node, response = self.node, self.response
+        assert response is not None
+        span = parse_content_range(response.headers.get("Content-Range"))
+        size = node.config.slice_size
+        if span is None or span[0] % size:
+            return FetchStep.REFETCH
+        first, _, total = span
+        as_whole = CIMultiDict(
+            (k, v)
+            for k, v in policy.end_to_end(response.headers)
+            if k.lower() not in ("content-range", "content-length")
+        )
+        rp = node.response_policy(as_whole)
+        storable = self._storable(200, as_whole, rp)
+        if not storable or not sliceable(200, as_whole, total, node.config.slice_threshold):
+            return FetchStep.REFETCH
+        self._keep(list(as_whole.items()), as_whole, rp)
+        manifest = self._manifest(total)
+        await node.slicer.start_stream(manifest, response, first // size)
+        self.response = None  # the stream has it now
+        self.fill.head.set_result(FillHead("sliced", status=206, entry=manifest))
+        return FetchStep.DONE
+
+    async def st_refetch(self) -> FetchStep:
+        """Ask again for the whole object: no range, no validators."""
+        if self.response is not None:
+            self.response.close()
+            self.response = None
+        self.bereq = list(self.request.fields)
+        self.ranged = self.conditional = False
+        return FetchStep.HEADERS
+
+    async def st_beresp(self) -> FetchStep:
+        """RFC 9111 Section 3: whether the response may be stored, and how: whole, as
+        slices, or not at all."""
+        node, response = self.node, self.response
+        assert response is not None
+        rp = node.response_policy(response.headers)
+        decision = self._storable(response.status, response.headers, rp)
+        length_field = response.headers.get("Content-Length")
+        self.length = int(length_field) if length_field and length_field.isdigit() else None
+        if decision and self.length is not None and self.length > node.config.max_object_size:
+            decision = policy.Decision(False, "larger than max_object_size")
+        if not decision:
+            log.debug(
+                "not storing %s: %s (RFC 9111 Section %s)",
+                self.request.key,
+                decision.reason,
+                decision.section,
+            )
+            return FetchStep.PRIVATE
+        self._keep(policy.end_to_end(response.headers), response.headers, rp)
+        threshold = node.config.slice_threshold
+        if sliceable(response.status, response.headers, self.length, threshold):
+            return FetchStep.STREAM
+        return FetchStep.BODY
+
+    async def st_private(self) -> FetchStep:
+        """Not shareable: the fill's initiator relays the response; those who joined
+        ask for their own."""
+        response, self.response = self.response, None
+        assert response is not None
+        self.fill.head.set_result(FillHead("private", status=response.status, response=response))
+        return FetchStep.DONE
+
+    async def st_stream(self) -> FetchStep:
+        """A big object: its manifest now, its slices as the body arrives."""
+        response, self.response = self.response, None
+        assert response is not None and self.length is not None
+        manifest = self._manifest(self.length)
+        await self.node.slicer.start_stream(manifest, response, 0)
+        self.fill.head.set_result(FillHead("sliced", status=200, entry=manifest))
+        return FetchStep.DONE
+
+    async def st_body(self) -> FetchStep:
+        """The body into a new file that every client of the fill reads as it grows."""
+        node, fill, response = self.node, self.fill, self.response
+        assert response is not None
+        self.writer = writer = node.store.begin()
+        fill.attach_writer(writer)
+        self.head = head = FillHead(
+            "body",
+            variant=new_variant_id(),
+            status=response.status,
+            headers=self.stored,
+            vary=self.vary,
+            length=self.length,
+            storable=True,
+        )
+        fill.head.set_result(head)
+        limit = node.config.max_object_size
+        try:
+            async for chunk in response.chunks():
+                writer.write(chunk)
+                fill.advance(len(chunk))
+                if head.storable and writer.written > limit:
+                    head.storable = False
+            if self.length is not None and writer.written != self.length:
+                # RFC 9111 Section 3.3: an incomplete response is not stored as complete.
+                raise UpstreamError(f"upstream sent {writer.written} of {self.length} bytes")
+        except (UpstreamError, OSError) as exc:
+            self.error = exc
+            return FetchStep.ABANDON
+        finally:
+            response.release()
+            self.response = None
+        return FetchStep.STORE
+
+    async def st_store(self) -> FetchStep:
+        """The complete body becomes the stored response, unless it outgrew the limit."""
+        writer, head = self.writer, self.head
+        assert writer is not None and head is not None
+        if head.storable:
+            entry = Entry(
+                key=self.fill.key,
+                variant=head.variant,
+                status=head.status,
+                headers=tuple(self.stored),
+                vary=head.vary,
+                request_time=self.times[0],
+                response_time=self.times[1],
+                size=writer.written,
+                tags=self.tags,
+            )
+            self.node.store.commit(entry, writer)
+        else:
+            writer.discard()
+        self.fill.finish()
+        return FetchStep.DONE
+
+    async def st_error(self) -> None:
+        """No response to store: the clients of the fill hear why (a stale copy may
+        stand in for it: that is the client machine's to decide)."""
+        error = self.error or UpstreamError("upstream failed")
+        if not isinstance(error, UpstreamError):
+            log.error("fill of %s failed", self.fill.key, exc_info=error)
+        if not self.fill.head.done():
+            failure = error if isinstance(error, UpstreamError) else UpstreamError(str(error))
+            self.fill.head.set_result(FillHead("error", error=failure))
+        if self.writer is not None:
+            self.writer.discard()
+        if not self.fill.finished:
+            self.fill.finish(error)
+
+    async def st_abandon(self) -> None:
+        """The body broke mid-way: what was written is dropped, readers see it cut."""
+        assert self.writer is not None and self.error is not None
+        self.writer.discard()
+        self.fill.finish(self.error)
+        log.warning("fill of %s broke: %s", self.fill.key, self.error)
+
+    async def st_done(self) -> None:
+        """The fill has its head; its body is stored, or on its way in a stream."""
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _storable(
+        self, status: int, headers: policy.Headers, rp: ResponsePolicy
+    ) -> policy.Decision:
+        return policy.is_storable(
+            self.request.method,
+            status,
+            self.request.cache_control,
+            self.asked,
+            rp,
+            headers,
+            set_cookie=self.node.config.set_cookie,
+        )
+
+    def _keep(
+        self, fields: list[tuple[str, str]], headers: policy.Headers, rp: ResponsePolicy
+    ) -> None:
+        """The fields stored of a storable response, and its secondary key."""
+        response = self.response
+        assert response is not None
+        # RFC 9111 Section 5.2.2.7: not what a qualified private names.
+        self.stored = policy.strip_private_fields(fields, rp)
+        if "Date" not in headers:
+            # RFC 9110 Section 6.6.1: a cache adds Date to a response that lacks one.
+            self.stored.append(("Date", _http_date(response.response_time)))
+        names = [*policy.vary_field_names(response.headers), *self.node.keyed]
+        self.vary = policy.vary_key(names, self.asked, NEGOTIATED)
+        self.tags = _tags(response.headers)
+        self.times = (response.request_time, response.response_time)
+
+    def _manifest(self, length: int) -> Entry:
+        """Record a segmented entry: the object's headers and size; no body."""
+        manifest = Entry(
+            key=self.request.key,
+            variant=new_variant_id(),
+            status=200,
+            headers=tuple(self.stored),
+            vary=self.vary,
+            request_time=self.times[0],
+            response_time=self.times[1],
+            size=length,
+            tags=self.tags,
+            slice_size=self.node.config.slice_size,
+        )
+        return self.node.store.commit_manifest(manifest)
+
+
+#: Each step of the fetch machine and the method that takes it; a final step's method
+#: names no next step.
+_STEPS: dict[FetchStep, Callable[[Fetch], Awaitable[FetchStep | None]]] = {
+    FetchStep.BEREQ: Fetch.st_bereq,
+    FetchStep.HEADERS: Fetch.st_headers,
+    FetchStep.FRESHEN: Fetch.st_freshen,
+    FetchStep.SLICE: Fetch.st_slice,
+    FetchStep.REFETCH: Fetch.st_refetch,
+    FetchStep.BERESP: Fetch.st_beresp,
+    FetchStep.PRIVATE: Fetch.st_private,
+    FetchStep.STREAM: Fetch.st_stream,
+    FetchStep.BODY: Fetch.st_body,
+    FetchStep.STORE: Fetch.st_store,
+    FetchStep.ERROR: Fetch.st_error,
+    FetchStep.ABANDON: Fetch.st_abandon,
+    FetchStep.DONE: Fetch.st_done,
+}
+assert set(_STEPS) == set(FetchStep), "every step of the fetch machine has its method"
+
+
+def _tags(headers: policy.Headers) -> tuple[str, ...]:
+    """Surrogate-Key (space-separated) and Cache-Tag (comma-separated) tags."""
+    tags: list[str] = []
+    for value in headers.getall("Surrogate-Key", []):
+        tags += value.split()
+    for value in headers.getall("Cache-Tag", []):
+        tags += [t.strip() for t in value.split(",") if t.strip()]
+    return tuple(dict.fromkeys(tags))
+
+
+def _http_date(ts: float) -> str:
+    return formatdate(ts, usegmt=True)
