@@ -394,16 +394,7 @@ def start_stack(
         wait_tcp(child, proxy_port)
     else:
         argv = edge_argv(proxy_port, upstream, workdir / "edge-cache", "conformance")
-        # The suite's invalidation tests stand for "an unknown unsafe method" with
-        # M-SEARCH; edge's default method allow-list would refuse it (405), so this
-        # run allows any method. It measures RFC 9111 itself, which lets a cache share
-        # a response that sets a cookie (other-set-cookie, headers-store-Set-Cookie)
-        # and take a cookie from a 304 (304-etag-update-response-Set-Cookie): edge
-        # shares neither unless told to, so this run opts in to RFC 9111 alone.
-        # Everything else is the default configuration.
-        config = workdir / "edge.toml"
-        config.write_text('allowed_methods = ["*"]\nset_cookie = "rfc"\n')
-        argv += ["--config", str(config)]
+        # The default configuration: nothing is changed for the suite.
         child = procs.start("edge", argv, cwd=REPO_ROOT)
         wait_http_ok(child, f"http://127.0.0.1:{proxy_port}/_edge/health")
     return f"http://127.0.0.1:{proxy_port}", child, argv

@@ -338,11 +338,18 @@ def test_method_allow_list(node: NodeFactory, upstream: Proc, tmp_path: Path) ->
     assert status_of(exchange(port, get(port, "/m"))[0]) == 200
 
 
-def test_default_methods_refuse_trace_and_connect(
+def test_default_methods_refuse_trace_and_connect_and_forward_the_rest(
     node: NodeFactory, upstream: Proc, tmp_path: Path
 ) -> None:
     edge = start(node, upstream, tmp_path)
     port = port_of(edge)
+    # An extension method is the origin's to answer (RFC 9110 Section 9.1), as nginx and
+    # Varnish forward it.
+    before = upstream_count(upstream)
+    for method in ("PROPFIND", "M-SEARCH"):
+        data = f"{method} /x HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n".encode()
+        assert status_of(exchange(port, data)[0]) == 200, method
+    assert upstream_count(upstream) == before + 2
     assert status_of(exchange(port, b"TRACE / HTTP/1.1\r\nHost: a\r\n\r\n")[0]) == 405
     response, _ = exchange(port, b"CONNECT archive.test:443 HTTP/1.1\r\nHost: a\r\n\r\n")
     assert status_of(response) in (400, 405)
