@@ -615,7 +615,9 @@ def rig(
         metrics=NodeMetrics(cfg.name, store.stats),
         slicer=Slicer(store, inflight, as_upstreams, claim_timeout=0.0),
         deriver=Deriver(store, inflight),
-        purger=None if purges is None else Purger.open(store, purges, cfg, coordination),
+        purger=None
+        if purges is None
+        else Purger.open(store, purges, cfg, coordination, clock=clock.time),
         clock=clock.time,
         monotonic=clock.monotonic,
         sleep=clock.sleep,
