@@ -829,8 +829,7 @@ async def a_key_another_process_keeps_changing_is_fetched_alone() -> Transaction
         def variants(self, key: str) -> list[Entry]:
             return list(super().variants(key))  # a new list: the key changed
 
-    async with rigged() as r:
-        r.engine.store = Churning()
+    async with rigged(store=Churning()) as r:
         r.upstream.script("/a", Reply(200, FRESH, b"at last"))
         t, channel = await r.run()
         assert steps.render_walk(t.walk) == (
@@ -948,6 +947,10 @@ ALL_SCENARIOS = [
 async def test_a_scenario_makes_its_move(here: Step, to: Step, scenario: Scenario) -> None:
     t = await scenario()
     assert (here, to) in moves(t), steps.render_walk(t.walk)
+
+
+def test_every_registered_scenario_is_run() -> None:
+    assert len(ALL_SCENARIOS) == sum(map(len, SCENARIOS.values()))
 
 
 def test_every_move_has_a_scenario() -> None:
