@@ -49,6 +49,23 @@ pytestmark = pytest.mark.timeout(10)
 FRESH = (("Cache-Control", "max-age=60"), ("ETag", '"v1"'), ("Content-Type", "text/plain"))
 
 
+@pytest.fixture(autouse=True)
+def no_waiting_and_no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What these tests promise, held: no pause on the real clock (a yield is fine)
+    and no connection opened."""
+    yield_only = asyncio.sleep
+
+    async def sleep(delay: float, result: object = None) -> object:
+        assert delay <= 0, f"slept {delay}s on the real clock"
+        return await yield_only(0, result)
+
+    async def no_connection(*args: object, **kw: object) -> None:
+        raise AssertionError("a unit test opened a connection")
+
+    monkeypatch.setattr(asyncio, "sleep", sleep)
+    monkeypatch.setattr(asyncio.BaseEventLoop, "create_connection", no_connection)
+
+
 @pytest.fixture
 async def r() -> AsyncIterator[Rig]:
     async with rigged() as made:
