@@ -178,7 +178,7 @@ async def test_recv_holds_a_client_over_its_rate_for_the_tarpit_on_the_engines_c
         assert second.response is not None and second.response.status == 429
         assert second.response.headers["Retry-After"] == "1"
         assert r.clock.slept == [2.5]  # the tarpit, on the engine's pause
-        # A second later (the tarpit's 2.5 included) the bucket has a token again.
+        # The pause moved the engine's clock 2.5 s on: at 1 a second, a token is back.
         third = r.transaction()
         await until(third, Step.RECV)
         assert await third.st_recv() is Step.HASH
