@@ -223,6 +223,9 @@ class Purger:
     sweep_interval: float = 5.0
     #: Called after every purge and reset (edge.pipeline.fastpath's hot tier empties itself).
     on_change: list[Callable[[], None]] = field(default_factory=list)
+    #: When a ban is applied, on the clock entries' request times are taken by (the
+    #: node's wall clock; a test's own): a ban selects what was requested before it.
+    clock: Callable[[], float] = time.time
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _stamp: int = 0  # the purge stamp of the state held
     _unsaved: list[Ban] = field(default_factory=list)  # applied, not yet written
@@ -241,7 +244,7 @@ class Purger:
         return purger
 
     def apply(self, purge: Purge, seq: int = 0, *, save: bool = True) -> Ban:
-        ban = Ban.of(seq, time.time(), purge, self.rules)
+        ban = Ban.of(seq, self.clock(), purge, self.rules)
         self.sync(notify=False)
         self.bans.add(ban)
         self._unsaved.append(ban)
@@ -337,7 +340,7 @@ class Purger:
         """Walk every key once, doing what a lookup would; then retire the bans that
         no entry and no running fill can still be older than."""
         self.sync()
-        started = time.time()
+        started = self.clock()
         pending = list(self.bans.bans)
         removed = marked = 0
         for n, key in enumerate(list(self.store.keys())):

@@ -594,15 +594,19 @@ def rig(
     hosts: Iterable[str] | None = ("site.test",),
     purges: Path | None = None,
     clock: ManualClock | None = None,
+    store: MemoryStore | None = None,
     engine: dict[str, Any] | None = None,
     **options: Any,
 ) -> Rig:
-    """An Engine whose store, upstream and clocks are the fakes above; `options` are
-    node options (NodeConfig); `purges`: a directory for a Purger (edge.purge.bans);
-    `engine`: Engine fields to set (e.g. `trusted`, `hidden`)."""
+    """An Engine whose store, upstream and clocks are the fakes above.
+
+    `options`: node options (NodeConfig); `purges`: a directory for a Purger
+    (edge.purge.bans, on the same clock); `store`: a MemoryStore of the test's own
+    (e.g. one that plays another process); `engine`: Engine fields to set (e.g.
+    `trusted`, `hidden`)."""
     clock = clock or ManualClock()
     cfg = config(**options)
-    store = MemoryStore()
+    store = store if store is not None else MemoryStore()
     upstream = ScriptedUpstream(clock, hosts)
     coordination = Solo(clock.time)
     inflight = InFlight(coordination)
@@ -615,7 +619,9 @@ def rig(
         metrics=NodeMetrics(cfg.name, store.stats),
         slicer=Slicer(store, inflight, as_upstreams, claim_timeout=0.0),
         deriver=Deriver(store, inflight),
-        purger=None if purges is None else Purger.open(store, purges, cfg, coordination),
+        purger=None
+        if purges is None
+        else Purger.open(store, purges, cfg, coordination, clock=clock.time),
         clock=clock.time,
         monotonic=clock.monotonic,
         sleep=clock.sleep,
