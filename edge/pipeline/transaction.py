@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from typing import IO, Any
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from edge.config import NodeConfig
-from edge.features import compress, guard
+from edge.features import compress, guard, recv
 from edge.features.guard import Refusal, Refused
 from edge.features.waf import RuleSet
 from edge.fetch import derive
@@ -82,10 +81,6 @@ _ERROR_STATUSES = frozenset({500, 502, 503, 504})
 #: The walk of a plain hit, the only kind edge.pipeline.fastpath repeats.
 _PLAIN_HIT = [Step.RECV, Step.HASH, Step.LOOKUP, Step.HIT, Step.DELIVER]
 
-#: RFC 9112 Section 3.2.2: absolute-form, as a client talking to a proxy sends it.
-_ABSOLUTE_FORM = re.compile(r"^https?://([^/?#@]+)([/?][^#]*)?$", re.IGNORECASE)
-
-
 _PUBLIC_REASONS = {
     "upstream-unreachable": "the upstream server could not be reached or answered badly",
     "upstream-timeout": "the upstream server did not answer in time",
@@ -122,6 +117,25 @@ class Engine:
     keyed: tuple[str, ...] = ()
     hot: fastpath.HotTier | None = None  # plain hits kept for edge.pipeline.fastpath
     access: AccessLog = field(default_factory=lambda: AccessLog(enabled=False))
+    # The recv checks' settings (edge.features.recv), and the list as the hit fast
+    # path runs it.
+    checks: recv.Settings = field(init=False)
+    hot_checks: recv.Remembered = field(init=False)
+
+    def __post_init__(self) -> None:
+        cfg = self.config
+        self.checks = recv.Settings(
+            max_body=cfg.max_body_size,
+            max_header_bytes=cfg.max_header_bytes,
+            allowed_methods=tuple(cfg.allowed_methods),
+            rules=self.rules,
+            limiter=self.limiter,
+            cdn_name=cfg.cdn_name,
+            node=cfg.name,
+            loop_allowance=cfg.loop_allowance or 0,
+            serves=lambda host: self.upstream.route_for(host) is not None,
+        )
+        self.hot_checks = recv.Remembered(self.checks)
 
     def response_policy(self, headers: policy.Headers) -> ResponsePolicy:
         return policy.response_policy(
@@ -231,8 +245,8 @@ class Transaction:
     # -- states ---------------------------------------------------------------------
 
     async def st_recv(self) -> Step:
-        """The guard (edge.features.guard, edge.features.waf); then refuse loops (RFC 8586)
-        and hosts this node does not serve; route by method."""
+        """The recv checks (edge.features.recv: framing, authority, target, rate,
+        method, request rules, loops, route); then route by method."""
         refusal = self._guard()
         if refusal is not None:
             if refusal.status == 429 and self.e.config.rate_tarpit:
@@ -240,15 +254,6 @@ class Transaction:
                 # costs the node one refusal per tarpit interval, not one per request.
                 await asyncio.sleep(self.e.config.rate_tarpit)
             return self.refuse(refusal)
-        cfg = self.e.config
-        if forwarding.is_loop(
-            self.headers, cdn_name=cfg.cdn_name, node=cfg.name, allowance=cfg.loop_allowance or 0
-        ):
-            return self.synth(508, "loop detected (CDN-Loop)")
-        if self.e.upstream.route_for(self.host) is None:
-            # RFC 9110 Section 15.5.20: not an authority this node answers for. Never a
-            # default origin by accident.
-            return self.synth(421, "no origin is configured for this host")
         if self.method in policy.CACHEABLE_METHODS:
             return Step.HASH
         if self.method == "CONNECT":
@@ -1211,60 +1216,29 @@ class Transaction:
     # -- the guard ----------------------------------------------------------------------
 
     def _guard(self) -> Refusal | None:
-        """edge.features.guard's checks in order, cheapest first: framing, the target (the
-        authority too, for absolute-form), the client's rate, the method, the rules."""
-        cfg, req = self.e.config, self.req
-        refusal = guard.check_framing(
-            req.version,
-            self.method,
-            self.headers,
-            max_body=cfg.max_body_size,
-            max_header_bytes=cfg.max_header_bytes,
-        )
-        if refusal is not None:
-            return refusal
-        host = guard.check_host(self.headers.getall("Host", []), req.version)
-        if isinstance(host, Refusal):
-            return host
-        # HTTP/1.0 without Host: the address the client reached (Request.authority).
-        self.host = host or req.authority
-        raw = req.target
-        if not raw.startswith("/"):
-            absolute = _ABSOLUTE_FORM.match(raw)
-            if absolute is None:
-                return Refusal(400, "the request target must be a path", close=True)
-            # RFC 9112 Section 3.2.2: the target's authority replaces Host, checked alike.
-            authority = guard.check_authority(absolute.group(1))
-            if isinstance(authority, Refusal):
-                return authority
-            self.host, raw = authority, absolute.group(2) or "/"
-            raw = raw if raw.startswith("/") else "/" + raw
-        target = guard.normalise_target(raw)
-        if isinstance(target, Refusal):
-            return target
-        self.target = target
-        self.key_target = key_target(target, cfg)
-        if self.e.limiter:
-            wait = self.e.limiter.take(self.client, self.host.lower(), target.path, self.started)
-            if wait:
-                return guard.too_many(wait)
-        refusal = guard.check_method(self.method, cfg.allowed_methods)
-        if refusal is not None:
-            return refusal
-        if self.e.rules is not None:
-            rule = self.e.rules.check(self.host, target.path, target.query, self.headers)
-            if rule is not None:
-                log.warning(
-                    "refused %s %s from %s: rule %s (%s), request id %s",
-                    self.method,
-                    target.path_qs[:200],
-                    self.client,
-                    rule.id,
-                    rule.message,
-                    self.request_id,
-                )
-                return Refusal(403, f"refused by rule {rule.id}")
-        return None
+        """The recv checks (edge.features.recv), the rate limit counting the client
+        (the forwarded one behind a trusted proxy); the authority and target they settle
+        are this request's from here on."""
+        req = self.req
+        inbound = recv.Inbound(req.method, req.version, req.target, self.headers, req.authority)
+        failed = recv.run(inbound, self.e.checks, client=self.client, now=self.started)
+        if inbound.host:
+            self.host = inbound.host
+        if inbound.settled:
+            self.target = inbound.path
+            self.key_target = key_target(inbound.path, self.e.config)
+        if failed is None:
+            return None
+        if failed.refusal.log:
+            log.warning(
+                "refused %s %s from %s: %s, request id %s",
+                self.method,
+                self.target.path_qs[:200],
+                self.client,
+                failed.refusal.log,
+                self.request_id,
+            )
+        return failed.refusal
 
     def refuse(self, refusal: Refusal) -> Step:
         """A guard refusal as a synthetic response, closing the connection when its
