@@ -1017,6 +1017,16 @@ class Transaction:
             )
         elif length is not None:
             resp.length = length
+        if response.body is not None and encoder is None and not no_body:
+            # Read whole upstream (edge.upstream.pools.WHOLE_BODY): head and body leave
+            # in one write.
+            resp.body, resp.length = response.body, None
+            self.response, self.code = resp, resp.status
+            await self.channel.respond(resp)
+            self.sent = len(resp.body)
+            response.release()
+            self.upstream_response = None
+            return
         await self._start(resp)
         if not no_body:
             try:
@@ -1103,18 +1113,25 @@ class Transaction:
             parts.append((tail, None))
         if isinstance(source, SlicedSource) and self.method != "HEAD":
             self._partial(source, parts, resp.headers)
-        if (
-            isinstance(source, FileSource)
-            and self.method != "HEAD"
-            and resp.length is not None
-            and resp.length <= _SENDFILE_MIN
-        ):
-            # Small and on disk: one buffer, so head and body leave in one write.
-            fd = source.file.fileno()
-            data = b"".join(
-                (preamble or b"") + (os.pread(fd, r.length, r.start) if r else b"")
-                for preamble, r in parts
-            )
+        small = self.method != "HEAD" and resp.length is not None and resp.length <= _SENDFILE_MIN
+        if small and isinstance(source, FileSource | FillSource):
+            # Small: one buffer, so head and body leave in one write. A fill's body is
+            # whole in memory upstream (edge.upstream.pools.WHOLE_BODY) and arrives
+            # at once; it is gathered before the head, so a fill that breaks on the
+            # way cuts no answer short.
+            if isinstance(source, FileSource):
+                fd = source.file.fileno()
+                data = b"".join(
+                    (preamble or b"") + (os.pread(fd, r.length, r.start) if r else b"")
+                    for preamble, r in parts
+                )
+            else:
+                try:
+                    data = await _gather(source, parts)
+                except UpstreamError as exc:
+                    log.warning("fill broke before delivering %s: %s", self.key, exc)
+                    self._abort()
+                    return
             resp.body, resp.length = data, None
             self.response, self.code = resp, resp.status
             written = await self.channel.respond(resp)
@@ -1376,6 +1393,22 @@ def _appended(headers: list[tuple[str, str]], name: str, value: str) -> list[tup
     prior = [v for k, v in headers if k.lower() == lower]
     rest = [(k, v) for k, v in headers if k.lower() != lower]
     return [*rest, (name, ", ".join([*prior, value]))]
+
+
+async def _gather(source: FillSource, parts: list[tuple[bytes | None, ByteRange | None]]) -> bytes:
+    """The bytes of `parts` (preambles and ranges) of a fill, whole."""
+    out: list[bytes] = []
+    for preamble, r in parts:
+        if preamble:
+            out.append(preamble)
+        if r is None:
+            continue
+        async for piece in source.pieces(r.start, r.end + 1):
+            if isinstance(piece, FileSegment):
+                out.append(os.pread(piece.file.fileno(), piece.count, piece.offset))
+            else:
+                out.append(piece)
+    return b"".join(out)
 
 
 def _range_start(value: str | None) -> int | None:
