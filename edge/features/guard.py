@@ -1,12 +1,13 @@
 """The guard: what a client may send before anything is looked up or forwarded.
 
-Owns the checks the pipeline's recv state runs on a parsed request — framing the HTTP
+Owns the rules the recv checks (edge.features.recv, which holds their order and runs
+them for the pipeline and the hit fast path alike) apply to a parsed request — framing the HTTP
 parser lets through (versions, transfer codings, bodies on GET), header totals,
 methods, the authority (Host, which every listener holds to `check_host`), the request
 target (normalised; traversal refused), fields never forwarded, rate limits — and the
 bounded reading of request bodies (size and time). The connection-level limits
 (request line, header count and size, slowloris, keep-alive, connections per
-client) live with the connection handler in edge.server.node; request rules in edge.features.waf.
+client) live with the connection handler in edge.server.http1; request rules in edge.features.waf.
 
 Everything but `read_body` is pure: `now` is passed in. A refusal carries a plain
 reason, never request bytes.
@@ -36,6 +37,7 @@ class Refusal:
     close: bool = False
     allow: str = ""
     retry_after: int = 0
+    log: str = ""  # what the node's log says of it besides the reason (never sent)
 
 
 class Refused(Exception):

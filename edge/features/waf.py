@@ -145,7 +145,6 @@ class RuleSet:
         self.rules = tuple(rules)
         self.enabled = enabled
         self.hosts = {h.lower(): bool(v) for h, v in hosts.items()}
-        self.header_rules = tuple(r for r in self.rules if _header_rule(r))
 
     @classmethod
     def from_config(cls, shipped: bool, rules_file: str, hosts: Mapping[str, object]) -> RuleSet:
@@ -154,24 +153,6 @@ class RuleSet:
             rules += load_rules(rules_file)
         # With the shipped set off, host switches can still turn file rules on.
         return cls(rules, enabled=shipped or bool(rules_file), hosts=hosts)
-
-    def check_fields(self, host: str, fields: Iterable[tuple[str, str]]) -> Rule | None:
-        """The first header rule the fields match, for a request whose path and query
-        were already checked (edge.pipeline.fastpath reuses the verdict for the same target)."""
-        if not self.header_rules or not self.applies_to(host):
-            return None
-        items = [(k.lower(), v) for k, v in fields]
-        for rule in self.header_rules:
-            for where in rule.where:
-                if where == "headers":
-                    texts = [v for k, v in items if k not in _UNCHECKED]
-                elif where.startswith("header:"):
-                    texts = [v for k, v in items if k == where[7:]]
-                else:
-                    continue
-                if any(rule.pattern.search(t) for t in texts):
-                    return rule
-        return None
 
     def applies_to(self, host: str) -> bool:
         """Per-host switch: an exact host, then the nearest "*.domain", else the default."""
@@ -204,10 +185,6 @@ class RuleSet:
                 if any(rule.pattern.search(t) for t in texts):
                     return rule
         return None
-
-
-def _header_rule(rule: Rule) -> bool:
-    return any(w == "headers" or w.startswith("header:") for w in rule.where)
 
 
 #: Fields the header rules skip: the node's own routing and framing, already checked.

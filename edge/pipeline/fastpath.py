@@ -11,11 +11,13 @@ body file, as stored, to a GET whose fields are all ordinary (edge.pipeline.tran
 `HotTier.offer` with the exact header fields the connection wrote), the head is kept with
 the two values that change with time cut out: Age and Cache-Status' ttl. A request
 reuses it only if it asks the same: the same target bytes, Host and Accept-Encoding,
-no field outside `ORDINARY`, HTTP/1.1, GET, no body. So every decision the pipeline
-made for the first request (guard, route, key, Vary, encoding, freshness) holds for
-it too; what can change is re-checked per request: freshness (from the entry's
+no field outside `ORDINARY`, HTTP/1.1, GET, no body. So the decisions the pipeline
+made after recv for the first request (route, key, Vary, encoding, freshness) hold for
+it too. The recv checks are the pipeline's own list (edge.features.recv), run again
+per request by the connection (their pure verdicts remembered by the request's
+bytes); what else can change is re-checked per request: freshness (from the entry's
 clock), the stored variant still being the one in the store, purges (which empty the
-tier), the rate limit and the header rules of edge.features.waf.
+tier).
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from edge.features import guard
 from edge.rfc import policy
 
 #: Request fields that change nothing about a stored hit. Any other field (Range,
@@ -193,25 +194,21 @@ def request_key(
     method: str, version: Any, path: str, raw_headers: Sequence[tuple[bytes, bytes]]
 ) -> tuple[bytes, bytes, bytes] | None:
     """The hot-tier key of a parsed request, or None when it must go the general way:
-    not a plain HTTP/1.1 GET, a field outside ORDINARY, or a Host the guard refuses
-    (edge.features.guard.check_host: the general way answers it with the 400)."""
+    not a plain HTTP/1.1 GET, or a field outside ORDINARY. Whether the Host and the
+    rest are acceptable is the recv checks' (edge.features.recv) to say."""
     if method != "GET" or version != (1, 1):
         return None
     host = accept_encoding = b""
-    hosts = 0
     for name, value in raw_headers:
         lower = name.lower()
         if lower not in ORDINARY:
             return None
         if lower == b"host":
             host = value
-            hosts += 1
         elif lower == b"accept-encoding":
             if accept_encoding:
                 return None  # several lines: leave the joining to the general path
             accept_encoding = value
         elif lower == b"connection" and value.lower() not in (b"keep-alive", b"close"):
             return None
-    if isinstance(guard.check_host([host.decode("latin-1")] * hosts, (1, 1)), guard.Refusal):
-        return None
     return (path.encode("utf-8", "surrogateescape"), host, accept_encoding)

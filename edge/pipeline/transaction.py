@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -31,7 +30,7 @@ from typing import IO, Any
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from edge.config import NodeConfig
-from edge.features import compress, guard
+from edge.features import compress, guard, recv
 from edge.features.guard import Refusal, Refused
 from edge.features.waf import RuleSet
 from edge.fetch import derive, machine
@@ -81,10 +80,6 @@ _SENDFILE_MIN = 128 << 10
 #: The walk of a plain hit, the only kind edge.pipeline.fastpath repeats.
 _PLAIN_HIT = [Step.RECV, Step.HASH, Step.LOOKUP, Step.HIT, Step.DELIVER]
 
-#: RFC 9112 Section 3.2.2: absolute-form, as a client talking to a proxy sends it.
-_ABSOLUTE_FORM = re.compile(r"^https?://([^/?#@]+)([/?][^#]*)?$", re.IGNORECASE)
-
-
 _PUBLIC_REASONS = {
     "upstream-unreachable": "the upstream server could not be reached or answered badly",
     "upstream-timeout": "the upstream server did not answer in time",
@@ -119,6 +114,25 @@ class Engine:
     clock: Callable[[], float] = time.time
     monotonic: Callable[[], float] = time.monotonic
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    # The recv checks' settings (edge.features.recv), and the list as the hit fast
+    # path runs it.
+    checks: recv.Settings = field(init=False)
+    hot_checks: recv.Remembered = field(init=False)
+
+    def __post_init__(self) -> None:
+        cfg = self.config
+        self.checks = recv.Settings(
+            max_body=cfg.max_body_size,
+            max_header_bytes=cfg.max_header_bytes,
+            allowed_methods=tuple(cfg.allowed_methods),
+            rules=self.rules,
+            limiter=self.limiter,
+            cdn_name=cfg.cdn_name,
+            node=cfg.name,
+            loop_allowance=cfg.loop_allowance or 0,
+            serves=lambda host: self.upstream.route_for(host) is not None,
+        )
+        self.hot_checks = recv.Remembered(self.checks)
 
     def response_policy(self, headers: policy.Headers) -> ResponsePolicy:
         return policy.response_policy(
@@ -228,8 +242,8 @@ class Transaction:
     # -- states ---------------------------------------------------------------------
 
     async def st_recv(self) -> Step:
-        """The guard (edge.features.guard, edge.features.waf); then refuse loops (RFC 8586)
-        and hosts this node does not serve; route by method."""
+        """The recv checks (edge.features.recv: framing, authority, target, rate,
+        method, request rules, loops, route); then route by method."""
         refusal = self._guard()
         if refusal is not None:
             if refusal.status == 429 and self.e.config.rate_tarpit:
@@ -237,15 +251,6 @@ class Transaction:
                 # costs the node one refusal per tarpit interval, not one per request.
                 await self.e.sleep(self.e.config.rate_tarpit)
             return self.refuse(refusal)
-        cfg = self.e.config
-        if forwarding.is_loop(
-            self.headers, cdn_name=cfg.cdn_name, node=cfg.name, allowance=cfg.loop_allowance or 0
-        ):
-            return self.synth(508, "loop detected (CDN-Loop)")
-        if self.e.upstream.route_for(self.host) is None:
-            # RFC 9110 Section 15.5.20: not an authority this node answers for. Never a
-            # default origin by accident.
-            return self.synth(421, "no origin is configured for this host")
         if self.method in policy.CACHEABLE_METHODS:
             return Step.HASH
         if self.method == "CONNECT":
@@ -781,6 +786,16 @@ class Transaction:
             )
         elif length is not None:
             resp.length = length
+        if response.body is not None and encoder is None and not no_body:
+            # Read whole upstream (edge.upstream.pools.WHOLE_BODY): head and body leave
+            # in one write.
+            resp.body, resp.length = response.body, None
+            self.response, self.code = resp, resp.status
+            await self.channel.respond(resp)
+            self.sent = len(resp.body)
+            response.release()
+            self.upstream_response = None
+            return
         await self._start(resp)
         if not no_body:
             try:
@@ -867,18 +882,28 @@ class Transaction:
             parts.append((tail, None))
         if isinstance(source, SlicedSource) and self.method != "HEAD":
             self._partial(source, parts, resp.headers)
-        if (
-            isinstance(source, FileSource)
-            and self.method != "HEAD"
-            and resp.length is not None
-            and resp.length <= _SENDFILE_MIN
-        ):
-            # Small and on disk: one buffer, so head and body leave in one write.
-            fd = source.file.fileno()
-            data = b"".join(
-                (preamble or b"") + (os.pread(fd, r.length, r.start) if r else b"")
-                for preamble, r in parts
-            )
+        small = self.method != "HEAD" and resp.length is not None and resp.length <= _SENDFILE_MIN
+        if small and isinstance(source, FileSource | FillSource):
+            # Small: one buffer, so head and body leave in one write. A fill's body is
+            # whole in memory upstream (edge.upstream.pools.WHOLE_BODY) and arrives
+            # at once; it is gathered before the head, so a fill that breaks on the
+            # way cuts no answer short.
+            if isinstance(source, FileSource):
+                fd = source.file.fileno()
+                data = b"".join(
+                    (preamble or b"") + (os.pread(fd, r.length, r.start) if r else b"")
+                    for preamble, r in parts
+                )
+            else:
+                try:
+                    data = await _gather(source, parts)
+                except UpstreamError as exc:
+                    # Nothing has left yet: the client hears a clean 502, not a cut.
+                    log.warning("fill broke before delivering %s: %s", self.key, exc)
+                    self.synth(502, f"upstream body broke: {exc}", detail="upstream-unreachable")
+                    assert self.response is not None
+                    await self.channel.respond(self.response)
+                    return
             resp.body, resp.length = data, None
             self.response, self.code = resp, resp.status
             written = await self.channel.respond(resp)
@@ -980,60 +1005,29 @@ class Transaction:
     # -- the guard ----------------------------------------------------------------------
 
     def _guard(self) -> Refusal | None:
-        """edge.features.guard's checks in order, cheapest first: framing, the target (the
-        authority too, for absolute-form), the client's rate, the method, the rules."""
-        cfg, req = self.e.config, self.req
-        refusal = guard.check_framing(
-            req.version,
-            self.method,
-            self.headers,
-            max_body=cfg.max_body_size,
-            max_header_bytes=cfg.max_header_bytes,
-        )
-        if refusal is not None:
-            return refusal
-        host = guard.check_host(self.headers.getall("Host", []), req.version)
-        if isinstance(host, Refusal):
-            return host
-        # HTTP/1.0 without Host: the address the client reached (Request.authority).
-        self.host = host or req.authority
-        raw = req.target
-        if not raw.startswith("/"):
-            absolute = _ABSOLUTE_FORM.match(raw)
-            if absolute is None:
-                return Refusal(400, "the request target must be a path", close=True)
-            # RFC 9112 Section 3.2.2: the target's authority replaces Host, checked alike.
-            authority = guard.check_authority(absolute.group(1))
-            if isinstance(authority, Refusal):
-                return authority
-            self.host, raw = authority, absolute.group(2) or "/"
-            raw = raw if raw.startswith("/") else "/" + raw
-        target = guard.normalise_target(raw)
-        if isinstance(target, Refusal):
-            return target
-        self.target = target
-        self.key_target = key_target(target, cfg)
-        if self.e.limiter:
-            wait = self.e.limiter.take(self.client, self.host.lower(), target.path, self.started)
-            if wait:
-                return guard.too_many(wait)
-        refusal = guard.check_method(self.method, cfg.allowed_methods)
-        if refusal is not None:
-            return refusal
-        if self.e.rules is not None:
-            rule = self.e.rules.check(self.host, target.path, target.query, self.headers)
-            if rule is not None:
-                log.warning(
-                    "refused %s %s from %s: rule %s (%s), request id %s",
-                    self.method,
-                    target.path_qs[:200],
-                    self.client,
-                    rule.id,
-                    rule.message,
-                    self.request_id,
-                )
-                return Refusal(403, f"refused by rule {rule.id}")
-        return None
+        """The recv checks (edge.features.recv), the rate limit counting the client
+        (the forwarded one behind a trusted proxy); the authority and target they settle
+        are this request's from here on."""
+        req = self.req
+        inbound = recv.Inbound(req.method, req.version, req.target, self.headers, req.authority)
+        failed = recv.run(inbound, self.e.checks, client=self.client, now=self.started)
+        if inbound.host:
+            self.host = inbound.host
+        if inbound.settled:
+            self.target = inbound.path
+            self.key_target = key_target(inbound.path, self.e.config)
+        if failed is None:
+            return None
+        if failed.refusal.log:
+            log.warning(
+                "refused %s %s from %s: %s, request id %s",
+                self.method,
+                self.target.path_qs[:200],
+                self.client,
+                failed.refusal.log,
+                self.request_id,
+            )
+        return failed.refusal
 
     def refuse(self, refusal: Refusal) -> Step:
         """A guard refusal as a synthetic response, closing the connection when its
@@ -1171,6 +1165,22 @@ def _appended(headers: list[tuple[str, str]], name: str, value: str) -> list[tup
     prior = [v for k, v in headers if k.lower() == lower]
     rest = [(k, v) for k, v in headers if k.lower() != lower]
     return [*rest, (name, ", ".join([*prior, value]))]
+
+
+async def _gather(source: FillSource, parts: list[tuple[bytes | None, ByteRange | None]]) -> bytes:
+    """The bytes of `parts` (preambles and ranges) of a fill, whole."""
+    out: list[bytes] = []
+    for preamble, r in parts:
+        if preamble:
+            out.append(preamble)
+        if r is None:
+            continue
+        async for piece in source.pieces(r.start, r.end + 1):
+            if isinstance(piece, FileSegment):
+                out.append(os.pread(piece.file.fileno(), piece.count, piece.offset))
+            else:
+                out.append(piece)
+    return b"".join(out)
 
 
 def _range_start(value: str | None) -> int | None:

@@ -34,8 +34,8 @@ from typing import IO, Any
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from edge.features import recv
 from edge.features.guard import Refusal, Refused
-from edge.features.waf import RuleSet
 from edge.observe.accesslog import request_line
 from edge.observe.metrics import NodeMetrics
 from edge.pipeline import fastpath
@@ -58,8 +58,22 @@ _BODY_LOW_WATER = 256 << 10
 _MAX_QUEUED = 8
 
 Handler = Callable[[Request, Channel], Awaitable[None]]
+#: A hot request's parse: its hot-tier key, target, whether it closes, and the request
+#: as the recv checks (edge.features.recv) settled it.
+_HotParse = tuple[tuple[bytes, bytes, bytes], str, bool, recv.Inbound]
 #: Fills in a response's fields before they are written (Server, HSTS, spellings).
 Finisher = Callable[[CIMultiDict[str], Request], None]
+
+
+def fields_of(raw: tuple[tuple[bytes, bytes], ...]) -> CIMultiDictProxy[str]:
+    """A request's fields as the handler and the recv checks read them: one decoding
+    (UTF-8, other bytes kept as surrogates), so both judge the same text."""
+    return CIMultiDictProxy(
+        CIMultiDict(
+            (k.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape"))
+            for k, v in raw
+        )
+    )
 
 
 def phrase(status: int) -> str:
@@ -92,7 +106,6 @@ class ConnectionGuard:
     header_timeout: float
     max_per_client: int
     server_header: str
-    max_header_bytes: int = 32 << 10
     # edge.pipeline.transaction.Engine, for the hit fast path (edge.pipeline.fastpath)
     engine: Any = None
     # Trusted proxies (edges, at a shield) carry many clients: not limited per address.
@@ -101,24 +114,11 @@ class ConnectionGuard:
     node: str = ""
     open: collections.Counter[str] = field(default_factory=collections.Counter)
 
-    _verdicts: dict[tuple[str, Any], bool] = field(default_factory=dict)
     # The exact bytes of whole requests the fast path answered, with what their parse
-    # gave (edge.pipeline.fastpath key, path, close?): identical bytes parse identically, and
-    # a client sends the same request head again and again.
-    parsed: dict[bytes, tuple[tuple[bytes, bytes, bytes], str, bool]] = field(default_factory=dict)
-
-    def header_verdict(self, rules: RuleSet, host: str, raw: Any) -> bool:
-        """Whether edge.features.waf's header rules refuse these fields; clients send the same
-        fields request after request, so the verdict is remembered (bounded)."""
-        key = (host, raw)
-        verdict = self._verdicts.get(key)
-        if verdict is None:
-            fields = ((k.decode("latin-1"), v.decode("latin-1")) for k, v in raw)
-            verdict = rules.check_fields(host, fields) is not None
-            if len(self._verdicts) >= 4096:
-                self._verdicts.clear()
-            self._verdicts[key] = verdict
-        return verdict
+    # gave (edge.pipeline.fastpath key, path, close?, the request as the recv checks
+    # settled it): identical bytes parse identically, and a client sends the same
+    # request head again and again.
+    parsed: dict[bytes, _HotParse] = field(default_factory=dict)
 
     def refused(self, status: int) -> None:
         if self.metrics is not None:
@@ -304,7 +304,7 @@ class Connection(asyncio.Protocol):
         self._body: BodyStream | None = None
         self._pending: _Pending | None = None  # parsed head, not yet queued
         self._whole = False  # this feed began at a message boundary
-        self._hot_whole: tuple[tuple[bytes, bytes, bytes], str, bool] | None = None
+        self._hot_whole: _HotParse | None = None
         self._messages_in_feed = 0
         engine = self.guard.engine
         # Whether hot hits are answered here (edge.pipeline.fastpath): the public listener's.
@@ -378,7 +378,7 @@ class Connection(asyncio.Protocol):
                 # Bytes that parsed as a whole hot request before (never a rewritten
                 # request line: those are remembered as rewritten).
                 parsed = self.guard.parsed.get(data)
-                if parsed is not None and self._serve_hot(*parsed, None):
+                if parsed is not None and self._serve_hot(*parsed[:3], None, parsed[3]) is not None:
                     return
             checked = self._request_line(data)
             if checked is None:
@@ -469,22 +469,14 @@ class Connection(asyncio.Protocol):
             # A hot hit is answered from the parsed head: no request value is built.
             # Its key admits no Content-Length or Transfer-Encoding, so no body follows.
             key = fastpath.request_key(method, version, target, raw)
-            # Heads over max_header_bytes get the guard's 431 (edge.features.guard.check_framing
-            # counts them so): the general way.
-            if key is not None and (
-                sum(len(k) + len(v) + 4 for k, v in raw) <= self.guard.max_header_bytes
-            ):
+            if key is not None:
                 close = not parser.should_keep_alive()
-                if self._serve_hot(key, target, close, raw):
+                settled = self._serve_hot(key, target, close, raw, None)
+                if settled is not None:
                     if self._whole and self._messages_in_feed == 0:
-                        self._hot_whole = (key, target, close)
+                        self._hot_whole = (key, target, close, settled)
                     return
-        headers = CIMultiDictProxy(
-            CIMultiDict(
-                (k.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape"))
-                for k, v in raw
-            )
-        )
+        headers = fields_of(raw)
         length_field = headers.get("Content-Length")
         length = int(length_field) if length_field is not None and length_field.isdigit() else None
         chunked = "Transfer-Encoding" in headers
@@ -624,29 +616,39 @@ class Connection(asyncio.Protocol):
 
     # -- the hit fast path (edge.pipeline.fastpath) -----------------------------------------------
 
-    def _serve_hot(self, key: tuple[bytes, bytes, bytes], path: str, close: bool, raw: Any) -> bool:
-        """Answer from the hot tier if it holds this request's response and the
-        guard's per-request checks pass; False sends it the general way. `raw` is
-        None when these bytes already passed the header rules."""
+    def _serve_hot(
+        self,
+        key: tuple[bytes, bytes, bytes],
+        path: str,
+        close: bool,
+        raw: tuple[tuple[bytes, bytes], ...] | None,
+        settled: recv.Inbound | None,
+    ) -> recv.Inbound | None:
+        """Answer from the hot tier if it holds this request's response and the recv
+        checks (edge.features.recv) admit it; None sends it the general way, which
+        answers what the checks refuse. The rate limit counts the peer: a hot request
+        carries no forwarding field. `settled`: these exact bytes passed the pure checks
+        before (then `raw` is None). Returns the request as the checks settled it."""
         engine = self.guard.engine
         if engine.purger is not None and not engine.purger.ready:
-            return False
+            return None
         found = engine.hot.answer(key, engine.clock(), close)
         if found is None:
-            return False
+            return None
         hot, data = found
-        if engine.limiter or (raw is not None and engine.rules is not None):
-            host = key[1].decode("latin-1").lower()
-            if engine.limiter and engine.limiter.take(
-                self.client, host, hot.path, engine.monotonic()
-            ):
-                return False  # the general path takes the same decision and refuses it
-            if (
-                raw is not None
-                and engine.rules is not None
-                and self.guard.header_verdict(engine.rules, host, raw)
-            ):
-                return False
+        checks: recv.Remembered = engine.hot_checks
+        if settled is None:
+            assert raw is not None
+            failed, settled = checks.admit(
+                (path, raw),
+                lambda: recv.Inbound("GET", (1, 1), path, fields_of(raw), self.local),
+                self.client,
+                engine.monotonic(),
+            )
+        else:
+            failed = checks.stateful(settled, self.client, engine.monotonic())
+        if failed is not None:
+            return None
         assert self.transport is not None
         self.transport.write(data)
         engine.metrics.fast_hits += 1
@@ -661,7 +663,7 @@ class Connection(asyncio.Protocol):
             self._finish_and_close()
         else:
             self._idle()
-        return True
+        return settled
 
     # -- request lines, deadlines, refusals ---------------------------------------------
 

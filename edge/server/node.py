@@ -228,7 +228,6 @@ class EdgeNode:
             metrics=self.engine.metrics if self.engine else None,
             node=cfg.name,
             exempt=parse_networks(cfg.trusted_proxies),
-            max_header_bytes=cfg.max_header_bytes,
             engine=self.engine if hot else None,
         )
         limits = Limits(

@@ -10,7 +10,11 @@ call; whether a response is stored is the pipeline's.
 One request's walk: the route's pool ranks its usable members; a member that cannot be
 reached is followed by the next (any method: nothing was sent); one that fails after
 the request went out, or answers with a retryable status (5xx by default), is
-followed by the next only for idempotent methods. No member is asked twice, and a pool
+followed by the next only for idempotent methods. A body that declares at most
+`WHOLE_BODY` bytes is read whole before the response is handed on, so one that
+breaks off is a failure of the walk (the next member is asked, or the caller answers
+an error) rather than a head the client has already been sent and a body it never
+gets; larger or unframed bodies are streamed. No member is asked twice, and a pool
 is asked at most 1 + `retries` times. When the pool has nobody left, the route's
 fallback pool (an edge's origin, behind its shields) is walked the same way, and the
 response says so (`note`). With no usable member anywhere, every member is tried
@@ -55,6 +59,10 @@ class UpstreamTimeout(UpstreamError):
 #: How many hosts' routes are remembered (Upstreams.route_for).
 _ROUTES_REMEMBERED = 4096
 
+#: Bodies that declare at most this many bytes (Content-Length) are read whole before
+#: their head is handed on; larger ones, and those of unknown length, stream.
+WHOLE_BODY = 64 << 10
+
 #: Latency sample recorded for a member that failed (pushes EWMA away from it).
 _FAILURE_PENALTY_MS = 5000.0
 
@@ -70,10 +78,18 @@ class UpstreamResponse:
     response_time: float
     member: str = ""  # the URL of the member that answered
     note: str = ""  # "origin-direct" when the route's fallback answered
+    #: The whole body, when it was read before the head was handed on (WHOLE_BODY).
+    body: bytes | None = None
     _done: Callable[[bool], None] | None = field(default=None, repr=False)
 
     async def chunks(self, size: int = 1 << 16) -> AsyncIterator[bytes]:
         """The body in pieces of at most `size` bytes, as they arrive."""
+        if self.body is not None:
+            body, self.body = self.body, b""
+            for start in range(0, len(body), size):
+                yield body[start : start + size]
+            self._finish(True)
+            return
         try:
             while piece := await self.raw.read():
                 if len(piece) <= size:
@@ -391,6 +407,19 @@ class Upstreams:
                     "%s answered %d for %s: trying the next member", member.url, raw.status, path_qs
                 )
                 continue
+            whole: bytes | None = None
+            if _small(raw):
+                try:
+                    whole = await _read_whole(raw)
+                except (h1client.ClientError, OSError, TimeoutError) as exc:
+                    raw.close()
+                    pool.health.end(member)
+                    pool.failed(member, f"body: {exc}")
+                    last = _error(exc, f"{member.url} broke off its answer")
+                    if idempotent:
+                        log.info("%s broke off %s: trying the next member", member.url, path_qs)
+                        continue
+                    raise last from exc
             return UpstreamResponse(
                 raw.status,
                 raw.headers,
@@ -399,6 +428,7 @@ class Upstreams:
                 time.time(),
                 member=member.url,
                 note=note,
+                body=whole,
                 _done=self._completion(pool, member, raw.status),
             )
         assert last is not None or not plan
@@ -440,6 +470,26 @@ class Upstreams:
             }
             for name, pool in self.pools.items()
         }
+
+
+def _small(raw: h1client.Response) -> bool:
+    """Whether the response's body is framed by a Content-Length of at most WHOLE_BODY
+    (a HEAD's, 204's or 304's length announces a body that is not sent: h1client
+    ends those at the head, and reading them whole costs nothing)."""
+    length = raw.headers.get("Content-Length")
+    return (
+        length is not None
+        and "Transfer-Encoding" not in raw.headers
+        and length.isdigit()
+        and int(length) <= WHOLE_BODY
+    )
+
+
+async def _read_whole(raw: h1client.Response) -> bytes:
+    pieces = []
+    while piece := await raw.read():
+        pieces.append(piece)
+    return b"".join(pieces)
 
 
 def _error(exc: BaseException, text: str) -> UpstreamError:

@@ -218,8 +218,10 @@ async def test_a_body_past_its_content_length_is_cut_stored_and_its_connection_e
 async def test_a_body_short_of_its_content_length_is_never_stored(front: Front, tier: str) -> None:
     origin, edge = front("overrun", tier)
     for _ in range(2):
-        with pytest.raises(aiohttp.ClientPayloadError):
-            await ask(f"{edge.url}/short/x")
+        # A small body is read whole before its head is passed on
+        # (edge.upstream.pools.WHOLE_BODY): the client gets a clean 502, not a cut answer.
+        status, _, _ = await ask(f"{edge.url}/short/x")
+        assert status == 502
     short = [row for row in origin_log(origin) if row[2] == "/short/x"]
     assert len(short) >= 2, short  # not stored: the second ask went upstream again
     await check_users(edge, ["/after/short"])
@@ -251,3 +253,54 @@ async def test_an_origin_that_never_sends_100_holds_nothing(front: Front, tier: 
     rows = origin_log(origin)
     assert all(row[3] == "" for row in rows), "Expect was forwarded"
     assert time.monotonic() - started < 120
+
+
+# -- a member that dies mid-answer -----------------------------------------------------
+
+
+def cut_origin(procs: list[Proc], tmp_path: Path) -> Proc:
+    port = free_port()
+    cmd = [sys.executable, "-m", "tests.support.hostile", "--port", str(port), "--mode", "cut"]
+    origin = start(cmd, port, tmp_path / "hostile-cut.log", health_path="/_log")
+    procs.append(origin)
+    return origin
+
+
+@pytest.mark.parametrize("kind", ["pass", "miss"])
+async def test_a_small_answer_cut_short_is_asked_of_the_next_member(
+    procs: list[Proc], tmp_path: Path, node: NodeFactory, upstream: Proc, kind: str
+) -> None:
+    """A member sends a head and half of a small body, then dies: the edge read the
+    body before answering, so it asks the other member and the client gets that one's
+    whole 200 (not a head followed by nothing)."""
+    hostile = cut_origin(procs, tmp_path)
+    edge = node("serve", "--origin", hostile.url, "--origin", upstream.url, name="edge-cut")
+    query = "cc=no-store" if kind == "pass" else "cc=public,max-age=600&keep=1"
+    for i in range(6):  # round-robin: every other request asks the hostile member first
+        status, headers, body = await ask(f"{edge.url}/cut-{kind}-{i}?{query}&size=2048")
+        assert status == 200 and len(body) == 2048, (i, status, headers.get("Cache-Status"))
+        assert body != b"c" * 2048
+    assert any(str(row[2]).startswith("/cut") for row in origin_log(hostile))
+
+
+async def test_a_small_answer_cut_short_with_nobody_else_is_a_clean_502(
+    procs: list[Proc], tmp_path: Path, node: NodeFactory
+) -> None:
+    hostile = cut_origin(procs, tmp_path)
+    edge = node("serve", "--origin", hostile.url, name="edge-cut")
+    for query in ("cc=no-store", "keep=1"):
+        status, headers, _ = await ask(f"{edge.url}/cut-alone?{query}&size=2048")
+        assert status == 502, headers
+
+
+async def test_a_large_answer_cut_short_is_an_abort_never_a_short_whole(
+    procs: list[Proc], tmp_path: Path, node: NodeFactory
+) -> None:
+    """Over the bound the body streams: a member dying mid-body can only be told by
+    closing the connection before the declared length, which the client sees."""
+    hostile = cut_origin(procs, tmp_path)
+    edge = node("serve", "--origin", hostile.url, name="edge-cut")
+    size = 256 << 10
+    for query in ("cc=no-store", "keep=1"):
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await ask(f"{edge.url}/cut-big?{query}&size={size}")

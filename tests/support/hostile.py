@@ -22,6 +22,9 @@ Modes:
                 for its body, up to 30 s, before it is answered
   overrun       GET /over... gets more body than its Content-Length says, in the same
                 write, and the connection kept; GET /short... gets less, then the close
+  cut           GET /cut...?size=N gets a head with Content-Length N (no-store; with
+                `keep=1` in the query, storable), half the body, then the close: a
+                server that dies mid-answer
 """
 
 from __future__ import annotations
@@ -130,6 +133,15 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, mod
                 writer.write(_response("200 OK", body, extra=cache) + OVERRUN)
             elif mode == "overrun" and target.startswith("/short"):
                 writer.write(_response("200 OK", body, extra=cache)[:-10])
+                await writer.drain()
+                return  # the close cuts the body short
+            elif mode == "cut" and target.startswith("/cut"):
+                size = int(target.rpartition("size=")[2] or 0)
+                keep = "keep=1" in target
+                cc = "Cache-Control: " + ("public, max-age=600" if keep else "no-store")
+                head = _response("200 OK", b"", extra=(cc,))
+                head = head.replace(b"Content-Length: 0", b"Content-Length: %d" % size)
+                writer.write(head + b"c" * (size // 2))
                 await writer.drain()
                 return  # the close cuts the body short
             elif mode == "http10":

@@ -561,7 +561,9 @@ async def test_deliver_notes_a_client_that_went_away(r: Rig) -> None:
     assert r.store.body(entry) == b"x" * 500
 
 
-async def test_deliver_cuts_a_body_the_upstream_broke(r: Rig) -> None:
+async def test_deliver_answers_502_for_a_small_body_the_upstream_broke(r: Rig) -> None:
+    """A small fill is gathered before its head leaves: broken before it is whole, the
+    client hears a clean 502 rather than a cut connection."""
     r.upstream.script(
         "/a",
         Reply(200, (*FRESH, ("Content-Length", "300")), pieces=[b"y" * 100], broken=broken_body()),
@@ -570,7 +572,27 @@ async def test_deliver_cuts_a_body_the_upstream_broke(r: Rig) -> None:
     await until(t, Step.DELIVER)
     assert await t.st_deliver() is Step.DONE
     channel = sent(t)
-    assert channel.aborted and t.cut and channel.body == b"y" * 100
+    assert not channel.aborted and channel.head is not None and channel.head.status == 502
+    await r.settle()
+    assert r.stored() == []
+
+
+async def test_deliver_cuts_a_big_body_the_upstream_broke(r: Rig) -> None:
+    big = 256 << 10  # past the size a fill is gathered whole at: streamed, then cut
+    r.upstream.script(
+        "/a",
+        Reply(
+            200,
+            (*FRESH, ("Content-Length", str(2 * big))),
+            pieces=[b"y" * big],
+            broken=broken_body(),
+        ),
+    )
+    t = r.transaction()
+    await until(t, Step.DELIVER)
+    assert await t.st_deliver() is Step.DONE
+    channel = sent(t)
+    assert channel.aborted and t.cut and channel.body == b"y" * big
     await r.settle()
     assert r.stored() == []  # RFC 9111 Section 3.3: an incomplete response is not stored
 

@@ -330,10 +330,12 @@ async def test_an_unread_body_is_skipped_before_the_next_request() -> None:
     assert [status for status, _, _ in got] == [204, 204]
 
 
-def hot_engine() -> Any:
-    """What the fast path asks of an engine: a hot tier holding GET /hot for Host h."""
+def hot_engine(max_header_bytes: int = 32 << 10) -> Any:
+    """What the fast path asks of an engine: a hot tier holding GET /hot for Host h,
+    and the recv checks (edge.features.recv) with nothing but the framing's limits."""
     from types import SimpleNamespace
 
+    from edge.features import recv
     from edge.observe.accesslog import AccessLog
     from edge.pipeline.fastpath import HotTier
 
@@ -351,11 +353,21 @@ def hot_engine() -> Any:
         time.time(),
     )
     metrics = SimpleNamespace(fast_hits=0, fast_bytes=0)
+    settings = recv.Settings(
+        max_body=1 << 20,
+        max_header_bytes=max_header_bytes,
+        allowed_methods=("GET", "HEAD"),
+        rules=None,
+        limiter=None,
+        cdn_name="edge",
+        node="e",
+        loop_allowance=0,
+        serves=lambda host: True,
+    )
     return SimpleNamespace(
         hot=tier,
         purger=None,
-        limiter=None,
-        rules=None,
+        hot_checks=recv.Remembered(settings),
         metrics=metrics,
         access=AccessLog(),
         clock=time.time,
@@ -455,7 +467,7 @@ async def test_a_hot_request_over_the_header_bytes_limit_goes_the_general_way() 
         asked.append(request.target)
         await channel.respond(Response(431, CIMultiDict()))
 
-    guard = ConnectionGuard(10.0, 0, "edge", engine=hot_engine(), max_header_bytes=2000)
+    guard = ConnectionGuard(10.0, 0, "edge", engine=hot_engine(max_header_bytes=2000))
     listener = Listener(handler, guard, Limits(), hot=True)
     conn, t = listener(), FakeTransport()
     t.protocol = conn
