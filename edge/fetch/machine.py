@@ -225,6 +225,11 @@ class Fetch:
         node.metrics.upstream_latency.labels(name).observe(
             response.response_time - response.request_time
         )
+        if "Date" not in response.headers:
+            # RFC 9110 Section 6.6.1: a recipient with a clock adds Date to a response it
+            # stores or forwards that lacks one; here, once, so every step sees it (a
+            # 304's own Date then refreshes the stored one, RFC 9111 Section 4.3.4).
+            response.headers["Date"] = _http_date(response.response_time)
         self.response, self.fill.note = response, response.note
         status = response.status
         if status == 304 and self.conditional:
@@ -258,8 +263,6 @@ class Fetch:
         # Section 5.2.2.7: what the refreshed response names in a qualified private is
         # not stored, as for a full response (st_beresp).
         headers = policy.strip_private_fields(headers, node.response_policy(CIMultiDict(headers)))
-        if not any(k.lower() == "date" for k, _ in headers):
-            headers.append(("Date", _http_date(response.response_time)))
         updated = entry.with_headers(headers, response.request_time, response.response_time)
         node.store.update(updated)
         self.fill.head.set_result(FillHead("not-modified", status=304, entry=updated))
@@ -447,9 +450,6 @@ class Fetch:
         assert response is not None
         # RFC 9111 Section 5.2.2.7: not what a qualified private names.
         self.stored = policy.strip_private_fields(fields, rp)
-        if "Date" not in headers:
-            # RFC 9110 Section 6.6.1: a cache adds Date to a response that lacks one.
-            self.stored.append(("Date", _http_date(response.response_time)))
         names = [*policy.vary_field_names(response.headers), *self.node.keyed]
         self.vary = policy.vary_key(names, self.asked, NEGOTIATED)
         self.tags = _tags(response.headers)

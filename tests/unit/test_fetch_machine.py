@@ -29,7 +29,7 @@ from edge.fetch.machine import (
     UpstreamStatusError,
 )
 from edge.pipeline.steps import Step
-from edge.rfc.policy import CacheControl, request_cache_control
+from edge.rfc.policy import CacheControl, parse_http_date, request_cache_control
 from edge.steptable import IllegalMove
 from edge.store.disk import Entry
 from edge.upstream.pools import UpstreamError
@@ -234,6 +234,29 @@ async def test_a_304_freshens_the_entry_it_validated(r: Rig) -> None:
     assert fields["Cache-Control"] == "max-age=300" and fields["ETag"] == '"v1"'
     assert "Set-Cookie" not in fields  # edge.rfc.policy.freshen_headers
     assert r.store.body(now) == b"old body"
+
+
+async def test_a_304_without_date_dates_the_refreshed_entry_now(r: Rig) -> None:
+    """RFC 9110 Section 6.6.1: a recipient with a clock dates a response that has no Date;
+    the 304's date then replaces the stored one (RFC 9111 Section 4.3.4), so the
+    entry just revalidated is not taken for two minutes old."""
+    entry = stored(r, Date=formatdate(r.clock.time() - 120, usegmt=True))
+    r.upstream.script("/a", Reply(304, [("Cache-Control", "max-age=300")], date=False))
+    request = ask(r, revalidate=entry, validators=(("If-None-Match", '"v1"'),))
+    await fetched(r, request)
+    (now,) = r.stored()
+    (date,) = [v for k, v in now.headers if k.lower() == "date"]
+    assert parse_http_date(date) == int(r.clock.time())
+    assert parse_http_date(dict(entry.headers)["Date"]) < int(r.clock.time()) - 60
+
+
+async def test_a_response_without_date_is_stored_with_the_time_it_came(r: Rig) -> None:
+    r.upstream.script("/a", Reply(200, [("Cache-Control", "max-age=60")], b"x", date=False))
+    await fetched(r, ask(r))
+    (now,) = r.stored()
+    assert [parse_http_date(v) for k, v in now.headers if k.lower() == "date"] == [
+        int(r.clock.time())
+    ]
 
 
 async def test_a_304_to_a_fetch_that_validated_nothing_is_not_a_freshen(r: Rig) -> None:
