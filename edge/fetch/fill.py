@@ -76,7 +76,7 @@ class FillHead:
 class Fill:
     """One upstream fetch in flight for one primary cache key."""
 
-    def __init__(self, key: str) -> None:
+    def __init__(self, key: str, started: float) -> None:
         self.key = key
         self.head: asyncio.Future[FillHead] = asyncio.get_running_loop().create_future()
         self.writer: BodyWriter | None = None
@@ -86,7 +86,7 @@ class Fill:
         self.failed: Exception | None = None
         self.note = ""  # how the upstream was reached, for Cache-Status (edge.upstream.pools)
         self.latency: float | None = None  # upstream request to response head, seconds
-        self.started = time.time()  # purges applied later must not be joined to it
+        self.started = started  # purges applied later must not be joined to it
         self.readers = 0
         self.readers_total = 0  # every reader that ever attached
         self._changed = asyncio.Event()
@@ -197,8 +197,11 @@ class InFlight:
     in: `join_or_start`. Through `coordination` (edge.multiproc.coordination) the node's other
     processes see each fill's lock and record (see the module's docstring)."""
 
-    def __init__(self, coordination: Coordination) -> None:
+    def __init__(self, coordination: Coordination, clock: Callable[[], float] = time.time) -> None:
         self._fills: dict[str, Fill] = {}
+        # The wall clock fills are dated by (a ban compares a fill's start with its own
+        # time): the node's purger's, injected so tests set it.
+        self.clock = clock
         self.tasks: set[asyncio.Task[None]] = set()
         self.coordination = coordination
 
@@ -234,7 +237,7 @@ class InFlight:
             if fill is not None and (usable is None or usable(fill)):
                 return Claim("joined", fill)
             return Claim("started", self.start(key))
-        since = time.time()
+        since = self.clock()
         if wait is None:
             claim = self._step(key, usable, unchanged, waited=False, since=since)
             return claim or Claim("busy")
@@ -284,7 +287,7 @@ class InFlight:
     def start(self, key: str, *, locked: bool = False) -> Fill:
         """A fill of `key` in the table; `locked`: it holds the key's lock (taken by
         `_step`) until `done`, and publishes its head."""
-        fill = Fill(key)
+        fill = Fill(key, self.clock())
         self._fills[key] = fill
         if locked:
             fill.locked = True
@@ -350,7 +353,7 @@ class InFlight:
             head = FillHead("error", error=error)
         else:
             return None  # stored or refreshed: the lock is about to go
-        ended = Fill(key)
+        ended = Fill(key, self.clock())
         ended.started = float(record.get("started", ended.started))
         ended.head.set_result(head)
         ended.finish(head.error)
@@ -375,7 +378,7 @@ class InFlight:
         except (KeyError, TypeError, ValueError):
             os.close(fd)
             return None
-        fill = Fill(key)
+        fill = Fill(key, self.clock())
         fill.follow(fd)
         fill.started = float(record.get("started", fill.started))
         fill.note = str(record.get("note", ""))

@@ -609,7 +609,7 @@ def rig(
     store = store if store is not None else MemoryStore()
     upstream = ScriptedUpstream(clock, hosts)
     coordination = Solo(clock.time)
-    inflight = InFlight(coordination)
+    inflight = InFlight(coordination, clock.time)
     as_upstreams = cast(Upstreams, upstream)
     built = Engine(
         config=cfg,

@@ -296,6 +296,33 @@ async def test_lookup_after_purges(tmp_path: Path) -> None:
         assert await t.st_lookup() is Step.HIT
 
 
+async def test_a_fill_asked_before_a_purge_is_not_joined_after_it(tmp_path: Path) -> None:
+    """A fill that asked its upstream before a purge may bring the old object back: a
+    client arriving after the purge fetches its own (the fill's start and the ban's
+    time are on the same injected clock)."""
+    async with rigged(purges=tmp_path) as r:
+        purger = r.engine.purger
+        assert purger is not None
+        hold = asyncio.Event()
+        r.upstream.script("/a", Reply(200, FRESH, b"old", hold=hold))
+        r.upstream.script("/a", Reply(200, FRESH, b"new"))
+        first = asyncio.create_task(r.transaction().run())
+        while not r.upstream.to("/a"):
+            await asyncio.sleep(0)
+        r.clock.advance(1)
+        purger.apply(Purge(urls=(r.key(),)))
+        second = r.transaction()
+        later = asyncio.create_task(second.run())
+        for _ in range(1000):  # the second asks upstream itself, without waiting
+            if len(r.upstream.to("/a")) == 2:
+                break
+            await asyncio.sleep(0)
+        assert len(r.upstream.to("/a")) == 2
+        hold.set()
+        await asyncio.gather(first, later)
+        assert sent(second).body == b"new"
+
+
 # -- hit, stale, miss --------------------------------------------------------------------
 
 
