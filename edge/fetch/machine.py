@@ -351,7 +351,7 @@ class Fetch:
         """The body into a new file that every client of the fill reads as it grows."""
         node, fill, response = self.node, self.fill, self.response
         assert response is not None
-        self.writer = writer = node.store.begin()
+        self.writer = writer = node.store.begin(self.length)
         fill.attach_writer(writer)
         self.head = head = FillHead(
             "body",

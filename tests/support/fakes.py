@@ -41,7 +41,7 @@ from edge.observe.metrics import NodeMetrics
 from edge.pipeline.exchange import NO_BODY, Body, Request, Response, request_fields
 from edge.pipeline.transaction import Engine, Transaction, guard_settings
 from edge.purge.bans import Purger
-from edge.store.disk import BodyWriter, Entry, Store
+from edge.store.disk import INLINE_MAX, BodyWriter, Entry, Store
 from edge.upstream import h1client
 from edge.upstream.pools import UpstreamError, UpstreamResponse, Upstreams, UpstreamTimeout
 
@@ -142,7 +142,9 @@ class MemoryStore(Store):
         self.opened.append(entry)
         return memory_file(data)
 
-    def begin(self) -> BodyWriter:
+    def begin(self, expected: int | None = None) -> BodyWriter:
+        if expected is not None and expected <= INLINE_MAX:
+            return BodyWriter(None)  # in memory, as the disk store keeps it
         if self._scratch is None:
             self._scratch = Path(tempfile.mkdtemp(prefix="edge-fake-store-"))
         return BodyWriter(self._scratch / uuid.uuid4().hex)

@@ -82,6 +82,33 @@ def test_a_body_over_the_inline_bound_is_a_file_of_its_own(store: DiskStore) -> 
     assert read(store, stored) == body
 
 
+def test_a_body_declared_small_arrives_in_memory_and_readers_follow_it(
+    store: DiskStore,
+) -> None:
+    """A miss of a small object makes no file at all, not even while it arrives (the
+    temporary file and its directory entry were the largest cost of a small miss); its
+    readers open it by path as they open a file, and nothing of it outlives its holders."""
+    body = os.urandom(1000)
+    writer = store.begin(len(body))
+    assert writer.in_memory and files_under(store.tmp) == []
+    reader = os.open(writer.path, os.O_RDONLY)  # as a fill's reader does
+    try:
+        writer.write(body[:400])
+        assert os.pread(reader, 2000, 0) == body[:400]
+        writer.write(body[400:])
+        stored = store.commit(entry("http://a.test/mem", len(body)), writer)
+        assert os.pread(reader, 2000, 0) == body  # a reader keeps its descriptor
+    finally:
+        os.close(reader)
+    assert files_under(store.tmp) == [] and files_under(store.objects) == []
+    assert read(store, stored) == body
+    # Larger, or of no declared length: a file, as before.
+    for expected in (INLINE_MAX + 1, None):
+        big = store.begin(expected)
+        assert not big.in_memory and files_under(store.tmp) == [big.path]
+        big.discard()
+
+
 def test_small_and_large_bodies_survive_a_restart(tmp_path: Path) -> None:
     first = DiskStore(tmp_path / "cache", 1 << 30, Solo())
     small, large = os.urandom(1000), os.urandom(INLINE_MAX * 3)
