@@ -131,7 +131,7 @@ def test_without_the_option_a_cleartext_preface_gets_505(upstream: Proc, edge: E
     assert data.startswith(b"HTTP/1.1 505"), data
 
 
-def test_tls_offers_h2_then_http11_to_curl_nghttp_and_h2load(
+def test_tls_offers_h2_then_http11_to_curl(
     procs: list[Proc], tmp_path: Path, upstream: Proc
 ) -> None:
     ca = LocalCA(tmp_path / "tls")
@@ -148,6 +148,16 @@ def test_tls_offers_h2_then_http11_to_curl_nghttp_and_h2load(
     run = curl(*cacert, "--http2", *[a for u in urls for a in ("-o", "/dev/null", u)],
                "-w", "%{http_code} %{num_connects}\n")  # fmt: skip
     assert run.stdout.split("\n")[:3] == ["200 1", "200 0", "200 0"], run.stdout
+
+
+@pytest.mark.system
+def test_nghttp_and_h2load_over_tls(procs: list[Proc], tmp_path: Path, upstream: Proc) -> None:
+    """Debian's nghttp2-client: several streams at once on one connection, and a load."""
+    ca = LocalCA(tmp_path / "tls")
+    pair = ca.issue("h2", ["localhost"], ["127.0.0.1"])
+    node = tls_edge(procs, tmp_path, upstream.url, [pair], ca.cert_path)
+    base = f"https://127.0.0.1:{node.port}"
+    urls = [f"{base}/t/{i}" for i in range(1, 4)]
     # nghttp: three streams at once on one connection, each a whole answer.
     nghttp = subprocess.run(
         ["nghttp", "-ns", *urls], capture_output=True, text=True, timeout=60,
