@@ -405,8 +405,9 @@ class Http2Connection(asyncio.Protocol):
             return
         try:
             self.h2.acknowledge_received_data(flow, stream_id)
-        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
-            with contextlib.suppress(h2.exceptions.ProtocolError):
+        except (h2.exceptions.ProtocolError, ValueError):
+            # The stream is gone: the connection's window alone.
+            with contextlib.suppress(h2.exceptions.ProtocolError, ValueError):
                 self.h2.increment_flow_control_window(flow)
         self._flush()
 
@@ -416,7 +417,7 @@ class Http2Connection(asyncio.Protocol):
             return
         stream.reset = True
         stream.body.finish(ConnectionResetError("stream reset by the client"))
-        self.consumed(0, stream.body.unread())
+        self.consumed(stream.id, stream.body.unread())
         self._wake(stream)
 
     # -- serving --------------------------------------------------------------------------
@@ -441,7 +442,7 @@ class Http2Connection(asyncio.Protocol):
                 # is not wanted.
                 stream.body.finish()
                 self._reset(stream, ErrorCodes.NO_ERROR)
-            self.consumed(0, stream.body.unread())
+            self.consumed(stream.id, stream.body.unread())
             self._release(self._counted - max(1, len(self._tasks)))
             self._flush()
             if not self._tasks:

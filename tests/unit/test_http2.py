@@ -226,3 +226,25 @@ async def test_a_ping_flood_ends_in_goaway_enhance_your_calm() -> None:
     (ended,) = [e for e in client.events if isinstance(e, h2.events.ConnectionTerminated)]
     assert ended.error_code == ErrorCodes.ENHANCE_YOUR_CALM
     assert client.transport.closed
+
+
+async def test_an_answer_before_the_body_ends_resets_the_rest_and_the_connection_goes_on() -> None:
+    async def refuse(request: Request, channel: Channel) -> None:
+        await channel.respond(Response(413, CIMultiDict(), b"too big"))
+
+    client = h2_connect(refuse)
+    sid = client.h2.get_next_available_stream_id()
+    block = [(":method", "POST"), (":scheme", "http"), (":authority", "a"), (":path", "/up")]
+    client.h2.send_headers(sid, block)
+    client.h2.send_data(sid, b"x" * 10_000)
+    client.send()
+    await settle()
+    client.receive()
+    assert client.body(sid) == b"too big" and client.ended(sid)
+    (reset,) = [e for e in client.events if isinstance(e, h2.events.StreamReset)]
+    assert reset.error_code == ErrorCodes.NO_ERROR  # RFC 9113 Section 8.1: the rest not wanted
+    # The next stream is served, and the unread bytes went back to the connection's window.
+    later = client.get("/after")
+    await settle()
+    client.receive()
+    assert client.body(later) == b"too big" and client.ended(later)
