@@ -197,6 +197,7 @@ class Http2Connection(asyncio.Protocol):
         self._streams: dict[int, _Stream] = {}
         self._tasks: dict[int, asyncio.Task[None]] = {}  # streams still being served
         self._write_paused = False
+        self._flushing = False  # a write of h2's queued frames is scheduled
         self._drain: asyncio.Future[None] | None = None
         self._goaway_at: int | None = None  # last stream served after a graceful GOAWAY
         self._idle_timer: asyncio.TimerHandle | None = None
@@ -236,7 +237,7 @@ class Http2Connection(asyncio.Protocol):
         )
         # The connection's own window (65535 at first) opens by WINDOW_UPDATE alone.
         self.h2.increment_flow_control_window(limits.connection_window - 65535)
-        self._flush()
+        self._write_out()
         self._idle()
 
     def connection_lost(self, exc: BaseException | None) -> None:
@@ -554,11 +555,21 @@ class Http2Connection(asyncio.Protocol):
         self._close()
 
     def _flush(self) -> None:
+        """Write what h2 has queued once the loop has run what is ready now: the
+        frames of many streams (a head and its DATA, a turn's answers) leave in one
+        write rather than one each."""
+        if not self._flushing:
+            self._flushing = True
+            self.loop.call_soon(self._write_out)
+
+    def _write_out(self) -> None:
+        self._flushing = False
         data = self.h2.data_to_send()
         if data and self.transport is not None and not self.closed:
             self.transport.write(data)
 
     def _close(self) -> None:
+        self._write_out()
         if self.transport is not None and not self.closed:
             self.closed = True
             self.transport.close()
@@ -576,6 +587,7 @@ class Http2Connection(asyncio.Protocol):
         self._goaway_at = self.h2.highest_inbound_stream_id
         frame = GoAwayFrame(0, last_stream_id=self._goaway_at, error_code=ErrorCodes.NO_ERROR)
         assert self.transport is not None
+        self._write_out()
         self.transport.write(frame.serialize())
         if not self._tasks:
             self._goodbye()
