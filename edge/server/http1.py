@@ -124,6 +124,33 @@ class ConnectionGuard:
             self._verdicts[key] = verdict
         return verdict
 
+    def hot_answer(
+        self, client: str, key: tuple[bytes, bytes, bytes], close: bool, raw: Any
+    ) -> tuple[fastpath.Hot, bytes] | None:
+        """The hot tier's answer to a request (edge.pipeline.fastpath) if it holds one
+        and the guard's per-request checks pass, for HTTP/1.1 and HTTP/2 alike; None
+        sends the request the general way. `raw` is None when the request's fields
+        already passed the header rules."""
+        engine = self.engine
+        if engine.purger is not None and not engine.purger.ready:
+            return None
+        found = engine.hot.answer(key, time.time(), close)
+        if found is None:
+            return None
+        if engine.limiter or (raw is not None and engine.rules is not None):
+            host = key[1].decode("latin-1").lower()
+            if engine.limiter and engine.limiter.take(
+                client, host, found[0].path, time.monotonic()
+            ):
+                return None  # the general path takes the same decision and refuses it
+            if (
+                raw is not None
+                and engine.rules is not None
+                and self.header_verdict(engine.rules, host, raw)
+            ):
+                return None
+        return found
+
     def refused(self, status: int) -> None:
         if self.metrics is not None:
             self.metrics.refused.labels(self.node, str(status)).inc()
@@ -681,25 +708,11 @@ class Connection(asyncio.Protocol):
         """Answer from the hot tier if it holds this request's response and the
         guard's per-request checks pass; False sends it the general way. `raw` is
         None when these bytes already passed the header rules."""
-        engine = self.guard.engine
-        if engine.purger is not None and not engine.purger.ready:
-            return False
-        found = engine.hot.answer(key, time.time(), close)
+        found = self.guard.hot_answer(self.client, key, close, raw)
         if found is None:
             return False
         hot, data = found
-        if engine.limiter or (raw is not None and engine.rules is not None):
-            host = key[1].decode("latin-1").lower()
-            if engine.limiter and engine.limiter.take(
-                self.client, host, hot.path, time.monotonic()
-            ):
-                return False  # the general path takes the same decision and refuses it
-            if (
-                raw is not None
-                and engine.rules is not None
-                and self.guard.header_verdict(engine.rules, host, raw)
-            ):
-                return False
+        engine = self.guard.engine
         assert self.transport is not None
         self.transport.write(data)
         engine.metrics.fast_hits += 1

@@ -33,7 +33,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, Any
 
 import h2.config
 import h2.connection
@@ -44,6 +44,8 @@ from h2.settings import SettingCodes
 from hyperframe.frame import GoAwayFrame
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from edge.observe.accesslog import request_line
+from edge.pipeline import fastpath
 from edge.pipeline.exchange import Request, Response
 from edge.rfc import forwarding
 from edge.server.http1 import Listener
@@ -201,6 +203,7 @@ class Http2Connection(asyncio.Protocol):
         self._drain: asyncio.Future[None] | None = None
         self._goaway_at: int | None = None  # last stream served after a graceful GOAWAY
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._idle_since = 0.0  # loop time of the last request or stream end
         clock = time.monotonic
         b = self.limits.budgets
         self._resets = Budget(*b.resets, clock)
@@ -208,6 +211,9 @@ class Http2Connection(asyncio.Protocol):
         self._pings = Budget(*b.pings, clock)
         self._priority = Budget(*b.priority, clock)
         self._empty = Budget(*b.empty_data, clock)
+        engine = self.guard.engine
+        # Whether hot hits are answered here (edge.pipeline.fastpath): the public listener's.
+        self._hot = listener.hot and engine is not None and engine.hot is not None
 
     # -- asyncio.Protocol --------------------------------------------------------------
 
@@ -327,12 +333,13 @@ class Http2Connection(asyncio.Protocol):
         if self._goaway_at is not None and sid > self._goaway_at:
             self._refuse_stream(sid)  # sent after the GOAWAY: not served, retry elsewhere
             return
+        if self._hot and event.stream_ended and self._serve_hot(sid, event.headers or ()):
+            return
         # Streams still being served, those the client reset included: a client that
         # resets and reopens streams cannot make the node serve more than this at once.
         if len(self._tasks) >= self.limits.max_streams or not self._hold(len(self._tasks) + 1):
             self._refuse_stream(sid)
             return
-        self._cancel_idle()
         stream = _Stream(sid, _Body(self, sid))
         self._streams[sid] = stream
         request = self._make_request(stream, event.headers or (), ended=event.stream_ended)
@@ -341,6 +348,76 @@ class Http2Connection(asyncio.Protocol):
         stream.request = request
         stream.channel = Http2Channel(self, stream)
         self._tasks[sid] = self.loop.create_task(self._serve(stream))
+
+    def _serve_hot(self, sid: int, headers: Any) -> bool:
+        """A hot hit (edge.pipeline.fastpath) answered from the header block itself, as
+        edge.server.http1 answers one from the parsed head: no Request, no task. The
+        hot head is HTTP/1.1's; its fields are sent as they are, names lower-cased."""
+        method = path = authority = None
+        raw: list[tuple[bytes, bytes]] = []
+        for name, value in headers:
+            if name == b":method":
+                method = value
+            elif name == b":path":
+                path = value
+            elif name == b":authority":
+                authority = value
+            elif name[:1] != b":":
+                raw.append((name, value))
+        if method != b"GET" or path is None:
+            return False
+        if authority is not None and not any(name == b"host" for name, _ in raw):
+            raw.insert(0, (b"host", authority))
+        target = path.decode("utf-8", "surrogateescape")
+        key = fastpath.request_key("GET", (2, 0), target, raw)
+        if key is None or sum(len(k) + len(v) + 4 for k, v in raw) > self.guard.max_header_bytes:
+            return False
+        found = self.guard.hot_answer(self.client, key, False, tuple(raw))
+        if found is None:
+            return False
+        hot, data = found
+        body = hot.body
+        h2conn = self.h2
+        if len(body) > h2conn.local_flow_control_window(sid):
+            return False  # it would wait for the window: the general way does
+        lines = data[: len(data) - len(body)].split(b"\r\n")
+        block = [(b":status", b"200")]
+        for line in lines[1:]:
+            if line:
+                name, _, value = line.partition(b": ")
+                block.append((name.lower(), value))
+        # These fields went out through h2's checks when the general path sent them:
+        # not checked again (a quarter of a hot hit's time).
+        config = h2conn.config
+        config.validate_outbound_headers = config.normalize_outbound_headers = False
+        try:
+            h2conn.send_headers(sid, block, end_stream=not body)
+        finally:
+            config.validate_outbound_headers = config.normalize_outbound_headers = True
+        size = h2conn.max_outbound_frame_size
+        for at in range(0, len(body), size):
+            h2conn.send_data(sid, body[at : at + size], end_stream=at + size >= len(body))
+        self._flush()
+        self._idle_since = self.loop.time()
+        engine = self.guard.engine
+        engine.metrics.fast_hits += 1
+        engine.metrics.fast_bytes += len(body)
+        if engine.access.enabled:
+            engine.access.line(
+                request_line(
+                    self.client,
+                    "GET",
+                    target,
+                    200,
+                    "hit",
+                    len(body),
+                    0,
+                    None,
+                    "fast",
+                    protocol="HTTP/2.0",
+                )
+            )
+        return True
 
     def _make_request(self, stream: _Stream, headers: object, *, ended: bool) -> Request:
         """The exchange's Request from a validated header block (h2 checked the
@@ -627,22 +704,25 @@ class Http2Connection(asyncio.Protocol):
             del open_[self.client]
 
     def _idle(self) -> None:
-        """No stream open: the connection closes (GOAWAY) after keepalive_timeout."""
+        """No stream being served: the connection closes (GOAWAY) after
+        keepalive_timeout without a request. One timer per connection, moved on
+        lazily: a hot hit (answered without a task) only notes the time."""
         if self.closed:
             return
-        self._cancel_idle()
-        self._idle_timer = self.loop.call_later(
-            self.listener.limits.keepalive_timeout, self._idle_expired
-        )
+        self._idle_since = self.loop.time()
+        if self._idle_timer is None:
+            self._idle_timer = self.loop.call_at(
+                self._idle_since + self.listener.limits.keepalive_timeout, self._idle_check
+            )
 
-    def _cancel_idle(self) -> None:
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
-
-    def _idle_expired(self) -> None:
+    def _idle_check(self) -> None:
         self._idle_timer = None
-        if not self._tasks and not self.closed:
+        if self.closed or self._tasks:
+            return  # busy: the last stream to finish starts the wait again
+        due = self._idle_since + self.listener.limits.keepalive_timeout
+        if self.loop.time() < due:
+            self._idle_timer = self.loop.call_at(due, self._idle_check)
+        else:
             self._goaway_at = self.h2.highest_inbound_stream_id
             self._goodbye()
 

@@ -39,6 +39,7 @@ from tests.support.h2client import (
     REFUSED_STREAM,
     SETTINGS,
     H2Client,
+    Reply,
     frame,
     goaway_code,
     preface,
@@ -212,6 +213,38 @@ def test_every_behaviour_holds_on_h2(upstream: Proc, edge: EdgeFactory, tmp_path
     reply = client.get("/_edge/metrics", headers=auth)
     assert reply.status == 200 and b"edge_requests_total" in reply.body
     client.close()
+
+
+def test_h2_hits_take_the_fast_path_with_the_general_answers_fields(
+    upstream: Proc, edge: EdgeFactory, tmp_path: Path
+) -> None:
+    """The hot tier answers HTTP/2 as it answers HTTP/1.1 (edge.pipeline.fastpath): the
+    same fields as the general path's answer but for Age and the ttl; and a connection
+    busy with such hits (no stream task) is not closed as idle."""
+    node = h2c(edge, upstream, tmp_path, "keepalive_timeout = 1\n")
+    client = H2Client(node.port)
+    miss = client.get("/hot/x")
+    general = client.get("/hot/x")  # a plain hit: offered to the hot tier
+    assert "; hit" in (general.field("cache-status") or "")
+
+    def timeless(reply: Reply) -> list[tuple[bytes, bytes]]:
+        return [(k, v.split(b"; ttl=")[0]) for k, v in reply.headers if k != b"age"]
+
+    started = time.monotonic()
+    fast = []
+    while time.monotonic() - started < 2.5:  # longer than keepalive_timeout
+        fast.append(client.get("/hot/x"))
+        time.sleep(0.2)
+    assert client.goaway is None and not client.closed
+    assert all(r.status == 200 and bytes(r.body) == bytes(miss.body) for r in fast)
+    assert all(timeless(r) == timeless(general) for r in fast)
+    assert eventually(
+        lambda: node.output().count('"GET /hot/x HTTP/2.0" 200 hit bytes=1024') >= len(fast)
+    )
+    assert node.output().count("walk=fast") >= len(fast) - 1
+    # Idle now: GOAWAY (NO_ERROR) after keepalive_timeout.
+    client.wait(lambda: client.goaway is not None or client.closed, timeout=10)
+    assert client.goaway == NO_ERROR
 
 
 def test_a_big_download_does_not_hold_up_small_requests_beside_it(
