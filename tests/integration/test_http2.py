@@ -550,3 +550,18 @@ def test_in_flight_streams_finish_after_the_goaway_of_a_stop(
     for sid in sids:
         ends = [f for f in frames[goaway:] if f[2] == sid and f[0] == DATA and f[1] & 1]
         assert ends, (sid, kinds)
+
+
+def test_workers_serve_h2_from_one_store(upstream: Proc, edge: EdgeFactory, tmp_path: Path) -> None:
+    """Two workers on one port (SO_REUSEPORT): connections land on either, each speaks
+    HTTP/2, and one object is fetched from the origin once for all of them."""
+    node = h2c(edge, upstream, tmp_path, "", "--workers", "2")
+    clients = [H2Client(node.port) for _ in range(8)]
+    first = clients[0].get("/w/shared")
+    assert first.status == 200
+    for client in clients:
+        reply = client.get("/w/shared")
+        assert reply.status == 200 and bytes(reply.body) == bytes(first.body)
+        assert "; hit" in (reply.field("cache-status") or "")
+        client.close()
+    assert count(upstream, "/w/shared") == 1
