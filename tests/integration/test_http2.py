@@ -565,3 +565,39 @@ def test_workers_serve_h2_from_one_store(upstream: Proc, edge: EdgeFactory, tmp_
         assert "; hit" in (reply.field("cache-status") or "")
         client.close()
     assert count(upstream, "/w/shared") == 1
+
+
+def test_request_trailers_are_dropped_and_the_body_forwarded(
+    upstream: Proc, edge: EdgeFactory, tmp_path: Path
+) -> None:
+    """RFC 9110 Section 6.5.1: trailer fields may be discarded; the upstream request is
+    framed anew with its body whole, so none is forwarded."""
+    node = h2c(edge, upstream, tmp_path)
+    client = H2Client(node.port)
+    sid = client.request("/trailers?reqinfo=1", method="POST", headers=[("te", "trailers")],
+                         end=False)  # fmt: skip
+    client.send_body(sid, b"t" * 5000, end=False)
+    client.conn.send_headers(sid, [(b"x-checksum", b"abc")], end_stream=True)
+    client.flush()
+    client.wait(lambda: client.done(sid))
+    reply = client.replies[sid]
+    info = json.loads(bytes(reply.body))
+    assert reply.status == 200 and info["body_length"] == 5000, info
+    names = {k.lower() for k, _ in info["headers"]}
+    assert "x-checksum" not in names and "te" not in names, names
+
+
+def test_a_header_block_that_never_ends_is_closed_as_idle(
+    upstream: Proc, edge: EdgeFactory, tmp_path: Path
+) -> None:
+    """Slowloris on HTTP/2: HEADERS without END_HEADERS, then nothing. No stream is
+    served, so the connection closes after keepalive_timeout."""
+    node = h2c(edge, upstream, tmp_path, "keepalive_timeout = 1\n")
+    with socket.create_connection(("127.0.0.1", node.port), timeout=10) as sock:
+        preface(sock)
+        sock.sendall(frame(HEADERS, 0, 1, b"\x82\x86\x84"))
+        started = time.monotonic()
+        frames = read_frames(sock, timeout=15)
+        took = time.monotonic() - started
+    assert goaway_code(frames) == NO_ERROR and took < 10, (took, frames)
+    assert total(upstream) == 0
