@@ -539,14 +539,17 @@ class Http2Connection(asyncio.Protocol):
                 if end:
                     self._send_data(stream, b"", True)
                 return
-            window = min(
-                self.h2.local_flow_control_window(stream.id), self.h2.max_outbound_frame_size
-            )
+            window = min(self.h2.local_flow_control_window(stream.id), len(view), _SLICE)
             if window <= 0:
                 await self._wait_window(stream)
                 continue
-            chunk, view = view[:window], view[window:]
-            self._send_data(stream, chunk.tobytes(), end and not view)
+            # Up to a slice in frames of the client's size, then the other streams' turn.
+            size = self.h2.max_outbound_frame_size
+            ends = end and window == len(view)
+            for at in range(0, window, size):
+                chunk = view[at : min(at + size, window)]
+                self._send_data(stream, chunk.tobytes(), ends and at + size >= window)
+            view = view[window:]
             await self.drain(stream)
             if not view:
                 return
