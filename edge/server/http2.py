@@ -12,11 +12,11 @@ client more than the node: resets, SETTINGS, PING, PRIORITY and empty DATA frame
 draw on a per-connection budget (`Budget`) whose exhaustion ends the connection with
 GOAWAY ENHANCE_YOUR_CALM (rapid reset, CVE-2023-44487, among them); streams still being
 served, reset ones included, are bounded (REFUSED_STREAM beyond); a stream whose client
-accepts no more for `send_timeout` is reset. `h2` itself refuses malformed header blocks
-(pseudo-fields, connection-specific fields, uppercase names, CR/LF/NUL, Host against
-:authority), Content-Length against DATA, CONTINUATION floods and header lists over
-the advertised size, each as a connection error (RFC 9113 Section 5.4.1 lets a stream
-error be treated as one).
+accepts no more for `send_timeout` is reset. A malformed header block (edge.rfc.h2fields:
+pseudo-fields, connection-specific fields, uppercase names, CR/LF/NUL, Host against
+:authority) resets its stream with PROTOCOL_ERROR; `h2` itself refuses a Content-Length
+against DATA, CONTINUATION floods and header lists over the advertised size, each as a
+connection error (RFC 9113 Section 5.4.1 lets a stream error be treated as one).
 
 Like edge.server.http1 it decides nothing about caching, routing or the guard's
 per-request rules (the handler's); it keeps the guard's per-connection ones: a client's
@@ -47,7 +47,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from edge.observe.accesslog import request_line
 from edge.pipeline import fastpath
 from edge.pipeline.exchange import Request, Response
-from edge.rfc import forwarding
+from edge.rfc import forwarding, h2fields
 from edge.server.http1 import Listener
 
 log = logging.getLogger("edge.server.http2")
@@ -187,8 +187,10 @@ class Http2Connection(asyncio.Protocol):
         self.guard = listener.guard
         self.limits = limits or Http2Limits()
         self.loop = asyncio.get_running_loop()
+        # Header blocks are checked by edge.rfc.h2fields, so a malformed request is the
+        # stream error RFC 9113 Section 8.1.1 asks for; h2's own checks end the connection.
         config = h2.config.H2Configuration(
-            client_side=False, header_encoding=None, validate_inbound_headers=True
+            client_side=False, header_encoding=None, validate_inbound_headers=False
         )
         self.h2 = h2.connection.H2Connection(config=config)
         self.transport: asyncio.Transport | None = None
@@ -325,7 +327,12 @@ class Http2Connection(asyncio.Protocol):
             # RFC 9110 Section 6.5.1: trailer fields may be discarded; none is forwarded
             # (the upstream request is framed anew, with its body whole).
             stream = self._streams.get(event.stream_id)
-            if stream is not None and event.stream_ended:
+            reason = h2fields.malformed(event.headers or (), trailers=True)
+            if reason is not None:
+                if stream is not None:
+                    stream.body.finish(ConnectionResetError(f"malformed trailers: {reason}"))
+                self._malformed(event.stream_id, reason)
+            elif stream is not None and event.stream_ended:
                 stream.body.finish()
 
     def _request(self, event: h2.events.RequestReceived) -> None:
@@ -333,7 +340,12 @@ class Http2Connection(asyncio.Protocol):
         if self._goaway_at is not None and sid > self._goaway_at:
             self._refuse_stream(sid)  # sent after the GOAWAY: not served, retry elsewhere
             return
-        if self._hot and event.stream_ended and self._serve_hot(sid, event.headers or ()):
+        block = event.headers or ()
+        reason = h2fields.malformed(block)
+        if reason is not None:
+            self._malformed(sid, reason)
+            return
+        if self._hot and event.stream_ended and self._serve_hot(sid, block):
             return
         # Streams still being served, those the client reset included: a client that
         # resets and reopens streams cannot make the node serve more than this at once.
@@ -342,7 +354,7 @@ class Http2Connection(asyncio.Protocol):
             return
         stream = _Stream(sid, _Body(self, sid))
         self._streams[sid] = stream
-        request = self._make_request(stream, event.headers or (), ended=event.stream_ended)
+        request = self._make_request(stream, block, ended=event.stream_ended)
         if event.stream_ended:
             stream.body.finish()
         stream.request = request
@@ -611,6 +623,18 @@ class Http2Connection(asyncio.Protocol):
             raise ConnectionResetError("client went away")
 
     # -- refusals, resets, closing -----------------------------------------------------
+
+    def _malformed(self, stream_id: int, reason: str) -> None:
+        """RFC 9113 Section 8.1.1: a malformed request is a stream error, PROTOCOL_ERROR;
+        nothing of it is served or forwarded."""
+        log.debug("malformed HTTP/2 request from %s: %s", self.client, reason)
+        self.guard.refused(400)
+        stream = self._streams.get(stream_id)
+        if stream is not None:
+            self._reset(stream, ErrorCodes.PROTOCOL_ERROR)
+        else:
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self.h2.reset_stream(stream_id, ErrorCodes.PROTOCOL_ERROR)
 
     def _refuse_stream(self, stream_id: int) -> None:
         """RFC 9113 Section 8.7: REFUSED_STREAM: nothing was done, the client may retry."""
