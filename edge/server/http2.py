@@ -570,7 +570,7 @@ class Http2Connection(asyncio.Protocol):
         try:
             self.h2.send_data(stream.id, data, end_stream=end)
         except h2.exceptions.ProtocolError as exc:  # the stream was closed meanwhile
-            stream.reset = True
+            self._reset(stream, ErrorCodes.INTERNAL_ERROR)
             raise ConnectionResetError("stream closed") from exc
         self._flush()
 
@@ -803,8 +803,11 @@ class Http2Channel:
         self.started = True
         try:
             conn.h2.send_headers(self.stream.id, block, end_stream=end)
-        except h2.exceptions.ProtocolError as exc:  # the stream was closed meanwhile
-            self.stream.reset = True
+        except h2.exceptions.ProtocolError as exc:
+            # The stream was closed meanwhile, or a field h2 will not send: either
+            # way the client is told this stream ends here.
+            log.debug("HTTP/2 head not sent on stream %d: %s", self.stream.id, exc)
+            conn._reset(self.stream, ErrorCodes.INTERNAL_ERROR)
             raise ConnectionResetError("stream closed") from exc
         conn._flush()
 

@@ -248,3 +248,20 @@ async def test_an_answer_before_the_body_ends_resets_the_rest_and_the_connection
     await settle()
     client.receive()
     assert client.body(later) == b"too big" and client.ended(later)
+
+
+async def test_a_head_h2_will_not_send_resets_its_stream_only() -> None:
+    async def odd(request: Request, channel: Channel) -> None:
+        headers = CIMultiDict({":bogus": "1"}) if request.target == "/odd" else CIMultiDict()
+        await channel.respond(Response(200, headers, b"fine"))
+
+    client = h2_connect(odd)
+    sid = client.get("/odd")
+    await settle()
+    client.receive()
+    resets = [e for e in client.events if isinstance(e, h2.events.StreamReset)]
+    assert [(e.stream_id, e.error_code) for e in resets] == [(sid, ErrorCodes.INTERNAL_ERROR)]
+    later = client.get("/plain")
+    await settle()
+    client.receive()
+    assert client.body(later) == b"fine" and client.ended(later)
