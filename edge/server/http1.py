@@ -10,7 +10,10 @@ delimited by closing, RFC 9112 Section 6.3), response framing (Content-Length,
 chunked), back-pressure both ways, sendfile (edge.server.zerocopy), the idle and head
 deadlines, and the guard's per-connection checks (`ConnectionGuard`). It hands each
 request to its listener's handler as an edge.pipeline.exchange.Request with a Channel for the
-response, and answers a hot hit (edge.pipeline.fastpath) from the parsed head itself.
+response, and answers a hot hit (edge.pipeline.fastpath) from the parsed head itself. A
+connection whose TLS handshake chose "h2" by ALPN, or (h2c, when the listener takes it)
+whose first bytes are the HTTP/2 preface, is handed to the listener's HTTP/2 protocol
+(edge.server.http2) before any of this.
 
 It decides nothing about caching, routing or the guard's per-request rules (the
 handler's), and never echoes request bytes in its own error answers.

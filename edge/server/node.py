@@ -1,12 +1,12 @@
 """A cache node: edge's own listeners (HTTP/1.1, edge.server.http1; HTTP/2 on the public
-one, edge.server.http2) around the pipeline, with
-its store, upstream, in-flight fills and metrics, and the node's own endpoints under
-/_edge/ (health, metrics, purge), served through the same exchange (edge.pipeline.exchange).
+one, edge.server.http2) around the pipeline, with its store, upstream, in-flight fills
+and metrics, and the node's own endpoints under /_edge/ (health, metrics, purge), served
+through the same exchange (edge.pipeline.exchange).
 
 A node is an object with `start()` and `stop()`; nothing is global, so a test can run
 two nodes in one process. This module owns lifetimes and routing, not caching rules
-nor HTTP/1.1 (edge.server.http1). A node may also be one worker of several over one cache
-directory (edge.multiproc.workers).
+nor HTTP (edge.server.http1, edge.server.http2). A node may also be one worker of
+several over one cache directory (edge.multiproc.workers).
 """
 
 from __future__ import annotations
