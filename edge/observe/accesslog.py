@@ -43,15 +43,15 @@ def request_line(
     upstream ("-": not asked), the request id when one was given, the walk (the client
     machine's steps as its caller renders them, e.g. "recv>hash>lookup>hit>deliver", or
     "fast"), and how the exchange ended when not whole ("client-gone", "cut").
-    `protocol` ("HTTP/1.1", "HTTP/2.0") follows the target, as in nginx's `$request`.
+    `protocol` ("HTTP/1.1", "HTTP/2.0"), when given, is the `proto=` field.
     """
     upstream = "-" if upstream_ms is None else f"{upstream_ms:.1f}"
     req_id = f" id={request_id}" if request_id else ""
     tail = f" {end}" if end else ""
-    request = f"{method} {target} {protocol}" if protocol else f"{method} {target}"
+    proto = f" proto={protocol}" if protocol else ""
     return (
-        f'{client} "{request}" {status} {label} bytes={sent} time_ms={took_ms:.1f} '
-        f"upstream_ms={upstream}{req_id} walk={walk}{tail}"
+        f'{client} "{method} {target}" {status} {label} bytes={sent} time_ms={took_ms:.1f} '
+        f"upstream_ms={upstream}{proto}{req_id} walk={walk}{tail}"
     )
 
 
