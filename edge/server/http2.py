@@ -116,6 +116,8 @@ class Http2Limits:
     #: Seconds a stream waits for the client to take more of its response (a zero
     #: window, a full socket) before it is reset.
     send_timeout: float = 30.0
+    #: SETTINGS_MAX_HEADER_LIST_SIZE: the guard's max_header_bytes.
+    max_header_list: int = 32 << 10
     budgets: Budgets = field(default_factory=Budgets)
 
 
@@ -239,7 +241,7 @@ class Http2Connection(asyncio.Protocol):
             {
                 SettingCodes.MAX_CONCURRENT_STREAMS: limits.max_streams,
                 SettingCodes.INITIAL_WINDOW_SIZE: limits.stream_window,
-                SettingCodes.MAX_HEADER_LIST_SIZE: self.guard.max_header_bytes,
+                SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_list,
                 SettingCodes.ENABLE_PUSH: 0,
             }
         )
@@ -382,7 +384,7 @@ class Http2Connection(asyncio.Protocol):
             raw.insert(0, (b"host", authority))
         target = path.decode("utf-8", "surrogateescape")
         key = fastpath.request_key("GET", (2, 0), target, raw)
-        if key is None or sum(len(k) + len(v) + 4 for k, v in raw) > self.guard.max_header_bytes:
+        if key is None or sum(len(k) + len(v) + 4 for k, v in raw) > self.limits.max_header_list:
             return False
         found = self.guard.hot_answer(self.client, key, False, tuple(raw))
         if found is None:

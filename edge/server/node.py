@@ -301,7 +301,7 @@ class EdgeNode:
         cfg = self.config
         # HTTP/2 on the public listener: by ALPN over TLS, by prior knowledge when on.
         public = self.public
-        h2_limits = Http2Limits(send_timeout=cfg.send_timeout)
+        h2_limits = Http2Limits(send_timeout=cfg.send_timeout, max_header_list=cfg.max_header_bytes)
         public.http2 = lambda: Http2Connection(public, h2_limits)
         public.h2c = cfg.http2 and ssl_context is None
         host, port = cfg.host_port
