@@ -719,6 +719,22 @@ class NodeConfig:
     fast_path: bool = opt(
         True, "Answer repeated plain hits of small objects from memory.", kind=Kind.FLAG
     )
+    # HTTP/2 (edge.server.http2): a TLS listener always offers it by ALPN; a cleartext
+    # one takes it with prior knowledge (h2c, RFC 9113 Section 3.3) only when this is on.
+    http2: bool = opt(
+        False,
+        "Serve HTTP/2 with prior knowledge (h2c) on a cleartext listener (TLS always offers h2).",
+        kind=Kind.FLAG,
+        flags="--http2",
+    )
+    send_timeout: float = opt(
+        30.0,
+        "Seconds an HTTP/2 stream waits for its client to take more of the response "
+        "(a closed flow-control window) before it is reset.",
+        kind=Kind.NUMBER,
+        flags="--send-timeout",
+        check=_number(),
+    )
     # Each worker is a whole node on one listening port (SO_REUSEPORT) over one cache
     # directory (edge.multiproc.workers).
     workers: int = opt(

@@ -12,8 +12,9 @@ through:
 
 Nothing here is HTTP/1.1's own: connection-specific fields, chunking, keep-alive and
 close-delimited bodies are decided by the connection layer that implements `Channel`
-(edge.server.http1 for HTTP/1.1). Nothing here imports a server framework;
-edge.pipeline.transaction and the node's own endpoints work on these values alone.
+(edge.server.http1 for HTTP/1.1, edge.server.http2 for HTTP/2). Nothing here imports a
+server framework; edge.pipeline.transaction and the node's own endpoints work on these
+values alone.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The hit fast path: small, fresh, plain cache hits answered from memory by the
-connection (edge.server.http1) from the parsed head, before any request value is built or
-a task woken, with the bytes the general path would have sent.
+connection (edge.server.http1, edge.server.http2) from the parsed head, before any request
+value is built or a task woken, with the bytes (HTTP/2: the fields) the general path would
+have sent.
 
 Owns the hot tier (responses the general pipeline has just delivered as plain hits,
 kept as pre-rendered header blocks and bodies) and the decision, per parsed request,
@@ -11,10 +12,10 @@ body file, as stored, to a GET whose fields are all ordinary (edge.pipeline.tran
 `HotTier.offer` with the exact header fields the connection wrote), the head is kept with
 the two values that change with time cut out: Age and Cache-Status' ttl. A request
 reuses it only if it asks the same: the same target bytes, Host and Accept-Encoding,
-no field outside `ORDINARY`, HTTP/1.1, GET, no body. So the decisions the pipeline
-made after recv for the first request (route, key, Vary, encoding, freshness) hold for
-it too. The recv checks are the pipeline's own list (edge.features.recv), run again
-per request by the connection (their pure verdicts remembered by the request's
+no field outside `ORDINARY`, HTTP/1.1 or HTTP/2, GET, no body. So the decisions the
+pipeline made after recv for the first request (route, key, Vary, encoding, freshness)
+hold for it too. The recv checks are the pipeline's own list (edge.features.recv), run
+again per request by the connection (their pure verdicts remembered by the request's
 bytes); what else can change is re-checked per request: freshness (from the entry's
 clock), the stored variant still being the one in the store, purges (which empty the
 tier).
@@ -194,9 +195,12 @@ def request_key(
     method: str, version: Any, path: str, raw_headers: Sequence[tuple[bytes, bytes]]
 ) -> tuple[bytes, bytes, bytes] | None:
     """The hot-tier key of a parsed request, or None when it must go the general way:
-    not a plain HTTP/1.1 GET, or a field outside ORDINARY. Whether the Host and the
-    rest are acceptable is the recv checks' (edge.features.recv) to say."""
-    if method != "GET" or version != (1, 1):
+    not a plain HTTP/1.1 or HTTP/2 GET, or a field outside ORDINARY. Whether the Host
+    and the rest are acceptable is the recv checks' (edge.features.recv) to say. An
+    HTTP/2 request (its :authority as Host) asks what the same HTTP/1.1 request would:
+    the fields edge.server.http2 writes for a whole 200 are HTTP/1.1's, less the
+    connection-specific ones a kept-alive HTTP/1.1 answer does not carry."""
+    if method != "GET" or version not in ((1, 1), (2, 0)):
         return None
     host = accept_encoding = b""
     for name, value in raw_headers:

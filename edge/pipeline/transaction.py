@@ -1099,7 +1099,9 @@ class Transaction:
         if not cfg.underscores_in_headers:
             headers = guard.without_underscores(headers)
         headers.insert(0, ("Host", self.host))
-        headers = _appended(headers, "Via", f"1.1 {cfg.name}")
+        # RFC 9110 Section 7.6.3: the protocol the request was received in ("2": HTTP/2).
+        received = "2" if self.req.version[0] == 2 else "1.1"
+        headers = _appended(headers, "Via", f"{received} {cfg.name}")
         headers = _appended(headers, "CDN-Loop", forwarding.cdn_loop_entry(cfg.cdn_name, cfg.name))
         # W3C Edge Architecture: advertise this surrogate so the origin can target
         # Surrogate-Control directives at it by name.
@@ -1140,6 +1142,7 @@ class Transaction:
                     steps.render_walk(self.walk),
                     request_id=self._request_id,
                     end="client-gone" if self.client_gone else ("cut" if self.cut else ""),
+                    protocol=f"HTTP/{self.req.version[0]}.{self.req.version[1]}",
                 )
             )
 

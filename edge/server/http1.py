@@ -10,7 +10,10 @@ delimited by closing, RFC 9112 Section 6.3), response framing (Content-Length,
 chunked), back-pressure both ways, sendfile (edge.server.zerocopy), the idle and head
 deadlines, and the guard's per-connection checks (`ConnectionGuard`). It hands each
 request to its listener's handler as an edge.pipeline.exchange.Request with a Channel for the
-response, and answers a hot hit (edge.pipeline.fastpath) from the parsed head itself.
+response, and answers a hot hit (edge.pipeline.fastpath) from the parsed head itself. A
+connection whose TLS handshake chose "h2" by ALPN, or (h2c, when the listener takes it)
+whose first bytes are the HTTP/2 preface, is handed to the listener's HTTP/2 protocol
+(edge.server.http2) before any of this.
 
 It decides nothing about caching, routing or the guard's per-request rules (the
 handler's), and never echoes request bytes in its own error answers.
@@ -51,6 +54,10 @@ _REQUEST_LINE = re.compile(rb"([!-~]+) [!-~]+ HTTP/([0-9]\.[0-9])\r?\n")
 #: RFC 9110 Section 6.4.1 / RFC 9112 Section 6.3: answers that never carry a body.
 _NO_BODY_STATUSES = frozenset((204, 304, *range(100, 200)))
 
+#: RFC 9113 Section 3.4: the HTTP/2 connection preface. With prior knowledge (h2c) a
+#: cleartext connection that begins with it is handed to the listener's HTTP/2 protocol.
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
 #: Reading from the client pauses while this much of a request body waits unread, or
 #: while this many pipelined requests wait their turn.
 _BODY_HIGH_WATER = 1 << 20
@@ -63,6 +70,16 @@ Handler = Callable[[Request, Channel], Awaitable[None]]
 _HotParse = tuple[tuple[bytes, bytes, bytes], str, bool, recv.Inbound]
 #: Fills in a response's fields before they are written (Server, HSTS, spellings).
 Finisher = Callable[[CIMultiDict[str], Request], None]
+
+
+def local_of(transport: asyncio.BaseTransport) -> str:
+    """The address a client reached, as HOST:PORT (the authority of a request that
+    named none)."""
+    sock = transport.get_extra_info("sockname")
+    if not (isinstance(sock, tuple) and sock):
+        return ""
+    host = f"[{sock[0]}]" if ":" in str(sock[0]) else str(sock[0])
+    return f"{host}:{sock[1]}"
 
 
 def fields_of(raw: tuple[tuple[bytes, bytes], ...]) -> CIMultiDictProxy[str]:
@@ -120,6 +137,44 @@ class ConnectionGuard:
     # request head again and again.
     parsed: dict[bytes, _HotParse] = field(default_factory=dict)
 
+    def hot_answer(
+        self,
+        client: str,
+        key: tuple[bytes, bytes, bytes],
+        request: tuple[str, str, tuple[int, int]],
+        close: bool,
+        raw: tuple[tuple[bytes, bytes], ...] | None,
+        settled: recv.Inbound | None,
+    ) -> tuple[tuple[fastpath.Hot, bytes], recv.Inbound] | None:
+        """The hot tier's answer (edge.pipeline.fastpath) if it holds one and the recv
+        checks (edge.features.recv) admit the request, for HTTP/1.1 and HTTP/2 alike;
+        None sends it the general way, which answers what the checks refuse. The rate
+        limit counts the peer: a hot request carries no forwarding field. `request`:
+        (path, the address the client reached, version); `settled`: these exact bytes
+        passed the pure checks before (then `raw` is None). Returns the answer and the
+        request as the checks settled it."""
+        engine = self.engine
+        if engine.purger is not None and not engine.purger.ready:
+            return None
+        found = engine.hot.answer(key, engine.clock(), close)
+        if found is None:
+            return None
+        path, local, version = request
+        checks: recv.Remembered = engine.hot_checks
+        if settled is None:
+            assert raw is not None
+            failed, settled = checks.admit(
+                (version, path, raw),
+                lambda: recv.Inbound("GET", version, path, fields_of(raw), local),
+                client,
+                engine.monotonic(),
+            )
+        else:
+            failed = checks.stateful(settled, client, engine.monotonic())
+        if failed is not None:
+            return None
+        return found, settled
+
     def refused(self, status: int) -> None:
         if self.metrics is not None:
             self.metrics.refused.labels(self.node, str(status)).inc()
@@ -156,7 +211,11 @@ class Listener:
         self.limits = limits
         self.finish = finish
         self.hot = hot  # answer hot hits (edge.pipeline.fastpath): the public listener only
-        self.connections: set[Connection] = set()
+        self.connections: set[Any] = set()  # Connection, or edge.server.http2's
+        # The HTTP/2 protocol's factory (edge.server.http2): used when TLS's ALPN chose
+        # "h2", and on cleartext when `h2c` (prior knowledge, RFC 9113 Section 3.3).
+        self.http2: Callable[[], asyncio.Protocol] | None = None
+        self.h2c = False
         self.servers: list[asyncio.Server] = []
         self.date = DateField()
 
@@ -306,6 +365,8 @@ class Connection(asyncio.Protocol):
         self._whole = False  # this feed began at a message boundary
         self._hot_whole: _HotParse | None = None
         self._messages_in_feed = 0
+        self._first = b""  # the connection's first bytes while they may be the h2 preface
+        self._fresh = True  # nothing received yet
         engine = self.guard.engine
         # Whether hot hits are answered here (edge.pipeline.fastpath): the public listener's.
         self._hot = listener.hot and engine is not None and engine.hot is not None
@@ -314,12 +375,14 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # a stream transport
+        if self.listener.http2 is not None:
+            tls = transport.get_extra_info("ssl_object")
+            if tls is not None and tls.selected_alpn_protocol() == "h2":
+                self._hand_over(b"")
+                return
         peer = transport.get_extra_info("peername")
         self.client = peer[0] if isinstance(peer, tuple) and peer else ""
-        sock = transport.get_extra_info("sockname")
-        if isinstance(sock, tuple) and sock:
-            host = f"[{sock[0]}]" if ":" in str(sock[0]) else str(sock[0])
-            self.local = f"{host}:{sock[1]}"
+        self.local = local_of(transport)
         if transport.get_extra_info("sslcontext") is not None:
             self.scheme = "https"
         guard = self.guard
@@ -337,6 +400,19 @@ class Connection(asyncio.Protocol):
         self._idle()
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        self._forget()
+        gone = ConnectionResetError("client went away")
+        for pending in (self._current, self._pending, *self._queue):
+            if pending is not None:
+                pending.body.finish(gone)
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_exception(gone)
+        # The handler is not cancelled: a fill it started carries on for others, and its
+        # next write tells it the client left.
+
+    def _forget(self) -> None:
+        """This protocol is done with the connection: its timers, its place among the
+        listener's connections and in the guard's count of the client's go."""
         self.closed = True
         self._cancel_timers()
         self.listener.connections.discard(self)
@@ -346,14 +422,33 @@ class Connection(asyncio.Protocol):
             open_[self.client] -= 1
             if open_[self.client] <= 0:
                 del open_[self.client]
-        gone = ConnectionResetError("client went away")
-        for pending in (self._current, self._pending, *self._queue):
-            if pending is not None:
-                pending.body.finish(gone)
-        if self._drain is not None and not self._drain.done():
-            self._drain.set_exception(gone)
-        # The handler is not cancelled: a fill it started carries on for others, and its
-        # next write tells it the client left.
+
+    def _hand_over(self, data: bytes) -> None:
+        """HTTP/2 on this connection: the listener's HTTP/2 protocol takes it over,
+        with the bytes read so far."""
+        assert self.listener.http2 is not None and self.transport is not None
+        self._forget()
+        protocol = self.listener.http2()
+        self.transport.set_protocol(protocol)
+        protocol.connection_made(self.transport)
+        if data:
+            protocol.data_received(data)
+
+    def _preface(self, data: bytes) -> bytes | None:
+        """The first bytes of a cleartext connection on a listener with h2c: the h2
+        preface hands the connection over (None: handed over, or wait for more)."""
+        self._fresh = False
+        data = self._first + data
+        self._first = b""
+        size = min(len(data), len(H2_PREFACE))
+        if data[:size] != H2_PREFACE[:size]:
+            return data
+        if size < len(H2_PREFACE):
+            self._first = data
+            self._fresh = True
+            return None
+        self._hand_over(data)
+        return None
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -373,6 +468,12 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed or self._lingering or (self._no_more and not self._in_message):
             return  # closing: read and dropped
+        if self._fresh and self.listener.h2c:
+            checked = self._preface(data)
+            if checked is None:
+                return
+            data = checked
+        self._fresh = False
         if not self._in_message:
             if self._hot and self._current is None and not self._queue:
                 # Bytes that parsed as a whole hot request before (never a rewritten
@@ -629,33 +730,31 @@ class Connection(asyncio.Protocol):
         answers what the checks refuse. The rate limit counts the peer: a hot request
         carries no forwarding field. `settled`: these exact bytes passed the pure checks
         before (then `raw` is None). Returns the request as the checks settled it."""
-        engine = self.guard.engine
-        if engine.purger is not None and not engine.purger.ready:
-            return None
-        found = engine.hot.answer(key, engine.clock(), close)
+        found = self.guard.hot_answer(
+            self.client, key, (path, self.local, (1, 1)), close, raw, settled
+        )
         if found is None:
             return None
-        hot, data = found
-        checks: recv.Remembered = engine.hot_checks
-        if settled is None:
-            assert raw is not None
-            failed, settled = checks.admit(
-                (path, raw),
-                lambda: recv.Inbound("GET", (1, 1), path, fields_of(raw), self.local),
-                self.client,
-                engine.monotonic(),
-            )
-        else:
-            failed = checks.stateful(settled, self.client, engine.monotonic())
-        if failed is not None:
-            return None
+        (hot, data), settled = found
+        engine = self.guard.engine
         assert self.transport is not None
         self.transport.write(data)
         engine.metrics.fast_hits += 1
         engine.metrics.fast_bytes += len(hot.body)
         if engine.access.enabled:
             engine.access.line(
-                request_line(self.client, "GET", path, 200, "hit", len(hot.body), 0, None, "fast")
+                request_line(
+                    self.client,
+                    "GET",
+                    path,
+                    200,
+                    "hit",
+                    len(hot.body),
+                    0,
+                    None,
+                    "fast",
+                    protocol="HTTP/1.1",
+                )
             )
         self._cancel_head_timer()
         if close:

@@ -1,11 +1,12 @@
-"""A cache node: edge's own HTTP/1.1 listeners (edge.server.http1) around the pipeline, with
-its store, upstream, in-flight fills and metrics, and the node's own endpoints under
-/_edge/ (health, metrics, purge), served through the same exchange (edge.pipeline.exchange).
+"""A cache node: edge's own listeners (HTTP/1.1, edge.server.http1; HTTP/2 on the public
+one, edge.server.http2) around the pipeline, with its store, upstream, in-flight fills
+and metrics, and the node's own endpoints under /_edge/ (health, metrics, purge), served
+through the same exchange (edge.pipeline.exchange).
 
 A node is an object with `start()` and `stop()`; nothing is global, so a test can run
 two nodes in one process. This module owns lifetimes and routing, not caching rules
-nor HTTP/1.1 (edge.server.http1). A node may also be one worker of several over one cache
-directory (edge.multiproc.workers).
+nor HTTP (edge.server.http1, edge.server.http2). A node may also be one worker of
+several over one cache directory (edge.multiproc.workers).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from edge.rfc.forwarding import is_trusted, parse_networks
 from edge.rfc.tokens import CHALLENGE, check_bearer
 from edge.server import tls
 from edge.server.http1 import ConnectionGuard, Limits, Listener, phrase
+from edge.server.http2 import Http2Connection, Http2Limits
 from edge.store.disk import DiskStore
 from edge.upstream.pools import Member, Pool, Upstreams
 
@@ -296,6 +298,11 @@ class EdgeNode:
             await self.admin.listen(admin_host, admin_port, reuse_port=reuse_port)
         self.public = self._listener(self._serve_public, hot=True)
         cfg = self.config
+        # HTTP/2 on the public listener: by ALPN over TLS, by prior knowledge when on.
+        public = self.public
+        h2_limits = Http2Limits(send_timeout=cfg.send_timeout, max_header_list=cfg.max_header_bytes)
+        public.http2 = lambda: Http2Connection(public, h2_limits)
+        public.h2c = cfg.http2 and ssl_context is None
         host, port = cfg.host_port
         if ssl_context is not None:
             # A TLS port that answers plain HTTP with a readable 400 (edge.server.tls).

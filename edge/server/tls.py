@@ -72,7 +72,8 @@ def _context(cert: str, key: str) -> ssl.SSLContext:
     ctx.set_ciphers(TLS12_CIPHERS)
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
     ctx.options |= getattr(ssl, "OP_NO_RENEGOTIATION", 0)
-    ctx.set_alpn_protocols(["http/1.1"])
+    # RFC 7301: HTTP/2 first (edge.server.http2 takes the connection), then HTTP/1.1.
+    ctx.set_alpn_protocols(["h2", "http/1.1"])
     try:
         ctx.load_cert_chain(cert, key)
     except ssl.SSLError as exc:

@@ -33,6 +33,15 @@ def test_a_line_without_upstream_says_dash_and_ends_with_how_it_ended() -> None:
     assert line == '::1 "HEAD /x" 200 hit bytes=0 time_ms=0.0 upstream_ms=- id=ab12 walk=fast cut'
 
 
+def test_the_protocol_is_a_field_of_its_own() -> None:
+    line = request_line(
+        "::1", "GET", "/x", 200, "hit", 5, 0.0, None, "fast", protocol="HTTP/2.0", request_id="r"
+    )
+    assert line == (
+        '::1 "GET /x" 200 hit bytes=5 time_ms=0.0 upstream_ms=- proto=HTTP/2.0 id=r walk=fast'
+    )
+
+
 @pytest.fixture
 def access_logger() -> Iterator[logging.Logger]:
     logger = logging.getLogger(NAME)

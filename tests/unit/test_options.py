@@ -53,6 +53,8 @@ GOOD: dict[str, Any] = {
     "slice_threshold": "32M",
     "name": "edge-eu-9",
     "workers": 3,
+    "http2": True,
+    "send_timeout": 12,
 }
 BASE: dict[str, Any] = {
     "origins": ["http://base.example"],
@@ -80,8 +82,9 @@ BAD: dict[str, str] = {
     "name": "two words",
     "workers": "0",
     "cache_dir": "",
+    "send_timeout": "soon",
 }
-NO_BAD_VALUE = {"origin_direct", "tls_cert", "tls_key", "upstream_ca"}
+NO_BAD_VALUE = {"origin_direct", "tls_cert", "tls_key", "upstream_ca", "http2"}
 
 CASES = [(role, o) for role in ROLES for o in cli_options(role)]
 

@@ -25,12 +25,15 @@ def test_plain_requests_pass() -> None:
     assert framing("POST", Transfer_Encoding="chunked") is None
     assert framing("GET", Content_Length="0") is None
     assert framing("GET", version=(1, 0)) is None
+    # HTTP/2 (edge.server.http2): framed by h2, a Content-Length checked against DATA.
+    assert framing("GET", version=(2, 0)) is None
+    assert framing("POST", version=(2, 0), Content_Length="10") is None
 
 
 @pytest.mark.parametrize(
     ("kwargs", "status"),
     [
-        ({"version": (2, 0)}, 505),
+        ({"version": (4, 0)}, 505),
         ({"version": (0, 9)}, 400),
         ({"version": (1, 0), "Transfer_Encoding": "chunked"}, 400),
         ({"Transfer_Encoding": "gzip, chunked"}, 501),
