@@ -125,7 +125,7 @@ def test_h2c_with_prior_knowledge_misses_hits_and_logs_http2(
         return [ln for ln in node.output().splitlines() if '"GET /books/h2c"' in ln]
 
     assert eventually(lambda: any(" hit " in ln and "proto=HTTP/2.0" in ln for ln in lines()))
-    assert any("proto=HTTP/1.1" in ln for ln in lines())
+    assert eventually(lambda: any("proto=HTTP/1.1" in ln for ln in lines()))
 
 
 def test_without_the_option_a_cleartext_preface_gets_505(upstream: Proc, edge: EdgeFactory) -> None:
@@ -242,8 +242,9 @@ def test_h2_hits_take_the_fast_path_with_the_general_answers_fields(
     assert client.goaway is None and not client.closed
     assert all(r.status == 200 and bytes(r.body) == bytes(miss.body) for r in fast)
     assert all(timeless(r) == timeless(general) for r in fast)
-    assert eventually(lambda: node.output().count("proto=HTTP/2.0 walk=fast") >= len(fast))
-    assert node.output().count("walk=fast") >= len(fast) - 1
+    # The first may still go the general way: the hot tier takes the general answer's
+    # offer once that answer is written.
+    assert eventually(lambda: node.output().count("proto=HTTP/2.0 walk=fast") >= len(fast) - 1)
     # Idle now: GOAWAY (NO_ERROR) after keepalive_timeout.
     client.wait(lambda: client.goaway is not None or client.closed, timeout=10)
     assert client.goaway == NO_ERROR
