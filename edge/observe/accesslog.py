@@ -35,6 +35,7 @@ def request_line(
     walk: str,
     *,
     request_id: str = "",
+    proto: str = "",
     end: str = "",
 ) -> str:
     """One request's line (the message part): who asked what, the status and how the
@@ -42,9 +43,11 @@ def request_line(
     upstream ("-": not asked), the request id when one was given, the walk (the client
     machine's steps as its caller renders them, e.g. "recv>hash>lookup>hit>deliver", or
     "fast"), and how the exchange ended when not whole ("client-gone", "cut").
+    `proto` names the protocol when it is not HTTP/1.x ("h3").
     """
     upstream = "-" if upstream_ms is None else f"{upstream_ms:.1f}"
     req_id = f" id={request_id}" if request_id else ""
+    req_id += f" proto={proto}" if proto else ""
     tail = f" {end}" if end else ""
     return (
         f'{client} "{method} {target}" {status} {label} bytes={sent} time_ms={took_ms:.1f} '

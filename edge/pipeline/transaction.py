@@ -1336,7 +1336,8 @@ class Transaction:
         if not cfg.underscores_in_headers:
             headers = guard.without_underscores(headers)
         headers.insert(0, ("Host", self.host))
-        headers = _appended(headers, "Via", f"1.1 {cfg.name}")
+        # RFC 9110 Section 7.6.3: the protocol the request was received in.
+        headers = _appended(headers, "Via", f"{_received_protocol(self.req.version)} {cfg.name}")
         headers = _appended(headers, "CDN-Loop", forwarding.cdn_loop_entry(cfg.cdn_name, cfg.name))
         # W3C Edge Architecture: advertise this surrogate so the origin can target
         # Surrogate-Control directives at it by name.
@@ -1376,6 +1377,7 @@ class Transaction:
                     self.upstream_ms,
                     steps.render_walk(self.walk),
                     request_id=self._request_id,
+                    proto=_protocol_label(self.req.version),
                     end="client-gone" if self.client_gone else ("cut" if self.cut else ""),
                 )
             )
@@ -1394,6 +1396,18 @@ _STEPS = {
     Step.DELIVER: Transaction.st_deliver,
 }
 assert set(_STEPS) | steps.FINAL == set(Step), "every step has a method, or ends the walk"
+
+
+def _received_protocol(version: tuple[int, int]) -> str:
+    """Via's received-protocol (RFC 9110 Section 7.6.3): "1.1" for HTTP/1.x, as edge
+    has always written it, the major version alone from HTTP/2 on."""
+    return "1.1" if version[0] == 1 else str(version[0])
+
+
+def _protocol_label(version: tuple[int, int]) -> str:
+    """The access line's protocol for versions other than HTTP/1.x ("h3"); HTTP/1.x
+    lines stay as they were."""
+    return "" if version[0] == 1 else f"h{version[0]}"
 
 
 def _appended(headers: list[tuple[str, str]], name: str, value: str) -> list[tuple[str, str]]:

@@ -44,6 +44,9 @@ GOOD: dict[str, Any] = {
     "tls_key": ["a-key.pem"],
     "http_redirect": "127.0.0.1:9912",
     "hsts": 31536000,
+    "http3": True,
+    "http3_early_data": True,
+    "alt_svc_max_age": 3600,
     "upstream_ca": "ca.pem",
     "cache_dir": "/var/cache/edge",
     "cache_size": "10G",
@@ -57,6 +60,7 @@ BASE: dict[str, Any] = {
     "origins": ["http://base.example"],
     "tls_cert": ["base.pem"],
     "tls_key": ["base-key.pem"],
+    "http3": True,  # http3_early_data needs it
 }
 
 # A bad value of each command-line option, as text on the command line; the same text
@@ -72,6 +76,7 @@ BAD: dict[str, str] = {
     "region": "two words",
     "http_redirect": "nowhere",
     "hsts": "soon",
+    "alt_svc_max_age": "soon",
     "cache_size": "lots",
     "max_object_size": "lots",
     "slice_size": "1K",
@@ -80,7 +85,7 @@ BAD: dict[str, str] = {
     "workers": "0",
     "cache_dir": "",
 }
-NO_BAD_VALUE = {"origin_direct", "tls_cert", "tls_key", "upstream_ca"}
+NO_BAD_VALUE = {"origin_direct", "tls_cert", "tls_key", "upstream_ca", "http3", "http3_early_data"}
 
 CASES = [(role, o) for role in ROLES for o in cli_options(role)]
 
@@ -360,3 +365,19 @@ def test_the_readmes_toml_keys_are_options() -> None:
     said = readme.split("A TOML file takes the same names (", 1)[1].split("tables below)")[0]
     keys = {k.replace("-", "_") for k in re.findall(r"`([a-z_-]+)`", said)}
     assert len(keys) > 20 and keys <= {o.name for o in OPTIONS}
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"http3": True}, "http3 needs TLS (--tls-cert and --tls-key)"),
+        (
+            {"http3_early_data": True, "tls_cert": ["a.pem"], "tls_key": ["k.pem"]},
+            "http3_early_data needs http3",
+        ),
+    ],
+)
+def test_http3_needs_tls_and_early_data_needs_http3(values: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, {"origins": ("http://o.example",), **values})
+    assert str(caught.value) == message
