@@ -67,6 +67,10 @@ H3_REQUEST_CANCELLED = 0x10C
 CHUNK = 64 << 10
 SEND_HIGH_WATER = 1 << 20
 
+#: At shutdown, a connection that has sent nothing for this long has delivered its
+#: answers (what is unacknowledged would have been sent again by now).
+QUIET = 0.3
+
 #: RFC 8470 Section 4 / RFC 9110 Section 9.2.1: what may be answered from early data.
 SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS"))
 
@@ -195,12 +199,20 @@ class H3Protocol(QuicConnectionProtocol):
         self._handshake_done = False
         self._queued = 0  # body bytes handed to QUIC
         self._sent = 0  # bytes that left in datagrams
+        self._last_sent = 0.0  # when the last datagram left (loop time)
         self._drainers: list[asyncio.Future[None]] = []
         server.connections.add(self)
 
     @property
     def busy(self) -> bool:
-        return bool(self.streams)
+        """Streams being answered, or their last bytes still leaving: the backlog not
+        yet sent, or datagrams sent within the last QUIET seconds (acknowledgements
+        and retransmissions of the ends of bodies)."""
+        return (
+            bool(self.streams)
+            or self._queued > self._sent
+            or self.loop.time() - self._last_sent < QUIET
+        )
 
     # -- QUIC ---------------------------------------------------------------------------
 
@@ -262,6 +274,7 @@ class H3Protocol(QuicConnectionProtocol):
 
     def sent(self, count: int) -> None:
         self._sent += count
+        self._last_sent = self.loop.time()
         if self._drainers and self._queued - self._sent < SEND_HIGH_WATER // 2:
             self._wake(None)
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import signal
+import socket
 import ssl
 import urllib.request
 from pathlib import Path
@@ -14,6 +16,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from edge.server.http3 import H3_EXCESSIVE_LOAD, H3_NO_ERROR, H3_REQUEST_REJECTED
 from edge.server.tls import LocalCA
 from tests.support.h3client import h3_connect
 from tests.support.procs import Proc
@@ -21,6 +24,8 @@ from tests.support.tlsnodes import tls_edge
 from tests.support.upstream import body_for
 
 TOKEN = "h3-admin-token"
+#: RFC 9114 Section 8.1.
+H3_MESSAGE_ERROR = 0x10E
 
 
 @pytest.fixture
@@ -29,11 +34,17 @@ def ca(tmp_path: Path) -> LocalCA:
 
 
 def h3_edge(
-    procs: list[Proc], tmp_path: Path, upstream: Proc, ca: LocalCA, *extra: str, name: str = "h3"
+    procs: list[Proc],
+    tmp_path: Path,
+    upstream: Proc,
+    ca: LocalCA,
+    *extra: str,
+    name: str = "h3",
+    toml: str = "",
 ) -> Proc:
     pair = ca.issue(name, ["localhost", "archive.test"], ["127.0.0.1"])
     config = tmp_path / f"{name}.toml"
-    config.write_text(f'admin_token = "{TOKEN}"\n')
+    config.write_text(f'admin_token = "{TOKEN}"\n{toml}')
     return tls_edge(
         procs,
         tmp_path,
@@ -145,3 +156,213 @@ async def test_no_alt_svc_without_http3(
         async with asyncio.timeout(5):
             async with h3_connect(edge.port, ca.cert_path):
                 pass
+
+
+# -- the guard -------------------------------------------------------------------------
+
+
+async def test_http3_connections_count_in_the_per_client_limit(
+    procs: list[Proc], tmp_path: Path, upstream: Proc, ca: LocalCA
+) -> None:
+    """max_connections_per_client counts TCP and QUIC connections together: with one
+    of each open, a third (QUIC) is closed with H3_EXCESSIVE_LOAD; once one closes, a
+    new one is served."""
+    edge = h3_edge(
+        procs,
+        tmp_path,
+        upstream,
+        ca,
+        name="h3guard",
+        toml="max_connections_per_client = 2\ntrusted_proxies = []\n",
+    )
+    ctx = ssl.create_default_context(cafile=str(ca.cert_path))
+    raw = socket.create_connection(("127.0.0.1", edge.port), timeout=10)
+    tcp = ctx.wrap_socket(raw, server_hostname="localhost")
+    try:
+        async with h3_connect(edge.port, ca.cert_path) as first:
+            assert (await first.request("GET", "/books/g1")).status == 200
+            with pytest.raises(ConnectionError):
+                async with h3_connect(edge.port, ca.cert_path) as second:
+                    await second.request("GET", "/books/g2", timeout=10)
+            assert second.terminated is not None
+            assert second.terminated.error_code == H3_EXCESSIVE_LOAD
+            # The first is untouched.
+            assert (await first.request("GET", "/books/g1")).status == 200
+    finally:
+        tcp.close()
+    async with h3_connect(edge.port, ca.cert_path) as third:
+        assert (await third.request("GET", "/books/g3")).status == 200
+        metrics = await third.request("GET", "/_edge/metrics")
+    assert metrics.status == 200
+    refused = [
+        line
+        for line in metrics.body.decode().splitlines()
+        if line.startswith("edge_guard_connections_refused_total")
+    ]
+    assert len(refused) == 1 and refused[0].endswith(" 1.0"), refused
+
+
+async def test_rate_limit_refuses_over_http3(
+    procs: list[Proc], tmp_path: Path, upstream: Proc, ca: LocalCA
+) -> None:
+    edge = h3_edge(
+        procs,
+        tmp_path,
+        upstream,
+        ca,
+        name="h3rate",
+        toml="rate_limit = 1.0\nrate_burst = 3\nrate_tarpit = 0\ntrusted_proxies = []\n",
+    )
+    async with h3_connect(edge.port, ca.cert_path) as client:
+        statuses = [(await client.request("GET", f"/books/r{i}")).status for i in range(6)]
+        refused = await client.request("GET", "/books/r9")
+    assert statuses[:3] == [200, 200, 200] and 429 in statuses[3:]
+    assert refused.status == 429 and int(refused.header("retry-after")) >= 1
+    assert "refused" in refused.header("cache-status")
+
+
+# -- abuse -------------------------------------------------------------------------------
+
+
+def fields(method: str, path: str, *extra: tuple[bytes, bytes]) -> list[tuple[bytes, bytes]]:
+    return [
+        (b":method", method.encode()),
+        (b":scheme", b"https"),
+        (b":authority", b"localhost"),
+        (b":path", path.encode()),
+        *extra,
+    ]
+
+
+async def test_streams_beyond_the_limit_wait_their_turn(
+    procs: list[Proc], tmp_path: Path, upstream: Proc, ca: LocalCA
+) -> None:
+    """300 requests at once on one connection: QUIC's stream limit (128 concurrent
+    request streams, RFC 9000 Section 4.6) holds the rest back until streams finish,
+    so a second-long upstream takes at least three rounds; every request is answered."""
+    edge = h3_edge(procs, tmp_path, upstream, ca, name="h3streams")
+    async with h3_connect(edge.port, ca.cert_path) as client:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        replies = await asyncio.gather(
+            *(
+                client.request("GET", f"/slow/{i}?delay=1&cc=no-store", timeout=60)
+                for i in range(300)
+            )
+        )
+        took = loop.time() - started
+    assert [r.status for r in replies] == [200] * 300
+    assert took >= 2.5, took
+
+
+async def test_a_header_list_too_large_is_a_431_and_the_connection_lives(
+    procs: list[Proc], tmp_path: Path, upstream: Proc, ca: LocalCA
+) -> None:
+    """A field section that QPACK makes small on the wire but large once decoded (the
+    same 3000-byte field twenty times, from the dynamic table) or with too many fields:
+    431, nothing forwarded, and the connection serves the next request."""
+    edge = h3_edge(procs, tmp_path, upstream, ca, name="h3big-head")
+    big = tuple((b"x-filler", b"f" * 3000) for _ in range(20))
+    many = tuple((b"x-%d" % i, b"v") for i in range(150))
+    async with h3_connect(edge.port, ca.cert_path) as client:
+        for extra in (big, many):
+            reply = await client.reply(client.send(fields("GET", "/books/qpack", *extra)))
+            assert reply.status == 431, reply.body
+        assert (await client.request("GET", "/books/after")).status == 200
+    assert upstream_count(upstream, "/books/qpack") == 0
+
+
+async def test_malformed_heads_are_refused_and_never_forwarded(
+    procs: list[Proc], tmp_path: Path, upstream: Proc, ca: LocalCA
+) -> None:
+    """RFC 9114 Section 4.1.2: a malformed request is an error, never served. aioquic
+    refuses some itself (the connection closes with H3_MESSAGE_ERROR); edge.rfc.pseudo
+    answers the rest with a 400. Either way the upstream never sees one."""
+    edge = h3_edge(procs, tmp_path, upstream, ca, name="h3malformed")
+    cases = [
+        [*fields("GET", "/m/conn"), (b"connection", b"keep-alive")],
+        [*fields("GET", "/m/te"), (b"transfer-encoding", b"chunked")],
+        [*fields("GET", "/m/upper"), (b"X-Upper", b"1")],
+        [(b":method", b"GET"), (b":authority", b"localhost"), (b":path", b"/m/noscheme")],
+        [*fields("GET", "/m/status"), (b":status", b"200")][::-1],
+        [*fields("GET", "/m/authority"), (b"host", b"elsewhere.test")],
+        [
+            (b":method", b"GET"),
+            (b":scheme", b"http"),
+            (b":authority", b"localhost"),
+            (b":path", b"/m/scheme"),
+        ],
+        fields("GET", "m/relative"),
+    ]
+    outcomes = []
+    for case in cases:
+        async with h3_connect(edge.port, ca.cert_path) as client:
+            try:
+                reply = await client.reply(client.send(case), timeout=10)
+                outcomes.append(reply.status)
+            except ConnectionError:
+                assert client.terminated is not None
+                outcomes.append(client.terminated.error_code)
+    assert all(o in (400, H3_MESSAGE_ERROR) for o in outcomes), outcomes
+    # The rules only edge holds (one authority, the listener's scheme, a path) are 400s.
+    assert outcomes[-3:] == [400, 400, 400]
+    with urllib.request.urlopen(f"{upstream.url}/_total", timeout=10) as resp:
+        assert json.loads(resp.read())["count"] == 0
+
+
+async def test_content_length_that_disagrees_with_data_is_never_forwarded(
+    procs: list[Proc], tmp_path: Path, upstream: Proc, ca: LocalCA
+) -> None:
+    """A body longer than its Content-Length (the DATA still coming) is a 400 at once;
+    one shorter is refused at its end. The upstream sees neither request: the smuggling
+    an HTTP/1.1 upstream would read as a second request never leaves the node."""
+    edge = h3_edge(procs, tmp_path, upstream, ca, name="h3length")
+    smuggled = b"hello" + b"GET /admin HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    async with h3_connect(edge.port, ca.cert_path) as client:
+        sid = client.send(
+            fields("POST", "/post/long", (b"content-length", b"5")), [smuggled], end=False
+        )
+        reply = await client.reply(sid)
+        assert reply.status == 400 and b"framing" in reply.body
+        fine = await client.request("POST", "/post/fine?cc=no-store", body=b"12345")
+        assert fine.status == 200
+    async with h3_connect(edge.port, ca.cert_path) as client:
+        try:
+            short = await client.reply(
+                client.send(fields("POST", "/post/short", (b"content-length", b"50")), [b"abc"])
+            )
+            assert short.status == 400
+        except ConnectionError:
+            assert client.terminated is not None
+            assert client.terminated.error_code == H3_MESSAGE_ERROR
+    assert upstream_count(upstream, "/post/long") == 0
+    assert upstream_count(upstream, "/post/short") == 0
+    assert upstream_count(upstream, "/admin") == 0
+    assert upstream_count(upstream, "/post/fine") == 1
+
+
+async def test_shutdown_finishes_streams_then_closes_with_no_error(
+    procs: list[Proc], tmp_path: Path, upstream: Proc, ca: LocalCA
+) -> None:
+    """SIGTERM: a request in flight is answered whole, a new stream is refused with
+    H3_REQUEST_REJECTED (safe to retry elsewhere), then the connection closes with
+    H3_NO_ERROR and the node exits 0."""
+    edge = h3_edge(procs, tmp_path, upstream, ca, name="h3stop")
+    async with h3_connect(edge.port, ca.cert_path) as client:
+        slow = asyncio.ensure_future(
+            client.request("GET", "/slow/stop?delay=2&size=300000&cc=no-store", timeout=30)
+        )
+        await asyncio.sleep(0.7)
+        edge.popen.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.5)
+        late = await client.request("GET", "/books/late", timeout=10)
+        reply = await slow
+        assert reply.status == 200 and reply.body == body_for("/slow/stop", 300000)
+        assert late.reset == H3_REQUEST_REJECTED
+        for _ in range(100):
+            if client.terminated is not None:
+                break
+            await asyncio.sleep(0.1)
+        assert client.terminated is not None and client.terminated.error_code == H3_NO_ERROR
+    assert edge.popen.wait(timeout=20) == 0
+    assert upstream_count(upstream, "/books/late") == 0

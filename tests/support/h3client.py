@@ -24,6 +24,7 @@ class Reply:
     status: int = 0
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
+    received: bytearray = field(default_factory=bytearray)  # the body as it arrives
     reset: int | None = None  # the stream's reset code, when it was reset
     interim: list[int] = field(default_factory=list)
 
@@ -63,14 +64,16 @@ class _Client(QuicConnectionProtocol):
             else:
                 reply.status, reply.headers = status, fields
         elif isinstance(event, DataReceived):
-            reply.body += event.data
+            reply.received += event.data
         if getattr(event, "stream_ended", False):
             self._done(event.stream_id)  # type: ignore[attr-defined]
 
     def _done(self, sid: int) -> None:
+        reply = self.replies[sid]
+        reply.body = bytes(reply.received)
         waiter = self.waiters.pop(sid, None)
         if waiter is not None and not waiter.done():
-            waiter.set_result(self.replies[sid])
+            waiter.set_result(reply)
 
     def send(self, fields: Fields, body: Sequence[bytes] = (), end: bool = True) -> int:
         """Send a request's fields as given (no checks) and its DATA frames."""
