@@ -338,10 +338,14 @@ class EdgeNode:
             ),
             max_body=cfg.max_body_size,
         )
-        self.h3_listener = http3.Http3Listener(
-            self.public, quic, early_data=cfg.http3_early_data, max_body=cfg.max_body_size
-        )
-        await self.h3_listener.start(host, port)
+        if self.coordination.leads:
+            # One UDP socket per port: aioquic's server takes no SO_REUSEPORT, and the
+            # kernel would spread a migrating connection's datagrams over workers. The
+            # lead worker serves HTTP/3 for the node; every worker advertises it.
+            self.h3_listener = http3.Http3Listener(
+                self.public, quic, early_data=cfg.http3_early_data, max_body=cfg.max_body_size
+            )
+            await self.h3_listener.start(host, port)
         if cfg.alt_svc_max_age:
             self.alt_svc = f'h3=":{port}"; ma={cfg.alt_svc_max_age}'
 

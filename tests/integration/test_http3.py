@@ -18,7 +18,7 @@ import pytest
 
 from edge.server.http3 import H3_EXCESSIVE_LOAD, H3_NO_ERROR, H3_REQUEST_REJECTED
 from edge.server.tls import LocalCA
-from tests.support.h3client import h3_connect
+from tests.support.h3client import h3_connect, relay
 from tests.support.procs import Proc
 from tests.support.tlsnodes import tls_edge
 from tests.support.upstream import body_for
@@ -366,3 +366,61 @@ async def test_shutdown_finishes_streams_then_closes_with_no_error(
         assert client.terminated is not None and client.terminated.error_code == H3_NO_ERROR
     assert edge.popen.wait(timeout=20) == 0
     assert upstream_count(upstream, "/books/late") == 0
+
+
+def rss(pid: int) -> int:
+    """A process's resident memory in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+async def test_a_client_that_stops_reading_holds_little_memory(
+    procs: list[Proc], tmp_path: Path, upstream: Proc, ca: LocalCA
+) -> None:
+    """A 40 MiB stored object to a client that stops acknowledging (a relay holds what
+    the node sends): the node queues about a megabyte, not the file; once the client
+    reads again the body arrives whole."""
+    edge = h3_edge(procs, tmp_path, upstream, ca, name="h3slow")
+    size = 40 << 20
+    path = f"/big/slow?size={size}"
+    async with h3_connect(edge.port, ca.cert_path) as client:
+        warm = await client.request("GET", path, timeout=120)
+        assert warm.status == 200 and len(warm.body) == size
+    del warm
+    await asyncio.sleep(0.5)
+    before = rss(edge.popen.pid)
+    async with relay(edge.port) as (port, held), h3_connect(port, ca.cert_path) as client:
+        sid = client.send(fields("GET", path))
+        for _ in range(200):
+            if len(client.replies[sid].received) > 1 << 20:
+                break
+            await asyncio.sleep(0.05)
+        held.hold()
+        await asyncio.sleep(3)
+        during = rss(edge.popen.pid)
+        held.release()
+        reply = await client.reply(sid, timeout=180)
+    assert reply.status == 200 and "hit" in reply.header("cache-status")
+    assert reply.body == body_for("/big/slow", size)
+    assert during - before < 16 << 20, (before, during)
+
+
+async def test_workers_share_the_port_and_the_lead_serves_http3(
+    procs: list[Proc], tmp_path: Path, upstream: Proc, ca: LocalCA
+) -> None:
+    """With two workers on the TLS port, HTTP/3 is served (by the lead) and every
+    HTTP/1.1 answer, whichever worker gives it, advertises it."""
+    edge = h3_edge(procs, tmp_path, upstream, ca, "--workers", "2", name="h3workers")
+    ctx = ssl.create_default_context(cafile=str(ca.cert_path))
+    for i in range(8):
+        # A new connection each time: the kernel spreads them over the workers.
+        async with (
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as session,
+            session.get(f"https://localhost:{edge.port}/books/w{i}") as resp,
+        ):
+            assert resp.headers["Alt-Svc"] == f'h3=":{edge.port}"; ma=86400'
+    async with h3_connect(edge.port, ca.cert_path) as client:
+        reply = await client.request("GET", "/books/w0", authority=f"localhost:{edge.port}")
+    assert reply.status == 200 and "hit" in reply.header("cache-status")

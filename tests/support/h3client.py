@@ -140,3 +140,64 @@ async def h3_connect(
         wait_connected=wait_connected,
     ) as client:
         yield client  # type: ignore[misc]
+
+
+class _Relay(asyncio.DatagramProtocol):
+    """A UDP relay between one client and a server that can hold what the server sends:
+    to the server the client then looks like one that has stopped reading (no
+    acknowledgements come back)."""
+
+    def __init__(self, server: tuple[str, int]) -> None:
+        self.server = server
+        self.client: tuple[str, int] | None = None
+        self.held: list[bytes] | None = None
+        self.transport: asyncio.DatagramTransport | None = None
+        self.upstream: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.client = addr
+        if self.held is None and self.upstream is not None:
+            self.upstream.sendto(data)
+
+    def from_server(self, data: bytes) -> None:
+        if self.held is not None:
+            if len(self.held) < 4096:
+                self.held.append(data)
+        elif self.transport is not None and self.client is not None:
+            self.transport.sendto(data, self.client)
+
+    def hold(self) -> None:
+        self.held = []
+
+    def release(self) -> None:
+        held, self.held = self.held or [], None
+        for data in held:
+            self.from_server(data)
+
+
+class _FromServer(asyncio.DatagramProtocol):
+    def __init__(self, relay: _Relay) -> None:
+        self.relay = relay
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.relay.from_server(data)
+
+
+@contextlib.asynccontextmanager
+async def relay(server_port: int) -> AsyncIterator[tuple[int, _Relay]]:
+    """A relay on a free loopback port to 127.0.0.1:server_port; yields its port."""
+    loop = asyncio.get_running_loop()
+    proto = _Relay(("127.0.0.1", server_port))
+    listen, _ = await loop.create_datagram_endpoint(lambda: proto, local_addr=("127.0.0.1", 0))
+    upstream, _ = await loop.create_datagram_endpoint(
+        lambda: _FromServer(proto), remote_addr=proto.server
+    )
+    proto.upstream = upstream
+    try:
+        yield listen.get_extra_info("sockname")[1], proto
+    finally:
+        upstream.close()
+        listen.close()
