@@ -11,6 +11,7 @@ import typer
 
 from cli import coordinator as coordinator_cmd
 from cli import dns as dns_cmd
+from cli import h3get as h3get_cmd
 from cli import origin as origin_cmd
 from cli import purge as purge_cmd
 from cli import scenario as scenario_cmd
@@ -41,6 +42,7 @@ app.command(
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
 )(scenario_cmd.scenario)
 app.command("status", help="Show the cache nodes: health, applied seq, lag.")(purge_cmd.status)
+app.command("h3get", help="Fetch a URL over HTTP/3 and print it as curl -si does.")(h3get_cmd.h3get)
 
 
 def main() -> None:

@@ -10,18 +10,21 @@ import json
 import signal
 import socket
 import ssl
+import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 
 import aiohttp
 import pytest
+from aioquic.tls import SessionTicket
 
 from edge.server.http3 import H3_EXCESSIVE_LOAD, H3_NO_ERROR, H3_REQUEST_REJECTED
 from edge.server.tls import LocalCA
-from tests.support.h3client import h3_connect, relay
+from tests.support.h3client import client_configuration, h3_connect, relay
 from tests.support.procs import Proc
 from tests.support.tlsnodes import tls_edge
-from tests.support.upstream import body_for
+from tests.support.upstream import body_for, text_for
 
 TOKEN = "h3-admin-token"
 #: RFC 9114 Section 8.1.
@@ -424,3 +427,75 @@ async def test_workers_share_the_port_and_the_lead_serves_http3(
     async with h3_connect(edge.port, ca.cert_path) as client:
         reply = await client.request("GET", "/books/w0", authority=f"localhost:{edge.port}")
     assert reply.status == 200 and "hit" in reply.header("cache-status")
+
+
+def test_edge_h3get_prints_an_http3_answer_as_curl_does(
+    procs: list[Proc], tmp_path: Path, upstream: Proc, ca: LocalCA
+) -> None:
+    edge = h3_edge(procs, tmp_path, upstream, ca, name="h3get")
+    base = [sys.executable, "-m", "cli.main", "h3get", "--cacert", str(ca.cert_path)]
+    url = f"https://archive.test:{edge.port}/books/cli?text=1&ctype=text/plain"
+    resolve = ["--resolve", f"archive.test:{edge.port}:127.0.0.1"]
+    runs = [
+        subprocess.run([*base, *resolve, url], capture_output=True, timeout=60) for _ in range(2)
+    ]
+    head_only = subprocess.run(
+        [*base, *resolve, "-I", "-H", "Accept-Encoding: gzip", url], capture_output=True, timeout=60
+    )
+    for run in (*runs, head_only):
+        assert run.returncode == 0, run.stderr
+    head, body = runs[1].stdout.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/3 200\r\n"), head
+    assert b"\r\ncache-status: h3get; hit" in head, head
+    assert body == text_for("/books/cli", 1024)
+    assert b"content-encoding: gzip" in head_only.stdout
+    assert head_only.stdout.endswith(b"\r\n\r\n")  # HEAD: no body
+    bad = subprocess.run(
+        [*base, "http://archive.test/"], capture_output=True, text=True, timeout=30
+    )
+    assert bad.returncode == 2 and bad.stderr == "edge: not an https URL: http://archive.test/\n"
+
+
+async def test_early_data_is_off_unless_enabled_then_safe_methods_only(
+    procs: list[Proc], tmp_path: Path, upstream: Proc, ca: LocalCA
+) -> None:
+    """Without http3_early_data the node issues no session ticket, so no client can
+    send 0-RTT. With it, a resumed client's early GET is served (upstream told
+    Early-Data: 1, RFC 8470 Section 5.1) and an early POST gets 425 Too Early; the
+    same POST after the handshake is served."""
+    plain = h3_edge(procs, tmp_path, upstream, ca, name="h3no0rtt")
+    tickets: list[SessionTicket] = []
+    config = client_configuration(ca.cert_path)
+    async with h3_connect(
+        plain.port, ca.cert_path, configuration=config, session_ticket_handler=tickets.append
+    ) as client:
+        assert (await client.request("GET", "/books/0rtt")).status == 200
+        await asyncio.sleep(0.3)  # a ticket would follow the handshake
+    assert tickets == []
+
+    edge = h3_edge(procs, tmp_path, upstream, ca, "--http3-early-data", name="h3early")
+    first = client_configuration(ca.cert_path)
+    async with h3_connect(
+        edge.port, ca.cert_path, configuration=first, session_ticket_handler=tickets.append
+    ) as client:
+        assert (await client.request("GET", "/books/0rtt")).status == 200
+        await asyncio.sleep(0.3)  # the ticket follows the handshake
+    assert tickets, "no session ticket"
+    again = client_configuration(ca.cert_path)
+    again.session_ticket = tickets[-1]
+    async with h3_connect(
+        edge.port, ca.cert_path, configuration=again, wait_connected=False
+    ) as client:
+        # Sent at once, before the handshake completes: in 0-RTT packets.
+        get_sid = client.send(fields("GET", "/info/early?reqinfo=1&cc=no-store"))
+        post_sid = client.send(fields("POST", "/post/early", (b"content-length", b"2")), [b"hi"])
+        early_get = await client.reply(get_sid)
+        early_post = await client.reply(post_sid)
+        late_post = await client.request("POST", "/post/late?cc=no-store", body=b"hi")
+    assert early_post.status == 425, early_post
+    assert early_get.status == 200
+    seen = {k.lower(): v for k, v in json.loads(early_get.body)["headers"]}
+    assert seen.get("early-data") == "1", seen
+    assert late_post.status == 200
+    assert upstream_count(upstream, "/post/early") == 0
+    assert upstream_count(upstream, "/post/late") == 1

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +15,7 @@ from aioquic.h3.connection import H3_ALPN, H3Connection
 from aioquic.h3.events import DataReceived, H3Event, HeadersReceived
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import ConnectionTerminated, QuicEvent, StreamReset
+from aioquic.tls import SessionTicket
 
 Fields = list[tuple[bytes, bytes]]
 
@@ -130,6 +131,7 @@ async def h3_connect(
     server_name: str = "localhost",
     configuration: QuicConfiguration | None = None,
     wait_connected: bool = True,
+    session_ticket_handler: Callable[[SessionTicket], None] | None = None,
 ) -> AsyncIterator[_Client]:
     config = configuration or client_configuration(ca, server_name)
     async with connect(
@@ -138,6 +140,7 @@ async def h3_connect(
         configuration=config,
         create_protocol=_Client,
         wait_connected=wait_connected,
+        session_ticket_handler=session_ticket_handler,
     ) as client:
         yield client  # type: ignore[misc]
 
