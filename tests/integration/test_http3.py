@@ -499,3 +499,28 @@ async def test_early_data_is_off_unless_enabled_then_safe_methods_only(
     assert late_post.status == 200
     assert upstream_count(upstream, "/post/early") == 0
     assert upstream_count(upstream, "/post/late") == 1
+
+
+async def test_concurrent_misses_on_streams_collapse_into_one_fetch(
+    procs: list[Proc], tmp_path: Path, upstream: Proc, ca: LocalCA
+) -> None:
+    """Twelve streams ask for the same cold object at once: one upstream request, the
+    others wait for it (Cache-Status `collapsed`), every body whole; the requests
+    counter of the metrics counts all twelve."""
+    edge = h3_edge(procs, tmp_path, upstream, ca, name="h3collapse")
+    async with h3_connect(edge.port, ca.cert_path) as client:
+        replies = await asyncio.gather(
+            *(client.request("GET", "/books/crowd?delay=1&size=200000") for _ in range(12))
+        )
+        metrics = await client.request("GET", "/_edge/metrics")
+    want = body_for("/books/crowd", 200000)
+    assert all(r.status == 200 and r.body == want for r in replies)
+    statuses = [r.header("cache-status") for r in replies]
+    assert sum("collapsed" in s for s in statuses) >= 10, statuses
+    assert upstream_count(upstream, "/books/crowd") == 1
+    counted = sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.body.decode().splitlines()
+        if line.startswith("edge_requests_total{") and 'code="200"' in line
+    )
+    assert counted >= 12, metrics.body.decode()[:2000]
