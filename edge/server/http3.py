@@ -9,7 +9,9 @@ its response as an exchange Channel (fields lowercased, no connection-specific o
 bodies in DATA frames of at most 64 KiB that wait while a connection's unsent
 backlog is above 1 MiB, so a stored file is never read whole and a client that does
 not read holds only its own streams), 0-RTT (off unless enabled; then only safe
-methods are served early, others get 425 Too Early, RFC 8470), the guard's per-client
+methods are served early, others get 425 Too Early, RFC 8470), QPACK bombs (each
+HEADERS frame weighed by edge.rfc.qpack before aioquic decodes it: at most the
+guard's max_header_bytes encoded, four times that decoded), the guard's per-client
 connection limit (HTTP/3 connections count with TCP ones, in the listener's
 ConnectionGuard), and a clean shutdown (new streams refused with
 H3_REQUEST_REJECTED, in-flight ones finished, then CONNECTION_CLOSE with
@@ -42,6 +44,7 @@ from aioquic.quic.events import (
     HandshakeCompleted,
     ProtocolNegotiated,
     QuicEvent,
+    StreamDataReceived,
     StreamReset,
 )
 from aioquic.tls import SessionTicket
@@ -50,7 +53,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from edge.config import ConfigError
 from edge.features.guard import Refusal, Refused
 from edge.pipeline.exchange import Request, Response
-from edge.rfc import forwarding, pseudo
+from edge.rfc import forwarding, pseudo, qpack
 from edge.server.http1 import Listener, response_fields
 
 log = logging.getLogger("edge.server.http3")
@@ -70,6 +73,12 @@ SEND_HIGH_WATER = 1 << 20
 #: At shutdown, a connection that has sent nothing for this long has delivered its
 #: answers (what is unacknowledged would have been sent again by now).
 QUIET = 0.3
+
+#: The dynamic table capacity aioquic's H3Connection advertises
+#: (SETTINGS_QPACK_MAX_TABLE_CAPACITY); edge.rfc.qpack weighs sections against it.
+QPACK_TABLE_CAPACITY = 4096
+#: RFC 9114 Section 6.2: the QPACK encoder stream's type.
+QPACK_ENCODER_STREAM = 0x02
 
 #: RFC 8470 Section 4 / RFC 9110 Section 9.2.1: what may be answered from early data.
 SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS"))
@@ -201,6 +210,15 @@ class H3Protocol(QuicConnectionProtocol):
         self._sent = 0  # bytes that left in datagrams
         self._last_sent = 0.0  # when the last datagram left (loop time)
         self._drainers: list[asyncio.Future[None]] = []
+        # QPACK bombs (edge.rfc.qpack): the peer's encoder stream, and a gate per
+        # request stream that weighs each HEADERS frame before aioquic decodes it.
+        self._table = qpack.EncoderStream(QPACK_TABLE_CAPACITY)
+        self._gates: dict[int, tuple[qpack.RequestGate, bool]] = {}  # gate, FIN held
+        self._refused: set[int] = set()  # streams whose bytes are no longer read
+        self._uni: dict[int, bytearray | int] = {}  # client stream -> type (or its bytes)
+        limit = self.guard.max_header_bytes
+        self._max_frame = limit + 1024
+        self._max_decoded = 4 * limit
         server.connections.add(self)
 
     @property
@@ -231,14 +249,99 @@ class H3Protocol(QuicConnectionProtocol):
             self._handshake_done = True
             self._count()
         elif isinstance(event, StreamReset):
+            self._gates.pop(event.stream_id, None)
             stream = self.streams.get(event.stream_id)
             if stream is not None:
                 stream.gone(ConnectionResetError("the client cancelled the request"))
         elif isinstance(event, ConnectionTerminated):
             self._terminated()
+        if isinstance(event, StreamDataReceived) and self.h3 is not None:
+            self._stream_data(event)
+            return
+        self._to_h3(event)
+
+    def _to_h3(self, event: QuicEvent) -> None:
         if self.h3 is not None and not self.closed:
             for http_event in self.h3.handle_event(event):
                 self._http_event(http_event)
+
+    # -- QPACK bombs (edge.rfc.qpack) ------------------------------------------------------
+
+    def _stream_data(self, event: StreamDataReceived) -> None:
+        """Stream bytes on their way to aioquic's HTTP/3 layer: the peer's encoder
+        stream is followed, request streams pass through their gates."""
+        sid = event.stream_id
+        if sid in self._refused:
+            return
+        if sid % 4 == 2:  # client-initiated unidirectional (RFC 9000 Section 2.1)
+            self._to_h3(event)
+            if self._uni_data(sid, event.data):
+                self._reweigh()
+            return
+        if sid % 4 != 0:
+            self._to_h3(event)
+            return
+        gate, fin = self._gates.get(sid) or (
+            qpack.RequestGate(
+                self._table, max_frame=self._max_frame, max_decoded=self._max_decoded
+            ),
+            False,
+        )
+        self._release(sid, gate, event.data, fin or event.end_stream)
+
+    def _release(self, sid: int, gate: qpack.RequestGate, data: bytes, fin: bool) -> None:
+        passed = gate.feed(data)
+        if isinstance(passed, qpack.Refuse):
+            self._gates.pop(sid, None)
+            self._refused.add(sid)
+            log.debug("refused an HTTP/3 request from %s: %s", self.client, passed.reason)
+            stream = self.streams.get(sid)
+            if stream is None:
+                self._refuse(sid, passed.status, passed.reason)
+            else:  # trailers: the answer may have begun; the stream ends here
+                stream.gone(ConnectionResetError(passed.reason))
+                with contextlib.suppress(Exception):
+                    self._quic.stop_stream(sid, H3_EXCESSIVE_LOAD)
+                    self._quic.reset_stream(sid, H3_EXCESSIVE_LOAD)
+                self.transmit()
+            return
+        whole = fin and not gate.holding
+        if whole:
+            self._gates.pop(sid, None)
+        else:
+            self._gates[sid] = (gate, fin)
+        if passed or whole:
+            self._to_h3(StreamDataReceived(data=passed, end_stream=whole, stream_id=sid))
+
+    def _uni_data(self, sid: int, data: bytes) -> bool:
+        """Follow the client's QPACK encoder stream; True when it brought inserts."""
+        kind = self._uni.get(sid)
+        if isinstance(kind, int):
+            if kind != QPACK_ENCODER_STREAM:
+                return False
+            payload = data
+        else:
+            buffered = (kind or bytearray()) + data
+            read = qpack.varint(buffered, 0)
+            if read is None:
+                self._uni[sid] = buffered
+                return False
+            self._uni[sid], at = read
+            if read[0] != QPACK_ENCODER_STREAM:
+                return False
+            payload = bytes(buffered[at:])
+        before = self._table.inserted
+        try:
+            self._table.feed(payload)
+        except qpack.QpackError:
+            return False  # aioquic's decoder refuses the same bytes and closes
+        return self._table.inserted != before
+
+    def _reweigh(self) -> None:
+        """Sections held because they named inserts not yet seen: weighed again."""
+        for sid, (gate, fin) in list(self._gates.items()):
+            if gate.holding:
+                self._release(sid, gate, b"", fin)
 
     def _count(self) -> None:
         """The guard's per-client connection limit, once the handshake has shown the

@@ -21,7 +21,7 @@ from aioquic.tls import SessionTicket
 
 from edge.server.http3 import H3_EXCESSIVE_LOAD, H3_NO_ERROR, H3_REQUEST_REJECTED
 from edge.server.tls import LocalCA
-from tests.support.h3client import client_configuration, h3_connect, relay
+from tests.support.h3client import Reply, client_configuration, h3_connect, relay
 from tests.support.procs import Proc
 from tests.support.tlsnodes import tls_edge
 from tests.support.upstream import body_for, text_for
@@ -524,3 +524,68 @@ async def test_concurrent_misses_on_streams_collapse_into_one_fetch(
         if line.startswith("edge_requests_total{") and 'code="200"' in line
     )
     assert counted >= 12, metrics.body.decode()[:2000]
+
+
+def peak_rss(pid: int) -> int:
+    """A process's peak resident memory in bytes (VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+def qpack_int(value: int, prefix: int, first: int = 0) -> bytes:
+    """RFC 9204 Section 4.1.1: a prefixed integer."""
+    top = (1 << prefix) - 1
+    if value < top:
+        return bytes([first | value])
+    out = [first | top]
+    value -= top
+    while value >= 128:
+        out.append(value % 128 + 128)
+        value //= 128
+    return bytes([*out, value])
+
+
+def h3_varint(value: int) -> bytes:
+    """RFC 9000 Section 16, in four bytes."""
+    return (value | 0x80000000).to_bytes(4, "big")
+
+
+async def test_a_qpack_bomb_is_refused_before_it_is_decoded(
+    procs: list[Proc], tmp_path: Path, upstream: Proc, ca: LocalCA
+) -> None:
+    """One 4000-byte dynamic-table entry, then a 30 KB HEADERS frame naming it 30000
+    times: 120 MB once decoded. The node weighs the section first (edge.rfc.qpack) and
+    answers 431 without decoding it: its peak memory does not move."""
+    edge = h3_edge(procs, tmp_path, upstream, ca, name="h3bomb")
+    async with h3_connect(edge.port, ca.cert_path) as client:
+        assert (await client.request("GET", "/books/pre")).status == 200
+        await asyncio.sleep(0.5)
+        before = peak_rss(edge.popen.pid)
+        quic = client._quic
+        # The client's encoder stream is its second unidirectional stream (control,
+        # encoder, decoder: RFC 9114 Section 6.2, in the order aioquic opens them).
+        name, value = b"x-a", b"v" * 4000
+        insert = qpack_int(len(name), 5, 0x40) + name + qpack_int(len(value), 7) + value
+        quic.send_stream_data(6, insert)
+        section = (
+            b"\x02\x00"  # Required Insert Count 1 (encoded 2), Delta Base 0
+            + b"\xd1\xd7\xc1"  # static :method GET, :scheme https, :path /
+            + b"\x50\x09localhost"  # :authority, a literal value
+            + b"\x80" * 30000  # the dynamic entry, again and again
+        )
+        sid = quic.get_next_available_stream_id()
+        client.replies[sid] = Reply()
+        client.waiters[sid] = asyncio.get_running_loop().create_future()
+        quic.send_stream_data(sid, h3_varint(1) + h3_varint(len(section)) + section, True)
+        client.transmit()
+        bomb = await client.reply(sid, timeout=60)
+        # The client's own encoder knows nothing of the entry inserted behind its back:
+        # the next request goes on a new connection.
+    async with h3_connect(edge.port, ca.cert_path) as client:
+        after = await client.request("GET", "/books/post")
+    assert bomb.status == 431 and b"decodes too large" in bomb.body, bomb
+    assert after.status == 200
+    assert peak_rss(edge.popen.pid) - before < 20 << 20
+    assert upstream_count(upstream, "/") == 0
