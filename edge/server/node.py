@@ -345,7 +345,11 @@ class EdgeNode:
             self.h3_listener = http3.Http3Listener(
                 self.public, quic, early_data=cfg.http3_early_data, max_body=cfg.max_body_size
             )
-            await self.h3_listener.start(host, port)
+            try:
+                await self.h3_listener.start(host, port)
+            except OSError as exc:
+                reason = exc.strerror or str(exc)
+                raise OSError(exc.errno, f"{reason} (UDP, for HTTP/3)") from exc
         if cfg.alt_svc_max_age:
             self.alt_svc = f'h3=":{port}"; ma={cfg.alt_svc_max_age}'
 

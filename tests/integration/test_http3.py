@@ -22,7 +22,7 @@ from aioquic.tls import SessionTicket
 from edge.server.http3 import H3_EXCESSIVE_LOAD, H3_NO_ERROR, H3_REQUEST_REJECTED
 from edge.server.tls import LocalCA
 from tests.support.h3client import Reply, client_configuration, h3_connect, relay
-from tests.support.procs import Proc
+from tests.support.procs import Proc, edge_cmd
 from tests.support.tlsnodes import tls_edge
 from tests.support.upstream import body_for, text_for
 
@@ -589,3 +589,24 @@ async def test_a_qpack_bomb_is_refused_before_it_is_decoded(
     assert after.status == 200
     assert peak_rss(edge.popen.pid) - before < 20 << 20
     assert upstream_count(upstream, "/") == 0
+
+
+def test_a_udp_port_in_use_is_a_one_line_error(tmp_path: Path, ca: LocalCA) -> None:
+    cert, key = ca.issue("busy", ["localhost"], ["127.0.0.1"])
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        run = subprocess.run(
+            [
+                *edge_cmd("serve", "--listen", f"127.0.0.1:{port}"),
+                *("--origin", "http://127.0.0.1:9", "--cache-dir", str(tmp_path / "c")),
+                *("--tls-cert", str(cert), "--tls-key", str(key), "--http3"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert run.returncode == 1, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"edge: cannot listen on 127.0.0.1:{port}: ")
+    assert lines[0].endswith("(UDP, for HTTP/3)"), lines
