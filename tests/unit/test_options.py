@@ -360,13 +360,6 @@ def test_node_argv_writes_each_option_by_its_flag() -> None:
         node_argv("edge", {"rate_limit": 5})
 
 
-def test_the_readmes_toml_keys_are_options() -> None:
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    said = readme.split("A TOML file takes the same names (", 1)[1].split("tables below)")[0]
-    keys = {k.replace("-", "_") for k in re.findall(r"`([a-z_-]+)`", said)}
-    assert len(keys) > 20 and keys <= {o.name for o in OPTIONS}
-
-
 @pytest.mark.parametrize(
     ("values", "message"),
     [
@@ -381,3 +374,10 @@ def test_http3_needs_tls_and_early_data_needs_http3(values: dict[str, Any], mess
     with pytest.raises(ConfigError) as caught:
         load_config(None, {"origins": ("http://o.example",), **values})
     assert str(caught.value) == message
+
+
+def test_the_readmes_toml_keys_are_options() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    said = readme.split("A TOML file takes the same names (", 1)[1].split("tables below)")[0]
+    keys = {k.replace("-", "_") for k in re.findall(r"`([a-z_-]+)`", said)}
+    assert len(keys) > 20 and keys <= {o.name for o in OPTIONS}
