@@ -35,23 +35,23 @@ def request_line(
     walk: str,
     *,
     request_id: str = "",
-    proto: str = "",
     end: str = "",
+    protocol: str = "",
 ) -> str:
     """One request's line (the message part): who asked what, the status and how the
     cache answered (edge.rfc.cachestatus label), body bytes sent, milliseconds in all and
     upstream ("-": not asked), the request id when one was given, the walk (the client
     machine's steps as its caller renders them, e.g. "recv>hash>lookup>hit>deliver", or
     "fast"), and how the exchange ended when not whole ("client-gone", "cut").
-    `proto` names the protocol when it is not HTTP/1.x ("h3").
+    `protocol` ("HTTP/1.1", "HTTP/2.0"), when given, is the `proto=` field.
     """
     upstream = "-" if upstream_ms is None else f"{upstream_ms:.1f}"
     req_id = f" id={request_id}" if request_id else ""
-    req_id += f" proto={proto}" if proto else ""
     tail = f" {end}" if end else ""
+    proto = f" proto={protocol}" if protocol else ""
     return (
         f'{client} "{method} {target}" {status} {label} bytes={sent} time_ms={took_ms:.1f} '
-        f"upstream_ms={upstream}{req_id} walk={walk}{tail}"
+        f"upstream_ms={upstream}{proto}{req_id} walk={walk}{tail}"
     )
 
 

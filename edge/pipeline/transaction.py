@@ -1377,8 +1377,8 @@ class Transaction:
                     self.upstream_ms,
                     steps.render_walk(self.walk),
                     request_id=self._request_id,
-                    proto=_protocol_label(self.req.version),
                     end="client-gone" if self.client_gone else ("cut" if self.cut else ""),
+                    protocol=f"HTTP/{self.req.version[0]}.{self.req.version[1]}",
                 )
             )
 
@@ -1402,12 +1402,6 @@ def _received_protocol(version: tuple[int, int]) -> str:
     """Via's received-protocol (RFC 9110 Section 7.6.3): "1.1" for HTTP/1.x, as edge
     has always written it, the major version alone from HTTP/2 on."""
     return "1.1" if version[0] == 1 else str(version[0])
-
-
-def _protocol_label(version: tuple[int, int]) -> str:
-    """The access line's protocol for versions other than HTTP/1.x ("h3"); HTTP/1.x
-    lines stay as they were."""
-    return "" if version[0] == 1 else f"h{version[0]}"
 
 
 def _appended(headers: list[tuple[str, str]], name: str, value: str) -> list[tuple[str, str]]:

@@ -95,7 +95,7 @@ async def test_miss_then_hit_range_and_compression_over_h3(
     assert upstream_count(upstream, "/books/h3") == 1
     edge.stop()
     log = edge.output()
-    assert '"GET /books/h3?size=5000" 200 hit' in log and "proto=h3" in log
+    assert '"GET /books/h3?size=5000" 200 hit' in log and "proto=HTTP/3.0" in log
 
 
 async def test_large_body_in_chunks_and_upstream_sees_via_3(
