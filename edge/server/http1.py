@@ -51,10 +51,6 @@ _REQUEST_LINE = re.compile(rb"([!-~]+) [!-~]+ HTTP/([0-9]\.[0-9])\r?\n")
 #: RFC 9110 Section 6.4.1 / RFC 9112 Section 6.3: answers that never carry a body.
 _NO_BODY_STATUSES = frozenset((204, 304, *range(100, 200)))
 
-#: RFC 9114 Section 4.2 (RFC 9113 Section 8.2.2): fields about an HTTP/1.1 connection,
-#: never written in HTTP/2 or HTTP/3.
-CONNECTION_FIELDS = ("Connection", "Keep-Alive", "Proxy-Connection", "Transfer-Encoding", "Upgrade")
-
 #: Reading from the client pauses while this much of a request body waits unread, or
 #: while this many pipelined requests wait their turn.
 _BODY_HIGH_WATER = 1 << 20
@@ -798,6 +794,11 @@ class Connection(asyncio.Protocol):
             await self._drain
         finally:
             self._drain = None
+
+
+#: RFC 9114 Section 4.2 (RFC 9113 Section 8.2.2): fields about an HTTP/1.1 connection,
+#: never written in HTTP/2 or HTTP/3.
+CONNECTION_FIELDS = ("Connection", "Keep-Alive", "Proxy-Connection", "Transfer-Encoding", "Upgrade")
 
 
 @dataclass(slots=True)
