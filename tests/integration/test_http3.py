@@ -610,3 +610,19 @@ def test_a_udp_port_in_use_is_a_one_line_error(tmp_path: Path, ca: LocalCA) -> N
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"edge: cannot listen on 127.0.0.1:{port}: ")
     assert lines[0].endswith("(UDP, for HTTP/3)"), lines
+
+
+async def test_a_connection_survives_the_client_changing_address(
+    procs: list[Proc], tmp_path: Path, upstream: Proc, ca: LocalCA
+) -> None:
+    """RFC 9000 Section 9: the client's datagrams start coming from another port (a NAT
+    rebinding); aioquic validates the new path and the same connection goes on."""
+    edge = h3_edge(procs, tmp_path, upstream, ca, name="h3migrate")
+    async with relay(edge.port) as (port, path), h3_connect(port, ca.cert_path) as client:
+        first = await client.request("GET", "/books/m1")
+        await path.migrate()
+        second = await client.request("GET", "/books/m2")
+        third = await client.request("GET", "/books/m1")
+        assert client.terminated is None
+    assert first.status == second.status == 200
+    assert "hit" in third.header("cache-status")

@@ -180,6 +180,17 @@ class _Relay(asyncio.DatagramProtocol):
         for data in held:
             self.from_server(data)
 
+    async def migrate(self) -> int:
+        """Speak to the server from a new source port from now on, as a client whose
+        NAT rebinds or whose network changes does (RFC 9000 Section 9); returns it."""
+        old = self.upstream
+        self.upstream, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+            lambda: _FromServer(self), remote_addr=self.server
+        )
+        if old is not None:
+            old.close()
+        return int(self.upstream.get_extra_info("sockname")[1])
+
 
 class _FromServer(asyncio.DatagramProtocol):
     def __init__(self, relay: _Relay) -> None:
@@ -202,5 +213,6 @@ async def relay(server_port: int) -> AsyncIterator[tuple[int, _Relay]]:
     try:
         yield listen.get_extra_info("sockname")[1], proto
     finally:
-        upstream.close()
+        if proto.upstream is not None:
+            proto.upstream.close()
         listen.close()
