@@ -11,6 +11,7 @@ import typer
 
 from cli import coordinator as coordinator_cmd
 from cli import dns as dns_cmd
+from cli import h3get as h3get_cmd
 from cli import origin as origin_cmd
 from cli import purge as purge_cmd
 from cli import scenario as scenario_cmd
@@ -30,6 +31,7 @@ app.command("shield", help="Run an origin shield: the cache tier in front of the
 )
 app.command("origin", help="Serve a directory as an origin (the demo archive).")(origin_cmd.origin)
 app.command("up", help="Run the CDN on this machine (demo origin, shield, edge).")(up_cmd.up)
+app.command("h3get", help="Fetch a URL over HTTP/3 and print it as curl -si does.")(h3get_cmd.h3get)
 app.command("coordinator", help="Run the purge coordinator.")(coordinator_cmd.coordinator)
 app.command("purge", help="Purge from every cache node; wait for each to confirm.")(purge_cmd.purge)
 app.command("dns", help="Run the GeoDNS authority: each client to its nearest healthy edge.")(

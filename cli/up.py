@@ -382,6 +382,15 @@ def _table(children: list[Child], workdir: Path, cli_config: Path, tls: bool = F
             f"  curl -si {trust}--resolve {site}:{host} {scheme}://{site}/catalogue.json"
             " | head -20",
             "      (twice: a hit; Cache-Status shows the shield's entry, then the edge's)",
+            *(
+                [
+                    f"  edge h3get --cacert {ca_file} --resolve {site}:{host} "
+                    f"https://{site}/catalogue.json | head -20",
+                    "      (the same over HTTP/3: QUIC on the edge's port, over UDP)",
+                ]
+                if tls
+                else []
+            ),
             f"  dig @{dns_host} -p {dns_port} www.cdn.example +short -b {us_client}",
             "      (from a us address: the us edge; try -b 127.1.255.1 and 127.3.255.1)",
             f"  edge purge --config {cli_config} {scheme}://{site}/catalogue.json",

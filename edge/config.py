@@ -624,6 +624,26 @@ class NodeConfig:
         flags="--hsts",
         check=_whole(zero=True),
     )
+    # HTTP/3 (edge.server.http3): QUIC on the TLS listener's port over UDP.
+    http3: bool = opt(
+        False,
+        "Serve HTTP/3 (QUIC) on the TLS listener's port over UDP, with its certificates.",
+        kind=Kind.FLAG,
+        flags="--http3",
+    )
+    http3_early_data: bool = opt(
+        False,
+        "Accept HTTP/3 0-RTT early data: safe methods only, others get 425 Too Early.",
+        kind=Kind.FLAG,
+        flags="--http3-early-data",
+    )
+    alt_svc_max_age: int = opt(
+        86400,
+        "Advertise HTTP/3 in Alt-Svc for this many seconds (0: not advertised).",
+        kind=Kind.INT,
+        flags="--alt-svc-max-age",
+        check=_whole(zero=True),
+    )
     upstream_ca: str = opt(
         "",
         "CA bundle to verify https upstreams with.",
@@ -800,6 +820,10 @@ class NodeConfig:
             raise ConfigError("http_redirect needs TLS (--tls-cert and --tls-key)")
         if self.hsts and not self.tls_cert:
             raise ConfigError("hsts needs TLS (--tls-cert and --tls-key)")
+        if self.http3 and not self.tls_cert:
+            raise ConfigError("http3 needs TLS (--tls-cert and --tls-key)")
+        if self.http3_early_data and not self.http3:
+            raise ConfigError("http3_early_data needs http3")
 
     def _validate_guard(self) -> None:
         """The guard's rules between options (edge.features.guard)."""

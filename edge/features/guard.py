@@ -69,10 +69,10 @@ def check_framing(
     and bad chunk sizes (edge checks that in tests). The framing of anything forwarded
     is the node's own: bodies are read whole and re-framed with a Content-Length.
     """
-    if version not in ((1, 0), (1, 1), (2, 0)):
+    if version not in ((1, 0), (1, 1), (2, 0), (3, 0)):
         # RFC 9110 Section 15.6.6; HTTP/0.9 cannot carry a status line at all. HTTP/2
-        # comes framed by edge.server.http2 (h2 refuses Transfer-Encoding and checks
-        # Content-Length against the DATA frames).
+        # and HTTP/3 come framed by edge.server.http2 (h2 refuses Transfer-Encoding and
+        # checks Content-Length against the DATA frames) and edge.server.http3.
         if version[0] == 0:
             return Refusal(400, "HTTP/0.9 is not supported", close=True)
         return Refusal(505, "only HTTP/1.0, HTTP/1.1 and HTTP/2 are served here", close=True)

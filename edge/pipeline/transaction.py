@@ -1099,9 +1099,8 @@ class Transaction:
         if not cfg.underscores_in_headers:
             headers = guard.without_underscores(headers)
         headers.insert(0, ("Host", self.host))
-        # RFC 9110 Section 7.6.3: the protocol the request was received in ("2": HTTP/2).
-        received = "2" if self.req.version[0] == 2 else "1.1"
-        headers = _appended(headers, "Via", f"{received} {cfg.name}")
+        # RFC 9110 Section 7.6.3: the protocol the request was received in.
+        headers = _appended(headers, "Via", f"{_received_protocol(self.req.version)} {cfg.name}")
         headers = _appended(headers, "CDN-Loop", forwarding.cdn_loop_entry(cfg.cdn_name, cfg.name))
         # W3C Edge Architecture: advertise this surrogate so the origin can target
         # Surrogate-Control directives at it by name.
@@ -1160,6 +1159,12 @@ _STEPS = {
     Step.DELIVER: Transaction.st_deliver,
 }
 assert set(_STEPS) | steps.FINAL == set(Step), "every step has a method, or ends the walk"
+
+
+def _received_protocol(version: tuple[int, int]) -> str:
+    """Via's received-protocol (RFC 9110 Section 7.6.3): "1.1" for HTTP/1.x, as edge
+    has always written it, the major version alone from HTTP/2 on."""
+    return "1.1" if version[0] == 1 else str(version[0])
 
 
 def _appended(headers: list[tuple[str, str]], name: str, value: str) -> list[tuple[str, str]]:

@@ -897,6 +897,76 @@ class Connection(asyncio.Protocol):
             self._drain = None
 
 
+#: RFC 9114 Section 4.2 (RFC 9113 Section 8.2.2): fields about an HTTP/1.1 connection,
+#: never written in HTTP/2 or HTTP/3.
+CONNECTION_FIELDS = ("Connection", "Keep-Alive", "Proxy-Connection", "Transfer-Encoding", "Upgrade")
+
+
+@dataclass(slots=True)
+class Head:
+    """A response head's fields as a connection layer writes them, and what they
+    decided: no body bytes go out (`empty`), chunked (`chunked`), the connection
+    stays open after it (`keep_alive`)."""
+
+    headers: CIMultiDict[str]
+    empty: bool
+    chunked: bool = False
+    keep_alive: bool = True
+
+
+def response_fields(
+    listener: Listener,
+    request: Request,
+    response: Response,
+    length: int | None,
+    keep_alive: bool | None = None,
+) -> Head:
+    """The fields of a response head, in the order edge's answers have always had:
+    the response's own (finished by the listener), then framing, Content-Type's
+    default (RFC 9110 Section 8.3), Date, Server and, for HTTP/1.x (`keep_alive` not
+    None), Transfer-Encoding and Connection. With `keep_alive` None (HTTP/2, HTTP/3)
+    no connection-specific field is written (RFC 9114 Section 4.2): the caller's
+    framing carries the body."""
+    method = request.method
+    status = response.status
+    version = request.version
+    headers = CIMultiDict(response.headers)
+    if listener.finish is not None:
+        listener.finish(headers, request)
+    empty = status in _NO_BODY_STATUSES or method == "HEAD"
+    h1 = keep_alive is not None
+    chunked = False
+    if length is not None:
+        headers["Content-Length"] = str(length)
+    elif not empty and h1:
+        if version >= (1, 1):
+            chunked = True
+            headers["Transfer-Encoding"] = "chunked"
+        else:
+            keep_alive = False  # RFC 9112 Section 6.3: delimited by the close
+    if empty:
+        if status in _NO_BODY_STATUSES:
+            headers.popall("Content-Length", None)
+        headers.popall("Transfer-Encoding", None)
+    elif length != 0:
+        # RFC 9110 Section 8.3: a body without a type is an octet stream.
+        headers.setdefault("Content-Type", "application/octet-stream")
+    if "Date" not in headers:
+        headers["Date"] = listener.date()
+    headers.setdefault("Server", listener.guard.server_header or "edge")
+    if not h1:
+        for name in CONNECTION_FIELDS:
+            headers.popall(name, None)
+        return Head(headers, empty)
+    if "Connection" not in headers:
+        if keep_alive:
+            if version == (1, 0):
+                headers["Connection"] = "keep-alive"
+        elif version == (1, 1):
+            headers["Connection"] = "close"
+    return Head(headers, empty, chunked, bool(keep_alive))
+
+
 class Http1Channel:
     """exchange.Channel for one request on an HTTP/1.1 connection."""
 
@@ -923,47 +993,16 @@ class Http1Channel:
             self._transport().write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def _head(self, response: Response, length: int | None) -> tuple[bytes, list[tuple[str, str]]]:
-        """The head as written, and its fields: the response's own fields (finished
-        by the listener), then framing, Content-Type's default (RFC 9110 Section 8.3),
-        Date, Server and Connection, in the order edge's answers have always had."""
+        """The head as written, and its fields (response_fields), in HTTP/1.x."""
         request = self.pending.request
-        method = request.method
-        status = response.status
-        version = request.version
-        headers = CIMultiDict(response.headers)
-        finish = self.conn.listener.finish
-        if finish is not None:
-            finish(headers, request)
         keep_alive = self.pending.keep_alive and not response.close and not self.conn._shutdown
-        empty = status in _NO_BODY_STATUSES or method == "HEAD"
-        self._empty = empty
-        if length is not None:
-            headers["Content-Length"] = str(length)
-        elif not empty:
-            if version >= (1, 1):
-                self._chunked = True
-                headers["Transfer-Encoding"] = "chunked"
-            else:
-                keep_alive = False  # RFC 9112 Section 6.3: delimited by the close
-        if empty:
-            if status in _NO_BODY_STATUSES:
-                headers.popall("Content-Length", None)
-            headers.popall("Transfer-Encoding", None)
-        elif length != 0:
-            # RFC 9110 Section 8.3: a body without a type is an octet stream.
-            headers.setdefault("Content-Type", "application/octet-stream")
-        if "Date" not in headers:
-            headers["Date"] = self.conn.listener.date()
-        headers.setdefault("Server", self.conn.guard.server_header or "edge")
-        if "Connection" not in headers:
-            if keep_alive:
-                if version == (1, 0):
-                    headers["Connection"] = "keep-alive"
-            elif version == (1, 1):
-                headers["Connection"] = "close"
-        if not keep_alive:
+        head = response_fields(self.conn.listener, request, response, length, keep_alive)
+        self._empty, self._chunked = head.empty, head.chunked
+        if not head.keep_alive:
             self.close = True
-        fields = list(headers.items())
+        fields = list(head.headers.items())
+        version = request.version
+        status = response.status
         lines = [f"HTTP/{version[0]}.{version[1]} {status} {phrase(status)}\r\n"]
         lines += [f"{name}: {value}\r\n" for name, value in fields]
         lines.append("\r\n")

@@ -36,7 +36,7 @@ from edge.purge.bans import Purger, Subscription
 from edge.purge.model import PurgeError, parse_purge, parse_purge_body
 from edge.rfc.forwarding import is_trusted, parse_networks
 from edge.rfc.tokens import CHALLENGE, check_bearer
-from edge.server import tls
+from edge.server import http3, tls
 from edge.server.http1 import ConnectionGuard, Limits, Listener, phrase
 from edge.server.http2 import Http2Connection, Http2Limits
 from edge.store.disk import DiskStore
@@ -129,6 +129,9 @@ class EdgeNode:
         self.admin: Listener | None = None
         self.redirect: Listener | None = None
         self.tls_listener: tls.TLSListener | None = None
+        self.h3_listener: http3.Http3Listener | None = None
+        #: The Alt-Svc field of answers over TLS while HTTP/3 is served ("": none).
+        self.alt_svc = ""
         self.engine: Engine | None = None
         self.port: int | None = None
         self.subscription: Subscription | None = None
@@ -215,6 +218,9 @@ class EdgeNode:
         if self.config.hsts and request.secure:
             # RFC 6797 Section 7.2: only over a secure transport.
             fields["Strict-Transport-Security"] = f"max-age={self.config.hsts}"
+        if self.alt_svc and request.secure:
+            # RFC 7838: this node's HTTP/3 endpoint, not one an origin named for itself.
+            fields["Alt-Svc"] = self.alt_svc
 
     def _listener(
         self, handler: Callable[[Request, Channel], Awaitable[None]], *, hot: bool
@@ -315,12 +321,43 @@ class EdgeNode:
                 refused=self.public.guard.refused,
             )
             self.port = await self.tls_listener.start(host, port, reuse_port=bool(reuse_port))
+            if cfg.http3:
+                await self._start_http3(host, self.port)
         else:
             _, self.port = await self.public.listen(host, port, reuse_port=reuse_port)
         if cfg.http_redirect:
             self.redirect = self._listener(self._serve_redirect, hot=False)
             r_host, r_port = parse_listen(cfg.http_redirect)
             await self.redirect.listen(r_host, r_port, reuse_port=reuse_port)
+
+    async def _start_http3(self, host: str, port: int) -> None:
+        """HTTP/3 on the TLS port's number over UDP (edge.server.http3), with the first
+        certificate, served by the public listener's handler and guard; advertised
+        in Alt-Svc (RFC 7838) once it listens."""
+        cfg = self.config
+        assert self.public is not None
+        quic = http3.configuration(
+            cfg.tls_cert[0],
+            cfg.tls_key[0],
+            idle_timeout=max(
+                cfg.keepalive_timeout, cfg.upstream_connect_timeout + cfg.upstream_read_timeout
+            ),
+            max_body=cfg.max_body_size,
+        )
+        if self.coordination.leads:
+            # One UDP socket per port: aioquic's server takes no SO_REUSEPORT, and the
+            # kernel would spread a migrating connection's datagrams over workers. The
+            # lead worker serves HTTP/3 for the node; every worker advertises it.
+            self.h3_listener = http3.Http3Listener(
+                self.public, quic, early_data=cfg.http3_early_data, max_body=cfg.max_body_size
+            )
+            try:
+                await self.h3_listener.start(host, port)
+            except OSError as exc:
+                reason = exc.strerror or str(exc)
+                raise OSError(exc.errno, f"{reason} (UDP, for HTTP/3)") from exc
+        if cfg.alt_svc_max_age:
+            self.alt_svc = f'h3=":{port}"; ma={cfg.alt_svc_max_age}'
 
     def _still_current(self, key: str, variant: str) -> bool:
         """Whether a hot entry still stands (edge.pipeline.fastpath asks once the store's
@@ -374,6 +411,9 @@ class EdgeNode:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.h3_listener is not None:
+            self.alt_svc = ""
+            await self.h3_listener.close()
         if self.tls_listener is not None:
             await self.tls_listener.close()
         # In-flight requests finish; idle connections close now.

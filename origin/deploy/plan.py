@@ -221,6 +221,9 @@ def plan(topo: Topology, place: Placement) -> list[Process]:
             "cache_size": edge.cache_size,
             "workers": edge.workers,
             **place.certificate(edge.name, listen, site_names),
+            # Over TLS, edges serve HTTP/3 too (UDP, the same port); shields are reached
+            # by edges, over HTTP/1.1.
+            **({"http3": True} if place.tls else {}),
             "coordinator": coordinator_url,
             "region": edge.region,
         }

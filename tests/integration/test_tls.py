@@ -518,6 +518,23 @@ def test_edge_up_tls_end_to_end(tmp_path: Path) -> None:
             assert head.startswith("HTTP/2 200"), head
             status = re.search(r"Cache-Status: (.*)", head, re.IGNORECASE)
             assert status and "shield" in status.group(1) and expect in status.group(1), head
+            # The edge serves HTTP/3 on its port too, and says so.
+            assert re.search(r'Alt-Svc: h3=":\d+"; ma=86400', head), head
+        # HTTP/3 as the table shows it: the edge's hit, over QUIC.
+        h3 = re.search(r"edge h3get --cacert \S+ --resolve (\S+) (https://\S+)", out)
+        assert h3, out
+        run = subprocess.run(
+            [
+                *(sys.executable, "-m", "cli.main", "h3get", "--cacert", str(ca_file)),
+                *("--resolve", h3.group(1), h3.group(2)),
+            ],
+            capture_output=True,
+            timeout=60,
+        )
+        assert run.returncode == 0, run.stderr
+        h3_head = run.stdout.split(b"\r\n\r\n", 1)[0].decode()
+        assert h3_head.startswith("HTTP/3 200"), h3_head
+        assert re.search(r"cache-status: .*hit", h3_head), h3_head
         # The authority answers with edges (its https probes found them healthy).
         dns_line = re.search(r"dig @(\S+) -p (\d+) (\S+)", out)
         assert dns_line

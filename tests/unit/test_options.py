@@ -45,6 +45,9 @@ GOOD: dict[str, Any] = {
     "tls_key": ["a-key.pem"],
     "http_redirect": "127.0.0.1:9912",
     "hsts": 31536000,
+    "http3": True,
+    "http3_early_data": True,
+    "alt_svc_max_age": 3600,
     "upstream_ca": "ca.pem",
     "cache_dir": "/var/cache/edge",
     "cache_size": "10G",
@@ -60,6 +63,7 @@ BASE: dict[str, Any] = {
     "origins": ["http://base.example"],
     "tls_cert": ["base.pem"],
     "tls_key": ["base-key.pem"],
+    "http3": True,  # http3_early_data needs it
 }
 
 # A bad value of each command-line option, as text on the command line; the same text
@@ -75,6 +79,7 @@ BAD: dict[str, str] = {
     "region": "two words",
     "http_redirect": "nowhere",
     "hsts": "soon",
+    "alt_svc_max_age": "soon",
     "cache_size": "lots",
     "max_object_size": "lots",
     "slice_size": "1K",
@@ -87,6 +92,8 @@ BAD: dict[str, str] = {
 NO_BAD_VALUE = {"origin_direct", "tls_cert", "tls_key", "upstream_ca", "http2"}
 
 CASES = [(role, o) for role in ROLES for o in cli_options(role)]
+# The HTTP/3 flags have no bad value either.
+NO_BAD_VALUE |= {"http3", "http3_early_data"}
 
 
 def ids(case: tuple[str, Option]) -> str:
@@ -357,6 +364,22 @@ def test_node_argv_writes_each_option_by_its_flag() -> None:
         node_argv("shield", {"shields": ["http://s"]})
     with pytest.raises(ConfigError, match="rate_limit"):
         node_argv("edge", {"rate_limit": 5})
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"http3": True}, "http3 needs TLS (--tls-cert and --tls-key)"),
+        (
+            {"http3_early_data": True, "tls_cert": ["a.pem"], "tls_key": ["k.pem"]},
+            "http3_early_data needs http3",
+        ),
+    ],
+)
+def test_http3_needs_tls_and_early_data_needs_http3(values: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, {"origins": ("http://o.example",), **values})
+    assert str(caught.value) == message
 
 
 def test_the_readmes_toml_keys_are_options() -> None:
