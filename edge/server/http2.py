@@ -48,17 +48,9 @@ from edge.observe.accesslog import request_line
 from edge.pipeline import fastpath
 from edge.pipeline.exchange import Request, Response
 from edge.rfc import forwarding, h2fields
-from edge.server.http1 import Listener, local_of
+from edge.server.http1 import Listener, local_of, response_fields
 
 log = logging.getLogger("edge.server.http2")
-
-#: RFC 9110 Section 6.4.1: answers that never carry content.
-_NO_BODY_STATUSES = frozenset((204, 304, *range(100, 200)))
-
-#: RFC 9113 Section 8.2.2: connection-specific fields an HTTP/2 message must not carry.
-_CONNECTION_FIELDS = frozenset(
-    ("connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade")
-)
 
 #: Server settings (RFC 9113 Section 6.5.2): what nginx and h2o offer, near enough.
 MAX_STREAMS = 100
@@ -772,30 +764,14 @@ class Http2Channel:
         self._empty = False
 
     def _head(self, response: Response, length: int | None) -> list[tuple[str, str]]:
-        """The fields as written (the listener's finisher, then framing, Content-Type's
-        default, Date and Server, as on HTTP/1.1), less what is HTTP/1.1's own."""
+        """The fields as written: HTTP/1.1's rule (edge.server.http1.response_fields:
+        the listener's finisher, framing, Content-Type's default, Date and Server),
+        less what is a connection's own."""
         request = self.stream.request
         assert request is not None
-        status = response.status
-        headers = CIMultiDict(response.headers)
-        listener = self.conn.listener
-        if listener.finish is not None:
-            listener.finish(headers, request)
-        empty = status in _NO_BODY_STATUSES or request.method == "HEAD"
-        self._empty = empty
-        for name in list(headers):
-            if name.lower() in _CONNECTION_FIELDS:
-                headers.popall(name, None)
-        if length is not None and status not in _NO_BODY_STATUSES:
-            headers["Content-Length"] = str(length)
-        elif status in _NO_BODY_STATUSES:
-            headers.popall("Content-Length", None)
-        if not empty and length != 0:
-            headers.setdefault("Content-Type", "application/octet-stream")
-        if "Date" not in headers:
-            headers["Date"] = listener.date()
-        headers.setdefault("Server", self.conn.guard.server_header or "edge")
-        return list(headers.items())
+        head = response_fields(self.conn.listener, request, response, length)
+        self._empty = head.empty
+        return list(head.headers.items())
 
     def _send_head(self, fields: list[tuple[str, str]], status: int, end: bool) -> None:
         conn = self.conn
