@@ -24,8 +24,20 @@ def coordinator(
     # Optional only so that its absence is one `edge:` line like every other error.
     db: Annotated[
         Optional[Path],  # noqa: UP045 - typer reads the annotation at runtime
-        typer.Option(help="SQLite file of the purge log (required; created if missing)."),
+        typer.Option(help="SQLite file of the purge log (created if missing): sqlite:PATH."),
     ] = None,
+    backend: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            metavar="SPEC",
+            help="The purge log: sqlite:PATH (one coordinator) or nats://HOST:PORT[,...] "
+            "(a JetStream cluster several coordinators share).",
+            show_default="sqlite:--db",
+        ),
+    ] = None,
+    replicas: Annotated[
+        str, typer.Option(metavar="N", help="Copies of a JetStream log (1, 3 or 5).")
+    ] = "3",
     token: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option(help="Operators' bearer token.", show_default="$EDGE_TOKEN"),
@@ -56,8 +68,19 @@ def coordinator(
     if not operator:
         fail("an operator token is required: --token or EDGE_TOKEN", 2)
     nodes = node_token or os.environ.get("EDGE_NODE_TOKEN", "") or operator
-    if db is None:
-        fail("--db FILE is required (the SQLite file of the purge log)", 2)
+    if db is None and not backend:
+        fail("--db FILE or --backend SPEC is required (where the purge log is)", 2)
+    if db is not None and backend:
+        fail("--db FILE is --backend sqlite:FILE: give one of them", 2)
+    if replicas.strip() not in ("1", "3", "5"):
+        fail(f"--replicas must be 1, 3 or 5, got {replicas!r}", 2)
+    spec = backend or f"sqlite:{db}"
+    from origin.coordinator.log import open_log
+
+    try:
+        open_log(spec)  # checks the spec only: nothing is opened before run()
+    except ValueError as exc:
+        fail(str(exc), 2)
     try:
         host, port = parse_listen(listen)
     except ConfigError as exc:
@@ -76,11 +99,17 @@ def coordinator(
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
     settings = CoordinatorSettings(
-        db=db, token=operator, node_token=nodes, keep=int(keep), heartbeat=interval
+        db=db,
+        token=operator,
+        node_token=nodes,
+        keep=int(keep),
+        heartbeat=interval,
+        backend=spec,
+        replicas=int(replicas),
     )
 
     def ready(url: str, seq: int) -> None:
-        print(f"edge coordinator: listening on {url} (log {db}, seq {seq})", flush=True)
+        print(f"edge coordinator: listening on {url} (log {spec}, seq {seq})", flush=True)
 
     try:
         run(settings, host, port, on_ready=ready)
