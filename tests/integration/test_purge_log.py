@@ -1,5 +1,5 @@
 """The purge log's contract (origin.coordinator.log.PurgeLog), run against every backend:
-the SQLite file. Append gives seqs
+the SQLite file and NATS JetStream (a real nats-server on loopback). Append gives seqs
 from 1 up, read replays from a position, compaction drops a prefix and tells a reader
 behind it, seqs are never reused, and confirmations and the node registry survive a
 reopen."""
@@ -12,18 +12,20 @@ from pathlib import Path
 import pytest
 
 from origin.coordinator.log import Compacted, NodeRecord, PurgeLog, open_log
+from tests.support.natscluster import Cluster
 from tests.support.procs import Proc
 
 Backend = Callable[[], PurgeLog]
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", "jetstream"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path, procs: list[Proc]) -> Backend:
     """A maker of fresh handles on one log (a reopen is a new handle)."""
     if request.param == "sqlite":
         spec = f"sqlite:{tmp_path / 'log.db'}"
         return lambda: open_log(spec)
-    raise AssertionError(request.param)
+    cluster = Cluster(tmp_path / "nats", procs, size=1).start()
+    return lambda: open_log(cluster.url, replicas=1, keep=100)
 
 
 def purge(n: int) -> dict[str, object]:
