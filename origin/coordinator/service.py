@@ -72,6 +72,11 @@ MAX_WAIT = 30.0
 #: so a burst of acks costs one commit; a crash loses at most this window's confirmation
 #: times (the node's own `after` says what it applied when it reconnects).
 FLUSH_DELAY = 0.05
+#: How long a request about a seq this coordinator has not followed yet waits for the
+#: shared log to bring it (it may have been appended at another coordinator just now).
+FOLLOW_GRACE = 2.0
+#: A shared log's stream is compacted every this many events (at most).
+COMPACT_EVERY = 100
 #: A close code of the application range: this connection was replaced by a newer one.
 CLOSE_REPLACED = 4000
 #: Refused: another live node is connected under this name (the reason says which).
@@ -285,9 +290,18 @@ class Coordinator:
         keep = self.settings.keep
         if event.seq - self.compacted > keep:
             self._drop_through(event.seq - keep)
-            # Every coordinator asks; the backend batches and ignores repeats.
-            self._spawn(self.store.compact(event.seq - keep))
+            # The stream is purged every so many events rather than at each (every
+            # coordinator asks; repeats are no-ops): one coordinator reopening the log
+            # finds a few more kept than `keep`, and compacts them itself.
+            if (event.seq - keep) % max(1, min(COMPACT_EVERY, keep // 10)) == 0:
+                self._spawn(self._compact_log(event.seq - keep))
         self._notify()
+
+    async def _compact_log(self, through: int) -> None:
+        try:
+            await self.store.compact(through)
+        except StoreError as exc:
+            log.warning("cannot compact the purge log: %s", exc)
 
     def confirmed(self, node: str, first: int, last: int, at: float) -> None:
         for n in range(max(first, self.compacted + 1), last + 1):
@@ -492,6 +506,13 @@ class Coordinator:
         if seen < 0:
             return _error(400, "seen must not be negative")
         deadline = time.monotonic() + wait
+        if self.store.shared and seq > self.latest:
+            # Made at another coordinator a moment ago, perhaps: wait for the log to
+            # bring it here (at least a moment, even when not asked to wait).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(wait, FOLLOW_GRACE)):
+                    while seq > self.latest:
+                        await self._published.wait()
         while True:
             event = self.events.get(seq)
             if event is None:

@@ -18,7 +18,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.support.coordinators import NODE_TOKEN, OP, TOKEN
+from tests.integration.conftest import NodeFactory
+from tests.support.cli import run_edge
+from tests.support.coordinators import NODE_TOKEN, OP, SITE, TOKEN, FakeNode, fetch
+from tests.support.guardkit import write_config
 from tests.support.natscluster import Cluster
 from tests.support.procs import Proc, edge_cmd, free_port, start
 
@@ -26,6 +29,7 @@ from tests.support.procs import Proc, edge_cmd, free_port, start
 PURGES = 1000
 KILL_AT, RESTART_AT = 300, 600
 HEARTBEAT = "1"  # so a silent coordinator's shields stop counting within 3 s
+URL = "http://archive.example/books/a.txt"
 
 
 class Node:
@@ -85,7 +89,9 @@ class Node:
                 await self._task
 
 
-def start_coordinator(procs: list[Proc], tmp_path: Path, backend: str, port: int) -> Proc:
+def start_coordinator(
+    procs: list[Proc], tmp_path: Path, backend: str, port: int, *extra: str
+) -> Proc:
     cmd = edge_cmd(
         "coordinator",
         "--listen",
@@ -94,6 +100,7 @@ def start_coordinator(procs: list[Proc], tmp_path: Path, backend: str, port: int
         backend,
         "--heartbeat",
         HEARTBEAT,
+        *extra,
     )
     env = {"EDGE_TOKEN": TOKEN, "EDGE_NODE_TOKEN": NODE_TOKEN}
     proc = start(cmd, port, tmp_path / f"coordinator-{port}.log", "/v1/health", env=env)
@@ -187,3 +194,141 @@ async def post(http: aiohttp.ClientSession, bases: list[str], number: int, body:
         assert time.monotonic() < deadline, f"purge {number} not acknowledged within 60s"
         at += 1
         await asyncio.sleep(0.05)
+
+
+# ---------------------------------------------------------------- one log, two doors
+
+
+async def test_status_long_polls_and_shields_first_whichever_coordinator(
+    procs: list[Proc], tmp_path: Path
+) -> None:
+    """A purge made at one coordinator is long-polled at the other to completion, with
+    the confirmations of nodes connected to both; an edge at one coordinator gets it only
+    after the shield at the other confirmed it; /v1/nodes says the same at both."""
+    cluster = Cluster(tmp_path / "nats", procs, size=1).start()
+    backend = ["--replicas", "1"]
+    a, b = (
+        start_coordinator(procs, tmp_path, cluster.url, free_port(), *backend) for _ in range(2)
+    )
+    async with aiohttp.ClientSession() as http:
+        shield = await FakeNode(
+            http, a.url, "s1", "shield", ack_delay=0.5, token=NODE_TOKEN
+        ).connect()
+        edge = await FakeNode(http, b.url, "e1", "edge", token=NODE_TOKEN).connect()
+        async with asyncio.timeout(10):  # each coordinator has learnt of the other's node
+            while [len(await connected(http, c.url)) for c in (a, b)] != [2, 2]:
+                await asyncio.sleep(0.05)
+
+        async with http.post(f"{a.url}/v1/purge", json={"urls": [URL]}, headers=OP) as resp:
+            assert resp.status == 202
+            made = await resp.json()
+        assert made["nodes"] == ["e1", "s1"]
+        seq = made["seq"]
+        view = await until_complete(http, b.url, seq)
+        assert sorted(row["node"] for row in view["confirmations"]) == ["e1", "s1"]
+        assert (view["pending"], view["not_connected"]) == ([], [])
+        # Shields first across coordinators: the edge was sent it after the shield's ack.
+        assert await edge.wait_seq(seq, timeout=10) > shield.acked[seq]
+        assert (await until_complete(http, a.url, seq))["confirmations"] == view["confirmations"]
+
+        # A node that leaves one coordinator is not connected at either.
+        await edge.close()
+        async with asyncio.timeout(10):
+            while [await connected(http, c.url) for c in (a, b)] != [{"s1"}, {"s1"}]:
+                await asyncio.sleep(0.05)
+        async with http.post(f"{b.url}/v1/purge", json={"urls": [URL]}, headers=OP) as resp:
+            assert (await resp.json())["not_connected"] == ["e1"]
+        await shield.close()
+
+
+async def until_complete(http: aiohttp.ClientSession, base: str, seq: int) -> dict[str, Any]:
+    """Long-poll purge `seq` at `base` until every connected node confirmed it, as `edge
+    purge` does."""
+    view: dict[str, Any] = {"confirmations": [], "complete": False}
+    async with asyncio.timeout(30):
+        while not view["complete"]:
+            seen = len(view["confirmations"])
+            url = f"{base}/v1/purge/{seq}?wait=10&seen={seen}"
+            async with http.get(url, headers=OP) as resp:
+                assert resp.status == 200, await resp.text()
+                view = await resp.json()
+    return view
+
+
+async def connected(http: aiohttp.ClientSession, base: str) -> set[str]:
+    async with http.get(f"{base}/v1/nodes", headers=OP) as resp:
+        return {row["name"] for row in (await resp.json())["nodes"] if row["connected"]}
+
+
+async def test_compaction_tells_a_node_behind_at_either_coordinator(
+    procs: list[Proc], tmp_path: Path
+) -> None:
+    """--keep on a shared log: a node behind what either coordinator kept is reset, and a
+    coordinator started later finds the stream compacted (its first seq) too."""
+    cluster = Cluster(tmp_path / "nats", procs, size=1).start()
+    extra = ["--replicas", "1", "--keep", "10"]
+    a, b = (start_coordinator(procs, tmp_path, cluster.url, free_port(), *extra) for _ in range(2))
+    async with aiohttp.ClientSession() as http:
+        for n in range(40):
+            async with http.post(
+                f"{(a, b)[n % 2].url}/v1/purge", json={"urls": [URL]}, headers=OP
+            ) as resp:
+                assert resp.status == 202
+        late = start_coordinator(procs, tmp_path, cluster.url, free_port(), *extra)
+        for proc in (a, b, late):
+            # Behind what was kept: a reset (to everything there is: the whole cache goes).
+            node = await FakeNode(http, proc.url, "behind", after=3, token=NODE_TOKEN).connect()
+            await node.wait_until(lambda node=node: node.applied >= 40, timeout=10)
+            assert (node.seqs("reset"), node.seqs()) == ([40], []), proc.url
+            await node.close()
+            # Within what was kept: the events it missed, in order.
+            node = await FakeNode(http, proc.url, "within", after=35, token=NODE_TOKEN).connect()
+            await node.wait_until(lambda node=node: node.applied >= 40, timeout=10)
+            assert (node.seqs("reset"), node.seqs()) == ([], [36, 37, 38, 39, 40]), proc.url
+            await node.close()
+        # The stream itself was compacted (every coordinator compacts it, in steps).
+        async with http.get(f"http://127.0.0.1:{cluster.members[0].monitor}/jsz?streams=1") as r:
+            streams = (await r.json())["account_details"][0]["stream_detail"]
+        state = next(s["state"] for s in streams if s["name"] == "EDGE_PURGES")
+        assert (state["first_seq"], state["last_seq"]) == (31, 40)
+
+
+# ---------------------------------------------------------------- real nodes
+
+
+async def test_real_nodes_move_to_the_other_coordinator_and_purge_through_either(
+    procs: list[Proc], tmp_path: Path, node: NodeFactory, upstream: Proc
+) -> None:
+    """`edge shield` and `edge serve` given both coordinators (each listing its own first);
+    `edge purge` through either removes an object from both; once the edge's coordinator
+    is killed it resumes at the other one and the next purge reaches it too."""
+    cluster = Cluster(tmp_path / "nats", procs, size=3).start()
+    a, b = (start_coordinator(procs, tmp_path, cluster.url, free_port()) for _ in range(2))
+    config = str(write_config(tmp_path / "node.toml", coordinator_token=NODE_TOKEN))
+    shield = node(
+        "shield", "--origin", upstream.url, "--coordinator", f"{a.url},{b.url}",
+        "--config", config, name="shield-c",
+    )  # fmt: skip
+    edge = node(
+        "serve", "--shield", shield.url, "--coordinator", f"{b.url},{a.url}",
+        "--config", config, name="edge-c",
+    )  # fmt: skip
+    async with aiohttp.ClientSession() as http:
+        async with asyncio.timeout(20):
+            while [len(await connected(http, c.url)) for c in (a, b)] != [2, 2]:
+                await asyncio.sleep(0.1)
+        for n, (via, path) in enumerate([(a, "/one"), (b, "/two"), (a, "/three")]):
+            if n == 2:
+                b.popen.kill()  # the edge's coordinator, without a word
+                b.popen.wait()
+            assert await fetch(http, edge, path) == "miss"
+            assert await fetch(http, edge, path) == "hit"
+            args = ["--coordinator", via.url, "--token", TOKEN, "--timeout", "30"]
+            code, out, err = await run_edge(tmp_path, "purge", f"http://{SITE}{path}", *args)
+            assert code == 0, err
+            assert "confirmed by all 2 nodes" in out, out
+            # Gone from both tiers: a miss at the edge is a miss at the shield too.
+            async with http.get(edge.url + path, headers={"Host": SITE}) as resp:
+                assert resp.status == 200
+                status = resp.headers["Cache-Status"]
+            assert "; hit" not in status and "shield-c; fwd=" in status, status
