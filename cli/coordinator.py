@@ -20,6 +20,7 @@ from edge.config import ConfigError, parse_listen
 
 
 def coordinator(
+    ctx: typer.Context,
     listen: Annotated[str, typer.Option(help="HOST:PORT to listen on.")] = "127.0.0.1:8400",
     # Optional only so that its absence is one `edge:` line like every other error.
     db: Annotated[
@@ -62,6 +63,8 @@ def coordinator(
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
 ) -> None:
     """Run the purge coordinator."""
+    if ctx.invoked_subcommand is not None:
+        return  # `edge coordinator migrate ...`: its options are its own
     from origin.coordinator.service import CoordinatorSettings, StoreError, run
 
     operator = token or os.environ.get("EDGE_TOKEN", "")
@@ -119,3 +122,47 @@ def coordinator(
         fail(f"cannot listen on {listen}: {exc.strerror or exc}")
     except KeyboardInterrupt:
         pass
+
+
+def migrate(
+    source: Annotated[
+        str,
+        typer.Option("--from", metavar="SPEC", help="The log to move: sqlite:PATH."),
+    ],
+    target: Annotated[
+        str,
+        typer.Option(
+            "--to", metavar="SPEC", help="The new, empty replicated log: nats://HOST:PORT[,...]."
+        ),
+    ],
+    replicas: Annotated[
+        str, typer.Option(metavar="N", help="Copies of the JetStream log (1, 3 or 5).")
+    ] = "3",
+) -> None:
+    """Copy every kept purge with its sequence number, the compaction point, the
+    confirmations and the node registry; nodes resume where they were. Stop the old
+    coordinator first (its file is locked while it runs)."""
+    import asyncio
+
+    from origin.coordinator.log import StoreError, open_log
+    from origin.coordinator.migrate import migrate as move
+
+    if replicas.strip() not in ("1", "3", "5"):
+        fail(f"--replicas must be 1, 3 or 5, got {replicas!r}", 2)
+    try:
+        old = open_log(source)
+        new = open_log(target, replicas=int(replicas))
+    except ValueError as exc:
+        fail(str(exc), 2)
+    if not new.shared:
+        fail(f"--to must be a replicated log (nats://HOST:PORT), got {target!r}", 2)
+    try:
+        moved = asyncio.run(move(old, new))
+    except StoreError as exc:
+        fail(str(exc))
+    print(
+        f"edge coordinator migrate: {moved.events} purges (seq {moved.compacted + 1}"
+        f"-{moved.latest}, compacted through {moved.compacted}) and {moved.nodes} nodes "
+        f"moved to {target}",
+        flush=True,
+    )

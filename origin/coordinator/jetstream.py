@@ -102,7 +102,8 @@ class JetStreamLog:
 
     async def open(self) -> None:
         async def disconnected() -> None:
-            log.warning("purge log: disconnected from NATS, reconnecting")
+            if self._nc is not None and not self._nc.is_closed:  # not our own close
+                log.warning("purge log: disconnected from NATS, reconnecting")
 
         async def error(exc: Exception) -> None:
             log.info("purge log: NATS: %s", exc)
@@ -174,7 +175,7 @@ class JetStreamLog:
                 with contextlib.suppress(Exception):
                     await sub.stop() if name == "_watch" else await sub.unsubscribe()
         if self._nc is not None:
-            nc, self._nc = self._nc, None
+            nc, self._nc = self._nc, None  # first: the disconnect it causes is not news
             with contextlib.suppress(Exception):
                 await nc.close()
 

@@ -21,6 +21,7 @@ import pytest
 from tests.integration.conftest import NodeFactory
 from tests.support.cli import run_edge
 from tests.support.coordinators import NODE_TOKEN, OP, SITE, TOKEN, FakeNode, fetch
+from tests.support.coordinators import start_coordinator as sqlite_coordinator
 from tests.support.guardkit import write_config
 from tests.support.natscluster import Cluster
 from tests.support.procs import Proc, edge_cmd, free_port, start
@@ -332,3 +333,58 @@ async def test_real_nodes_move_to_the_other_coordinator_and_purge_through_either
                 assert resp.status == 200
                 status = resp.headers["Cache-Status"]
             assert "; hit" not in status and "shield-c; fwd=" in status, status
+
+
+# ---------------------------------------------------------------- migration
+
+
+async def test_migrate_a_sqlite_log_to_jetstream_keeps_every_seq(
+    procs: list[Proc], tmp_path: Path
+) -> None:
+    """`edge coordinator migrate` moves the kept purges with their seqs, the compaction
+    point, confirmations and nodes: a node resumes where it was at a coordinator of the
+    new log, one behind the compaction point is reset, and a new purge gets the next seq."""
+    db = tmp_path / "old.db"
+    old = sqlite_coordinator(procs, db, "--keep", "5", node_token=NODE_TOKEN)
+    async with aiohttp.ClientSession() as http:
+        shield = await FakeNode(http, old.url, "s1", "shield", token=NODE_TOKEN).connect()
+        for _ in range(12):
+            async with http.post(f"{old.url}/v1/purge", json={"urls": [URL]}, headers=OP) as r:
+                assert r.status == 202
+        await shield.wait_acked(12)
+        await until_complete(http, old.url, 12)
+        await shield.close()
+        old.stop()
+
+        cluster = Cluster(tmp_path / "nats", procs, size=1).start()
+        move = ["coordinator", "migrate", "--from", f"sqlite:{db}", "--to", cluster.url]
+        code, out, err = await run_edge(tmp_path, *move, "--replicas", "1")
+        assert code == 0, err
+        assert "5 purges (seq 8-12, compacted through 7) and 1 nodes moved" in out, out
+        # A second time: the target has purges now, and would give them other seqs.
+        code, out, err = await run_edge(tmp_path, *move, "--replicas", "1")
+        assert (code, out) == (1, "")
+        assert err.startswith("edge: the target log is not empty (seq 12, 1 nodes)"), err
+
+        new = start_coordinator(procs, tmp_path, cluster.url, free_port(), "--replicas", "1")
+        async with http.get(f"{new.url}/v1/purge/12", headers=OP) as resp:
+            view = await resp.json()
+        assert [row["node"] for row in view["confirmations"]] == ["s1"]
+        async with http.get(f"{new.url}/v1/nodes", headers=OP) as resp:
+            nodes = (await resp.json())["nodes"]
+        assert [(n["name"], n["role"], n["applied"]) for n in nodes] == [("s1", "shield", 12)]
+        async with http.post(f"{new.url}/v1/purge", json={"urls": [URL]}, headers=OP) as resp:
+            assert (await resp.json())["seq"] == 13
+
+        resumed = await FakeNode(
+            http, new.url, "s1", "shield", after=12, token=NODE_TOKEN
+        ).connect()
+        within = await FakeNode(http, new.url, "e1", after=9, token=NODE_TOKEN).connect()
+        behind = await FakeNode(http, new.url, "e2", after=2, token=NODE_TOKEN).connect()
+        for node in (resumed, within, behind):
+            await node.wait_until(lambda node=node: node.applied >= 13, timeout=10)
+        assert (resumed.seqs("reset"), resumed.seqs()) == ([], [13])
+        assert (within.seqs("reset"), within.seqs()) == ([], [10, 11, 12, 13])
+        assert behind.seqs("reset") == [13]
+        for node in (resumed, within, behind):
+            await node.close()
