@@ -53,14 +53,15 @@ RETRY_FOR = 30.0
 #: Seconds a publish is remembered by its Nats-Msg-Id (a retried one is stored once).
 DUPLICATE_WINDOW = 120.0
 
+#: A cluster busy electing a leader, a member gone, a reply lost or a connection being
+#: re-established: tried again. Any other refusal of the API (a bad request) is final.
+_BUSY = (nats.js.errors.ServiceUnavailableError, nats.js.errors.ServerError)
 _NOT_READY = (
-    nats.errors.TimeoutError,
-    nats.errors.NoRespondersError,
-    nats.errors.ConnectionClosedError,
-    nats.errors.ConnectionReconnectingError,
-    nats.js.errors.ServiceUnavailableError,
-    nats.js.errors.ServerError,
+    *_BUSY,
+    nats.js.errors.NoStreamResponseError,
+    nats.errors.Error,
     asyncio.TimeoutError,
+    OSError,
 )
 
 
@@ -160,12 +161,15 @@ class JetStreamLog:
         while True:
             try:
                 return await action()
-            except _NOT_READY as exc:
-                if time.monotonic() > deadline:
-                    raise StoreError(f"cannot {what}: {exc or type(exc).__name__}") from exc
-                await asyncio.sleep(0.25)
             except nats.js.errors.APIError as exc:
-                raise StoreError(f"cannot {what}: {exc.description}") from exc
+                if not isinstance(exc, _BUSY):
+                    raise StoreError(f"cannot {what}: {exc.description}") from exc
+                error: Exception = exc
+            except _NOT_READY as exc:
+                error = exc
+            if time.monotonic() > deadline:
+                raise StoreError(f"cannot {what}: {error or type(error).__name__}") from error
+            await asyncio.sleep(0.25)
 
     async def close(self) -> None:
         for name in ("_purges", "_acks", "_watch"):
@@ -307,14 +311,18 @@ class JetStreamLog:
                 runs[-1][2] = seq
             else:
                 runs.append([node, seq, seq, at])
+        # Published side by side (the client pipelines them): one round trip, not one each.
+        writes = []
         for node, first, last, at in runs:
             body = json.dumps({"node": node, "first": first, "last": last, "at": at}).encode()
-            await self._retry(
-                "record confirmations",
-                lambda node=node, body=body: self._js.publish(f"{ACK_PREFIX}{node}", body),
+            writes.append(
+                self._retry(
+                    "record confirmations",
+                    lambda node=node, body=body: self._js.publish(f"{ACK_PREFIX}{node}", body),
+                )
             )
-        for record in nodes:
-            await self._put(record)
+        writes += [self._put(record) for record in nodes]
+        await asyncio.gather(*writes)
 
     async def maintain(self) -> None:
         """Nothing: JetStream keeps its own files."""
@@ -327,19 +335,27 @@ class JetStreamLog:
             self._follow_nodes(follower),
         )
 
+    @staticmethod
+    async def _receive(sub: Any) -> Msg | None:
+        """The next message of an ordered consumer (which starts itself over after a
+        gap or a lost member); None after an error, said once, a moment later."""
+        try:
+            return await sub.next_msg(timeout=None)
+        except nats.errors.Error as exc:
+            log.warning("purge log: reading the stream: %s", exc or type(exc).__name__)
+            await asyncio.sleep(0.25)
+            return None
+
     async def _follow_purges(self, follower: Follower) -> None:
         while True:
-            try:
-                msg = await self._purges.next_msg(timeout=None)
-            except nats.errors.TimeoutError:
-                continue
-            follower.published(_event(msg))
+            msg = await self._receive(self._purges)
+            if msg is not None:
+                follower.published(_event(msg))
 
     async def _follow_acks(self, follower: Follower) -> None:
         while True:
-            try:
-                msg = await self._acks.next_msg(timeout=None)
-            except nats.errors.TimeoutError:
+            msg = await self._receive(self._acks)
+            if msg is None:
                 continue
             try:
                 follower.confirmed(*_ack(msg))

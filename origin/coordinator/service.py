@@ -72,6 +72,10 @@ MAX_WAIT = 30.0
 #: so a burst of acks costs one commit; a crash loses at most this window's confirmation
 #: times (the node's own `after` says what it applied when it reconnects).
 FLUSH_DELAY = 0.05
+#: On a shared log the batch is what other coordinators learn acks from (a shield's ack
+#: lets their edges go on; an edge's completes a purge an operator waits for there), so
+#: it is written at once: a few milliseconds gather an event's burst of acks.
+SHARED_FLUSH_DELAY = 0.002
 #: How long a request about a seq this coordinator has not followed yet waits for the
 #: shared log to bring it (it may have been appended at another coordinator just now).
 FOLLOW_GRACE = 2.0
@@ -249,8 +253,17 @@ class Coordinator:
         if self.store.shared:
             created = time.time()
             seq = await self.store.append(purge, created)
-            while self.latest < seq:
-                await self._published.wait()
+            if seq == self.latest + 1:
+                # The next in the log's order: nothing of another coordinator's comes
+                # between, so it goes out now (the follower skips it when it arrives).
+                self.published(Event(seq, created, purge))
+            try:
+                async with asyncio.timeout(MAX_WAIT):
+                    while self.latest < seq:
+                        await self._published.wait()
+            except TimeoutError:
+                # Committed all the same: acknowledged, and sent once the log brings it.
+                log.warning("purge %d: committed, not yet brought back by the log", seq)
             return self.events.get(seq) or Event(seq, created, purge)
         async with self.store.lock:
             created = time.time()
@@ -317,7 +330,10 @@ class Coordinator:
 
     def node_changed(self, record: NodeRecord | None, name: str) -> None:
         """Another coordinator saved (or forgot, None) a node. A node connected here is
-        this coordinator's to describe; its own word wins until it leaves."""
+        this coordinator's to describe; its own word wins until it leaves. What a known
+        node applied is learnt from its confirmations (`confirmed`), not from here: the
+        two arrive by different streams, and a purge must not count as applied by a node
+        before its confirmation is there to show."""
         mine = self.nodes.get(name)
         if mine is not None and mine.link is not None:
             return
@@ -328,7 +344,6 @@ class Coordinator:
         else:
             mine.role, mine.region, mine.address = record.role, record.region, record.address
             mine.last_seen = max(mine.last_seen, record.last_seen)
-            mine.applied = max(mine.applied, record.applied)
             mine.holder, mine.renewed = record.holder, record.renewed
         self._advance_edges()
         self._notify()
@@ -367,7 +382,7 @@ class Coordinator:
     async def _flush_loop(self) -> None:
         while True:
             await self._dirty.wait()
-            await asyncio.sleep(FLUSH_DELAY)
+            await asyncio.sleep(SHARED_FLUSH_DELAY if self.store.shared else FLUSH_DELAY)
             # Shielded: stopping the loop must not cut a batch off halfway (close()
             # waits for it, then writes what came after).
             self._flushing = asyncio.ensure_future(self._flush())
