@@ -3,6 +3,9 @@
 Thin: check the options (a missing operator token, a bad listen address, --keep or
 --heartbeat are one `edge:` line, exit 2), then hand over to `origin.coordinator.service.run`; a
 database that cannot be opened or an address that cannot be bound is one line, exit 1.
+The log is `--db FILE` (SQLite) or `--backend SPEC` (origin.coordinator.log.open_log).
+`edge coordinator migrate` moves a SQLite log to a replicated one
+(origin/coordinator/migrate.py), with the same one-line errors.
 """
 
 from __future__ import annotations
