@@ -292,6 +292,7 @@ class JetStreamLog:
                 "last_seen": node.last_seen,
                 "applied": node.applied,
                 "holder": node.holder,
+                "instance": node.instance,
             }
         ).encode()
         await self._retry("save a node", lambda: kv.put(node.name, value))
@@ -382,7 +383,7 @@ def _ack(msg: Msg) -> tuple[str, int, int, float]:
     return str(data["node"]), int(data["first"]), int(data["last"]), float(data["at"])
 
 
-_FIELDS = ("name", "role", "region", "address", "last_seen", "applied", "holder")
+_FIELDS = ("name", "role", "region", "address", "last_seen", "applied", "holder", "instance")
 
 
 def _record(value: bytes) -> NodeRecord:

@@ -58,6 +58,7 @@ class NodeRecord:
     # The coordinator (its process id) holding the node's connection, "" for none; only a
     # shared backend keeps it, so one coordinator knows another's nodes are connected.
     holder: str = ""
+    instance: str = ""  # the connected process's own id (a shared backend keeps it too)
     # When this coordinator last heard the holder renew the record (its own clock).
     renewed: float = field(default=0.0, repr=False)
 

@@ -345,6 +345,7 @@ class Coordinator:
             mine.role, mine.region, mine.address = record.role, record.region, record.address
             mine.last_seen = max(mine.last_seen, record.last_seen)
             mine.holder, mine.renewed = record.holder, record.renewed
+            mine.instance = record.instance
         self._advance_edges()
         self._notify()
 
@@ -621,7 +622,7 @@ class Coordinator:
         if node is None:
             node = self.nodes[name] = NodeRecord(name, role)
         node.role, node.region, node.address = role, region, address
-        node.holder = self.id
+        node.holder, node.instance = self.id, instance
         node.last_seen = time.time()
         # The node's own word on what it applied wins over the registry's; one ahead of
         # this log (which was then lost and begun again) has applied none of it.
@@ -666,9 +667,19 @@ class Coordinator:
         second live node under it is refused rather than let the two replace each other.
         The same process reconnecting (its instance id) takes its name back, as does
         anyone once the connected one has been silent past the staleness bound (a
-        connection that died without a word)."""
+        connection that died without a word). On a shared log the same holds across
+        coordinators: a node another one holds (its record fresh) keeps its name, and its
+        own process moving here after that coordinator failed takes it back at once."""
         older = self.links.get(name)
-        if older is None or (instance and instance == older.instance):
+        if older is None:
+            known = self.nodes.get(name)
+            if known is None or not self._elsewhere(known):
+                return ""
+            if instance and instance == known.instance:
+                return ""
+            where = f" at {known.address}" if known.address else ""
+            return f"node name {name} is already connected ({known.role}{where}) elsewhere"
+        if instance and instance == older.instance:
             return ""
         if time.time() - older.node.last_seen > HEALTHY_BEATS * self.settings.heartbeat:
             return ""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from origin.coordinator.service import CLOSE_NAME_TAKEN
 from tests.integration.conftest import NodeFactory
 from tests.support.cli import run_edge
 from tests.support.coordinators import NODE_TOKEN, OP, SITE, TOKEN, FakeNode, fetch
@@ -46,6 +48,7 @@ class Node:
         self.bodies: dict[int, dict[str, Any]] = {}
         self.resets: list[int] = []
         self.connections = 0
+        self.instance = os.urandom(8).hex()  # this "process", wherever it connects
         self._task: asyncio.Task[None] | None = None
 
     def start(self, first: int) -> None:
@@ -61,6 +64,7 @@ class Node:
 
     async def _session(self, base: str) -> None:
         params = {"name": self.name, "role": self.role, "after": str(self.applied)}
+        params["instance"] = self.instance
         async with self.http.ws_connect(
             f"{base}/v1/subscribe",
             params=params,
@@ -261,6 +265,34 @@ async def connected(http: aiohttp.ClientSession, base: str) -> set[str]:
         return {row["name"] for row in (await resp.json())["nodes"] if row["connected"]}
 
 
+async def test_a_name_held_at_one_coordinator_is_refused_at_the_other(
+    procs: list[Proc], tmp_path: Path
+) -> None:
+    """A second live node under a name another coordinator holds is refused (4409, the
+    reason), as one coordinator refuses it; the same process moving over is not."""
+    cluster = Cluster(tmp_path / "nats", procs, size=1).start()
+    a, b = (
+        start_coordinator(procs, tmp_path, cluster.url, free_port(), "--replicas", "1")
+        for _ in range(2)
+    )
+    async with aiohttp.ClientSession() as http:
+        first = await FakeNode(http, a.url, "dup", token=NODE_TOKEN, instance="one").connect()
+        async with asyncio.timeout(10):
+            while await connected(http, b.url) != {"dup"}:
+                await asyncio.sleep(0.05)
+        second = await FakeNode(http, b.url, "dup", token=NODE_TOKEN, instance="two").connect()
+        assert second._reader is not None
+        await asyncio.wait_for(second._reader, 10)
+        assert second.ws is not None and second.ws.close_code == CLOSE_NAME_TAKEN
+        assert second.received == []
+        same = await FakeNode(http, b.url, "dup", token=NODE_TOKEN, instance="one").connect()
+        async with http.post(f"{a.url}/v1/purge", json={"urls": [URL]}, headers=OP) as resp:
+            seq = (await resp.json())["seq"]
+        await same.wait_seq(seq, timeout=10)
+        for node in (first, second, same):
+            await node.close()
+
+
 async def test_compaction_tells_a_node_behind_at_either_coordinator(
     procs: list[Proc], tmp_path: Path
 ) -> None:
@@ -278,12 +310,16 @@ async def test_compaction_tells_a_node_behind_at_either_coordinator(
         late = start_coordinator(procs, tmp_path, cluster.url, free_port(), *extra)
         for proc in (a, b, late):
             # Behind what was kept: a reset (to everything there is: the whole cache goes).
-            node = await FakeNode(http, proc.url, "behind", after=3, token=NODE_TOKEN).connect()
+            node = await FakeNode(
+                http, proc.url, "behind", after=3, token=NODE_TOKEN, instance="behind-1"
+            ).connect()
             await node.wait_until(lambda node=node: node.applied >= 40, timeout=10)
             assert (node.seqs("reset"), node.seqs()) == ([40], []), proc.url
             await node.close()
             # Within what was kept: the events it missed, in order.
-            node = await FakeNode(http, proc.url, "within", after=35, token=NODE_TOKEN).connect()
+            node = await FakeNode(
+                http, proc.url, "within", after=35, token=NODE_TOKEN, instance="within-1"
+            ).connect()
             await node.wait_until(lambda node=node: node.applied >= 40, timeout=10)
             assert (node.seqs("reset"), node.seqs()) == ([], [36, 37, 38, 39, 40]), proc.url
             await node.close()

@@ -86,3 +86,20 @@ def test_a_forgotten_node_leaves_and_a_repeat_of_a_known_purge_is_ignored() -> N
     first = c.events[1]
     publish(c, 1)  # a follower that started over
     assert c.events[1] is first and c.latest == 1
+
+
+def test_a_name_held_at_another_coordinator_is_refused_but_to_its_own_process() -> None:
+    c = coordinator()
+    held = elsewhere("e1", "edge")
+    held.instance, held.address = "proc-1", "http://127.0.0.1:8080"
+    c.node_changed(held, "e1")
+    refused = c._name_taken("e1", "proc-2")
+    assert refused == (
+        "node name e1 is already connected (edge at http://127.0.0.1:8080) elsewhere"
+    )
+    assert c._name_taken("e1", "") == refused
+    # Its own process, moving here (its coordinator failed), takes it back at once.
+    assert c._name_taken("e1", "proc-1") == ""
+    # Anyone, once the record is stale (that coordinator stopped without a word).
+    c.node_changed(elsewhere("e1", "edge", age=HEALTHY_BEATS * HEARTBEAT + 1), "e1")
+    assert c._name_taken("e1", "proc-2") == ""
