@@ -50,6 +50,8 @@ REQUEST_TIMEOUT = 5.0
 #: How long start-up and a purge keep retrying while the cluster elects a leader (a
 #: member restarting, or the cluster just started).
 RETRY_FOR = 30.0
+#: How long start-up tries to reach a server of the cluster.
+CONNECT_FOR = 10.0
 #: Seconds a publish is remembered by its Nats-Msg-Id (a retried one is stored once).
 DUPLICATE_WINDOW = 120.0
 
@@ -107,19 +109,26 @@ class JetStreamLog:
                 log.warning("purge log: disconnected from NATS, reconnecting")
 
         async def error(exc: Exception) -> None:
-            log.info("purge log: NATS: %s", exc)
+            # Each failed try of each server: the disconnection said it once already.
+            log.debug("purge log: NATS: %s", exc)
 
         try:
-            self._nc = await nats.connect(
-                servers=self.servers,
-                connect_timeout=3,
-                reconnect_time_wait=0.25,
-                max_reconnect_attempts=-1,
-                disconnected_cb=disconnected,
-                error_cb=error,
-            )
+            # The client tries the servers over and over (it is what keeps it connected
+            # later): bounded here, so an address that is wrong is one line at start.
+            async with asyncio.timeout(CONNECT_FOR):
+                self._nc = await nats.connect(
+                    servers=self.servers,
+                    connect_timeout=3,
+                    reconnect_time_wait=0.25,
+                    max_reconnect_attempts=-1,
+                    disconnected_cb=disconnected,
+                    error_cb=error,
+                )
         except (OSError, *_NOT_READY) as exc:
-            raise StoreError(f"cannot reach NATS at {','.join(self.servers)}: {exc}") from exc
+            raise StoreError(
+                f"cannot reach NATS at {','.join(self.servers)}: "
+                f"{str(exc) or f'no answer within {CONNECT_FOR:g}s'}"
+            ) from exc
         self._js = self._nc.jetstream(timeout=REQUEST_TIMEOUT)
         await self._retry("create the purge log", self._declare)
 
@@ -168,7 +177,7 @@ class JetStreamLog:
             except _NOT_READY as exc:
                 error = exc
             if time.monotonic() > deadline:
-                raise StoreError(f"cannot {what}: {error or type(error).__name__}") from error
+                raise StoreError(f"cannot {what}: {str(error) or type(error).__name__}") from error
             await asyncio.sleep(0.25)
 
     async def close(self) -> None:

@@ -11,8 +11,9 @@ bucket, shared by several coordinators). `open_log` picks one by its `--backend`
 
 A shared backend (`shared` true) has other writers: `follow` feeds the coordinator what
 they did (purges appended anywhere, in log order; confirmations and node changes made at
-other coordinators), and the coordinator publishes a purge it appended only once `follow`
-brings it back, so every coordinator hands its nodes one order, the log's.
+other coordinators), and the coordinator publishes a purge it appended once `follow`
+brings it back (or at once when its seq is the next one it has), so every coordinator
+hands its nodes one order, the log's.
 """
 
 from __future__ import annotations

@@ -30,7 +30,8 @@ applied the event: they apply it when they reconnect, and until then a purge is 
 confirmed by every node the coordinator knows (what `edge purge` reports).
 
 Several coordinators on a shared log: any of them appends (the log gives the seq) and
-publishes a purge when the log brings it back, so each feeds its nodes the one order.
+publishes a purge when the log brings it back (at once, when its seq is the next one
+here: nothing can come between), so each feeds its nodes the one order.
 Node records and confirmations are shared through the log too, so "connected", pending
 and the edge frontier count nodes connected to any coordinator: an edge here is sent N
 only once every shield connected anywhere has confirmed N. A shield whose coordinator

@@ -424,3 +424,19 @@ async def test_migrate_a_sqlite_log_to_jetstream_keeps_every_seq(
         assert behind.seqs("reset") == [13]
         for node in (resumed, within, behind):
             await node.close()
+
+
+async def test_a_bad_backend_is_one_line(tmp_path: Path) -> None:
+    env = {"EDGE_TOKEN": TOKEN}
+    listen = ["coordinator", "--listen", f"127.0.0.1:{free_port()}"]
+    for args, status, line in [
+        (["--backend", "redis://127.0.0.1:6379"], 2, "edge: backend must be sqlite:PATH or"),
+        (["--backend", "nats://127.0.0.1"], 2, "edge: a NATS server is nats://HOST:PORT"),
+        (["--db", "x.db", "--backend", "sqlite:y.db"], 2, "edge: --db FILE is --backend"),
+        (["--backend", "sqlite:x.db", "--replicas", "2"], 2, "edge: --replicas must be 1, 3"),
+        # Nobody there: bounded, not a coordinator waiting forever without listening.
+        (["--backend", f"nats://127.0.0.1:{free_port()}"], 1, "edge: cannot reach NATS at"),
+    ]:
+        code, out, err = await run_edge(tmp_path, *listen, *args, env=env)
+        assert (code, out) == (status, ""), (args, err)
+        assert err.startswith(line) and len(err.strip().splitlines()) == 1, (args, err)
