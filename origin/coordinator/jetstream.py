@@ -12,7 +12,8 @@ taking purges with one member down):
   seqs a node confirmed at one time `{"node", "first", "last", "at"}`; at most `keep`
   kept per node (each covers at least one seq, so the kept events' are all there).
 - KV bucket edge_nodes: the node registry, one key per node name (NodeRecord as JSON,
-  with `holder`, the coordinator its connection is at).
+  with `holder`, the coordinator its connection is at), and each running coordinator's
+  beat (`=ID`), rewritten every heartbeat.
 
 Each coordinator reads all three with ordered consumers (`follow`): what any of them
 appends or records reaches the others, in the stream's order.
@@ -45,6 +46,8 @@ SUBJECT = "edge.purges"
 ACKS = "EDGE_ACKS"
 ACK_PREFIX = "edge.acks."
 BUCKET = "edge_nodes"
+#: Keys of coordinators' beats in the bucket: "=" is a key character no node name has.
+BEAT = "="
 #: How long a request (a publish, a read) may take before it is retried or given up.
 REQUEST_TIMEOUT = 5.0
 #: How long start-up and a purge keep retrying while the cluster elects a leader (a
@@ -100,6 +103,7 @@ class JetStreamLog:
         self._acks: Any = None
         self._watch: Any = None
         self._compacted = 0  # the highest point this process asked the stream to drop
+        self._beat = ""  # this process's beat key, removed at close
 
     # -- lifetime
 
@@ -181,6 +185,10 @@ class JetStreamLog:
             await asyncio.sleep(0.25)
 
     async def close(self) -> None:
+        if self._beat and self._kv is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(2):
+                    await self._kv.delete(self._beat)
         for name in ("_purges", "_acks", "_watch"):
             sub = getattr(self, name)
             setattr(self, name, None)
@@ -235,7 +243,7 @@ class JetStreamLog:
         async for entry in self._watch:
             if entry is None:  # the initial values are done
                 break
-            if entry.operation is None and entry.value:
+            if entry.operation is None and entry.value and not entry.key.startswith(BEAT):
                 nodes.append(_record(entry.value))
         return Snapshot(latest, compacted, events, confirmations, nodes)
 
@@ -305,6 +313,12 @@ class JetStreamLog:
             }
         ).encode()
         await self._retry("save a node", lambda: kv.put(node.name, value))
+
+    async def beat(self, coordinator: str) -> None:
+        kv = self._kv
+        assert kv is not None
+        self._beat = f"{BEAT}{coordinator}"
+        await self._retry("beat", lambda: kv.put(self._beat, b"1"))
 
     async def forget_node(self, name: str) -> None:
         kv = self._kv
@@ -376,7 +390,10 @@ class JetStreamLog:
         async for entry in self._watch:
             if entry is None:
                 continue
-            if entry.operation is None and entry.value:
+            if entry.key.startswith(BEAT):
+                if entry.operation is None:
+                    follower.heard(entry.key[len(BEAT) :])
+            elif entry.operation is None and entry.value:
                 follower.node_changed(_record(entry.value), entry.key)
             else:
                 follower.node_changed(None, entry.key)

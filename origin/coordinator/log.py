@@ -85,6 +85,10 @@ class Follower(Protocol):
 
     def node_changed(self, record: NodeRecord | None, name: str) -> None: ...
 
+    def heard(self, coordinator: str) -> None:
+        """A coordinator's beat (`PurgeLog.beat`) came back."""
+        ...
+
 
 class PurgeLog(Protocol):
     """The contract (tests/integration/test_purge_log.py runs it against each backend)."""
@@ -124,6 +128,10 @@ class PurgeLog(Protocol):
         self, confirmations: list[tuple[int, str, float]], nodes: list[NodeRecord]
     ) -> None:
         """Record a batch of confirmations (seq, node, at) and node updates."""
+        ...
+
+    async def beat(self, coordinator: str) -> None:
+        """Say that `coordinator` is alive (a shared log: `follow` reports it to all)."""
         ...
 
     async def maintain(self) -> None:

@@ -151,6 +151,7 @@ class Coordinator:
         self._background: list[asyncio.Task[None]] = []
         self._flushing: asyncio.Future[None] | None = None
         self._published = asyncio.Event()  # set (and replaced) when `latest` grows
+        self._echo = time.time()  # when this coordinator's own beat last came back
 
     # -- lifetime
 
@@ -227,7 +228,11 @@ class Coordinator:
         record, which that coordinator keeps fresh while the node is heard from)."""
         if node.link is not None or node.holder in ("", self.id):
             return False
-        return time.time() - node.renewed <= HEALTHY_BEATS * self.settings.heartbeat
+        # Stale only if this coordinator's own beat, written after the record's last
+        # renewal was due, has come back since: the log delivers in order, so the
+        # holder wrote nothing in that time. Measured on the clock of the wall alone, a
+        # watch that is behind (a cluster member lost) would make live shields stale.
+        return self._echo - node.renewed <= HEALTHY_BEATS * self.settings.heartbeat
 
     def _connected(self, node: NodeRecord) -> bool:
         return node.link is not None or self._elsewhere(node)
@@ -351,14 +356,31 @@ class Coordinator:
         self._notify()
 
     async def _stale_loop(self) -> None:
-        """Every heartbeat: renew this coordinator's nodes' records, and let a shield of
-        another coordinator that fell silent (that coordinator stopped) hold edges back
-        no longer once its record is stale, as a disconnected shield here would not."""
+        """Every heartbeat: renew this coordinator's nodes' records and its own beat, and
+        let a shield of another coordinator that fell silent (that coordinator stopped)
+        hold edges back no longer once its record is stale, as a disconnected shield
+        here would not. Renewals are written by themselves, not with the acks' batch: a
+        batch held up by one stream must not make live nodes look stale elsewhere."""
+        renewing: asyncio.Future[Any] | None = None
         while True:
             await asyncio.sleep(self.settings.heartbeat)
-            # Renew the records of the nodes connected here, for the others' sake.
-            self._unsaved_nodes.update(self.links)
-            self._dirty.set()
+            if renewing is None or renewing.done():
+                renewing = self._spawn(self._renew())
+            self._advance_edges()
+            self._notify()
+
+    async def _renew(self) -> None:
+        nodes = [link.node for link in self.links.values()]
+        try:
+            await asyncio.gather(self.store.beat(self.id), *map(self.store.save_node, nodes))
+        except StoreError as exc:
+            log.warning("cannot renew node records: %s", exc)
+
+    def heard(self, coordinator: str) -> None:
+        """A coordinator's beat came back over the log; this one's own says how far the
+        log has brought this coordinator what the others wrote (`_elsewhere`)."""
+        if coordinator == self.id:
+            self._echo = time.time()
             self._advance_edges()
             self._notify()
 

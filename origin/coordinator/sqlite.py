@@ -300,5 +300,8 @@ class PurgeStore:
             except sqlite3.Error as exc:
                 log.warning("cannot checkpoint the WAL: %s", exc)
 
+    async def beat(self, coordinator: str) -> None:
+        """Nothing: no other coordinator reads this file."""
+
     async def follow(self, follower: Follower) -> None:
         """Nothing to follow: this coordinator is the file's only writer."""

@@ -103,3 +103,17 @@ def test_a_name_held_at_another_coordinator_is_refused_but_to_its_own_process() 
     # Anyone, once the record is stale (that coordinator stopped without a word).
     c.node_changed(elsewhere("e1", "edge", age=HEALTHY_BEATS * HEARTBEAT + 1), "e1")
     assert c._name_taken("e1", "proc-2") == ""
+
+
+def test_a_shield_is_stale_only_once_this_coordinators_own_beat_came_back_since() -> None:
+    """The record's last renewal arrived 10 s ago, but so did this coordinator's own beat:
+    the watch is behind (a cluster member lost), not the shield's coordinator gone."""
+    c = coordinator()
+    c._echo = time.time() - 10
+    c.node_changed(elsewhere("s1", "shield", age=10), "s1")
+    publish(c, 1, 2)
+    assert c.edge_frontier == 0
+    c.heard("another-coordinator")  # someone else's beat says nothing of this watch
+    assert c.edge_frontier == 0
+    c.heard(c.id)  # this one's own beat is back: the holder wrote nothing since
+    assert c.edge_frontier == 2
