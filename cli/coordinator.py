@@ -28,7 +28,11 @@ def coordinator(
     # Optional only so that its absence is one `edge:` line like every other error.
     db: Annotated[
         Optional[Path],  # noqa: UP045 - typer reads the annotation at runtime
-        typer.Option(help="SQLite file of the purge log (created if missing): sqlite:PATH."),
+        typer.Option(
+            help="SQLite file of the purge log, created if missing (--backend sqlite:FILE); "
+            "this or --backend is required.",
+            show_default="none",
+        ),
     ] = None,
     backend: Annotated[
         Optional[str],  # noqa: UP045
