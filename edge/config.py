@@ -268,7 +268,7 @@ def _urls(name: str, value: Any) -> str:
         raise ConfigError(f"{name} must be http(s) URLs separated by commas: {value!r}")
     if not value:
         return value
-    return ",".join(_url(name, part.strip()) for part in value.split(","))
+    return ",".join(_url(name, part.strip()) for part in value.split(",") if part.strip())
 
 
 def _networks(name: str, value: Any) -> tuple[str, ...]:

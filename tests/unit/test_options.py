@@ -218,7 +218,7 @@ def test_tokens_come_from_the_file_else_the_environment(
 
 def test_coordinator_takes_several_urls_sharing_one_log(tmp_path: Path) -> None:
     path = tmp_path / "node.toml"
-    path.write_text('upstream = "http://o"\ncoordinator = "http://c1:8400, http://c2:8400/"\n')
+    path.write_text('upstream = "http://o"\ncoordinator = "http://c1:8400, http://c2:8400/,"\n')
     assert load_config(path, {}).coordinator == "http://c1:8400,http://c2:8400"
     cfg = load_config(path, parse(["serve", "--coordinator", "http://c3:8400"]))
     assert cfg.coordinator == "http://c3:8400"
