@@ -32,7 +32,13 @@ app.command("shield", help="Run an origin shield: the cache tier in front of the
 app.command("origin", help="Serve a directory as an origin (the demo archive).")(origin_cmd.origin)
 app.command("up", help="Run the CDN on this machine (demo origin, shield, edge).")(up_cmd.up)
 app.command("h3get", help="Fetch a URL over HTTP/3 and print it as curl -si does.")(h3get_cmd.h3get)
-app.command("coordinator", help="Run the purge coordinator.")(coordinator_cmd.coordinator)
+# `edge coordinator [OPTIONS]` runs it; `edge coordinator migrate` moves its log.
+coordinator_app = typer.Typer(invoke_without_command=True, pretty_exceptions_enable=False)
+coordinator_app.callback(help="Run the purge coordinator.")(coordinator_cmd.coordinator)
+coordinator_app.command(
+    "migrate", help="Move a purge log to a replicated one, keeping sequence numbers."
+)(coordinator_cmd.migrate)
+app.add_typer(coordinator_app, name="coordinator")
 app.command("purge", help="Purge from every cache node; wait for each to confirm.")(purge_cmd.purge)
 app.command("dns", help="Run the GeoDNS authority: each client to its nearest healthy edge.")(
     dns_cmd.dns_command

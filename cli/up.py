@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import ssl
 import subprocess
@@ -153,8 +154,12 @@ def _healthy(child: Child) -> bool:
 
 def _start(child: Child, env: dict[str, str]) -> None:
     out = open(child.log, "ab")  # noqa: SIM115 - owned by the child
+    program = child.process.program
+    # Debian's nats-server is in /usr/sbin, which may not be on PATH.
+    found = shutil.which(program) or shutil.which(program, path="/usr/sbin:/usr/local/sbin")
+    command = _edge_command() if program == "edge" else [found or program]
     child.proc = subprocess.Popen(
-        [*_edge_command(), *child.argv],
+        [*command, *child.argv],
         stdout=out,
         stderr=subprocess.STDOUT,
         env=child_env(child, env),

@@ -262,6 +262,15 @@ def _url(name: str, value: Any) -> str:
     return parse_upstream(value) if value else value
 
 
+def _urls(name: str, value: Any) -> str:
+    """One http(s) URL, or several separated by commas (coordinators sharing one log)."""
+    if not isinstance(value, str):
+        raise ConfigError(f"{name} must be http(s) URLs separated by commas: {value!r}")
+    if not value:
+        return value
+    return ",".join(_url(name, part.strip()) for part in value.split(",") if part.strip())
+
+
 def _networks(name: str, value: Any) -> tuple[str, ...]:
     from edge.rfc.forwarding import parse_networks
 
@@ -425,11 +434,12 @@ class NodeConfig:
     # -- purges -------------------------------------------------------------------
     coordinator: str = opt(
         "",
-        "Purge coordinator URL to subscribe to (token: coordinator_token in --config, "
-        "or EDGE_NODE_TOKEN).",
+        "Purge coordinator URL to subscribe to, or several separated by commas "
+        "(coordinators sharing one log: the next is tried when one fails); token: "
+        "coordinator_token in --config, or EDGE_NODE_TOKEN.",
         kind=Kind.TEXT,
         flags="--coordinator",
-        check=_url,
+        check=_urls,
     )
     coordinator_token: str = opt(
         "", "Token for the coordinator.", kind=Kind.TEXT, env="EDGE_NODE_TOKEN"

@@ -42,6 +42,7 @@ APT_PACKAGES = {
     "knotd": "knot",
     "node": "nodejs",
     "npm": "npm",
+    "nats-server": "nats-server",
 }
 
 

@@ -2,16 +2,20 @@
 
     python -m scenarios.purge_propagation              # 1000 purges, 1 shield, 3 edges
     python -m scenarios.purge_propagation --purges 200 --edges 5
+    python -m scenarios.purge_propagation --backends sqlite    # the SQLite log alone
 
-Starts `edge coordinator`, an origin (`edge origin` on a small folder), one shield and
-N edges subscribed to the coordinator, warms a few objects, then sends purges one after
-another the way `edge purge` does: POST /v1/purge, then long-poll GET /v1/purge/{id}
-until every node confirmed. For each purge it records the time from just before the
-POST to the answer that says complete (the operator's view), and the coordinator's own
-confirmation times per node (shields confirm first, then edges). A few purges are also
-sent through the `edge purge` command itself, to show what a person waits (that time
-includes starting Python). Finally it checks, by requests, that purged objects are
-misses at every node.
+Runs once per backend: the SQLite log (one coordinator), then the replicated log (a
+three-member NATS JetStream cluster, `nats-server`, and two coordinators sharing it; the
+shield at one, the edges spread over both, purges made at each in turn and long-polled
+where they were made). Each run starts the coordinators, an origin (`edge origin` on a
+small folder), one shield and N edges subscribed to the coordinators, warms a few
+objects, then sends purges one after another the way `edge purge` does: POST
+/v1/purge, then long-poll GET /v1/purge/{id} until every node confirmed. For each purge
+it records the time from just before the POST to the answer that says complete (the
+operator's view), and the coordinator's own confirmation times per node (shields
+confirm first, then edges). A few purges are also sent through the `edge purge` command
+itself, to show what a person waits (that time includes starting Python). Finally it
+checks, by requests, that purged objects are misses at every node.
 
 Prints a table and writes scenarios/out/purge_propagation.json. Exit status 1 when a
 purge was not confirmed by every node or a purged object was still served; the latency
@@ -41,6 +45,7 @@ from scenarios.harness import (
     client_loop_factory,
     edge_command,
     free_port,
+    require_tool,
     run_main,
     wait_http_ok,
 )
@@ -104,8 +109,9 @@ async def node_status(s: aiohttp.ClientSession, node: str, path: str) -> str:
 
 
 async def drive(
-    args: argparse.Namespace, coordinator: str, nodes: dict[str, str]
+    args: argparse.Namespace, coordinators: list[str], nodes: dict[str, str]
 ) -> dict[str, Any]:
+    coordinator = coordinators[0]
     objects = [f"/p/obj-{i}.txt" for i in range(args.objects)]
     connector = aiohttp.TCPConnector(limit=8)
     async with aiohttp.ClientSession(connector=connector) as s:
@@ -119,7 +125,8 @@ async def drive(
         incomplete: list[int] = []
         for i in range(args.purges):
             body = {"urls": [f"http://{SITE}/p/never-{i}.txt"]}
-            ms, state = await purge_and_wait(s, coordinator, body, args.timeout)
+            via = coordinators[i % len(coordinators)]  # each in turn
+            ms, state = await purge_and_wait(s, via, body, args.timeout)
             latencies.append(ms)
             if not state["complete"] or len(state["confirmations"]) < len(nodes):
                 incomplete.append(state["id"])
@@ -167,10 +174,11 @@ def cli_purges(coordinator: str, count: int) -> list[float]:
     return times
 
 
-def render(result: dict[str, Any], args: argparse.Namespace) -> str:
+def render(result: dict[str, Any], args: argparse.Namespace, backend: str) -> str:
     lat = result["latency_ms"]
     lines = [
-        f"purge propagation: {args.purges} purges, 1 shield + {args.edges} edges, one at a time",
+        f"purge propagation: {args.purges} purges, 1 shield + {args.edges} edges, one at a time,"
+        f" {BACKENDS[backend]}",
         "",
         f"{'':24}{'p50':>8}{'p90':>8}{'p99':>8}{'max':>8}   ms",
         f"{'POST -> all confirmed':24}"
@@ -193,9 +201,34 @@ def render(result: dict[str, Any], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> int:
-    started = time.monotonic()
-    out = Path(args.out) if args.out else OUT_DIR / "purge_propagation.json"
+BACKENDS = {
+    "sqlite": "one coordinator on SQLite",
+    "jetstream": "two coordinators on a 3-member JetStream cluster",
+}
+
+
+def start_log(procs: Processes, work: Path, backend: str) -> list[str]:
+    """The coordinators' --backend arguments: one on a SQLite file, or two on a
+    three-member JetStream cluster started here (members on free loopback ports)."""
+    if backend == "sqlite":
+        return [f"sqlite:{work / 'coordinator.db'}"]
+    server = require_tool("nats-server")
+    members = [(f"nats-{n}", free_port(), free_port(), free_port()) for n in (1, 2, 3)]
+    routes = ",".join(f"nats://127.0.0.1:{route}" for _, _, route, _ in members)
+    for name, port, route, monitor in members:
+        child = procs.start(
+            name,
+            [server, "--addr", "127.0.0.1", "--port", str(port), "--server_name", name,
+             "--jetstream", "--store_dir", str(work / name), "--http_port", str(monitor),
+             "--cluster_name", "purges", "--cluster", f"nats://127.0.0.1:{route}",
+             "--routes", routes],
+        )  # fmt: skip
+        wait_http_ok(child, f"http://127.0.0.1:{monitor}/varz")
+    spec = ",".join(f"nats://127.0.0.1:{port}" for _, port, _, _ in members)
+    return [spec, spec]
+
+
+def run_backend(args: argparse.Namespace, backend: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="edge-purge-") as tmp, Processes(Path(tmp)) as procs:
         work = Path(tmp)
         root = work / "origin"
@@ -203,30 +236,40 @@ def run(args: argparse.Namespace) -> int:
         for i in range(args.objects):
             (root / "p" / f"obj-{i}.txt").write_text(f"object {i}\n" * 100)
         env = {**os.environ, "EDGE_NODE_TOKEN": NODE_TOKEN}
-        ports = {"origin": free_port(), "coordinator": free_port(), "shield-1": free_port()}
+        specs = start_log(procs, work, backend)
+        ports = {"origin": free_port(), "shield-1": free_port()}
+        ports |= {f"coordinator-{i}": free_port() for i in range(len(specs))}
         ports |= {f"edge-{i}": free_port() for i in range(args.edges)}
         url = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
         origin = procs.start(
             "origin",
             edge_command("origin", "--root", str(root), "--listen", f"127.0.0.1:{ports['origin']}"),
         )
-        coordinator = procs.start(
-            "coordinator",
-            edge_command(
-                "coordinator",
-                "--listen",
-                f"127.0.0.1:{ports['coordinator']}",
-                "--db",
-                str(work / "coordinator.db"),
-                "--token",
-                TOKEN,
-                "--node-token",
-                NODE_TOKEN,
-            ),
-        )
+        coordinators = []
+        for i, spec in enumerate(specs):
+            name = f"coordinator-{i}"
+            child = procs.start(
+                name,
+                edge_command(
+                    "coordinator",
+                    "--listen",
+                    f"127.0.0.1:{ports[name]}",
+                    "--backend",
+                    spec,
+                    "--token",
+                    TOKEN,
+                    "--node-token",
+                    NODE_TOKEN,
+                ),
+            )
+            wait_http_ok(child, url[name] + "/v1/health")
+            coordinators.append(url[name])
         wait_http_ok(origin, url["origin"] + "/p/obj-0.txt")
-        wait_http_ok(coordinator, url["coordinator"] + "/v1/health")
-        common = ["--coordinator", url["coordinator"]]
+
+        def subscribe(n: int) -> list[str]:
+            # Every coordinator, starting at the n-th: nodes spread over them.
+            return ["--coordinator", ",".join(coordinators[n:] + coordinators[:n])]
+
         nodes = {"shield-1": url["shield-1"]}
         shield = procs.start(
             "shield-1",
@@ -243,7 +286,7 @@ def run(args: argparse.Namespace) -> int:
                 # Its edges, on this machine, connect from 127.0.0.1 (as under edge up).
                 "--trusted-proxy",
                 "127.0.0.1",
-                *common,
+                *subscribe(0),
             ),
             env=env,
         )
@@ -262,25 +305,20 @@ def run(args: argparse.Namespace) -> int:
                     str(work / f"cache-{name}"),
                     "--name",
                     name,
-                    *common,
+                    *subscribe((i + 1) % len(coordinators)),
                 ),
                 env=env,
             )
             wait_http_ok(child, url[name] + "/_edge/health")
             nodes[name] = url[name]
         with asyncio.Runner(loop_factory=client_loop_factory()) as runner:
-            result = runner.run(drive(args, url["coordinator"], nodes))
+            result = runner.run(drive(args, coordinators, nodes))
         if args.cli:
-            result["cli_ms"] = summary(cli_purges(url["coordinator"], args.cli))
-    result["config"] = {
-        "purges": args.purges,
-        "edges": args.edges,
-        "shields": 1,
-        "cores": os.cpu_count(),
-    }
-    result["goal_p99_ms"] = GOAL_P99_MS
-    result["seconds"] = round(time.monotonic() - started, 1)
-    print(render(result, args))
+            result["cli_ms"] = summary(cli_purges(coordinators[0], args.cli))
+    return result
+
+
+def problems_of(result: dict[str, Any]) -> list[str]:
     problems = [f"purge {i} not confirmed by every node" for i in result["incomplete"]]
     problems += result["leaks"]
     problems += [
@@ -289,6 +327,32 @@ def run(args: argparse.Namespace) -> int:
         for o in [got]
         if got != "hit"
     ]
+    return problems
+
+
+def run(args: argparse.Namespace) -> int:
+    """The report's top level is the first backend's run (sqlite by default), as it
+    always was; every backend's is under `backends`."""
+    started = time.monotonic()
+    out = Path(args.out) if args.out else OUT_DIR / "purge_propagation.json"
+    runs = {backend: run_backend(args, backend) for backend in args.backends}
+    problems = []
+    for backend, result in runs.items():
+        print(render(result, args, backend) + "\n")
+        problems += [f"{backend}: {p}" for p in problems_of(result)]
+    result = {**runs[args.backends[0]]}
+    result["backends"] = {
+        backend: {k: v for k, v in r.items() if k != "samples_ms"} for backend, r in runs.items()
+    }
+    result["config"] = {
+        "purges": args.purges,
+        "edges": args.edges,
+        "shields": 1,
+        "cores": os.cpu_count(),
+        "backends": args.backends,
+    }
+    result["goal_p99_ms"] = GOAL_P99_MS
+    result["seconds"] = round(time.monotonic() - started, 1)
     for p in problems:
         print(f"FAILED: {p}")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -310,7 +374,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--cli", type=int, default=10, help="purges sent with `edge purge` (10)")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per purge (10)")
     parser.add_argument("--out", default="", help="JSON report path")
+    parser.add_argument(
+        "--backends",
+        default="sqlite,jetstream",
+        help="purge logs to run on, in order: sqlite, jetstream (both)",
+    )
     args = parser.parse_args(argv)
+    args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    if not args.backends or set(args.backends) - set(BACKENDS):
+        parser.error("--backends lists sqlite and/or jetstream")
     if args.purges < 1 or args.edges < 1 or args.objects < 1:
         parser.error("--purges, --edges and --objects must be at least 1")
     return args

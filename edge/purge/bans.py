@@ -397,7 +397,9 @@ _CLOSED = (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType
 
 class Subscription:
     """The node's link to the coordinator: one WebSocket, events applied in order and
-    acknowledged once saved, heartbeats, and reconnection with back-off."""
+    acknowledged once saved, heartbeats, and reconnection with back-off. `coordinator`
+    may list several URLs (comma-separated: coordinators sharing one log); a failure
+    moves to the next, which resumes from the seq this node applied."""
 
     def __init__(
         self,
@@ -411,7 +413,8 @@ class Subscription:
         address: str,
     ) -> None:
         self.purger = purger
-        self.base = coordinator.rstrip("/")
+        self.bases = [url.strip().rstrip("/") for url in coordinator.split(",") if url.strip()]
+        self.base = self.bases[0]
         self.headers = {"Authorization": f"Bearer {token}"}
         # `instance` tells the coordinator a reconnect of this process from another
         # process under the same name.
@@ -447,6 +450,8 @@ class Subscription:
                 except ValueError as exc:  # a message we cannot use: do not apply, retry
                     log.error("coordinator %s sent something unusable: %s", self.base, exc)
                 self.connected = False
+                # The next coordinator, if there are several: they share one log.
+                self.base = self.bases[(self.bases.index(self.base) + 1) % len(self.bases)]
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)
 

@@ -1,8 +1,9 @@
 """The purge coordinator: the durable log of purges and their fan-out to cache nodes.
 
-This module owns the SQLite log (`PurgeStore`: purges, confirmations, the node registry,
-the compaction point), the in-memory fan-out over WebSockets (`Coordinator`), the HTTP
-API and the server's lifetime (`run`). The purge format and its validation are the
+This module owns the in-memory fan-out over WebSockets (`Coordinator`), the HTTP
+API and the server's lifetime (`run`). The durable log and node registry are behind
+origin.coordinator.log: one SQLite file (the default), or a replicated JetStream log that
+several coordinators share. The purge format and its validation are the
 nodes' own (edge.purge.model), as is the bearer-token check (edge.rfc.tokens): a body the
 coordinator takes, every node takes. The command line is in cli/coordinator.py.
 
@@ -27,32 +28,38 @@ stops being so. `complete` means every node connected now has confirmed. `not_co
 lists the nodes of the registry that are not connected and have neither confirmed nor
 applied the event: they apply it when they reconnect, and until then a purge is not
 confirmed by every node the coordinator knows (what `edge purge` reports).
+
+Several coordinators on a shared log: any of them appends (the log gives the seq) and
+publishes a purge when the log brings it back (at once, when its seq is the next one
+here: nothing can come between), so each feeds its nodes the one order.
+Node records and confirmations are shared through the log too, so "connected", pending
+and the edge frontier count nodes connected to any coordinator: an edge here is sent N
+only once every shield connected anywhere has confirmed N. A shield whose coordinator
+stopped without a word holds edges back until its record is stale (HEALTHY_BEATS).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import json
 import logging
 import os
 import re
 import signal
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import aiosqlite
 from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp.typedefs import Handler
 
 from edge.purge.model import SELECTORS, PurgeError, parse_purge_body
 from edge.rfc.tokens import CHALLENGE, check_bearer
+from origin.coordinator.log import Event, NodeRecord, PurgeLog, StoreError, open_log
 
 log = logging.getLogger("origin.coordinator")
 
@@ -66,10 +73,15 @@ MAX_WAIT = 30.0
 #: so a burst of acks costs one commit; a crash loses at most this window's confirmation
 #: times (the node's own `after` says what it applied when it reconnects).
 FLUSH_DELAY = 0.05
-#: The WAL is checkpointed this long after a write, so each checkpoint copies little.
-CHECKPOINT_DELAY = 1.0
-#: A WAL larger than this is truncated at the next checkpoint (SQLite's default size).
-WAL_LIMIT = 4 << 20
+#: On a shared log the batch is what other coordinators learn acks from (a shield's ack
+#: lets their edges go on; an edge's completes a purge an operator waits for there), so
+#: it is written at once: a few milliseconds gather an event's burst of acks.
+SHARED_FLUSH_DELAY = 0.002
+#: How long a request about a seq this coordinator has not followed yet waits for the
+#: shared log to bring it (it may have been appended at another coordinator just now).
+FOLLOW_GRACE = 2.0
+#: A shared log's stream is compacted every this many events (at most).
+COMPACT_EVERY = 100
 #: A close code of the application range: this connection was replaced by a newer one.
 CLOSE_REPLACED = 4000
 #: Refused: another live node is connected under this name (the reason says which).
@@ -80,275 +92,6 @@ MAX_CLOSE_REASON = 123
 ROLES = ("edge", "shield")
 
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
-
-
-class StoreError(RuntimeError):
-    """The database cannot be opened or used; its message is one line."""
-
-
-# ---------------------------------------------------------------- the durable log
-
-
-@dataclass
-class Event:
-    seq: int
-    created: float
-    purge: dict[str, Any]
-    frame: str = ""  # the JSON text frame sent to nodes, made once
-
-    def __post_init__(self) -> None:
-        if not self.frame:
-            message = {"type": "purge", "seq": self.seq, "created": self.created}
-            self.frame = json.dumps({**message, "purge": self.purge}, separators=(",", ":"))
-
-
-@dataclass
-class NodeRecord:
-    """A node of the registry (durable), and its connection if it has one now."""
-
-    name: str
-    role: str
-    region: str = ""
-    address: str = ""
-    last_seen: float = 0.0
-    applied: int = 0
-    link: Link | None = field(default=None, repr=False)
-
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS purges (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    created REAL NOT NULL,
-    body TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS confirmations (
-    seq INTEGER NOT NULL,
-    node TEXT NOT NULL,
-    at REAL NOT NULL,
-    PRIMARY KEY (seq, node)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS nodes (
-    name TEXT PRIMARY KEY,
-    role TEXT NOT NULL,
-    region TEXT NOT NULL,
-    address TEXT NOT NULL,
-    last_seen REAL NOT NULL,
-    applied INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS meta (
-    key TEXT PRIMARY KEY,
-    value INTEGER NOT NULL
-);
-"""
-
-
-class PurgeStore:
-    """The SQLite file: purges (seq = an AUTOINCREMENT key, so never reused, even once
-    compacted away), confirmations, the node registry and the compaction point.
-
-    Two connections: one for every read and write (its transactions serialised by an
-    asyncio lock, as aiosqlite shares it between tasks), and one that only checkpoints
-    the WAL into the database file. SQLite would otherwise checkpoint inside whichever
-    commit crosses 1000 WAL pages, and that commit (a purge waiting to be acknowledged)
-    would take as long as copying and fsyncing them all. A second coordinator on the
-    same file is refused at start (an flock held while open), rather than handing out
-    the same seqs."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._db: aiosqlite.Connection | None = None
-        self._checkpointer: aiosqlite.Connection | None = None
-        self._holder: int | None = None  # the descriptor holding the flock
-        self._lock = asyncio.Lock()
-        self.written = asyncio.Event()  # set by every write: the WAL has new frames
-
-    async def open(self) -> None:
-        try:
-            self._holder = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise StoreError(f"cannot open database {self.path}: {exc.strerror}") from exc
-        try:
-            fcntl.flock(self._holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            await self.close()
-            raise StoreError(f"database {self.path} is in use by another process") from exc
-        try:
-            self._db = await aiosqlite.connect(self.path, isolation_level=None, timeout=5)
-            db = self._db
-            mode = await self._one("PRAGMA journal_mode=WAL")
-            if mode != "wal":
-                raise StoreError(f"database {self.path} cannot use a WAL journal (got {mode})")
-            # WAL with synchronous=FULL fsyncs the WAL at every commit, so a purge that
-            # was acknowledged survives a power loss or an OS crash, not only a crash of
-            # this process (NORMAL would fsync only at checkpoints). It costs one fsync
-            # per purge (under a millisecond here); acks are batched and skip it (flush).
-            await db.execute("PRAGMA synchronous=FULL")
-            await db.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer's job
-            await db.executescript(_SCHEMA)
-            self._checkpointer = await aiosqlite.connect(self.path, isolation_level=None, timeout=5)
-            await self._checkpointer.execute("PRAGMA synchronous=FULL")
-            await self._checkpointer.execute("PRAGMA wal_autocheckpoint=0")
-        except sqlite3.Error as exc:
-            await self.close()
-            raise StoreError(f"cannot use database {self.path}: {exc}") from exc
-        except StoreError:
-            await self.close()
-            raise
-
-    @property
-    def db(self) -> aiosqlite.Connection:
-        assert self._db is not None, "store not open"
-        return self._db
-
-    async def checkpoint(self) -> None:
-        """Copy what the WAL holds into the database file, beside the writer: PASSIVE
-        waits for no one, and the next commit after a complete one starts the WAL over.
-        Under a steady stream of writes a checkpoint rarely completes before the next
-        commit, so past WAL_LIMIT the rest (little: the bulk was just copied) is copied
-        between two writes, holding the lock, and the WAL truncated."""
-        if self._checkpointer is None or self._db is None:
-            return
-        await self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        try:
-            size = os.stat(f"{self.path}-wal").st_size
-        except OSError:
-            return
-        if size > WAL_LIMIT:
-            async with self._lock:
-                await self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-
-    async def close(self) -> None:
-        for name in ("_checkpointer", "_db"):
-            connection = getattr(self, name)
-            if connection is not None:
-                setattr(self, name, None)
-                with contextlib.suppress(sqlite3.Error):
-                    await connection.close()
-        # Released last: closing any descriptor of the file would drop SQLite's own
-        # (POSIX) locks while a connection is open.
-        if self._holder is not None:
-            holder, self._holder = self._holder, None
-            os.close(holder)
-
-    async def _one(self, sql: str, *args: Any) -> Any:
-        async with self.db.execute(sql, args) as cursor:
-            row = await cursor.fetchone()
-        return None if row is None else row[0]
-
-    async def load(
-        self, keep: int
-    ) -> tuple[int, int, list[Event], dict[int, dict[str, float]], list[NodeRecord]]:
-        """(latest seq, compaction point, kept events, their confirmations, registry),
-        after compacting down to `keep` events (the limit may have been lowered)."""
-        async with self._lock:
-            latest = await self._one("SELECT seq FROM sqlite_sequence WHERE name = 'purges'")
-            latest = int(latest or 0)
-            compacted = int(await self._one("SELECT value FROM meta WHERE key = 'compacted'") or 0)
-            if latest - compacted > keep:
-                compacted = await self._compact(latest - keep)
-            events = []
-            async with self.db.execute(
-                "SELECT seq, created, body FROM purges ORDER BY seq"
-            ) as cursor:
-                async for seq, created, body in cursor:
-                    events.append(Event(seq, created, json.loads(body)))
-            confirmations: dict[int, dict[str, float]] = {e.seq: {} for e in events}
-            async with self.db.execute("SELECT seq, node, at FROM confirmations") as cursor:
-                async for seq, node, at in cursor:
-                    if seq in confirmations:
-                        confirmations[seq][node] = at
-            nodes = []
-            async with self.db.execute(
-                "SELECT name, role, region, address, last_seen, applied FROM nodes"
-            ) as cursor:
-                async for row in cursor:
-                    nodes.append(NodeRecord(*row))
-        return latest, compacted, events, confirmations, nodes
-
-    async def _compact(self, through: int) -> int:
-        """Delete every purge (and its confirmations) up to `through` and record the
-        compaction point, in one transaction and one trip to the database thread."""
-        n = int(through)  # a whole number formatted into the script, nothing else
-        await self.db.executescript(
-            f"""
-            BEGIN;
-            DELETE FROM purges WHERE seq <= {n};
-            DELETE FROM confirmations WHERE seq <= {n};
-            INSERT INTO meta (key, value) VALUES ('compacted', {n})
-                ON CONFLICT (key) DO UPDATE SET value = excluded.value;
-            COMMIT;
-            """
-        )
-        self.written.set()
-        return n
-
-    async def compact(self, through: int) -> int:
-        """As `_compact`; the caller holds `lock`. A crash before it runs is harmless:
-        `load` compacts again."""
-        return await self._compact(through)
-
-    async def append(self, purge: dict[str, Any], created: float) -> int:
-        """Append one purge, committed (and fsynced) before this returns; its seq. One
-        statement in autocommit mode: its own transaction, in one trip to the database
-        thread. The caller holds `lock`, so seqs are published in the order given."""
-        cursor = await self.db.execute(
-            "INSERT INTO purges (created, body) VALUES (?, ?)",
-            (created, json.dumps(purge, separators=(",", ":"))),
-        )
-        seq = cursor.lastrowid
-        assert seq is not None
-        self.written.set()
-        return seq
-
-    @property
-    def lock(self) -> asyncio.Lock:
-        return self._lock
-
-    async def save_node(self, node: NodeRecord) -> None:
-        async with self._lock:
-            await self._save_nodes([node])
-
-    async def _save_nodes(self, nodes: list[NodeRecord]) -> None:
-        await self.db.executemany(
-            "INSERT INTO nodes (name, role, region, address, last_seen, applied) "
-            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
-            "role = excluded.role, region = excluded.region, address = excluded.address, "
-            "last_seen = excluded.last_seen, applied = excluded.applied",
-            [(n.name, n.role, n.region, n.address, n.last_seen, n.applied) for n in nodes],
-        )
-        self.written.set()
-
-    async def forget_node(self, name: str) -> None:
-        """Remove a node from the registry (the confirmations it made stay: history)."""
-        async with self._lock:
-            await self.db.execute("DELETE FROM nodes WHERE name = ?", (name,))
-        self.written.set()
-
-    async def flush(
-        self, confirmations: list[tuple[int, str, float]], nodes: list[NodeRecord]
-    ) -> None:
-        """Write a batch of confirmations and node updates in one transaction, without
-        an fsync of its own: with WAL and synchronous=NORMAL the commit survives a crash
-        of this process, and the next purge's commit (FULL) makes it durable on disk too.
-        Confirmation times are allowed to be lost; purges are not."""
-        async with self._lock:
-            db = self.db
-            await db.execute("PRAGMA synchronous=NORMAL")
-            try:
-                await db.execute("BEGIN")
-                try:
-                    await db.executemany(
-                        "INSERT OR IGNORE INTO confirmations (seq, node, at) VALUES (?, ?, ?)",
-                        confirmations,
-                    )
-                    await self._save_nodes(nodes)
-                    await db.execute("COMMIT")
-                except BaseException:
-                    with contextlib.suppress(sqlite3.Error):
-                        await db.execute("ROLLBACK")
-                    raise
-            finally:
-                await db.execute("PRAGMA synchronous=FULL")
 
 
 # ---------------------------------------------------------------- fan-out
@@ -371,11 +114,17 @@ class Link:
 
 @dataclass
 class CoordinatorSettings:
-    db: Path
+    db: Path | None  # the SQLite file (`--db`), when `backend` is not given
     token: str
     node_token: str
     keep: int = 10000
     heartbeat: float = HEARTBEAT
+    backend: str = ""  # a `--backend` spec (origin.coordinator.log.open_log)
+    replicas: int = 3  # copies of a replicated log's stream
+
+    def log(self) -> PurgeLog:
+        spec = self.backend or f"sqlite:{self.db}"
+        return open_log(spec, replicas=self.replicas, keep=self.keep)
 
 
 class Coordinator:
@@ -384,7 +133,9 @@ class Coordinator:
 
     def __init__(self, settings: CoordinatorSettings) -> None:
         self.settings = settings
-        self.store = PurgeStore(settings.db)
+        self.store = settings.log()
+        # This process, as other coordinators on a shared log know it (NodeRecord.holder).
+        self.id = os.urandom(8).hex()
         self.latest = 0
         self.compacted = 0  # every seq <= this was compacted away
         self.edge_frontier = 0  # edges may be sent every seq <= this
@@ -399,22 +150,35 @@ class Coordinator:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._background: list[asyncio.Task[None]] = []
         self._flushing: asyncio.Future[None] | None = None
+        self._published = asyncio.Event()  # set (and replaced) when `latest` grows
+        self._echo = time.time()  # when this coordinator's own beat last came back
 
     # -- lifetime
 
     async def open(self) -> None:
         await self.store.open()
-        latest, compacted, events, confirmations, nodes = await self.store.load(self.settings.keep)
-        self.latest, self.compacted = latest, compacted
-        # Nobody is connected yet: edges that connect before any shield get everything.
-        self.edge_frontier = latest
-        self.events = {e.seq: e for e in events}
-        self.confirmations = confirmations
-        self.nodes = {n.name: n for n in nodes}
+        try:
+            snapshot = await self.store.load(self.settings.keep)
+        except BaseException:
+            await self.store.close()
+            raise
+        self.latest, self.compacted = snapshot.latest, snapshot.compacted
+        self.events = {e.seq: e for e in snapshot.events}
+        self.confirmations = snapshot.confirmations
+        self.nodes = {n.name: n for n in snapshot.nodes}
+        # Nobody is connected here yet: edges that connect before any shield get
+        # everything, unless shields connected to other coordinators hold them back.
+        self.edge_frontier = 0
+        self._advance_edges()
         self._background = [
             asyncio.create_task(self._flush_loop()),
-            asyncio.create_task(self._checkpoint_loop()),
+            asyncio.create_task(self.store.maintain()),
         ]
+        if self.store.shared:
+            self._background += [
+                asyncio.create_task(self.store.follow(self)),
+                asyncio.create_task(self._stale_loop()),
+            ]
 
     async def disconnect(self) -> None:
         """Close every node's connection (going away: they reconnect with their `after`)."""
@@ -433,9 +197,10 @@ class Coordinator:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if self._flushing is not None:
-            with contextlib.suppress(sqlite3.Error):
+            with contextlib.suppress(StoreError):
                 await self._flushing
-        await self._flush()
+        with contextlib.suppress(StoreError):
+            await self._flush()
         for task in list(self._tasks):
             task.cancel()
         await self.store.close()
@@ -458,10 +223,28 @@ class Coordinator:
         self._changed.set()
         self._changed = asyncio.Event()
 
+    def _elsewhere(self, node: NodeRecord) -> bool:
+        """Whether `node` is connected to another coordinator of a shared log (by its
+        record, which that coordinator keeps fresh while the node is heard from)."""
+        if node.link is not None or node.holder in ("", self.id):
+            return False
+        # Stale only if this coordinator's own beat, written after the record's last
+        # renewal was due, has come back since: the log delivers in order, so the
+        # holder wrote nothing in that time. Measured on the clock of the wall alone, a
+        # watch that is behind (a cluster member lost) would make live shields stale.
+        return self._echo - node.renewed <= HEALTHY_BEATS * self.settings.heartbeat
+
+    def _connected(self, node: NodeRecord) -> bool:
+        return node.link is not None or self._elsewhere(node)
+
     def _advance_edges(self) -> None:
         """Move the edge frontier to the lowest seq every connected shield has acked (the
-        latest, when none is connected), and wake the edges if it moved."""
+        latest, when none is connected), and wake the edges if it moved. Shields of
+        other coordinators count too: an edge here waits for them as for its own."""
         acked = [s.node.applied for s in self.links.values() if s.role == "shield"]
+        acked += [
+            n.applied for n in self.nodes.values() if n.role == "shield" and self._elsewhere(n)
+        ]
         frontier = min(min(acked, default=self.latest), self.latest)
         if frontier > self.edge_frontier:
             self.edge_frontier = frontier
@@ -471,26 +254,135 @@ class Coordinator:
 
     async def append(self, purge: dict[str, Any]) -> Event:
         """Commit a purge, then publish it: shields are woken at once, edges when the
-        frontier reaches it."""
+        frontier reaches it. On a shared log it is published when the log brings it
+        back (`published`), in the log's order with other coordinators' purges."""
+        if self.store.shared:
+            created = time.time()
+            seq = await self.store.append(purge, created)
+            if seq == self.latest + 1:
+                # The next in the log's order: nothing of another coordinator's comes
+                # between, so it goes out now (the follower skips it when it arrives).
+                self.published(Event(seq, created, purge))
+            try:
+                async with asyncio.timeout(MAX_WAIT):
+                    while self.latest < seq:
+                        await self._published.wait()
+            except TimeoutError:
+                # Committed all the same: acknowledged, and sent once the log brings it.
+                log.warning("purge %d: committed, not yet brought back by the log", seq)
+            return self.events.get(seq) or Event(seq, created, purge)
         async with self.store.lock:
             created = time.time()
             seq = await self.store.append(purge, created)
             event = Event(seq, created, purge)
-            self.latest = seq
-            self.events[seq] = event
-            self.confirmations[seq] = {}
-            for link in self.links.values():
-                if link.role == "shield":
-                    link.wake.set()
-            self._advance_edges()
+            self._publish(event)
             # Compacted after the fan-out has started: it is not on the nodes' path.
             if seq - self.compacted > self.settings.keep:
                 compacted = await self.store.compact(seq - self.settings.keep)
-                for old in range(self.compacted + 1, compacted + 1):
-                    self.events.pop(old, None)
-                    self.confirmations.pop(old, None)
-                self.compacted = compacted
+                self._drop_through(compacted)
         return event
+
+    def _publish(self, event: Event) -> None:
+        seq = event.seq
+        self.latest = seq
+        self.events[seq] = event
+        self.confirmations[seq] = {}
+        for link in self.links.values():
+            if link.role == "shield":
+                link.wake.set()
+        self._advance_edges()
+        self._published.set()
+        self._published = asyncio.Event()
+
+    def _drop_through(self, compacted: int) -> None:
+        for old in range(self.compacted + 1, compacted + 1):
+            self.events.pop(old, None)
+            self.confirmations.pop(old, None)
+        self.compacted = compacted
+
+    # -- what other coordinators of a shared log did (origin.coordinator.log.Follower)
+
+    def published(self, event: Event) -> None:
+        if event.seq <= self.latest:
+            return  # known already (a follower that started over)
+        self._publish(event)
+        keep = self.settings.keep
+        if event.seq - self.compacted > keep:
+            self._drop_through(event.seq - keep)
+            # The stream is purged every so many events rather than at each (every
+            # coordinator asks; repeats are no-ops): one coordinator reopening the log
+            # finds a few more kept than `keep`, and compacts them itself.
+            if (event.seq - keep) % max(1, min(COMPACT_EVERY, keep // 10)) == 0:
+                self._spawn(self._compact_log(event.seq - keep))
+        self._notify()
+
+    async def _compact_log(self, through: int) -> None:
+        try:
+            await self.store.compact(through)
+        except StoreError as exc:
+            log.warning("cannot compact the purge log: %s", exc)
+
+    def confirmed(self, node: str, first: int, last: int, at: float) -> None:
+        for n in range(max(first, self.compacted + 1), last + 1):
+            confirmed = self.confirmations.get(n)
+            if confirmed is not None:
+                confirmed.setdefault(node, at)
+        record = self.nodes.get(node)
+        if record is not None and record.link is None and last > record.applied:
+            record.applied = last
+            if record.role == "shield":
+                self._advance_edges()
+        self._notify()
+
+    def node_changed(self, record: NodeRecord | None, name: str) -> None:
+        """Another coordinator saved (or forgot, None) a node. A node connected here is
+        this coordinator's to describe; its own word wins until it leaves. What a known
+        node applied is learnt from its confirmations (`confirmed`), not from here: the
+        two arrive by different streams, and a purge must not count as applied by a node
+        before its confirmation is there to show."""
+        mine = self.nodes.get(name)
+        if mine is not None and mine.link is not None:
+            return
+        if record is None:
+            self.nodes.pop(name, None)
+        elif mine is None:
+            self.nodes[name] = record
+        else:
+            mine.role, mine.region, mine.address = record.role, record.region, record.address
+            mine.last_seen = max(mine.last_seen, record.last_seen)
+            mine.holder, mine.renewed = record.holder, record.renewed
+            mine.instance = record.instance
+        self._advance_edges()
+        self._notify()
+
+    async def _stale_loop(self) -> None:
+        """Every heartbeat: renew this coordinator's nodes' records and its own beat, and
+        let a shield of another coordinator that fell silent (that coordinator stopped)
+        hold edges back no longer once its record is stale, as a disconnected shield
+        here would not. Renewals are written by themselves, not with the acks' batch: a
+        batch held up by one stream must not make live nodes look stale elsewhere."""
+        renewing: asyncio.Future[Any] | None = None
+        while True:
+            await asyncio.sleep(self.settings.heartbeat)
+            if renewing is None or renewing.done():
+                renewing = self._spawn(self._renew())
+            self._advance_edges()
+            self._notify()
+
+    async def _renew(self) -> None:
+        nodes = [link.node for link in self.links.values()]
+        try:
+            await asyncio.gather(self.store.beat(self.id), *map(self.store.save_node, nodes))
+        except StoreError as exc:
+            log.warning("cannot renew node records: %s", exc)
+
+    def heard(self, coordinator: str) -> None:
+        """A coordinator's beat came back over the log; this one's own says how far the
+        log has brought this coordinator what the others wrote (`_elsewhere`)."""
+        if coordinator == self.id:
+            self._echo = time.time()
+            self._advance_edges()
+            self._notify()
 
     def _ack(self, link: Link, seq: int) -> None:
         node = link.node
@@ -514,25 +406,14 @@ class Coordinator:
     async def _flush_loop(self) -> None:
         while True:
             await self._dirty.wait()
-            await asyncio.sleep(FLUSH_DELAY)
+            await asyncio.sleep(SHARED_FLUSH_DELAY if self.store.shared else FLUSH_DELAY)
             # Shielded: stopping the loop must not cut a batch off halfway (close()
             # waits for it, then writes what came after).
             self._flushing = asyncio.ensure_future(self._flush())
             try:
                 await asyncio.shield(self._flushing)
-            except sqlite3.Error as exc:
+            except StoreError as exc:
                 log.error("cannot record confirmations: %s", exc)
-
-    async def _checkpoint_loop(self) -> None:
-        written = self.store.written
-        while True:
-            await written.wait()
-            await asyncio.sleep(CHECKPOINT_DELAY)
-            written.clear()
-            try:
-                await self.store.checkpoint()
-            except sqlite3.Error as exc:
-                log.warning("cannot checkpoint the WAL: %s", exc)
 
     async def _flush(self) -> None:
         self._dirty.clear()
@@ -591,14 +472,18 @@ class Coordinator:
         except PurgeError as exc:
             return _error(400, str(exc))
         # Shielded: once committed, a purge is published even if this request is cut.
-        event = await asyncio.shield(self.append(purge))
+        try:
+            event = await asyncio.shield(self.append(purge))
+        except StoreError as exc:
+            log.error("purge not recorded: %s", exc)
+            return _error(503, f"the purge log is unavailable: {exc}")
         log.info("purge %d: %s", event.seq, _summary(purge))
         return web.json_response(
             {
                 "id": event.seq,
                 "seq": event.seq,
                 "created": event.created,
-                "nodes": sorted(self.links),
+                "nodes": sorted(n.name for n in self.nodes.values() if self._connected(n)),
                 "not_connected": self._not_connected(event.seq, {}),
             },
             status=202,
@@ -619,9 +504,9 @@ class Coordinator:
                 }
             )
         pending = sorted(
-            name
-            for name, link in self.links.items()
-            if name not in confirmed and link.node.applied < event.seq
+            node.name
+            for node in self.nodes.values()
+            if self._connected(node) and node.name not in confirmed and node.applied < event.seq
         )
         return {
             "id": event.seq,
@@ -639,7 +524,7 @@ class Coordinator:
         return sorted(
             node.name
             for node in self.nodes.values()
-            if node.link is None and node.name not in confirmed and node.applied < seq
+            if not self._connected(node) and node.name not in confirmed and node.applied < seq
         )
 
     async def get_purge(self, request: web.Request) -> web.Response:
@@ -660,6 +545,13 @@ class Coordinator:
         if seen < 0:
             return _error(400, "seen must not be negative")
         deadline = time.monotonic() + wait
+        if self.store.shared and seq > self.latest:
+            # Made at another coordinator a moment ago, perhaps: wait for the log to
+            # bring it here (at least a moment, even when not asked to wait).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(wait, FOLLOW_GRACE)):
+                    while seq > self.latest:
+                        await self._published.wait()
         while True:
             event = self.events.get(seq)
             if event is None:
@@ -681,7 +573,7 @@ class Coordinator:
         stale_after = HEALTHY_BEATS * self.settings.heartbeat
         rows = []
         for node in sorted(self.nodes.values(), key=lambda n: (n.role != "shield", n.name)):
-            connected = node.link is not None
+            connected = self._connected(node)
             rows.append(
                 {
                     "name": node.name,
@@ -707,14 +599,14 @@ class Coordinator:
         node = self.nodes.get(name)
         if node is None:
             return _error(404, f"no node named {name!r}")
-        if node.link is not None:
+        if self._connected(node):
             return _error(409, f"{name} is connected: stop it first, then forget it")
         # Out of memory first, so no later batch writes it back; then after any batch
         # already being written, out of the file.
         del self.nodes[name]
         self._unsaved_nodes.discard(name)
         if self._flushing is not None and not self._flushing.done():
-            with contextlib.suppress(sqlite3.Error):
+            with contextlib.suppress(StoreError):
                 await asyncio.shield(self._flushing)
         await self.store.forget_node(name)
         self._notify()
@@ -742,10 +634,18 @@ class Coordinator:
             await self._close_ws(ws, CLOSE_NAME_TAKEN, taken.encode()[:MAX_CLOSE_REASON])
             return ws
 
+        if self.store.shared and after > self.latest:
+            # It applied more of the log than this coordinator has followed yet (it was
+            # at another one): wait for the log rather than take it for one ahead of it.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(MAX_WAIT):
+                    while after > self.latest:
+                        await self._published.wait()
         node = self.nodes.get(name)
         if node is None:
             node = self.nodes[name] = NodeRecord(name, role)
         node.role, node.region, node.address = role, region, address
+        node.holder, node.instance = self.id, instance
         node.last_seen = time.time()
         # The node's own word on what it applied wins over the registry's; one ahead of
         # this log (which was then lost and begun again) has applied none of it.
@@ -790,9 +690,19 @@ class Coordinator:
         second live node under it is refused rather than let the two replace each other.
         The same process reconnecting (its instance id) takes its name back, as does
         anyone once the connected one has been silent past the staleness bound (a
-        connection that died without a word)."""
+        connection that died without a word). On a shared log the same holds across
+        coordinators: a node another one holds (its record fresh) keeps its name, and its
+        own process moving here after that coordinator failed takes it back at once."""
         older = self.links.get(name)
-        if older is None or (instance and instance == older.instance):
+        if older is None:
+            known = self.nodes.get(name)
+            if known is None or not self._elsewhere(known):
+                return ""
+            if instance and instance == known.instance:
+                return ""
+            where = f" at {known.address}" if known.address else ""
+            return f"node name {name} is already connected ({known.role}{where}) elsewhere"
+        if instance and instance == older.instance:
             return ""
         if time.time() - older.node.last_seen > HEALTHY_BEATS * self.settings.heartbeat:
             return ""
@@ -808,6 +718,7 @@ class Coordinator:
         if self.links.get(node.name) is link:
             del self.links[node.name]
             node.link = None
+            node.holder = ""
             self._unsaved_nodes.add(node.name)
             self._dirty.set()
             if link.role == "shield":

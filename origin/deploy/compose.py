@@ -301,6 +301,10 @@ def compose_model(topo: Topology) -> dict[str, Any]:
     """The compose file as plain data (mappings in the order they are written): the
     plan's processes, one service each."""
     layout = Layout.of(topo)
+    if topo.services.log_members:
+        # The image has no nats-server (Dockerfile): the replicated purge log runs under
+        # `edge up`, or beside compose on a cluster of the operator's.
+        raise ComposeError("[purge_log] runs under `edge up` only: the image has no nats-server")
     try:
         processes = plan(topo, Docker(layout))
     except PlanError as exc:
@@ -314,7 +318,7 @@ def compose_model(topo: Topology) -> dict[str, Any]:
             "image": f"{topo.services.cdn_name}:local",
             "init": True,  # the process is not PID 1: signals reach it, children are reaped
             "restart": "unless-stopped",
-            "command": ["edge", *process.argv],
+            "command": [process.program, *process.argv],
         }
         environment = _environment(process)
         if environment:

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from edge.config import node_argv
-from origin.deploy.topology import Edge, Service, Topology
+from origin.deploy.topology import MONITOR_OFFSET, ROUTE_OFFSET, Edge, Service, Topology
 
-Role = Literal["origin", "coordinator", "shield", "edge", "dns"]
+Role = Literal["origin", "nats", "coordinator", "shield", "edge", "dns"]
 StateKind = Literal["cache", "data"]
 
 #: The secrets a process reads from its environment, by role. None of them is ever
@@ -49,13 +49,14 @@ class Process:
     role: Role
     region: str
     listen: str  # where it listens (as the placement has it)
-    argv: tuple[str, ...]  # after the `edge` console script
+    argv: tuple[str, ...]  # after the program (the `edge` console script, or `program`)
     check: Check
     after: tuple[str, ...] = ()  # processes that must be healthy before it starts
     secrets: tuple[str, ...] = ()  # environment variables it needs from the operator
     env: dict[str, str] = field(default_factory=dict)  # other environment it is given
     state: tuple[StateKind, ...] = ()  # directories it keeps across restarts
     published: str = ""  # HOST:PORT where users on this machine reach it ("" nowhere)
+    program: str = "edge"  # what runs: edge, or nats-server for a purge log member
 
 
 class Placement(Protocol):
@@ -129,16 +130,63 @@ def origin_argv(origin: Service, listen: str, root_parent: str) -> list[str]:
     return argv
 
 
+def with_port(listen: str, offset: int) -> str:
+    host, port = listen.rsplit(":", 1)
+    return f"{host}:{int(port) + offset}"
+
+
+def nats_members(topo: Topology, place: Placement) -> list[Process]:
+    """The JetStream cluster of [purge_log]: one `nats-server` per member, each with its
+    store in its data directory, routes to every member, one cluster name."""
+    members = topo.services.log_members
+    names = [f"nats-{n + 1}" for n in range(len(members))]
+    routes = ",".join(
+        f"nats://{place.url(name, with_port(m, ROUTE_OFFSET))}"
+        for name, m in zip(names, members, strict=True)
+    )
+    out = []
+    for name, member in zip(names, members, strict=True):
+        listen = place.listen("nats", name, member)
+        host, port = listen.rsplit(":", 1)
+        argv = ["--addr", host, "--port", port, "--server_name", name]
+        # Its own folder: `edge up`'s members share one data directory.
+        argv += ["--jetstream", "--store_dir", f"{place.directory(name, 'data')}/{name}"]
+        argv += ["--http_port", str(int(port) + MONITOR_OFFSET)]
+        if len(members) > 1:
+            argv += ["--cluster_name", f"{topo.services.cdn_name}-purges"]
+            argv += ["--cluster", f"nats://{with_port(listen, ROUTE_OFFSET)}", "--routes", routes]
+        out.append(
+            Process(
+                name,
+                "nats",
+                "core",
+                listen,
+                tuple(argv),
+                # /varz answers once the member listens; /healthz would wait for a quorum,
+                # which the members started after this one make.
+                Check("http", f"http://{health_host(with_port(listen, MONITOR_OFFSET))}/varz"),
+                state=("data",),
+                published=place.published("nats", member),
+                program="nats-server",
+            )
+        )
+    return out
+
+
 def plan(topo: Topology, place: Placement) -> list[Process]:
-    """The topology's processes in start order: origin, coordinator, shields, edges and
-    the GeoDNS authority."""
+    """The topology's processes in start order: origin, the purge log's members,
+    coordinators, shields, edges and the GeoDNS authority."""
     s = topo.services
     if s.origin is None or s.coordinator is None or s.dns is None or not s.shields:
         raise PlanError("needs [origin], [[shields]], [coordinator] and [dns]")
     origin, coordinator, dns = s.origin, s.coordinator, s.dns
     node_scheme = "https" if place.tls else "http"
     origin_url = f"http://{place.url(origin.name, origin.listen)}"
-    coordinator_url = f"http://{place.url(coordinator.name, coordinator.listen)}"
+    # [purge_log]: more coordinators, named after the first, all on the replicated log.
+    coordinators = [(coordinator.name, coordinator.listen)] + [
+        (f"{coordinator.name}-{n + 2}", listen) for n, listen in enumerate(s.more_coordinators)
+    ]
+    coordinator_url = ",".join(f"http://{place.url(n, listen)}" for n, listen in coordinators)
     out: list[Process] = []
 
     listen = place.listen("origin", origin.name, origin.listen)
@@ -155,24 +203,32 @@ def plan(topo: Topology, place: Placement) -> list[Process]:
         )
     )
 
-    listen = place.listen("coordinator", coordinator.name, coordinator.listen)
-    db = f"{place.directory(coordinator.name, 'data')}/coordinator.db"
-    out.append(
-        Process(
-            coordinator.name,
-            "coordinator",
-            "core",
-            listen,
-            ("coordinator", "--listen", listen, "--db", db),
-            Check("http", f"http://{health_host(listen)}/v1/health"),
-            after=(origin.name,),
-            secrets=(OPERATOR_TOKEN, NODE_TOKEN),
-            # `edge purge` / `edge status` run beside it (compose exec) find it.
-            env={"EDGE_COORDINATOR": f"http://{health_host(listen)}"},
-            state=("data",),
-            published=place.published("coordinator", coordinator.listen),
+    members = nats_members(topo, place)
+    out += members
+    for name, topo_listen in coordinators:
+        listen = place.listen("coordinator", name, topo_listen)
+        if members:
+            backend = ",".join(f"nats://{place.url(m.name, m.listen)}" for m in members)
+            log = ("--backend", backend, "--replicas", str(len(members)))
+        else:
+            log = ("--db", f"{place.directory(name, 'data')}/coordinator.db")
+        out.append(
+            Process(
+                name,
+                "coordinator",
+                "core",
+                listen,
+                ("coordinator", "--listen", listen, *log),
+                Check("http", f"http://{health_host(listen)}/v1/health"),
+                after=(origin.name, *(m.name for m in members)),
+                secrets=(OPERATOR_TOKEN, NODE_TOKEN),
+                # `edge purge` / `edge status` run beside it (compose exec) find it.
+                env={"EDGE_COORDINATOR": f"http://{health_host(listen)}"},
+                state=() if members else ("data",),
+                published=place.published("coordinator", topo_listen),
+            )
         )
-    )
+    everyone = tuple(name for name, _ in coordinators)
 
     # A shield believes X-Forwarded-For from its edges' connections, and nobody else's:
     # not the region networks, where the clients are. Admin endpoints are left to each
@@ -199,7 +255,7 @@ def plan(topo: Topology, place: Placement) -> list[Process]:
                 listen,
                 tuple(node_argv("shield", options)),
                 Check("http", f"{node_scheme}://{health_host(listen)}/_edge/health"),
-                after=(origin.name, coordinator.name),
+                after=(origin.name, *everyone),
                 secrets=(NODE_TOKEN,),
                 state=("cache",),
                 published=place.published("shield", shield.listen),
@@ -235,7 +291,7 @@ def plan(topo: Topology, place: Placement) -> list[Process]:
                 listen,
                 tuple(node_argv("edge", options)),
                 Check("http", f"{node_scheme}://{health_host(listen)}/_edge/health"),
-                after=(origin.name, coordinator.name, *(sh.name for sh in s.shields)),
+                after=(origin.name, *everyone, *(sh.name for sh in s.shields)),
                 secrets=(NODE_TOKEN,),
                 state=("cache",),
                 published=place.published("edge", edge_listen(edge)),

@@ -36,6 +36,9 @@ SECTIONS: dict[str, frozenset[str]] = {
     "origin": frozenset({"listen", "name", "demo", "small", "root", "latency", "rules"}),
     "shields": frozenset({"name", "listen", "cache_size", "workers"}),
     "coordinator": frozenset({"listen", "name"}),
+    # A replicated purge log (NATS JetStream members' client HOST:PORTs) and the
+    # coordinators that share it beside [coordinator] (README: several coordinators).
+    "purge_log": frozenset({"members", "coordinators"}),
     "dns": frozenset({"listen", "name"}),
     "docker": frozenset({"core_subnet"}),
     "zone": frozenset(
@@ -139,6 +142,10 @@ class Services:
     coordinator: Service | None = None
     dns: Service | None = None
     docker_core_subnet: Network | None = None
+    # [purge_log]: the JetStream members (client HOST:PORT; routes on port + ROUTE_OFFSET,
+    # monitoring on port + MONITOR_OFFSET) and more coordinators' listen addresses.
+    log_members: tuple[str, ...] = ()
+    more_coordinators: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -464,7 +471,10 @@ def _services(raw: dict[str, Any]) -> Services:
         }
         shields.append(Service(item["name"], _listen(where, item["listen"]), options))
     docker = _table(raw, "docker", SECTIONS["docker"])
+    members, more = _purge_log(raw)
     return Services(
+        log_members=members,
+        more_coordinators=more,
         cdn_name=str(cdn.get("name", "edge")),
         origin=_service(raw, "origin", "origin"),
         shields=tuple(shields),
@@ -474,6 +484,32 @@ def _services(raw: dict[str, Any]) -> Services:
         if "core_subnet" in docker
         else None,
     )
+
+
+#: A member's route and monitoring ports, from its client port (NATS's own 4222, 6222
+#: and 8222 are one such trio).
+ROUTE_OFFSET = 2000
+MONITOR_OFFSET = 4000
+
+
+def _purge_log(raw: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    table = _table(raw, "purge_log", SECTIONS["purge_log"])
+    if not table:
+        return (), ()
+    members = table.get("members", [])
+    more = table.get("coordinators", [])
+    if not isinstance(members, list) or len(members) not in (1, 3, 5):
+        raise TopologyError("[purge_log] members must list 1, 3 or 5 HOST:PORT (a quorum)")
+    if not isinstance(more, list):
+        raise TopologyError("[purge_log] coordinators must be a list of HOST:PORT")
+    listens = [_listen("[purge_log] members", m) for m in members]
+    for listen in listens:
+        if int(listen.rsplit(":", 1)[1]) + MONITOR_OFFSET > 65535:
+            raise TopologyError(
+                f"[purge_log] member {listen}: its port + {MONITOR_OFFSET} (monitoring) "
+                "must be a port too"
+            )
+    return tuple(listens), tuple(_listen("[purge_log] coordinators", c) for c in more)
 
 
 def _list(raw: dict[str, Any], key: str) -> list[dict[str, Any]]:

@@ -199,3 +199,84 @@ def test_a_node_of_the_topology_may_run_several_workers(tmp_path: Path) -> None:
         assert "workers must be a whole number from 1 to 64" in str(exc)
     else:
         raise AssertionError("workers = 0 was accepted")
+
+
+def free_trio(host: str) -> int:
+    """A client port on `host` whose route (+2000) and monitoring (+4000) ports are free
+    too (a purge log member's three)."""
+    import socket
+
+    for _ in range(200):
+        port = free_port()
+        if port + 4000 > 65535:
+            continue
+        try:
+            for offset in (0, 2000, 4000):
+                with socket.socket() as s:
+                    s.bind((host, port + offset))
+        except OSError:
+            continue
+        return port
+    raise AssertionError("no free trio of ports")
+
+
+def test_edge_up_runs_a_replicated_purge_log_with_two_coordinators(tmp_path: Path) -> None:
+    """[purge_log]: three JetStream members and a second coordinator. A purge through
+    either coordinator reaches every node; with the first killed, nodes move to the
+    second and purges go on; edge up brings the first back."""
+    members = [f"127.0.1.4{n}" for n in (1, 2, 3)]
+    second = f"127.0.1.31:{free_port()}"
+    text = with_free_ports(DEFAULT.read_text())
+    listed = ", ".join(f'"{m}:{free_trio(m)}"' for m in members)
+    text += f'\n[purge_log]\nmembers = [{listed}]\ncoordinators = ["{second}"]\n'
+    topology = tmp_path / "topology.toml"
+    topology.write_text(text)
+    proc = subprocess.Popen(
+        [*edge_cmd("up", "--topology", str(topology), "--workdir", str(tmp_path / "w"))],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        text = read_until(proc, "Ctrl-C stops everything", 180)
+        rows = dict(re.findall(r"^\s+(\S+)\s+\S+\s+\S+\s+(?:udp\+tcp )?(\S+)\s", text, re.M))
+        assert {"nats-1", "nats-2", "nats-3", "coordinator", "coordinator-2"} <= set(rows), text
+        kids = children_of(proc.pid)
+        assert len(kids) == 12  # origin, 3 members, 2 coordinators, shield, 4 edges, dns
+        config = tmp_path / "w" / "cli.toml"
+
+        def purge(*via: str) -> str:
+            out = subprocess.run(
+                edge_cmd("purge", "--config", str(config), *via, "http://www.cdn.example/x"),
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                timeout=90,
+            )
+            assert out.returncode == 0, out.stderr + out.stdout
+            return out.stdout
+
+        cdnchecks.check_purge_confirmed(purge(), 5)
+        cdnchecks.check_purge_confirmed(purge("--coordinator", f"http://{second}"), 5)
+        first = next(p for p in kids if f"--listen {rows['coordinator'][7:]}" in _cmdline(p))
+        os.kill(first, signal.SIGKILL)
+        # The nodes of the first move to the second, and every one confirms there.
+        cdnchecks.check_purge_confirmed(purge("--coordinator", f"http://{second}"), 5)
+        more = read_until(proc, "coordinator is back", 60)
+        assert "coordinator exited" in more and "coordinator is back" in more
+        cdnchecks.check_purge_confirmed(purge(), 5)
+        kids = children_of(proc.pid)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    for pid in kids:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            continue
+        raise AssertionError(f"child {pid} still running")

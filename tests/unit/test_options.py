@@ -75,7 +75,7 @@ BAD: dict[str, str] = {
     "shields": "nope",
     "balance": "fastest",
     "trusted_proxies": "nonsense",
-    "coordinator": "ftp://c",
+    "coordinator": "http://c,ftp://c",
     "region": "two words",
     "http_redirect": "nowhere",
     "hsts": "soon",
@@ -224,6 +224,14 @@ def test_tokens_come_from_the_file_else_the_environment(
     assert (cfg.coordinator_token, cfg.admin_token) == (TOKEN, "from-env")
     path.write_text(path.read_text() + 'coordinator_token = "from-file"\n')
     assert load_config(path, {}).coordinator_token == "from-file"
+
+
+def test_coordinator_takes_several_urls_sharing_one_log(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text('upstream = "http://o"\ncoordinator = "http://c1:8400, http://c2:8400/,"\n')
+    assert load_config(path, {}).coordinator == "http://c1:8400,http://c2:8400"
+    cfg = load_config(path, parse(["serve", "--coordinator", "http://c3:8400"]))
+    assert cfg.coordinator == "http://c3:8400"
 
 
 # -- mistakes: one line, the same from the command line and the file -------------------

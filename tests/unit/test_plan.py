@@ -82,6 +82,14 @@ def _rename_region(raw: Raw) -> None:
             edge["region"] = "apac"
 
 
+MEMBERS = ["127.0.1.41:4222", "127.0.1.42:4222", "127.0.1.43:4222"]
+
+
+def _purge_log_coordinators(raw: Raw) -> None:
+    # More coordinators share a replicated log: none without its members.
+    raw["purge_log"] = {"members": MEMBERS, "coordinators": ["127.0.1.31:7000"]}
+
+
 # One change per setting of the topology: a setting added to origin.deploy.topology.SECTIONS
 # without a line here fails test_every_setting_has_a_change.
 CHANGES: dict[tuple[str, str], Callable[[Raw], None]] = {
@@ -142,6 +150,8 @@ CHANGES: dict[tuple[str, str], Callable[[Raw], None]] = {
     ("regions", "continents"): _set("regions", "continents", ["EU"]),
     ("geoip", "database"): _set("geoip", "database", "/var/lib/geoip/GeoLite2-City.mmdb"),
     ("geoip", "reload"): _set("geoip", "reload", 30.0),
+    ("purge_log", "members"): _set("purge_log", "members", MEMBERS),
+    ("purge_log", "coordinators"): _purge_log_coordinators,
 }
 
 # Settings that reach one way of running the CDN only, and why.
@@ -150,6 +160,9 @@ COMPOSE_ONLY = {
     ("regions", "docker_subnet"),
     ("edges", "docker_ipv4"),
 }
+# Settings compose refuses with one line, and why: the image has no nats-server, so the
+# replicated purge log (its members and the coordinators sharing it) runs under `edge up`.
+COMPOSE_REFUSES = {("purge_log", "members"), ("purge_log", "coordinators")}
 UP_ONLY = {
     # The docker network is IPv4: no container has an IPv6 address to be answered with.
     ("edges", "ipv6"),
@@ -211,6 +224,11 @@ def test_every_setting_reaches_edge_up_and_compose_alike(
     CHANGES[setting](changed)
     assert changed != base
     up_before, up_after = _up(base, tmp_path), _up(changed, tmp_path)
+    if setting in COMPOSE_REFUSES:
+        assert up_before != up_after
+        with pytest.raises(compose.ComposeError, match=r"^\[purge_log\] runs under `edge up` only"):
+            _compose(changed, tmp_path)
+        return
     compose_before, compose_after = (
         _compose(base, tmp_path),
         _compose(changed, tmp_path),
@@ -299,3 +317,50 @@ def test_a_child_gets_only_the_tokens_it_needs(tmp_path: Path) -> None:
     assert by_role["coordinator"]["EDGE_TOKEN"] == "op"
     assert by_role["coordinator"]["EDGE_COORDINATOR"].startswith("http://127.0.1.30:")
     assert all(e["PATH"] == "/bin" for e in by_role.values())
+
+
+def test_a_replicated_purge_log_runs_its_members_and_every_coordinator(tmp_path: Path) -> None:
+    raw = _raw()
+    _purge_log_coordinators(raw)
+    path = tmp_path / "t.toml"
+    path.write_text(to_toml(raw))
+    children = up_plan(path, tmp_path / "w")
+    by_name = {c.name: c.process for c in children}
+    members = [by_name[f"nats-{n}"] for n in (1, 2, 3)]
+    routes = "nats://127.0.1.41:6222,nats://127.0.1.42:6222,nats://127.0.1.43:6222"
+    for n, member in enumerate(members, 1):
+        argv = member.argv
+        assert member.program == "nats-server" and member.role == "nats"
+        assert argv[argv.index("--routes") + 1] == routes
+        assert argv[argv.index("--cluster") + 1] == f"nats://127.0.1.4{n}:6222"
+        assert argv[argv.index("--store_dir") + 1] == str(tmp_path / "w" / f"nats-{n}")
+        assert member.check.target == f"http://127.0.1.4{n}:8222/varz"
+    backend = "nats://127.0.1.41:4222,nats://127.0.1.42:4222,nats://127.0.1.43:4222"
+    for name in ("coordinator", "coordinator-2"):
+        coordinator = by_name[name]
+        assert coordinator.argv[3:] == ("--backend", backend, "--replicas", "3")
+        assert "--db" not in coordinator.argv
+        assert set(coordinator.after) >= {"nats-1", "nats-2", "nats-3"}
+    both = "http://127.0.1.30:7000,http://127.0.1.31:7000"
+    for c in children:
+        if c.role in ("shield", "edge"):
+            assert c.argv[c.argv.index("--coordinator") + 1] == both, c.name
+            assert {"coordinator", "coordinator-2"} <= set(c.process.after)
+    # Members start first: a coordinator waits for them, nodes for every coordinator.
+    roles = [c.role for c in children]
+    assert roles.index("coordinator") > max(i for i, r in enumerate(roles) if r == "nats")
+
+
+def test_a_purge_log_needs_a_quorum_of_members(tmp_path: Path) -> None:
+    from origin.deploy.topology import TopologyError
+
+    raw = _raw()
+    raw["purge_log"] = {"members": MEMBERS[:2]}
+    with pytest.raises(TopologyError, match=r"members must list 1, 3 or 5 HOST:PORT"):
+        parse_topology(raw)
+    raw["purge_log"] = {"coordinators": ["127.0.1.31:7000"]}
+    with pytest.raises(TopologyError, match=r"members must list 1, 3 or 5"):
+        parse_topology(raw)
+    raw["purge_log"] = {"members": ["127.0.1.41:65000"]}
+    with pytest.raises(TopologyError, match=r"its port \+ 4000"):
+        parse_topology(raw)
