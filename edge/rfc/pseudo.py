@@ -6,13 +6,15 @@ the ordinary fields, a Host first) or a refusal out. The rules are the same in b
 protocols (RFC 9113 Section 8.2-8.3, RFC 9114 Section 4.2-4.3); this module decides
 nothing about framing, flow control or what is served.
 
-Refused as malformed (RFC 9114 Section 4.1.2): a missing, repeated, unknown or late
-pseudo-header; `:path` empty or not origin-form (but `*` for OPTIONS); a scheme other
-than the listener's; uppercase or invalid field names; CR, LF or NUL in a value;
-connection-specific fields (RFC 9114 Section 4.2); TE other than "trailers"; an
-`:authority` and Host that disagree (one authority for the cache key); several
-differing Content-Length values. Refused as too large (RFC 6585 Section 5): more than
-`max_fields` fields.
+Refused as malformed (RFC 9113 Section 8.1.1, RFC 9114 Section 4.1.2): a missing,
+repeated, unknown or late pseudo-header; `:path` empty or not origin-form (but `*` for
+OPTIONS); a scheme other than the listener's; uppercase or invalid field names; CR, LF
+or NUL in a value, or whitespace around it (RFC 9113 Section 8.2.1, RFC 9110 Section
+5.5); connection-specific fields (RFC 9113 Section 8.2.2, RFC 9114 Section 4.2); TE
+other than "trailers"; an `:authority` and Host that disagree (one authority for the
+cache key); several differing Content-Length values. Refused as too large (RFC 6585
+Section 5): more than `max_fields` fields. `trailers_malformed` holds a trailer
+section to the same rules, with no pseudo-header at all.
 """
 
 from __future__ import annotations
@@ -65,8 +67,9 @@ def read_request(
     hosts: list[bytes] = []
     lengths: set[bytes] = set()
     for name, value in fields:
-        if b"\r" in value or b"\n" in value or b"\0" in value:
-            return Malformed(400, "CR, LF or NUL in a field value")
+        bad = _bad_value(name, value)
+        if bad is not None:
+            return Malformed(400, bad)
         if name.startswith(b":"):
             if ordinary or cookies or hosts:
                 return Malformed(400, "a pseudo-header field after the ordinary ones")
@@ -98,7 +101,7 @@ def read_request(
     authority = pseudo.get(b":authority")
     if len(hosts) > 1:
         return Malformed(400, "more than one Host field")
-    if authority is not None and hosts and hosts[0] != authority:
+    if authority is not None and hosts and hosts[0].lower() != authority.lower():
         # RFC 9114 Section 4.3.1: both present, they MUST agree.
         return Malformed(400, ":authority and Host disagree")
     authority = authority if authority is not None else (hosts[0] if hosts else None)
@@ -137,6 +140,28 @@ def read_request(
         fields=tuple(head_fields),
         content_length=length,
     )
+
+
+def trailers_malformed(fields: Sequence[tuple[bytes, bytes]]) -> str | None:
+    """Why a trailer section is malformed (RFC 9113 Section 8.1, RFC 9114 Section
+    4.1.2: no pseudo-header; names and values as in a header section), None if not."""
+    for name, value in fields:
+        if name.startswith(b":"):
+            return "a pseudo-header field in trailers"
+        if not _NAME.fullmatch(name):
+            return "a field name that is not a lowercase token"
+        bad = _bad_value(name, value)
+        if bad is not None:
+            return bad
+    return None
+
+
+def _bad_value(name: bytes, value: bytes) -> str | None:
+    if b"\r" in value or b"\n" in value or b"\0" in value:
+        return "CR, LF or NUL in a field value"
+    if value and (value[:1] in (b" ", b"\t") or value[-1:] in (b" ", b"\t")):
+        return f"whitespace around the value of {_show(name)}"
+    return None
 
 
 def _show(name: bytes) -> str:

@@ -12,7 +12,7 @@ client more than the node: resets, SETTINGS, PING, PRIORITY and empty DATA frame
 draw on a per-connection budget (`Budget`) whose exhaustion ends the connection with
 GOAWAY ENHANCE_YOUR_CALM (rapid reset, CVE-2023-44487, among them); streams still being
 served, reset ones included, are bounded (REFUSED_STREAM beyond); a stream whose client
-accepts no more for `send_timeout` is reset. A malformed header block (edge.rfc.h2fields:
+accepts no more for `send_timeout` is reset. A malformed header block (edge.rfc.pseudo:
 pseudo-fields, connection-specific fields, uppercase names, CR/LF/NUL, Host against
 :authority) resets its stream with PROTOCOL_ERROR; `h2` itself refuses a Content-Length
 against DATA, CONTINUATION floods and header lists over the advertised size, each as a
@@ -33,7 +33,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO
 
 import h2.config
 import h2.connection
@@ -47,7 +47,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from edge.observe.accesslog import request_line
 from edge.pipeline import fastpath
 from edge.pipeline.exchange import Request, Response
-from edge.rfc import forwarding, h2fields
+from edge.rfc import forwarding, pseudo
 from edge.server.http1 import Listener, local_of, response_fields
 
 log = logging.getLogger("edge.server.http2")
@@ -181,7 +181,7 @@ class Http2Connection(asyncio.Protocol):
         self.guard = listener.guard
         self.limits = limits or Http2Limits()
         self.loop = asyncio.get_running_loop()
-        # Header blocks are checked by edge.rfc.h2fields, so a malformed request is the
+        # Header blocks are checked by edge.rfc.pseudo, so a malformed request is the
         # stream error RFC 9113 Section 8.1.1 asks for; h2's own checks end the connection.
         config = h2.config.H2Configuration(
             client_side=False, header_encoding=None, validate_inbound_headers=False
@@ -321,7 +321,7 @@ class Http2Connection(asyncio.Protocol):
             # RFC 9110 Section 6.5.1: trailer fields may be discarded; none is forwarded
             # (the upstream request is framed anew, with its body whole).
             stream = self._streams.get(event.stream_id)
-            reason = h2fields.malformed(event.headers or (), trailers=True)
+            reason = pseudo.trailers_malformed(event.headers or ())
             if reason is not None:
                 if stream is not None:
                     stream.body.finish(ConnectionResetError(f"malformed trailers: {reason}"))
@@ -334,12 +334,13 @@ class Http2Connection(asyncio.Protocol):
         if self._goaway_at is not None and sid > self._goaway_at:
             self._refuse_stream(sid)  # sent after the GOAWAY: not served, retry elsewhere
             return
-        block = event.headers or ()
-        reason = h2fields.malformed(block)
-        if reason is not None:
-            self._malformed(sid, reason)
+        head = pseudo.read_request(
+            event.headers or (), scheme=self.scheme, max_fields=self.listener.limits.max_headers
+        )
+        if isinstance(head, pseudo.Malformed):
+            self._malformed(sid, head.reason)
             return
-        if self._hot and event.stream_ended and self._serve_hot(sid, block):
+        if self._hot and event.stream_ended and self._serve_hot(sid, head):
             return
         # Streams still being served, those the client reset included: a client that
         # resets and reopens streams cannot make the node serve more than this at once.
@@ -348,33 +349,20 @@ class Http2Connection(asyncio.Protocol):
             return
         stream = _Stream(sid, _Body(self, sid))
         self._streams[sid] = stream
-        request = self._make_request(stream, block, ended=event.stream_ended)
+        request = self._make_request(stream, head, ended=event.stream_ended)
         if event.stream_ended:
             stream.body.finish()
         stream.request = request
         stream.channel = Http2Channel(self, stream)
         self._tasks[sid] = self.loop.create_task(self._serve(stream))
 
-    def _serve_hot(self, sid: int, headers: Any) -> bool:
+    def _serve_hot(self, sid: int, head: pseudo.Head) -> bool:
         """A hot hit (edge.pipeline.fastpath) answered from the header block itself, as
         edge.server.http1 answers one from the parsed head: no Request, no task. The
         hot head is HTTP/1.1's; its fields are sent as they are, names lower-cased."""
-        method = path = authority = None
-        raw: list[tuple[bytes, bytes]] = []
-        for name, value in headers:
-            if name == b":method":
-                method = value
-            elif name == b":path":
-                path = value
-            elif name == b":authority":
-                authority = value
-            elif name[:1] != b":":
-                raw.append((name, value))
-        if method != b"GET" or path is None:
+        if head.method != "GET":
             return False
-        if authority is not None and not any(name == b"host" for name, _ in raw):
-            raw.insert(0, (b"host", authority))
-        target = path.decode("utf-8", "surrogateescape")
+        target, raw = head.target, list(head.fields)
         key = fastpath.request_key("GET", (2, 0), target, raw)
         if key is None or sum(len(k) + len(v) + 4 for k, v in raw) > self.limits.max_header_list:
             return False
@@ -428,43 +416,28 @@ class Http2Connection(asyncio.Protocol):
             )
         return True
 
-    def _make_request(self, stream: _Stream, headers: object, *, ended: bool) -> Request:
-        """The exchange's Request from a validated header block (h2 checked the
-        pseudo-fields, names and values): :authority becomes Host, as HTTP/1.1 would
-        have carried it, so the key has one authority."""
-        pseudo: dict[bytes, bytes] = {}
-        raw: list[tuple[bytes, bytes]] = []
-        host: bytes | None = None
-        for name, value in headers:  # type: ignore[attr-defined]
-            if name[:1] == b":":
-                pseudo[name] = value
-            else:
-                raw.append((name, value))
-                if name == b"host":
-                    host = value
-        authority = pseudo.get(b":authority")
-        if host is None and authority is not None:
-            raw.insert(0, (b"host", authority))
+    def _make_request(self, stream: _Stream, head: pseudo.Head, *, ended: bool) -> Request:
+        """The exchange's Request from a well-formed header block (edge.rfc.pseudo):
+        :authority is the Host, first, as HTTP/1.1 would have carried it, so the key
+        has one authority."""
         fields = CIMultiDictProxy(
             CIMultiDict(
                 (k.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape"))
-                for k, v in raw
+                for k, v in head.fields
             )
         )
-        length_field = fields.get("content-length")
-        length = int(length_field) if length_field is not None and length_field.isdigit() else None
         return Request(
-            method=pseudo.get(b":method", b"GET").decode("ascii", "replace"),
-            target=pseudo.get(b":path", b"/").decode("utf-8", "surrogateescape"),
+            method=head.method,
+            target=head.target,
             version=(2, 0),
             headers=fields,
-            raw=tuple(raw),
-            authority=(authority or host or b"").decode("utf-8", "surrogateescape"),
+            raw=head.fields,
+            authority=head.authority,
             peer=self.client,
             scheme=self.scheme,
             body=stream.body,
             has_body=not ended,
-            content_length=length,
+            content_length=head.content_length,
         )
 
     def _data(self, event: h2.events.DataReceived) -> None:

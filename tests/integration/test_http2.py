@@ -493,7 +493,7 @@ PSEUDO = {
 def test_malformed_requests_reset_their_stream_and_are_never_forwarded(
     upstream: Proc, edge: EdgeFactory, tmp_path: Path
 ) -> None:
-    """RFC 9113 Section 8.1.1 (edge.rfc.h2fields): each malformed block is a stream
+    """RFC 9113 Section 8.1.1 (edge.rfc.pseudo): each malformed block is a stream
     error, PROTOCOL_ERROR; the connection serves its other streams on."""
     node = h2c(edge, upstream, tmp_path)
     client = H2Client(node.port, strict=False)

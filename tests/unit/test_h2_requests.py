@@ -1,11 +1,19 @@
-"""RFC 9113 Sections 8.2 and 8.3 (edge.rfc.h2fields): which request header blocks are
-malformed, one case per rule, and the ordinary blocks browsers and curl send."""
+"""The request field sections of HTTP/2 (RFC 9113 Sections 8.2 and 8.3) as
+edge.rfc.pseudo reads them, one case per rule, and the ordinary blocks browsers and
+curl send (the HTTP/3 cases are tests/unit/test_pseudo.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from edge.rfc.h2fields import malformed
+from edge.rfc.pseudo import Head, Malformed, read_request, trailers_malformed
+
+
+def read(fields: list[tuple[bytes, bytes]]) -> Head | Malformed:
+    """As edge.server.http2 reads a block, on a listener of the block's own scheme."""
+    scheme = dict(fields).get(b":scheme", b"https").decode()
+    return read_request(fields, scheme=scheme, max_fields=100)
+
 
 BASE = [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"a.test"), (b":path", b"/")]
 
@@ -31,7 +39,7 @@ def block(
     ],
 )  # fmt: skip
 def test_ordinary_blocks_are_well_formed(fields: list[tuple[bytes, bytes]]) -> None:
-    assert malformed(fields) is None
+    assert isinstance(read(fields), Head)
 
 
 MALFORMED = {
@@ -74,12 +82,13 @@ MALFORMED = {
 
 @pytest.mark.parametrize("name", list(MALFORMED))
 def test_malformed_blocks_say_why(name: str) -> None:
-    reason = malformed(MALFORMED[name])
-    assert reason is not None, name
-    assert "\n" not in reason and "\r" not in reason
+    refused = read(MALFORMED[name])
+    assert isinstance(refused, Malformed) and refused.status == 400, name
+    assert "\n" not in refused.reason and "\r" not in refused.reason
 
 
 def test_trailers_carry_no_pseudo_fields_but_may_carry_fields() -> None:
-    assert malformed([(b"x-checksum", b"abc")], trailers=True) is None
-    assert malformed([(b":path", b"/")], trailers=True) is not None
-    assert malformed([(b"x-a", b"1\r\n")], trailers=True) is not None
+    assert trailers_malformed([(b"x-checksum", b"abc")]) is None
+    assert trailers_malformed([(b":path", b"/")]) is not None
+    assert trailers_malformed([(b"x-a", b"1\r\n")]) is not None
+    assert trailers_malformed([(b"X-Upper", b"1")]) is not None
