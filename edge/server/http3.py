@@ -135,11 +135,13 @@ class Http3Listener:
         *,
         early_data: bool = False,
         max_body: int = 16 << 20,
+        max_header_bytes: int = 32 << 10,
     ) -> None:
         self.listener = listener
         self.quic = quic
         self.early_data = early_data
         self.max_body = max_body
+        self.max_header_bytes = max_header_bytes  # the guard's limit of a field section
         self.connections: set[H3Protocol] = set()
         self.closing = False
         self._server: QuicServer | None = None
@@ -216,7 +218,7 @@ class H3Protocol(QuicConnectionProtocol):
         self._gates: dict[int, tuple[qpack.RequestGate, bool]] = {}  # gate, FIN held
         self._refused: set[int] = set()  # streams whose bytes are no longer read
         self._uni: dict[int, bytearray | int] = {}  # client stream -> type (or its bytes)
-        limit = self.guard.max_header_bytes
+        limit = server.max_header_bytes
         self._max_frame = limit + 1024
         self._max_decoded = 4 * limit
         server.connections.add(self)

@@ -349,7 +349,11 @@ class EdgeNode:
             # kernel would spread a migrating connection's datagrams over workers. The
             # lead worker serves HTTP/3 for the node; every worker advertises it.
             self.h3_listener = http3.Http3Listener(
-                self.public, quic, early_data=cfg.http3_early_data, max_body=cfg.max_body_size
+                self.public,
+                quic,
+                early_data=cfg.http3_early_data,
+                max_body=cfg.max_body_size,
+                max_header_bytes=cfg.max_header_bytes,
             )
             try:
                 await self.h3_listener.start(host, port)
