@@ -12,8 +12,11 @@ the server sends ends the connection instead of becoming the next user's respons
 - a `101 Switching Protocols` nobody asked for (edge never forwards Upgrade): an
   error, never relayed;
 - a parse error, a broken read, or a response abandoned before its end.
-Interim responses (100, 102, 103) are read past. Bodies are handed on as they arrive;
-reading from the socket pauses while too much is waiting for the reader.
+Interim responses (100, 102, 103) are handed, status and fields, to whoever asked for
+them (`interim`), then read past: the final answer follows. The trailer fields of a
+chunked body are kept apart (`Response.trailers`), never merged into the head. Bodies
+are handed on as they arrive; reading from the socket pauses while too much is
+waiting for the reader.
 
 It knows nothing of pools of members, health or retries across members (edge.upstream.pools)
 nor of caching (edge.pipeline.transaction).
@@ -25,7 +28,7 @@ import asyncio
 import collections
 import re
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import httptools
@@ -47,6 +50,11 @@ _BREAKS = re.compile(r"[\r\n\x00]")
 #: Methods that carry a body by definition: an empty one is sent as Content-Length: 0
 #: (RFC 9110 Section 8.6).
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+#: Told of each interim response as it arrives: its status and fields (RFC 9110
+#: Section 15.2). Called from the parser: it must not block or raise.
+InterimSink = Callable[[int, CIMultiDict[str]], None]
 
 
 class ClientError(Exception):
@@ -96,6 +104,9 @@ class Response:
         self.status = 0
         self.version = ""
         self.headers: CIMultiDict[str] = CIMultiDict()
+        #: RFC 9112 Section 7.1.2: the trailer section of a chunked body, complete
+        #: once read() has returned b"".
+        self.trailers: CIMultiDict[str] = CIMultiDict()
 
     async def read(self) -> bytes:
         """The next piece of the body, b"" at its end; raises ClientError if the body
@@ -116,8 +127,15 @@ class _Exchange:
     """One request and its response on a connection: the parser's callbacks, the body
     queue, and the verdict on whether the connection may be used again."""
 
-    def __init__(self, conn: _Connection, method: str, read_timeout: float) -> None:
+    def __init__(
+        self,
+        conn: _Connection,
+        method: str,
+        read_timeout: float,
+        interim: InterimSink | None = None,
+    ) -> None:
         self.conn = conn
+        self.on_interim = interim
         self.method = method
         self.read_timeout = read_timeout
         self.parser = httptools.HttpResponseParser(self)
@@ -145,8 +163,10 @@ class _Exchange:
         self.response.headers = CIMultiDict()
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self.in_head:  # not the trailers of a chunked body: those are dropped
-            self.response.headers.add(name.decode("latin-1"), value.decode("latin-1"))
+        # llhttp reports a chunked body's trailer fields through on_header too, after
+        # the body: kept apart, never merged into the head (RFC 9110 Section 6.5.1).
+        fields = self.response.headers if self.in_head else self.response.trailers
+        fields.add(name.decode("latin-1"), value.decode("latin-1"))
 
     def on_headers_complete(self) -> None:
         self.in_head = False
@@ -156,7 +176,9 @@ class _Exchange:
             self._fail(BadResponse("unsolicited 101 Switching Protocols"))
             raise _Stop
         if 100 <= status < 200:
-            self.interim = True  # 100, 102, 103: read past, the final answer follows
+            self.interim = True  # 100, 102, 103: told, then read past
+            if self.on_interim is not None:
+                self.on_interim(status, self.response.headers)
             return
         response = self.response
         response.status = status
@@ -431,8 +453,10 @@ class ConnectionPool:
         *,
         connect_timeout: float,
         read_timeout: float,
+        interim: InterimSink | None = None,
     ) -> Response:
-        """Send one request and return its response once the head has arrived."""
+        """Send one request and return its response once the head has arrived;
+        `interim` is told of each 1xx that comes before it."""
         data = _serialise(method, target, headers, body, self.server)
         if self._slots is not None:
             await self._slots.acquire()
@@ -440,14 +464,14 @@ class ConnectionPool:
             conn = self._take_idle()
             if conn is not None:
                 try:
-                    return await self._exchange(conn, method, data, read_timeout)
+                    return await self._exchange(conn, method, data, read_timeout, interim)
                 except _Lost:
                     # The server closed the idle connection as the request went out.
                     if method not in IDEMPOTENT:
                         raise BadResponse("connection closed before any response") from None
             conn = await self._connect(connect_timeout)
             try:
-                return await self._exchange(conn, method, data, read_timeout)
+                return await self._exchange(conn, method, data, read_timeout, interim)
             except _Lost:
                 raise BadResponse("connection closed before any response") from None
         except BaseException:
@@ -510,9 +534,14 @@ class ConnectionPool:
         return conn
 
     async def _exchange(
-        self, conn: _Connection, method: str, data: bytes, read_timeout: float
+        self,
+        conn: _Connection,
+        method: str,
+        data: bytes,
+        read_timeout: float,
+        interim: InterimSink | None,
     ) -> Response:
-        exchange = _Exchange(conn, method, read_timeout)
+        exchange = _Exchange(conn, method, read_timeout, interim)
         conn.holds_slot = True
         conn.send(exchange, data)
         try:
