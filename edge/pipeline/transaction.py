@@ -49,7 +49,7 @@ from edge.fetch.slices import (
 from edge.observe.accesslog import AccessLog, request_line
 from edge.observe.metrics import NodeMetrics
 from edge.pipeline import fastpath, steps
-from edge.pipeline.exchange import Channel, Request, Response
+from edge.pipeline.exchange import Channel, InterimRelay, Request, Response
 from edge.pipeline.steps import Step
 from edge.purge.bans import Purger
 from edge.rfc import forwarding, policy
@@ -217,6 +217,7 @@ class Transaction:
         self._looked_up: list[Entry] = []  # the variants the lookup saw
         self._hot_candidate = False  # delivered as stored from the entry's own file
         self._prior_status: list[str] = []  # Cache-Status entries of the caches upstream
+        self._relay: InterimRelay | None = None  # the upstream's 1xx on their way (_interim)
 
     # -- the walk -------------------------------------------------------------------
 
@@ -233,6 +234,8 @@ class Transaction:
             if self.response is not None and not self.channel.started:
                 await self.channel.respond(self.response)  # made by synth
         finally:
+            if self._relay is not None:  # a fill this client left may still tell it
+                self._relay.stop()
             if self.body is not None:
                 self.body.close()
             if self.upstream_response is not None:  # not read to the end: drop it
@@ -376,12 +379,15 @@ class Transaction:
         assert fill is not None
         initiator = claim.kind == "started"
         if initiator:
-            request = self._fetch_request(stale_ok=self._stale_on_error(), probe=self._probe())
+            request = self._fetch_request(
+                stale_ok=self._stale_on_error(), probe=self._probe(), interim=self._interim()
+            )
             machine.start(self.e, fill, request)
         else:
             self.status.collapsed = True
         started = time.monotonic()
         head = await asyncio.shield(fill.head)
+        await self._interim_done()
         self.upstream_ms = (time.monotonic() - started) * 1000
         self._note(fill.note)
         if head.kind == "not-modified":
@@ -474,10 +480,13 @@ class Transaction:
                 body,
                 key=effective,
                 client=self.client,
+                interim=self._interim(),
             )
         except UpstreamError as exc:
             self.e.metrics.upstream_errors.labels(self.e.config.name, exc.detail).inc()
             return self.synth(exc.status, str(exc), detail=exc.detail)
+        finally:
+            await self._interim_done()
         self.upstream_ms = (time.monotonic() - started) * 1000
         self.e.metrics.upstream_latency.labels(self.e.config.name).observe(self.upstream_ms / 1000)
         self.upstream_response = response
@@ -504,6 +513,23 @@ class Transaction:
             raise Refused(Refusal(413, "request body too large", close=True))
         await self.channel.send_continue()
 
+    def _interim(self) -> Callable[[int, CIMultiDict[str]], None]:
+        """What the upstream client tells of each 1xx before the final answer: those a
+        proxy forwards (edge.rfc.policy.forwards_interim) go on to this client, less
+        their hop-by-hop fields, in order; none is stored."""
+        relay = self._relay = InterimRelay(self.channel)
+
+        def told(status: int, fields: CIMultiDict[str]) -> None:
+            if policy.forwards_interim(status):
+                relay(status, policy.end_to_end(fields))
+
+        return told
+
+    async def _interim_done(self) -> None:
+        """The final head is known: the 1xx told so far leave before it, none after."""
+        if self._relay is not None:
+            await self._relay.close()
+
     async def st_deliver(self) -> Step:
         try:
             if self.fill is not None and self.head is not None:
@@ -520,7 +546,13 @@ class Transaction:
 
     # -- what a fetch takes from the client (edge.fetch.machine runs it) ---------------
 
-    def _fetch_request(self, *, stale_ok: bool = False, probe: int | None = None) -> FetchRequest:
+    def _fetch_request(
+        self,
+        *,
+        stale_ok: bool = False,
+        probe: int | None = None,
+        interim: Callable[[int, CIMultiDict[str]], None] | None = None,
+    ) -> FetchRequest:
         """The fetch a fill of this key makes, taken from this request as the fill
         starts (edge.fetch.machine: the fill outlives this client and reads none of it):
         the client's end-to-end fields without its own conditionals and ranges, plus our
@@ -540,6 +572,7 @@ class Transaction:
             validators=tuple(validators),
             stale_ok=stale_ok,
             probe=probe,
+            interim=interim,
         )
 
     def _probe(self) -> int | None:
@@ -812,10 +845,16 @@ class Transaction:
                 log.warning("upstream body broke while relaying %s: %s", self.req.target, exc)
                 self._abort()
                 return
-        # Read to the end: the upstream connection can go back to the pool.
+        # Read to the end: the upstream connection can go back to the pool. Trailers
+        # describe the body as sent: one edge re-encoded gets none (a digest would lie).
+        trailers = (
+            policy.forwardable_trailers(response.trailers, response.headers)
+            if encoder is None and not no_body
+            else []
+        )
         response.release()
         self.upstream_response = None
-        await self.channel.end()
+        await self.channel.end(trailers)
 
     async def _respond_body(
         self,

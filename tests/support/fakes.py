@@ -248,7 +248,9 @@ class Reply:
     `fail`: raised instead of a head (the upstream down, or timing out);
     `pieces`: the body as it arrives; `broken`: raised after the pieces (the body cut
     short); `took`: seconds of the manual clock between request and head (an Age the
-    response earned on its way); `hold`: the head waits until this is set."""
+    response earned on its way); `hold`: the head waits until this is set;
+    `interim`: 1xx responses (status, fields) sent before the head; `trailers`: the
+    trailer section after the body."""
 
     status: int = 200
     headers: Sequence[tuple[str, str]] = ()
@@ -261,6 +263,8 @@ class Reply:
     hold: asyncio.Event | None = None
     content_length: bool = True  # send Content-Length for the body
     date: bool = True  # send Date, as an origin with a clock must (RFC 9110 Section 6.6.1)
+    interim: Sequence[tuple[int, Sequence[tuple[str, str]]]] = ()
+    trailers: Sequence[tuple[str, str]] = ()
 
     def fields(self, now: float) -> CIMultiDict[str]:
         fields = CIMultiDict(self.headers)
@@ -302,6 +306,7 @@ class ScriptedBody:
         pieces = reply.pieces if reply.pieces is not None else [reply.body]
         self._pieces = [p for p in pieces if p]
         self._broken = reply.broken
+        self.trailers: CIMultiDict[str] = CIMultiDict(reply.trailers)
         self.released = False
         self.closed = False
         self.read_to_end = False
@@ -368,6 +373,7 @@ class ScriptedUpstream:
         *,
         key: str,
         client: str = "",
+        interim: h1client.InterimSink | None = None,
     ) -> UpstreamResponse:
         sent = Sent(method, path_qs, CIMultiDict(headers), body, key, client)
         self.sent.append(sent)
@@ -379,6 +385,10 @@ class ScriptedUpstream:
         request_time = self.clock.time()
         if reply.hold is not None:
             await reply.hold.wait()
+        for status, fields in reply.interim:
+            if interim is not None:
+                interim(status, CIMultiDict(fields))
+            await asyncio.sleep(0)  # each 1xx arrives on a loop turn of its own
         if reply.fail is not None:
             raise reply.fail
         self.clock.advance(reply.took)
@@ -413,6 +423,9 @@ class MemoryChannel:
         self.head: Response | None = None
         self.chunks: list[bytes] = []
         self.continues = 0
+        self.interims: list[tuple[int, list[tuple[str, str]]]] = []
+        self.late_interims = 0  # told after the final head: dropped, as the contract says
+        self.trailers: list[tuple[str, str]] = []
         self.ended = False
         self.aborted = False
         self.whole = False  # sent with respond(), head and body at once
@@ -439,6 +452,12 @@ class MemoryChannel:
         assert self.head is None, "100 Continue after the response"
         self.continues += 1
 
+    async def send_interim(self, status: int, fields: Sequence[tuple[str, str]]) -> None:
+        if self.head is not None:
+            self.late_interims += 1
+            return
+        self.interims.append((status, list(fields)))
+
     async def respond(self, response: Response) -> list[tuple[str, str]]:
         assert self.head is None, "a second response"
         self.head, self.whole, self.ended = response, True, True
@@ -459,9 +478,10 @@ class MemoryChannel:
     async def send_file(self, file: IO[bytes], offset: int, count: int) -> None:
         await self.write(os.pread(file.fileno(), count, offset))
 
-    async def end(self) -> None:
+    async def end(self, trailers: Sequence[tuple[str, str]] = ()) -> None:
         assert self.head is not None, "end without a head"
         self.ended = True
+        self.trailers = list(trailers)
 
     def abort(self) -> None:
         self.aborted = True
