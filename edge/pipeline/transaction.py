@@ -854,7 +854,10 @@ class Transaction:
         )
         response.release()
         self.upstream_response = None
-        await self.channel.end(trailers)
+        if trailers:
+            await self.channel.end(trailers)
+        else:
+            await self.channel.end()  # most answers: the plain end every Channel takes
 
     async def _respond_body(
         self,
