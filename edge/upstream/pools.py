@@ -196,7 +196,7 @@ class Pool:
         method: str,
         path_qs: str,
         headers: Sequence[tuple[str, str]],
-        body: bytes | None,
+        body: bytes | h1client.Deferred | None,
         *,
         read_timeout: float | None = None,
         interim: h1client.InterimSink | None = None,
@@ -370,7 +370,7 @@ class Upstreams:
         method: str,
         path_qs: str,
         headers: Sequence[tuple[str, str]],
-        body: bytes | None = None,
+        body: bytes | h1client.Deferred | None = None,
         *,
         key: str,
         client: str = "",
@@ -409,6 +409,11 @@ class Upstreams:
                 if idempotent:
                     continue
                 raise last from exc
+            except BaseException:
+                # A Deferred body's reader refused it (edge.features.guard): the
+                # caller answers; the member did nothing wrong.
+                pool.health.end(member)
+                raise
             observe_latency(member, (time.monotonic() - started) * 1000)
             if raw.status in pool.cfg.retry_statuses and idempotent and more:
                 raw.release()

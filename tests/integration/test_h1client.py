@@ -229,3 +229,77 @@ async def test_a_trailer_that_frames_is_a_broken_answer() -> None:
                 pass
         response.release()
         assert not pool.idle
+
+
+async def _expecting(answer_first: bytes | None) -> AsyncIterator[h1client.ConnectionPool]:
+    """A server reading a head with `Expect: 100-continue`: it answers `answer_first`
+    at once (the body unread), or says 100, reads the body and echoes its length."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await _read_request(reader)
+        assert b"Expect: 100-continue\r\n" in head and b"Content-Length: 4\r\n" in head
+        if answer_first is not None:
+            writer.write(answer_first)
+            await writer.drain()
+            await asyncio.sleep(1)
+            return
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        body = await reader.readexactly(4)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n" + body)
+        await writer.drain()
+        await asyncio.sleep(1)
+
+    async for pool in _serve(handler):
+        yield pool
+
+
+async def test_a_deferred_body_is_sent_once_the_server_says_100() -> None:
+    asked: list[int] = []
+
+    async def supply() -> bytes:
+        asked.append(1)
+        return b"data"
+
+    async for pool in _expecting(None):
+        response = await pool.request(
+            "POST", "/", [], h1client.Deferred(4, supply), connect_timeout=5, read_timeout=5
+        )
+        assert response.status == 200 and await response.read() == b"data"
+        assert asked == [1]
+        response.release()
+
+
+async def test_a_deferred_body_is_never_sent_after_a_final_answer() -> None:
+    async def supply() -> bytes:
+        raise AssertionError("the body was asked for after a final answer")
+
+    refusal = b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\n\r\n"
+    async for pool in _expecting(refusal):
+        response = await pool.request(
+            "POST", "/", [], h1client.Deferred(4, supply), connect_timeout=5, read_timeout=5
+        )
+        assert response.status == 413 and await response.read() == b""
+        response.release()
+        # The server may yet read the body it was promised: never reused.
+        assert not pool.idle
+
+
+async def test_a_deferred_body_goes_after_a_silent_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(h1client, "CONTINUE_WAIT", 0.2)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)  # never says 100: reads the body as it comes
+        body = await reader.readexactly(4)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n" + body)
+        await writer.drain()
+
+    async def supply() -> bytes:
+        return b"late"
+
+    async for pool in _serve(handler):
+        started = time.monotonic()
+        response = await pool.request(
+            "POST", "/", [], h1client.Deferred(4, supply), connect_timeout=5, read_timeout=5
+        )
+        assert await response.read() == b"late" and time.monotonic() - started >= 0.2
+        response.release()

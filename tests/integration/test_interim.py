@@ -1,9 +1,10 @@
-"""What an upstream sends besides its final answer reaches the client as HTTP allows:
-`103 Early Hints` and `102 Processing` before the answer (RFC 9110 Section 15.2, RFC
-8297), to HTTP/1.1 clients only, once, never stored nor replayed on a hit; an upload's
-`Expect: 100-continue` answered once, and an origin's final answer before the body
-relayed; the trailer section of a chunked answer passed on to the client that asked
-(RFC 9110 Section 6.5), never stored, never merged into the head.
+"""What an upstream sends besides its final answer reaches the client as HTTP allows: `103
+Early Hints` and `102 Processing` before the answer (RFC 9110 Section 15.2, RFC 8297),
+to HTTP/1.1 clients only, once, never stored nor replayed on a hit; an upload's `Expect:
+100-continue` forwarded (RFC 9110 Section 10.1.1): the body asked of the client once the
+origin asks for it, never when the origin answers first; the trailer section of a
+chunked answer passed on to the client that asked (RFC 9110 Section 6.5), never stored,
+never merged into the head.
 
 Real processes on loopback: the hostile origin in its `interim` mode
 (tests/support/hostile.py), `edge shield`, `edge serve`; raw-socket clients, since
@@ -55,6 +56,12 @@ def front(procs: list[Proc], tmp_path: Path, node: NodeFactory) -> Front:
 def origin_asked(origin: Proc, path: str) -> int:
     with urllib.request.urlopen(f"{origin.url}/_log", timeout=5) as resp:
         return sum(1 for row in json.load(resp) if row[2] == path)
+
+
+def origin_expects(origin: Proc, path: str) -> list[str]:
+    """The Expect field of each request for `path` the origin saw."""
+    with urllib.request.urlopen(f"{origin.url}/_log", timeout=5) as resp:
+        return [str(row[3]) for row in json.load(resp) if row[2] == path]
 
 
 @dataclass
@@ -208,7 +215,7 @@ async def test_a_client_that_joins_a_fill_gets_the_answer_without_the_hints(
 async def test_an_upload_gets_one_100_and_the_origins_answer(
     front: Callable[[str], tuple[Proc, Proc]], tier: str
 ) -> None:
-    _, edge = front(tier)
+    origin, edge = front(tier)
     got = await exchange(
         edge,
         "POST",
@@ -217,10 +224,11 @@ async def test_an_upload_gets_one_100_and_the_origins_answer(
         body=b"x" * 2048,
         body_after_100=True,
     )
-    # edge's own 100 asked for the body; the origin's 100 answers nothing the client
-    # asked (edge never forwards the expectation) and is not passed on.
+    # The origin's 100 (to the expectation edge forwarded) asks for the body: the
+    # client gets one 100 at each hop's word, and the origin the whole body.
     assert [s for s, _, _ in got.interims] == [100]
     assert got.status == 200 and json.loads(got.body)["body"] == 2048
+    assert origin_expects(origin, "/continue-1") == ["100-continue"]
 
 
 @pytest.mark.parametrize("tier", TIERS)
@@ -237,7 +245,11 @@ async def test_an_origins_final_answer_before_the_body_reaches_the_client(
         body_after_100=True,
     )
     assert got.status == 413 and json.loads(got.body) == {"refused": True}
-    # Nothing of that connection is reused: the next request is answered whole.
+    # The body was never asked for: no 100 reached the client, and since it may or
+    # may not send the body now, its connection carries nothing more.
+    assert got.interims == [] and got.field("Connection") == "close"
+    assert origin_expects(origin, "/refuse-1") == ["100-continue"]
+    # Nothing of the upstream connection is reused: the next request is answered whole.
     after = await exchange(edge, "GET", "/processing-after")
     assert after.status == 200 and json.loads(after.body)["path"] == "/processing-after"
     assert origin_asked(origin, "/refuse-1") == 1

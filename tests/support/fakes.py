@@ -250,7 +250,8 @@ class Reply:
     short); `took`: seconds of the manual clock between request and head (an Age the
     response earned on its way); `hold`: the head waits until this is set;
     `interim`: 1xx responses (status, fields) sent before the head; `trailers`: the
-    trailer section after the body."""
+    trailer section after the body; `answers_first`: a body deferred behind
+    `Expect: 100-continue` is never asked for."""
 
     status: int = 200
     headers: Sequence[tuple[str, str]] = ()
@@ -265,6 +266,7 @@ class Reply:
     date: bool = True  # send Date, as an origin with a clock must (RFC 9110 Section 6.6.1)
     interim: Sequence[tuple[int, Sequence[tuple[str, str]]]] = ()
     trailers: Sequence[tuple[str, str]] = ()
+    answers_first: bool = False  # to Expect: 100-continue, a final answer before the body
 
     def fields(self, now: float) -> CIMultiDict[str]:
         fields = CIMultiDict(self.headers)
@@ -369,19 +371,24 @@ class ScriptedUpstream:
         method: str,
         path_qs: str,
         headers: Sequence[tuple[str, str]],
-        body: bytes | None = None,
+        body: bytes | h1client.Deferred | None = None,
         *,
         key: str,
         client: str = "",
         interim: h1client.InterimSink | None = None,
     ) -> UpstreamResponse:
+        replies = self._script.get(path_qs)
+        reply = replies[0] if replies else None
+        if isinstance(body, h1client.Deferred):
+            # Asked with Expect: 100-continue: the body comes once the upstream says
+            # 100, never when it answers first.
+            body = None if reply is not None and reply.answers_first else await body.supply()
         sent = Sent(method, path_qs, CIMultiDict(headers), body, key, client)
         self.sent.append(sent)
-        replies = self._script.get(path_qs)
-        if not replies:
+        if not replies or reply is None:
             self.unscripted.append(sent)
             raise UpstreamError(f"no reply scripted for {method} {path_qs}")
-        reply = replies.pop(0)
+        replies.pop(0)
         request_time = self.clock.time()
         if reply.hold is not None:
             await reply.hold.wait()

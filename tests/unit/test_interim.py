@@ -185,3 +185,45 @@ async def test_a_fill_never_keeps_trailers(r: Rig) -> None:
     assert private.body == b"hello" and private.trailers == [("X-Checksum", "sha-1")]
     (entry,) = r.stored()
     assert "X-Checksum" not in CIMultiDict(entry.headers)
+
+
+# -- Expect: 100-continue on a pass ------------------------------------------------------
+
+UPLOAD = (("Content-Length", "3"), ("Expect", "100-continue"))
+
+
+async def test_an_upload_is_asked_for_once_the_upstream_asks_for_it(r: Rig) -> None:
+    r.upstream.script("/up", Reply(201, (("Content-Type", "text/plain"),), b"made"))
+    body = MemoryBody([b"k=v"])
+    _, channel = await r.run(r.request("/up", "POST", UPLOAD, body=body))
+    (asked,) = r.upstream.sent
+    assert asked.body == b"k=v" and channel.continues == 1
+    assert channel.status == 201 and channel.head is not None and not channel.head.close
+
+
+async def test_an_upload_the_upstream_answers_first_is_never_asked_for(r: Rig) -> None:
+    r.upstream.script(
+        "/up", Reply(401, (("WWW-Authenticate", "Bearer"),), b"who?", answers_first=True)
+    )
+    body = MemoryBody([b"k=v"])
+    _, channel = await r.run(r.request("/up", "POST", UPLOAD, body=body))
+    (asked,) = r.upstream.sent
+    assert asked.body is None and channel.continues == 0
+    assert channel.status == 401 and channel.body == b"who?"
+    # The client may still send the body it held back: nothing more on that connection.
+    assert channel.head is not None and channel.head.close
+    assert await body.readany() == b"k=v"  # never read
+
+
+async def test_an_upload_too_large_by_its_length_is_refused_before_anyone_is_asked() -> None:
+    async with rigged(max_body_size=2) as r:
+        _, channel = await r.run(r.request("/up", "POST", UPLOAD, body=MemoryBody([b"k=v"])))
+        assert channel.status == 413 and channel.continues == 0 and r.upstream.sent == []
+
+
+async def test_an_http10_expectation_is_ignored(r: Rig) -> None:
+    r.upstream.script("/up", Reply(200, (), b"ok"))
+    request = r.request("/up", "POST", UPLOAD, version=(1, 0), body=MemoryBody([b"k=v"]))
+    _, channel = await r.run(request)
+    (asked,) = r.upstream.sent
+    assert asked.body == b"k=v" and channel.continues == 0 and channel.status == 200
