@@ -8,7 +8,9 @@ and serves every client that joins it, so the fetch reads nothing of any client.
 step is a method that decides one thing and names the next; the driver checks every
 move against MOVES (edge.steptable) and refuses one the table does not list. What the
 fetch turns out to be is the fill's head (edge.fetch.fill.FillHead): every client that
-joined the fill acts on it.
+joined the fill acts on it. The one exception is the interim responses (102, 103)
+the upstream sends before its head: they go to the client that started the fill alone
+(FetchRequest.interim), never stored, never replayed to a joiner.
 
 This module owns the backend side of a fill: asking, reading what the answer's head
 makes of it, and storing (whole, as slices, or freshened by a 304). The caching rules
@@ -22,7 +24,7 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import Protocol
 
@@ -36,6 +38,7 @@ from edge.rfc import policy
 from edge.rfc.policy import CacheControl, ResponsePolicy
 from edge.steptable import Table
 from edge.store.disk import BodyWriter, Entry, Store, new_variant_id
+from edge.upstream.h1client import InterimSink
 from edge.upstream.pools import UpstreamError, UpstreamResponse, Upstreams
 
 log = logging.getLogger("edge.fetch.machine")
@@ -71,6 +74,10 @@ class FetchRequest:
     stale_ok: bool = False  # a 5xx is an error: a stale copy stands in for it
     probe: int | None = None  # ask for this slice by range instead of the whole
     method: str = "GET"  # what a fill asks: a HEAD that misses is passed, never filled
+    # Told of each 1xx before the head: the starting client's relay (RFC 9110 Section
+    # 15.2). Only that client asked; whether the answer is shared is not known until
+    # its head, so a joiner (who may yet be passed to a private answer) gets none.
+    interim: InterimSink | None = field(default=None, compare=False)
 
 
 class Node(Protocol):
@@ -216,7 +223,12 @@ class Fetch:
         name = node.config.name
         try:
             response = await node.upstream.request(
-                request.method, request.target, self.bereq, key=request.key, client=request.client
+                request.method,
+                request.target,
+                self.bereq,
+                key=request.key,
+                client=request.client,
+                interim=request.interim,
             )
         except UpstreamError as exc:
             node.metrics.upstream_errors.labels(name, exc.detail).inc()

@@ -7,8 +7,11 @@ through:
 - `Response`: a response description (status, fields, and a body given whole), which
   is also the head of a response whose body is streamed;
 - `Channel`: how a response leaves: whole (`respond`), or as a head followed by
-  pieces and file spans (`start`, `write`, `send_file`, `end`), an interim
-  `100 Continue`, or an abort that tells the client the body was cut.
+  pieces and file spans (`start`, `write`, `send_file`, `end` with any trailer
+  fields), interim responses before it (`send_continue`, `send_interim`: 102, 103),
+  or an abort that tells the client the body was cut;
+- `InterimRelay`: hands the interim responses an upstream sends (told one by one as
+  they arrive, edge.upstream.h1client) to a Channel in order, before its final head.
 
 Nothing here is HTTP/1.1's own: connection-specific fields, chunking, keep-alive and
 close-delimited bodies are decided by the connection layer that implements `Channel`
@@ -19,6 +22,7 @@ values alone.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import IO, Protocol
@@ -108,6 +112,21 @@ class Channel(Protocol):
         """RFC 9110 Section 15.2.1: `100 Continue`, if the request's version has it."""
         ...
 
+    async def send_interim(self, status: int, fields: Sequence[tuple[str, str]]) -> None:
+        """An interim response (RFC 9110 Section 15.2: 102, 103 Early Hints, ...)
+        with `fields` as given (already end-to-end: the caller removed hop-by-hop
+        ones). An implementation must:
+        - send it only before the final head: once `started`, do nothing;
+        - send it only where the protocol has 1xx: an HTTP/1.0 request gets none
+          (RFC 9110 Section 15.2), HTTP/2 and HTTP/3 send a HEADERS frame with the
+          1xx `:status` and no END_STREAM (RFC 9113 Section 8.1);
+        - add none of its own final-response fields (Date, Server, framing);
+        - keep the order: interim responses leave in the order given, all before
+          the final head;
+        - raise ConnectionError if the client has gone, like the other writes.
+        Several may be sent for one request; none is ever stored."""
+        ...
+
     async def respond(self, response: Response) -> list[tuple[str, str]]:
         """Send a whole response (head and `response.body`); returns the fields as
         written."""
@@ -124,9 +143,60 @@ class Channel(Protocol):
         allows it (edge.server.zerocopy)."""
         ...
 
-    async def end(self) -> None: ...
+    async def end(self, trailers: Sequence[tuple[str, str]] = ()) -> None:
+        """The body is complete. `trailers` (RFC 9110 Section 6.5, already filtered
+        by edge.rfc.policy.forwardable_trailers) go out in a trailer section where the
+        framing has one (HTTP/1.1 chunked, an HTTP/2 or HTTP/3 HEADERS frame after the
+        data); elsewhere (a Content-Length, HTTP/1.0, no body) they are dropped, never
+        merged into the head, which has already left."""
+        ...
 
     def abort(self) -> None:
         """The body cannot be completed: drop the connection so the client sees a
         truncated response rather than a short one that looks whole."""
         ...
+
+
+class InterimRelay:
+    """Passes interim responses to a Channel in the order they arrive, from a sink
+    that cannot wait (edge.upstream.h1client tells it from its parser), and stops
+    before the final head: `close()` waits for those already handed on, and any told
+    after it are dropped (RFC 9110 Section 15.2: interim responses precede the
+    final one)."""
+
+    __slots__ = ("_channel", "_closed", "_last", "sent")
+
+    def __init__(self, channel: Channel) -> None:
+        self._channel = channel
+        self._closed = False
+        self._last: asyncio.Task[None] | None = None
+        self.sent: list[int] = []  # the statuses handed on, for the log and tests
+
+    def __call__(self, status: int, fields: Sequence[tuple[str, str]]) -> None:
+        if self._closed:
+            return
+        self._last = asyncio.get_running_loop().create_task(
+            self._send(self._last, status, list(fields))
+        )
+
+    async def _send(
+        self, before: asyncio.Task[None] | None, status: int, fields: list[tuple[str, str]]
+    ) -> None:
+        if before is not None:
+            await before
+        try:
+            await self._channel.send_interim(status, fields)
+            self.sent.append(status)
+        except ConnectionError:
+            self._closed = True  # the client went away: the final answer will see it
+
+    def stop(self) -> None:
+        """No more interim responses, without waiting for those on their way."""
+        self._closed = True
+
+    async def close(self) -> None:
+        """No more interim responses; returns once those told so far have left."""
+        self._closed = True
+        last, self._last = self._last, None
+        if last is not None:
+            await last

@@ -49,7 +49,7 @@ from edge.fetch.slices import (
 from edge.observe.accesslog import AccessLog, request_line
 from edge.observe.metrics import NodeMetrics
 from edge.pipeline import fastpath, steps
-from edge.pipeline.exchange import Channel, Request, Response
+from edge.pipeline.exchange import Channel, InterimRelay, Request, Response
 from edge.pipeline.steps import Step
 from edge.purge.bans import Purger
 from edge.rfc import forwarding, policy
@@ -64,6 +64,7 @@ from edge.rfc.ranges import (
     parse_range,
 )
 from edge.store.disk import Entry, Store
+from edge.upstream.h1client import Deferred
 from edge.upstream.pools import UpstreamError, UpstreamResponse, Upstreams
 
 log = logging.getLogger("edge.pipeline.transaction")
@@ -217,6 +218,8 @@ class Transaction:
         self._looked_up: list[Entry] = []  # the variants the lookup saw
         self._hot_candidate = False  # delivered as stored from the entry's own file
         self._prior_status: list[str] = []  # Cache-Status entries of the caches upstream
+        self._relay: InterimRelay | None = None  # the upstream's 1xx on their way (_interim)
+        self._body_read = False  # the request's body was read (or is being read)
 
     # -- the walk -------------------------------------------------------------------
 
@@ -233,6 +236,8 @@ class Transaction:
             if self.response is not None and not self.channel.started:
                 await self.channel.respond(self.response)  # made by synth
         finally:
+            if self._relay is not None:  # a fill this client left may still tell it
+                self._relay.stop()
             if self.body is not None:
                 self.body.close()
             if self.upstream_response is not None:  # not read to the end: drop it
@@ -376,12 +381,15 @@ class Transaction:
         assert fill is not None
         initiator = claim.kind == "started"
         if initiator:
-            request = self._fetch_request(stale_ok=self._stale_on_error(), probe=self._probe())
+            request = self._fetch_request(
+                stale_ok=self._stale_on_error(), probe=self._probe(), interim=self._interim()
+            )
             machine.start(self.e, fill, request)
         else:
             self.status.collapsed = True
         started = time.monotonic()
         head = await asyncio.shield(fill.head)
+        await self._interim_done()
         self.upstream_ms = (time.monotonic() - started) * 1000
         self._note(fill.note)
         if head.kind == "not-modified":
@@ -450,18 +458,10 @@ class Transaction:
         if self.body is not None:
             self.body.close()
             self.body = None
-        cfg = self.e.config
-        body = None
+        body: bytes | Deferred | None = None
         if self.req.has_body:
             try:
-                await self._continue()
-                body = await guard.read_body(
-                    self.req.body,
-                    max_size=cfg.max_body_size,
-                    timeout=cfg.body_timeout,
-                    min_rate=cfg.body_min_rate,
-                    clock=self.e.monotonic,
-                )
+                body = await self._request_body()
             except Refused as exc:
                 return self.refuse(exc.refusal)
         started = time.monotonic()
@@ -474,10 +474,15 @@ class Transaction:
                 body,
                 key=effective,
                 client=self.client,
+                interim=self._interim(),
             )
         except UpstreamError as exc:
             self.e.metrics.upstream_errors.labels(self.e.config.name, exc.detail).inc()
             return self.synth(exc.status, str(exc), detail=exc.detail)
+        except Refused as exc:  # the body, read once the upstream asked for it
+            return self.refuse(exc.refusal)
+        finally:
+            await self._interim_done()
         self.upstream_ms = (time.monotonic() - started) * 1000
         self.e.metrics.upstream_latency.labels(self.e.config.name).observe(self.upstream_ms / 1000)
         self.upstream_response = response
@@ -492,17 +497,72 @@ class Transaction:
             log.debug("invalidated %s (%d variants) after %s", uri, removed, self.method)
         return Step.DELIVER
 
-    async def _continue(self) -> None:
-        """RFC 9110 Section 10.1.1: a client that sent `Expect: 100-continue` waits for
-        edge's word before its body. edge reads the body whole before going upstream, so
-        it answers itself (the origin is never asked to, so never waited for), or
-        refuses at once a body it would refuse after reading it."""
-        if (self.req.headers.get("Expect") or "").strip().lower() != "100-continue":
-            return
+    @property
+    def _body_unread(self) -> bool:
+        """A body the client holds back until told to send it (`Expect:
+        100-continue`) and nobody asked for: it may or may not come, so the
+        connection cannot be read for a next request (RFC 9110 Section 10.1.1)."""
+        if not self.req.has_body or self._body_read:
+            return False
+        return (self.req.headers.get("Expect") or "").strip().lower() == "100-continue"
+
+    async def _request_body(self) -> bytes | Deferred:
+        """The body a pass sends upstream. RFC 9110 Section 10.1.1: a client that sent
+        `Expect: 100-continue` waits for a word before its body. A body edge would
+        refuse by its length alone is refused at once; otherwise a proxy forwards the
+        expectation: the body is read (after edge's 100 to the client) only once the
+        upstream asked for it or stayed silent (edge.upstream.h1client.CONTINUE_WAIT),
+        and never if it answered first. A body of unknown length (chunked) is read
+        whole first, after edge's own 100: its Content-Length upstream is known only
+        then."""
+        cfg = self.e.config
+        expects = (self.req.headers.get("Expect") or "").strip().lower() == "100-continue"
+        expects = expects and self.req.version >= (1, 1)  # HTTP/1.0: ignored
         length = self.req.content_length
-        if length is not None and length > self.e.config.max_body_size:
+        if expects and length is not None and length > cfg.max_body_size:
             raise Refused(Refusal(413, "request body too large", close=True))
-        await self.channel.send_continue()
+        whole: bytes | None = None
+
+        async def supply() -> bytes:
+            nonlocal whole
+            if whole is None:
+                if expects:
+                    await self.channel.send_continue()
+                self._body_read = True
+                try:
+                    whole = await guard.read_body(
+                        self.req.body,
+                        max_size=cfg.max_body_size,
+                        timeout=cfg.body_timeout,
+                        min_rate=cfg.body_min_rate,
+                        clock=self.e.monotonic,
+                    )
+                except ConnectionError as exc:
+                    # The client left mid-body: its failure, never the upstream's
+                    # (edge.upstream.pools would count an OSError against the member).
+                    raise Refused(Refusal(400, "the request body broke off", close=True)) from exc
+            return whole
+
+        if expects and length is not None:
+            return Deferred(length, supply)
+        return await supply()
+
+    def _interim(self) -> Callable[[int, CIMultiDict[str]], None]:
+        """What the upstream client tells of each 1xx before the final answer: those a
+        proxy forwards (edge.rfc.policy.forwards_interim) go on to this client, less
+        their hop-by-hop fields, in order; none is stored."""
+        relay = self._relay = InterimRelay(self.channel)
+
+        def told(status: int, fields: CIMultiDict[str]) -> None:
+            if policy.forwards_interim(status):
+                relay(status, policy.end_to_end(fields))
+
+        return told
+
+    async def _interim_done(self) -> None:
+        """The final head is known: the 1xx told so far leave before it, none after."""
+        if self._relay is not None:
+            await self._relay.close()
 
     async def st_deliver(self) -> Step:
         try:
@@ -520,7 +580,13 @@ class Transaction:
 
     # -- what a fetch takes from the client (edge.fetch.machine runs it) ---------------
 
-    def _fetch_request(self, *, stale_ok: bool = False, probe: int | None = None) -> FetchRequest:
+    def _fetch_request(
+        self,
+        *,
+        stale_ok: bool = False,
+        probe: int | None = None,
+        interim: Callable[[int, CIMultiDict[str]], None] | None = None,
+    ) -> FetchRequest:
         """The fetch a fill of this key makes, taken from this request as the fill
         starts (edge.fetch.machine: the fill outlives this client and reads none of it):
         the client's end-to-end fields without its own conditionals and ranges, plus our
@@ -540,6 +606,7 @@ class Transaction:
             validators=tuple(validators),
             stale_ok=stale_ok,
             probe=probe,
+            interim=interim,
         )
 
     def _probe(self) -> int | None:
@@ -775,7 +842,9 @@ class Transaction:
         )
         headers = self._client_headers(fields, None)
         no_body = self.method == "HEAD" or response.status in (204, 304) or response.status < 200
-        resp = Response(response.status, headers)
+        # An answer to a request whose body was never asked for (the upstream answered
+        # before its 100): the client may or may not send it, so no request follows.
+        resp = Response(response.status, headers, close=self._body_unread)
         encoder = None
         if choice.transform == "encode" and choice.coding:
             encoder = compress.encoder(
@@ -812,10 +881,19 @@ class Transaction:
                 log.warning("upstream body broke while relaying %s: %s", self.req.target, exc)
                 self._abort()
                 return
-        # Read to the end: the upstream connection can go back to the pool.
+        # Read to the end: the upstream connection can go back to the pool. Trailers
+        # describe the body as sent: one edge re-encoded gets none (a digest would lie).
+        trailers = (
+            policy.forwardable_trailers(response.trailers, response.headers)
+            if encoder is None and not no_body
+            else []
+        )
         response.release()
         self.upstream_response = None
-        await self.channel.end()
+        if trailers:
+            await self.channel.end(trailers)
+        else:
+            await self.channel.end()  # most answers: the plain end every Channel takes
 
     async def _respond_body(
         self,
@@ -1071,7 +1149,7 @@ class Transaction:
         public = _PUBLIC_REASONS.get(detail or "", reason)
         text = f"{code} {_reason(code)}: {public}\nrequest id: {self.request_id}\n"
         headers["X-Request-Id"] = self.request_id
-        self.response = Response(code, headers, body=text.encode())
+        self.response = Response(code, headers, body=text.encode(), close=self._body_unread)
         self.code = code
         return Step.SYNTH
 

@@ -398,6 +398,66 @@ def end_to_end(headers: Headers, *, drop: Iterable[str] = ()) -> list[tuple[str,
     return [(k, v) for k, v in headers.items() if k.lower() not in excluded]
 
 
+# ---------------------------------------------------------- interim responses, trailers
+
+
+def forwards_interim(status: int) -> bool:
+    """RFC 9110 Section 15.2: whether a proxy passes an upstream `1xx` on to its client.
+
+    A proxy forwards interim responses unless it asked for them itself. edge never
+    forwards `Expect: 100-continue` (it answers the client's expectation itself and
+    sends the body whole), so an upstream `100 Continue` answers nothing the client
+    asked; it never asks to upgrade, so a `101` is refused, not relayed. The others
+    (102 Processing, 103 Early Hints, and any 1xx not yet defined) pass. Interim
+    responses are never stored (RFC 9111 Section 3: only final responses are)."""
+    return 102 <= status < 200
+
+
+#: RFC 9110 Section 6.5.1: fields a sender must not put in trailers (framing, routing,
+#: request modifiers, authentication, response control and content handling), so a
+#: trailer that names one is not passed on: the head already decided these.
+TRAILER_FORBIDDEN = frozenset(
+    {
+        "content-length",
+        "content-type",
+        "content-encoding",
+        "content-range",
+        "host",
+        "cache-control",
+        "expires",
+        "age",
+        "date",
+        "location",
+        "retry-after",
+        "vary",
+        "warning",
+        "set-cookie",
+        "www-authenticate",
+        "authorization",
+        "max-forwards",
+        "expect",
+        "range",
+        "if-match",
+        "if-none-match",
+        "if-modified-since",
+        "if-unmodified-since",
+        "if-range",
+    }
+)
+
+
+def forwardable_trailers(trailers: Headers, head: Headers) -> list[tuple[str, str]]:
+    """RFC 9110 Section 6.5: the trailer fields of a chunked response that a proxy
+    passes on in its own chunked ending (RFC 9112 Section 7.1.2).
+
+    Hop-by-hop fields (and those the head's Connection names) are the hop's own, and
+    fields that may not be trailers are dropped, never merged into the header section
+    (Section 6.5.1). The trailers of a stored response are not kept: only the header
+    section is (RFC 9111 Section 3)."""
+    excluded = HOP_BY_HOP | connection_listed(head) | TRAILER_FORBIDDEN
+    return [(k, v) for k, v in trailers.items() if k.lower() not in excluded]
+
+
 # ---------------------------------------------------------------- response policy
 
 

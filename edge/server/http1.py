@@ -1,19 +1,20 @@
 """edge's HTTP/1.1 server connection: an asyncio.Protocol on llhttp (httptools).
 
-Owns everything about a client connection that is HTTP/1.1's own, for the public,
-TLS, admin and redirect listeners: request framing (llhttp refuses what is ambiguous:
+Owns everything about a client connection that is HTTP/1.1's own, for the public, TLS,
+admin and redirect listeners: request framing (llhttp refuses what is ambiguous:
 Content-Length with Transfer-Encoding, bad or repeated lengths, bad chunk sizes,
 obs-fold, bare CR/LF), the head limits (request line 414, a field or too many fields
-431, RFC 6585 Section 5), keep-alive and pipelining (answers in request order),
-`100 Continue`, HEAD, HTTP/1.0 (no chunked coding; a body of unknown length is
-delimited by closing, RFC 9112 Section 6.3), response framing (Content-Length,
-chunked), back-pressure both ways, sendfile (edge.server.zerocopy), the idle and head
-deadlines, and the guard's per-connection checks (`ConnectionGuard`). It hands each
-request to its listener's handler as an edge.pipeline.exchange.Request with a Channel for the
-response, and answers a hot hit (edge.pipeline.fastpath) from the parsed head itself. A
-connection whose TLS handshake chose "h2" by ALPN, or (h2c, when the listener takes it)
-whose first bytes are the HTTP/2 preface, is handed to the listener's HTTP/2 protocol
-(edge.server.http2) before any of this.
+431, RFC 6585 Section 5), keep-alive and pipelining (answers in request order), interim
+responses (`100 Continue`, 102, 103: to HTTP/1.1 requests only, before the final head),
+trailer sections of chunked answers, HEAD, HTTP/1.0 (no chunked coding; a body of
+unknown length is delimited by closing, RFC 9112 Section 6.3), response framing
+(Content-Length, chunked), back-pressure both ways, sendfile (edge.server.zerocopy), the
+idle and head deadlines, and the guard's per-connection checks (`ConnectionGuard`). It
+hands each request to its listener's handler as an edge.pipeline.exchange.Request with a
+Channel for the response, and answers a hot hit (edge.pipeline.fastpath) from the parsed
+head itself. A connection whose TLS handshake chose "h2" by ALPN, or (h2c, when the
+listener takes it) whose first bytes are the HTTP/2 preface, is handed to the listener's
+HTTP/2 protocol (edge.server.http2) before any of this.
 
 It decides nothing about caching, routing or the guard's per-request rules (the
 handler's), and never echoes request bytes in its own error answers.
@@ -28,7 +29,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from http import HTTPStatus
@@ -992,6 +993,19 @@ class Http1Channel:
         if request.version >= (1, 1) and not self.started:
             self._transport().write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
+    async def send_interim(self, status: int, fields: Sequence[tuple[str, str]]) -> None:
+        # RFC 9110 Section 15.2: never to an HTTP/1.0 client (which cannot tell a 1xx
+        # from the answer), never after the final head; 101 only ever ends HTTP/1.1.
+        if self.pending.request.version < (1, 1) or self.started or self.finished:
+            return
+        if not 100 <= status < 200 or status == 101:
+            return
+        lines = [f"HTTP/1.1 {status} {phrase(status)}\r\n"]
+        lines += [f"{name}: {value}\r\n" for name, value in fields]
+        lines.append("\r\n")
+        self._transport().write("".join(lines).encode("latin-1", "replace"))
+        await self.conn.drain()
+
     def _head(self, response: Response, length: int | None) -> tuple[bytes, list[tuple[str, str]]]:
         """The head as written, and its fields (response_fields), in HTTP/1.x."""
         request = self.pending.request
@@ -1048,9 +1062,12 @@ class Http1Channel:
         self._transport().write(data)
         await self.conn.drain()
 
-    async def end(self) -> None:
+    async def end(self, trailers: Sequence[tuple[str, str]] = ()) -> None:
         if self._chunked and not self.finished:
-            self._transport().write(b"0\r\n\r\n")
+            # RFC 9112 Section 7.1.2: the trailer section closes the chunked body;
+            # with any other framing there is none, and the trailers are dropped.
+            section = "".join(f"{name}: {value}\r\n" for name, value in trailers)
+            self._transport().write(b"0\r\n" + section.encode("latin-1", "replace") + b"\r\n")
         self.finished = True
 
     def abort(self) -> None:

@@ -31,7 +31,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -812,10 +812,40 @@ class Http2Channel:
             await conn.send(stream, data, end=False)
             offset += len(data)
 
-    async def end(self) -> None:
+    async def send_interim(self, status: int, fields: Sequence[tuple[str, str]]) -> None:
+        """A 1xx before the final head: a HEADERS frame without END_STREAM (RFC 9113
+        Section 8.1)."""
+        if self.started:
+            return
+        conn = self.conn
+        conn._check(self.stream)
+        conn.h2.send_headers(self.stream.id, _block(status, fields), end_stream=False)
+        conn._flush()
+
+    async def end(self, trailers: Sequence[tuple[str, str]] = ()) -> None:
+        """The body is complete; `trailers` leave in a HEADERS frame after the data
+        (RFC 9113 Section 8.1), which ends the stream."""
         if not self.finished:
-            await self.conn.send(self.stream, b"", end=True)
+            conn, stream = self.conn, self.stream
+            if trailers and not self._empty:
+                conn._check(stream)
+                block = [(k.lower().encode("latin-1", "replace"), v.encode()) for k, v in trailers]
+                conn.h2.send_headers(stream.id, block, end_stream=True)
+                conn._flush()
+            else:
+                await conn.send(stream, b"", end=True)
         self.finished = True
 
     def abort(self) -> None:
         self.conn._reset(self.stream, ErrorCodes.INTERNAL_ERROR)
+
+
+def _block(status: int, fields: Sequence[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    """A response's header block: :status, then the fields, names lower-cased."""
+    return [
+        (b":status", str(status).encode()),
+        *(
+            (k.lower().encode("latin-1", "replace"), v.encode("utf-8", "surrogateescape"))
+            for k, v in fields
+        ),
+    ]

@@ -31,6 +31,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Sequence
 from functools import partial
 from typing import IO, Any
 
@@ -692,9 +693,24 @@ class H3Channel:
             offset += len(piece)
             await self.conn.drain(len(piece))
 
-    async def end(self) -> None:
+    async def send_interim(self, status: int, fields: Sequence[tuple[str, str]]) -> None:
+        """A 1xx before the final head: a HEADERS frame on the request stream, not its
+        end (RFC 9114 Section 4.1)."""
+        if self.started:
+            return
+        block = [(k.lower().encode("latin-1", "replace"), v.encode()) for k, v in fields]
+        self._h3().send_headers(self.sid, [(b":status", str(status).encode()), *block])
+        self.conn.transmit()
+
+    async def end(self, trailers: Sequence[tuple[str, str]] = ()) -> None:
+        """The body is complete; `trailers` leave in a HEADERS frame after the data
+        (RFC 9114 Section 4.1), which ends the stream."""
         if not self.finished:
-            self._h3().send_data(self.sid, b"", end_stream=True)
+            if trailers and not self._empty:
+                block = [(k.lower().encode("latin-1", "replace"), v.encode()) for k, v in trailers]
+                self._h3().send_headers(self.sid, block, end_stream=True)
+            else:
+                self._h3().send_data(self.sid, b"", end_stream=True)
             self.conn.transmit()
         self.finished = True
 

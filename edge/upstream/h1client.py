@@ -12,8 +12,14 @@ the server sends ends the connection instead of becoming the next user's respons
 - a `101 Switching Protocols` nobody asked for (edge never forwards Upgrade): an
   error, never relayed;
 - a parse error, a broken read, or a response abandoned before its end.
-Interim responses (100, 102, 103) are read past. Bodies are handed on as they arrive;
-reading from the socket pauses while too much is waiting for the reader.
+Interim responses (100, 102, 103) are handed, status and fields, to whoever asked for
+them (`interim`), then read past: the final answer follows. A body given as `Deferred`
+is asked for with `Expect: 100-continue` (RFC 9110 Section 10.1.1): it is fetched and
+sent once the server says 100 (or has said nothing for `CONTINUE_WAIT` seconds), and
+never if the server answers finally first (that connection is then never reused). The
+trailer fields of a chunked body are kept apart (`Response.trailers`), never merged into
+the head. Bodies are handed on as they arrive; reading from the socket pauses while too
+much is waiting for the reader.
 
 It knows nothing of pools of members, health or retries across members (edge.upstream.pools)
 nor of caching (edge.pipeline.transaction).
@@ -25,7 +31,7 @@ import asyncio
 import collections
 import re
 import ssl
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import httptools
@@ -44,9 +50,28 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 _BREAKS = re.compile(r"[\r\n\x00]")
 
+#: How long a request with `Expect: 100-continue` waits for the server's 100 before
+#: sending its body anyway (a server may not know the expectation: RFC 9110 Section
+#: 10.1.1); curl's default.
+CONTINUE_WAIT = 1.0
+
 #: Methods that carry a body by definition: an empty one is sent as Content-Length: 0
 #: (RFC 9110 Section 8.6).
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+#: Told of each interim response as it arrives: its status and fields (RFC 9110
+#: Section 15.2). Called from the parser: it must not block or raise.
+InterimSink = Callable[[int, CIMultiDict[str]], None]
+
+
+@dataclass(frozen=True)
+class Deferred:
+    """A request body of `length` bytes not read yet: `supply()` reads it (and is
+    called at most once per server asked; it keeps what it read for a retry)."""
+
+    length: int
+    supply: Callable[[], Awaitable[bytes]]
 
 
 class ClientError(Exception):
@@ -96,6 +121,9 @@ class Response:
         self.status = 0
         self.version = ""
         self.headers: CIMultiDict[str] = CIMultiDict()
+        #: RFC 9112 Section 7.1.2: the trailer section of a chunked body, complete
+        #: once read() has returned b"".
+        self.trailers: CIMultiDict[str] = CIMultiDict()
 
     async def read(self) -> bytes:
         """The next piece of the body, b"" at its end; raises ClientError if the body
@@ -116,8 +144,17 @@ class _Exchange:
     """One request and its response on a connection: the parser's callbacks, the body
     queue, and the verdict on whether the connection may be used again."""
 
-    def __init__(self, conn: _Connection, method: str, read_timeout: float) -> None:
+    def __init__(
+        self,
+        conn: _Connection,
+        method: str,
+        read_timeout: float,
+        interim: InterimSink | None = None,
+    ) -> None:
         self.conn = conn
+        self.on_interim = interim
+        self.body_unsent = False  # Expect: 100-continue, the body not sent (yet)
+        self.continued: asyncio.Future[None] = conn.loop.create_future()
         self.method = method
         self.read_timeout = read_timeout
         self.parser = httptools.HttpResponseParser(self)
@@ -145,8 +182,10 @@ class _Exchange:
         self.response.headers = CIMultiDict()
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self.in_head:  # not the trailers of a chunked body: those are dropped
-            self.response.headers.add(name.decode("latin-1"), value.decode("latin-1"))
+        # llhttp reports a chunked body's trailer fields through on_header too, after
+        # the body: kept apart, never merged into the head (RFC 9110 Section 6.5.1).
+        fields = self.response.headers if self.in_head else self.response.trailers
+        fields.add(name.decode("latin-1"), value.decode("latin-1"))
 
     def on_headers_complete(self) -> None:
         self.in_head = False
@@ -156,7 +195,11 @@ class _Exchange:
             self._fail(BadResponse("unsolicited 101 Switching Protocols"))
             raise _Stop
         if 100 <= status < 200:
-            self.interim = True  # 100, 102, 103: read past, the final answer follows
+            self.interim = True  # 100, 102, 103: told, then read past
+            if status == 100 and not self.continued.done():
+                self.continued.set_result(None)
+            if self.on_interim is not None:
+                self.on_interim(status, self.response.headers)
             return
         response = self.response
         response.status = status
@@ -171,7 +214,9 @@ class _Exchange:
         codings = policy.split_list(headers.getall("Transfer-Encoding", []))
         framed = codings[-1].lower() == "chunked" if codings else "Content-Length" in headers
         self.until_close = not bodyless and not framed
-        self.keep_alive = persistent and not self.until_close
+        # An answer before the body it waited for: whether the server reads that body
+        # or takes its bytes for the next request is unknown, so no next request.
+        self.keep_alive = persistent and not self.until_close and not self.body_unsent
         self.head.set_result(response)
         if self.method == "HEAD":
             # llhttp does not know this answered a HEAD and would wait for the body
@@ -246,6 +291,16 @@ class _Exchange:
                 self.waiter = None
                 if timer is not None:
                     timer.cancel()
+
+    async def wait_continue(self, seconds: float) -> bool:
+        """RFC 9110 Section 10.1.1: whether to send the body: True once the server
+        said 100 or said nothing for `seconds`, False when it answered (or failed)
+        first."""
+        if not self.head.done():
+            await asyncio.wait(
+                (self.continued, self.head), timeout=seconds, return_when="FIRST_COMPLETED"
+            )
+        return not self.head.done()
 
     async def wait_head(self) -> Response:
         if self.head.done():
@@ -360,6 +415,10 @@ class _Connection(asyncio.Protocol):
         self.exchange = exchange
         self.transport.write(data)
 
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.is_closed:
+            self.transport.write(data)
+
     def exchange_done(self, exchange: _Exchange) -> None:
         """The exchange no longer needs the connection, or the response is whole: pool
         it if it is clean, close it otherwise. Called more than once; acts once."""
@@ -427,12 +486,16 @@ class ConnectionPool:
         method: str,
         target: str,
         headers: Sequence[tuple[str, str]],
-        body: bytes | None = None,
+        body: bytes | Deferred | None = None,
         *,
         connect_timeout: float,
         read_timeout: float,
+        interim: InterimSink | None = None,
     ) -> Response:
-        """Send one request and return its response once the head has arrived."""
+        """Send one request and return its response once the head has arrived;
+        `interim` is told of each 1xx that comes before it. A Deferred body is sent
+        only when the server asks for it (or stays silent, CONTINUE_WAIT)."""
+        deferred = body if isinstance(body, Deferred) else None
         data = _serialise(method, target, headers, body, self.server)
         if self._slots is not None:
             await self._slots.acquire()
@@ -440,14 +503,14 @@ class ConnectionPool:
             conn = self._take_idle()
             if conn is not None:
                 try:
-                    return await self._exchange(conn, method, data, read_timeout)
+                    return await self._exchange(conn, method, data, read_timeout, interim, deferred)
                 except _Lost:
                     # The server closed the idle connection as the request went out.
                     if method not in IDEMPOTENT:
                         raise BadResponse("connection closed before any response") from None
             conn = await self._connect(connect_timeout)
             try:
-                return await self._exchange(conn, method, data, read_timeout)
+                return await self._exchange(conn, method, data, read_timeout, interim, deferred)
             except _Lost:
                 raise BadResponse("connection closed before any response") from None
         except BaseException:
@@ -510,12 +573,25 @@ class ConnectionPool:
         return conn
 
     async def _exchange(
-        self, conn: _Connection, method: str, data: bytes, read_timeout: float
+        self,
+        conn: _Connection,
+        method: str,
+        data: bytes,
+        read_timeout: float,
+        interim: InterimSink | None,
+        deferred: Deferred | None = None,
     ) -> Response:
-        exchange = _Exchange(conn, method, read_timeout)
+        exchange = _Exchange(conn, method, read_timeout, interim)
+        exchange.body_unsent = deferred is not None
         conn.holds_slot = True
         conn.send(exchange, data)
         try:
+            if deferred is not None and await exchange.wait_continue(CONTINUE_WAIT):
+                body = await deferred.supply()
+                if len(body) != deferred.length:
+                    raise ClientError("the request body is not the length announced")
+                exchange.body_unsent = False
+                conn.write(body)
             return await exchange.wait_head()
         except BaseException:
             conn.holds_slot = False
@@ -527,16 +603,17 @@ def _serialise(
     method: str,
     target: str,
     headers: Sequence[tuple[str, str]],
-    body: bytes | None,
+    body: bytes | Deferred | None,
     server: Server,
 ) -> bytes:
-    """The request's bytes: request line, fields (Host first), framing, body."""
+    """The request's bytes: request line, fields (Host first), framing, body (a
+    Deferred one: the head alone, asking for `100 Continue`)."""
     lines = [f"{method} {target} HTTP/1.1"]
     has_host = False
     for name, value in headers:
         lower = name.lower()
         if lower in ("content-length", "transfer-encoding", "expect"):
-            continue  # framed below; the body is whole, so nothing waits for a 100
+            continue  # framed below, and the expectation is this client's own
         if lower == "host":
             has_host = True
         lines.append(f"{name}: {value}")
@@ -548,6 +625,10 @@ def _serialise(
                 raise ClientError(f"the request field {name!r} holds a line break")
     if not has_host:
         lines.insert(1, f"Host: {server.authority}")
+    if isinstance(body, Deferred):
+        lines.append(f"Content-Length: {body.length}")
+        lines.append("Expect: 100-continue")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
     if body or method in _BODY_METHODS:
         lines.append(f"Content-Length: {len(body or b'')}")
     head = "\r\n".join(lines) + "\r\n\r\n"

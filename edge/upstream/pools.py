@@ -105,6 +105,12 @@ class UpstreamResponse:
             raise UpstreamError(f"upstream body broke: {exc}") from exc
         self._finish(True)
 
+    @property
+    def trailers(self) -> CIMultiDict[str]:
+        """The trailer section of a chunked body, once `chunks()` has ended (empty
+        for any other framing)."""
+        return self.raw.trailers
+
     def release(self) -> None:
         self.raw.release()
         self._finish(True)
@@ -190,9 +196,10 @@ class Pool:
         method: str,
         path_qs: str,
         headers: Sequence[tuple[str, str]],
-        body: bytes | None,
+        body: bytes | h1client.Deferred | None,
         *,
         read_timeout: float | None = None,
+        interim: h1client.InterimSink | None = None,
     ) -> h1client.Response:
         connections = self._connections.get(member.url)
         assert connections is not None, "Pool.start() not called"
@@ -206,6 +213,7 @@ class Pool:
             body,
             connect_timeout=self._connect_timeout,
             read_timeout=self._read_timeout if read_timeout is None else read_timeout,
+            interim=interim,
         )
 
     # -- health --------------------------------------------------------------------
@@ -362,13 +370,16 @@ class Upstreams:
         method: str,
         path_qs: str,
         headers: Sequence[tuple[str, str]],
-        body: bytes | None = None,
+        body: bytes | h1client.Deferred | None = None,
         *,
         key: str,
         client: str = "",
+        interim: h1client.InterimSink | None = None,
     ) -> UpstreamResponse:
         """Send the request to the route's pool (then its fallback) until a member
-        answers; raise UpstreamError/UpstreamTimeout when none could."""
+        answers; raise UpstreamError/UpstreamTimeout when none could. `interim` is
+        told of each 1xx a member sends before its final answer (a member that
+        then fails and is followed by the next may have sent some)."""
         route = self.route_for(host_of(key))
         if route is None:
             raise UpstreamError(f"no route for host {host_of(key)!r}")
@@ -385,7 +396,7 @@ class Upstreams:
             request_time = time.time()
             started = time.monotonic()
             try:
-                raw = await pool.send(member, method, path_qs, headers, body)
+                raw = await pool.send(member, method, path_qs, headers, body, interim=interim)
             except h1client.NotSent as exc:
                 pool.health.end(member)
                 pool.failed(member, f"connect: {exc}")
@@ -398,6 +409,11 @@ class Upstreams:
                 if idempotent:
                     continue
                 raise last from exc
+            except BaseException:
+                # A Deferred body's reader refused it (edge.features.guard): the
+                # caller answers; the member did nothing wrong.
+                pool.health.end(member)
+                raise
             observe_latency(member, (time.monotonic() - started) * 1000)
             if raw.status in pool.cfg.retry_statuses and idempotent and more:
                 raw.release()

@@ -146,3 +146,160 @@ async def test_a_body_framed_by_nothing_runs_to_the_close(framing: bytes, body: 
         assert got == body
         response.release()
         assert not pool.idle  # a connection the server closed is never reused
+
+
+async def _keep_answering(handler_bytes: bytes) -> AsyncIterator[h1client.ConnectionPool]:
+    """A server answering every request on a connection with `handler_bytes`."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                await _read_request(reader)
+            except asyncio.IncompleteReadError:
+                return
+            writer.write(handler_bytes)
+            await writer.drain()
+
+    async for pool in _serve(handler):
+        yield pool
+
+
+async def test_interim_responses_are_told_in_order_and_the_connection_stays_clean() -> None:
+    answer = (
+        b"HTTP/1.1 100 Continue\r\n\r\n"
+        b"HTTP/1.1 102 Processing\r\n\r\n"
+        b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\nLink: </b.js>\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Final: 1\r\n\r\nok"
+    )
+    async for pool in _keep_answering(answer):
+        for _ in range(2):  # the second on the pooled connection
+            told: list[tuple[int, list[tuple[str, str]]]] = []
+            response = await pool.request(
+                "GET",
+                "/",
+                [],
+                connect_timeout=5,
+                read_timeout=5,
+                interim=lambda status, fields, told=told: told.append(
+                    (status, list(fields.items()))
+                ),
+            )
+            assert told == [
+                (100, []),
+                (102, []),
+                (103, [("Link", "</a.css>; rel=preload"), ("Link", "</b.js>")]),
+            ]
+            assert response.status == 200 and list(response.headers.items()) == [
+                ("Content-Length", "2"),
+                ("X-Final", "1"),
+            ]
+            assert await response.read() == b"ok" and await response.read() == b""
+            response.release()
+        assert len(pool.all) == 1  # 1xx and all, the answers ended cleanly: one connection
+
+
+async def test_trailers_are_kept_apart_from_the_head() -> None:
+    answer = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\n\r\n"
+        b"5\r\nhello\r\n0\r\nX-Checksum: sha-1\r\nServer-Timing: db;dur=5\r\n\r\n"
+    )
+    async for pool in _keep_answering(answer):
+        response = await pool.request("GET", "/", [], connect_timeout=5, read_timeout=5)
+        assert "X-Checksum" not in response.headers
+        assert await response.read() == b"hello" and await response.read() == b""
+        assert list(response.trailers.items()) == [
+            ("X-Checksum", "sha-1"),
+            ("Server-Timing", "db;dur=5"),
+        ]
+        response.release()
+        assert len(pool.idle) == 1  # whole and clean: pooled
+
+
+async def test_a_trailer_that_frames_is_a_broken_answer() -> None:
+    # RFC 9110 Section 6.5.1: Content-Length is never a trailer; llhttp reads it as a
+    # second framing and refuses it, so the answer is never taken for whole.
+    answer = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n0\r\nContent-Length: 999\r\n\r\n"
+    )
+    async for pool in _keep_answering(answer):
+        response = await pool.request("GET", "/", [], connect_timeout=5, read_timeout=5)
+        with pytest.raises(h1client.BadResponse):
+            while await response.read():
+                pass
+        response.release()
+        assert not pool.idle
+
+
+async def _expecting(answer_first: bytes | None) -> AsyncIterator[h1client.ConnectionPool]:
+    """A server reading a head with `Expect: 100-continue`: it answers `answer_first`
+    at once (the body unread), or says 100, reads the body and echoes its length."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await _read_request(reader)
+        assert b"Expect: 100-continue\r\n" in head and b"Content-Length: 4\r\n" in head
+        if answer_first is not None:
+            writer.write(answer_first)
+            await writer.drain()
+            await asyncio.sleep(1)
+            return
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        body = await reader.readexactly(4)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n" + body)
+        await writer.drain()
+        await asyncio.sleep(1)
+
+    async for pool in _serve(handler):
+        yield pool
+
+
+async def test_a_deferred_body_is_sent_once_the_server_says_100() -> None:
+    asked: list[int] = []
+
+    async def supply() -> bytes:
+        asked.append(1)
+        return b"data"
+
+    async for pool in _expecting(None):
+        response = await pool.request(
+            "POST", "/", [], h1client.Deferred(4, supply), connect_timeout=5, read_timeout=5
+        )
+        assert response.status == 200 and await response.read() == b"data"
+        assert asked == [1]
+        response.release()
+
+
+async def test_a_deferred_body_is_never_sent_after_a_final_answer() -> None:
+    async def supply() -> bytes:
+        raise AssertionError("the body was asked for after a final answer")
+
+    refusal = b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\n\r\n"
+    async for pool in _expecting(refusal):
+        response = await pool.request(
+            "POST", "/", [], h1client.Deferred(4, supply), connect_timeout=5, read_timeout=5
+        )
+        assert response.status == 413 and await response.read() == b""
+        response.release()
+        # The server may yet read the body it was promised: never reused.
+        assert not pool.idle
+
+
+async def test_a_deferred_body_goes_after_a_silent_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(h1client, "CONTINUE_WAIT", 0.2)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)  # never says 100: reads the body as it comes
+        body = await reader.readexactly(4)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n" + body)
+        await writer.drain()
+
+    async def supply() -> bytes:
+        return b"late"
+
+    async for pool in _serve(handler):
+        started = time.monotonic()
+        response = await pool.request(
+            "POST", "/", [], h1client.Deferred(4, supply), connect_timeout=5, read_timeout=5
+        )
+        assert await response.read() == b"late" and time.monotonic() - started >= 0.2
+        response.release()

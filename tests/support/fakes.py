@@ -250,7 +250,10 @@ class Reply:
     `fail`: raised instead of a head (the upstream down, or timing out);
     `pieces`: the body as it arrives; `broken`: raised after the pieces (the body cut
     short); `took`: seconds of the manual clock between request and head (an Age the
-    response earned on its way); `hold`: the head waits until this is set."""
+    response earned on its way); `hold`: the head waits until this is set;
+    `interim`: 1xx responses (status, fields) sent before the head; `trailers`: the
+    trailer section after the body; `answers_first`: a body deferred behind
+    `Expect: 100-continue` is never asked for."""
 
     status: int = 200
     headers: Sequence[tuple[str, str]] = ()
@@ -263,6 +266,9 @@ class Reply:
     hold: asyncio.Event | None = None
     content_length: bool = True  # send Content-Length for the body
     date: bool = True  # send Date, as an origin with a clock must (RFC 9110 Section 6.6.1)
+    interim: Sequence[tuple[int, Sequence[tuple[str, str]]]] = ()
+    trailers: Sequence[tuple[str, str]] = ()
+    answers_first: bool = False  # to Expect: 100-continue, a final answer before the body
 
     def fields(self, now: float) -> CIMultiDict[str]:
         fields = CIMultiDict(self.headers)
@@ -304,6 +310,7 @@ class ScriptedBody:
         pieces = reply.pieces if reply.pieces is not None else [reply.body]
         self._pieces = [p for p in pieces if p]
         self._broken = reply.broken
+        self.trailers: CIMultiDict[str] = CIMultiDict(reply.trailers)
         self.released = False
         self.closed = False
         self.read_to_end = False
@@ -366,21 +373,31 @@ class ScriptedUpstream:
         method: str,
         path_qs: str,
         headers: Sequence[tuple[str, str]],
-        body: bytes | None = None,
+        body: bytes | h1client.Deferred | None = None,
         *,
         key: str,
         client: str = "",
+        interim: h1client.InterimSink | None = None,
     ) -> UpstreamResponse:
+        replies = self._script.get(path_qs)
+        reply = replies[0] if replies else None
+        if isinstance(body, h1client.Deferred):
+            # Asked with Expect: 100-continue: the body comes once the upstream says
+            # 100, never when it answers first.
+            body = None if reply is not None and reply.answers_first else await body.supply()
         sent = Sent(method, path_qs, CIMultiDict(headers), body, key, client)
         self.sent.append(sent)
-        replies = self._script.get(path_qs)
-        if not replies:
+        if not replies or reply is None:
             self.unscripted.append(sent)
             raise UpstreamError(f"no reply scripted for {method} {path_qs}")
-        reply = replies.pop(0)
+        replies.pop(0)
         request_time = self.clock.time()
         if reply.hold is not None:
             await reply.hold.wait()
+        for status, fields in reply.interim:
+            if interim is not None:
+                interim(status, CIMultiDict(fields))
+            await asyncio.sleep(0)  # each 1xx arrives on a loop turn of its own
         if reply.fail is not None:
             raise reply.fail
         self.clock.advance(reply.took)
@@ -415,6 +432,9 @@ class MemoryChannel:
         self.head: Response | None = None
         self.chunks: list[bytes] = []
         self.continues = 0
+        self.interims: list[tuple[int, list[tuple[str, str]]]] = []
+        self.late_interims = 0  # told after the final head: dropped, as the contract says
+        self.trailers: list[tuple[str, str]] = []
         self.ended = False
         self.aborted = False
         self.whole = False  # sent with respond(), head and body at once
@@ -441,6 +461,12 @@ class MemoryChannel:
         assert self.head is None, "100 Continue after the response"
         self.continues += 1
 
+    async def send_interim(self, status: int, fields: Sequence[tuple[str, str]]) -> None:
+        if self.head is not None:
+            self.late_interims += 1
+            return
+        self.interims.append((status, list(fields)))
+
     async def respond(self, response: Response) -> list[tuple[str, str]]:
         assert self.head is None, "a second response"
         self.head, self.whole, self.ended = response, True, True
@@ -461,9 +487,10 @@ class MemoryChannel:
     async def send_file(self, file: IO[bytes], offset: int, count: int) -> None:
         await self.write(os.pread(file.fileno(), count, offset))
 
-    async def end(self) -> None:
+    async def end(self, trailers: Sequence[tuple[str, str]] = ()) -> None:
         assert self.head is not None, "end without a head"
         self.ended = True
+        self.trailers = list(trailers)
 
     def abort(self) -> None:
         self.aborted = True

@@ -25,6 +25,13 @@ Modes:
   cut           GET /cut...?size=N gets a head with Content-Length N (no-store; with
                 `keep=1` in the query, storable), half the body, then the close: a
                 server that dies mid-answer
+  interim       GET /hints... gets `103 Early Hints` (Link, X-My-Header, and a field its
+                Connection names), 0.3 s later a storable 200; GET /processing... a `102`
+                then the 200; POST /continue... a `100 Continue` before its body is read,
+                then the 200; POST /refuse... a `413` at once, its body never read, and
+                the close 0.5 s later; /trailers... a chunked 200 (storable with `keep=1`
+                in the query) ending in a trailer section: X-Checksum, and fields no
+                trailer may carry or the head's Connection names
 """
 
 from __future__ import annotations
@@ -93,6 +100,8 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, mod
                 writer.write(_response("200 OK", json.dumps(_seen).encode()))
                 await writer.drain()
                 continue
+            if mode == "interim" and await _interim(writer, method, target):
+                return
             length = int(fields.get("content-length", "0") or 0)
             body_in = b""
             if length:
@@ -156,6 +165,16 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, mod
                 )
                 await writer.drain()
                 return  # the close ends the body
+            elif mode == "interim" and target.startswith("/trailers"):
+                cc = "public, max-age=600" if "keep=1" in target else "no-store"
+                writer.write(
+                    f"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+                    f"Cache-Control: {cc}\r\nTrailer: X-Checksum\r\n"
+                    "Connection: X-Hop-Trailer\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    "5\r\nhello\r\n6\r\n world\r\n0\r\n"
+                    "X-Checksum: sha-11\r\nCache-Control: max-age=1\r\nX-Hop-Trailer: 1\r\n"
+                    "Set-Cookie: sneaky=1\r\n\r\n".encode()
+                )
             else:
                 writer.write(_response("200 OK", body, extra=cache))
             await writer.drain()
@@ -163,6 +182,34 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, mod
         return
     finally:
         writer.close()
+
+
+async def _interim(writer: asyncio.StreamWriter, method: str, target: str) -> bool:
+    """`interim` mode's 1xx, sent before the request's body is read; True when the
+    answer was final and the connection is done."""
+    if target.startswith("/hints"):
+        writer.write(
+            b"HTTP/1.1 103 Early Hints\r\nLink: </styles.css>; rel=preload; as=style\r\n"
+            b"X-My-Header: test\r\nConnection: X-Hop\r\nX-Hop: 1\r\n\r\n"
+        )
+        await writer.drain()
+        await asyncio.sleep(0.3)
+    elif target.startswith("/processing"):
+        writer.write(b"HTTP/1.1 102 Processing\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.2)
+    elif target.startswith("/continue") and method == "POST":
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        await writer.drain()
+    elif target.startswith("/refuse") and method == "POST":
+        # A final answer before the body, which is never read (RFC 9110 Section 15.5.14).
+        writer.write(
+            _response("413 Content Too Large", b'{"refused": true}', extra=("Connection: close",))
+        )
+        await writer.drain()
+        await asyncio.sleep(0.5)
+        return True
+    return False
 
 
 async def main(port: int, mode: str) -> None:

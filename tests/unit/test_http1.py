@@ -2,7 +2,7 @@
 
 Each test feeds a connection the bytes a client would send and reads what the
 connection wrote: pipelining in order, chunked request bodies, the head limits,
-100-continue, HEAD, HTTP/1.0 framing, keep-alive and close.
+100-continue, 103 and trailers, HEAD, HTTP/1.0 framing, keep-alive and close.
 """
 
 from __future__ import annotations
@@ -216,6 +216,35 @@ async def test_100_continue_only_when_asked_and_only_in_http11() -> None:
     conn.data_received(b"POST /u HTTP/1.0\r\nContent-Length: 2\r\n\r\n")
     await settle()
     assert t.take() == b""  # HTTP/1.0 has no 1xx
+
+
+async def hinted(request: Request, channel: Channel) -> None:
+    link = [("Link", "</a.css>; rel=preload")]
+    await channel.send_interim(103, link)
+    await channel.send_interim(101, [])  # never an interim answer: only ever an upgrade
+    await channel.start(Response(200, CIMultiDict()))
+    await channel.send_interim(103, link)  # after the final head: nothing
+    await channel.write(b"hello")
+    await channel.end([("X-Checksum", "sha-1")])
+
+
+async def test_interim_responses_go_before_the_head_and_only_in_http11() -> None:
+    conn, t = connect(hinted)
+    conn.data_received(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    await settle()
+    written = bytes(t.take())
+    assert written.startswith(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n")
+    final = written.split(b"\r\n\r\n", 1)[1]
+    assert final.startswith(b"HTTP/1.1 200 OK\r\n") and final.count(b"Early Hints") == 0
+    # RFC 9112 Section 7.1.2: the trailers close the chunked body.
+    assert final.endswith(b"5\r\nhello\r\n0\r\nX-Checksum: sha-1\r\n\r\n")
+
+    conn, t = connect(hinted)
+    conn.data_received(b"GET / HTTP/1.0\r\n\r\n")
+    await settle()
+    written = bytes(t.take())
+    assert written.startswith(b"HTTP/1.0 200 OK\r\n")  # no 1xx for HTTP/1.0
+    assert written.endswith(b"\r\n\r\nhello") and b"X-Checksum" not in written
 
 
 async def test_head_gets_the_length_and_no_body() -> None:
