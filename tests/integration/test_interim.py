@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.integration.conftest import NodeFactory
+from tests.support.h2client import H2Client
 from tests.support.procs import Proc, free_port, start
 
 TIERS = ["edge", "shield"]
@@ -294,3 +295,26 @@ async def test_trailers_are_never_stored(
         assert got.trailers == [] and got.field("X-Checksum") is None
     assert "hit" in (again.field("Cache-Status") or "")
     assert origin_asked(origin, "/trailers-kept?keep=1") == 1
+
+
+def test_early_hints_reach_an_http2_client_before_its_answer(
+    procs: list[Proc], tmp_path: Path, node: NodeFactory
+) -> None:
+    """RFC 9113 Section 8.1: a 103 is a HEADERS frame before the final one; the same
+    hints an HTTP/1.1 client gets, once, and not from the store."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "tests.support.hostile", "--port", str(port)]
+    origin = start([*cmd, "--mode", "interim"], port, tmp_path / "hostile.log", health_path="/_log")
+    procs.append(origin)
+    edge = node("serve", "--origin", origin.url, "--http2", name="edge-1")
+    client = H2Client(edge.port)
+    try:
+        first = client.get("/hints-h2")
+        assert first.status == 200
+        (hints,) = first.interims
+        assert (b":status", b"103") in hints
+        assert (b"link", b"</styles.css>; rel=preload; as=style") in hints
+        again = client.get("/hints-h2")
+        assert again.status == 200 and again.interims == []
+    finally:
+        client.close()

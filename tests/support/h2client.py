@@ -51,6 +51,8 @@ class Reply:
     ended: bool = False
     reset: int | None = None  # the RST_STREAM code
     ended_at: float = 0.0
+    interims: list[list[tuple[bytes, bytes]]] = field(default_factory=list)  # 1xx blocks
+    trailers: list[tuple[bytes, bytes]] = field(default_factory=list)
 
     @property
     def status(self) -> int:
@@ -202,6 +204,10 @@ class H2Client:
         reply = self.replies.get(sid)
         if isinstance(event, h2.events.ResponseReceived) and reply is not None:
             reply.headers = list(event.headers)
+        elif isinstance(event, h2.events.InformationalResponseReceived) and reply is not None:
+            reply.interims.append(list(event.headers))
+        elif isinstance(event, h2.events.TrailersReceived) and reply is not None:
+            reply.trailers = list(event.headers)
         elif isinstance(event, h2.events.DataReceived):
             if reply is not None:
                 reply.body += event.data
