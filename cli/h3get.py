@@ -104,14 +104,27 @@ async def fetch(
 def h3get(
     url: Annotated[str, typer.Argument(help="An https URL.")],
     cacert: Annotated[
-        str, typer.Option("--cacert", help="CA file to verify the node with (edge up's).")
+        str,
+        typer.Option(
+            "--cacert",
+            help="CA file to verify the node with (edge up's).",
+            show_default="the system's trusted CAs",
+        ),
     ] = "",
     resolve: Annotated[
-        str, typer.Option("--resolve", help="HOST:PORT:ADDRESS, as curl's: where to connect.")
+        str,
+        typer.Option(
+            "--resolve",
+            help="HOST:PORT:ADDRESS, as curl's: where to connect.",
+            show_default="the URL's host, resolved",
+        ),
     ] = "",
-    head: Annotated[bool, typer.Option("-I", "--head", help="HEAD instead of GET.")] = False,
+    head: Annotated[
+        bool, typer.Option("-I", "--head", help="HEAD instead of GET.", show_default="GET")
+    ] = False,
     header: Annotated[
-        list[str] | None, typer.Option("-H", "--header", help="A request field, NAME: VALUE.")
+        list[str] | None,
+        typer.Option("-H", "--header", help="A request field, NAME: VALUE.", show_default="none"),
     ] = None,
 ) -> None:
     """Print the response's status line and fields, a blank line, then its body."""
