@@ -30,10 +30,11 @@ from multidict import CIMultiDict
 
 from edge.config import NodeConfig
 from edge.fetch.fill import Fill, FillHead, InFlight
-from edge.fetch.slices import Slicer, parse_content_range, sliceable
+from edge.fetch.slices import Slicer, sliceable
 from edge.observe.metrics import NodeMetrics
 from edge.rfc import policy
 from edge.rfc.policy import CacheControl, ResponsePolicy
+from edge.rfc.ranges import parse_content_range
 from edge.steptable import Table
 from edge.store.disk import BodyWriter, Entry, Store, new_variant_id
 from edge.upstream.pools import UpstreamError, UpstreamResponse, Upstreams

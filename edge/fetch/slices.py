@@ -41,6 +41,7 @@ from multidict import CIMultiDict
 from edge.fetch.fill import POLL, Fill, FillHead, FillReader, InFlight
 from edge.multiproc.coordination import alive
 from edge.rfc import policy
+from edge.rfc.ranges import combinable, parse_content_range
 from edge.store.disk import Entry, Store
 from edge.upstream.pools import UpstreamError, UpstreamResponse, Upstreams
 
@@ -78,37 +79,6 @@ def sliceable(status: int, headers: policy.Headers, length: int | None, threshol
         return False
     etag = headers.get("ETag")
     return bool(etag and not etag.startswith("W/")) or "Last-Modified" in headers
-
-
-def parse_content_range(value: str | None) -> tuple[int, int, int] | None:
-    """RFC 9110 Section 14.4: `bytes first-last/complete` -> (first, last, complete)."""
-    if not value:
-        return None
-    unit, _, rest = value.strip().partition(" ")
-    span, _, total = rest.partition("/")
-    first, _, last = span.partition("-")
-    if unit.lower() != "bytes" or not (first.isdigit() and last.isdigit() and total.isdigit()):
-        return None
-    a, b, n = int(first), int(last), int(total)
-    return (a, b, n) if a <= b < n else None
-
-
-def combinable(stored: policy.Headers, size: int, part: policy.Headers) -> bool:
-    """RFC 9111 Section 3.4: a part may be combined with the stored parts of a
-    representation only when its complete length is theirs (RFC 9110 Section 14.4)
-    and both carry the same strong validator: the manifest's strong ETag, by strong
-    comparison (RFC 9110 Section 8.8.3.2), or, when it has none, the Last-Modified date
-    it was sliced under (`sliceable`). An origin that ignores If-Match answers a
-    changed object with its new version: that part is another representation."""
-    span = parse_content_range(part.get("Content-Range"))
-    if span is None or span[2] != size:
-        return False
-    etag = stored.get("ETag")
-    if etag and not etag.startswith("W/"):
-        got = part.get("ETag")
-        return got is not None and policy.strong_etag_equal(etag, got)
-    modified = policy.parse_http_date(stored.get("Last-Modified"))
-    return modified is not None and modified == policy.parse_http_date(part.get("Last-Modified"))
 
 
 class _Stream:
