@@ -11,7 +11,8 @@ fetch turns out to be is the fill's head (edge.fetch.fill.FillHead): every clien
 joined the fill acts on it.
 
 This module owns the backend side of a fill: asking, reading what the answer's head
-makes of it, and storing (whole, as slices, or freshened by a 304). The caching rules
+makes of it, and storing (whole, as slices, as the part a 206 carries, combined with
+a stored part, or freshened by a 304). The caching rules
 come from edge.rfc.policy. Which fetch to make (a conditional one, a probe for one
 slice, stale allowed to stand in for a failure) is the client machine's decision,
 carried in the request; a fill is started only through InFlight.join_or_start.
@@ -19,8 +20,10 @@ carried in the request; a fill is started only through InFlight.join_or_start.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.utils import formatdate
@@ -34,7 +37,7 @@ from edge.fetch.slices import Slicer, sliceable
 from edge.observe.metrics import NodeMetrics
 from edge.rfc import policy
 from edge.rfc.policy import CacheControl, ResponsePolicy
-from edge.rfc.ranges import parse_content_range
+from edge.rfc.ranges import combinable, completes, completion, parse_content_range
 from edge.steptable import Table
 from edge.store.disk import BodyWriter, Entry, Store, new_variant_id
 from edge.upstream.pools import UpstreamError, UpstreamResponse, Upstreams
@@ -72,6 +75,11 @@ class FetchRequest:
     stale_ok: bool = False  # a 5xx is an error: a stale copy stands in for it
     probe: int | None = None  # ask for this slice by range instead of the whole
     method: str = "GET"  # what a fill asks: a HEAD that misses is passed, never filled
+    # The client's own Range, passed on (edge.rfc.ranges.forwardable): a 206 to it is
+    # kept as the part it is (RFC 9111 Section 3.3).
+    range: str | None = None
+    # A stored part (Entry.part) this fetch asks the rest of, to combine (Section 3.4).
+    complete: Entry | None = None
 
 
 class Node(Protocol):
@@ -99,6 +107,8 @@ class FetchStep(enum.Enum):
     HEADERS = "headers"  # send it; what the answer's status makes of the fetch
     FRESHEN = "freshen"  # RFC 9111 Section 4.3.4: a 304 refreshes the stored response
     SLICE = "slice"  # a 206 to the probe: keep the object as slices, from this one on
+    PARTIAL = "partial"  # a 206 to the client's range: keep it as the part it is
+    COMBINE = "combine"  # a 206 with what a stored part lacks: the two make the whole
     REFETCH = "refetch"  # the answer to the probe is not the object's: ask for it whole
     BERESP = "beresp"  # RFC 9111 Section 3: may it be stored, and how
     PRIVATE = "private"  # not storable: the fill's initiator alone relays it
@@ -119,12 +129,22 @@ MOVES: dict[FetchStep, tuple[FetchStep, ...]] = {
     FetchStep.HEADERS: (
         FetchStep.FRESHEN,
         FetchStep.SLICE,
+        FetchStep.PARTIAL,
+        FetchStep.COMBINE,
         FetchStep.REFETCH,
         FetchStep.BERESP,
         _ERROR,
     ),
     FetchStep.FRESHEN: (FetchStep.DONE, _ERROR),
     FetchStep.SLICE: (FetchStep.DONE, FetchStep.REFETCH, _ERROR),
+    FetchStep.PARTIAL: (
+        FetchStep.BERESP,
+        FetchStep.PRIVATE,
+        FetchStep.BODY,
+        FetchStep.REFETCH,
+        _ERROR,
+    ),
+    FetchStep.COMBINE: (FetchStep.BODY, FetchStep.REFETCH, _ERROR),
     FetchStep.REFETCH: (FetchStep.HEADERS, _ERROR),
     FetchStep.BERESP: (FetchStep.PRIVATE, FetchStep.STREAM, FetchStep.BODY, _ERROR),
     FetchStep.PRIVATE: (FetchStep.DONE, _ERROR),
@@ -136,7 +156,8 @@ MOVES: dict[FetchStep, tuple[FetchStep, ...]] = {
     FetchStep.DONE: (),
 }
 
-#: A refetch happens once at most (it asks without a range): 9 steps is the longest walk.
+#: A refetch happens once at most (it asks without a range): 9 steps is the longest walk
+#: (bereq, headers, combine, refetch, headers, beresp, body, store, done).
 TABLE = Table("fetch machine", MOVES, FetchStep.BEREQ, max_steps=12)
 FINAL = TABLE.final
 render_table = TABLE.render
@@ -159,7 +180,7 @@ class Fetch:
         self.fill = fill
         self.walk: list[FetchStep] = []
         self.bereq: list[tuple[str, str]] = []
-        self.ranged = False  # the bereq asks for the probe's slice
+        self.ranged = False  # the bereq asks for a range: the probe's slice, or the client's
         self.conditional = False  # the bereq validates request.revalidate
         self.response: UpstreamResponse | None = None  # held until handed on or let go
         self.error: Exception | None = None
@@ -172,6 +193,14 @@ class Fetch:
         self.length: int | None = None
         self.writer: BodyWriter | None = None
         self.head: FillHead | None = None
+        # What the answer is, as stored: its status and fields (a 206 holding the whole
+        # representation is its 200), and, of a part, the span [first, end) it holds.
+        self.answer: tuple[int, policy.Headers] | None = None
+        self.part: tuple[int, int] | None = None
+        self.size: int | None = None  # the complete length a 206 stated
+        # Of a combine: the stored part's bytes go before (or after) the new ones.
+        self.before: tuple[int, int] | None = None
+        self.after: tuple[int, int] | None = None
         # What the fetch asked with, as the storage rules read it (RFC 9111 Sections 3, 4.1).
         self.asked = CIMultiDict([*request.fields, *request.validators])
 
@@ -209,6 +238,22 @@ class Fetch:
             first = request.probe * size
             self.bereq.append(("Range", f"bytes={first}-{first + size - 1}"))
             self.ranged = True
+        elif request.complete is not None and request.complete.part is not None:
+            # RFC 9111 Section 3.4: ask only for what the stored part lacks; If-Range
+            # (RFC 9110 Section 13.1.5) with its strong validator turns a changed
+            # object's answer into the new whole.
+            entry = request.complete
+            assert entry.part is not None
+            wanted = completion(entry.part, entry.size)
+            if wanted is not None:
+                self.bereq.append(("Range", wanted))
+                etag = CIMultiDict(entry.headers).get("ETag")
+                if etag and not etag.startswith("W/"):
+                    self.bereq.append(("If-Range", etag))
+                self.ranged = True
+        elif request.range is not None:
+            self.bereq.append(("Range", request.range))
+            self.ranged = True
         return FetchStep.HEADERS
 
     async def st_headers(self) -> FetchStep:
@@ -233,7 +278,11 @@ class Fetch:
         stale_error = request.stale_ok and status in ERROR_STATUSES
         if self.ranged and status != 200:
             if status == 206:
-                return FetchStep.SLICE
+                if self.request.probe is not None:
+                    return FetchStep.SLICE
+                if self.request.complete is not None:
+                    return FetchStep.COMBINE
+                return FetchStep.PARTIAL
             if not stale_error:
                 # Only a 200 (Range ignored) is the object's own answer. Anything else
                 # answers edge's range (a 416 for an object shorter than the probe, RFC
@@ -294,6 +343,72 @@ class Fetch:
         self.fill.head.set_result(FillHead("sliced", status=206, entry=manifest))
         return FetchStep.DONE
 
+    async def st_partial(self) -> FetchStep:
+        """RFC 9111 Section 3.3: a 206 to the client's range is stored as the part it
+        is (its Content-Range), with the fields of the representation it belongs to;
+        a 206 holding every byte is the whole response. The client that asked gets it
+        as it came; later range requests inside it are hits (edge.rfc.ranges.within)."""
+        node, response = self.node, self.response
+        assert response is not None
+        span = parse_content_range(response.headers.get("Content-Range"))
+        if span is None:
+            return FetchStep.REFETCH  # a 206 that says not what it holds is not kept
+        first, last, total = span
+        framed = response.headers.get("Content-Length")
+        if framed is not None and framed != str(last - first + 1):
+            # RFC 9110 Section 14.4: its body is not the span it names, so none of its
+            # bytes has a known place: relayed as it came, never kept.
+            return FetchStep.PRIVATE
+        as_whole = CIMultiDict(
+            (k, v)
+            for k, v in policy.end_to_end(response.headers)
+            if k.lower() not in ("content-range", "content-length")
+        )
+        if first == 0 and last == total - 1:
+            as_whole["Content-Length"] = str(total)
+            self.answer = (200, as_whole)
+            return FetchStep.BERESP
+        rp = node.response_policy(as_whole)
+        decision = self._storable(200, as_whole, rp)
+        if decision and last - first + 1 > node.config.max_object_size:
+            decision = policy.Decision(False, "larger than max_object_size")
+        if not decision:
+            return FetchStep.PRIVATE  # the initiator relays the 206 it asked for
+        self._keep(list(as_whole.items()), as_whole, rp)
+        self.part, self.size, self.length = (first, last + 1), total, last - first + 1
+        return FetchStep.BODY
+
+    async def st_combine(self) -> FetchStep:
+        """RFC 9111 Section 3.4: a 206 with exactly what the stored part lacks, under
+        the same strong validator, is combined with it into the whole representation,
+        with the new response's fields. Anything else (another representation, a
+        span that does not fit) is not combined: the whole is fetched."""
+        node, response, entry = self.node, self.response, self.request.complete
+        assert response is not None and entry is not None and entry.part is not None
+        span = parse_content_range(response.headers.get("Content-Range"))
+        stored = CIMultiDict(entry.headers)
+        if (
+            span is None
+            or not completes(entry.part, entry.size, span)
+            or not combinable(stored, entry.size, response.headers)
+        ):
+            return FetchStep.REFETCH
+        as_whole = CIMultiDict(
+            (k, v)
+            for k, v in policy.end_to_end(response.headers)
+            if k.lower() not in ("content-range", "content-length")
+        )
+        rp = node.response_policy(as_whole)
+        if not self._storable(200, as_whole, rp):
+            return FetchStep.REFETCH
+        self._keep(list(as_whole.items()), as_whole, rp)
+        self.length = entry.size
+        if entry.part[0] == 0:
+            self.before = entry.part
+        else:
+            self.after = entry.part
+        return FetchStep.BODY
+
     async def st_refetch(self) -> FetchStep:
         """Ask again for the whole object: no range, no validators."""
         if self.response is not None:
@@ -301,6 +416,7 @@ class Fetch:
             self.response = None
         self.bereq = list(self.request.fields)
         self.ranged = self.conditional = False
+        self.answer = self.part = self.size = self.before = self.after = None
         return FetchStep.HEADERS
 
     async def st_beresp(self) -> FetchStep:
@@ -308,9 +424,10 @@ class Fetch:
         slices, or not at all."""
         node, response = self.node, self.response
         assert response is not None
-        rp = node.response_policy(response.headers)
-        decision = self._storable(response.status, response.headers, rp)
-        length_field = response.headers.get("Content-Length")
+        status, headers = self.answer or (response.status, response.headers)
+        rp = node.response_policy(headers)
+        decision = self._storable(status, headers, rp)
+        length_field = headers.get("Content-Length")
         self.length = int(length_field) if length_field and length_field.isdigit() else None
         if decision and self.length is not None and self.length > node.config.max_object_size:
             decision = policy.Decision(False, "larger than max_object_size")
@@ -322,9 +439,9 @@ class Fetch:
                 decision.section,
             )
             return FetchStep.PRIVATE
-        self._keep(policy.end_to_end(response.headers), response.headers, rp)
+        self._keep(policy.end_to_end(headers), headers, rp)
         threshold = node.config.slice_threshold
-        if sliceable(response.status, response.headers, self.length, threshold):
+        if sliceable(status, headers, self.length, threshold):
             return FetchStep.STREAM
         return FetchStep.BODY
 
@@ -341,21 +458,32 @@ class Fetch:
         response, self.response = self.response, None
         assert response is not None and self.length is not None
         manifest = self._manifest(self.length)
-        await self.node.slicer.start_stream(manifest, response, 0)
+        await self.node.slicer.start_stream(manifest, response, 0, whole=True)
         self.fill.head.set_result(FillHead("sliced", status=200, entry=manifest))
         return FetchStep.DONE
 
     async def st_body(self) -> FetchStep:
-        """The body into a new file that every client of the fill reads as it grows."""
+        """The body into a new file that every client of the fill reads as it grows:
+        the answer's body, or a stored part's bytes and the new ones it is combined
+        with (st_combine). A part's readers get the 206 as it came (st_partial)."""
         node, fill, response = self.node, self.fill, self.response
         assert response is not None
         self.writer = writer = node.store.begin()
         fill.attach_writer(writer)
+        status = self.answer[0] if self.answer else response.status
+        headers = self.stored
+        if self.before or self.after:
+            status = 200
+        elif self.part is not None:
+            status, headers = (
+                206,
+                [*self.stored, ("Content-Range", response.headers["Content-Range"])],
+            )
         self.head = head = FillHead(
             "body",
             variant=new_variant_id(),
-            status=response.status,
-            headers=self.stored,
+            status=status,
+            headers=headers,
             vary=self.vary,
             length=self.length,
             storable=True,
@@ -363,11 +491,15 @@ class Fetch:
         fill.head.set_result(head)
         limit = node.config.max_object_size
         try:
+            if self.before is not None:
+                await self._copy_part(writer, *self.before)
             async for chunk in response.chunks():
                 writer.write(chunk)
                 fill.advance(len(chunk))
                 if head.storable and writer.written > limit:
                     head.storable = False
+            if self.after is not None:
+                await self._copy_part(writer, *self.after)
             if self.length is not None and writer.written != self.length:
                 # RFC 9111 Section 3.3: an incomplete response is not stored as complete.
                 raise UpstreamError(f"upstream sent {writer.written} of {self.length} bytes")
@@ -387,13 +519,15 @@ class Fetch:
             entry = Entry(
                 key=self.fill.key,
                 variant=head.variant,
-                status=head.status,
+                # A part is kept as what it is of its 200 (RFC 9111 Section 3.3).
+                status=200 if self.part is not None else head.status,
                 headers=tuple(self.stored),
                 vary=head.vary,
                 request_time=self.times[0],
                 response_time=self.times[1],
-                size=writer.written,
+                size=self.size if self.size is not None else writer.written,
                 tags=self.tags,
+                part=self.part,
             )
             self.node.store.commit(entry, writer)
         else:
@@ -426,6 +560,25 @@ class Fetch:
         """The fill has its head; its body is stored, or on its way in a stream."""
 
     # -- helpers ------------------------------------------------------------------------
+
+    async def _copy_part(self, writer: BodyWriter, first: int, end: int) -> None:
+        """The stored part's bytes [first, end) into the combined body, as they are
+        read; a part gone from the store (evicted) breaks the fill."""
+        part = self.request.complete
+        assert part is not None
+        body = self.node.store.open_body(part)
+        if body is None:
+            raise UpstreamError("the stored part went before it was combined")
+        with body:
+            offset, fd = 0, body.fileno()
+            while offset < end - first:
+                data = os.pread(fd, min(1 << 16, end - first - offset), offset)
+                if not data:
+                    raise UpstreamError("the stored part is shorter than it says")
+                offset += len(data)
+                writer.write(data)
+                self.fill.advance(len(data))
+                await asyncio.sleep(0)  # readers follow as it is copied
 
     def _storable(
         self, status: int, headers: policy.Headers, rp: ResponsePolicy
@@ -480,6 +633,8 @@ _STEPS: dict[FetchStep, Callable[[Fetch], Awaitable[FetchStep | None]]] = {
     FetchStep.HEADERS: Fetch.st_headers,
     FetchStep.FRESHEN: Fetch.st_freshen,
     FetchStep.SLICE: Fetch.st_slice,
+    FetchStep.PARTIAL: Fetch.st_partial,
+    FetchStep.COMBINE: Fetch.st_combine,
     FetchStep.REFETCH: Fetch.st_refetch,
     FetchStep.BERESP: Fetch.st_beresp,
     FetchStep.PRIVATE: Fetch.st_private,

@@ -124,16 +124,19 @@ class Slicer:
     # -- streams --------------------------------------------------------------------
 
     async def start_stream(
-        self, entry: Entry, response: UpstreamResponse, first: int
+        self, entry: Entry, response: UpstreamResponse, first: int, *, whole: bool = False
     ) -> Fill | None:
-        """Cut `response` (whose body starts at slice `first`) into slices. Returns the
-        fill of the first slice, already registered, so readers can follow it at once
-        (None when that slice is stored, or another fill brings it)."""
+        """Cut `response` (whose body starts at slice `first`) into slices: to the
+        object's end when it is the whole object (a 200, or a 206 holding every byte:
+        `whole`), else the one slice a probe asked for. Returns the fill of the first
+        slice, already registered, so readers can follow it at once (None when that
+        slice is stored, or another fill brings it)."""
         stream = _Stream()
         stream.index = first
         self._streams[(entry.key, entry.variant)] = stream
         fill = await self._open_slice_fill(entry, first)
-        self.inflight.spawn(self._run_stream(entry, response, first, fill, stream))
+        last = entry.slice_count - 1 if whole or response.status == 200 else first
+        self.inflight.spawn(self._run_stream(entry, response, first, last, fill, stream))
         return fill
 
     async def _run_stream(
@@ -141,6 +144,7 @@ class Slicer:
         entry: Entry,
         response: UpstreamResponse,
         first: int,
+        last: int,
         fill: Fill | None,
         stream: _Stream,
     ) -> None:
@@ -151,7 +155,6 @@ class Slicer:
         began = time.time()
         coordination.want(stream_key(entry), start=True)
         try:
-            last = entry.slice_count - 1 if response.status == 200 else first
             for index in range(first, last + 1):
                 if index > first:
                     # Before advancing: while the stream waits here, a reader of the
@@ -407,15 +410,17 @@ class BodySource(Protocol):
 
 
 class FileSource:
-    """A complete body stored in one file."""
+    """A body stored in one file: the whole representation, or the part of it that
+    starts at byte `offset` (a stored partial response, Entry.part)."""
 
-    def __init__(self, file: IO[bytes]) -> None:
+    def __init__(self, file: IO[bytes], offset: int = 0) -> None:
         self.file = file
+        self.offset = offset
 
     async def pieces(self, start: int, end: int | None) -> AsyncIterator[Piece]:
         assert end is not None
         if end > start:
-            yield FileSegment(self.file, start, end - start)
+            yield FileSegment(self.file, start - self.offset, end - start)
 
     def close(self) -> None:
         self.file.close()
