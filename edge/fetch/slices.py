@@ -11,6 +11,9 @@ Slices arrive two ways:
     front to back still makes one upstream request;
   - a *range fill*: one upstream range request for one slice, validated against the
     manifest (If-Match), when a reader needs a slice nobody is bringing.
+A stream stops at the first slice that is stored or another fill brings (a reader
+ahead of it, such as one of a parallel downloader's ranges, fetched it by range): it
+never reads bytes it would drop, so the origin sends each byte of the object once.
 Either way a slice in progress is an ordinary Fill in the in-flight table, so readers
 follow it byte by byte.
 
@@ -174,6 +177,12 @@ class Slicer:
                     if not (read_along or reading or stream.waiters > 0 or elsewhere):
                         break
                     fill = await self._open_slice_fill(entry, index)
+                    if fill is None:
+                        # Stored, or a range fill (a reader ahead, here or in another
+                        # process) brings it: the stream stops rather than read bytes
+                        # it would drop. What lies beyond is fetched by the readers
+                        # that need it, so the origin sends each byte once.
+                        break
                 # Only now that this slice's fill holds its lock: a reader elsewhere
                 # that sees the stream here finds the slice taken.
                 began = time.time()

@@ -1,9 +1,10 @@
 """A scriptable upstream for edge tests, run as its own process.
 
 It plays the origins an edge meets: it counts requests per path (GET /_count/PATH,
-POST /_reset) and keeps the Range field of each (GET /_ranges/PATH: a JSON list, null
-for none), answers with headers the test asks for through the query string, can
-delay the response head, and can send a body slowly so a test can kill it mid-body.
+POST /_reset), keeps the Range field of each (GET /_ranges/PATH: a JSON list, null
+for none) and counts the body bytes it handed to its connections (GET /_sent/PATH);
+it answers with headers the test asks for through the query string, can delay the
+response head, and can send a body slowly so a test can kill it mid-body.
 
     python -m tests.support.upstream --port P [--name N] [--fail-every K --fail-mode M]
 
@@ -132,9 +133,13 @@ def make_app(
     counts: Counter[str] = Counter()
     total = Counter[str]()
     ranges: dict[str, list[str | None]] = {}
+    sent: Counter[str] = Counter()
 
     async def count(request: web.Request) -> web.Response:
         return web.json_response({"count": counts["/" + request.match_info["path"]]})
+
+    async def sent_bytes(request: web.Request) -> web.Response:
+        return web.json_response({"bytes": sent["/" + request.match_info["path"]]})
 
     async def ranges_seen(request: web.Request) -> web.Response:
         return web.json_response(ranges.get("/" + request.match_info["path"], []))
@@ -142,6 +147,7 @@ def make_app(
     async def reset(request: web.Request) -> web.Response:
         counts.clear()
         ranges.clear()
+        sent.clear()
         return web.Response(text="ok")
 
     async def serve(request: web.Request) -> web.StreamResponse:
@@ -253,9 +259,11 @@ def make_app(
             pause = float(q["trickle"]) / max(1, size // step)
             for i in range(0, size, step):
                 await resp.write(body[i : i + step])
+                sent[request.path] += len(body[i : i + step])
                 await asyncio.sleep(pause)
         else:
             await resp.write(body)
+            sent[request.path] += len(body)
         await resp.write_eof()
         return resp
 
@@ -267,6 +275,7 @@ def make_app(
     app.router.add_get("/_total", count_all)
     app.router.add_get("/_count/{path:.*}", count)
     app.router.add_get("/_ranges/{path:.*}", ranges_seen)
+    app.router.add_get("/_sent/{path:.*}", sent_bytes)
     app.router.add_post("/_reset", reset)
     app.router.add_route("*", "/{tail:.*}", serve)
     return app

@@ -28,6 +28,7 @@ from edge.fetch.machine import (
     FetchStep,
     UpstreamStatusError,
 )
+from edge.fetch.slices import slice_fill_key
 from edge.pipeline.steps import Step
 from edge.rfc.policy import CacheControl, request_cache_control
 from edge.steptable import IllegalMove
@@ -525,6 +526,35 @@ async def test_a_big_object_is_cut_into_slices_as_it_arrives(r: Rig) -> None:
         assert piece is not None
         got += piece.read()
     assert got == BIG
+
+
+async def test_a_stream_stops_where_a_range_fill_already_brings_the_slice(r: Rig) -> None:
+    """A parallel downloader's first request reads the object whole while its other
+    ranges fetch slices further on: the stream stops at the first slice another fill
+    brings rather than read (and drop) bytes the origin already sends, so each byte
+    comes once. The bytes past that point are for their readers to fetch."""
+    pieces = [BIG[i : i + 10_000] for i in range(0, len(BIG), 10_000)]
+    r.upstream.script(
+        "/big", Reply(200, [*BIG_FIELDS, ("Content-Length", str(len(BIG)))], pieces=pieces)
+    )
+    _, fill = await fetched(r, ask(r, "/big"))
+    manifest = fill.head.result().entry
+    assert manifest is not None
+    # A reader ahead starts the range fill of slice 2 before the stream gets there.
+    claim = await r.engine.inflight.join_or_start(slice_fill_key(manifest, 2))
+    assert claim.kind == "started" and claim.fill is not None
+    r.engine.slicer.reading((manifest.key, manifest.variant), +1)  # a reader along
+    await r.settle()
+    body = r.upstream.bodies[0]
+    assert body.closed and not body.read_to_end
+    for index in (0, 1):
+        piece = r.store.open_slice(manifest, index)
+        assert piece is not None
+        assert piece.read() == BIG[index * SLICE : (index + 1) * SLICE]
+    assert r.store.open_slice(manifest, 2) is None  # the range fill's to bring
+    assert r.store.open_slice(manifest, 3) is None  # its reader's to fetch
+    claim.fill.finish()
+    r.engine.inflight.done(claim.fill)
 
 
 async def test_an_object_over_the_limit_is_not_stored_even_if_sliceable(r: Rig) -> None:
