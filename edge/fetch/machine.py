@@ -138,6 +138,7 @@ MOVES: dict[FetchStep, tuple[FetchStep, ...]] = {
     FetchStep.FRESHEN: (FetchStep.DONE, _ERROR),
     FetchStep.SLICE: (FetchStep.DONE, FetchStep.REFETCH, _ERROR),
     FetchStep.PARTIAL: (
+        FetchStep.SLICE,
         FetchStep.BERESP,
         FetchStep.PRIVATE,
         FetchStep.BODY,
@@ -156,8 +157,9 @@ MOVES: dict[FetchStep, tuple[FetchStep, ...]] = {
     FetchStep.DONE: (),
 }
 
-#: A refetch happens once at most (it asks without a range): 9 steps is the longest walk
-#: (bereq, headers, combine, refetch, headers, beresp, body, store, done).
+#: A refetch asks without a range, but for the re-probe of a big object's part (which
+#: asks for one slice): 12 steps is the longest walk (bereq, headers, partial, refetch,
+#: headers, slice, refetch, headers, beresp, body, store, done).
 TABLE = Table("fetch machine", MOVES, FetchStep.BEREQ, max_steps=12)
 FINAL = TABLE.final
 render_table = TABLE.render
@@ -181,6 +183,10 @@ class Fetch:
         self.walk: list[FetchStep] = []
         self.bereq: list[tuple[str, str]] = []
         self.ranged = False  # the bereq asks for a range: the probe's slice, or the client's
+        # The slice to ask for by range: the request's probe, or the one a 206 to the
+        # client's range of a big object lands in (st_partial), asked for by st_refetch.
+        self.probe = request.probe
+        self.reprobe = False
         self.conditional = False  # the bereq validates request.revalidate
         self.response: UpstreamResponse | None = None  # held until handed on or let go
         self.error: Exception | None = None
@@ -233,11 +239,8 @@ class Fetch:
         request = self.request
         self.bereq = [*request.fields, *request.validators]
         self.conditional = request.revalidate is not None
-        if request.probe is not None:
-            size = self.node.config.slice_size
-            first = request.probe * size
-            self.bereq.append(("Range", f"bytes={first}-{first + size - 1}"))
-            self.ranged = True
+        if self.probe is not None:
+            self._ask_slice(self.probe)
         elif request.complete is not None and request.complete.part is not None:
             # RFC 9111 Section 3.4: ask only for what the stored part lacks; If-Range
             # (RFC 9110 Section 13.1.5) with its strong validator turns a changed
@@ -278,7 +281,7 @@ class Fetch:
         stale_error = request.stale_ok and status in ERROR_STATUSES
         if self.ranged and status != 200:
             if status == 206:
-                if self.request.probe is not None:
+                if self.probe is not None:
                     return FetchStep.SLICE
                 if self.request.complete is not None:
                     return FetchStep.COMBINE
@@ -327,11 +330,7 @@ class Fetch:
         if span is None or span[0] % size:
             return FetchStep.REFETCH
         first, _, total = span
-        as_whole = CIMultiDict(
-            (k, v)
-            for k, v in policy.end_to_end(response.headers)
-            if k.lower() not in ("content-range", "content-length")
-        )
+        as_whole = _whole_fields(response.headers)
         rp = node.response_policy(as_whole)
         storable = self._storable(200, as_whole, rp)
         if not storable or not sliceable(200, as_whole, total, node.config.slice_threshold):
@@ -359,17 +358,23 @@ class Fetch:
             # RFC 9110 Section 14.4: its body is not the span it names, so none of its
             # bytes has a known place: relayed as it came, never kept.
             return FetchStep.PRIVATE
-        as_whole = CIMultiDict(
-            (k, v)
-            for k, v in policy.end_to_end(response.headers)
-            if k.lower() not in ("content-range", "content-length")
-        )
+        as_whole = _whole_fields(response.headers)
         if first == 0 and last == total - 1:
             as_whole["Content-Length"] = str(total)
             self.answer = (200, as_whole)
             return FetchStep.BERESP
         rp = node.response_policy(as_whole)
         decision = self._storable(200, as_whole, rp)
+        if decision and sliceable(200, as_whole, total, node.config.slice_threshold):
+            # A big object: kept as slices, as a seek into it past the threshold is
+            # (edge.pipeline.transaction._probe). A 206 holding the slice it starts in
+            # is that slice; otherwise that slice is asked for.
+            size = node.config.slice_size
+            self.probe = first // size
+            if first % size == 0 and last + 1 >= min(first + size, total):
+                return FetchStep.SLICE
+            self.reprobe = True
+            return FetchStep.REFETCH
         if decision and last - first + 1 > node.config.max_object_size:
             decision = policy.Decision(False, "larger than max_object_size")
         if not decision:
@@ -393,11 +398,7 @@ class Fetch:
             or not combinable(stored, entry.size, response.headers)
         ):
             return FetchStep.REFETCH
-        as_whole = CIMultiDict(
-            (k, v)
-            for k, v in policy.end_to_end(response.headers)
-            if k.lower() not in ("content-range", "content-length")
-        )
+        as_whole = _whole_fields(response.headers)
         rp = node.response_policy(as_whole)
         if not self._storable(200, as_whole, rp):
             return FetchStep.REFETCH
@@ -410,13 +411,19 @@ class Fetch:
         return FetchStep.BODY
 
     async def st_refetch(self) -> FetchStep:
-        """Ask again for the whole object: no range, no validators."""
+        """Ask again for the whole object: no range, no validators; or, for a big
+        object's part (st_partial), for the slice it starts in."""
         if self.response is not None:
             self.response.close()
             self.response = None
         self.bereq = list(self.request.fields)
         self.ranged = self.conditional = False
         self.answer = self.part = self.size = self.before = self.after = None
+        if self.reprobe and self.probe is not None:
+            self.reprobe = False
+            self._ask_slice(self.probe)
+        else:
+            self.probe = None
         return FetchStep.HEADERS
 
     async def st_beresp(self) -> FetchStep:
@@ -561,6 +568,12 @@ class Fetch:
 
     # -- helpers ------------------------------------------------------------------------
 
+    def _ask_slice(self, index: int) -> None:
+        size = self.node.config.slice_size
+        first = index * size
+        self.bereq.append(("Range", f"bytes={first}-{first + size - 1}"))
+        self.ranged = True
+
     async def _copy_part(self, writer: BodyWriter, first: int, end: int) -> None:
         """The stored part's bytes [first, end) into the combined body, as they are
         read; a part gone from the store (evicted) breaks the fill."""
@@ -646,6 +659,16 @@ _STEPS: dict[FetchStep, Callable[[Fetch], Awaitable[FetchStep | None]]] = {
     FetchStep.DONE: Fetch.st_done,
 }
 assert set(_STEPS) == set(FetchStep), "every step of the fetch machine has its method"
+
+
+def _whole_fields(headers: policy.Headers) -> CIMultiDict[str]:
+    """The fields of the representation a 206 carries part of (RFC 9110 Section 15.3.7):
+    its end-to-end fields less those that describe the part."""
+    return CIMultiDict(
+        (k, v)
+        for k, v in policy.end_to_end(headers)
+        if k.lower() not in ("content-range", "content-length")
+    )
 
 
 def _tags(headers: policy.Headers) -> tuple[str, ...]:

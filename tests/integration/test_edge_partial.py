@@ -18,7 +18,7 @@ from multidict import CIMultiDict
 
 from tests.integration.conftest import EdgeFactory
 from tests.support.procs import Proc
-from tests.support.upstream import text_for
+from tests.support.upstream import body_for, text_for
 
 SIZE = 10_000
 #: Not periodic (text_for draws words), so bytes put in the wrong place show.
@@ -159,3 +159,26 @@ async def test_a_collapsed_request_never_gets_another_clients_part(
     assert (s1, b1) == (206, OBJECT[:100])
     assert (s2, b2) == (200, OBJECT)
     assert (s3, b3) == (206, OBJECT[5000:5010])
+
+
+async def test_a_cold_range_of_a_big_object_keeps_the_slice_it_lands_in(
+    upstream: Proc, edge: EdgeFactory
+) -> None:
+    """A big object is kept as slices (tests/integration/test_edge_slices.py), whichever
+    range first found it: its 206 to a client's range tells edge its size, and edge asks
+    for the slice the range lands in, as for a seek past the slicing threshold."""
+    mib = 1 << 20
+    size = 6 * mib
+    node = edge(upstream.url, "--slice-size", "1M", "--slice-threshold", "4M")
+    url = f"{node.url}/big?ranges=1&etag=%22b1%22&size={size}"
+    data = body_for("/big", size)
+    start = mib + 100
+    status, headers, body = await fetch(url, Range=f"bytes={start}-{start + 99}")
+    assert status == 206 and body == data[start : start + 100]
+    assert headers["Content-Range"] == f"bytes {start}-{start + 99}/{size}"
+    assert asked(upstream, "/big") == [f"bytes={start}-{start + 99}", f"bytes={mib}-{2 * mib - 1}"]
+    status, headers, body = await fetch(url, Range=f"bytes={mib}-{2 * mib - 1}")
+    assert status == 206 and body == data[mib : 2 * mib] and "hit" in status_of(headers)
+    status, headers, body = await fetch(url)  # the other slices, each by range
+    assert status == 200 and body == data and "fwd=partial" in status_of(headers)
+    assert len(asked(upstream, "/big")) == 2 + 5

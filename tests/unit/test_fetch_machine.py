@@ -377,6 +377,56 @@ async def test_a_206_holding_every_byte_of_a_big_object_is_cut_into_slices(r: Ri
     assert got == BIG
 
 
+async def test_a_206_to_the_clients_range_of_a_big_object_starting_a_slice_is_that_slice(
+    r: Rig,
+) -> None:
+    """A big object is kept as slices however its first request found it: a part of
+    it that starts a slice and holds it is that slice (the rest come as needed)."""
+    r.upstream.script("/big", _part(SLICE, len(BIG) - 1))
+    fetch, fill = await fetched(r, ask(r, "/big", range=f"bytes={SLICE}-"))
+    assert fetch.walk == [S.BEREQ, S.HEADERS, S.PARTIAL, S.SLICE, S.DONE]
+    head = fill.head.result()
+    assert head.kind == "sliced" and head.entry is not None
+    await r.settle()
+    kept = r.store.open_slice(head.entry, 1)
+    assert kept is not None and kept.read() == BIG[SLICE : 2 * SLICE]
+    assert r.store.open_slice(head.entry, 2) is None  # one slice, as a probe's
+    assert r.upstream.bodies[0].closed
+
+
+async def test_a_206_to_the_clients_range_of_a_big_object_elsewhere_asks_its_slice(
+    r: Rig,
+) -> None:
+    """A part of a big object that does not hold the slice it starts in is not kept:
+    that slice is asked for, as a seek past the threshold asks (a probe)."""
+    r.upstream.script("/big", _part(SLICE + 100, SLICE + 199), _part(SLICE, 2 * SLICE - 1))
+    fetch, fill = await fetched(r, ask(r, "/big", range=f"bytes={SLICE + 100}-{SLICE + 199}"))
+    assert fetch.walk == [
+        *(S.BEREQ, S.HEADERS, S.PARTIAL, S.REFETCH),
+        *(S.HEADERS, S.SLICE, S.DONE),
+    ]
+    first, second = r.upstream.sent
+    assert first.headers["Range"] == f"bytes={SLICE + 100}-{SLICE + 199}"
+    assert second.headers["Range"] == f"bytes={SLICE}-{2 * SLICE - 1}"
+    assert r.upstream.bodies[0].closed
+    head = fill.head.result()
+    assert head.kind == "sliced" and head.entry is not None
+    await r.settle()
+    kept = r.store.open_slice(head.entry, 1)
+    assert kept is not None and kept.read() == BIG[SLICE : 2 * SLICE]
+
+
+async def test_a_reprobe_answered_otherwise_fetches_the_whole(r: Rig) -> None:
+    whole = Reply(200, [*BIG_FIELDS, ("Content-Length", str(len(BIG)))], BIG)
+    r.upstream.script("/big", _part(SLICE + 100, SLICE + 199), _part(SLICE + 1, 2 * SLICE), whole)
+    fetch, _ = await fetched(r, ask(r, "/big", range=f"bytes={SLICE + 100}-{SLICE + 199}"))
+    assert fetch.walk == [
+        *(S.BEREQ, S.HEADERS, S.PARTIAL, S.REFETCH, S.HEADERS, S.SLICE, S.REFETCH),
+        *(S.HEADERS, S.BERESP, S.STREAM, S.DONE),
+    ]
+    assert "Range" not in r.upstream.sent[2].headers
+
+
 @pytest.mark.parametrize(
     "answer",
     [
