@@ -13,7 +13,8 @@ the upstream sends before its head: they go to the client that started the fill 
 (FetchRequest.interim), never stored, never replayed to a joiner.
 
 This module owns the backend side of a fill: asking, reading what the answer's head
-makes of it, and storing (whole, as slices, or freshened by a 304). The caching rules
+makes of it, and storing (whole, as slices, as the part a 206 carries, combined with
+a stored part, or freshened by a 304). The caching rules
 come from edge.rfc.policy. Which fetch to make (a conditional one, a probe for one
 slice, stale allowed to stand in for a failure) is the client machine's decision,
 carried in the request; a fill is started only through InFlight.join_or_start.
@@ -21,8 +22,10 @@ carried in the request; a fill is started only through InFlight.join_or_start.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from email.utils import formatdate
@@ -32,10 +35,11 @@ from multidict import CIMultiDict
 
 from edge.config import NodeConfig
 from edge.fetch.fill import Fill, FillHead, InFlight
-from edge.fetch.slices import Slicer, parse_content_range, sliceable
+from edge.fetch.slices import Slicer, sliceable
 from edge.observe.metrics import NodeMetrics
 from edge.rfc import policy
 from edge.rfc.policy import CacheControl, ResponsePolicy
+from edge.rfc.ranges import combinable, completes, completion, parse_content_range
 from edge.steptable import Table
 from edge.store.disk import BodyWriter, Entry, Store, new_variant_id
 from edge.upstream.h1client import InterimSink
@@ -74,6 +78,11 @@ class FetchRequest:
     stale_ok: bool = False  # a 5xx is an error: a stale copy stands in for it
     probe: int | None = None  # ask for this slice by range instead of the whole
     method: str = "GET"  # what a fill asks: a HEAD that misses is passed, never filled
+    # The client's own Range, passed on (edge.rfc.ranges.forwardable): a 206 to it is
+    # kept as the part it is (RFC 9111 Section 3.3).
+    range: str | None = None
+    # A stored part (Entry.part) this fetch asks the rest of, to combine (Section 3.4).
+    complete: Entry | None = None
     # Told of each 1xx before the head: the starting client's relay (RFC 9110 Section
     # 15.2). Only that client asked; whether the answer is shared is not known until
     # its head, so a joiner (who may yet be passed to a private answer) gets none.
@@ -105,6 +114,8 @@ class FetchStep(enum.Enum):
     HEADERS = "headers"  # send it; what the answer's status makes of the fetch
     FRESHEN = "freshen"  # RFC 9111 Section 4.3.4: a 304 refreshes the stored response
     SLICE = "slice"  # a 206 to the probe: keep the object as slices, from this one on
+    PARTIAL = "partial"  # a 206 to the client's range: keep it as the part it is
+    COMBINE = "combine"  # a 206 with what a stored part lacks: the two make the whole
     REFETCH = "refetch"  # the answer to the probe is not the object's: ask for it whole
     BERESP = "beresp"  # RFC 9111 Section 3: may it be stored, and how
     PRIVATE = "private"  # not storable: the fill's initiator alone relays it
@@ -125,12 +136,23 @@ MOVES: dict[FetchStep, tuple[FetchStep, ...]] = {
     FetchStep.HEADERS: (
         FetchStep.FRESHEN,
         FetchStep.SLICE,
+        FetchStep.PARTIAL,
+        FetchStep.COMBINE,
         FetchStep.REFETCH,
         FetchStep.BERESP,
         _ERROR,
     ),
     FetchStep.FRESHEN: (FetchStep.DONE, _ERROR),
     FetchStep.SLICE: (FetchStep.DONE, FetchStep.REFETCH, _ERROR),
+    FetchStep.PARTIAL: (
+        FetchStep.SLICE,
+        FetchStep.BERESP,
+        FetchStep.PRIVATE,
+        FetchStep.BODY,
+        FetchStep.REFETCH,
+        _ERROR,
+    ),
+    FetchStep.COMBINE: (FetchStep.BODY, FetchStep.REFETCH, _ERROR),
     FetchStep.REFETCH: (FetchStep.HEADERS, _ERROR),
     FetchStep.BERESP: (FetchStep.PRIVATE, FetchStep.STREAM, FetchStep.BODY, _ERROR),
     FetchStep.PRIVATE: (FetchStep.DONE, _ERROR),
@@ -142,7 +164,9 @@ MOVES: dict[FetchStep, tuple[FetchStep, ...]] = {
     FetchStep.DONE: (),
 }
 
-#: A refetch happens once at most (it asks without a range): 9 steps is the longest walk.
+#: A refetch asks without a range, but for the re-probe of a big object's part (which
+#: asks for one slice): 12 steps is the longest walk (bereq, headers, partial, refetch,
+#: headers, slice, refetch, headers, beresp, body, store, done).
 TABLE = Table("fetch machine", MOVES, FetchStep.BEREQ, max_steps=12)
 FINAL = TABLE.final
 render_table = TABLE.render
@@ -165,7 +189,11 @@ class Fetch:
         self.fill = fill
         self.walk: list[FetchStep] = []
         self.bereq: list[tuple[str, str]] = []
-        self.ranged = False  # the bereq asks for the probe's slice
+        self.ranged = False  # the bereq asks for a range: the probe's slice, or the client's
+        # The slice to ask for by range: the request's probe, or the one a 206 to the
+        # client's range of a big object lands in (st_partial), asked for by st_refetch.
+        self.probe = request.probe
+        self.reprobe = False
         self.conditional = False  # the bereq validates request.revalidate
         self.response: UpstreamResponse | None = None  # held until handed on or let go
         self.error: Exception | None = None
@@ -178,6 +206,14 @@ class Fetch:
         self.length: int | None = None
         self.writer: BodyWriter | None = None
         self.head: FillHead | None = None
+        # What the answer is, as stored: its status and fields (a 206 holding the whole
+        # representation is its 200), and, of a part, the span [first, end) it holds.
+        self.answer: tuple[int, policy.Headers] | None = None
+        self.part: tuple[int, int] | None = None
+        self.size: int | None = None  # the complete length a 206 stated
+        # Of a combine: the stored part's bytes go before (or after) the new ones.
+        self.before: tuple[int, int] | None = None
+        self.after: tuple[int, int] | None = None
         # What the fetch asked with, as the storage rules read it (RFC 9111 Sections 3, 4.1).
         self.asked = CIMultiDict([*request.fields, *request.validators])
 
@@ -210,10 +246,23 @@ class Fetch:
         request = self.request
         self.bereq = [*request.fields, *request.validators]
         self.conditional = request.revalidate is not None
-        if request.probe is not None:
-            size = self.node.config.slice_size
-            first = request.probe * size
-            self.bereq.append(("Range", f"bytes={first}-{first + size - 1}"))
+        if self.probe is not None:
+            self._ask_slice(self.probe)
+        elif request.complete is not None and request.complete.part is not None:
+            # RFC 9111 Section 3.4: ask only for what the stored part lacks; If-Range
+            # (RFC 9110 Section 13.1.5) with its strong validator turns a changed
+            # object's answer into the new whole.
+            entry = request.complete
+            assert entry.part is not None
+            wanted = completion(entry.part, entry.size)
+            if wanted is not None:
+                self.bereq.append(("Range", wanted))
+                etag = CIMultiDict(entry.headers).get("ETag")
+                if etag and not etag.startswith("W/"):
+                    self.bereq.append(("If-Range", etag))
+                self.ranged = True
+        elif request.range is not None:
+            self.bereq.append(("Range", request.range))
             self.ranged = True
         return FetchStep.HEADERS
 
@@ -249,7 +298,11 @@ class Fetch:
         stale_error = request.stale_ok and status in ERROR_STATUSES
         if self.ranged and status != 200:
             if status == 206:
-                return FetchStep.SLICE
+                if self.probe is not None:
+                    return FetchStep.SLICE
+                if self.request.complete is not None:
+                    return FetchStep.COMBINE
+                return FetchStep.PARTIAL
             if not stale_error:
                 # Only a 200 (Range ignored) is the object's own answer. Anything else
                 # answers edge's range (a 416 for an object shorter than the probe, RFC
@@ -292,11 +345,7 @@ class Fetch:
         if span is None or span[0] % size:
             return FetchStep.REFETCH
         first, _, total = span
-        as_whole = CIMultiDict(
-            (k, v)
-            for k, v in policy.end_to_end(response.headers)
-            if k.lower() not in ("content-range", "content-length")
-        )
+        as_whole = _whole_fields(response.headers)
         rp = node.response_policy(as_whole)
         storable = self._storable(200, as_whole, rp)
         if not storable or not sliceable(200, as_whole, total, node.config.slice_threshold):
@@ -308,13 +357,88 @@ class Fetch:
         self.fill.head.set_result(FillHead("sliced", status=206, entry=manifest))
         return FetchStep.DONE
 
+    async def st_partial(self) -> FetchStep:
+        """RFC 9111 Section 3.3: a 206 to the client's range is stored as the part it
+        is (its Content-Range), with the fields of the representation it belongs to;
+        a 206 holding every byte is the whole response. The client that asked gets it
+        as it came; later range requests inside it are hits (edge.rfc.ranges.within)."""
+        node, response = self.node, self.response
+        assert response is not None
+        span = parse_content_range(response.headers.get("Content-Range"))
+        if span is None:
+            return FetchStep.REFETCH  # a 206 that says not what it holds is not kept
+        first, last, total = span
+        framed = response.headers.get("Content-Length")
+        if framed is not None and framed != str(last - first + 1):
+            # RFC 9110 Section 14.4: its body is not the span it names, so none of its
+            # bytes has a known place: relayed as it came, never kept.
+            return FetchStep.PRIVATE
+        as_whole = _whole_fields(response.headers)
+        if first == 0 and last == total - 1:
+            as_whole["Content-Length"] = str(total)
+            self.answer = (200, as_whole)
+            return FetchStep.BERESP
+        rp = node.response_policy(as_whole)
+        decision = self._storable(200, as_whole, rp)
+        if decision and sliceable(200, as_whole, total, node.config.slice_threshold):
+            # A big object: kept as slices, as a seek into it past the threshold is
+            # (edge.pipeline.transaction._probe). A 206 holding the slice it starts in
+            # is that slice; otherwise that slice is asked for.
+            size = node.config.slice_size
+            self.probe = first // size
+            if first % size == 0 and last + 1 >= min(first + size, total):
+                return FetchStep.SLICE
+            self.reprobe = True
+            return FetchStep.REFETCH
+        if decision and last - first + 1 > node.config.max_object_size:
+            decision = policy.Decision(False, "larger than max_object_size")
+        if not decision:
+            return FetchStep.PRIVATE  # the initiator relays the 206 it asked for
+        self._keep(list(as_whole.items()), as_whole, rp)
+        self.part, self.size, self.length = (first, last + 1), total, last - first + 1
+        return FetchStep.BODY
+
+    async def st_combine(self) -> FetchStep:
+        """RFC 9111 Section 3.4: a 206 with exactly what the stored part lacks, under
+        the same strong validator, is combined with it into the whole representation,
+        with the new response's fields. Anything else (another representation, a
+        span that does not fit) is not combined: the whole is fetched."""
+        node, response, entry = self.node, self.response, self.request.complete
+        assert response is not None and entry is not None and entry.part is not None
+        span = parse_content_range(response.headers.get("Content-Range"))
+        stored = CIMultiDict(entry.headers)
+        if (
+            span is None
+            or not completes(entry.part, entry.size, span)
+            or not combinable(stored, entry.size, response.headers)
+        ):
+            return FetchStep.REFETCH
+        as_whole = _whole_fields(response.headers)
+        rp = node.response_policy(as_whole)
+        if not self._storable(200, as_whole, rp):
+            return FetchStep.REFETCH
+        self._keep(list(as_whole.items()), as_whole, rp)
+        self.length = entry.size
+        if entry.part[0] == 0:
+            self.before = entry.part
+        else:
+            self.after = entry.part
+        return FetchStep.BODY
+
     async def st_refetch(self) -> FetchStep:
-        """Ask again for the whole object: no range, no validators."""
+        """Ask again for the whole object: no range, no validators; or, for a big
+        object's part (st_partial), for the slice it starts in."""
         if self.response is not None:
             self.response.close()
             self.response = None
         self.bereq = list(self.request.fields)
         self.ranged = self.conditional = False
+        self.answer = self.part = self.size = self.before = self.after = None
+        if self.reprobe and self.probe is not None:
+            self.reprobe = False
+            self._ask_slice(self.probe)
+        else:
+            self.probe = None
         return FetchStep.HEADERS
 
     async def st_beresp(self) -> FetchStep:
@@ -322,9 +446,10 @@ class Fetch:
         slices, or not at all."""
         node, response = self.node, self.response
         assert response is not None
-        rp = node.response_policy(response.headers)
-        decision = self._storable(response.status, response.headers, rp)
-        length_field = response.headers.get("Content-Length")
+        status, headers = self.answer or (response.status, response.headers)
+        rp = node.response_policy(headers)
+        decision = self._storable(status, headers, rp)
+        length_field = headers.get("Content-Length")
         self.length = int(length_field) if length_field and length_field.isdigit() else None
         if decision and self.length is not None and self.length > node.config.max_object_size:
             decision = policy.Decision(False, "larger than max_object_size")
@@ -336,9 +461,9 @@ class Fetch:
                 decision.section,
             )
             return FetchStep.PRIVATE
-        self._keep(policy.end_to_end(response.headers), response.headers, rp)
+        self._keep(policy.end_to_end(headers), headers, rp)
         threshold = node.config.slice_threshold
-        if sliceable(response.status, response.headers, self.length, threshold):
+        if sliceable(status, headers, self.length, threshold):
             return FetchStep.STREAM
         return FetchStep.BODY
 
@@ -355,21 +480,32 @@ class Fetch:
         response, self.response = self.response, None
         assert response is not None and self.length is not None
         manifest = self._manifest(self.length)
-        await self.node.slicer.start_stream(manifest, response, 0)
+        await self.node.slicer.start_stream(manifest, response, 0, whole=True)
         self.fill.head.set_result(FillHead("sliced", status=200, entry=manifest))
         return FetchStep.DONE
 
     async def st_body(self) -> FetchStep:
-        """The body into a new file that every client of the fill reads as it grows."""
+        """The body into a new file that every client of the fill reads as it grows:
+        the answer's body, or a stored part's bytes and the new ones it is combined
+        with (st_combine). A part's readers get the 206 as it came (st_partial)."""
         node, fill, response = self.node, self.fill, self.response
         assert response is not None
         self.writer = writer = node.store.begin(self.length)
         fill.attach_writer(writer)
+        status = self.answer[0] if self.answer else response.status
+        headers = self.stored
+        if self.before or self.after:
+            status = 200
+        elif self.part is not None:
+            status, headers = (
+                206,
+                [*self.stored, ("Content-Range", response.headers["Content-Range"])],
+            )
         self.head = head = FillHead(
             "body",
             variant=new_variant_id(),
-            status=response.status,
-            headers=self.stored,
+            status=status,
+            headers=headers,
             vary=self.vary,
             length=self.length,
             storable=True,
@@ -377,11 +513,15 @@ class Fetch:
         fill.head.set_result(head)
         limit = node.config.max_object_size
         try:
+            if self.before is not None:
+                await self._copy_part(writer, *self.before)
             async for chunk in response.chunks():
                 writer.write(chunk)
                 fill.advance(len(chunk))
                 if head.storable and writer.written > limit:
                     head.storable = False
+            if self.after is not None:
+                await self._copy_part(writer, *self.after)
             if self.length is not None and writer.written != self.length:
                 # RFC 9111 Section 3.3: an incomplete response is not stored as complete.
                 raise UpstreamError(f"upstream sent {writer.written} of {self.length} bytes")
@@ -401,13 +541,15 @@ class Fetch:
             entry = Entry(
                 key=self.fill.key,
                 variant=head.variant,
-                status=head.status,
+                # A part is kept as what it is of its 200 (RFC 9111 Section 3.3).
+                status=200 if self.part is not None else head.status,
                 headers=tuple(self.stored),
                 vary=head.vary,
                 request_time=self.times[0],
                 response_time=self.times[1],
-                size=writer.written,
+                size=self.size if self.size is not None else writer.written,
                 tags=self.tags,
+                part=self.part,
             )
             self.node.store.commit(entry, writer)
         else:
@@ -440,6 +582,31 @@ class Fetch:
         """The fill has its head; its body is stored, or on its way in a stream."""
 
     # -- helpers ------------------------------------------------------------------------
+
+    def _ask_slice(self, index: int) -> None:
+        size = self.node.config.slice_size
+        first = index * size
+        self.bereq.append(("Range", f"bytes={first}-{first + size - 1}"))
+        self.ranged = True
+
+    async def _copy_part(self, writer: BodyWriter, first: int, end: int) -> None:
+        """The stored part's bytes [first, end) into the combined body, as they are
+        read; a part gone from the store (evicted) breaks the fill."""
+        part = self.request.complete
+        assert part is not None
+        body = self.node.store.open_body(part)
+        if body is None:
+            raise UpstreamError("the stored part went before it was combined")
+        with body:
+            offset, fd = 0, body.fileno()
+            while offset < end - first:
+                data = os.pread(fd, min(1 << 16, end - first - offset), offset)
+                if not data:
+                    raise UpstreamError("the stored part is shorter than it says")
+                offset += len(data)
+                writer.write(data)
+                self.fill.advance(len(data))
+                await asyncio.sleep(0)  # readers follow as it is copied
 
     def _storable(
         self, status: int, headers: policy.Headers, rp: ResponsePolicy
@@ -491,6 +658,8 @@ _STEPS: dict[FetchStep, Callable[[Fetch], Awaitable[FetchStep | None]]] = {
     FetchStep.HEADERS: Fetch.st_headers,
     FetchStep.FRESHEN: Fetch.st_freshen,
     FetchStep.SLICE: Fetch.st_slice,
+    FetchStep.PARTIAL: Fetch.st_partial,
+    FetchStep.COMBINE: Fetch.st_combine,
     FetchStep.REFETCH: Fetch.st_refetch,
     FetchStep.BERESP: Fetch.st_beresp,
     FetchStep.PRIVATE: Fetch.st_private,
@@ -502,6 +671,16 @@ _STEPS: dict[FetchStep, Callable[[Fetch], Awaitable[FetchStep | None]]] = {
     FetchStep.DONE: Fetch.st_done,
 }
 assert set(_STEPS) == set(FetchStep), "every step of the fetch machine has its method"
+
+
+def _whole_fields(headers: policy.Headers) -> CIMultiDict[str]:
+    """The fields of the representation a 206 carries part of (RFC 9110 Section 15.3.7):
+    its end-to-end fields less those that describe the part."""
+    return CIMultiDict(
+        (k, v)
+        for k, v in policy.end_to_end(headers)
+        if k.lower() not in ("content-range", "content-length")
+    )
 
 
 def _tags(headers: policy.Headers) -> tuple[str, ...]:

@@ -11,6 +11,9 @@ Slices arrive two ways:
     front to back still makes one upstream request;
   - a *range fill*: one upstream range request for one slice, validated against the
     manifest (If-Match), when a reader needs a slice nobody is bringing.
+A stream stops at the first slice that is stored or another fill brings (a reader
+ahead of it, such as one of a parallel downloader's ranges, fetched it by range): it
+never reads bytes it would drop, so the origin sends each byte of the object once.
 Either way a slice in progress is an ordinary Fill in the in-flight table, so readers
 follow it byte by byte.
 
@@ -41,6 +44,7 @@ from multidict import CIMultiDict
 from edge.fetch.fill import POLL, Fill, FillHead, FillReader, InFlight
 from edge.multiproc.coordination import alive
 from edge.rfc import policy
+from edge.rfc.ranges import combinable, parse_content_range
 from edge.store.disk import Entry, Store
 from edge.upstream.pools import UpstreamError, UpstreamResponse, Upstreams
 
@@ -78,37 +82,6 @@ def sliceable(status: int, headers: policy.Headers, length: int | None, threshol
         return False
     etag = headers.get("ETag")
     return bool(etag and not etag.startswith("W/")) or "Last-Modified" in headers
-
-
-def parse_content_range(value: str | None) -> tuple[int, int, int] | None:
-    """RFC 9110 Section 14.4: `bytes first-last/complete` -> (first, last, complete)."""
-    if not value:
-        return None
-    unit, _, rest = value.strip().partition(" ")
-    span, _, total = rest.partition("/")
-    first, _, last = span.partition("-")
-    if unit.lower() != "bytes" or not (first.isdigit() and last.isdigit() and total.isdigit()):
-        return None
-    a, b, n = int(first), int(last), int(total)
-    return (a, b, n) if a <= b < n else None
-
-
-def combinable(stored: policy.Headers, size: int, part: policy.Headers) -> bool:
-    """RFC 9111 Section 3.4: a part may be combined with the stored parts of a
-    representation only when its complete length is theirs (RFC 9110 Section 14.4)
-    and both carry the same strong validator: the manifest's strong ETag, by strong
-    comparison (RFC 9110 Section 8.8.3.2), or, when it has none, the Last-Modified date
-    it was sliced under (`sliceable`). An origin that ignores If-Match answers a
-    changed object with its new version: that part is another representation."""
-    span = parse_content_range(part.get("Content-Range"))
-    if span is None or span[2] != size:
-        return False
-    etag = stored.get("ETag")
-    if etag and not etag.startswith("W/"):
-        got = part.get("ETag")
-        return got is not None and policy.strong_etag_equal(etag, got)
-    modified = policy.parse_http_date(stored.get("Last-Modified"))
-    return modified is not None and modified == policy.parse_http_date(part.get("Last-Modified"))
 
 
 class _Stream:
@@ -154,16 +127,19 @@ class Slicer:
     # -- streams --------------------------------------------------------------------
 
     async def start_stream(
-        self, entry: Entry, response: UpstreamResponse, first: int
+        self, entry: Entry, response: UpstreamResponse, first: int, *, whole: bool = False
     ) -> Fill | None:
-        """Cut `response` (whose body starts at slice `first`) into slices. Returns the
-        fill of the first slice, already registered, so readers can follow it at once
-        (None when that slice is stored, or another fill brings it)."""
+        """Cut `response` (whose body starts at slice `first`) into slices: to the
+        object's end when it is the whole object (a 200, or a 206 holding every byte:
+        `whole`), else the one slice a probe asked for. Returns the fill of the first
+        slice, already registered, so readers can follow it at once (None when that
+        slice is stored, or another fill brings it)."""
         stream = _Stream()
         stream.index = first
         self._streams[(entry.key, entry.variant)] = stream
         fill = await self._open_slice_fill(entry, first)
-        self.inflight.spawn(self._run_stream(entry, response, first, fill, stream))
+        last = entry.slice_count - 1 if whole or response.status == 200 else first
+        self.inflight.spawn(self._run_stream(entry, response, first, last, fill, stream))
         return fill
 
     async def _run_stream(
@@ -171,6 +147,7 @@ class Slicer:
         entry: Entry,
         response: UpstreamResponse,
         first: int,
+        last: int,
         fill: Fill | None,
         stream: _Stream,
     ) -> None:
@@ -181,7 +158,6 @@ class Slicer:
         began = time.time()
         coordination.want(stream_key(entry), start=True)
         try:
-            last = entry.slice_count - 1 if response.status == 200 else first
             for index in range(first, last + 1):
                 if index > first:
                     # Before advancing: while the stream waits here, a reader of the
@@ -201,6 +177,12 @@ class Slicer:
                     if not (read_along or reading or stream.waiters > 0 or elsewhere):
                         break
                     fill = await self._open_slice_fill(entry, index)
+                    if fill is None:
+                        # Stored, or a range fill (a reader ahead, here or in another
+                        # process) brings it: the stream stops rather than read bytes
+                        # it would drop. What lies beyond is fetched by the readers
+                        # that need it, so the origin sends each byte once.
+                        break
                 # Only now that this slice's fill holds its lock: a reader elsewhere
                 # that sees the stream here finds the slice taken.
                 began = time.time()
@@ -437,15 +419,17 @@ class BodySource(Protocol):
 
 
 class FileSource:
-    """A complete body stored in one file."""
+    """A body stored in one file: the whole representation, or the part of it that
+    starts at byte `offset` (a stored partial response, Entry.part)."""
 
-    def __init__(self, file: IO[bytes]) -> None:
+    def __init__(self, file: IO[bytes], offset: int = 0) -> None:
         self.file = file
+        self.offset = offset
 
     async def pieces(self, start: int, end: int | None) -> AsyncIterator[Piece]:
         assert end is not None
         if end > start:
-            yield FileSegment(self.file, start, end - start)
+            yield FileSegment(self.file, start - self.offset, end - start)
 
     def close(self) -> None:
         self.file.close()

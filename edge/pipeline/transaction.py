@@ -60,8 +60,10 @@ from edge.rfc.ranges import (
     ByteRange,
     Unsatisfiable,
     first_position,
+    forwardable,
     if_range_allows,
     parse_range,
+    within,
 )
 from edge.store.disk import Entry, Store
 from edge.upstream.h1client import Deferred
@@ -216,6 +218,7 @@ class Transaction:
         self.soft_purged = False  # the stored response must be revalidated (edge.purge.bans)
         self._rounds = 0  # lookups again after another worker's fill (_look_again)
         self._looked_up: list[Entry] = []  # the variants the lookup saw
+        self._part: Entry | None = None  # a stored part this request needs more than
         self._hot_candidate = False  # delivered as stored from the entry's own file
         self._prior_status: list[str] = []  # Cache-Status entries of the caches upstream
         self._relay: InterimRelay | None = None  # the upstream's 1xx on their way (_interim)
@@ -287,12 +290,22 @@ class Transaction:
                 self.body = None
             self.entry, self.entry_headers = None, CIMultiDict()
             variants = []
+        if self.entry is not None and self.entry.part is not None and not self._part_answers():
+            # RFC 9111 Section 3.4: a stored part that lacks bytes this request asks
+            # for is a miss; the fetch asks for what it lacks, to combine.
+            self._part = self.entry
+            if self.body is not None:
+                self.body.close()
+                self.body = None
+            self.entry, self.entry_headers = None, CIMultiDict()
         if not variants:
             # What this request removed itself (a hard purge, a lost body) is not another
             # process's change: st_fetch compares with the store as this left it.
             self._looked_up = self.e.store.variants(self.key)
         if self.entry is None:
             self.status.fwd = "vary-miss" if variants else "uri-miss"
+            if self._part is not None:
+                self.status.fwd = "partial"
             if "only-if-cached" in self.request_cc:
                 return self.synth(504, "only-if-cached and not stored")
             if self.method == "HEAD":
@@ -316,6 +329,24 @@ class Transaction:
             return self.synth(504, "only-if-cached and the stored response is stale")
         self.status.fwd = "request" if "no-cache" in self.request_cc else "stale"
         return Step.MISS
+
+    def _part_answers(self) -> bool:
+        """RFC 9111 Section 3.3: a stored part answers a GET whose ranges (after its
+        If-Range) lie inside it; a range past the representation's end is answered
+        416 from what is stored, its complete length being known."""
+        entry = self.entry
+        assert entry is not None and entry.part is not None
+        if self.method != "GET" or "Range" not in self.headers:
+            return False
+        if not if_range_allows(self.headers, self.entry_headers):
+            return False
+        try:
+            ranges = parse_range(
+                self.headers.get("Range"), entry.size, self.entry_headers.get("Content-Type") or ""
+            )
+        except Unsatisfiable:
+            return True
+        return ranges is not None and within(ranges, entry.part)
 
     def _select(self, variants: list[Entry]) -> list[Entry] | None:
         """Choose the stored response for this request (Vary) and open its body;
@@ -410,7 +441,10 @@ class Transaction:
             return Step.DELIVER
         if head.kind == "body":
             self.status.fwd_status = head.status
-            if not initiator and not policy.vary_matches(head.vary, self.headers, _NEGOTIATED):
+            if not initiator and (
+                # A part (RFC 9111 Section 3.3) answers the range its initiator asked.
+                head.status == 206 or not policy.vary_matches(head.vary, self.headers, _NEGOTIATED)
+            ):
                 self.status.collapsed = False
                 return Step.PASS
             if self.body is not None:
@@ -596,6 +630,20 @@ class Transaction:
         drop = (*_CLIENT_CONDITIONALS, *_RANGE_FIELDS, "accept-encoding")
         entry = self.entry
         validators = policy.conditional_headers(CIMultiDict(entry.headers)) if entry else []
+        # A cold GET passes its one range on, unless its If-Range (dropped: it validates
+        # the client's copy, not ours) could make the answer the whole. A stored part
+        # is completed while small; a big object's is replaced by its slices.
+        forward = None
+        if (
+            entry is None
+            and probe is None
+            and self.method == "GET"
+            and "If-Range" not in self.headers
+        ):
+            forward = forwardable(self.headers.get("Range"))
+        part = self._part
+        if part is not None and (entry is not None or part.size > self.e.config.slice_threshold):
+            part = None
         return FetchRequest(
             key=self.key,
             target=self.key_target,
@@ -606,6 +654,8 @@ class Transaction:
             validators=tuple(validators),
             stale_ok=stale_ok,
             probe=probe,
+            range=None if part is not None else forward,
+            complete=part,
             interim=interim,
         )
 
@@ -740,6 +790,11 @@ class Transaction:
             source = SlicedSource(
                 self.e.slicer, entry, self._slice_headers(entry), on_fetch=self._fetched
             )
+        elif entry.part is not None:
+            # A stored part answers only ranges inside it (_part_answers), as stored.
+            assert body is not None
+            source = FileSource(body, offset=entry.part[0])
+            self.body = None  # the source closes it
         else:
             assert body is not None
             source = FileSource(body)
@@ -968,8 +1023,9 @@ class Transaction:
             # way cuts no answer short.
             if isinstance(source, FileSource):
                 fd = source.file.fileno()
+                at = source.offset
                 data = b"".join(
-                    (preamble or b"") + (os.pread(fd, r.length, r.start) if r else b"")
+                    (preamble or b"") + (os.pread(fd, r.length, r.start - at) if r else b"")
                     for preamble, r in parts
                 )
             else:

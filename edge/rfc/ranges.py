@@ -1,5 +1,8 @@
-"""Byte ranges (RFC 9110 Section 14): parsing a Range field against a known length and
-deciding If-Range. Pure functions; delivery writes the parts.
+"""Byte ranges (RFC 9110 Section 14): parsing a Range field against a known length,
+deciding If-Range, and the parts a cache keeps of a representation: reading a
+Content-Range, which request a stored part answers, what completes it, and whether a
+new part may be combined with it (RFC 9111 Sections 3.3 and 3.4). Pure functions;
+delivery writes the parts and the fetch machine stores them.
 """
 
 from __future__ import annotations
@@ -194,3 +197,94 @@ def if_range_allows(request_headers: Headers, stored: Headers, *, dates: bool = 
         and stored_date is not None
         and stored_date - last_modified >= 1
     )
+
+
+# -- stored parts (RFC 9111 Sections 3.3 and 3.4) ------------------------------------------
+
+
+def parse_content_range(value: str | None) -> tuple[int, int, int] | None:
+    """RFC 9110 Section 14.4: `bytes first-last/complete` -> (first, last, complete)."""
+    if not value:
+        return None
+    unit, _, rest = value.strip().partition(" ")
+    span, _, total = rest.partition("/")
+    first, _, last = span.partition("-")
+    if unit.lower() != "bytes" or not (_digits(first) and _digits(last) and _digits(total)):
+        return None
+    a, b, n = int(first), int(last), int(total)
+    return (a, b, n) if a <= b < n else None
+
+
+def combinable(stored: Headers, size: int, part: Headers) -> bool:
+    """RFC 9111 Section 3.4: a part may be combined with the stored parts of a
+    representation only when its complete length is theirs (RFC 9110 Section 14.4)
+    and both carry the same strong validator: the stored strong ETag, by strong
+    comparison (RFC 9110 Section 8.8.3.2), or, when it has none, its Last-Modified
+    date. An origin that ignores If-Match or If-Range answers a changed object with
+    its new version: that part is another representation."""
+    span = parse_content_range(part.get("Content-Range"))
+    if span is None or span[2] != size:
+        return False
+    etag = stored.get("ETag")
+    if etag and not etag.startswith("W/"):
+        got = part.get("ETag")
+        return got is not None and strong_etag_equal(etag, got)
+    modified = parse_http_date(stored.get("Last-Modified"))
+    return modified is not None and modified == parse_http_date(part.get("Last-Modified"))
+
+
+def forwardable(value: str | None) -> str | None:
+    """The Range field a cache may pass upstream on a miss, so that the 206 can be
+    stored as the part it is (RFC 9111 Section 3.3): one syntactically valid
+    byte-range-spec or suffix-range (RFC 9110 Section 14.1.1). Several ranges are
+    not passed on (a multipart answer is not kept): None, and the whole is fetched."""
+    if not value:
+        return None
+    unit, sep, spec = value.strip(OWS).partition("=")
+    if not sep or not unit.strip(OWS).isascii() or unit.strip(OWS).lower() != "bytes":
+        return None
+    member = spec.strip(OWS)
+    first, dash, last = (p.strip(OWS) for p in member.partition("-"))
+    if not dash or "," in member:
+        return None
+    if not first:
+        return value.strip(OWS) if _digits(last) and last.strip("0") else None
+    if not _digits(first) or (last and not _digits(last)):
+        return None
+    if last and _magnitude(last) < _magnitude(first):
+        return None
+    return value.strip(OWS)
+
+
+def within(ranges: Sequence[ByteRange], part: tuple[int, int]) -> bool:
+    """Whether a stored part [first, end) holds every byte the ranges ask for, so it
+    answers the request alone (RFC 9111 Section 3.3: an incomplete response may
+    satisfy a range request it covers)."""
+    first, end = part
+    return bool(ranges) and all(first <= r.start and r.end < end for r in ranges)
+
+
+def completion(part: tuple[int, int], size: int) -> str | None:
+    """The Range field asking for what a stored part [first, end) of a representation
+    of `size` bytes lacks, when one range can: the part is where it starts (ask for
+    the rest, open-ended) or where it ends (ask for the start). None when it lies in
+    the middle: two ranges would be needed, and the whole costs little more."""
+    first, end = part
+    if first == 0 and end < size:
+        return f"bytes={end}-"
+    if first > 0 and end == size:
+        return f"bytes=0-{first - 1}"
+    return None
+
+
+def completes(part: tuple[int, int], size: int, span: tuple[int, int, int]) -> bool:
+    """Whether a 206's Content-Range `span` (first, last, complete) fills exactly what
+    the stored part [first, end) lacks (`completion`'s request answered as asked), so
+    that the two combined are the whole representation (RFC 9111 Section 3.4)."""
+    first, end = part
+    a, b, n = span
+    if n != size:
+        return False
+    if first == 0:
+        return a == end and b == size - 1
+    return end == size and a == 0 and b == first - 1

@@ -74,6 +74,9 @@ class Entry:
     derived_from: str = ""
     coding: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    # A partial response (RFC 9111 Section 3.3): the body holds bytes [first, end) of
+    # a representation of `size` bytes, as a 206's Content-Range said; None: all.
+    part: tuple[int, int] | None = None
 
     @property
     def slice_count(self) -> int:

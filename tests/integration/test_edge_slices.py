@@ -16,6 +16,7 @@ from multidict import CIMultiDict
 
 from tests.integration.conftest import EdgeFactory
 from tests.support.procs import Proc, edge_cmd, free_port, start
+from tests.support.upstream import body_for
 
 MiB = 1 << 20
 SIZE = 24 * MiB + 12345  # 25 slices of 1 MiB, the last one short
@@ -204,3 +205,47 @@ async def test_a_sliced_download_holds_one_slice_file_at_a_time(
             await asyncio.sleep(0.01)  # a slow reader: the edge runs ahead into many slices
     assert got == data
     assert most - baseline < 8, (baseline, most)
+
+
+async def origin_sent(upstream: Proc, path: str) -> int:
+    """The body bytes the test upstream handed to its connections for `path`."""
+    _, _, body = await fetch(f"{upstream.url}/_sent{path}")
+    return int(json.loads(body)["bytes"])
+
+
+async def test_a_parallel_download_of_a_cold_object_costs_the_origin_each_byte_once(
+    upstream: Proc, edge: EdgeFactory
+) -> None:
+    """As aria2c -x N does: one request without a range (its head gives the size),
+    then ranges further on at once, while the first reads only its own segment. The
+    object's stream stops where a range already brings the slice, so the origin does
+    not send those bytes twice (before: the stream went on to the end for the ranges'
+    readers, and the origin sent half the object again)."""
+    size = 8 * MiB
+    node = edge(upstream.url, *SLICING)
+    # Each upstream response is spread over 2 s: the ranges start before the stream
+    # reaches them.
+    url = f"{node.url}/parallel.bin?ranges=1&etag=%22p1%22&size={size}&trickle=2"
+    data = body_for("/parallel.bin", size)
+    async with aiohttp.ClientSession(auto_decompress=False) as s:
+        whole = await s.get(url)
+        assert whole.status == 200 and whole.content_length == size
+
+        async def segment_of_whole() -> bytes:
+            try:
+                return await whole.content.readexactly(4 * MiB)
+            finally:
+                whole.close()  # its segment read: the next is another connection's
+
+        async def segment(first: int, last: int) -> bytes:
+            async with s.get(url, headers={"Range": f"bytes={first}-{last}"}) as r:
+                assert r.status == 206
+                return await r.read()
+
+        got = await asyncio.gather(
+            segment_of_whole(), segment(4 * MiB, 6 * MiB - 1), segment(6 * MiB, size - 1)
+        )
+    assert b"".join(got) == data
+    await asyncio.sleep(0.5)  # the origin notices the stream's connection closed
+    sent = await origin_sent(upstream, "/parallel.bin")
+    assert size <= sent < size * 1.15, f"the origin sent {sent / size:.2f}x the object"

@@ -117,7 +117,9 @@ class MemoryStore(Store):
 
     def put(self, entry: Entry, body: bytes = b"") -> Entry:
         """Store an entry with its body, as a completed fill would."""
-        stored = replace(entry, size=len(body)) if not entry.slice_size else entry
+        # A segmented entry's size or a part's complete length is not its body's.
+        whole = not entry.slice_size and entry.part is None
+        stored = replace(entry, size=len(body)) if whole else entry
         self._record(stored)
         if not stored.slice_size:
             self._bodies[(stored.key, stored.variant)] = body

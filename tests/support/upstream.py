@@ -1,8 +1,10 @@
 """A scriptable upstream for edge tests, run as its own process.
 
 It plays the origins an edge meets: it counts requests per path (GET /_count/PATH,
-POST /_reset), answers with headers the test asks for through the query string, can
-delay the response head, and can send a body slowly so a test can kill it mid-body.
+POST /_reset), keeps the Range field of each (GET /_ranges/PATH: a JSON list, null
+for none) and counts the body bytes it handed to its connections (GET /_sent/PATH);
+it answers with headers the test asks for through the query string, can delay the
+response head, and can send a body slowly so a test can kill it mid-body.
 
     python -m tests.support.upstream --port P [--name N] [--fail-every K --fail-mode M]
 
@@ -37,7 +39,8 @@ Query parameters on any other path:
                    on 304s only ("304") or on both ("all"): a cookie for one client
   lm=DATE          Last-Modified: DATE (an HTTP-date; "old" for one in 2020)
   reqinfo=1        the body is JSON: method, raw target, headers, body length and body
-  ranges=1         Accept-Ranges: bytes, and one `bytes=first-[last]` range answered 206
+  ranges=1         Accept-Ranges: bytes, and one `bytes=first-[last]` or `bytes=-suffix`
+                   range answered 206
                    (416 past the end); If-Match and If-Range are ignored, as a careless
                    origin does
   changes=N        from the path's (N+1)-th request on, the object is another version:
@@ -108,11 +111,15 @@ def encoded_zeros(coding: str, size: int) -> bytes:
 
 
 def _single_range(value: str | None, size: int) -> tuple[int, int] | str | None:
-    """One `bytes=first-[last]` range of `size` bytes: (first, last), "unsatisfiable",
-    or None (absent, or not this simple form: the whole body)."""
+    """One `bytes=first-[last]` or `bytes=-suffix` range of `size` bytes: (first, last),
+    "unsatisfiable", or None (absent, or not this simple form: the whole body)."""
     if not value or not value.startswith("bytes="):
         return None
     first, dash, last = value[6:].partition("-")
+    if dash and not first and last.isdigit():
+        if int(last) == 0 or size == 0:
+            return "unsatisfiable"
+        return max(0, size - int(last)), size - 1
     if not dash or not first.isdigit() or (last and not last.isdigit()):
         return None
     if int(first) >= size:
@@ -125,17 +132,28 @@ def make_app(
 ) -> web.Application:
     counts: Counter[str] = Counter()
     total = Counter[str]()
+    ranges: dict[str, list[str | None]] = {}
+    sent: Counter[str] = Counter()
 
     async def count(request: web.Request) -> web.Response:
         return web.json_response({"count": counts["/" + request.match_info["path"]]})
 
+    async def sent_bytes(request: web.Request) -> web.Response:
+        return web.json_response({"bytes": sent["/" + request.match_info["path"]]})
+
+    async def ranges_seen(request: web.Request) -> web.Response:
+        return web.json_response(ranges.get("/" + request.match_info["path"], []))
+
     async def reset(request: web.Request) -> web.Response:
         counts.clear()
+        ranges.clear()
+        sent.clear()
         return web.Response(text="ok")
 
     async def serve(request: web.Request) -> web.StreamResponse:
         counts[request.path] += 1
         total["all"] += 1
+        ranges.setdefault(request.path, []).append(request.headers.get("Range"))
         q = request.query
         if fail_every and total["all"] % fail_every == 0:
             if fail_mode == "reset":
@@ -241,9 +259,11 @@ def make_app(
             pause = float(q["trickle"]) / max(1, size // step)
             for i in range(0, size, step):
                 await resp.write(body[i : i + step])
+                sent[request.path] += len(body[i : i + step])
                 await asyncio.sleep(pause)
         else:
             await resp.write(body)
+            sent[request.path] += len(body)
         await resp.write_eof()
         return resp
 
@@ -254,6 +274,8 @@ def make_app(
 
     app.router.add_get("/_total", count_all)
     app.router.add_get("/_count/{path:.*}", count)
+    app.router.add_get("/_ranges/{path:.*}", ranges_seen)
+    app.router.add_get("/_sent/{path:.*}", sent_bytes)
     app.router.add_post("/_reset", reset)
     app.router.add_route("*", "/{tail:.*}", serve)
     return app

@@ -28,6 +28,7 @@ from edge.fetch.machine import (
     FetchStep,
     UpstreamStatusError,
 )
+from edge.fetch.slices import slice_fill_key
 from edge.pipeline.steps import Step
 from edge.rfc.policy import CacheControl, parse_http_date, request_cache_control
 from edge.steptable import IllegalMove
@@ -334,6 +335,225 @@ async def test_a_5xx_to_the_probe_is_an_error_when_stale_may_stand_in(r: Rig) ->
     assert isinstance(fill.head.result().error, UpstreamStatusError)
 
 
+# -- headers -> partial / combine (RFC 9111 Sections 3.3 and 3.4) ---------------------------
+
+OBJECT = bytes(range(100))  # a small object's bytes: byte N is N
+
+
+def _piece(first: int, last: int, total: int = 100, **more: str) -> Reply:
+    """A 206 with bytes [first, last] of OBJECT (Content-Length from its body)."""
+    fields = list({"Cache-Control": "max-age=600", "ETag": '"v1"', **more}.items())
+    fields.append(("Content-Range", f"bytes {first}-{last}/{total}"))
+    return Reply(206, fields, OBJECT[first : last + 1])
+
+
+def stored_part(r: Rig, first: int, end: int, **fields: str) -> Entry:
+    """A stored part [first, end) of OBJECT, as st_partial keeps one."""
+    headers = [("Cache-Control", "max-age=600"), *fields.items()]
+    entry = dataclasses.replace(
+        stored_entry(r.key("/a"), headers, at=r.clock.time()), size=100, part=(first, end)
+    )
+    return r.store.put(entry, OBJECT[first:end])
+
+
+async def test_a_206_to_the_clients_range_is_kept_as_the_part_it_is(r: Rig) -> None:
+    r.upstream.script("/a", _piece(10, 19))
+    fetch, fill = await fetched(r, ask(r, range="bytes=10-19"))
+    assert fetch.walk == [S.BEREQ, S.HEADERS, S.PARTIAL, S.BODY, S.STORE, S.DONE]
+    assert r.upstream.sent[0].headers["Range"] == "bytes=10-19"
+    # Its initiator gets the 206 as it came.
+    head = fill.head.result()
+    assert (head.kind, head.status, head.length) == ("body", 206, 10)
+    assert ("Content-Range", "bytes 10-19/100") in head.headers
+    # Stored as what it is of the 200: its span, and the complete length.
+    (entry,) = r.stored()
+    assert (entry.status, entry.size, entry.part) == (200, 100, (10, 20))
+    assert r.store.body(entry) == OBJECT[10:20]
+    names = {name.lower() for name, _ in entry.headers}
+    assert "content-range" not in names and "content-length" not in names
+
+
+async def test_a_206_holding_every_byte_is_the_whole_response(r: Rig) -> None:
+    r.upstream.script("/a", _piece(0, 99))
+    fetch, fill = await fetched(r, ask(r, range="bytes=0-"))
+    assert fetch.walk == [S.BEREQ, S.HEADERS, S.PARTIAL, S.BERESP, S.BODY, S.STORE, S.DONE]
+    assert fill.head.result().status == 200
+    (entry,) = r.stored()
+    assert (entry.status, entry.size, entry.part) == (200, 100, None)
+    assert r.store.body(entry) == OBJECT
+
+
+async def test_a_206_holding_every_byte_of_a_big_object_is_cut_into_slices(r: Rig) -> None:
+    fields = [*BIG_FIELDS, ("Content-Range", f"bytes 0-{len(BIG) - 1}/{len(BIG)}")]
+    r.upstream.script("/big", Reply(206, fields, BIG))
+    fetch, fill = await fetched(r, ask(r, "/big", range="bytes=0-"))
+    assert fetch.walk == [S.BEREQ, S.HEADERS, S.PARTIAL, S.BERESP, S.STREAM, S.DONE]
+    manifest = fill.head.result().entry
+    assert manifest is not None
+    r.engine.slicer.reading((manifest.key, manifest.variant), +1)  # a reader along
+    await r.settle()
+    got = b""
+    for index in range(manifest.slice_count):  # every slice, not the first alone
+        piece = r.store.open_slice(manifest, index)
+        assert piece is not None
+        got += piece.read()
+    assert got == BIG
+
+
+async def test_a_206_to_the_clients_range_of_a_big_object_starting_a_slice_is_that_slice(
+    r: Rig,
+) -> None:
+    """A big object is kept as slices however its first request found it: a part of
+    it that starts a slice and holds it is that slice (the rest come as needed)."""
+    r.upstream.script("/big", _part(SLICE, len(BIG) - 1))
+    fetch, fill = await fetched(r, ask(r, "/big", range=f"bytes={SLICE}-"))
+    assert fetch.walk == [S.BEREQ, S.HEADERS, S.PARTIAL, S.SLICE, S.DONE]
+    head = fill.head.result()
+    assert head.kind == "sliced" and head.entry is not None
+    await r.settle()
+    kept = r.store.open_slice(head.entry, 1)
+    assert kept is not None and kept.read() == BIG[SLICE : 2 * SLICE]
+    assert r.store.open_slice(head.entry, 2) is None  # one slice, as a probe's
+    assert r.upstream.bodies[0].closed
+
+
+async def test_a_206_to_the_clients_range_of_a_big_object_elsewhere_asks_its_slice(
+    r: Rig,
+) -> None:
+    """A part of a big object that does not hold the slice it starts in is not kept:
+    that slice is asked for, as a seek past the threshold asks (a probe)."""
+    r.upstream.script("/big", _part(SLICE + 100, SLICE + 199), _part(SLICE, 2 * SLICE - 1))
+    fetch, fill = await fetched(r, ask(r, "/big", range=f"bytes={SLICE + 100}-{SLICE + 199}"))
+    assert fetch.walk == [
+        *(S.BEREQ, S.HEADERS, S.PARTIAL, S.REFETCH),
+        *(S.HEADERS, S.SLICE, S.DONE),
+    ]
+    first, second = r.upstream.sent
+    assert first.headers["Range"] == f"bytes={SLICE + 100}-{SLICE + 199}"
+    assert second.headers["Range"] == f"bytes={SLICE}-{2 * SLICE - 1}"
+    assert r.upstream.bodies[0].closed
+    head = fill.head.result()
+    assert head.kind == "sliced" and head.entry is not None
+    await r.settle()
+    kept = r.store.open_slice(head.entry, 1)
+    assert kept is not None and kept.read() == BIG[SLICE : 2 * SLICE]
+
+
+async def test_a_reprobe_answered_otherwise_fetches_the_whole(r: Rig) -> None:
+    whole = Reply(200, [*BIG_FIELDS, ("Content-Length", str(len(BIG)))], BIG)
+    r.upstream.script("/big", _part(SLICE + 100, SLICE + 199), _part(SLICE + 1, 2 * SLICE), whole)
+    fetch, _ = await fetched(r, ask(r, "/big", range=f"bytes={SLICE + 100}-{SLICE + 199}"))
+    assert fetch.walk == [
+        *(S.BEREQ, S.HEADERS, S.PARTIAL, S.REFETCH, S.HEADERS, S.SLICE, S.REFETCH),
+        *(S.HEADERS, S.BERESP, S.STREAM, S.DONE),
+    ]
+    assert "Range" not in r.upstream.sent[2].headers
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        # RFC 9110 Section 14.4: 4-9 is six bytes; five came. No byte has a known place.
+        Reply(206, [("Cache-Control", "max-age=600"), ("Content-Range", "bytes 4-9/10")], b"01234"),
+        _piece(10, 19, **{"Cache-Control": "no-store"}),
+    ],
+    ids=["span-not-body", "no-store"],
+)
+async def test_a_206_that_cannot_be_kept_goes_to_its_initiator_alone(r: Rig, answer: Reply) -> None:
+    r.upstream.script("/a", answer)
+    fetch, fill = await fetched(r, ask(r, range="bytes=-5"))
+    assert fetch.walk == [S.BEREQ, S.HEADERS, S.PARTIAL, S.PRIVATE, S.DONE]
+    assert fill.head.result().kind == "private" and r.stored() == []
+
+
+async def test_a_206_that_names_no_span_is_refetched_whole(r: Rig) -> None:
+    r.upstream.script(
+        "/a",
+        Reply(206, [("Cache-Control", "max-age=600")], b"what?"),
+        Reply(200, [("Cache-Control", "max-age=600")], OBJECT),
+    )
+    fetch, _ = await fetched(r, ask(r, range="bytes=0-4"))
+    assert fetch.walk[:5] == [S.BEREQ, S.HEADERS, S.PARTIAL, S.REFETCH, S.HEADERS]
+    assert "Range" not in r.upstream.sent[1].headers
+    (entry,) = r.stored()
+    assert entry.part is None and r.store.body(entry) == OBJECT
+
+
+@pytest.mark.parametrize(
+    ("part", "asked"), [((0, 40), "bytes=40-"), ((60, 100), "bytes=0-59")], ids=["head", "tail"]
+)
+async def test_a_part_and_what_it_lacks_are_combined_into_the_whole(
+    r: Rig, part: tuple[int, int], asked: str
+) -> None:
+    entry = stored_part(r, *part, ETag='"v1"')
+    first, last = (40, 99) if part[0] == 0 else (0, 59)
+    r.upstream.script("/a", _piece(first, last, **{"Cache-Control": "max-age=900"}))
+    fetch, fill = await fetched(r, ask(r, complete=entry))
+    assert fetch.walk == [S.BEREQ, S.HEADERS, S.COMBINE, S.BODY, S.STORE, S.DONE]
+    sent = r.upstream.sent[0].headers
+    assert sent["Range"] == asked and sent["If-Range"] == '"v1"'  # RFC 9110 13.1.5
+    head = fill.head.result()
+    assert (head.status, head.length) == (200, 100) and fill.written == 100
+    (whole,) = r.stored()
+    assert (whole.part, whole.size, whole.status) == (None, 100, 200)
+    assert r.store.body(whole) == OBJECT
+    # Section 3.4: the combined response has the new response's fields.
+    assert ("Cache-Control", "max-age=900") in whole.headers
+
+
+@pytest.mark.parametrize(
+    ("stored_fields", "answer"),
+    [
+        ({"ETag": '"v1"'}, _piece(40, 99, ETag='"v2"')),  # another representation
+        ({"ETag": '"v1"'}, _piece(40, 98)),  # not what the part lacks
+        ({}, _piece(40, 99)),  # no strong validator: nothing says they belong together
+        ({"ETag": 'W/"v1"'}, _piece(40, 99, ETag='W/"v1"')),  # a weak one does not either
+    ],
+    ids=["changed", "short", "no-validator", "weak"],
+)
+async def test_a_part_that_may_not_be_combined_is_fetched_whole(
+    r: Rig, stored_fields: dict[str, str], answer: Reply
+) -> None:
+    entry = stored_part(r, 0, 40, **stored_fields)
+    r.upstream.script("/a", answer, Reply(200, [("Cache-Control", "max-age=600")], OBJECT))
+    fetch, _ = await fetched(r, ask(r, complete=entry))
+    assert fetch.walk == [
+        *(S.BEREQ, S.HEADERS, S.COMBINE, S.REFETCH),
+        *(S.HEADERS, S.BERESP, S.BODY, S.STORE, S.DONE),
+    ]
+    assert "Range" not in r.upstream.sent[1].headers
+    (whole,) = r.stored()
+    assert whole.part is None and r.store.body(whole) == OBJECT
+
+
+async def test_a_200_to_the_completion_is_the_new_whole(r: Rig) -> None:
+    entry = stored_part(r, 0, 40, ETag='"v1"')
+    r.upstream.script(
+        "/a", Reply(200, [("Cache-Control", "max-age=600"), ("ETag", '"v2"')], b"new")
+    )
+    fetch, _ = await fetched(r, ask(r, complete=entry))
+    assert fetch.walk == [S.BEREQ, S.HEADERS, S.BERESP, S.BODY, S.STORE, S.DONE]
+    (whole,) = r.stored()
+    assert whole.part is None and r.store.body(whole) == b"new"
+
+
+async def test_a_part_in_the_middle_is_completed_by_the_whole(r: Rig) -> None:
+    entry = stored_part(r, 20, 40, ETag='"v1"')
+    r.upstream.script("/a", Reply(200, [("Cache-Control", "max-age=600")], OBJECT))
+    fetch, _ = await fetched(r, ask(r, complete=entry))
+    assert "Range" not in r.upstream.sent[0].headers  # two ranges cost nearly the whole
+    assert fetch.walk == [S.BEREQ, S.HEADERS, S.BERESP, S.BODY, S.STORE, S.DONE]
+
+
+async def test_a_part_evicted_before_it_is_combined_breaks_the_fill(r: Rig) -> None:
+    entry = stored_part(r, 0, 40, ETag='"v1"')
+    r.store.lose(entry)
+    r.upstream.script("/a", _piece(40, 99))
+    fetch, fill = await fetched(r, ask(r, complete=entry))
+    assert fetch.walk == [S.BEREQ, S.HEADERS, S.COMBINE, S.BODY, S.ABANDON]
+    assert "stored part went" in str(fill.failed)
+
+
 # -- beresp -> private / stream ---------------------------------------------------------------
 
 
@@ -379,6 +599,35 @@ async def test_a_big_object_is_cut_into_slices_as_it_arrives(r: Rig) -> None:
         assert piece is not None
         got += piece.read()
     assert got == BIG
+
+
+async def test_a_stream_stops_where_a_range_fill_already_brings_the_slice(r: Rig) -> None:
+    """A parallel downloader's first request reads the object whole while its other
+    ranges fetch slices further on: the stream stops at the first slice another fill
+    brings rather than read (and drop) bytes the origin already sends, so each byte
+    comes once. The bytes past that point are for their readers to fetch."""
+    pieces = [BIG[i : i + 10_000] for i in range(0, len(BIG), 10_000)]
+    r.upstream.script(
+        "/big", Reply(200, [*BIG_FIELDS, ("Content-Length", str(len(BIG)))], pieces=pieces)
+    )
+    _, fill = await fetched(r, ask(r, "/big"))
+    manifest = fill.head.result().entry
+    assert manifest is not None
+    # A reader ahead starts the range fill of slice 2 before the stream gets there.
+    claim = await r.engine.inflight.join_or_start(slice_fill_key(manifest, 2))
+    assert claim.kind == "started" and claim.fill is not None
+    r.engine.slicer.reading((manifest.key, manifest.variant), +1)  # a reader along
+    await r.settle()
+    body = r.upstream.bodies[0]
+    assert body.closed and not body.read_to_end
+    for index in (0, 1):
+        piece = r.store.open_slice(manifest, index)
+        assert piece is not None
+        assert piece.read() == BIG[index * SLICE : (index + 1) * SLICE]
+    assert r.store.open_slice(manifest, 2) is None  # the range fill's to bring
+    assert r.store.open_slice(manifest, 3) is None  # its reader's to fetch
+    claim.fill.finish()
+    r.engine.inflight.done(claim.fill)
 
 
 async def test_an_object_over_the_limit_is_not_stored_even_if_sliceable(r: Rig) -> None:

@@ -9,8 +9,8 @@ from multidict import CIMultiDict
 
 from edge.features.compress import LEVELS, variant_etag
 from edge.fetch import derive
-from edge.fetch.slices import SlicedSource, Slicer, combinable
-from edge.rfc.ranges import if_range_allows
+from edge.fetch.slices import SlicedSource, Slicer
+from edge.rfc.ranges import combinable, if_range_allows
 from edge.store.disk import Entry
 
 LM = "Wed, 01 Jan 2020 00:00:00 GMT"

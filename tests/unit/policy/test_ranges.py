@@ -1,5 +1,6 @@
 """Byte ranges: RFC 9110 Section 14.1 (Range, byte-ranges-specifier), 14.2 (handling
-Range), 13.1.5 (If-Range) and 8.8.2.2 (when a Last-Modified is a strong validator).
+Range), 13.1.5 (If-Range), 8.8.2.2 (when a Last-Modified is a strong validator) and
+14.4 (Content-Range); and the parts a cache keeps, RFC 9111 Sections 3.3 and 3.4.
 """
 
 from __future__ import annotations
@@ -14,10 +15,15 @@ from edge.rfc.ranges import (
     MAX_RANGES,
     ByteRange,
     Unsatisfiable,
+    completes,
+    completion,
     first_position,
+    forwardable,
     if_range_allows,
     multipart_length,
+    parse_content_range,
     parse_range,
+    within,
 )
 
 NOW = 1_700_000_000.0
@@ -391,3 +397,84 @@ def test_if_range_date_without_last_modified() -> None:
 def test_if_range_invalid_value(if_range: str) -> None:
     """Neither an entity-tag nor an HTTP-date: the condition is false (send 200)."""
     assert allows(if_range) is False
+
+
+# -- stored parts: RFC 9110 Section 14.4, RFC 9111 Sections 3.3 and 3.4 ----------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("bytes 4-9/10", (4, 9, 10)),
+        ("BYTES 0-0/1", (0, 0, 1)),
+        ("bytes 0-9/*", None),  # the complete length unknown: no place for the part
+        ("bytes */10", None),  # a 416's, no part at all
+        ("bytes 5-4/10", None),
+        ("bytes 0-10/10", None),  # past the complete length
+        ("items 0-1/2", None),
+        ("bytes \u0660-1/2", None),  # RFC 9110 Section 14.1.1: ASCII digits only
+        ("", None),
+        (None, None),
+    ],
+)
+def test_parse_content_range(value: str | None, expected: tuple[int, int, int] | None) -> None:
+    assert parse_content_range(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("bytes=-5", "bytes=-5"),
+        ("bytes=10-19", "bytes=10-19"),
+        ("bytes=10-", "bytes=10-"),
+        (" bytes = 10-19 ", "bytes = 10-19"),  # passed on as the client wrote it
+        ("bytes=0-1,5-6", None),  # several: a multipart answer is not kept
+        ("bytes=-0", None),  # never satisfiable
+        ("bytes=9-1", None),  # invalid: last before first
+        ("bytes=-", None),
+        ("bytes=x-1", None),
+        ("items=0-1", None),
+        (None, None),
+        ("", None),
+    ],
+)
+def test_forwardable(value: str | None, expected: str | None) -> None:
+    assert forwardable(value) == expected
+
+
+def test_within() -> None:
+    part = (4, 9)
+    assert within([ByteRange(4, 8)], part)
+    assert within([ByteRange(6, 8), ByteRange(4, 4)], part)
+    assert not within([ByteRange(4, 9)], part)  # byte 9 is not stored
+    assert not within([ByteRange(3, 5)], part)
+    assert not within([ByteRange(4, 5), ByteRange(8, 9)], part)
+    assert not within([], part)
+
+
+@pytest.mark.parametrize(
+    ("part", "size", "expected"),
+    [
+        ((0, 5), 10, "bytes=5-"),  # the rest, open-ended
+        ((4, 10), 10, "bytes=0-3"),  # the start
+        ((2, 5), 10, None),  # in the middle: two ranges; the whole is asked for
+        ((0, 10), 10, None),  # nothing lacks
+    ],
+)
+def test_completion(part: tuple[int, int], size: int, expected: str | None) -> None:
+    assert completion(part, size) == expected
+
+
+@pytest.mark.parametrize(
+    ("part", "span", "expected"),
+    [
+        ((0, 5), (5, 9, 10), True),
+        ((4, 10), (0, 3, 10), True),
+        ((0, 5), (5, 8, 10), False),  # short of the end
+        ((0, 5), (6, 9, 10), False),  # a gap
+        ((0, 5), (5, 10, 11), False),  # another complete length
+        ((4, 10), (0, 4, 10), False),  # overlaps: not what was asked
+    ],
+)
+def test_completes(part: tuple[int, int], span: tuple[int, int, int], expected: bool) -> None:
+    assert completes(part, 10, span) is expected
