@@ -23,9 +23,10 @@ values alone.
 from __future__ import annotations
 
 import asyncio
+import collections
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import IO, Protocol
+from typing import IO, Generic, Protocol, TypeVar
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -46,6 +47,50 @@ class _NoBody:
 
 
 NO_BODY: Body = _NoBody()
+
+_Piece = TypeVar("_Piece")
+
+
+class ArrivingBody(Generic[_Piece]):
+    """What every connection layer's request body shares: pieces queued as they
+    arrive, the reader woken for each, then the end or an error. A layer subclasses
+    it for what is its own (back-pressure, flow control, framing checks), queues with
+    `_put` and reads with `_next`."""
+
+    def __init__(self) -> None:
+        self._chunks: collections.deque[_Piece] = collections.deque()
+        self.done = False
+        self._error: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    def _put(self, piece: _Piece) -> None:
+        self._chunks.append(piece)
+        self._wake()
+
+    def finish(self, error: BaseException | None = None) -> None:
+        """No more pieces: the body ended, or broke with `error` (raised to the reader
+        once what came before it is read)."""
+        self.done = True
+        self._error = self._error or error
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def _next(self) -> _Piece | None:
+        """The next piece, waiting for it; None at the body's end."""
+        while not self._chunks:
+            if self._error is not None:
+                raise self._error
+            if self.done:
+                return None
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._chunks.popleft()
 
 
 @dataclass(slots=True)

@@ -43,7 +43,7 @@ from edge.features.guard import Refusal, Refused
 from edge.observe.accesslog import request_line
 from edge.observe.metrics import NodeMetrics
 from edge.pipeline import fastpath
-from edge.pipeline.exchange import Channel, Request, Response
+from edge.pipeline.exchange import ArrivingBody, Channel, Request, Response
 from edge.rfc import forwarding
 from edge.server import zerocopy
 
@@ -260,52 +260,32 @@ class _Refuse(Exception):
         self.status = status
 
 
-class BodyStream:
-    """A request body as llhttp hands it over (exchange.Body)."""
+class BodyStream(ArrivingBody[bytes]):
+    """A request body as llhttp hands it over (exchange.Body), the connection paused
+    while more than _BODY_HIGH_WATER of it waits to be read."""
 
     def __init__(self, conn: Connection) -> None:
+        super().__init__()
         self._conn = conn
-        self._chunks: collections.deque[bytes] = collections.deque()
         self.buffered = 0
-        self.done = False
         self.discard = False  # its request was answered: the rest is read and dropped
-        self._error: BaseException | None = None
-        self._waiter: asyncio.Future[None] | None = None
 
     def feed(self, data: bytes) -> None:
         if self.discard:
             return
-        self._chunks.append(data)
         self.buffered += len(data)
         if self.buffered > _BODY_HIGH_WATER:
             self._conn.pause_for_body()
-        self._wake()
+        self._put(data)
 
     def drop(self) -> None:
         self._chunks.clear()
         self.buffered = 0
 
-    def finish(self, error: BaseException | None = None) -> None:
-        self.done = True
-        self._error = self._error or error
-        self._wake()
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
     async def readany(self) -> bytes:
-        while not self._chunks:
-            if self._error is not None:
-                raise self._error
-            if self.done:
-                return b""
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        data = self._chunks.popleft()
+        data = await self._next()
+        if data is None:
+            return b""
         self.buffered -= len(data)
         if self.buffered < _BODY_LOW_WATER:
             self._conn.resume_for_body()

@@ -26,7 +26,6 @@ streams count against max_connections_per_client as HTTP/1.1 connections do.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import os
@@ -46,7 +45,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from edge.observe.accesslog import request_line
 from edge.pipeline import fastpath
-from edge.pipeline.exchange import Request, Response
+from edge.pipeline.exchange import ArrivingBody, Request, Response
 from edge.rfc import forwarding, pseudo
 from edge.server.http1 import Listener, local_of, response_fields
 
@@ -113,27 +112,18 @@ class Http2Limits:
     budgets: Budgets = field(default_factory=Budgets)
 
 
-class _Body:
+class _Body(ArrivingBody[tuple[bytes, int]]):
     """A stream's request body (exchange.Body): what DATA frames brought, with the
     stream's window given back as the handler reads, so a client sends no faster
     than the body is taken."""
 
     def __init__(self, conn: Http2Connection, stream_id: int) -> None:
+        super().__init__()
         self._conn = conn
         self._id = stream_id
-        self._chunks: collections.deque[tuple[bytes, int]] = collections.deque()
-        self.done = False
-        self._error: BaseException | None = None
-        self._waiter: asyncio.Future[None] | None = None
 
     def feed(self, data: bytes, flow: int) -> None:
-        self._chunks.append((data, flow))
-        self._wake()
-
-    def finish(self, error: BaseException | None = None) -> None:
-        self.done = True
-        self._error = self._error or error
-        self._wake()
+        self._put((data, flow))
 
     def unread(self) -> int:
         """Drop what was not read; returns its flow-controlled length."""
@@ -141,22 +131,11 @@ class _Body:
         self._chunks.clear()
         return flow
 
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
     async def readany(self) -> bytes:
-        while not self._chunks:
-            if self._error is not None:
-                raise self._error
-            if self.done:
-                return b""
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        data, flow = self._chunks.popleft()
+        piece = await self._next()
+        if piece is None:
+            return b""
+        data, flow = piece
         self._conn.consumed(self._id, flow)
         return data
 

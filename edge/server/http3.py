@@ -53,7 +53,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from edge.config import ConfigError
 from edge.features.guard import Refusal, Refused
-from edge.pipeline.exchange import Request, Response
+from edge.pipeline.exchange import ArrivingBody, Request, Response
 from edge.rfc import forwarding, pseudo, qpack
 from edge.server.http1 import Listener, response_fields
 
@@ -503,22 +503,19 @@ class H3Protocol(QuicConnectionProtocol):
         self.streams.pop(sid, None)
 
 
-class BodyStream:
+class BodyStream(ArrivingBody[bytes]):
     """A request body as DATA frames bring it (exchange.Body), held to the length its
     head declared: more, or less at its end, fails the read with a 400 (RFC 9114
     Section 4.1.2), so the pipeline forwards nothing of it. At most `max_body` bytes
     are kept unread (edge.features.guard.read_body refuses more with a 413)."""
 
     def __init__(self, conn: H3Protocol, sid: int, length: int | None, max_body: int) -> None:
+        super().__init__()
         self._conn = conn
         self._sid = sid
         self._length = length
         self._max = max_body
-        self._chunks: collections.deque[bytes] = collections.deque()
         self.received = 0
-        self.done = False
-        self._error: BaseException | None = None
-        self._waiter: asyncio.Future[None] | None = None
 
     def feed(self, data: bytes) -> None:
         if self.done:
@@ -530,40 +527,25 @@ class BodyStream:
         if self.received > self._max + 1:
             self.fail(Refused(Refusal(413, "request body too large", close=True)))
             return
-        self._chunks.append(data)
-        self._wake()
+        self._put(data)
 
-    def finish(self) -> None:
+    def finish(self, error: BaseException | None = None) -> None:
         if self.done:
             return
-        if self._length is not None and self.received != self._length:
-            self.fail(_framing("less DATA than its Content-Length"))
+        if error is None and self._length is not None and self.received != self._length:
+            error = _framing("less DATA than its Content-Length")
+        if error is not None:
+            self.fail(error)
             return
-        self.done = True
-        self._wake()
+        super().finish()
 
     def fail(self, error: BaseException) -> None:
         self._chunks.clear()
-        self.done = True
-        self._error = self._error or error
-        self._wake()
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+        super().finish(error)
 
     async def readany(self) -> bytes:
-        while not self._chunks:
-            if self._error is not None:
-                raise self._error
-            if self.done:
-                return b""
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        return self._chunks.popleft()
+        data = await self._next()
+        return b"" if data is None else data
 
 
 def _framing(reason: str) -> Refused:
