@@ -28,6 +28,10 @@ from tests.support.guardkit import write_config
 from tests.support.natscluster import Cluster
 from tests.support.procs import Proc, edge_cmd, free_port, start
 
+# Every test here runs nats-server (Debian's): a system test, run by .ci/run's system
+# stage.
+pytestmark = pytest.mark.system
+
 #: Purges made in each run, and when (by count) the victim is killed and restarted.
 PURGES = 1000
 KILL_AT, RESTART_AT = 300, 600

@@ -18,7 +18,8 @@ from tests.support.procs import Proc
 Backend = Callable[[], PurgeLog]
 
 
-@pytest.fixture(params=["sqlite", "jetstream"])
+# JetStream needs Debian's nats-server: a system test, run by .ci/run's system stage.
+@pytest.fixture(params=["sqlite", pytest.param("jetstream", marks=pytest.mark.system)])
 def backend(request: pytest.FixtureRequest, tmp_path: Path, procs: list[Proc]) -> Backend:
     """A maker of fresh handles on one log (a reopen is a new handle)."""
     if request.param == "sqlite":

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from scenarios import purge_propagation
 
 
@@ -18,10 +20,12 @@ def test_percentile_is_nearest_rank() -> None:
     assert purge_propagation.percentile([], 50) is None
 
 
-def test_a_short_run_confirms_every_purge_at_every_node(tmp_path: Path) -> None:
+# JetStream's run needs Debian's nats-server: a system test, run by .ci/run's system stage.
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("jetstream", marks=pytest.mark.system)])
+def test_a_short_run_confirms_every_purge_at_every_node(tmp_path: Path, backend: str) -> None:
     out = tmp_path / "purge.json"
     code = purge_propagation.main(
-        ["--purges", "30", "--warmup", "2", "--cli", "1", "--out", str(out)]
+        ["--purges", "30", "--warmup", "2", "--cli", "1", "--backends", backend, "--out", str(out)]
     )
     report = json.loads(out.read_text())
     assert code == 0, report["problems"]

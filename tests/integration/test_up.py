@@ -17,6 +17,7 @@ from pathlib import Path
 
 import dns.message
 import dns.query
+import pytest
 
 from origin.deploy.topology import load_topology
 from tests.support import cdnchecks
@@ -220,6 +221,7 @@ def free_trio(host: str) -> int:
     raise AssertionError("no free trio of ports")
 
 
+@pytest.mark.system  # nats-server, Debian's
 def test_edge_up_runs_a_replicated_purge_log_with_two_coordinators(tmp_path: Path) -> None:
     """[purge_log]: three JetStream members and a second coordinator. A purge through
     either coordinator reaches every node; with the first killed, nodes move to the
