@@ -34,6 +34,7 @@ OUT_DIR = REPO_ROOT / "scenarios" / "out"
 APT_PACKAGES = {
     "nginx": "nginx",
     "wrk": "wrk",
+    "h2load": "nghttp2-client",
     "curl": "curl",
     "aria2c": "aria2",
     "taskset": "util-linux",
