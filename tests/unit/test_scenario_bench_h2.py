@@ -3,11 +3,12 @@ percentiles taken from it, the nginx reference's config and the edge/nginx ratio
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-from scenarios import bench_h2
+from scenarios import bench_h2, harness
 
 # h2load 1.52 (Debian 12) against an h2c listener, trimmed of its progress lines.
 H2LOAD_OUTPUT = "\n".join(
@@ -120,3 +121,11 @@ def test_ratios_are_per_protocol_and_size() -> None:
     }
     table = bench_h2.render(rows, ratios)
     assert "HTTP/2 1 KiB: edge/nginx throughput 0.500" in table
+
+
+def test_children_import_this_checkout_first() -> None:
+    root = str(harness.REPO_ROOT)
+    env = harness.child_env({"PATH": "/bin", "PYTHONPATH": f"/elsewhere{os.pathsep}{root}"})
+    assert env["PATH"] == "/bin"
+    assert env["PYTHONPATH"].split(os.pathsep) == [root, "/elsewhere"]
+    assert harness.child_env({})["PYTHONPATH"] == root
