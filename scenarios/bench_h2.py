@@ -9,26 +9,33 @@ per-request log (h2load prints no percentiles: p50/p99 come from `--log-file`); 
 the edge/nginx ratios per protocol and object, and `scenarios/out/bench_h2.json`.
 
 The HTTP/1.1 rows show what the HTTP/2 layer costs the HTTP/1.1 path (its ratio should
-match scenarios.bench_hits'). HTTP/3 is not measured here: no load generator for it is
-packaged on Debian 12 (h2load there is built without QUIC), and a Python QUIC client on
-the same two cores would measure itself, not the node.
+match scenarios.bench_hits'). With `h3` among the protocols a second edge, on TLS with
+`--http3` (a self-signed certificate made here), is measured alone: h2load over TLS
+(ALPN h2) and HTTP/3 by a bounded aioquic load loop in a child process (this module with
+the hidden `--h3-load`; Debian 12's h2load has no QUIC), so both rates are of one node.
+nginx 1.22 has no HTTP/3: those rows have no reference.
 
 Pinning as bench_hits: server on core 0, h2load and this process (the origins) on core 1.
 
     python -m scenarios.bench_h2                        # edge and nginx, 1 KiB and 100 KiB
     python -m scenarios.bench_h2 --duration 5 --sizes 1k --protocols h2
+    python -m scenarios.bench_h2 --protocols h3          # HTTP/3 beside HTTP/2 over TLS
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import re
+import ssl
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +45,7 @@ from scenarios.bench_hits import (
     LOAD_CORE,
     MAX_ORIGIN_REQUESTS,
     SERVER_CORE,
+    WARM_REQUESTS,
     OriginThread,
     Target,
     object_path,
@@ -51,6 +59,7 @@ from scenarios.harness import (
     Processes,
     ScenarioError,
     can_pin,
+    client_loop_factory,
     edge_argv,
     free_port,
     nginx_main,
@@ -66,8 +75,12 @@ from scenarios.harness import (
 )
 
 SERVERS = ("nginx", "edge")
-PROTOCOLS = ("h2", "h1")
-PROTOCOL_NAMES = {"h2": "HTTP/2", "h1": "HTTP/1.1"}
+PROTOCOLS = ("h2", "h1", "h3")
+# "h3" runs two rows on the TLS edge: h2 over TLS ("h2tls") and HTTP/3.
+PROTOCOL_NAMES = {"h2": "HTTP/2", "h1": "HTTP/1.1", "h2tls": "h2+TLS", "h3": "HTTP/3"}
+TLS_NAME = "bench.edge.test"
+TLS_SERVER = "edge-tls"
+H3_REQUEST_TIMEOUT = 10.0
 
 # ---------------------------------------------------------------------------------------
 # Pure parts: h2load's summary and per-request log (unit-tested).
@@ -161,6 +174,128 @@ def h2load_result(output: str, log_text: str) -> H2loadResult:
     )
 
 
+def h3_load_result(report: dict[str, Any]) -> H2loadResult:
+    """The HTTP/3 load loop's JSON report (`--h3-load`) as an h2load result."""
+    latencies = [float(v) for v in report["latencies_ms"]]
+    seconds = float(report["seconds"])
+    ok = int(report["succeeded"])
+    return H2loadResult(
+        requests_per_s=ok / seconds if seconds > 0 else 0.0,
+        seconds=seconds,
+        succeeded=ok,
+        failed=int(report["failed"]),
+        errored=0,
+        timeout=int(report["timeout"]),
+        status_2xx=ok,
+        non_2xx=int(report["non_2xx"]),
+        p50_ms=percentile(latencies, 50),
+        p99_ms=percentile(latencies, 99),
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# The HTTP/3 load loop (a child process: its client work must not share this process's
+# loop with the origins).
+
+
+def h3_load(port: int, path: str, clients: int, streams: int, duration: float) -> dict[str, Any]:
+    """`clients` QUIC connections, each with `streams` requests in flight one after
+    another, for `duration` seconds; every request bounded by H3_REQUEST_TIMEOUT."""
+    # Only this child needs aioquic.
+    from aioquic.asyncio import QuicConnectionProtocol, connect
+    from aioquic.h3.connection import H3_ALPN, H3Connection
+    from aioquic.h3.events import DataReceived, H3Event, HeadersReceived
+    from aioquic.quic.configuration import QuicConfiguration
+    from aioquic.quic.events import QuicEvent
+
+    class Client(QuicConnectionProtocol):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.h3 = H3Connection(self._quic)
+            self.waiting: dict[int, asyncio.Future[tuple[int, int]]] = {}
+            self.status: dict[int, int] = {}
+            self.size: dict[int, int] = {}
+
+        def quic_event_received(self, event: QuicEvent) -> None:
+            for ev in self.h3.handle_event(event):
+                self._http(ev)
+
+        def _http(self, ev: H3Event) -> None:
+            sid = getattr(ev, "stream_id", -1)
+            if isinstance(ev, HeadersReceived) and sid not in self.status:
+                self.status[sid] = int(dict(ev.headers).get(b":status", b"0"))
+            elif isinstance(ev, DataReceived):
+                self.size[sid] = self.size.get(sid, 0) + len(ev.data)
+            if getattr(ev, "stream_ended", False) and sid in self.waiting:
+                answer = (self.status.pop(sid, 0), self.size.pop(sid, 0))
+                self.waiting.pop(sid).set_result(answer)
+
+        async def get(self) -> tuple[int, int]:
+            sid = self._quic.get_next_available_stream_id()
+            fut: asyncio.Future[tuple[int, int]] = asyncio.get_running_loop().create_future()
+            self.waiting[sid] = fut
+            self.h3.send_headers(
+                sid,
+                [
+                    (b":method", b"GET"),
+                    (b":scheme", b"https"),
+                    (b":authority", f"{TLS_NAME}:{port}".encode()),
+                    (b":path", path.encode()),
+                ],
+                end_stream=True,
+            )
+            self.transmit()
+            return await fut
+
+    counts = {"succeeded": 0, "failed": 0, "timeout": 0, "non_2xx": 0}
+    latencies: list[float] = []
+
+    async def main() -> float:
+        config = QuicConfiguration(
+            is_client=True,
+            alpn_protocols=H3_ALPN,
+            server_name=TLS_NAME,
+            # The benchmark's own self-signed certificate; nothing here is secret.
+            verify_mode=ssl.CERT_NONE,
+        )
+        end = time.monotonic() + duration
+
+        async def stream(client: Client) -> None:
+            while time.monotonic() < end:
+                t0 = time.perf_counter()
+                try:
+                    status, _ = await asyncio.wait_for(client.get(), H3_REQUEST_TIMEOUT)
+                except TimeoutError:
+                    counts["timeout"] += 1
+                    continue
+                if 200 <= status < 300:
+                    counts["succeeded"] += 1
+                    latencies.append((time.perf_counter() - t0) * 1000.0)
+                else:
+                    counts["non_2xx"] += 1
+
+        async def connection() -> None:
+            try:
+                async with connect(
+                    "127.0.0.1", port, configuration=config, create_protocol=Client
+                ) as client:
+                    assert isinstance(client, Client)
+                    await asyncio.gather(*(stream(client) for _ in range(streams)))
+            except (ConnectionError, OSError, TimeoutError):
+                counts["failed"] += 1
+
+        start = time.monotonic()
+        await asyncio.wait_for(
+            asyncio.gather(*(connection() for _ in range(clients))), duration + 30
+        )
+        return time.monotonic() - start
+
+    loop_factory = client_loop_factory()
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        seconds = runner.run(main())
+    return {**counts, "seconds": seconds, "latencies_ms": latencies, "cpu_s": time.process_time()}
+
+
 # ---------------------------------------------------------------------------------------
 # Servers under test and h2load.
 
@@ -228,6 +363,111 @@ def start_server(
     return Server(server, {"h2": port, "h1": port}, argv)
 
 
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A throwaway certificate and key for TLS_NAME and 127.0.0.1 (the clients do not
+    verify it: this measures the node, not a PKI)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, TLS_NAME)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName(TLS_NAME), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = folder / "bench.pem", folder / "bench-key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def start_tls_edge(procs: Processes, origin_port: int, workdir: Path, pin: bool) -> Server:
+    """An edge on TLS (ALPN h2, http/1.1) with HTTP/3 on the same port over UDP."""
+    cert, key = self_signed(workdir / "tls")
+    port = free_port()
+    argv = edge_argv(
+        port, f"http://127.0.0.1:{origin_port}", workdir / "edge-tls-cache", "bench-tls", "1G"
+    )
+    config = workdir / "edge-tls.toml"
+    config.write_text("access_log = false\n")
+    argv += ["--config", str(config), "--tls-cert", str(cert), "--tls-key", str(key), "--http3"]
+    argv = pinned(argv, SERVER_CORE) if pin else argv
+    child = procs.start("edge-tls", argv, cwd=REPO_ROOT)
+    wait_tcp(child, port, timeout=60)
+    wait_log(child, "listening on")
+    return Server(TLS_SERVER, {"h2tls": port, "h3": port}, argv)
+
+
+def warm_tls(port: int, size: int) -> None:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # the benchmark's own self-signed certificate
+    url = f"https://127.0.0.1:{port}{object_path(size)}"
+    for _ in range(WARM_REQUESTS):
+        with urllib.request.urlopen(url, timeout=10, context=context) as resp:
+            if resp.status != 200 or len(resp.read()) != size:
+                raise ScenarioError(f"the TLS edge answered {url} with {resp.status}")
+
+
+def run_h3_load(
+    port: int, size: int, *, clients: int, streams: int, duration: int, pin: bool
+) -> tuple[H2loadResult, float]:
+    """The HTTP/3 result and the CPU seconds the load loop itself used (near its wall
+    time would mean the client, not the node, set the rate)."""
+    argv = [
+        sys.executable,
+        "-m",
+        "scenarios.bench_h2",
+        "--h3-load",
+        f"{port},{object_path(size)},{clients},{streams},{duration}",
+    ]
+    argv = pinned(argv, LOAD_CORE) if pin else argv
+    limit = duration + 60
+    try:
+        done = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=limit,
+            stdin=subprocess.DEVNULL,
+            cwd=REPO_ROOT,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise ScenarioError(f"the HTTP/3 load did not finish within {limit}s") from exc
+    if done.returncode != 0:
+        raise ScenarioError(f"the HTTP/3 load failed: {done.stderr.strip()[-300:]}")
+    try:
+        report = json.loads(done.stdout)
+        return h3_load_result(report), float(report["cpu_s"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ScenarioError(f"the HTTP/3 load's report is not readable: {exc}") from exc
+
+
 def h2load_argv(
     h2load: str, url: str, protocol: str, *, clients: int, streams: int, duration: int, log: Path
 ) -> list[str]:
@@ -293,39 +533,69 @@ class Row:
 
 
 def ratios_of(rows: Sequence[Row]) -> dict[str, dict[str, float | None]]:
-    """edge/nginx throughput and p99 per protocol and object size."""
+    """edge/nginx throughput and p99 per protocol and object size; and on the TLS edge,
+    HTTP/3 against h2 over TLS on the same node."""
     out: dict[str, dict[str, float | None]] = {}
     by = {(r.server, r.protocol, r.size): r for r in rows}
     for (server, protocol, size), e in by.items():
         n = by.get(("nginx", protocol, size))
-        if server != "edge" or n is None:
-            continue
-        out[f"{PROTOCOL_NAMES[protocol]} {size_label(size)}"] = {
-            "throughput": ratio(e.result.requests_per_s, n.result.requests_per_s),
-            "p99": ratio(e.result.p99_ms, n.result.p99_ms),
-        }
+        if server == "edge" and n is not None:
+            out[f"{PROTOCOL_NAMES[protocol]} {size_label(size)} edge/nginx"] = {
+                "throughput": ratio(e.result.requests_per_s, n.result.requests_per_s),
+                "p99": ratio(e.result.p99_ms, n.result.p99_ms),
+            }
+        h2 = by.get((TLS_SERVER, "h2tls", size))
+        if server == TLS_SERVER and protocol == "h3" and h2 is not None:
+            out[f"{size_label(size)} on the TLS edge, HTTP/3 / h2+TLS"] = {
+                "throughput": ratio(e.result.requests_per_s, h2.result.requests_per_s),
+                "p99": ratio(e.result.p99_ms, h2.result.p99_ms),
+            }
     return out
 
 
 def render(rows: Sequence[Row], ratios: dict[str, dict[str, float | None]]) -> str:
     head = (
-        f"{'protocol':<10}{'object':<9}{'server':<8}{'req/s':>11}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'protocol':<10}{'object':<9}{'server':<10}{'req/s':>11}{'p50 ms':>9}{'p99 ms':>9}"
         f"{'errors':>8}{'non-2xx':>9}{'origin reqs':>13}"
     )
     lines = [head]
     for r in rows:
         lines.append(
-            f"{PROTOCOL_NAMES[r.protocol]:<10}{size_label(r.size):<9}{r.server:<8}"
+            f"{PROTOCOL_NAMES[r.protocol]:<10}{size_label(r.size):<9}{r.server:<10}"
             f"{r.result.requests_per_s:>11,.0f}{r.result.p50_ms:>9.2f}{r.result.p99_ms:>9.2f}"
             f"{r.result.errors:>8}{r.result.non_2xx:>9}{r.origin_requests:>13}"
         )
     for label, rs in ratios.items():
         t, p = rs["throughput"], rs["p99"]
         lines.append(
-            f"{label}: edge/nginx throughput {'n/a' if t is None else f'{t:.3f}'}, "
-            f"edge p99 / nginx p99 {'n/a' if p is None else f'{p:.3f}'}"
+            f"{label}: throughput {'n/a' if t is None else f'{t:.3f}'}, "
+            f"p99 {'n/a' if p is None else f'{p:.3f}'}"
         )
     return "\n".join(lines)
+
+
+def measure(
+    h2load: str,
+    server: str,
+    protocol: str,
+    size: int,
+    url: str,
+    tmp: Path,
+    args: argparse.Namespace,
+    pin: bool,
+) -> Row:
+    log = tmp / f"h2load-{server}-{protocol}-{size}.log"
+    print(f"  h2load {server} {PROTOCOL_NAMES[protocol]} {size_label(size)} ...", flush=True)
+    argv = h2load_argv(
+        h2load,
+        url,
+        protocol,
+        clients=args.clients,
+        streams=args.streams,
+        duration=args.duration,
+        log=log,
+    )
+    return Row(server, protocol, size, run_h2load(argv, log, args.duration, pin), 0)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -350,6 +620,8 @@ def run(args: argparse.Namespace) -> int:
         raise ScenarioError("--duration must be 1..120 seconds")
     if not 1 <= args.clients <= 1000:
         raise ScenarioError("--clients must be 1..1000")
+    if not 1 <= args.h3_clients <= 200:
+        raise ScenarioError("--h3-clients must be 1..200")
     if not 1 <= args.streams <= 128:
         raise ScenarioError("--streams must be 1..128")
 
@@ -366,13 +638,15 @@ def run(args: argparse.Namespace) -> int:
     )
 
     rows: list[Row] = []
+    h3_cpu: dict[str, dict[str, float]] = {}
     with (
         tempfile.TemporaryDirectory(prefix="edge-bench-h2-") as tmp,
         Processes(Path(tmp)) as procs,
         OriginThread() as origins,
     ):
         started: dict[str, Server] = {}
-        for server in servers:
+        plain = [p for p in protocols if p != "h3"]
+        for server in servers if plain else []:
             origin_port = origins.add(server, sizes)
             started[server] = start_server(procs, server, origin_port, Path(tmp), pin)
         for server, s in started.items():
@@ -381,7 +655,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {server} on ports {sorted(set(s.ports.values()))}: warm", flush=True)
 
         runs = 0
-        for protocol in protocols:
+        for protocol in plain:
             for size in sizes:
                 # Alternate the order so neither server always runs first.
                 order = servers if runs % 2 == 0 else list(reversed(servers))
@@ -389,20 +663,31 @@ def run(args: argparse.Namespace) -> int:
                 for server in order:
                     port = started[server].ports[protocol]
                     url = f"http://127.0.0.1:{port}{object_path(size)}"
-                    log = Path(tmp) / f"h2load-{server}-{protocol}-{size}.log"
-                    print(f"  h2load {server} {PROTOCOL_NAMES[protocol]} {size_label(size)} ...")
-                    argv = h2load_argv(
-                        h2load,
-                        url,
-                        protocol,
-                        clients=args.clients,
-                        streams=args.streams,
-                        duration=args.duration,
-                        log=log,
-                    )
-                    rows.append(
-                        Row(server, protocol, size, run_h2load(argv, log, args.duration, pin), 0)
-                    )
+                    rows.append(measure(h2load, server, protocol, size, url, Path(tmp), args, pin))
+        if "h3" in protocols:
+            # One node, both protocols: the other servers are stopped first.
+            procs.stop_all()
+            origin_port = origins.add(TLS_SERVER, sizes)
+            tls = start_tls_edge(procs, origin_port, Path(tmp), pin)
+            started[TLS_SERVER] = tls
+            for size in sizes:
+                warm_tls(tls.ports["h2tls"], size)
+            print(f"  {TLS_SERVER} on port {tls.ports['h3']} (TCP and UDP): warm", flush=True)
+            for size in sizes:
+                url = f"https://127.0.0.1:{tls.ports['h2tls']}{object_path(size)}"
+                rows.append(measure(h2load, TLS_SERVER, "h2tls", size, url, Path(tmp), args, pin))
+                print(f"  aioquic load {TLS_SERVER} HTTP/3 {size_label(size)} ...", flush=True)
+                result, cpu = run_h3_load(
+                    tls.ports["h3"],
+                    size,
+                    clients=args.h3_clients,
+                    streams=args.streams,
+                    duration=args.duration,
+                    pin=pin,
+                )
+                rows.append(Row(TLS_SERVER, "h3", size, result, 0))
+                h3_cpu[size_label(size)] = {"cpu_s": round(cpu, 2), "wall_s": result.seconds}
+                print(f"    the load loop used {cpu:.1f} s of CPU in {result.seconds:.1f} s")
         for row in rows:
             row.origin_requests = origins.count(row.server, object_path(row.size))
         commands = {name: s.command for name, s in started.items()}
@@ -433,7 +718,8 @@ def run(args: argparse.Namespace) -> int:
         "commands": commands,
         "results": [r.as_json() for r in rows],
         "ratios": ratios,
-        "http3": "not measured: no packaged HTTP/3 load generator",
+        "h3_clients": args.h3_clients,
+        "h3_client_cpu": h3_cpu,
         "problems": problems,
     }
     out = Path(args.out) if args.out else OUT_DIR / "bench_h2.json"
@@ -449,7 +735,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description="HTTP/2 and HTTP/1.1 cache-hit throughput of edge serve against nginx.",
     )
     parser.add_argument("--servers", default="edge,nginx", help="comma list of edge, nginx")
-    parser.add_argument("--protocols", default="h2,h1", help="comma list of h2, h1")
+    parser.add_argument(
+        "--protocols",
+        default="h2,h1,h3",
+        help="comma list of h2 (h2c), h1, h3 (a TLS edge: h2 over TLS and HTTP/3)",
+    )
+    parser.add_argument(
+        "--h3-clients", type=int, default=10, help="QUIC connections of the HTTP/3 load"
+    )
+    parser.add_argument("--h3-load", help=argparse.SUPPRESS)
     parser.add_argument("--sizes", default="1k,100k", help="object sizes, e.g. 1k,100k")
     parser.add_argument("--duration", type=int, default=10, help="seconds per h2load run")
     parser.add_argument("--clients", type=int, default=50, help="h2load connections")
@@ -462,7 +756,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_main("bench_h2", run, parse_args(argv))
+    args = parse_args(argv)
+    if args.h3_load:
+        # The child that drives HTTP/3: PORT,PATH,CLIENTS,STREAMS,SECONDS; JSON on stdout.
+        port, path, clients, streams, seconds = args.h3_load.split(",")
+        report = h3_load(int(port), path, int(clients), int(streams), float(seconds))
+        print(json.dumps(report))
+        return 0
+    return run_main("bench_h2", run, args)
 
 
 if __name__ == "__main__":

@@ -116,11 +116,41 @@ def test_ratios_are_per_protocol_and_size() -> None:
     ]
     ratios = bench_h2.ratios_of(rows)
     assert ratios == {
-        "HTTP/2 1 KiB": {"throughput": 0.5, "p99": 2.0},
-        "HTTP/1.1 1 KiB": {"throughput": 1.2, "p99": 0.5},
+        "HTTP/2 1 KiB edge/nginx": {"throughput": 0.5, "p99": 2.0},
+        "HTTP/1.1 1 KiB edge/nginx": {"throughput": 1.2, "p99": 0.5},
     }
     table = bench_h2.render(rows, ratios)
-    assert "HTTP/2 1 KiB: edge/nginx throughput 0.500" in table
+    assert "HTTP/2 1 KiB edge/nginx: throughput 0.500, p99 2.000" in table
+
+
+def test_http3_is_compared_with_h2_over_tls_on_the_same_node() -> None:
+    rows = [
+        _row(bench_h2.TLS_SERVER, "h2tls", 4000.0, 50.0),
+        _row(bench_h2.TLS_SERVER, "h3", 400.0, 500.0),
+        _row("nginx", "h2", 1000.0, 2.0),
+    ]
+    assert bench_h2.ratios_of(rows) == {
+        "1 KiB on the TLS edge, HTTP/3 / h2+TLS": {"throughput": 0.1, "p99": 10.0}
+    }
+
+
+def test_h3_load_report_becomes_a_result() -> None:
+    report = {
+        "succeeded": 100,
+        "failed": 1,
+        "timeout": 2,
+        "non_2xx": 3,
+        "seconds": 4.0,
+        "latencies_ms": [float(i) for i in range(1, 101)],
+        "cpu_s": 1.5,
+    }
+    r = bench_h2.h3_load_result(report)
+    assert r.requests_per_s == pytest.approx(25.0)
+    assert (r.succeeded, r.failed, r.timeout, r.non_2xx) == (100, 1, 2, 3)
+    assert r.errors == 3
+    assert r.p50_ms == pytest.approx(50.5)
+    with pytest.raises(KeyError):
+        bench_h2.h3_load_result({"succeeded": 1})
 
 
 def test_children_import_this_checkout_first() -> None:
