@@ -5,7 +5,8 @@ prints. Over TLS with ALPN the browser picks h2; with QUIC forced on for the ori
 
 The edge's certificate comes from a local CA; Chromium trusts its leaf by SPKI hash
 (`--ignore-certificate-errors-spki-list`), which covers QUIC as well as TLS over TCP, and
-reaches the site name on loopback by `--host-resolver-rules`."""
+reaches the site name on loopback by `--host-resolver-rules`. Marked `system`: .ci/run's
+system stage installs Debian's chromium."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -111,12 +113,16 @@ def protocols(dom: str) -> tuple[str | None, str | None]:
     return (nav.group(1) if nav else None, sub.group(1) if sub else None)
 
 
+@pytest.mark.system
+@pytest.mark.timeout(180)
 def test_chromium_loads_the_page_over_h2(procs: list[Proc], tmp_path: Path) -> None:
     edge, spki = site_edge(procs, tmp_path)
     dom = chromium_dom(tmp_path, f"https://{SITE}:{edge.port}/index.html", spki)
     assert protocols(dom) == ("h2", "h2"), dom
 
 
+@pytest.mark.system
+@pytest.mark.timeout(180)
 def test_chromium_loads_the_page_over_h3_with_quic_forced(
     procs: list[Proc], tmp_path: Path
 ) -> None:
