@@ -18,6 +18,9 @@ SCENARIOS: dict[str, str] = {
     "dns_throughput": "the GeoDNS authority under dnsperf, against Knot DNS",
     "conformance": "the HTTP caching test suite (http-cache-tests) against an edge",
     "bench_hits": "cache-hit throughput and latency against nginx",
+    "bench_h2": "HTTP/2 (h2c) and HTTP/1.1 cache hits under h2load against nginx "
+    "(http2, proxy_cache): requests/s, p50/p99, edge/nginx per protocol; HTTP/3 beside h2 "
+    "on one TLS edge",
     "bench_misses": "cache-miss throughput and latency against nginx (every request a new "
     "URL, same origin), edge serve or edge shield; the p99 a miss adds over the origin",
     "cold_large": "a cold large object (1 GiB) by aria2c -x 16 and by curl, through edge "

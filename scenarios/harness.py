@@ -34,6 +34,7 @@ OUT_DIR = REPO_ROOT / "scenarios" / "out"
 APT_PACKAGES = {
     "nginx": "nginx",
     "wrk": "wrk",
+    "h2load": "nghttp2-client",
     "curl": "curl",
     "aria2c": "aria2",
     "taskset": "util-linux",
@@ -337,7 +338,7 @@ class Processes:
             proc = subprocess.Popen(
                 list(argv),
                 cwd=cwd,
-                env=None if env is None else dict(env),
+                env=child_env(env),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -352,6 +353,17 @@ class Processes:
         for child in reversed(self.children):
             stop_process(child.proc)
         self.children.clear()
+
+
+def child_env(env: Mapping[str, str] | None) -> dict[str, str]:
+    """A child's environment: `env` (else this process's) with this checkout first on
+    PYTHONPATH. The `edge` console script imports whichever checkout was installed last;
+    a scenario must measure the code beside it (and so must the children `edge up`
+    starts, which inherit this)."""
+    out = dict(os.environ if env is None else env)
+    paths = [str(REPO_ROOT), *filter(None, out.get("PYTHONPATH", "").split(os.pathsep))]
+    out["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    return out
 
 
 def _raise_terminated(signum: int, frame: FrameType | None) -> None:
