@@ -61,6 +61,9 @@ DUPLICATE_WINDOW = 120.0
 #: A cluster busy electing a leader, a member gone, a reply lost or a connection being
 #: re-established: tried again. Any other refusal of the API (a bad request) is final.
 _BUSY = (nats.js.errors.ServiceUnavailableError, nats.js.errors.ServerError)
+#: JetStream's "no suitable peers for placement" (JSClusterNoPeersErr): a cluster just
+#: started has not yet met all its members, so a replicated stream cannot be placed.
+_NO_PEERS_YET = 10005
 _NOT_READY = (
     *_BUSY,
     nats.js.errors.NoStreamResponseError,
@@ -175,7 +178,7 @@ class JetStreamLog:
             try:
                 return await action()
             except nats.js.errors.APIError as exc:
-                if not isinstance(exc, _BUSY):
+                if not isinstance(exc, _BUSY) and exc.err_code != _NO_PEERS_YET:
                     raise StoreError(f"cannot {what}: {exc.description}") from exc
                 error: Exception = exc
             except _NOT_READY as exc:
