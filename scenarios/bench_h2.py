@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edge.server.tls import LocalCA
 from scenarios.bench_hits import (
     LOAD_CORE,
     MAX_ORIGIN_REQUESTS,
@@ -363,52 +364,11 @@ def start_server(
     return Server(server, {"h2": port, "h1": port}, argv)
 
 
-def self_signed(folder: Path) -> tuple[Path, Path]:
-    """A throwaway certificate and key for TLS_NAME and 127.0.0.1 (the clients do not
-    verify it: this measures the node, not a PKI)."""
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, TLS_NAME)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName(TLS_NAME), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    folder.mkdir(parents=True, exist_ok=True)
-    cert_path, key_path = folder / "bench.pem", folder / "bench-key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 def start_tls_edge(procs: Processes, origin_port: int, workdir: Path, pin: bool) -> Server:
     """An edge on TLS (ALPN h2, http/1.1) with HTTP/3 on the same port over UDP."""
-    cert, key = self_signed(workdir / "tls")
+    # A certificate for TLS_NAME and 127.0.0.1 from edge's own local CA (the clients do
+    # not verify it: this measures the node, not a PKI).
+    cert, key = LocalCA(workdir / "tls").issue("bench", [TLS_NAME], ["127.0.0.1"])
     port = free_port()
     argv = edge_argv(
         port, f"http://127.0.0.1:{origin_port}", workdir / "edge-tls-cache", "bench-tls", "1G"
