@@ -23,6 +23,7 @@ from edge.server.http3 import H3_EXCESSIVE_LOAD, H3_NO_ERROR, H3_REQUEST_REJECTE
 from edge.server.tls import LocalCA
 from tests.support.h3client import Reply, client_configuration, h3_connect, relay
 from tests.support.procs import Proc, edge_cmd
+from tests.support.qpackwire import insert_literal
 from tests.support.tlsnodes import tls_edge
 from tests.support.upstream import body_for, text_for
 
@@ -534,19 +535,6 @@ def peak_rss(pid: int) -> int:
     raise AssertionError("no VmHWM")
 
 
-def qpack_int(value: int, prefix: int, first: int = 0) -> bytes:
-    """RFC 9204 Section 4.1.1: a prefixed integer."""
-    top = (1 << prefix) - 1
-    if value < top:
-        return bytes([first | value])
-    out = [first | top]
-    value -= top
-    while value >= 128:
-        out.append(value % 128 + 128)
-        value //= 128
-    return bytes([*out, value])
-
-
 def h3_varint(value: int) -> bytes:
     """RFC 9000 Section 16, in four bytes."""
     return (value | 0x80000000).to_bytes(4, "big")
@@ -567,7 +555,7 @@ async def test_a_qpack_bomb_is_refused_before_it_is_decoded(
         # The client's encoder stream is its second unidirectional stream (control,
         # encoder, decoder: RFC 9114 Section 6.2, in the order aioquic opens them).
         name, value = b"x-a", b"v" * 4000
-        insert = qpack_int(len(name), 5, 0x40) + name + qpack_int(len(value), 7) + value
+        insert = insert_literal(name, value)
         quic.send_stream_data(6, insert)
         section = (
             b"\x02\x00"  # Required Insert Count 1 (encoded 2), Delta Base 0

@@ -14,23 +14,7 @@ from edge.rfc.qpack import (
     RequestGate,
     section_bound,
 )
-
-
-def qint(value: int, prefix: int, first: int = 0) -> bytes:
-    top = (1 << prefix) - 1
-    if value < top:
-        return bytes([first | value])
-    out = [first | top]
-    value -= top
-    while value >= 128:
-        out.append(value % 128 + 128)
-        value //= 128
-    return bytes([*out, value])
-
-
-def insert_literal(name: bytes, value: bytes) -> bytes:
-    """Insert with Literal Name (RFC 9204 Section 4.3.3)."""
-    return qint(len(name), 5, 0x40) + name + qint(len(value), 7) + value
+from tests.support.qpackwire import insert_literal, qpack_int
 
 
 def frame(kind: int, payload: bytes) -> bytes:
@@ -70,7 +54,7 @@ def test_bounds_hold_for_what_the_real_codec_encodes() -> None:
 
 def test_a_reference_bomb_is_weighed_by_its_entry() -> None:
     table = EncoderStream(4096)
-    table.feed(qint(4096, 5, 0x20) + insert_literal(b"x-a", b"v" * 4000))
+    table.feed(qpack_int(4096, 5, 0x20) + insert_literal(b"x-a", b"v" * 4000))
     assert table.inserted == 1 and table.entry(0) == 4003
     section = b"\x02\x00" + b"\x80" * 1000  # Required Insert Count 1, Base 1: entry 0
     assert section_bound(section, table) == (4003 * 1000, False)
@@ -88,7 +72,7 @@ def test_static_references_and_literals() -> None:
 
 def test_a_section_naming_inserts_not_yet_seen_is_blocked_at_capacity() -> None:
     table = EncoderStream(4096)
-    table.feed(qint(4096, 5, 0x20))
+    table.feed(qpack_int(4096, 5, 0x20))
     section = b"\x02\x00\x80"  # needs one insert; none seen
     assert section_bound(section, table) == (4096, True)
     table.feed(insert_literal(b"x-a", b"b"))
@@ -97,7 +81,7 @@ def test_a_section_naming_inserts_not_yet_seen_is_blocked_at_capacity() -> None:
 
 def test_encoder_instructions_may_arrive_in_pieces_and_duplicates_evict() -> None:
     table = EncoderStream(200)
-    data = qint(200, 5, 0x20) + insert_literal(b"x-a", b"v" * 60)
+    data = qpack_int(200, 5, 0x20) + insert_literal(b"x-a", b"v" * 60)
     for i in range(len(data)):
         table.feed(data[i : i + 1])
     assert table.inserted == 1 and table.entry(0) == 63
@@ -106,7 +90,7 @@ def test_encoder_instructions_may_arrive_in_pieces_and_duplicates_evict() -> Non
     table.feed(b"\x00")  # a third does not: the oldest goes
     assert table.inserted == 3 and 0 not in table.sizes and table.entry(0) == 200
     with pytest.raises(QpackError):
-        table.feed(qint(4097, 5, 0x20))
+        table.feed(qpack_int(4097, 5, 0x20))
 
 
 def test_the_gate_holds_headers_until_weighed_and_passes_data_as_it_comes() -> None:
@@ -122,7 +106,7 @@ def test_the_gate_holds_headers_until_weighed_and_passes_data_as_it_comes() -> N
 
 def test_the_gate_refuses_bombs_and_oversized_frames() -> None:
     table = EncoderStream(4096)
-    table.feed(qint(4096, 5, 0x20) + insert_literal(b"x-a", b"v" * 4000))
+    table.feed(qpack_int(4096, 5, 0x20) + insert_literal(b"x-a", b"v" * 4000))
     gate = RequestGate(table, max_frame=1000, max_decoded=5000)
     assert gate.feed(frame(1, b"\x02\x00" + b"\x80" * 10)) == Refuse(
         431, "a field section that decodes too large"
@@ -135,7 +119,7 @@ def test_the_gate_refuses_bombs_and_oversized_frames() -> None:
 
 def test_a_blocked_section_waits_for_its_inserts_then_passes() -> None:
     table = EncoderStream(4096)
-    table.feed(qint(4096, 5, 0x20))
+    table.feed(qpack_int(4096, 5, 0x20))
     gate = RequestGate(table, max_frame=1000, max_decoded=3000)
     headers = frame(1, b"\x02\x00" + b"\x80")  # 4096 while unknown: above 3000
     assert gate.feed(headers) == b"" and gate.holding
