@@ -53,6 +53,18 @@ REQUEST_TIMEOUT = 5.0
 #: How long start-up and a purge keep retrying while the cluster elects a leader (a
 #: member restarting, or the cluster just started).
 RETRY_FOR = 30.0
+#: How long one try of a registry write (a node record, a beat) may take. Other
+#: coordinators judge a node's connection alive by its holder's renewals arriving: a put
+#: lost with a member that died would otherwise be waited on for REQUEST_TIMEOUT, longer
+#: than the staleness bound of a short heartbeat, and a live shield would stop holding
+#: edges back. A put is idempotent, so a try cut short is simply made again.
+REGISTRY_TRY = 1.0
+#: Seconds between the client's pings: a member that hangs without closing its
+#: connection is left after two go unanswered, as one that died is at once.
+PING_EVERY = 2.0
+#: How long a live coordinator may go unheard (PurgeLog.quiet_for): its member frozen
+#: (two pings), then a leader elected (NATS's election takes a few seconds).
+QUIET_FOR = 3 * PING_EVERY + 4.0
 #: How long start-up tries to reach a server of the cluster.
 CONNECT_FOR = 10.0
 #: Seconds a publish is remembered by its Nats-Msg-Id (a retried one is stored once).
@@ -93,6 +105,7 @@ def parse_servers(spec: str) -> list[str]:
 
 class JetStreamLog:
     shared = True
+    quiet_for = QUIET_FOR
 
     def __init__(self, servers: list[str], *, replicas: int = 3, keep: int = 10000) -> None:
         self.servers = servers
@@ -127,6 +140,8 @@ class JetStreamLog:
                     servers=self.servers,
                     connect_timeout=3,
                     reconnect_time_wait=0.25,
+                    ping_interval=PING_EVERY,
+                    max_outstanding_pings=2,
                     max_reconnect_attempts=-1,
                     disconnected_cb=disconnected,
                     error_cb=error,
@@ -170,13 +185,15 @@ class JetStreamLog:
                 bucket=BUCKET, history=1, replicas=self.replicas, storage=StorageType.FILE
             )
 
-    async def _retry(self, what: str, action: Any) -> Any:
+    async def _retry(self, what: str, action: Any, per_try: float | None = None) -> Any:
         """Run `action` until it works or RETRY_FOR has passed (a cluster electing a
-        leader answers "unavailable" or not at all for a while)."""
+        leader answers "unavailable" or not at all for a while); each try is cut off
+        after `per_try` seconds when given."""
         deadline = time.monotonic() + RETRY_FOR
         while True:
             try:
-                return await action()
+                async with asyncio.timeout(per_try):
+                    return await action()
             except nats.js.errors.APIError as exc:
                 if not isinstance(exc, _BUSY) and exc.err_code != _NO_PEERS_YET:
                     raise StoreError(f"cannot {what}: {exc.description}") from exc
@@ -315,18 +332,18 @@ class JetStreamLog:
                 "instance": node.instance,
             }
         ).encode()
-        await self._retry("save a node", lambda: kv.put(node.name, value))
+        await self._retry("save a node", lambda: kv.put(node.name, value), REGISTRY_TRY)
 
     async def beat(self, coordinator: str) -> None:
         kv = self._kv
         assert kv is not None
         self._beat = f"{BEAT}{coordinator}"
-        await self._retry("beat", lambda: kv.put(self._beat, b"1"))
+        await self._retry("beat", lambda: kv.put(self._beat, b"1"), REGISTRY_TRY)
 
     async def forget_node(self, name: str) -> None:
         kv = self._kv
         assert kv is not None
-        await self._retry("forget a node", lambda: kv.delete(name))
+        await self._retry("forget a node", lambda: kv.delete(name), REGISTRY_TRY)
 
     async def flush(
         self, confirmations: list[tuple[int, str, float]], nodes: list[NodeRecord]

@@ -95,6 +95,12 @@ class PurgeLog(Protocol):
 
     #: Other coordinators write to this log too: `follow` reports what they do.
     shared: bool
+    #: Seconds a live coordinator may go unheard on this log (a member of a replicated
+    #: log lost: noticed, reconnected to another, a leader elected). Added to the
+    #: staleness bound of what other coordinators hold: a live shield taken for gone
+    #: would let edges have a purge before it, while one gone, kept a little longer,
+    #: only delays them.
+    quiet_for: float
     #: Held around append (and compact) where the backend orders appends by it (SQLite);
     #: a shared log orders them itself.
     lock: asyncio.Lock

@@ -35,7 +35,8 @@ here: nothing can come between), so each feeds its nodes the one order.
 Node records and confirmations are shared through the log too, so "connected", pending
 and the edge frontier count nodes connected to any coordinator: an edge here is sent N
 only once every shield connected anywhere has confirmed N. A shield whose coordinator
-stopped without a word holds edges back until its record is stale (HEALTHY_BEATS).
+stopped without a word holds edges back until its record is stale (HEALTHY_BEATS, plus
+the time the log may hide a live coordinator while a member is lost: `quiet_for`).
 """
 
 from __future__ import annotations
@@ -232,7 +233,8 @@ class Coordinator:
         # renewal was due, has come back since: the log delivers in order, so the
         # holder wrote nothing in that time. Measured on the clock of the wall alone, a
         # watch that is behind (a cluster member lost) would make live shields stale.
-        return self._echo - node.renewed <= HEALTHY_BEATS * self.settings.heartbeat
+        bound = HEALTHY_BEATS * self.settings.heartbeat + self.store.quiet_for
+        return self._echo - node.renewed <= bound
 
     def _connected(self, node: NodeRecord) -> bool:
         return node.link is not None or self._elsewhere(node)

@@ -74,6 +74,7 @@ class PurgeStore:
     the same seqs."""
 
     shared = False  # one coordinator per file: the flock below
+    quiet_for = 0.0
 
     def __init__(self, path: Path) -> None:
         self.path = path

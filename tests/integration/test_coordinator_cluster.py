@@ -1,10 +1,10 @@
 """Several coordinators on one replicated purge log (a real three-member NATS JetStream
-cluster on loopback): purges made round-robin through two coordinators while one of them,
-or one cluster member, is killed and restarted. Every node (shields and edges, each a
-WebSocket client that moves to the other coordinator when its own fails and resumes from
-what it applied, as edge.purge.bans.Subscription does) applies every purge exactly once,
-in order, each edge after every shield; every purge acknowledged to the operator is in
-the log with the body it was given."""
+cluster on loopback): purges made round-robin through two coordinators while one of them
+or one cluster member is killed and restarted, or a member hangs and then resumes. Every
+node (shields and edges, each a WebSocket client that moves to the other coordinator when
+its own fails and resumes from what it applied, as edge.purge.bans.Subscription does)
+applies every purge exactly once, in order, each edge after every shield; every purge
+acknowledged to the operator is in the log with the body it was given."""
 
 from __future__ import annotations
 
@@ -118,7 +118,7 @@ def start_coordinator(
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("victim", ["coordinator", "member"])
+@pytest.mark.parametrize("victim", ["coordinator", "member", "frozen member"])
 async def test_purges_through_two_coordinators_survive_a_kill(
     procs: list[Proc], tmp_path: Path, victim: str
 ) -> None:

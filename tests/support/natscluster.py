@@ -6,6 +6,7 @@ the same ports with what it had stored."""
 from __future__ import annotations
 
 import shutil
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,6 +86,16 @@ class Cluster:
         member.proc = start(cmd, member.monitor, log, health_path="/varz")
         self.procs.append(member.proc)
         return member.proc
+
+    def freeze(self, member: Member) -> None:
+        """Stop the member without closing anything: its peers and clients find out only
+        by what it no longer answers (a hung host, not a crashed one)."""
+        assert member.proc is not None
+        member.proc.popen.send_signal(signal.SIGSTOP)
+
+    def thaw(self, member: Member) -> None:
+        assert member.proc is not None
+        member.proc.popen.send_signal(signal.SIGCONT)
 
     def kill(self, member: Member) -> None:
         assert member.proc is not None

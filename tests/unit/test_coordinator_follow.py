@@ -117,3 +117,17 @@ def test_a_shield_is_stale_only_once_this_coordinators_own_beat_came_back_since(
     assert c.edge_frontier == 0
     c.heard(c.id)  # this one's own beat is back: the holder wrote nothing since
     assert c.edge_frontier == 2
+
+
+def test_a_log_that_may_hide_a_live_coordinator_keeps_its_shields_longer() -> None:
+    """On a replicated log a live coordinator can go unheard while a member is lost (its
+    renewals wait for a reconnection and an election): its shields keep holding edges
+    back for that long past the beats, and are let go only after it."""
+    c = coordinator()
+    c.store.quiet_for = 10.0  # as JetStreamLog says of itself
+    bound = HEALTHY_BEATS * HEARTBEAT
+    c.node_changed(elsewhere("s1", "shield", age=bound + 5), "s1")
+    publish(c, 1, 2)
+    assert c.edge_frontier == 0
+    c.node_changed(elsewhere("s1", "shield", age=bound + 10 + 1), "s1")
+    assert c.edge_frontier == 2
