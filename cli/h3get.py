@@ -18,15 +18,17 @@ from aioquic.asyncio import QuicConnectionProtocol, connect
 from aioquic.h3.connection import H3_ALPN, H3Connection
 from aioquic.h3.events import DataReceived, H3Event, HeadersReceived
 from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import ConnectionTerminated, QuicEvent, StreamReset
 
 from cli.errors import fail
 
 
 class _Client(QuicConnectionProtocol):
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.h3 = H3Connection(self._quic)
+    def __init__(self, quic: QuicConnection, *args: object, **kwargs: object) -> None:
+        super().__init__(quic, *args, **kwargs)  # type: ignore[arg-type]
+        self.quic = quic
+        self.h3 = H3Connection(quic)
         self.head: list[tuple[bytes, bytes]] = []
         self.body = bytearray()
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -83,7 +85,7 @@ async def fetch(
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     async with connect(address, port, configuration=config, create_protocol=_Client) as client:
         assert isinstance(client, _Client)
-        sid = client._quic.get_next_available_stream_id()
+        sid = client.quic.get_next_available_stream_id()
         client.h3.send_headers(
             sid,
             [

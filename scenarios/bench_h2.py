@@ -207,12 +207,14 @@ def h3_load(port: int, path: str, clients: int, streams: int, duration: float) -
     from aioquic.h3.connection import H3_ALPN, H3Connection
     from aioquic.h3.events import DataReceived, H3Event, HeadersReceived
     from aioquic.quic.configuration import QuicConfiguration
+    from aioquic.quic.connection import QuicConnection
     from aioquic.quic.events import QuicEvent
 
     class Client(QuicConnectionProtocol):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.h3 = H3Connection(self._quic)
+        def __init__(self, quic: QuicConnection, *args: Any, **kwargs: Any) -> None:
+            super().__init__(quic, *args, **kwargs)
+            self.quic = quic
+            self.h3 = H3Connection(quic)
             self.waiting: dict[int, asyncio.Future[tuple[int, int]]] = {}
             self.status: dict[int, int] = {}
             self.size: dict[int, int] = {}
@@ -232,7 +234,7 @@ def h3_load(port: int, path: str, clients: int, streams: int, duration: float) -
                 self.waiting.pop(sid).set_result(answer)
 
         async def get(self) -> tuple[int, int]:
-            sid = self._quic.get_next_available_stream_id()
+            sid = self.quic.get_next_available_stream_id()
             fut: asyncio.Future[tuple[int, int]] = asyncio.get_running_loop().create_future()
             self.waiting[sid] = fut
             self.h3.send_headers(

@@ -40,6 +40,7 @@ from aioquic.asyncio.server import QuicServer
 from aioquic.h3.connection import H3_ALPN, H3Connection
 from aioquic.h3.events import DataReceived, H3Event, HeadersReceived
 from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import (
     ConnectionTerminated,
     HandshakeCompleted,
@@ -198,8 +199,13 @@ class _CountingTransport:
 class H3Protocol(QuicConnectionProtocol):
     """One QUIC connection carrying HTTP/3."""
 
-    def __init__(self, *args: Any, server: Http3Listener, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self, quic: QuicConnection, *args: Any, server: Http3Listener, **kwargs: Any
+    ) -> None:
+        super().__init__(quic, *args, **kwargs)
+        # The connection aioquic's `serve` made for this protocol, kept from the
+        # constructor's public argument rather than read back from the base class.
+        self.quic = quic
         self.server = server
         self.guard = server.listener.guard
         self.loop = asyncio.get_running_loop()
@@ -247,7 +253,7 @@ class H3Protocol(QuicConnectionProtocol):
 
     def quic_event_received(self, event: QuicEvent) -> None:
         if isinstance(event, ProtocolNegotiated) and self.h3 is None:
-            self.h3 = H3Connection(self._quic)
+            self.h3 = H3Connection(self.quic)
         elif isinstance(event, HandshakeCompleted):
             self._handshake_done = True
             self._count()
@@ -304,8 +310,8 @@ class H3Protocol(QuicConnectionProtocol):
             else:  # trailers: the answer may have begun; the stream ends here
                 stream.gone(ConnectionResetError(passed.reason))
                 with contextlib.suppress(Exception):
-                    self._quic.stop_stream(sid, H3_EXCESSIVE_LOAD)
-                    self._quic.reset_stream(sid, H3_EXCESSIVE_LOAD)
+                    self.quic.stop_stream(sid, H3_EXCESSIVE_LOAD)
+                    self.quic.reset_stream(sid, H3_EXCESSIVE_LOAD)
                 self.transmit()
             return
         whole = fin and not gate.holding
@@ -432,7 +438,7 @@ class H3Protocol(QuicConnectionProtocol):
         listener = self.server.listener
         if self.server.closing:
             # RFC 9114 Section 4.1.1: rejected before any processing; safe to retry.
-            self._quic.reset_stream(sid, H3_REQUEST_REJECTED)
+            self.quic.reset_stream(sid, H3_REQUEST_REJECTED)
             self.transmit()
             return
         head = pseudo.read_request(
@@ -495,7 +501,7 @@ class H3Protocol(QuicConnectionProtocol):
         self.h3.send_data(sid, body, end_stream=True)
         if not ended:
             with contextlib.suppress(Exception):
-                self._quic.stop_stream(sid, H3_REQUEST_CANCELLED)
+                self.quic.stop_stream(sid, H3_REQUEST_CANCELLED)
         self.guard.refused(status)
         self.transmit()
 
@@ -585,7 +591,7 @@ class _Stream:
             if not self.body.done:
                 # Answered before its body was read: the rest is not wanted.
                 with contextlib.suppress(Exception):
-                    self.conn._quic.stop_stream(self.sid, H3_NO_ERROR)
+                    self.conn.quic.stop_stream(self.sid, H3_NO_ERROR)
                 self.body.fail(ConnectionResetError("answered"))
             self.conn.transmit()
 
@@ -703,5 +709,5 @@ class H3Channel:
         if self.conn.closed:
             return
         with contextlib.suppress(Exception):
-            self.conn._quic.reset_stream(self.sid, H3_INTERNAL_ERROR)
+            self.conn.quic.reset_stream(self.sid, H3_INTERNAL_ERROR)
         self.conn.transmit()

@@ -551,7 +551,7 @@ async def test_a_qpack_bomb_is_refused_before_it_is_decoded(
         assert (await client.request("GET", "/books/pre")).status == 200
         await asyncio.sleep(0.5)
         before = peak_rss(edge.popen.pid)
-        quic = client._quic
+        quic = client.quic
         # The client's encoder stream is its second unidirectional stream (control,
         # encoder, decoder: RFC 9114 Section 6.2, in the order aioquic opens them).
         name, value = b"x-a", b"v" * 4000

@@ -14,6 +14,7 @@ from aioquic.asyncio import QuicConnectionProtocol, connect
 from aioquic.h3.connection import H3_ALPN, H3Connection
 from aioquic.h3.events import DataReceived, H3Event, HeadersReceived
 from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import ConnectionTerminated, QuicEvent, StreamReset
 from aioquic.tls import SessionTicket
 
@@ -34,9 +35,10 @@ class Reply:
 
 
 class _Client(QuicConnectionProtocol):
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.h3 = H3Connection(self._quic)
+    def __init__(self, quic: QuicConnection, *args: object, **kwargs: object) -> None:
+        super().__init__(quic, *args, **kwargs)  # type: ignore[arg-type]
+        self.quic = quic  # the constructor's own argument: no protected attribute
+        self.h3 = H3Connection(quic)
         self.replies: dict[int, Reply] = {}
         self.waiters: dict[int, asyncio.Future[Reply]] = {}
         self.terminated: ConnectionTerminated | None = None
@@ -78,7 +80,7 @@ class _Client(QuicConnectionProtocol):
 
     def send(self, fields: Fields, body: Sequence[bytes] = (), end: bool = True) -> int:
         """Send a request's fields as given (no checks) and its DATA frames."""
-        sid = self._quic.get_next_available_stream_id()
+        sid = self.quic.get_next_available_stream_id()
         self.replies[sid] = Reply()
         self.waiters[sid] = asyncio.get_running_loop().create_future()
         self.h3.send_headers(sid, fields, end_stream=end and not body)

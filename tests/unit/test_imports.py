@@ -104,3 +104,54 @@ def test_the_request_path_imports_nothing_of_aiohttp() -> None:
         for line, what in aiohttp_uses(path.read_text()):
             offences.append(f"edge/{name}:{line}: {what}")
     assert offences == []
+
+
+#: Private names of a library edge reaches knowingly, each where it is and why: the
+#: store's LRU bookkeeping reads and writes diskcache's own table (its access_time
+#: column, batched; diskcache's public get writes one transaction per read), pinned
+#: `diskcache<6` in pyproject.toml for it. `os._exit` is documented API.
+KNOWN_PRIVATE = {
+    ("store/disk.py", "_sql"),
+    ("store/disk.py", "_disk"),
+    ("store/disk.py", "_directory"),
+    ("multiproc/workers.py", "_exit"),
+}
+
+
+def protected_reaches(sources: dict[str, str]) -> set[tuple[str, str]]:
+    """(file, name) for each `x._name` whose name nothing in `sources` defines: a
+    protected attribute of some library's object (QuicConnectionProtocol._quic, ...)."""
+    defined: set[str] = set()
+    reached: set[tuple[str, str]] = set()
+    for name, source in sources.items():
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                defined.add(node.name)
+            elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+                defined.add(node.attr)
+            elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                defined.add(node.id)
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                defined.update((a.asname or a.name).split(".")[0] for a in node.names)
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr.startswith("_")
+                and not node.attr.startswith("__")
+            ):
+                reached.add((name, node.attr))
+    return {(name, attr) for name, attr in reached if attr not in defined}
+
+
+def test_the_protected_check_sees_a_librarys_attribute() -> None:
+    source = (
+        "class P(Base):\n"
+        "    def f(self):\n"
+        "        self._mine = 1\n"
+        "        return self._quic, self._mine\n"
+    )
+    assert protected_reaches({"p.py": source}) == {("p.py", "_quic")}
+
+
+def test_edge_reaches_no_protected_name_of_a_library() -> None:
+    sources = {p.relative_to(EDGE).as_posix(): p.read_text() for p in EDGE.rglob("*.py")}
+    assert protected_reaches(sources) <= KNOWN_PRIVATE
