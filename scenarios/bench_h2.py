@@ -55,7 +55,6 @@ from scenarios.bench_hits import (
     warm,
 )
 from scenarios.harness import (
-    OUT_DIR,
     REPO_ROOT,
     Processes,
     ScenarioError,
@@ -67,12 +66,14 @@ from scenarios.harness import (
     nginx_temp_paths,
     parse_size,
     pinned,
+    report_path,
     require_tool,
     run_main,
     size_label,
     wait_http_ok,
     wait_tcp,
     write_nginx_config_text,
+    write_report,
 )
 
 SERVERS = ("nginx", "edge")
@@ -684,10 +685,8 @@ def run(args: argparse.Namespace) -> int:
         "h3_client_cpu": h3_cpu,
         "problems": problems,
     }
-    out = Path(args.out) if args.out else OUT_DIR / "bench_h2.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out}")
+    out = report_path(args.out, "bench_h2.json")
+    write_report(out, report)
     return 1 if problems else 0
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import random
 import re
@@ -43,7 +42,6 @@ from typing import Any
 from aiohttp import web
 
 from scenarios.harness import (
-    OUT_DIR,
     REPO_ROOT,
     Child,
     Processes,
@@ -53,12 +51,14 @@ from scenarios.harness import (
     free_port,
     parse_size,
     pinned,
+    report_path,
     require_tool,
     run_main,
     size_label,
     wait_http_ok,
     wait_tcp,
     write_nginx_config,
+    write_report,
 )
 
 SERVERS = ("nginx", "edge")
@@ -483,10 +483,8 @@ def run(args: argparse.Namespace) -> int:
         "hits_only": not any("origin saw" in p for p in problems),
         "problems": problems,
     }
-    out = Path(args.out) if args.out else OUT_DIR / "bench_hits.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out}")
+    out = report_path(args.out, "bench_hits.json")
+    write_report(out, report)
     return 1 if problems else 0
 
 

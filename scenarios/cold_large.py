@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import math
 import os
 import re
@@ -39,7 +38,6 @@ from pathlib import Path
 from typing import Any
 
 from scenarios.harness import (
-    OUT_DIR,
     Processes,
     ScenarioError,
     free_port,
@@ -47,12 +45,14 @@ from scenarios.harness import (
     nginx_main,
     nginx_temp_paths,
     parse_size,
+    report_path,
     require_tool,
     run_main,
     size_label,
     stop_process,
     wait_tcp,
     write_nginx_config_text,
+    write_report,
 )
 from scenarios.large_files import (
     MB,
@@ -452,10 +452,8 @@ def run(args: argparse.Namespace) -> int:
         "problems": problems,
         "seconds": round(time.monotonic() - started, 1),
     }
-    out = Path(args.out) if args.out else OUT_DIR / "cold_large.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out} ({report['seconds']:.0f}s)")
+    out = report_path(args.out, "cold_large.json")
+    write_report(out, report, f" ({report['seconds']:.0f}s)")
     return 1 if problems else 0
 
 

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import json
 import math
 import os
 import re
@@ -63,7 +62,6 @@ import dns.query
 import dns.rcode
 
 from scenarios.harness import (
-    OUT_DIR,
     Child,
     Processes,
     ScenarioError,
@@ -71,8 +69,10 @@ from scenarios.harness import (
     edge_command,
     free_port,
     pinned,
+    report_path,
     require_tool,
     run_main,
+    write_report,
 )
 
 SERVER_CORE = 0
@@ -576,7 +576,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     dnsperf_tool = require_tool("dnsperf")
     knotd = None if args.skip_reference else require_tool("knotd")
-    out = Path(args.out) if args.out else OUT_DIR / "dns_throughput.json"
+    out = report_path(args.out, "dns_throughput.json")
     versions = {"dnsperf": _version([dnsperf_tool, "-H"], r"Version (\S+)")}
     if knotd is not None:
         versions["knot"] = _version([knotd, "--version"], r"version (\S+)")
@@ -670,9 +670,7 @@ def run(args: argparse.Namespace) -> int:
     print(render(report))
     for p in problems:
         print(f"FAILED: {p}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out} ({report['seconds']:.0f}s)")
+    write_report(out, report, f" ({report['seconds']:.0f}s)")
     return 1 if problems else 0
 
 

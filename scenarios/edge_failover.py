@@ -19,7 +19,6 @@ scenarios/out/edge_failover.json; exit 1 if clients never moved or never came ba
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import tempfile
@@ -31,7 +30,14 @@ from typing import Any
 
 from scenarios.cdn import start_cdn
 from scenarios.geo_steering import client_address, fetch, resolve
-from scenarios.harness import OUT_DIR, Processes, ScenarioError, run_main, wait_http_ok
+from scenarios.harness import (
+    Processes,
+    ScenarioError,
+    report_path,
+    run_main,
+    wait_http_ok,
+    write_report,
+)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -108,10 +114,8 @@ def run(args: argparse.Namespace) -> int:
     for p in problems:
         print(f"FAILED: {p}")
     report["problems"] = problems
-    out = Path(args.out) if args.out else OUT_DIR / "edge_failover.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out}")
+    out = report_path(args.out, "edge_failover.json")
+    write_report(out, report)
     return 1 if problems else 0
 
 

@@ -56,7 +56,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import json
 import math
 import os
 import re
@@ -73,7 +72,6 @@ from typing import Any
 import aiohttp
 
 from scenarios.harness import (
-    OUT_DIR,
     Child,
     Processes,
     ScenarioError,
@@ -86,6 +84,7 @@ from scenarios.harness import (
     nginx_temp_paths,
     parse_size,
     prometheus_samples,
+    report_path,
     require_tool,
     run_main,
     shield_argv,
@@ -94,6 +93,7 @@ from scenarios.harness import (
     wait_http_ok,
     wait_tcp,
     write_nginx_config_text,
+    write_report,
 )
 
 SYSTEMS = ("edge", "nginx-lock-on", "nginx-lock-off")
@@ -916,7 +916,7 @@ def run(args: argparse.Namespace) -> int:
         f"{', '.join(LABELS[s] for s in systems)}",
         flush=True,
     )
-    out = Path(args.out) if args.out else OUT_DIR / "flash_crowd.json"
+    out = report_path(args.out, "flash_crowd.json")
     log_dir = out.with_name(out.stem + "-logs")
     started = time.monotonic()
     deadline = started + RUN_TIMEOUT
@@ -996,9 +996,7 @@ def run(args: argparse.Namespace) -> int:
         "logs": kept,
         "seconds": round(time.monotonic() - started, 1),
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out} and the logs in {log_dir} ({report['seconds']:.0f}s)")
+    write_report(out, report, f" and the logs in {log_dir} ({report['seconds']:.0f}s)")
     return 1 if problems else 0
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import json
 import tempfile
 import time
 from collections import Counter
@@ -29,7 +28,7 @@ import dns.message
 import dns.query
 
 from scenarios.cdn import Cdn, start_cdn
-from scenarios.harness import OUT_DIR, Processes, run_main
+from scenarios.harness import Processes, report_path, run_main, write_report
 
 NAME = "www.cdn.example"
 
@@ -104,13 +103,11 @@ def run(args: argparse.Namespace) -> int:
                 )
     for p in problems:
         print(f"FAILED: {p}")
-    out = Path(args.out) if args.out else OUT_DIR / "geo_steering.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = report_path(args.out, "geo_steering.json")
     seconds = round(time.monotonic() - started, 1)
-    out.write_text(
-        json.dumps({"regions": report, "problems": problems, "seconds": seconds}, indent=2) + "\n"
+    write_report(
+        out, {"regions": report, "problems": problems, "seconds": seconds}, f" ({seconds:.0f}s)"
     )
-    print(f"wrote {out} ({seconds:.0f}s)")
     return 1 if problems else 0
 
 

@@ -57,7 +57,6 @@ from typing import Any
 import aiohttp
 
 from scenarios.harness import (
-    OUT_DIR,
     Child,
     Processes,
     ScenarioError,
@@ -66,9 +65,11 @@ from scenarios.harness import (
     free_port,
     http_get_text,
     prometheus_samples,
+    report_path,
     run_main,
     wait_http_ok,
     wait_tcp,
+    write_report,
 )
 
 # The guard as this run sets it (a node TOML); short timeouts so a run takes a minute.
@@ -1167,7 +1168,7 @@ def run(args: argparse.Namespace) -> int:
         f"{args.flood_rate:g}/s)",
         flush=True,
     )
-    out = Path(args.out) if args.out else OUT_DIR / "guard_soak.json"
+    out = report_path(args.out, "guard_soak.json")
     log_dir = out.with_name(out.stem + "-logs")
     started = time.monotonic()
     marker = f"smuggled-{os.urandom(4).hex()}"
@@ -1285,9 +1286,7 @@ def run(args: argparse.Namespace) -> int:
         "logs": kept,
         "seconds": round(time.monotonic() - started, 1),
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out} and the logs in {log_dir} ({report['seconds']:.0f}s)")
+    write_report(out, report, f" and the logs in {log_dir} ({report['seconds']:.0f}s)")
     return 1 if problems else 0
 
 

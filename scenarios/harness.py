@@ -11,6 +11,7 @@ through its console script, as an operator would.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -30,6 +31,20 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 OUT_DIR = REPO_ROOT / "scenarios" / "out"
+
+
+def report_path(given: str | None, name: str) -> Path:
+    """Where a scenario's JSON report goes: `--out`, else scenarios/out/NAME."""
+    return Path(given) if given else OUT_DIR / name
+
+
+def write_report(out: Path, report: Mapping[str, Any], detail: str = "") -> None:
+    """Write a scenario's report as indented JSON and say where (and `detail`)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}{detail}")
+
+
 # The Debian package that brings each tool the scenarios run (as .ci/run installs them).
 APT_PACKAGES = {
     "nginx": "nginx",

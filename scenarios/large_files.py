@@ -84,6 +84,7 @@ from scenarios.harness import (
     nginx_main,
     nginx_temp_paths,
     parse_size,
+    report_path,
     require_tool,
     run_main,
     size_label,
@@ -91,6 +92,7 @@ from scenarios.harness import (
     wait_http_ok,
     wait_tcp,
     write_nginx_config_text,
+    write_report,
 )
 
 OBJECT_ROOT = REPO_ROOT / ".cache" / "large-files"
@@ -977,10 +979,8 @@ def run(args: argparse.Namespace) -> int:
         "logs": kept,
         "seconds": round(time.monotonic() - started, 1),
     }
-    out = Path(args.out) if args.out else OUT_DIR / "large_files.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out} and the servers' logs in {LOG_DIR} ({report['seconds']:.0f}s)")
+    out = report_path(args.out, "large_files.json")
+    write_report(out, report, f" and the servers' logs in {LOG_DIR} ({report['seconds']:.0f}s)")
     return 1 if problems else 0
 
 

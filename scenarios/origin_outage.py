@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import json
 import os
 import signal
 import tempfile
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from scenarios.cdn import Cdn, Node, start_cdn
-from scenarios.harness import OUT_DIR, Processes, ScenarioError, run_main
+from scenarios.harness import Processes, ScenarioError, report_path, run_main, write_report
 
 BOOK_RULE = "/books/*=public, max-age=2, stale-if-error=600"
 HOST = "www.cdn.example"
@@ -100,13 +99,11 @@ def run(args: argparse.Namespace) -> int:
         )
     for p in problems:
         print(f"FAILED: {p}")
-    out = Path(args.out) if args.out else OUT_DIR / "origin_outage.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = report_path(args.out, "origin_outage.json")
     seconds = round(time.monotonic() - started, 1)
-    out.write_text(
-        json.dumps({"classes": report, "problems": problems, "seconds": seconds}, indent=2) + "\n"
+    write_report(
+        out, {"classes": report, "problems": problems, "seconds": seconds}, f" ({seconds:.0f}s)"
     )
-    print(f"wrote {out} ({seconds:.0f}s)")
     return 1 if problems else 0
 
 

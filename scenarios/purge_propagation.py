@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import math
 import os
 import statistics
@@ -40,14 +39,15 @@ from typing import Any
 import aiohttp
 
 from scenarios.harness import (
-    OUT_DIR,
     Processes,
     client_loop_factory,
     edge_command,
     free_port,
+    report_path,
     require_tool,
     run_main,
     wait_http_ok,
+    write_report,
 )
 
 TOKEN = "scenario-operator-token"
@@ -334,7 +334,7 @@ def run(args: argparse.Namespace) -> int:
     """The report's top level is the first backend's run (sqlite by default), as it
     always was; every backend's is under `backends`."""
     started = time.monotonic()
-    out = Path(args.out) if args.out else OUT_DIR / "purge_propagation.json"
+    out = report_path(args.out, "purge_propagation.json")
     runs = {backend: run_backend(args, backend) for backend in args.backends}
     problems = []
     for backend, result in runs.items():
@@ -355,9 +355,7 @@ def run(args: argparse.Namespace) -> int:
     result["seconds"] = round(time.monotonic() - started, 1)
     for p in problems:
         print(f"FAILED: {p}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({**result, "problems": problems}, indent=2) + "\n")
-    print(f"wrote {out} ({result['seconds']:.0f}s)")
+    write_report(out, {**result, "problems": problems}, f" ({result['seconds']:.0f}s)")
     return 1 if problems else 0
 
 
