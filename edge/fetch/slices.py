@@ -106,9 +106,10 @@ class SliceOf:
 
     def answered_by(self, status: int, headers: policy.Headers) -> bool:
         """Whether an answer is this slice of the manifest's representation: a 206 for
-        exactly its span of the same complete length, under the same strong validator
-        (RFC 9111 Section 3.4). Anything else (a 412, Section 13.1.4; an origin that
-        ignored If-Match) means the stored slices can no longer be put together."""
+        exactly its span of the same complete length, under the same validator (its
+        strong ETag, else its Last-Modified date: RFC 9111 Section 3.4). Anything else
+        (a 412, RFC 9110 Section 13.1.4; an origin that ignored If-Match) means the
+        stored slices can no longer be put together."""
         start, end = self.span
         span = parse_content_range(headers.get("Content-Range"))
         return (
