@@ -12,6 +12,14 @@ with a bare Range (`curl -C -`) continues the very bytes it began with. Its ETag
 the level it was made at (`"abc-br.4"`), so an encoding made again later (evicted,
 then made from the stored source at another level) never shares a tag with other bytes.
 
+Making one is a walk of a small machine of its own (`DeriveStep`, `MOVES`, checked by
+edge.steptable as the fetch machine's moves are): codec -> pour -> keep -> done, or
+error. It is not a variant of the fetch machine: it sends no request and reads no
+answer's head, so of the fetch machine's steps it would share only the names of body
+and store, whose work (a codec's output, a variant kept only while its source is) is
+not theirs; forced into that table, every fetch step would branch on which it is. It
+starts, as every fill does, only through InFlight.join_or_start (`Deriver.fill`).
+
 This module owns the choice and the making; codecs and negotiation rules live in
 `edge.features.compress`, and the pipeline decides when to ask.
 """
@@ -21,16 +29,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import enum
 import functools
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from edge.features import compress
 from edge.fetch.fill import Fill, FillHead, InFlight
 from edge.fetch.slices import BodySource, FileSegment
 from edge.rfc import policy
+from edge.steptable import Table
 from edge.store.disk import BodyWriter, Entry, Store, new_variant_id
 from edge.upstream.pools import UpstreamError
 
@@ -231,16 +241,22 @@ class Deriver:
         if claim.kind == "joined":
             source.close()
             return claim.fill
-        fill = claim.fill
+        self.start(job, claim.fill, source)
+        return claim.fill
+
+    def start(self, job: Job, fill: Fill, source: BodySource) -> Derive:
+        """Make the body of `fill`, just started by InFlight.join_or_start: its head now,
+        its bytes on a walk of the derive machine, in a task of its own."""
         fill.attach_writer(self.store.begin())
         # Whoever joins this fill gets these bytes: their level goes with the fill.
         level = encoding_level(job.choice, job.path)
         fill.head.set_result(FillHead("body", status=200, storable=True, level=level))
-        self.inflight.spawn(self._run(fill, job, source))
-        return fill
+        walk = Derive(self, job, fill, source)
+        self.inflight.spawn(walk.run())
+        return walk
 
     @contextlib.asynccontextmanager
-    async def _slot(self, job: Job) -> AsyncIterator[None]:
+    async def slot(self, job: Job) -> AsyncIterator[None]:
         """For a decode, one of DECODE_SLOTS, held for the whole decode (its window
         lives that long); following an upstream, none after DECODE_PATIENCE seconds of
         waiting. When it ends, what it freed goes back to the system (`_trim`)."""
@@ -283,86 +299,176 @@ class Deriver:
         if self._freed:
             self._trim()
 
-    async def _run(self, fill: Fill, job: Job, source: BodySource) -> None:
-        choice = job.choice
-        assert fill.writer is not None and choice.coding is not None
-        writer = fill.writer
-        path = job.path
-        if choice.transform == "encode":
+
+class DeriveStep(enum.Enum):
+    CODEC = "codec"  # the encoder (at the job's level) or the decoder the choice names
+    POUR = "pour"  # the source through it into the body file, readers following
+    KEEP = "keep"  # stored as a variant of its source, unless that went meanwhile
+    ERROR = "error"  # the source or the codec failed: readers hear of it, nothing is kept
+    DONE = "done"  # the body is whole, and stored or let go
+
+
+#: Where each step may go; every step may end in ERROR, so no reader waits forever.
+MOVES: dict[DeriveStep, tuple[DeriveStep, ...]] = {
+    DeriveStep.CODEC: (DeriveStep.POUR, DeriveStep.ERROR),
+    DeriveStep.POUR: (DeriveStep.KEEP, DeriveStep.ERROR),
+    DeriveStep.KEEP: (DeriveStep.DONE, DeriveStep.ERROR),
+    DeriveStep.ERROR: (),
+    DeriveStep.DONE: (),
+}
+TABLE = Table("derive machine", MOVES, DeriveStep.CODEC, max_steps=4)
+render_table = TABLE.render
+
+Codec = tuple[Callable[[bytes], bytes | Iterable[bytes]], Callable[[], bytes | Iterable[bytes]]]
+
+
+class Derive:
+    """One walk of the derive machine: making the body of one derived variant into its
+    fill, whose head (`Deriver.start`) its readers already have."""
+
+    def __init__(self, deriver: Deriver, job: Job, fill: Fill, source: BodySource) -> None:
+        assert fill.writer is not None and job.choice.coding is not None
+        self.deriver = deriver
+        self.job = job
+        self.fill = fill
+        self.writer: BodyWriter = fill.writer
+        self.coding: str = job.choice.coding
+        self.source = source
+        self.walk: list[DeriveStep] = []
+        self.codec: Codec | None = None
+        # Why it failed, as text: the exception itself would hold, through its
+        # traceback, the step's frame and the codec (a 4 MiB brotli window) in a cycle
+        # with this walk and its fill, which only the cyclic collector would free.
+        self.failure = ""
+
+    async def run(self) -> None:
+        """Drive the machine: each step names the next, every move checked by TABLE."""
+        step: DeriveStep | None = TABLE.first
+        try:
+            while step is not None:
+                TABLE.move(self.walk, step)
+                try:
+                    step = await _STEPS[step](self)
+                except Exception as exc:  # a bad body must not leave readers waiting
+                    self.failure, step = str(exc) or type(exc).__name__, DeriveStep.ERROR
+        finally:
+            self.codec = None
+            self.source.close()
+            if not self.fill.finished:  # stopped (the node is closing), or a bug
+                self.writer.discard()
+                self.fill.finish(UpstreamError(f"the {self.coding} variant was not finished"))
+            self.deriver.inflight.done(self.fill)
+            log.debug("derive of %s: %s", self.job.name, ">".join(s.value for s in self.walk))
+
+    # -- steps ------------------------------------------------------------------------
+
+    async def st_codec(self) -> DeriveStep:
+        """The encoder for the job's coding at its path's level, or the decoder of the
+        source's coding, bounded against decompression bombs."""
+        job = self.job
+        if job.choice.transform == "encode":
             # The size hint fits the codec's window and tables to the body: much cheaper
             # set-up for small bodies, the same output.
             codec = compress.encoder(
-                choice.coding,
-                compress.LEVELS[path][choice.coding],
+                self.coding,
+                compress.LEVELS[job.path][self.coding],
                 content_type=job.content_type,
                 size_hint=job.source_length,
             )
-            step, last = codec.compress, codec.finish
+            self.codec = codec.compress, codec.finish
         else:
             limit = min(MAX_TRANSFORM_SIZE, MAX_DECODE_RATIO * (job.source_length or 1 << 20))
             decoder = compress.decoder(job.source_coding, limit)
-            step, last = decoder.decompress, decoder.finish
+            self.codec = decoder.decompress, decoder.finish
+        return DeriveStep.POUR
 
-        async def pour(make: Callable[[], bytes | Iterable[bytes]], offload: bool) -> None:
-            """Write the output of one codec call to the body, each piece before the next
-            is made (a decoder makes them only as they are taken), so a few bytes that
-            decode to MiBs are never held whole. In a worker thread for a big input, or
-            once the output has outgrown one batch."""
-            pieces = _output(make)
-            while True:
-                if offload:
-                    written, done = await asyncio.to_thread(_write, pieces, writer, WRITE_BATCH)
-                else:
-                    written, done = _write(pieces, writer, THREAD_CHUNK)
-                if written:
-                    fill.advance(written)
-                if done:
-                    return
-                offload = True
+    async def st_pour(self) -> DeriveStep:
+        """The source through the codec into the body, readers following as it grows
+        (a decode holds one of the Deriver's slots meanwhile)."""
+        assert self.codec is not None
+        step, last = self.codec
+        async with self.deriver.slot(self.job):
+            async for piece in self.source.pieces(0, self.job.source_length):
+                for chunk in _chunks(piece):
+                    await self._pour(functools.partial(step, chunk), len(chunk) >= THREAD_CHUNK)
+            await self._pour(last, False)
+        self.codec = None  # its window goes now, not when the walk does
+        return DeriveStep.KEEP
 
-        try:
-            async with self._slot(job):
-                async for piece in source.pieces(0, job.source_length):
-                    for chunk in _chunks(piece):
-                        await pour(functools.partial(step, chunk), len(chunk) >= THREAD_CHUNK)
-                await pour(last, False)
-            entry = Entry(
-                key=job.key,
-                variant=new_variant_id(),
-                status=200,
-                headers=(),
-                vary=(*job.vary, ("\x00coding", choice.coding)),
-                request_time=0.0,
-                response_time=0.0,
-                size=writer.written,
-                derived_from=job.source_variant,
-                coding=choice.coding,
-                extra={"level": path, "quality": fill.head.result().level},
-            )
-            variants = self.store.variants(job.key)
-            kept = any(v.variant == job.source_variant for v in variants)
-            made = any(
-                v.derived_from == job.source_variant and v.coding == choice.coding for v in variants
-            )
-            if kept and not made:
-                self.store.commit(entry, writer)
-            else:
-                # The source was not kept (or was replaced): nor is this. Or this
-                # encoding was kept meanwhile (another worker): its bytes stay the ones
-                # clients get, so a resumed download continues what it started.
-                writer.discard()
-            fill.finish()
-        except Exception as exc:  # a bad body must not leave readers waiting
-            log.warning("could not make the %s variant of %s: %s", choice.coding, job.key, exc)
+    async def st_keep(self) -> DeriveStep:
+        """Stored as a variant of its source, if that is still kept and this coding of
+        it was not kept meanwhile (by another worker): then its bytes stay the ones
+        clients get, so a resumed download continues what it started."""
+        job, writer, store = self.job, self.writer, self.deriver.store
+        entry = Entry(
+            key=job.key,
+            variant=new_variant_id(),
+            status=200,
+            headers=(),
+            vary=(*job.vary, ("\x00coding", self.coding)),
+            request_time=0.0,
+            response_time=0.0,
+            size=writer.written,
+            derived_from=job.source_variant,
+            coding=self.coding,
+            extra={"level": job.path, "quality": self.fill.head.result().level},
+        )
+        variants = store.variants(job.key)
+        kept = any(v.variant == job.source_variant for v in variants)
+        made = any(
+            v.derived_from == job.source_variant and v.coding == self.coding for v in variants
+        )
+        if kept and not made:
+            store.commit(entry, writer)
+        else:
             writer.discard()
-            # Readers get a failure of their own, as for an upstream body that broke:
-            # one warning each, not a traceback. And not `exc`: its traceback holds this
-            # frame and the decoder (a 4 MiB brotli window) in a cycle with the fill,
-            # which only the cyclic collector would free, some time later.
-            fill.finish(UpstreamError(f"could not make the {choice.coding} variant: {exc}"))
-        finally:
-            source.close()
-            self.inflight.done(fill)
+        self.fill.finish()
+        return DeriveStep.DONE
+
+    async def st_error(self) -> None:
+        """Nothing is kept; readers get a failure of their own, as for an upstream body
+        that broke: one warning each, not a traceback."""
+        log.warning(
+            "could not make the %s variant of %s: %s", self.coding, self.job.key, self.failure
+        )
+        self.writer.discard()
+        if not self.fill.finished:
+            self.fill.finish(
+                UpstreamError(f"could not make the {self.coding} variant: {self.failure}")
+            )
+
+    async def st_done(self) -> None:
+        """The body is whole: stored, or let go."""
+
+    # -- helpers ------------------------------------------------------------------------
+
+    async def _pour(self, make: Callable[[], bytes | Iterable[bytes]], offload: bool) -> None:
+        """Write the output of one codec call to the body, each piece before the next
+        is made (a decoder makes them only as they are taken), so a few bytes that
+        decode to MiBs are never held whole. In a worker thread for a big input, or
+        once the output has outgrown one batch."""
+        pieces = _output(make)
+        while True:
+            if offload:
+                written, done = await asyncio.to_thread(_write, pieces, self.writer, WRITE_BATCH)
+            else:
+                written, done = _write(pieces, self.writer, THREAD_CHUNK)
+            if written:
+                self.fill.advance(written)
+            if done:
+                return
+            offload = True
+
+
+#: Each step of the derive machine and the method that takes it.
+_STEPS: dict[DeriveStep, Callable[[Derive], Awaitable[DeriveStep | None]]] = {
+    DeriveStep.CODEC: Derive.st_codec,
+    DeriveStep.POUR: Derive.st_pour,
+    DeriveStep.KEEP: Derive.st_keep,
+    DeriveStep.ERROR: Derive.st_error,
+    DeriveStep.DONE: Derive.st_done,
+}
+assert set(_STEPS) == set(DeriveStep), "every step of the derive machine has its method"
 
 
 def _libc_malloc_trim() -> Callable[[int], int] | None:

@@ -85,7 +85,6 @@ class Fill:
         self.finished = False
         self.failed: Exception | None = None
         self.note = ""  # how the upstream was reached, for Cache-Status (edge.upstream.pools)
-        self.latency: float | None = None  # upstream request to response head, seconds
         self.started = started  # purges applied later must not be joined to it
         self.readers = 0
         self.readers_total = 0  # every reader that ever attached

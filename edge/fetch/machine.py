@@ -14,10 +14,16 @@ the upstream sends before its head: they go to the client that started the fill 
 
 This module owns the backend side of a fill: asking, reading what the answer's head
 makes of it, and storing (whole, as slices, as the part a 206 carries, combined with
-a stored part, or freshened by a 304). The caching rules
-come from edge.rfc.policy. Which fetch to make (a conditional one, a probe for one
-slice, stale allowed to stand in for a failure) is the client machine's decision,
-carried in the request; a fill is started only through InFlight.join_or_start.
+a stored part, or freshened by a 304), and so whether an object is kept as slices
+(`sliceable`). The caching rules come from edge.rfc.policy. Which fetch to make (a
+conditional one, a probe for one slice, stale allowed to stand in for a failure) is
+the client machine's decision, carried in the request; a fill is started only through
+InFlight.join_or_start.
+
+One slice of an object already kept as slices is a walk of its own (`start_slice`, for
+edge.fetch.slices): bereq, headers, match (is the answer that slice of the stored
+representation?), slice_body. A derived encoding asks no upstream and has its own small
+machine (edge.fetch.derive).
 """
 
 from __future__ import annotations
@@ -29,13 +35,12 @@ import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from email.utils import formatdate
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 from multidict import CIMultiDict
 
 from edge.config import NodeConfig
 from edge.fetch.fill import Fill, FillHead, InFlight
-from edge.fetch.slices import Slicer, sliceable
 from edge.observe.metrics import NodeMetrics
 from edge.rfc import policy
 from edge.rfc.policy import CacheControl, ResponsePolicy
@@ -44,6 +49,9 @@ from edge.steptable import Table
 from edge.store.disk import BodyWriter, Entry, Store, new_variant_id
 from edge.upstream.h1client import InterimSink
 from edge.upstream.pools import UpstreamError, UpstreamResponse, Upstreams
+
+if TYPE_CHECKING:  # edge.fetch.slices starts its range fills here: it imports this module
+    from edge.fetch.slices import SliceNode, SliceOf, Slicer
 
 log = logging.getLogger("edge.fetch.machine")
 
@@ -62,6 +70,12 @@ class UpstreamStatusError(UpstreamError):
         super().__init__(f"upstream answered {status}")
         self.status = status
         self.detail = f"upstream-{status}"
+
+
+class ObjectChanged(UpstreamError):
+    """The upstream's representation changed under a segmented entry."""
+
+    detail = "object-changed"
 
 
 @dataclass(frozen=True)
@@ -83,6 +97,9 @@ class FetchRequest:
     range: str | None = None
     # A stored part (Entry.part) this fetch asks the rest of, to combine (Section 3.4).
     complete: Entry | None = None
+    # A slice of a stored manifest, brought by range (edge.fetch.slices): the walk
+    # checks the answer against the manifest and stores it as that slice.
+    slice_of: SliceOf | None = None
     # Told of each 1xx before the head: the starting client's relay (RFC 9110 Section
     # 15.2). Only that client asked; whether the answer is shared is not known until
     # its head, so a joiner (who may yet be passed to a private answer) gets none.
@@ -114,6 +131,8 @@ class FetchStep(enum.Enum):
     HEADERS = "headers"  # send it; what the answer's status makes of the fetch
     FRESHEN = "freshen"  # RFC 9111 Section 4.3.4: a 304 refreshes the stored response
     SLICE = "slice"  # a 206 to the probe: keep the object as slices, from this one on
+    MATCH = "match"  # the answer to a slice's range fill: that slice of the stored object?
+    SLICE_BODY = "slice_body"  # its bytes into the slice's file, stored as that slice
     PARTIAL = "partial"  # a 206 to the client's range: keep it as the part it is
     COMBINE = "combine"  # a 206 with what a stored part lacks: the two make the whole
     REFETCH = "refetch"  # the answer to the probe is not the object's: ask for it whole
@@ -136,6 +155,7 @@ MOVES: dict[FetchStep, tuple[FetchStep, ...]] = {
     FetchStep.HEADERS: (
         FetchStep.FRESHEN,
         FetchStep.SLICE,
+        FetchStep.MATCH,
         FetchStep.PARTIAL,
         FetchStep.COMBINE,
         FetchStep.REFETCH,
@@ -144,6 +164,8 @@ MOVES: dict[FetchStep, tuple[FetchStep, ...]] = {
     ),
     FetchStep.FRESHEN: (FetchStep.DONE, _ERROR),
     FetchStep.SLICE: (FetchStep.DONE, FetchStep.REFETCH, _ERROR),
+    FetchStep.MATCH: (FetchStep.SLICE_BODY, _ERROR),
+    FetchStep.SLICE_BODY: (FetchStep.DONE, FetchStep.ABANDON, _ERROR),
     FetchStep.PARTIAL: (
         FetchStep.SLICE,
         FetchStep.BERESP,
@@ -178,6 +200,23 @@ def start(node: Node, fill: Fill, request: FetchRequest) -> Fetch:
     fetch = Fetch(node, request, fill)
     node.inflight.spawn(fetch.run())
     return fetch
+
+
+def start_slice(node: SliceNode, fill: Fill, of: SliceOf, fields: list[tuple[str, str]]) -> Fetch:
+    """Run the slice walk for the fill of one slice (edge.fetch.slices.Slicer.slice
+    started it through `InFlight.join_or_start`): `fields` are the hop's own and the
+    manifest's selecting fields; the walk adds the slice's range and precondition."""
+    request = FetchRequest(
+        key=of.entry.key,  # the object's route; the fill's own key names the slice
+        target=of.target,
+        fields=tuple(fields),
+        client="",
+        cache_control=CacheControl(),
+        slice_of=of,
+    )
+    # The walk (bereq, headers, match, slice_body) asks only what a SliceNode has: no
+    # storage decision is made of a slice, the manifest's was.
+    return start(cast(Node, node), fill, request)
 
 
 class Fetch:
@@ -246,7 +285,10 @@ class Fetch:
         request = self.request
         self.bereq = [*request.fields, *request.validators]
         self.conditional = request.revalidate is not None
-        if self.probe is not None:
+        if request.slice_of is not None:
+            self.bereq += request.slice_of.fields()
+            self.ranged = True
+        elif self.probe is not None:
             self._ask_slice(self.probe)
         elif request.complete is not None and request.complete.part is not None:
             # RFC 9111 Section 3.4: ask only for what the stored part lacks; If-Range
@@ -292,6 +334,8 @@ class Fetch:
             # 304's own Date then refreshes the stored one, RFC 9111 Section 4.3.4).
             response.headers["Date"] = _http_date(response.response_time)
         self.response, self.fill.note = response, response.note
+        if request.slice_of is not None:
+            return FetchStep.MATCH  # whatever it says, it is checked against the manifest
         status = response.status
         if status == 304 and self.conditional:
             return FetchStep.FRESHEN
@@ -355,6 +399,40 @@ class Fetch:
         await node.slicer.start_stream(manifest, response, first // size)
         self.response = None  # the stream has it now
         self.fill.head.set_result(FillHead("sliced", status=206, entry=manifest))
+        return FetchStep.DONE
+
+    async def st_match(self) -> FetchStep:
+        """Whether the answer to a slice's range fill is that slice of the stored
+        representation (edge.fetch.slices.SliceOf.answered_by). If not (a 412, RFC 9110
+        Section 13.1.4, or an origin that ignored If-Match), the stored slices can no
+        longer be put together: the object is dropped, the next request fetches it
+        afresh, and the readers of this slice get the error."""
+        of, response = self.request.slice_of, self.response
+        assert of is not None and response is not None
+        if of.answered_by(response.status, response.headers):
+            return FetchStep.SLICE_BODY
+        self.node.store.remove(of.entry.key)
+        self.error = ObjectChanged(f"upstream answered {response.status} for a slice")
+        return FetchStep.ERROR
+
+    async def st_slice_body(self) -> FetchStep:
+        """The slice's bytes into a file of its own that its readers follow, stored as
+        that slice of the manifest once whole (edge.fetch.slices.Slicer.bring)."""
+        of, response, fill = self.request.slice_of, self.response, self.fill
+        assert of is not None and response is not None
+        slicer = self.node.slicer
+        slicer.begin(fill, of)
+        self.writer = fill.writer
+        try:
+            await slicer.bring(fill, of, response)
+        except (UpstreamError, OSError) as exc:
+            self.error = exc
+            return FetchStep.ABANDON
+        finally:
+            # Closed, not released: the pump stops at the slice's last byte, not at
+            # the body's end the connection would need to be reused.
+            response.close()
+            self.response = None
         return FetchStep.DONE
 
     async def st_partial(self) -> FetchStep:
@@ -658,6 +736,8 @@ _STEPS: dict[FetchStep, Callable[[Fetch], Awaitable[FetchStep | None]]] = {
     FetchStep.HEADERS: Fetch.st_headers,
     FetchStep.FRESHEN: Fetch.st_freshen,
     FetchStep.SLICE: Fetch.st_slice,
+    FetchStep.MATCH: Fetch.st_match,
+    FetchStep.SLICE_BODY: Fetch.st_slice_body,
     FetchStep.PARTIAL: Fetch.st_partial,
     FetchStep.COMBINE: Fetch.st_combine,
     FetchStep.REFETCH: Fetch.st_refetch,
@@ -671,6 +751,18 @@ _STEPS: dict[FetchStep, Callable[[Fetch], Awaitable[FetchStep | None]]] = {
     FetchStep.DONE: Fetch.st_done,
 }
 assert set(_STEPS) == set(FetchStep), "every step of the fetch machine has its method"
+
+
+def sliceable(status: int, headers: policy.Headers, length: int | None, threshold: int) -> bool:
+    """A response may be kept as slices when it is a complete 200 larger than the
+    threshold, the upstream serves byte ranges, and a validator lets slices fetched
+    later be checked against the same representation (RFC 9110 Section 13.1.1)."""
+    if status != 200 or length is None or length <= threshold:
+        return False
+    if "bytes" not in {v.strip().lower() for v in headers.getall("Accept-Ranges", [])}:
+        return False
+    etag = headers.get("ETag")
+    return bool(etag and not etag.startswith("W/")) or "Last-Modified" in headers
 
 
 def _whole_fields(headers: policy.Headers) -> CIMultiDict[str]:

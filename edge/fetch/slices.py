@@ -10,7 +10,9 @@ Slices arrive two ways:
     from the start) is cut into slices as it arrives, so a crowd reading a cold object
     front to back still makes one upstream request;
   - a *range fill*: one upstream range request for one slice, validated against the
-    manifest (If-Match), when a reader needs a slice nobody is bringing.
+    manifest (If-Match), when a reader needs a slice nobody is bringing. It is a walk
+    of the fetch machine (edge.fetch.machine: bereq, headers, match, slice_body) on a
+    FetchRequest naming the slice (`SliceOf`, whose rules are here).
 A stream stops at the first slice that is stored or another fill brings (a reader
 ahead of it, such as one of a parallel downloader's ranges, fetched it by range): it
 never reads bytes it would drop, so the origin sends each byte of the object once.
@@ -24,8 +26,8 @@ follows it rather than asking upstream again; a stream says which slice it has r
 as a reader here would, and readers say they want the object, so that the stream
 carries on for them.
 
-This module owns slices and body sources; the pipeline decides when an object is
-segmented and builds the manifest.
+This module owns slices and body sources; the fetch machine decides when an object is
+segmented (`sliceable`) and builds the manifest.
 """
 
 from __future__ import annotations
@@ -35,14 +37,17 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import IO, Protocol
 
 from multidict import CIMultiDict
 
+from edge.config import NodeConfig
+from edge.fetch import machine
 from edge.fetch.fill import POLL, Fill, FillHead, FillReader, InFlight
 from edge.multiproc.coordination import alive
+from edge.observe.metrics import NodeMetrics
 from edge.rfc import policy
 from edge.rfc.ranges import combinable, parse_content_range
 from edge.store.disk import Entry, Store
@@ -57,12 +62,6 @@ STREAM_LOOKAHEAD = 2
 _FIRST_READER_WAIT = 5.0
 
 
-class ObjectChanged(UpstreamError):
-    """The upstream's representation changed under a segmented entry."""
-
-    detail = "object-changed"
-
-
 def slice_fill_key(entry: Entry, index: int) -> str:
     return f"{entry.key}#{entry.variant}#{index}"
 
@@ -72,16 +71,65 @@ def stream_key(entry: Entry) -> str:
     return f"{entry.key}#{entry.variant}#stream"
 
 
-def sliceable(status: int, headers: policy.Headers, length: int | None, threshold: int) -> bool:
-    """A response may be kept as slices when it is a complete 200 larger than the
-    threshold, the upstream serves byte ranges, and a validator lets slices fetched
-    later be checked against the same representation (RFC 9110 Section 13.1.1)."""
-    if status != 200 or length is None or length <= threshold:
-        return False
-    if "bytes" not in {v.strip().lower() for v in headers.getall("Accept-Ranges", [])}:
-        return False
-    etag = headers.get("ETag")
-    return bool(etag and not etag.startswith("W/")) or "Last-Modified" in headers
+@dataclass(frozen=True)
+class SliceOf:
+    """One slice of a segmented entry, as a range fill asks for it and checks the answer
+    (the fetch machine's slice walk carries it in its FetchRequest)."""
+
+    entry: Entry  # the manifest: its key, representation's validators and complete size
+    index: int
+
+    @property
+    def span(self) -> tuple[int, int]:
+        """[start, end) of the slice in the object."""
+        return self.entry.slice_span(self.index)
+
+    @property
+    def target(self) -> str:
+        """The path and query the manifest's key names, as the fill asks upstream."""
+        rest = self.entry.key.split("://", 1)[1]
+        return rest[rest.find("/") :] if "/" in rest else "/"
+
+    def fields(self) -> list[tuple[str, str]]:
+        """The slice's Range, on the condition that the upstream's representation is still
+        the manifest's: If-Match with its strong ETag, else If-Unmodified-Since (RFC 9110
+        Sections 13.1.1 and 13.1.4), so a changed object answers 412, not other bytes."""
+        start, end = self.span
+        fields = [("Range", f"bytes={start}-{end - 1}")]
+        stored = CIMultiDict(self.entry.headers)
+        etag = stored.get("ETag")
+        if etag and not etag.startswith("W/"):
+            fields.append(("If-Match", etag))
+        elif "Last-Modified" in stored:
+            fields.append(("If-Unmodified-Since", stored["Last-Modified"]))
+        return fields
+
+    def answered_by(self, status: int, headers: policy.Headers) -> bool:
+        """Whether an answer is this slice of the manifest's representation: a 206 for
+        exactly its span of the same complete length, under the same validator (its
+        strong ETag, else its Last-Modified date: RFC 9111 Section 3.4). Anything else
+        (a 412, RFC 9110 Section 13.1.4; an origin that ignored If-Match) means the
+        stored slices can no longer be put together."""
+        start, end = self.span
+        span = parse_content_range(headers.get("Content-Range"))
+        return (
+            status == 206
+            and span == (start, end - 1, self.entry.size)
+            and combinable(CIMultiDict(self.entry.headers), self.entry.size, headers)
+        )
+
+
+@dataclass(frozen=True)
+class SliceNode:
+    """What a range fill's walk of the fetch machine asks of its node: its config (its
+    name) and metrics, and the Slicer's store, upstream and fill table."""
+
+    config: NodeConfig
+    metrics: NodeMetrics
+    store: Store
+    upstream: Upstreams
+    inflight: InFlight
+    slicer: Slicer
 
 
 class _Stream:
@@ -113,13 +161,24 @@ class Slicer:
     """Slices of segmented entries on one node: who brings each, and storing them."""
 
     def __init__(
-        self, store: Store, inflight: InFlight, upstream: Upstreams, claim_timeout: float = 35.0
+        self,
+        store: Store,
+        inflight: InFlight,
+        upstream: Upstreams,
+        claim_timeout: float = 35.0,
+        *,
+        config: NodeConfig | None = None,
+        metrics: NodeMetrics | None = None,
     ) -> None:
         self.store = store
         self.inflight = inflight
-        self.upstream = upstream
         # How long a reader waits for another worker's slice fill before asking alone.
         self.claim_timeout = claim_timeout
+        # Range fills are walks of the fetch machine on this: the node's config and
+        # metrics (a Slicer on its own, as a test builds one, has defaults of its own).
+        config = config if config is not None else NodeConfig()
+        metrics = metrics if metrics is not None else NodeMetrics(config.name, store.stats)
+        self.node = SliceNode(config, metrics, store, upstream, inflight, self)
         self._streams: dict[tuple[str, str], _Stream] = {}
         # Readers currently delivering each segmented entry (SlicedSource.pieces).
         self.active: dict[tuple[str, str], int] = {}
@@ -255,11 +314,20 @@ class Slicer:
         claim = await self.inflight.join_or_start(slice_fill_key(entry, index))
         if claim.kind != "started" or claim.fill is None:
             return None  # a fill here or in another process brings it
-        fill = claim.fill
+        self.begin(claim.fill, SliceOf(entry, index))
+        return claim.fill
+
+    def begin(self, fill: Fill, of: SliceOf) -> None:
+        """The slice's body starts: a file its readers follow, and the fill's head."""
         fill.attach_writer(self.store.begin())
-        start, end = entry.slice_span(index)
+        start, end = of.span
         fill.head.set_result(FillHead("body", status=206, length=end - start, storable=True))
-        return fill
+
+    async def bring(self, fill: Fill, of: SliceOf, response: UpstreamResponse) -> None:
+        """A range fill's answer (edge.fetch.machine, st_slice_body) into `fill`, stored
+        as the slice once whole; raises as the stream does when it breaks."""
+        start, end = of.span
+        await self._pump(response.chunks(1 << 16), b"", end - start, fill, of.entry, of.index)
 
     def _have(self, entry: Entry, index: int) -> bool:
         handle = self.store.open_slice(entry, index)
@@ -337,7 +405,7 @@ class Slicer:
             if claim.kind == "started":
                 if started is not None:
                     started.append(claim.fill)
-                self.inflight.spawn(self._range_fill(claim.fill, entry, index, headers))
+                machine.start_slice(self.node, claim.fill, SliceOf(entry, index), headers)
             # Joined: followed, or ended (its error is this reader's, as a local one's).
             return claim.fill
 
@@ -348,51 +416,6 @@ class Slicer:
             return False
         at = record.get("index")
         return isinstance(at, int) and at < index <= at + STREAM_LOOKAHEAD
-
-    async def _range_fill(
-        self, fill: Fill, entry: Entry, index: int, headers: list[tuple[str, str]]
-    ) -> None:
-        """One slice by an upstream range request that must match the manifest's
-        representation: If-Match with its strong ETag, else If-Unmodified-Since."""
-        start, end = entry.slice_span(index)
-        stored = CIMultiDict(entry.headers)
-        request = [*headers, ("Range", f"bytes={start}-{end - 1}")]
-        etag = stored.get("ETag")
-        if etag and not etag.startswith("W/"):
-            request.append(("If-Match", etag))
-        elif "Last-Modified" in stored:
-            request.append(("If-Unmodified-Since", stored["Last-Modified"]))
-        path = entry.key.split("://", 1)[1]
-        path = path[path.find("/") :] if "/" in path else "/"
-        try:
-            response = await self.upstream.request("GET", path, request, key=entry.key)
-        except UpstreamError as exc:
-            fill.head.set_result(FillHead("error", error=exc))
-            fill.finish(exc)
-            self.inflight.done(fill)
-            return
-        fill.latency = response.response_time - response.request_time
-        try:
-            span = parse_content_range(response.headers.get("Content-Range"))
-            if (
-                response.status != 206
-                or span != (start, end - 1, entry.size)
-                or not combinable(stored, entry.size, response.headers)
-            ):
-                # Section 13.1.4 (If-Match failed: 412) or a different representation
-                # (an origin that ignored If-Match): the stored slices can no longer
-                # be put together. Drop them; the next request fetches it afresh.
-                self.store.remove(entry.key)
-                raise ObjectChanged(f"upstream answered {response.status} for a slice")
-            fill.attach_writer(self.store.begin())
-            fill.head.set_result(FillHead("body", status=206, length=end - start, storable=True))
-            await self._pump(response.chunks(1 << 16), b"", end - start, fill, entry, index)
-        except (UpstreamError, OSError) as exc:
-            if not fill.head.done():
-                fill.head.set_result(FillHead("error", error=exc))
-            self._fail(fill, exc)
-        finally:
-            response.close()
 
 
 # ------------------------------------------------------------------ body sources
@@ -454,20 +477,18 @@ class SlicedSource:
 
     What a delivery costs upstream is said, not hidden: `plan` tells before the head
     is sent whether slices must come from upstream (RFC 9211: then the response is
-    not a hit), `upstream_s` is the time spent waiting for their heads, and `on_fetch`
-    hears the upstream latency of every slice fetch this source started."""
+    not a hit), and `upstream_s` is the time spent waiting for their heads. (Each
+    slice fetch's own latency is the fetch machine's to count, as every fill's is.)"""
 
     def __init__(
         self,
         slicer: Slicer,
         entry: Entry,
         headers: list[tuple[str, str]],
-        on_fetch: Callable[[float], None] | None = None,
     ) -> None:
         self.slicer = slicer
         self.entry = entry
         self.headers = headers
-        self.on_fetch = on_fetch
         self.upstream_s: float | None = None
         self._missing: set[int] = set()  # slices `plan` found not stored
 
@@ -499,13 +520,10 @@ class SlicedSource:
         while start < end:
             s_start, s_end = entry.slice_span(index)
             lo, hi = start - s_start, min(end, s_end) - s_start
-            started: list[Fill] = []
             waited = time.monotonic()
-            got = await self.slicer.slice(entry, index, self.headers, started)
+            got = await self.slicer.slice(entry, index, self.headers)
             if isinstance(got, Fill):
                 await asyncio.shield(got.head)
-                if started and got.latency is not None and self.on_fetch is not None:
-                    self.on_fetch(got.latency)
             if isinstance(got, Fill) or index in self._missing:
                 # Waiting for a fetch (its own, another's, or the stream's) is upstream time.
                 self.upstream_s = (self.upstream_s or 0.0) + time.monotonic() - waited

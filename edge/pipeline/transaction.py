@@ -751,10 +751,6 @@ class Transaction:
                 self._prior_status = prior
         return headers
 
-    def _fetched(self, seconds: float) -> None:
-        """An upstream fetch this request made outside a fill of its key (a slice)."""
-        self.e.metrics.upstream_latency.labels(self.e.config.name).observe(seconds)
-
     def _partial(
         self,
         source: SlicedSource,
@@ -787,9 +783,7 @@ class Transaction:
         choice = derive.AS_STORED
         level: int | None = None
         if entry.slice_size:
-            source = SlicedSource(
-                self.e.slicer, entry, self._slice_headers(entry), on_fetch=self._fetched
-            )
+            source = SlicedSource(self.e.slicer, entry, self._slice_headers(entry))
         elif entry.part is not None:
             # A stored part answers only ranges inside it (_part_answers), as stored.
             assert body is not None

@@ -273,6 +273,8 @@ class EdgeNode:
                 inflight,
                 upstream,
                 claim_timeout=cfg.upstream_connect_timeout + cfg.upstream_read_timeout,
+                config=cfg,
+                metrics=metrics,
             ),
             deriver=Deriver(store, inflight),
             trusted=parse_networks(self.config.trusted_proxies),

@@ -642,13 +642,16 @@ def rig(
     coordination = Solo(clock.time)
     inflight = InFlight(coordination, clock.time)
     as_upstreams = cast(Upstreams, upstream)
+    metrics = NodeMetrics(cfg.name, store.stats)
     built = Engine(
         config=cfg,
         store=store,
         upstream=as_upstreams,
         inflight=inflight,
-        metrics=NodeMetrics(cfg.name, store.stats),
-        slicer=Slicer(store, inflight, as_upstreams, claim_timeout=0.0),
+        metrics=metrics,
+        slicer=Slicer(
+            store, inflight, as_upstreams, claim_timeout=0.0, config=cfg, metrics=metrics
+        ),
         deriver=Deriver(store, inflight),
         purger=None
         if purges is None
