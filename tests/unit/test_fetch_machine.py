@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SLICE = 64 << 10  # the smallest slice size a node accepts
 S = FetchStep
 
-#: A big object's answers: ranges served, a strong validator (edge.fetch.slices.sliceable).
+#: A big object's answers: ranges served, a strong validator (edge.fetch.machine.sliceable).
 BIG_FIELDS = [("Cache-Control", "max-age=600"), ("Accept-Ranges", "bytes"), ("ETag", '"big"')]
 BIG = bytes(range(256)) * (3 * SLICE // 256 + 8)  # three slices and a short fourth
 
