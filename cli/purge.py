@@ -42,7 +42,8 @@ CoordinatorOpt = Annotated[
     typer.Option(
         "--coordinator",
         metavar="URL",
-        help="Coordinator base URL.",
+        help="Coordinator base URL; several, comma-separated, for coordinators sharing one "
+        "log (each tried in turn while one is unreachable).",
         show_default="$EDGE_COORDINATOR, else the config file's",
     ),
 ]
@@ -67,6 +68,16 @@ Repeated = Optional[list[str]]  # noqa: UP045
 
 class CoordinatorError(Exception):
     """The coordinator could not be reached or refused a request; one line."""
+
+
+class Unreachable(CoordinatorError):
+    """No answer from that coordinator, or it is unavailable (502-504): another of a
+    shared log may take the request."""
+
+
+#: Answers that say "not here, not now" rather than "no": a coordinator whose log is
+#: electing a leader answers 503, and the request is tried at the next one.
+UNAVAILABLE = (502, 503, 504)
 
 
 # ---------------------------------------------------------------- settings and HTTP
@@ -105,19 +116,44 @@ def resolve(coordinator: str | None, token: str | None, config: Path | None) -> 
         )
     if not secret:
         fail(f"no token: give --token, EDGE_TOKEN or token in {where}", 2)
-    parts = urlsplit(base)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        fail(f"the coordinator must be an http(s) URL, got {base!r}", 2)
-    return Client(base.rstrip("/"), secret)
+    bases = [b.strip().rstrip("/") for b in base.split(",") if b.strip()]
+    for one in bases or [base]:
+        parts = urlsplit(one)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            fail(f"the coordinator must be an http(s) URL, got {one!r}", 2)
+    return Client(bases, secret)
 
 
 @dataclass
 class Client:
-    base: str
+    """The coordinators of one log (one, or several sharing it): requests go to the
+    one that last answered, and move on to the next while one is unreachable. A purge
+    is numbered by the shared log, so any of them answers for it."""
+
+    bases: list[str]
     token: str
+    at: int = 0
+
+    @property
+    def base(self) -> str:
+        return self.bases[self.at]
 
     def call(self, method: str, path: str, body: Any = None, timeout: float = 10.0) -> Any:
-        """One JSON request; the decoded answer, or CoordinatorError with the reason."""
+        """One JSON request; the decoded answer, or CoordinatorError with the reason
+        (the last coordinator's, when none answered)."""
+        error: CoordinatorError | None = None
+        for _ in self.bases:
+            try:
+                return self._call(method, path, body, timeout)
+            except Unreachable as exc:
+                # A purge that timed out at one coordinator may have been taken there:
+                # taking it again elsewhere is harmless (purging twice drops nothing more).
+                error = exc
+                self.at = (self.at + 1) % len(self.bases)
+        assert error is not None
+        raise error
+
+    def _call(self, method: str, path: str, body: Any, timeout: float) -> Any:
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(self.base + path, data=data, method=method)
         request.add_header("Authorization", f"Bearer {self.token}")
@@ -128,17 +164,18 @@ class Client:
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 return json.loads(response.read())
         except urllib.error.HTTPError as exc:
-            raise CoordinatorError(
+            kind = Unreachable if exc.code in UNAVAILABLE else CoordinatorError
+            raise kind(
                 f"the coordinator refused {method} {path} ({exc.code}): {_reason(exc)}"
             ) from None
         except TimeoutError:
-            raise CoordinatorError(
+            raise Unreachable(
                 f"the coordinator at {self.base} did not answer within {timeout:g}s"
             ) from None
         except urllib.error.URLError as exc:
             reason = exc.reason
             text = reason.strerror if isinstance(reason, OSError) and reason.strerror else reason
-            raise CoordinatorError(f"cannot reach the coordinator at {self.base}: {text}") from None
+            raise Unreachable(f"cannot reach the coordinator at {self.base}: {text}") from None
         except (OSError, ValueError) as exc:
             raise CoordinatorError(
                 f"bad answer from the coordinator at {self.base}: {exc}"

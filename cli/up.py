@@ -270,9 +270,11 @@ def up(
     token = os.environ.get("EDGE_TOKEN") or secrets.token_urlsafe(24)
     node_token = os.environ.get("EDGE_NODE_TOKEN") or secrets.token_urlsafe(24)
     env = {**os.environ, "EDGE_TOKEN": token, "EDGE_NODE_TOKEN": node_token}
-    coordinator = next(c for c in children if c.role == "coordinator")
+    # Every coordinator of the topology (several share a replicated log): `edge purge`
+    # moves to the next while one is down.
+    coordinators = ",".join(_url(c.listen) for c in children if c.role == "coordinator")
     cli_config = workdir / "cli.toml"
-    cli_config.write_text(f'coordinator = "{_url(coordinator.listen)}"\ntoken = "{token}"\n')
+    cli_config.write_text(f'coordinator = "{coordinators}"\ntoken = "{token}"\n')
     cli_config.chmod(0o600)
 
     stopping = False

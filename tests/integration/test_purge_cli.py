@@ -1,8 +1,8 @@
 """`edge purge` and `edge status` as an operator runs them: real processes against a real
 `edge coordinator`, with nodes played by WebSocket clients that ack
 (tests/integration/test_coordinator.py's FakeNode): the wait for every node, a node that
-never confirms, --no-wait, where the coordinator and token come from, one-line errors,
-and the node table."""
+never confirms, --no-wait, where the coordinator and token come from, several
+coordinators tried in turn, one-line errors, and the node table."""
 
 from __future__ import annotations
 
@@ -180,6 +180,27 @@ async def test_errors_are_one_line(tmp_path: Path, coordinator: Proc) -> None:
         assert code == status, (args, err)
         one_line_error(err, text)
         assert out == ""
+
+
+async def test_several_coordinators_are_tried_in_turn(
+    tmp_path: Path, coordinator: Proc, nodes: Callable[..., Any]
+) -> None:
+    """Coordinators sharing one log, the first of them down: the purge is made at the
+    next, its confirmations waited for there, and `edge status` answers from it; with
+    every one down, one line names the last tried."""
+    await nodes("edge-1")
+    down = [f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"]
+    listed = ["--coordinator", f"{down[0]},{coordinator.url}", "--token", TOKEN]
+    code, out, err = await edge(tmp_path, "purge", URL, *listed)
+    assert code == 0, err
+    assert "edge-1" in out and "confirmed" in out
+    code, out, err = await edge(tmp_path, "status", *listed)
+    assert code == 0 and "edge-1" in out, err
+    code, out, err = await edge(
+        tmp_path, "purge", URL, "--coordinator", ",".join(down), "--token", TOKEN
+    )
+    assert code == 1 and out == ""
+    one_line_error(err, f"cannot reach the coordinator at {down[1]}: Connection refused")
 
 
 async def test_status_lists_the_nodes(
