@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import diskcache
@@ -208,5 +209,70 @@ async def test_a_batch_replaces_variants_as_commits_one_by_one_would(tmp_path: P
         put(store, key, b"3" * 100)
         await asyncio.sleep(0)
         assert written() == ([b"3" * 100], 1)  # one entry, one body: replaced ones went
+    finally:
+        store.close()
+
+
+async def test_a_batch_of_new_keys_writes_the_rows_diskcache_would(tmp_path: Path) -> None:
+    """New keys' rows go in with one statement per batch: the same columns as
+    diskcache's own `set` writes (a store that commits one by one, outside a loop, is
+    the reference), the same count and size in its settings, read back after a
+    restart."""
+    batched = DiskStore(tmp_path / "batched", 1 << 30, Solo())
+    single = DiskStore(tmp_path / "single", 1 << 30, Solo())
+    bodies = {f"http://a.test/{n}": os.urandom(100 + n) for n in range(20)}
+    entries = {}
+    try:
+        for key, body in bodies.items():
+            entries[key] = put(batched, key, body)
+            assert batched._pending  # deferred: written at the turn's end
+        await asyncio.sleep(0)
+        assert not batched._pending
+
+        def one_by_one() -> None:
+            for key, body in bodies.items():
+                writer = single.begin()
+                writer.write(body)
+                single.commit(replace(entries[key], body_file=""), writer)
+
+        await asyncio.to_thread(one_by_one)  # no loop in that thread: each written at once
+        assert not single._pending
+        columns = "key, raw, expire_time, access_count, tag, size, mode, filename, value"
+
+        def rows(store: DiskStore) -> list[tuple[object, ...]]:
+            return store.cache._sql(f"SELECT {columns} FROM Cache ORDER BY key, raw").fetchall()
+
+        def settings(store: DiskStore) -> list[tuple[object, ...]]:
+            return store.cache._sql(
+                "SELECT key, value FROM Settings WHERE key IN ('count', 'size') ORDER BY key"
+            ).fetchall()
+
+        assert rows(batched) == rows(single) and len(rows(batched)) == 2 * len(bodies)
+        assert settings(batched) == settings(single)
+    finally:
+        batched.close()
+        single.close()
+    reopened = DiskStore(tmp_path / "batched", 1 << 30, Solo())
+    try:
+        for key, body in bodies.items():
+            (stored,) = reopened.variants(key)
+            assert stored == entries[key] and read(reopened, stored) == body
+    finally:
+        reopened.close()
+
+
+async def test_a_batch_mixing_new_and_known_keys_keeps_each_whole(tmp_path: Path) -> None:
+    """A batch with a key already stored (its variant replaced, the old body dropped)
+    and new keys (rows written at once) leaves exactly the newest entries."""
+    store = DiskStore(tmp_path / "cache", 1 << 30, Solo())
+    try:
+        put(store, "http://a.test/known", b"old" * 10)
+        await asyncio.sleep(0)
+        newer = put(store, "http://a.test/known", b"new" * 10)
+        fresh = put(store, "http://a.test/fresh", b"f" * 10)
+        await asyncio.sleep(0)
+        assert store.stats()[1] == 2  # two keys, each one entry and one body
+        assert store.variants("http://a.test/known") == [newer]
+        assert read(store, newer) == b"new" * 10 and read(store, fresh) == b"f" * 10
     finally:
         store.close()
