@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -274,5 +275,51 @@ async def test_a_batch_mixing_new_and_known_keys_keeps_each_whole(tmp_path: Path
         assert store.stats()[1] == 2  # two keys, each one entry and one body
         assert store.variants("http://a.test/known") == [newer]
         assert read(store, newer) == b"new" * 10 and read(store, fresh) == b"f" * 10
+    finally:
+        store.close()
+
+
+def test_commits_leave_the_wal_to_the_checkpoint_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit never copies the WAL back into the database itself (that is a page
+    write and an fsync on the event loop): the store's own thread does, on its own
+    connection, and stops with the store."""
+    import edge.store.disk as disk
+
+    monkeypatch.setattr(disk, "CHECKPOINT_INTERVAL", 3600.0)  # no round during the writes
+    store = DiskStore(tmp_path / "cache", 1 << 30, Solo())
+    database = tmp_path / "cache" / "objects" / "cache.db"
+    try:
+        assert store.cache._sql("PRAGMA wal_autocheckpoint").fetchone() == (0,)
+        before = database.stat().st_size
+        for n in range(400):  # well past SQLite's own threshold of 1,000 WAL pages
+            put(store, f"http://a.test/{n}", os.urandom(8000))
+        assert database.stat().st_size == before  # all of it still in the WAL
+        store._checkpointer.checkpoint()
+        assert database.stat().st_size > before
+        assert all(store.variants(f"http://a.test/{n}") for n in range(400))
+    finally:
+        store.close()
+    assert not store._checkpointer._thread.is_alive()
+
+
+def test_the_checkpoint_thread_runs_on_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import edge.store.disk as disk
+
+    monkeypatch.setattr(disk, "CHECKPOINT_INTERVAL", 0.01)
+    store = DiskStore(tmp_path / "cache", 1 << 30, Solo())
+    database = tmp_path / "cache" / "objects" / "cache.db"
+    try:
+        before = database.stat().st_size
+        for n in range(50):
+            put(store, f"http://a.test/{n}", os.urandom(8000))
+        for _ in range(500):  # bounded: 5 s at most
+            if database.stat().st_size > before:
+                break
+            time.sleep(0.01)
+        assert database.stat().st_size > before
     finally:
         store.close()
