@@ -117,17 +117,32 @@ class BodyWriter:
     def __init__(self, path: Path | None) -> None:
         """A file at `path`; or, with None, a body known to be small enough to be
         stored inline: kept in memory (a memfd), so a small miss makes no file and no
-        directory entry. Readers open it as a file all the same, by its /proc path
-        (other workers of the node too), and a crash leaves nothing of it behind."""
+        directory entry. Readers open it as a file all the same (`open_reader`; other
+        workers of the node by its /proc path), and a crash leaves nothing of it behind."""
         self.in_memory = path is None
+        self._path = path
         if path is None:
-            self._fd = os.memfd_create("edge-body", os.MFD_CLOEXEC)
-            path = Path(f"/proc/{os.getpid()}/fd/{self._fd}")
+            self._fd = self._memfd = os.memfd_create("edge-body", os.MFD_CLOEXEC)
         else:
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        self.path = path
         self.written = 0
         self._small: list[bytes] | None = []
+
+    @property
+    def path(self) -> Path:
+        """The body's file; a memfd's /proc path, made when first asked (only another
+        worker of the node needs it)."""
+        if self._path is None:
+            self._path = Path(f"/proc/{os.getpid()}/fd/{self._memfd}")
+        return self._path
+
+    def open_reader(self) -> int:
+        """A descriptor the body's readers pread from: a memfd's duplicated, with no
+        path to resolve; a file opened again, read-only (its writer's descriptor is
+        write-only). Asked before `close`."""
+        if self.in_memory:
+            return os.dup(self._fd)
+        return os.open(self.path, os.O_RDONLY)
 
     def write(self, chunk: bytes) -> None:
         view = memoryview(chunk)

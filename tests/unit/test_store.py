@@ -323,3 +323,27 @@ def test_the_checkpoint_thread_runs_on_its_own(
         assert database.stat().st_size > before
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("expected", [1000, None])
+def test_a_reader_follows_its_body_and_outlives_the_writer(
+    store: DiskStore, expected: int | None
+) -> None:
+    """open_reader: in memory (a duplicated memfd) or a file, a reader sees each write
+    at once by pread and keeps the body after the writer closes; a file's is read-only."""
+    writer = store.begin(expected)
+    assert writer.in_memory == (expected is not None)
+    reader = writer.open_reader()
+    try:
+        writer.write(b"a" * 600)
+        assert os.pread(reader, 2000, 0) == b"a" * 600
+        writer.write(b"b" * 400)
+        writer.close()
+        assert os.pread(reader, 2000, 0) == b"a" * 600 + b"b" * 400
+        if not writer.in_memory:
+            with pytest.raises(OSError):
+                os.write(reader, b"x")
+        assert writer.path.name  # another worker's way in, made when asked
+    finally:
+        os.close(reader)
+        writer.discard()
