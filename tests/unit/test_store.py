@@ -347,3 +347,23 @@ def test_a_reader_follows_its_body_and_outlives_the_writer(
     finally:
         os.close(reader)
         writer.discard()
+
+
+async def test_a_100k_body_is_a_row_and_a_batch_is_bounded_in_bytes(tmp_path: Path) -> None:
+    """Bodies up to INLINE_MAX (100 KiB objects among them) make no file; the bodies a
+    batch holds in memory are bounded: it is written once they reach BATCH_BYTES."""
+    import edge.store.disk as disk
+
+    store = DiskStore(tmp_path / "cache", 1 << 30, Solo())
+    try:
+        body = os.urandom(100 << 10)
+        first = put(store, "http://a.test/0", body)
+        assert first.body_file == disk.INLINE
+        per_batch = -(-disk.BATCH_BYTES // len(body))
+        for n in range(1, per_batch):
+            put(store, f"http://a.test/{n}", body)
+        assert not store._pending  # written when the bound was reached, in this turn
+        assert files_under(store.objects) == [] and files_under(store.tmp) == []
+        assert read(store, first) == body
+    finally:
+        store.close()
