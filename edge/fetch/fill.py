@@ -99,7 +99,7 @@ class Fill:
 
     def attach_writer(self, writer: BodyWriter) -> None:
         self.writer = writer
-        self._fd = os.open(writer.path, os.O_RDONLY)
+        self._fd = writer.open_reader()
         # Closed when the last holder of this fill (a client still about to read)
         # lets go, not at finish: a waiter may wake after the body is complete.
         weakref.finalize(self, os.close, self._fd)

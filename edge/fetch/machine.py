@@ -145,6 +145,10 @@ class FetchStep(enum.Enum):
     ABANDON = "abandon"  # the body broke mid-way: its readers see it cut
     DONE = "done"  # the fill has its head; the body is stored or on its way
 
+    # Hashed by identity (members are singletons and compare by identity), in C:
+    # Enum hashes by name in Python, and every move of a walk looks its step up.
+    __hash__ = object.__hash__
+
 
 _ERROR = FetchStep.ERROR
 

@@ -39,6 +39,10 @@ class Step(enum.Enum):
     SYNTH = "synth"  # a response made here: an error or a refusal (ends the walk)
     DONE = "done"  # the response is made
 
+    # Hashed by identity (members are singletons and compare by identity), in C:
+    # Enum hashes by name in Python, and every move of a walk looks its step up.
+    __hash__ = object.__hash__
+
 
 #: Where each step may go. SYNTH and DONE end the walk.
 MOVES: dict[Step, tuple[Step, ...]] = {

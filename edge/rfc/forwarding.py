@@ -17,6 +17,7 @@ forwarding fields go upstream and whether the request is looping through this CD
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 
@@ -44,7 +45,10 @@ def parse_networks(values: Iterable[str]) -> tuple[Network, ...]:
     return tuple(out)
 
 
+@functools.lru_cache(maxsize=4096)
 def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """An address as written (a peer, a forwarded hop), or None. Remembered: a request
+    asks about its peer several times, and a client's next request is from the same."""
     text = text.strip()
     if text.startswith("[") and "]" in text:  # [v6]:port, as some proxies write it
         text = text[1 : text.index("]")]
@@ -59,6 +63,8 @@ def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 
 def is_trusted(peer: str | None, networks: Sequence[Network]) -> bool:
     """Is the connection's peer one of the configured trusted proxies?"""
+    if not networks:
+        return False
     addr = _address(peer or "")
     return addr is not None and any(addr in net for net in networks)
 

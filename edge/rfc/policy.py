@@ -72,6 +72,15 @@ def split_list(values: Iterable[str]) -> list[str]:
     """
     members: list[str] = []
     for line in values:
+        if '"' not in line:
+            # No quoted string, so no comma is quoted and nothing is escaped: a plain
+            # split says the same as the walk below, at a fraction of its cost (every
+            # list field of every request and response passes here).
+            for part in line.split(","):
+                member = part.strip(OWS)
+                if member:
+                    members.append(member)
+            continue
         current: list[str] = []
         in_quotes = escaped = False
         for ch in line:
@@ -140,6 +149,13 @@ class CacheControl:
         return [f.strip().lower() for f in (self.directives[name] or "").split(",") if f.strip()]
 
 
+#: Parsed Cache-Control values by their field lines: a response's field is parsed by
+#: the store decision, the freshness rules and delivery, and most origins send a few
+#: distinct values. Bounded; a CacheControl is never changed after it is made.
+_CC_MEMO: dict[tuple[str, ...], CacheControl] = {}
+_CC_MEMO_MAX = 1024
+
+
 def parse_cache_control(values: Iterable[str]) -> CacheControl:
     """RFC 9111 Section 5.2: Cache-Control.
 
@@ -147,6 +163,17 @@ def parse_cache_control(values: Iterable[str]) -> CacheControl:
     quoted strings, and commas inside quoted strings belong to the argument, so a
     `max-age` inside a quoted string is never mistaken for a directive.
     """
+    lines = tuple(values)
+    cc = _CC_MEMO.get(lines)
+    if cc is None:
+        cc = _parse_cache_control(lines)
+        if len(_CC_MEMO) >= _CC_MEMO_MAX:
+            _CC_MEMO.pop(next(iter(_CC_MEMO)))
+        _CC_MEMO[lines] = cc
+    return cc
+
+
+def _parse_cache_control(values: tuple[str, ...]) -> CacheControl:
     directives: dict[str, str | None] = {}
     conflicts: set[str] = set()
     quoted: set[str] = set()

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import diskcache
@@ -208,5 +210,160 @@ async def test_a_batch_replaces_variants_as_commits_one_by_one_would(tmp_path: P
         put(store, key, b"3" * 100)
         await asyncio.sleep(0)
         assert written() == ([b"3" * 100], 1)  # one entry, one body: replaced ones went
+    finally:
+        store.close()
+
+
+async def test_a_batch_of_new_keys_writes_the_rows_diskcache_would(tmp_path: Path) -> None:
+    """New keys' rows go in with one statement per batch: the same columns as
+    diskcache's own `set` writes (a store that commits one by one, outside a loop, is
+    the reference), the same count and size in its settings, read back after a
+    restart."""
+    batched = DiskStore(tmp_path / "batched", 1 << 30, Solo())
+    single = DiskStore(tmp_path / "single", 1 << 30, Solo())
+    bodies = {f"http://a.test/{n}": os.urandom(100 + n) for n in range(20)}
+    entries = {}
+    try:
+        for key, body in bodies.items():
+            entries[key] = put(batched, key, body)
+            assert batched._pending  # deferred: written at the turn's end
+        await asyncio.sleep(0)
+        assert not batched._pending
+
+        def one_by_one() -> None:
+            for key, body in bodies.items():
+                writer = single.begin()
+                writer.write(body)
+                single.commit(replace(entries[key], body_file=""), writer)
+
+        await asyncio.to_thread(one_by_one)  # no loop in that thread: each written at once
+        assert not single._pending
+        columns = "key, raw, expire_time, access_count, tag, size, mode, filename, value"
+
+        def rows(store: DiskStore) -> list[tuple[object, ...]]:
+            return store.cache._sql(f"SELECT {columns} FROM Cache ORDER BY key, raw").fetchall()
+
+        def settings(store: DiskStore) -> list[tuple[object, ...]]:
+            return store.cache._sql(
+                "SELECT key, value FROM Settings WHERE key IN ('count', 'size') ORDER BY key"
+            ).fetchall()
+
+        assert rows(batched) == rows(single) and len(rows(batched)) == 2 * len(bodies)
+        assert settings(batched) == settings(single)
+    finally:
+        batched.close()
+        single.close()
+    reopened = DiskStore(tmp_path / "batched", 1 << 30, Solo())
+    try:
+        for key, body in bodies.items():
+            (stored,) = reopened.variants(key)
+            assert stored == entries[key] and read(reopened, stored) == body
+    finally:
+        reopened.close()
+
+
+async def test_a_batch_mixing_new_and_known_keys_keeps_each_whole(tmp_path: Path) -> None:
+    """A batch with a key already stored (its variant replaced, the old body dropped)
+    and new keys (rows written at once) leaves exactly the newest entries."""
+    store = DiskStore(tmp_path / "cache", 1 << 30, Solo())
+    try:
+        put(store, "http://a.test/known", b"old" * 10)
+        await asyncio.sleep(0)
+        newer = put(store, "http://a.test/known", b"new" * 10)
+        fresh = put(store, "http://a.test/fresh", b"f" * 10)
+        await asyncio.sleep(0)
+        assert store.stats()[1] == 2  # two keys, each one entry and one body
+        assert store.variants("http://a.test/known") == [newer]
+        assert read(store, newer) == b"new" * 10 and read(store, fresh) == b"f" * 10
+    finally:
+        store.close()
+
+
+def test_commits_leave_the_wal_to_the_checkpoint_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit never copies the WAL back into the database itself (that is a page
+    write and an fsync on the event loop): the store's own thread does, on its own
+    connection, and stops with the store."""
+    import edge.store.disk as disk
+
+    monkeypatch.setattr(disk, "CHECKPOINT_INTERVAL", 3600.0)  # no round during the writes
+    store = DiskStore(tmp_path / "cache", 1 << 30, Solo())
+    database = tmp_path / "cache" / "objects" / "cache.db"
+    try:
+        assert store.cache._sql("PRAGMA wal_autocheckpoint").fetchone() == (0,)
+        before = database.stat().st_size
+        for n in range(400):  # well past SQLite's own threshold of 1,000 WAL pages
+            put(store, f"http://a.test/{n}", os.urandom(8000))
+        assert database.stat().st_size == before  # all of it still in the WAL
+        store._checkpointer.checkpoint()
+        assert database.stat().st_size > before
+        assert all(store.variants(f"http://a.test/{n}") for n in range(400))
+    finally:
+        store.close()
+    assert not store._checkpointer._thread.is_alive()
+
+
+def test_the_checkpoint_thread_runs_on_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import edge.store.disk as disk
+
+    monkeypatch.setattr(disk, "CHECKPOINT_INTERVAL", 0.01)
+    store = DiskStore(tmp_path / "cache", 1 << 30, Solo())
+    database = tmp_path / "cache" / "objects" / "cache.db"
+    try:
+        before = database.stat().st_size
+        for n in range(50):
+            put(store, f"http://a.test/{n}", os.urandom(8000))
+        for _ in range(500):  # bounded: 5 s at most
+            if database.stat().st_size > before:
+                break
+            time.sleep(0.01)
+        assert database.stat().st_size > before
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("expected", [1000, None])
+def test_a_reader_follows_its_body_and_outlives_the_writer(
+    store: DiskStore, expected: int | None
+) -> None:
+    """open_reader: in memory (a duplicated memfd) or a file, a reader sees each write
+    at once by pread and keeps the body after the writer closes; a file's is read-only."""
+    writer = store.begin(expected)
+    assert writer.in_memory == (expected is not None)
+    reader = writer.open_reader()
+    try:
+        writer.write(b"a" * 600)
+        assert os.pread(reader, 2000, 0) == b"a" * 600
+        writer.write(b"b" * 400)
+        writer.close()
+        assert os.pread(reader, 2000, 0) == b"a" * 600 + b"b" * 400
+        if not writer.in_memory:
+            with pytest.raises(OSError):
+                os.write(reader, b"x")
+        assert writer.path.name  # another worker's way in, made when asked
+    finally:
+        os.close(reader)
+        writer.discard()
+
+
+async def test_a_100k_body_is_a_row_and_a_batch_is_bounded_in_bytes(tmp_path: Path) -> None:
+    """Bodies up to INLINE_MAX (100 KiB objects among them) make no file; the bodies a
+    batch holds in memory are bounded: it is written once they reach BATCH_BYTES."""
+    import edge.store.disk as disk
+
+    store = DiskStore(tmp_path / "cache", 1 << 30, Solo())
+    try:
+        body = os.urandom(100 << 10)
+        first = put(store, "http://a.test/0", body)
+        assert first.body_file == disk.INLINE
+        per_batch = -(-disk.BATCH_BYTES // len(body))
+        for n in range(1, per_batch):
+            put(store, f"http://a.test/{n}", body)
+        assert not store._pending  # written when the bound was reached, in this turn
+        assert files_under(store.objects) == [] and files_under(store.tmp) == []
+        assert read(store, first) == body
     finally:
         store.close()

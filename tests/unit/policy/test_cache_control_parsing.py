@@ -422,3 +422,28 @@ def test_targeted_unbalanced_quote_does_not_swallow_the_next_line() -> None:
     cc = parse_targeted(lines)
     assert cc is not None and "public" in cc
     assert cc.directives == parse_cache_control(lines).directives
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["a, b ,,c", " no-cache , max-age=5,\t", ",", "x=1,y=2, z", "a,\xa0,b", "", "k=v;p"],
+)
+def test_split_list_without_quotes_is_the_quoted_walk(line: str) -> None:
+    """Lines without a quoted string take a plain split: the same members as the walk
+    that quoted strings take (a quoted member appended after a comma is split off
+    whole, so the rest is split by the walk)."""
+    assert [*split_list([line]), '"q"'] == split_list([line + ',"q"'])
+
+
+def test_parsed_cache_control_is_remembered_and_bounded() -> None:
+    """A field value parsed again is the same (immutable) result; any iterable of lines
+    is accepted; the memory of values is bounded."""
+    from edge.rfc import policy
+
+    first = parse_cache_control(["public, max-age=60"])
+    assert parse_cache_control(iter(["public, max-age=60"])) is first
+    assert first.delta("max-age") == 60 and "public" in first
+    assert parse_cache_control(["max-age=60", "public"]) is not first  # lines differ
+    for n in range(policy._CC_MEMO_MAX + 50):
+        assert parse_cache_control([f"max-age={n}"]).delta("max-age") == n
+    assert len(policy._CC_MEMO) <= policy._CC_MEMO_MAX

@@ -116,3 +116,54 @@ def test_rule_file_mistakes(tmp_path: Path, text: str, message: str) -> None:
         load_rules(path)
     with pytest.raises(RuleError, match="not found"):
         load_rules(tmp_path / "missing.toml")
+
+
+_SCREENED_CASES = [
+    ("/books/moby-dick.txt", None, {}),
+    ("/search", "q=whale&page=2", {"User-Agent": "curl/8"}),
+    ("/search", "q=1 UNION SELECT password", {}),
+    ("/x", "id=1' OR 'a'='a", {}),
+    ("/x", "t=sleep(5)", {}),
+    ("/%3Cscript%3Ealert(1)", None, {}),
+    ("/x", None, {"User-Agent": "${jndi:ldap://evil/a}"}),
+    ("/x", None, {"Referer": "() { :; }; /bin/id"}),
+    ("/x", "f=php://filter/resource=index", {}),
+    ("/x/../../etc/passwd", None, {}),
+    ("/.git/HEAD", None, {}),
+    ("/x", None, {"Host": "${jndi:x}"}),  # Host is not a header the rules read
+    ("/unionselect", "a=union-select", {}),
+]
+
+
+@pytest.mark.parametrize(("path", "query", "headers"), _SCREENED_CASES)
+def test_the_joined_screen_answers_as_the_rules_one_by_one(
+    path: str, query: str | None, headers: dict[str, str]
+) -> None:
+    """The screen (every rule's pattern joined per place) only saves work: the rule
+    found is the one asked rule by rule, with or without it."""
+    screened = RuleSet(DEFAULT_RULES)
+    assert screened._screens is not None
+    plain = RuleSet(DEFAULT_RULES)
+    plain._screens = None
+    fields = CIMultiDict(headers)
+    assert screened.check("h", path, query, fields) == plain.check("h", path, query, fields)
+
+
+def test_rules_that_cannot_be_joined_are_asked_one_by_one(tmp_path: Path) -> None:
+    """A named field, a group (a backreference would renumber) or flags of its own:
+    no screen, and such rules still match."""
+    rules = tmp_path / "rules.toml"
+    rules.write_text(
+        '[[rules]]\nid = "twice"\nwhere = ["path"]\npattern = "/(ab)\\\\1/"\n'
+        '[[rules]]\nid = "agent"\nwhere = ["header:x-probe"]\npattern = "^scan"\n'
+    )
+    loaded = load_rules(rules)
+    for rule in loaded:
+        alone = RuleSet([*DEFAULT_RULES, rule])
+        assert alone._screens is None
+    both = RuleSet([*DEFAULT_RULES, *loaded])
+    hit = both.check("h", "/abab/", None, CIMultiDict())
+    assert hit is not None and hit.id == "twice"
+    probe = both.check("h", "/", None, CIMultiDict({"X-Probe": "scanner"}))
+    assert probe is not None and probe.id == "agent"
+    assert both.check("h", "/ab/", None, CIMultiDict()) is None
