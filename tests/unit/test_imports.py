@@ -107,10 +107,12 @@ def test_the_request_path_imports_nothing_of_aiohttp() -> None:
 
 
 #: Private names of a library edge reaches knowingly, each where it is and why: the
-#: store's LRU bookkeeping reads and writes diskcache's own table (its access_time
-#: column, batched; diskcache's public get writes one transaction per read), pinned
-#: `diskcache<6` in pyproject.toml for it. `os._exit` is documented API.
+#: store reads and writes diskcache's own table (LRU access times and new keys' rows,
+#: each in one batched statement, where diskcache's public get and set make a
+#: transaction per call), pinned `diskcache<6` in pyproject.toml for it. `os._exit`
+#: is documented API.
 KNOWN_PRIVATE = {
+    ("store/disk.py", "_con"),
     ("store/disk.py", "_sql"),
     ("store/disk.py", "_disk"),
     ("store/disk.py", "_directory"),
