@@ -104,7 +104,10 @@ class Entry:
 #: a file and its directory cost a small miss more than the bytes do. Creating a file
 #: costs 70-270 us on ext4 (measured on the benchmark machine), a 100 KiB row far less,
 #: and a row rides in a batch (`DiskStore.flush`); so 100 KiB objects are rows too.
-INLINE_MAX = 256 << 10
+#: No bigger than what the hot tier keeps (edge.pipeline.fastpath.MAX_BODY): a row is
+#: copied into memory to be served, which the hot tier does once per object, while a
+#: bigger body leaves its own file by sendfile on every hit.
+INLINE_MAX = 128 << 10
 
 
 class BodyWriter:

@@ -367,3 +367,11 @@ async def test_a_100k_body_is_a_row_and_a_batch_is_bounded_in_bytes(tmp_path: Pa
         assert read(store, first) == body
     finally:
         store.close()
+
+
+def test_a_body_kept_in_a_row_is_one_the_hot_tier_would_keep() -> None:
+    """A row's body is copied into memory to be served: only bodies the hot tier keeps
+    (copied once per object) may be rows; larger ones leave their file by sendfile."""
+    from edge.pipeline.fastpath import MAX_BODY
+
+    assert INLINE_MAX <= MAX_BODY
