@@ -359,10 +359,14 @@ class InFlight:
         return ended
 
     def _follow(self, key: str, record: Record) -> Fill | None:
-        """A stand-in for another process's fill, following its body file."""
+        """A stand-in for another process's fill, following its body file (None for
+        a body kept in memory: it is read from the store once stored)."""
+        path = record.get("path")
+        if not path:
+            return None
         try:
-            fd = os.open(str(record["path"]), os.O_RDONLY)
-        except (OSError, KeyError):
+            fd = os.open(str(path), os.O_RDONLY)
+        except OSError:
             return None  # stored (renamed) or dropped already: the lock will say
         try:
             head = FillHead(
@@ -458,7 +462,11 @@ def _record(fill: Fill, head: FillHead) -> Record:
         assert fill.writer is not None
         record.update(
             state="running",
-            path=str(fill.writer.path),
+            # A body kept in memory is not followed from another process: its /proc
+            # path names a descriptor number, which the writer reuses for another
+            # body once this one is stored, so a follower could open the wrong bytes.
+            # Small as it is, the others wait for its end and read it from the store.
+            path=None if fill.writer.in_memory else str(fill.writer.path),
             status=head.status,
             headers=head.headers,
             vary=head.vary,

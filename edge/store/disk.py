@@ -122,12 +122,13 @@ class BodyWriter:
     def __init__(self, path: Path | None) -> None:
         """A file at `path`; or, with None, a body known to be small enough to be
         stored inline: kept in memory (a memfd), so a small miss makes no file and no
-        directory entry. Readers open it as a file all the same (`open_reader`; other
-        workers of the node by its /proc path), and a crash leaves nothing of it behind."""
+        directory entry. Readers in this process open it as a file all the same
+        (`open_reader`); other workers read it from the store once it is stored. A
+        crash leaves nothing of it behind."""
         self.in_memory = path is None
         self._path = path
         if path is None:
-            self._fd = self._memfd = os.memfd_create("edge-body", os.MFD_CLOEXEC)
+            self._fd = os.memfd_create("edge-body", os.MFD_CLOEXEC)
         else:
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         self.written = 0
@@ -135,10 +136,10 @@ class BodyWriter:
 
     @property
     def path(self) -> Path:
-        """The body's file; a memfd's /proc path, made when first asked (only another
-        worker of the node needs it)."""
+        """The body's file. A body kept in memory has none: a /proc path would name a
+        descriptor number, reused for another body once this one is stored."""
         if self._path is None:
-            self._path = Path(f"/proc/{os.getpid()}/fd/{self._memfd}")
+            raise ValueError("a body kept in memory has no path")
         return self._path
 
     def open_reader(self) -> int:

@@ -11,9 +11,12 @@ import select
 from pathlib import Path
 from typing import Any, cast
 
-from edge.fetch.fill import Fill, InFlight
+import pytest
+
+from edge.fetch.fill import Fill, FillHead, InFlight, _record
 from edge.fetch.slices import Slicer
 from edge.multiproc import shared as shared_map
+from edge.multiproc.coordination import Solo
 from edge.multiproc.workers import METRICS_DIR, Workers
 from edge.store.disk import DiskStore, Entry
 from edge.upstream.pools import UpstreamError, Upstreams
@@ -110,3 +113,30 @@ def test_a_slice_fill_that_failed_in_one_worker_fails_its_readers_in_another(
         for fd in (gate_r, gate_w, started_r, started_w):
             os.close(fd)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+async def test_a_body_kept_in_memory_is_published_without_a_path(tmp_path: Path) -> None:
+    """A small body arrives in a memfd. Its /proc path would name a descriptor number
+    the writer reuses for another body once this one is stored, so another worker
+    following it could read the wrong bytes: the record carries no path, a record
+    without one is not followed (the others read the body from the store once stored),
+    and the writer has no path to give."""
+    store = DiskStore(tmp_path / "c", 1 << 30, Solo())
+    inflight = InFlight(Solo())
+    head = FillHead("body", status=200, length=1000, storable=True)
+    small, big = Fill("http://a.test/small", 0.0), Fill("http://a.test/big", 0.0)
+    small.attach_writer(store.begin(1000))
+    big.attach_writer(store.begin(None))
+    try:
+        record = _record(small, head)
+        assert record["state"] == "running" and record["path"] is None
+        assert inflight._follow(small.key, record) is None
+        assert small.writer is not None and big.writer is not None
+        with pytest.raises(ValueError):
+            _ = small.writer.path
+        assert _record(big, head)["path"] == str(big.writer.path)
+    finally:
+        for writer in (small.writer, big.writer):
+            if writer is not None:
+                writer.discard()
+        store.close()
