@@ -30,7 +30,6 @@ apt package.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import secrets
 import shutil
@@ -46,7 +45,6 @@ from typing import Any
 
 from scenarios.bench_hits import LOAD_CORE, SERVER_CORE, WrkResult, object_body, ratio, run_wrk
 from scenarios.harness import (
-    OUT_DIR,
     REPO_ROOT,
     Child,
     Processes,
@@ -59,6 +57,7 @@ from scenarios.harness import (
     nginx_temp_paths,
     parse_size,
     pinned,
+    report_path,
     require_tool,
     run_main,
     shield_argv,
@@ -67,6 +66,7 @@ from scenarios.harness import (
     wait_tcp,
     write_nginx_config,
     write_nginx_config_text,
+    write_report,
 )
 
 TIERS = ("edge", "shield")
@@ -508,10 +508,7 @@ def run(args: argparse.Namespace) -> int:
         "warnings": warnings,
     }
     default = "bench_misses.json" if args.tier == "edge" else f"bench_misses-{args.tier}.json"
-    out = Path(args.out) if args.out else OUT_DIR / default
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_report(report_path(args.out, default), report)
     return 1 if problems else 0
 
 
