@@ -1,10 +1,11 @@
 """A machine's steps and the moves between them, as a table, and the one check every
 driver makes before a step.
 
-Both of edge's machines are driven this way: the client machine (edge.pipeline.steps)
-and the fetch machine (edge.fetch.machine). A step decides one thing and names the next;
-the driver asks `Table.move` first, and a move the table does not list raises
-`IllegalMove`: a bug in the engine, never something a peer can cause, so it is loud (as
+Each of edge's machines is driven this way: the client machine (edge.pipeline.steps),
+the fetch machine (edge.fetch.machine) and the derive machine (edge.fetch.derive). A
+step decides one thing and names the next; the driver asks `Table.move` first, and a
+move the table does not list raises `IllegalMove`: a bug in the engine, never
+something a peer can cause, so it is loud (as
 Varnish's WRONG() and h11's LocalProtocolError are). Pure: no I/O.
 """
 
