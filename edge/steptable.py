@@ -5,8 +5,8 @@ Each of edge's machines is driven this way: the client machine (edge.pipeline.st
 the fetch machine (edge.fetch.machine) and the derive machine (edge.fetch.derive). A
 step decides one thing and names the next; the driver asks `Table.move` first, and a
 move the table does not list raises `IllegalMove`: a bug in the engine, never
-something a peer can cause, so it is loud (as
-Varnish's WRONG() and h11's LocalProtocolError are). Pure: no I/O.
+something a peer can cause, so it is loud (as Varnish's WRONG() and h11's
+LocalProtocolError are). Pure: no I/O.
 """
 
 from __future__ import annotations
