@@ -665,6 +665,16 @@ def rig(
     return Rig(built, store, upstream, clock)
 
 
+#: The smallest slice size a node accepts, and node options (for `rig`) under which an
+#: object above two slices is kept as slices of it: the slice tests' node.
+SLICE = 64 << 10
+SLICED: dict[str, Any] = {
+    "slice_size": SLICE,
+    "slice_threshold": 2 * SLICE,
+    "max_object_size": 1 << 20,
+}
+
+
 @contextlib.asynccontextmanager
 async def rigged(**kw: Any) -> AsyncIterator[Rig]:
     made = rig(**kw)

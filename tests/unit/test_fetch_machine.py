@@ -33,10 +33,18 @@ from edge.rfc.policy import CacheControl, parse_http_date, request_cache_control
 from edge.steptable import IllegalMove
 from edge.store.disk import Entry
 from edge.upstream.pools import UpstreamError
-from tests.support.fakes import Reply, Rig, broken_body, down, rig, stored_entry
+from tests.support.fakes import (
+    SLICE,
+    SLICED,
+    Reply,
+    Rig,
+    broken_body,
+    down,
+    rigged,
+    stored_entry,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
-SLICE = 64 << 10  # the smallest slice size a node accepts
 S = FetchStep
 
 #: A big object's answers: ranges served, a strong validator (edge.fetch.machine.sliceable).
@@ -46,11 +54,8 @@ BIG = bytes(range(256)) * (3 * SLICE // 256 + 8)  # three slices and a short fou
 
 @pytest.fixture
 async def r() -> AsyncIterator[Rig]:
-    made = rig(slice_size=SLICE, slice_threshold=2 * SLICE, max_object_size=1 << 20)
-    try:
+    async with rigged(**SLICED) as made:
         yield made
-    finally:
-        await made.close()
 
 
 def ask(r: Rig, target: str = "/a", **kw: object) -> FetchRequest:

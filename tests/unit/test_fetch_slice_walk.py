@@ -18,9 +18,17 @@ from edge.fetch.machine import Fetch, FetchStep, ObjectChanged
 from edge.fetch.slices import SliceOf, slice_fill_key
 from edge.store.disk import Entry
 from edge.upstream.pools import UpstreamError
-from tests.support.fakes import Reply, Rig, broken_body, down, rig, stored_entry
+from tests.support.fakes import (
+    SLICE,
+    SLICED,
+    Reply,
+    Rig,
+    broken_body,
+    down,
+    rigged,
+    stored_entry,
+)
 
-SLICE = 64 << 10  # the smallest slice size a node accepts
 BIG = bytes(range(256)) * (3 * SLICE // 256 + 8)  # three slices and a short fourth
 S = FetchStep
 #: The hop's own fields, as the client machine hands them to a slice (_slice_headers).
@@ -29,11 +37,8 @@ FIELDS = [("Host", "site.test"), ("Via", "1.1 e1")]
 
 @pytest.fixture
 async def r() -> AsyncIterator[Rig]:
-    made = rig(slice_size=SLICE, slice_threshold=2 * SLICE, max_object_size=1 << 20)
-    try:
+    async with rigged(**SLICED) as made:
         yield made
-    finally:
-        await made.close()
 
 
 def manifest(r: Rig, **fields: str) -> Entry:
