@@ -320,19 +320,14 @@ class JetStreamLog:
     async def _put(self, node: NodeRecord) -> None:
         kv = self._kv
         assert kv is not None
-        value = json.dumps(
-            {
-                "name": node.name,
-                "role": node.role,
-                "region": node.region,
-                "address": node.address,
-                "last_seen": node.last_seen,
-                "applied": node.applied,
-                "holder": node.holder,
-                "instance": node.instance,
-            }
-        ).encode()
-        await self._retry("save a node", lambda: kv.put(node.name, value), REGISTRY_TRY)
+
+        def value() -> bytes:
+            return json.dumps({k: getattr(node, k) for k in _FIELDS}).encode()
+
+        # Encoded at each try: a renewal whose try was cut off and made again after the
+        # node left writes that it left, never the connection it had (which would keep
+        # it "connected" at other coordinators until its record went stale).
+        await self._retry("save a node", lambda: kv.put(node.name, value()), REGISTRY_TRY)
 
     async def beat(self, coordinator: str) -> None:
         kv = self._kv
