@@ -107,8 +107,15 @@ class H2Client:
 
     def flush(self) -> None:
         data = self.conn.data_to_send()
-        if data:
+        if not data:
+            return
+        try:
             self.sock.sendall(data)
+        except (ConnectionResetError, BrokenPipeError):
+            # The server ended the connection (GOAWAY, then close) while this client was
+            # still writing: what it sent before closing is still to be read.
+            while not self.closed:
+                self.pump(0.5)
 
     def request(
         self,
