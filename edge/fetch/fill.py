@@ -26,17 +26,18 @@ whole node.
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import logging
 import os
 import time
-import uuid
 import weakref
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from edge.multiproc.coordination import Coordination, Record, alive
-from edge.store.disk import BodyWriter, Entry
+from edge.store.disk import BodyReader, BodyWriter, Entry
 from edge.upstream.pools import UpstreamError
 
 log = logging.getLogger("edge.fetch.fill")
@@ -80,7 +81,7 @@ class Fill:
         self.key = key
         self.head: asyncio.Future[FillHead] = asyncio.get_running_loop().create_future()
         self.writer: BodyWriter | None = None
-        self._fd: int | None = None
+        self._body: BodyReader | None = None
         self.written = 0
         self.finished = False
         self.failed: Exception | None = None
@@ -88,26 +89,29 @@ class Fill:
         self.started = started  # purges applied later must not be joined to it
         self.readers = 0
         self.readers_total = 0  # every reader that ever attached
-        self._changed = asyncio.Event()
+        self._changed: asyncio.Event | None = None  # made when a reader first waits
         # Across processes (edge.multiproc.coordination): this fill holds its key's lock, and
         # has said what it became.
         self.locked = False
         self.published = False
-        self.ident = uuid.uuid4().hex
+        self.ident = os.urandom(16).hex()
 
     # -- writer side (the fill task) ---------------------------------------------
 
     def attach_writer(self, writer: BodyWriter) -> None:
         self.writer = writer
-        self._fd = writer.open_reader()
-        # Closed when the last holder of this fill (a client still about to read)
-        # lets go, not at finish: a waiter may wake after the body is complete.
-        weakref.finalize(self, os.close, self._fd)
+        self._hold(writer.reader())
 
     def follow(self, fd: int) -> None:
         """Read another worker's body file (open at `fd`, owned from now on)."""
-        self._fd = fd
-        weakref.finalize(self, os.close, fd)
+        self._hold(BodyReader(fd))
+
+    def _hold(self, body: BodyReader) -> None:
+        self._body = body
+        if self.writer is None or not self.writer.in_memory:
+            # Closed when the last holder of this fill (a client still about to read)
+            # lets go, not at finish: a waiter may wake after the body is complete.
+            weakref.finalize(self, body.close)
 
     def advance(self, count: int) -> None:
         self.written += count
@@ -119,21 +123,24 @@ class Fill:
         self._notify()
 
     def _notify(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
 
     # -- reader side ----------------------------------------------------------------
 
     def reader(self) -> FillReader:
-        """A reader with its own descriptor, valid even after the body is committed
-        (renamed) or the fill has finished."""
-        assert self._fd is not None, "reader() before the body started"
+        """A reader of its own, valid even after the body is committed (renamed) or
+        the fill has finished."""
+        assert self._body is not None, "reader() before the body started"
         self.readers += 1
         self.readers_total += 1
-        return FillReader(self, os.dup(self._fd))
+        return FillReader(self, self._body.dup())
 
     async def wait_beyond(self, offset: int) -> None:
         while self.written <= offset and not self.finished:
+            if self._changed is None:
+                self._changed = asyncio.Event()
             await self._changed.wait()
 
 
@@ -141,9 +148,18 @@ class FillReader:
     """Follows a fill's body from any offset: data written so far at once, the rest
     as it arrives. Raises the fill's error if the upstream broke."""
 
-    def __init__(self, fill: Fill, fd: int) -> None:
+    def __init__(self, fill: Fill, body: BodyReader) -> None:
         self.fill = fill
-        self.fd = fd
+        self.body: BodyReader | None = body
+
+    def ready(self, start: int, end: int) -> bytes | None:
+        """Bytes [start, end) at once, if the fill already has them all (a small body
+        arrives whole before its first reader looks); None: read them with read_range."""
+        fill = self.fill
+        if self.body is None or fill.failed is not None or fill.written < end:
+            return None
+        data = self.body.read(start, end - start)
+        return data if len(data) == end - start else None
 
     async def read_range(
         self, start: int, end: int | None, chunk: int = 1 << 16
@@ -162,16 +178,17 @@ class FillReader:
                     return
                 continue
             want = min(available, chunk, (end - offset) if end is not None else chunk)
-            data = os.pread(self.fd, want, offset)
+            assert self.body is not None, "read after close"
+            data = self.body.read(offset, want)
             if not data:
                 return
             offset += len(data)
             yield data
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        if self.body is not None:
+            self.body.close()
+            self.body = None
             self.fill.readers -= 1
 
 
@@ -198,6 +215,10 @@ class InFlight:
 
     def __init__(self, coordination: Coordination, clock: Callable[[], float] = time.time) -> None:
         self._fills: dict[str, Fill] = {}
+        # The table's fills by start (`oldest`), and what was last said of the oldest.
+        self._by_start: list[tuple[float, int, Fill]] = []
+        self._seq = itertools.count()
+        self._published_oldest: float | None = None
         # The wall clock fills are dated by (a ban compares a fill's start with its own
         # time): the node's purger's, injected so tests set it.
         self.clock = clock
@@ -287,12 +308,11 @@ class InFlight:
         """A fill of `key` in the table; `locked`: it holds the key's lock (taken by
         `_step`) until `done`, and publishes its head."""
         fill = Fill(key, self.clock())
-        self._fills[key] = fill
+        self._track(fill)
         if locked:
             fill.locked = True
             self.coordination.forget(key)  # an older fill's record says nothing of this one
             fill.head.add_done_callback(lambda _: self._publish(fill))
-        self._oldest_changed()
         return fill
 
     def done(self, fill: Fill) -> None:
@@ -307,12 +327,26 @@ class InFlight:
             self.coordination.unlock(fill.key)
         self._oldest_changed()
 
+    def _track(self, fill: Fill) -> None:
+        """`fill` is the key's fill in the table from now on."""
+        self._fills[fill.key] = fill
+        heapq.heappush(self._by_start, (fill.started, next(self._seq), fill))
+        self._oldest_changed()
+
     def oldest(self) -> float | None:
-        """When the longest-running fill started (None when there is none)."""
-        return min((f.started for f in self._fills.values()), default=None)
+        """When the longest-running fill in the table started (None when there is
+        none). A heap, pruned of fills that left the table as they reach its top: a
+        miss costs O(log n), not a pass over every fill in flight."""
+        heap = self._by_start
+        while heap and self._fills.get(heap[0][2].key) is not heap[0][2]:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
 
     def _oldest_changed(self) -> None:
-        self.coordination.set_oldest(self.oldest())
+        oldest = self.oldest()
+        if oldest != self._published_oldest:
+            self._published_oldest = oldest
+            self.coordination.set_oldest(oldest)
 
     # -- records for the other processes --------------------------------------------
 
@@ -386,16 +420,14 @@ class InFlight:
         fill.started = float(record.get("started", fill.started))
         fill.note = str(record.get("note", ""))
         fill.head.set_result(head)
-        self._fills[key] = fill
-        self._oldest_changed()
-        self.spawn(self._mirror(fill, record))
+        self._track(fill)
+        self.spawn(self._mirror(fill, fd, record))
         return fill
 
-    async def _mirror(self, fill: Fill, record: Record) -> None:
-        """Move a stand-in fill along as the other process's file grows, and end it as
-        that fill ended."""
-        assert fill._fd is not None
-        fd, length = fill._fd, record.get("length")
+    async def _mirror(self, fill: Fill, fd: int, record: Record) -> None:
+        """Move a stand-in fill along as the other process's file grows (open at `fd`,
+        which the fill owns), and end it as that fill ended."""
+        length = record.get("length")
         error: Exception | None = None
         try:
             while True:

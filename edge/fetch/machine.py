@@ -329,9 +329,7 @@ class Fetch:
             node.metrics.upstream_errors.labels(name, exc.detail).inc()
             self.error = exc
             return FetchStep.ERROR
-        node.metrics.upstream_latency.labels(name).observe(
-            response.response_time - response.request_time
-        )
+        node.metrics.upstream_answered(response.response_time - response.request_time)
         if "Date" not in response.headers:
             # RFC 9110 Section 6.6.1: a recipient with a clock adds Date to a response it
             # stores or forwards that lacks one; here, once, so every step sees it (a

@@ -91,6 +91,22 @@ class NodeMetrics:
         self.fast_bytes = 0
         self._fast_hits = self.requests.labels(node, "hit", "200")
         self._fast_bytes = self.bytes_sent.labels(node)
+        self._request_children: dict[tuple[str, int], Any] = {}
+        self._latency = self.upstream_latency.labels(node)
+
+    def count_request(self, cache_status: str, code: int, sent: int) -> None:
+        """One answered request: its Cache-Status label, status code and body bytes.
+        The labelled children are kept: `labels()` costs a miss more than `inc`."""
+        child = self._request_children.get((cache_status, code))
+        if child is None:
+            child = self.requests.labels(self.node, cache_status, str(code))
+            self._request_children[(cache_status, code)] = child
+        child.inc()
+        self._fast_bytes.inc(sent)
+
+    def upstream_answered(self, seconds: float) -> None:
+        """One upstream response head, `seconds` after its request."""
+        self._latency.observe(seconds)
 
     def fold_fast(self) -> None:
         """Move the fast path's counts into the exported counters."""

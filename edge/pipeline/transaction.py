@@ -121,6 +121,9 @@ class Engine:
     # path runs it.
     checks: recv.Settings = field(init=False)
     hot_checks: recv.Remembered = field(init=False)
+    # The stored fields a client is not shown (_client_headers), without and with Age
+    # (recomputed when the response comes from storage).
+    not_shown: tuple[frozenset[str], frozenset[str]] = field(init=False)
 
     def __post_init__(self) -> None:
         cfg = self.config
@@ -136,6 +139,8 @@ class Engine:
             serves=lambda host: self.upstream.route_for(host) is not None,
         )
         self.hot_checks = recv.Remembered(self.checks)
+        not_shown = frozenset({"content-length", *_SURROGATE_ONLY, *self.hidden})
+        self.not_shown = (not_shown, not_shown | {"age"})
 
     def response_policy(self, headers: policy.Headers) -> ResponsePolicy:
         return policy.response_policy(
@@ -734,10 +739,8 @@ class Transaction:
     def _client_headers(self, stored: list[tuple[str, str]], age: float | None) -> CIMultiDict[str]:
         """RFC 9111 Section 4: the header fields of a response built from storage or
         relayed from upstream: Age recomputed, Cache-Status and Via appended."""
-        drop = {"content-length", *_SURROGATE_ONLY, *self.e.hidden}
-        if age is not None:
-            drop.add("age")
-        headers = CIMultiDict((k, v) for k, v in stored if k.lower() not in drop)
+        drop = self.e.not_shown[age is not None]
+        headers = CIMultiDict([(k, v) for k, v in stored if k.lower() not in drop])
         if age is not None:
             headers["Age"] = str(min(int(age), policy.MAX_DELTA))
         # One line each, earlier hops first: simple clients read only one line.
@@ -1252,9 +1255,7 @@ class Transaction:
 
     def _account(self) -> None:
         label = self.status.label
-        name = self.e.config.name
-        self.e.metrics.requests.labels(name, label, str(self.code)).inc()
-        self.e.metrics.bytes_sent.labels(name).inc(self.sent)
+        self.e.metrics.count_request(label, self.code, self.sent)
         if self.e.access.enabled:
             self.e.access.line(
                 request_line(
@@ -1298,9 +1299,16 @@ def _received_protocol(version: tuple[int, int]) -> str:
 def _appended(headers: list[tuple[str, str]], name: str, value: str) -> list[tuple[str, str]]:
     """The list field `name` as one line with `value` appended (RFC 9110 Section 5.3)."""
     lower = name.lower()
-    prior = [v for k, v in headers if k.lower() == lower]
-    rest = [(k, v) for k, v in headers if k.lower() != lower]
-    return [*rest, (name, ", ".join([*prior, value]))]
+    prior: list[str] = []
+    rest: list[tuple[str, str]] = []
+    for field_ in headers:
+        if field_[0].lower() == lower:
+            prior.append(field_[1])
+        else:
+            rest.append(field_)
+    prior.append(value)
+    rest.append((name, ", ".join(prior)))
+    return rest
 
 
 async def _gather(source: FillSource, parts: list[tuple[bytes | None, ByteRange | None]]) -> bytes:
@@ -1310,6 +1318,10 @@ async def _gather(source: FillSource, parts: list[tuple[bytes | None, ByteRange 
         if preamble:
             out.append(preamble)
         if r is None:
+            continue
+        data = source.reader.ready(r.start, r.end + 1)
+        if data is not None:  # the usual small body: whole in memory already
+            out.append(data)
             continue
         async for piece in source.pieces(r.start, r.end + 1):
             if isinstance(piece, FileSegment):

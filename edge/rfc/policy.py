@@ -14,6 +14,7 @@ CIMultiDict works), so repeated field lines are seen as the wire had them.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -416,13 +417,21 @@ def connection_listed(headers: Headers) -> set[str]:
     return {m.lower() for m in split_list(headers.getall("Connection", []))}
 
 
-def end_to_end(headers: Headers, *, drop: Iterable[str] = ()) -> list[tuple[str, str]]:
+def end_to_end(headers: Headers, *, drop: Sequence[str] = ()) -> list[tuple[str, str]]:
     """RFC 9111 Section 3.1: the fields a cache keeps (and a proxy forwards).
 
     Removes hop-by-hop fields, those nominated by Connection, and `drop`.
     """
-    excluded = HOP_BY_HOP | connection_listed(headers) | {d.lower() for d in drop}
+    excluded = _excluded(tuple(drop))
+    if "Connection" in headers:
+        excluded = excluded | connection_listed(headers)
     return [(k, v) for k, v in headers.items() if k.lower() not in excluded]
+
+
+@functools.lru_cache(maxsize=64)
+def _excluded(drop: tuple[str, ...]) -> frozenset[str]:
+    """HOP_BY_HOP and `drop`, lower-cased: a caller drops the same few lists each time."""
+    return HOP_BY_HOP | {d.lower() for d in drop}
 
 
 # ---------------------------------------------------------- interim responses, trailers

@@ -89,6 +89,14 @@ class Entry:
         start = index * self.slice_size
         return start, min(self.size, start + self.slice_size)
 
+    def stored_as(self, body_file: str) -> Entry:
+        """This entry with its body's place in the store: `replace` without its cost
+        (it re-runs __init__ over every field), paid by every miss's commit."""
+        entry = object.__new__(Entry)
+        entry.__dict__.update(self.__dict__)
+        entry.__dict__["body_file"] = body_file
+        return entry
+
     def with_headers(
         self, headers: Sequence[tuple[str, str]], request_time: float, response_time: float
     ) -> Entry:
@@ -110,59 +118,101 @@ class Entry:
 INLINE_MAX = 128 << 10
 
 
-class BodyWriter:
-    """A body being received: an append-only temporary file that readers may follow
-    (read-while-writer) and that becomes part of the store only via `Store.commit`.
+class BodyReader:
+    """One reader's way into a body: bytes at any offset, as far as written so far.
+    A file's reader has a descriptor of its own (valid after the writer closes, the
+    file is adopted or unlinked); a body kept in memory is read from its chunks."""
 
-    Writes go straight to the OS (no user-space buffer), so a reader told that N bytes
-    exist can read them at once with pread. While the body is small its bytes are also
-    kept here, so that a commit can store them inline without reading the file back.
+    __slots__ = ("_chunks", "_fd", "_joined")
+
+    def __init__(self, fd: int = -1, chunks: list[bytes] | None = None) -> None:
+        self._fd = fd
+        self._chunks = chunks
+        self._joined: tuple[int, bytes] = (0, b"")  # (chunks joined, their bytes)
+
+    def read(self, offset: int, count: int) -> bytes:
+        chunks = self._chunks
+        if chunks is None:
+            return os.pread(self._fd, count, offset)
+        if len(chunks) == 1:
+            data = chunks[0]
+        else:
+            joined, data = self._joined
+            if joined != len(chunks):
+                data = b"".join(chunks)
+                self._joined = (len(chunks), data)
+        # A whole bytes object sliced whole is that object: no copy for the usual read.
+        return data[offset : offset + count]
+
+    def dup(self) -> BodyReader:
+        if self._chunks is not None:
+            return BodyReader(chunks=self._chunks)
+        return BodyReader(os.dup(self._fd))
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class BodyWriter:
+    """A body being received, that readers may follow (read-while-writer) and that
+    becomes part of the store only via `Store.commit`.
+
+    A body that may grow large is an append-only temporary file, written straight to
+    the OS (no user-space buffer), so a reader told that N bytes exist can pread them
+    at once. A body declared small enough to be stored inline is kept in memory
+    only: no file, no directory entry, no descriptor; its readers read its chunks.
+    While a file's body is small its bytes are kept too, so that a commit can store
+    them inline without reading the file back.
     """
 
     def __init__(self, path: Path | None) -> None:
         """A file at `path`; or, with None, a body known to be small enough to be
-        stored inline: kept in memory (a memfd), so a small miss makes no file and no
-        directory entry. Readers in this process open it as a file all the same
-        (`open_reader`); other workers read it from the store once it is stored. A
-        crash leaves nothing of it behind."""
+        stored inline, kept in memory. Readers in this process read it as it grows
+        (`reader`); other workers read it from the store once it is stored. A crash
+        leaves nothing of it behind."""
         self.in_memory = path is None
         self._path = path
-        if path is None:
-            self._fd = os.memfd_create("edge-body", os.MFD_CLOEXEC)
-        else:
-            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        self._fd = (
+            -1 if path is None else os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        )
         self.written = 0
         self._small: list[bytes] | None = []
 
     @property
     def path(self) -> Path:
-        """The body's file. A body kept in memory has none: a /proc path would name a
-        descriptor number, reused for another body once this one is stored."""
+        """The body's file; a body kept in memory has none."""
         if self._path is None:
             raise ValueError("a body kept in memory has no path")
         return self._path
 
-    def open_reader(self) -> int:
-        """A descriptor the body's readers pread from: a memfd's duplicated, with no
-        path to resolve; a file opened again, read-only (its writer's descriptor is
-        write-only). Asked before `close`."""
+    def reader(self) -> BodyReader:
+        """A reader of the body as it grows, valid after the writer is done with it:
+        a file opened again, read-only (its writer's descriptor is write-only), or
+        the chunks kept in memory. Asked before `close`."""
         if self.in_memory:
-            return os.dup(self._fd)
-        return os.open(self.path, os.O_RDONLY)
+            assert self._small is not None
+            return BodyReader(chunks=self._small)
+        return BodyReader(os.open(self.path, os.O_RDONLY))
 
     def write(self, chunk: bytes) -> None:
+        self.written += len(chunk)
+        if self.in_memory:
+            if self.written > INLINE_MAX:
+                # Only a body declared small is kept in memory, and the upstream client
+                # cuts an answer at its declared length: this is a bug, not input.
+                raise OSError(f"a body kept in memory outgrew {INLINE_MAX} bytes")
+            assert self._small is not None
+            self._small.append(bytes(chunk))
+            return
         view = memoryview(chunk)
         while view:
             n = os.write(self._fd, view)
             view = view[n:]
-        self.written += len(chunk)
         if self._small is not None:
             if self.written <= INLINE_MAX:
                 self._small.append(bytes(chunk))
-            elif self.in_memory:
-                # Only a body declared small is kept in memory, and the upstream client
-                # cuts an answer at its declared length: this is a bug, not input.
-                raise OSError(f"a body kept in memory outgrew {INLINE_MAX} bytes")
             else:
                 self._small = None
 
@@ -179,7 +229,7 @@ class BodyWriter:
     def discard(self) -> None:
         self.close()
         if self.in_memory:
-            return  # gone with its last descriptor
+            return  # its readers hold the chunks they read
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
 
@@ -536,7 +586,7 @@ class DiskStore(Store):
         body.close()
         small = body.small
         if small is not None and self._defer_now():
-            entry = replace(entry, body_file=INLINE)
+            entry = entry.stored_as(INLINE)
             self._pending.setdefault(entry.key, []).append((entry, small))
             self._pending_count += 1
             self._pending_bytes += len(small)
@@ -555,11 +605,11 @@ class DiskStore(Store):
             if small is not None:
                 # In the row, in this transaction: visible whole or not at all.
                 self.cache.set(("b", entry.key, entry.variant), small)
-                entry = replace(entry, body_file=INLINE)
+                entry = entry.stored_as(INLINE)
             else:
                 disk: _AdoptingDisk = self.cache.disk
                 self.cache.set(("b", entry.key, entry.variant), _Adopt(body.path, body.written))
-                entry = replace(entry, body_file=disk.last_filename)
+                entry = entry.stored_as(disk.last_filename)
             self._record(entry, changed)
         if small is not None:
             body.discard()  # its readers keep their descriptors
@@ -837,4 +887,5 @@ def _memory_file(data: bytes) -> IO[bytes]:
 
 
 def new_variant_id() -> str:
-    return uuid.uuid4().hex
+    """128 random bits in hex (uuid4's length, without its cost on every miss)."""
+    return os.urandom(16).hex()

@@ -88,21 +88,24 @@ def test_a_body_declared_small_arrives_in_memory_and_readers_follow_it(
     store: DiskStore,
 ) -> None:
     """A miss of a small object makes no file at all, not even while it arrives (the
-    temporary file and its directory entry were the largest cost of a small miss); its
-    readers open it as a file (a descriptor of their own), and nothing of it outlives
-    its holders."""
+    temporary file and its directory entry were the largest cost of a small miss), nor
+    a descriptor: its readers read its chunks, as they grow, and keep them after the
+    body is stored."""
     body = os.urandom(1000)
+    fds = len(os.listdir("/proc/self/fd"))
     writer = store.begin(len(body))
     assert writer.in_memory and files_under(store.tmp) == []
-    reader = writer.open_reader()  # as a fill's reader does
+    reader = writer.reader()  # as a fill's reader does
     try:
+        assert len(os.listdir("/proc/self/fd")) == fds
         writer.write(body[:400])
-        assert os.pread(reader, 2000, 0) == body[:400]
+        assert reader.read(0, 2000) == body[:400]
         writer.write(body[400:])
+        assert reader.read(300, 200) == body[300:500]
         stored = store.commit(entry("http://a.test/mem", len(body)), writer)
-        assert os.pread(reader, 2000, 0) == body  # a reader keeps its descriptor
+        assert reader.read(0, 2000) == body  # a reader keeps the body
     finally:
-        os.close(reader)
+        reader.close()
     assert files_under(store.tmp) == [] and files_under(store.objects) == []
     assert read(store, stored) == body
     # Larger, or of no declared length: a file, as before.
@@ -330,27 +333,30 @@ def test_the_checkpoint_thread_runs_on_its_own(
 def test_a_reader_follows_its_body_and_outlives_the_writer(
     store: DiskStore, expected: int | None
 ) -> None:
-    """open_reader: in memory (a duplicated memfd) or a file, a reader sees each write
-    at once by pread and keeps the body after the writer closes; a file's is read-only."""
+    """reader(): in memory or a file, a reader sees each write at once and keeps the
+    body after the writer closes; a file's has a read-only descriptor of its own."""
     writer = store.begin(expected)
     assert writer.in_memory == (expected is not None)
-    reader = writer.open_reader()
+    reader = writer.reader()
+    second = reader.dup()
     try:
         writer.write(b"a" * 600)
-        assert os.pread(reader, 2000, 0) == b"a" * 600
+        assert reader.read(0, 2000) == b"a" * 600
         writer.write(b"b" * 400)
         writer.close()
-        assert os.pread(reader, 2000, 0) == b"a" * 600 + b"b" * 400
-        if not writer.in_memory:
-            with pytest.raises(OSError):
-                os.write(reader, b"x")
-        if writer.in_memory:  # no path: its descriptor number is reused once stored
+        assert reader.read(0, 2000) == b"a" * 600 + b"b" * 400
+        reader.close()
+        assert second.read(590, 20) == b"a" * 10 + b"b" * 10  # a dup outlives its source
+        if writer.in_memory:  # no path: nothing another worker could open
             with pytest.raises(ValueError):
                 _ = writer.path
         else:
             assert writer.path.name  # another worker's way in
+            with pytest.raises(OSError):
+                os.write(second._fd, b"x")
     finally:
-        os.close(reader)
+        reader.close()
+        second.close()
         writer.discard()
 
 
@@ -380,3 +386,10 @@ def test_a_body_kept_in_a_row_is_one_the_hot_tier_would_keep() -> None:
     from edge.pipeline.fastpath import MAX_BODY
 
     assert INLINE_MAX <= MAX_BODY
+
+
+def test_an_entry_stored_as_a_body_file_is_the_entry_replace_would_make() -> None:
+    """stored_as is dataclasses.replace of body_file, without its cost on every miss."""
+    made = entry("http://a.test/x", 10)
+    assert made.stored_as("ab/cd.val") == replace(made, body_file="ab/cd.val")
+    assert made.stored_as("ab/cd.val") is not made and made.body_file == ""

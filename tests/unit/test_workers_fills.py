@@ -140,3 +140,26 @@ async def test_a_body_kept_in_memory_is_published_without_a_path(tmp_path: Path)
             if writer is not None:
                 writer.discard()
         store.close()
+
+
+async def test_the_oldest_fill_is_said_as_fills_start_and_end_in_any_order() -> None:
+    """What a purge waits for (edge.purge.bans): the start of the oldest fill in this
+    process's table, told to the coordination each time it changes; a fill replaced
+    in the table by a newer one of its key no longer counts."""
+    coordination = Solo()
+    clock = iter([10.0, 20.0, 30.0, 40.0]).__next__
+    inflight = InFlight(coordination, clock=clock)
+    first = inflight.start("a")  # 10
+    second = inflight.start("b")  # 20
+    assert coordination.oldest() == inflight.oldest() == 10.0
+    third = inflight.start("c")  # 30
+    inflight.done(second)  # not the oldest: the oldest stays
+    assert coordination.oldest() == 10.0
+    inflight.done(first)
+    assert coordination.oldest() == 30.0
+    alone = inflight.start("c")  # 40: replaces the table's fill of "c"
+    assert coordination.oldest() == 40.0
+    inflight.done(third)  # no longer the table's: nothing changes
+    assert coordination.oldest() == 40.0
+    inflight.done(alone)
+    assert coordination.oldest() is None and inflight.oldest() is None
