@@ -299,9 +299,20 @@ def parse_http_date(value: str | None, now: float | None = None) -> float | None
     """
     if not value:
         return None
+    known = _FIXDATES.get(value)
+    if known is not None:
+        return known
     text = value.strip(OWS)
     if m := _IMF_FIXDATE.fullmatch(text):
         day, mon, year, hh, mm, ss = m.groups()
+        fixed = _moment(year, mon, day, hh, mm, ss)
+        if fixed is not None:
+            # An origin's dates repeat within each second: remembered (bounded), as
+            # IMF-fixdate's meaning does not depend on `now`.
+            if len(_FIXDATES) >= 1024:
+                _FIXDATES.clear()
+            _FIXDATES[value] = fixed
+        return fixed
     elif m := _RFC850.fullmatch(text):
         day, mon, yy, hh, mm, ss = m.groups()
         if now is None:
@@ -314,6 +325,15 @@ def parse_http_date(value: str | None, now: float | None = None) -> float | None
         mon, day, hh, mm, ss, year = m.groups()
     else:
         return None
+    return _moment(year, mon, day, hh, mm, ss)
+
+
+#: parse_http_date's IMF-fixdate values as read before.
+_FIXDATES: dict[str, float] = {}
+
+
+def _moment(year: str, mon: str, day: str, hh: str, mm: str, ss: str) -> float | None:
+    """The time the fields of a date name, or None when there is no such day."""
     leap = ss == "60"
     try:
         moment = datetime(
