@@ -355,3 +355,15 @@ def test_rfc850_year_just_within_fifty_years_is_future() -> None:
     """NOW is in 2023: '73' is 2073 (50 years ahead), '74' is 1974."""
     assert parse_http_date("Friday, 06-Jan-73 00:00:00 GMT", now=NOW) == 3250886400.0
     assert parse_http_date("Sunday, 06-Jan-74 00:00:00 GMT", now=NOW) == 126662400.0
+
+
+def test_a_date_read_again_reads_the_same_and_no_such_day_stays_invalid() -> None:
+    """parse_http_date remembers IMF-fixdate values (an origin repeats its Date within
+    a second): the second reading is the first's, whatever `now` is, and a date of no
+    such day (31 February) is invalid each time it is read."""
+    value = "Tue, 08 Dec 2026 01:02:03 GMT"
+    first = parse_http_date(value)
+    assert first == parse_http_date(value) == parse_http_date(value, now=0.0)
+    assert first == 1796691723.0
+    assert parse_http_date("Sat, 31 Feb 2026 00:00:00 GMT") is None
+    assert parse_http_date("Sat, 31 Feb 2026 00:00:00 GMT") is None
