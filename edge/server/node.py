@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import signal
@@ -331,6 +332,10 @@ class EdgeNode:
             self.redirect = self._listener(self._serve_redirect, hot=False)
             r_host, r_port = parse_listen(cfg.http_redirect)
             await self.redirect.listen(r_host, r_port, reuse_port=reuse_port)
+        # What the node made to start (modules, config, tables) lives as long as it:
+        # out of the cycle collector's sight, whose full passes would otherwise walk
+        # all of it again and again while requests are served.
+        gc.freeze()
 
     async def _start_http3(self, host: str, port: int) -> None:
         """HTTP/3 on the TLS port's number over UDP (edge.server.http3), with the first

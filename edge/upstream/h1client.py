@@ -117,7 +117,7 @@ class Response:
     """One response: its head, then its body as the reader asks for it."""
 
     def __init__(self, exchange: _Exchange) -> None:
-        self._exchange = exchange
+        self._exchange: _Exchange | _Ended = exchange
         self.status = 0
         self.version = ""
         self.headers: CIMultiDict[str] = CIMultiDict()
@@ -157,7 +157,7 @@ class _Exchange:
         self.continued: asyncio.Future[None] = conn.loop.create_future()
         self.method = method
         self.read_timeout = read_timeout
-        self.parser = httptools.HttpResponseParser(self)
+        self.parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
         self.response = Response(self)
         self.head: asyncio.Future[Response] = conn.loop.create_future()
         self.received = False  # any byte of an answer at all
@@ -189,7 +189,9 @@ class _Exchange:
 
     def on_headers_complete(self) -> None:
         self.in_head = False
-        status = self.parser.get_status_code()
+        parser = self.parser
+        assert parser is not None, "fed after it let go"
+        status = parser.get_status_code()
         if status == 101:
             # edge never asks to upgrade (RFC 9110 Section 15.2.2): not an answer to relay.
             self._fail(BadResponse("unsolicited 101 Switching Protocols"))
@@ -203,7 +205,7 @@ class _Exchange:
             return
         response = self.response
         response.status = status
-        response.version = self.parser.get_http_version()
+        response.version = parser.get_http_version()
         headers = response.headers
         tokens = policy.connection_listed(headers)
         persistent = "close" not in tokens and (response.version == "1.1" or "keep-alive" in tokens)
@@ -244,8 +246,12 @@ class _Exchange:
 
     def feed(self, data: bytes) -> None:
         self.received = True
+        parser = self.parser
+        if parser is None:
+            self.conn.close()  # bytes after the exchange let go: never read
+            return
         try:
-            self.parser.feed_data(data)
+            parser.feed_data(data)
         except (httptools.HttpParserError, _Stop) as exc:
             # HttpParserUpgrade is an HttpParserError: a 101 was refused above.
             if self.complete:
@@ -351,10 +357,33 @@ class _Exchange:
         if not self.finished:
             self.finished = True
             self.conn.exchange_done(self)
+            # Done with: no byte is fed to it again (the connection has let it go).
+            # The parser holds this exchange's callbacks and the response held this
+            # exchange: both cycles are cut, so that the exchange, and what its caller
+            # hung on it, go when the last reference does, not at the cycle
+            # collector's next pass (which cost a miss 10% of its CPU).
+            self.parser = None
+            self.response._exchange = _Ended(self.error)
 
     def _wake(self) -> None:
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)
+
+
+class _Ended:
+    """What a response reads from once its exchange let go: the end of its body, or
+    the error it broke with, as the exchange itself would answer."""
+
+    def __init__(self, error: ClientError | None) -> None:
+        self.error = error
+
+    async def next_piece(self) -> bytes:
+        if self.error is not None:
+            raise self.error
+        return b""
+
+    def abandon(self, close: bool = False) -> None:
+        pass
 
 
 class _Lost(ClientError):

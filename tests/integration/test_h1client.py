@@ -303,3 +303,66 @@ async def test_a_deferred_body_goes_after_a_silent_wait(monkeypatch: pytest.Monk
         )
         assert await response.read() == b"late" and time.monotonic() - started >= 0.2
         response.release()
+
+
+@pytest.fixture
+async def keep_alive() -> AsyncIterator[h1client.ConnectionPool]:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                await _read_request(reader)
+            except asyncio.IncompleteReadError:
+                return
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+            await writer.drain()
+
+    async for pool in _serve(handler):
+        yield pool
+
+
+async def _freed_after(
+    pool: h1client.ConnectionPool, finish: Callable[[h1client.Response], Awaitable[None]]
+) -> None:
+    """After `finish`, nothing of the exchange is left in a reference cycle: it and
+    what hung on it (the interim sink a client's whole request hangs on) go at once,
+    with the cycle collector off."""
+    import gc
+    import weakref
+
+    def sink(status: int, fields: object) -> None: ...
+
+    gc.disable()
+    try:
+        response = await pool.request(
+            "GET", "/", [], connect_timeout=5, read_timeout=5, interim=sink
+        )
+        exchange = weakref.ref(response._exchange)
+        held = weakref.ref(sink)
+        del sink
+        await finish(response)
+        del response
+        assert exchange() is None and held() is None
+    finally:
+        gc.enable()
+
+
+async def test_an_exchange_read_to_its_end_is_freed_at_once(
+    keep_alive: h1client.ConnectionPool,
+) -> None:
+    async def read_all(response: h1client.Response) -> None:
+        assert await response.read() == b"hello"
+        assert await response.read() == b""
+        response.release()
+        assert await response.read() == b""  # still the end, as before it let go
+
+    await _freed_after(keep_alive, read_all)
+
+
+async def test_an_abandoned_exchange_is_freed_at_once(quiet_body: h1client.ConnectionPool) -> None:
+    async def abandon(response: h1client.Response) -> None:
+        assert await response.read() == b"abc"
+        response.release()  # 7 bytes short
+        with pytest.raises(h1client.ClientError, match="abandoned"):
+            await response.read()  # broken, as before it let go
+
+    await _freed_after(quiet_body, abandon)
