@@ -358,7 +358,8 @@ class Derive:
                 self.writer.discard()
                 self.fill.finish(UpstreamError(f"the {self.coding} variant was not finished"))
             self.deriver.inflight.done(self.fill)
-            log.debug("derive of %s: %s", self.job.name, ">".join(s.value for s in self.walk))
+            if log.isEnabledFor(logging.DEBUG):  # the walk is not joined for nobody
+                log.debug("derive of %s: %s", self.job.name, ">".join(s.value for s in self.walk))
 
     # -- steps ------------------------------------------------------------------------
 

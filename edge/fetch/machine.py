@@ -279,7 +279,8 @@ class Fetch:
             if not self.fill.finished:
                 self.fill.finish()
             self.node.inflight.done(self.fill)
-            log.debug("fetch of %s: %s", self.fill.key, ">".join(s.value for s in self.walk))
+            if log.isEnabledFor(logging.DEBUG):  # the walk is not joined for nobody
+                log.debug("fetch of %s: %s", self.fill.key, ">".join(s.value for s in self.walk))
 
     # -- steps --------------------------------------------------------------------------
 
