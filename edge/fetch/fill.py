@@ -33,7 +33,7 @@ import uuid
 import weakref
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
 from edge.multiproc.coordination import Coordination, Record, alive
 from edge.store.disk import BodyWriter, Entry
@@ -139,18 +139,29 @@ class Fill:
 
 class FillReader:
     """Follows a fill's body from any offset: data written so far at once, the rest
-    as it arrives. Raises the fill's error if the upstream broke."""
+    as it arrives. Raises the fill's error if the upstream broke.
+
+    A reader is told of whole spans of the growing file (`spans`), so delivery can
+    sendfile them, without a read and a write per chunk in this process; `read_range`
+    reads them for whoever needs the bytes."""
 
     def __init__(self, fill: Fill, fd: int) -> None:
         self.fill = fill
         self.fd = fd
+        self._file: IO[bytes] | None = None
 
-    async def read_range(
-        self, start: int, end: int | None, chunk: int = 1 << 16
-    ) -> AsyncIterator[bytes]:
-        """Bytes [start, end) (end None: to the end of the body). May be called again
-        for another range (the parts of a multipart/byteranges response): the reader
-        stays open until its owner closes it."""
+    @property
+    def file(self) -> IO[bytes]:
+        """The body's file as a file object for sendfile (the descriptor stays the
+        reader's: closed by `close`)."""
+        if self._file is None:
+            self._file = open(self.fd, "rb", buffering=0, closefd=False)  # noqa: SIM115
+        return self._file
+
+    async def spans(self, start: int, end: int | None) -> AsyncIterator[tuple[int, int]]:
+        """(offset, count) spans of the file covering [start, end) (end None: to the
+        end of the body), each as much as is written when it is asked for: one wait
+        and one span per arrival, however small the upstream's reads."""
         offset = start
         while end is None or offset < end:
             await self.fill.wait_beyond(offset)
@@ -161,15 +172,29 @@ class FillReader:
                 if self.fill.finished:
                     return
                 continue
-            want = min(available, chunk, (end - offset) if end is not None else chunk)
-            data = os.pread(self.fd, want, offset)
-            if not data:
-                return
-            offset += len(data)
-            yield data
+            count = available if end is None else min(available, end - offset)
+            yield offset, count
+            offset += count
+
+    async def read_range(
+        self, start: int, end: int | None, chunk: int = 1 << 16
+    ) -> AsyncIterator[bytes]:
+        """Bytes [start, end) (end None: to the end of the body), in pieces of at most
+        `chunk`. May be called again for another range (the parts of a
+        multipart/byteranges response): the reader stays open until its owner closes it."""
+        async for offset, count in self.spans(start, end):
+            stop = offset + count
+            while offset < stop:
+                data = os.pread(self.fd, min(chunk, stop - offset), offset)
+                if not data:
+                    return
+                offset += len(data)
+                yield data
 
     def close(self) -> None:
         if self.fd >= 0:
+            if self._file is not None:
+                self._file.close()  # closefd=False: the descriptor is closed below
             os.close(self.fd)
             self.fd = -1
             self.fill.readers -= 1

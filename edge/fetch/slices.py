@@ -210,7 +210,7 @@ class Slicer:
         fill: Fill | None,
         stream: _Stream,
     ) -> None:
-        chunks = response.chunks(1 << 16)
+        chunks = response.chunks()
         carry = b""
         previous: Fill | None = None
         coordination = self.inflight.coordination
@@ -327,7 +327,7 @@ class Slicer:
         """A range fill's answer (edge.fetch.machine, st_slice_body) into `fill`, stored
         as the slice once whole; raises as the stream does when it breaks."""
         start, end = of.span
-        await self._pump(response.chunks(1 << 16), b"", end - start, fill, of.entry, of.index)
+        await self._pump(response.chunks(), b"", end - start, fill, of.entry, of.index)
 
     def _have(self, entry: Entry, index: int) -> bool:
         handle = self.store.open_slice(entry, index)
@@ -459,17 +459,26 @@ class FileSource:
 
 
 class FillSource:
-    """A body still arriving (read-while-writer)."""
+    """A body still arriving (read-while-writer): each span already written goes out
+    as a file segment, by sendfile from the growing file, as a stored body does."""
 
     def __init__(self, reader: FillReader) -> None:
         self.reader = reader
 
     async def pieces(self, start: int, end: int | None) -> AsyncIterator[Piece]:
-        async for chunk in self.reader.read_range(start, end):
-            yield chunk
+        async for piece in _followed(self.reader, start, end):
+            yield piece
 
     def close(self) -> None:
         self.reader.close()
+
+
+async def _followed(reader: FillReader, start: int, end: int | None) -> AsyncIterator[Piece]:
+    """A fill's body [start, end) as file segments of its growing file, each as much as
+    has arrived: delivery sends them as it sends a stored body (sendfile), rather than
+    reading and writing each chunk here."""
+    async for offset, count in reader.spans(start, end):
+        yield FileSegment(reader.file, offset, count)
 
 
 class SlicedSource:
@@ -535,8 +544,8 @@ class SlicedSource:
                     raise head.error or UpstreamError("slice fetch failed")
                 reader = got.reader()
                 try:
-                    async for chunk in reader.read_range(lo, hi):
-                        yield chunk
+                    async for piece in _followed(reader, lo, hi):
+                        yield piece
                 finally:
                     reader.close()
             else:
