@@ -63,6 +63,12 @@ _ROUTES_REMEMBERED = 4096
 #: their head is handed on; larger ones, and those of unknown length, stream.
 WHOLE_BODY = 64 << 10
 
+#: The largest body piece handed on (`UpstreamResponse.chunks`). Above what one read
+#: of the connection brings (uvloop reads up to 256 KiB), so a piece is never cut and
+#: copied: each costs a write to the store and a wake of its readers, and a large object
+#: is cheaper in as few of them as the socket allows.
+PIECE_MAX = 1 << 20
+
 #: Latency sample recorded for a member that failed (pushes EWMA away from it).
 _FAILURE_PENALTY_MS = 5000.0
 
@@ -82,7 +88,7 @@ class UpstreamResponse:
     body: bytes | None = None
     _done: Callable[[bool], None] | None = field(default=None, repr=False)
 
-    async def chunks(self, size: int = 1 << 16) -> AsyncIterator[bytes]:
+    async def chunks(self, size: int = PIECE_MAX) -> AsyncIterator[bytes]:
         """The body in pieces of at most `size` bytes, as they arrive."""
         if self.body is not None:
             body, self.body = self.body, b""

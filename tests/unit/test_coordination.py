@@ -404,7 +404,7 @@ class StalledResponse:
         await asyncio.Event().wait()
         yield b""
 
-    def chunks(self, size: int) -> AsyncIterator[bytes]:
+    def chunks(self, size: int = 1 << 20) -> AsyncIterator[bytes]:
         return self._never()
 
     def close(self) -> None:
