@@ -166,6 +166,10 @@ class _Exchange:
         self.complete = False  # the response's last byte has arrived
         self.until_close = False  # the body ends when the server closes
         self.keep_alive = False
+        # Body bytes still to come of a response framed by Content-Length alone: once
+        # llhttp has parsed the head, the rest of such a body is counted here rather
+        # than parsed (see `feed`). None for any other framing.
+        self.body_left: int | None = None
         self.pieces: collections.deque[bytes] = collections.deque()
         self.buffered = 0
         self.error: ClientError | None = None
@@ -217,6 +221,10 @@ class _Exchange:
         # An answer before the body it waited for: whether the server reads that body
         # or takes its bytes for the next request is unknown, so no next request.
         self.keep_alive = persistent and not self.until_close and not self.body_unsent
+        if not bodyless and not codings:
+            lengths = headers.getall("Content-Length", [])
+            if len(lengths) == 1 and lengths[0].isdigit():
+                self.body_left = int(lengths[0])  # llhttp read it as this too
         self.head.set_result(response)
         if self.method == "HEAD":
             # llhttp does not know this answered a HEAD and would wait for the body
@@ -227,6 +235,11 @@ class _Exchange:
     def on_body(self, body: bytes) -> None:
         if self.complete:
             raise _Stop  # a body after HEAD
+        if self.body_left is not None:
+            self.body_left -= len(body)
+        self._body(body)
+
+    def _body(self, body: bytes) -> None:
         self.pieces.append(body)
         self.buffered += len(body)
         if self.buffered > _HIGH_WATER:
@@ -244,6 +257,22 @@ class _Exchange:
 
     def feed(self, data: bytes) -> None:
         self.received = True
+        left = self.body_left
+        if left is not None and not self.complete and self.error is None:
+            # Past the head of a body of known length: its bytes are the body as they
+            # came, with no parse and no copy (llhttp hands each piece of a body on
+            # as a copy of its own), up to the declared length. Anything after that
+            # is not this response: the connection ends, as a parse stopped would.
+            piece = data if len(data) <= left else data[:left]
+            self.body_left = left - len(piece)
+            if piece:
+                self._body(piece)
+            if self.body_left == 0:
+                self._completed()
+                if len(piece) < len(data):
+                    self.keep_alive = False
+                    self.conn.close()
+            return
         try:
             self.parser.feed_data(data)
         except (httptools.HttpParserError, _Stop) as exc:

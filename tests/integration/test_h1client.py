@@ -1,7 +1,9 @@
 """edge's upstream HTTP/1.1 client (edge.upstream.h1client) against raw-socket servers on
 loopback: read timeouts for a head and a body that never come, a response that overruns
-its Content-Length, a field with a line break refused before anything is sent, and
-bodies whose end is the server's close (RFC 9112 Section 6.3).
+its Content-Length (in the read that ends it, or in a later one), a body of known length
+arriving after its head, whole and in order, or cut short by the close, a field with a
+line break refused before anything is sent, and bodies whose end is the server's close
+(RFC 9112 Section 6.3).
 """
 
 from __future__ import annotations
@@ -102,6 +104,71 @@ async def test_an_overrun_is_cut_at_the_declared_length_and_ends_the_connection(
     assert body == b"hello"
     response.release()
     assert not overrun.idle  # never reused
+
+
+async def _in_writes(
+    writes: list[bytes], *, close: bool = False
+) -> AsyncIterator[tuple[h1client.ConnectionPool, list[int]]]:
+    """A server answering each request with `writes`, one write (and one segment on
+    the wire) at a time, so the client reads a body after its head; it counts the
+    connections it accepted."""
+    accepted: list[int] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(1)
+        while True:
+            try:
+                await _read_request(reader)
+            except asyncio.IncompleteReadError:
+                return
+            for data in writes:
+                writer.write(data)
+                await writer.drain()
+                await asyncio.sleep(0.05)  # the next write is a read of its own
+            if close:
+                writer.close()
+                return
+
+    async for pool in _serve(handler):
+        yield pool, accepted
+
+
+async def _body(response: h1client.Response) -> bytes:
+    got = b""
+    while piece := await response.read():
+        got += piece
+    return got
+
+
+async def test_a_body_that_comes_after_its_head_is_whole_and_the_connection_reused() -> None:
+    body = bytes(range(256)) * 1024
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
+    writes = [head, body[:1000], body[1000:100_000], body[100_000:]]
+    async for pool, accepted in _in_writes(writes):
+        for _ in range(2):
+            response = await pool.request("GET", "/", [], connect_timeout=5, read_timeout=5)
+            assert await _body(response) == body
+            response.release()
+        assert len(pool.idle) == 1 and len(accepted) == 1  # clean: reused, not redialled
+
+
+async def test_an_overrun_in_a_later_read_is_cut_at_the_declared_length() -> None:
+    writes = [b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", b"defghijEXTRA"]
+    async for pool, _ in _in_writes(writes):
+        response = await pool.request("GET", "/", [], connect_timeout=5, read_timeout=5)
+        assert await _body(response) == b"abcdefghij"
+        response.release()
+        assert not pool.idle and not pool.all  # never reused
+
+
+async def test_a_body_cut_short_by_the_close_is_a_broken_answer() -> None:
+    writes = [b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n", b"abcd"]
+    async for pool, _ in _in_writes(writes, close=True):
+        response = await pool.request("GET", "/", [], connect_timeout=5, read_timeout=5)
+        with pytest.raises(h1client.BadResponse, match="before the response ended"):
+            await _body(response)
+        response.release()
+        assert not pool.idle
 
 
 async def test_a_field_with_a_line_break_is_refused_before_sending(
