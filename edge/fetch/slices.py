@@ -210,8 +210,6 @@ class Slicer:
         fill: Fill | None,
         stream: _Stream,
     ) -> None:
-        chunks = response.chunks()
-        carry = b""
         previous: Fill | None = None
         coordination = self.inflight.coordination
         began = time.time()
@@ -250,7 +248,7 @@ class Slicer:
                 )
                 start, end = entry.slice_span(index)
                 current = fill
-                carry = await self._pump(chunks, carry, end - start, fill, entry, index)
+                await self._pump(response, end - start, fill, entry, index)
                 previous = current if current is not None else previous
                 fill = None
         except (UpstreamError, OSError) as exc:
@@ -266,32 +264,32 @@ class Slicer:
 
     async def _pump(
         self,
-        chunks: AsyncIterator[bytes],
-        carry: bytes,
+        response: UpstreamResponse,
         want: int,
         fill: Fill | None,
         entry: Entry,
         index: int,
-    ) -> bytes:
-        """Move `want` bytes from the stream into `fill` (or drop them when another
-        fill brings this slice); return what was read beyond them."""
+    ) -> None:
+        """Move the next `want` bytes of `response` into `fill`'s file (or drop them
+        when another fill brings this slice), never reading beyond them: the next
+        slice's bytes stay with the response. They go from the socket to the file in
+        the kernel where the connection allows (UpstreamResponse.into); readers are
+        told of each step and send from the file."""
         writer = fill.writer if fill is not None else None
+        fd = writer.fileno() if writer is not None else None
         got = 0
         while got < want:
-            chunk = carry or await anext(chunks, b"")
-            carry = b""
-            if not chunk:
+            n = await response.into(fd, want - got)
+            if not n:
                 raise UpstreamError(f"upstream ended at {got} of {want} bytes of a slice")
-            take, carry = chunk[: want - got], chunk[want - got :]
-            got += len(take)
+            got += n
             if writer is not None and fill is not None:
-                writer.write(take)
-                fill.advance(len(take))
+                writer.wrote(n)
+                fill.advance(n)
         if fill is not None and writer is not None:
             self.store.commit_slice(entry, index, writer)
             fill.finish()
             self.inflight.done(fill)
-        return carry
 
     def reading(self, ident: tuple[str, str], change: int) -> None:
         """A reader starts (+1) or stops (-1) delivering a segmented entry."""
@@ -327,7 +325,7 @@ class Slicer:
         """A range fill's answer (edge.fetch.machine, st_slice_body) into `fill`, stored
         as the slice once whole; raises as the stream does when it breaks."""
         start, end = of.span
-        await self._pump(response.chunks(), b"", end - start, fill, of.entry, of.index)
+        await self._pump(response, end - start, fill, of.entry, of.index)
 
     def _have(self, entry: Entry, index: int) -> bool:
         handle = self.store.open_slice(entry, index)

@@ -166,6 +166,20 @@ class BodyWriter:
             else:
                 self._small = None
 
+    def fileno(self) -> int:
+        """The body file's descriptor, for bytes put in it without `write` (spliced
+        from the upstream's socket): each span so put in is then told to `wrote`."""
+        return self._fd
+
+    def wrote(self, count: int) -> None:
+        """`count` bytes went into the file at `fileno()` by another way than `write`.
+        They were never in memory, so the body is no longer kept for an inline commit;
+        a body kept in memory only ever takes `write`."""
+        if self.in_memory:
+            raise OSError("a body kept in memory takes its bytes by write")
+        self.written += count
+        self._small = None
+
     @property
     def small(self) -> bytes | None:
         """The whole body, if it is small enough to be stored inline."""

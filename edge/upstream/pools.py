@@ -111,6 +111,30 @@ class UpstreamResponse:
             raise UpstreamError(f"upstream body broke: {exc}") from exc
         self._finish(True)
 
+    async def into(self, fd: int | None, limit: int) -> int:
+        """Up to `limit` bytes of the body written to the file `fd` (None: dropped),
+        as they arrive: how many, 0 at the end. Where the connection allows, a large
+        body's bytes go from the socket to the file in the kernel (h1client splices
+        them), never through this process."""
+        if self.body is not None:
+            piece, self.body = self.body[:limit], self.body[limit:]
+            if fd is not None:
+                h1client.write_all(fd, piece)
+            if not piece:
+                self._finish(True)
+            return len(piece)
+        try:
+            n = await self.raw.read_into(fd, limit)
+        except TimeoutError as exc:
+            self._finish(False)
+            raise UpstreamTimeout("upstream read timed out") from exc
+        except h1client.ClientError as exc:
+            self._finish(False)
+            raise UpstreamError(f"upstream body broke: {exc}") from exc
+        if n == 0:
+            self._finish(True)
+        return n
+
     @property
     def trailers(self) -> CIMultiDict[str]:
         """The trailer section of a chunked body, once `chunks()` has ended (empty

@@ -2,18 +2,24 @@
 loopback: read timeouts for a head and a body that never come, a response that overruns
 its Content-Length (in the read that ends it, or in a later one), a body of known length
 arriving after its head, whole and in order, or cut short by the close, a field with a
-line break refused before anything is sent, and bodies whose end is the server's close
-(RFC 9112 Section 6.3).
+line break refused before anything is sent, bodies whose end is the server's close
+(RFC 9112 Section 6.3), and bodies read into a file (`read_into`): spliced from the socket
+on plain TCP, whole and in order, cut, stalled or overrun as a read body is, and read from
+memory when chunked or over TLS.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import pytest
 
+from edge.server.tls import LocalCA
 from edge.upstream import h1client
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -370,3 +376,169 @@ async def test_a_deferred_body_goes_after_a_silent_wait(monkeypatch: pytest.Monk
         )
         assert await response.read() == b"late" and time.monotonic() - started >= 0.2
         response.release()
+
+
+# -- bodies into a file (Response.read_into): spliced from the socket where it can be ------
+
+Runner = Callable[[Awaitable[None]], None]
+
+
+def _on_uvloop(coro: Awaitable[None]) -> None:
+    import uvloop  # the loop nodes run on
+
+    uvloop.run(coro)  # type: ignore[arg-type]
+
+
+# Nodes run on uvloop; the splice's readiness watch is the loop's, so both are tried.
+LOOPS = pytest.mark.parametrize("run", [asyncio.run, _on_uvloop], ids=["asyncio", "uvloop"])
+
+
+async def _into_file(response: h1client.Response, path: Path, step: int) -> bytes:
+    """The body read into a file `step` bytes at most at a time; the file's bytes."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        while await response.read_into(fd, step):
+            pass
+    finally:
+        os.close(fd)
+    return path.read_bytes()
+
+
+def _large_writes(body: bytes, head_extra: bytes = b"") -> list[bytes]:
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n" % (len(body), head_extra)
+    # Some of the body with the head (read from memory), the rest after it (spliced).
+    return [head + body[:5000], body[5000 : 1 << 20], body[1 << 20 :]]
+
+
+@LOOPS
+def test_a_large_body_is_spliced_into_a_file_whole_and_the_connection_reused(
+    run: Runner, tmp_path: Path
+) -> None:
+    body = os.urandom(3 << 20)
+
+    async def main() -> None:
+        async for pool, accepted in _in_writes(_large_writes(body)):
+            for step in (333_333, 1 << 22):  # limits across pieces and splices alike
+                response = await pool.request("GET", "/", [], connect_timeout=5, read_timeout=5)
+                assert await _into_file(response, tmp_path / "body", step) == body
+                response.release()
+            assert len(pool.idle) == 1 and len(accepted) == 1  # clean: reused
+            assert pool.idle[0].splicer() is not None  # the kernel moved the bytes
+
+    run(main())
+
+
+@LOOPS
+def test_bytes_after_a_spliced_body_end_its_connection(run: Runner, tmp_path: Path) -> None:
+    body = os.urandom(2 << 20)
+    writes = [*_large_writes(body), b"HTTP/1.1 200 OK\r\n\r\nsmuggled"]
+
+    async def main() -> None:
+        async for pool, _ in _in_writes(writes):
+            response = await pool.request("GET", "/", [], connect_timeout=5, read_timeout=5)
+            assert await _into_file(response, tmp_path / "body", 1 << 20) == body
+            response.release()
+            for _ in range(100):  # the extra bytes arrive once the pool reads again
+                if not pool.idle:
+                    break
+                await asyncio.sleep(0.02)
+            assert not pool.idle and not pool.all  # never reused
+
+    run(main())
+
+
+@LOOPS
+def test_a_spliced_body_cut_by_the_close_is_a_broken_answer(run: Runner, tmp_path: Path) -> None:
+    body = os.urandom(2 << 20)
+    writes = _large_writes(body)[:2]  # the last part never comes
+
+    async def main() -> None:
+        async for pool, _ in _in_writes(writes, close=True):
+            response = await pool.request("GET", "/", [], connect_timeout=5, read_timeout=5)
+            with pytest.raises(h1client.BadResponse, match="before the response ended"):
+                await _into_file(response, tmp_path / "body", 1 << 20)
+            response.release()
+            assert not pool.idle and not pool.all
+            assert (tmp_path / "body").read_bytes() == body[: 1 << 20]  # what came, in order
+
+    run(main())
+
+
+@LOOPS
+def test_a_spliced_body_that_stops_times_out(run: Runner, tmp_path: Path) -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 10000000\r\n\r\n"
+
+    async def main() -> None:
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await _read_request(reader)
+            writer.write(head)
+            await writer.drain()
+            await asyncio.sleep(0.1)
+            await _stall(writer, b"x" * 100_000)
+
+        async for pool in _serve(handler):
+            response = await pool.request("GET", "/", [], connect_timeout=5, read_timeout=0.5)
+            started = time.monotonic()
+            with pytest.raises(h1client.ReadTimeout):
+                await _into_file(response, tmp_path / "body", 1 << 20)
+            assert time.monotonic() - started < 10
+            response.release()
+            assert not pool.idle and not pool.all
+
+    run(main())
+
+
+@LOOPS
+def test_a_chunked_body_goes_into_a_file_from_memory(run: Runner, tmp_path: Path) -> None:
+    body = os.urandom(300_000)
+    chunked = b"".join(
+        b"%x\r\n%s\r\n" % (len(body[i : i + 70_000]), body[i : i + 70_000])
+        for i in range(0, len(body), 70_000)
+    )
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+    async def main() -> None:
+        async for pool, _ in _in_writes([head, chunked + b"0\r\n\r\n"]):
+            response = await pool.request("GET", "/", [], connect_timeout=5, read_timeout=5)
+            assert await _into_file(response, tmp_path / "body", 100_000) == body
+            response.release()
+            assert len(pool.idle) == 1
+
+    run(main())
+
+
+@LOOPS
+def test_a_body_over_tls_is_never_spliced(run: Runner, tmp_path: Path) -> None:
+    ca = LocalCA(tmp_path / "tls")
+    cert, key = ca.issue("origin", ["localhost"], ["127.0.0.1"])
+    body = os.urandom(2 << 20)
+    writes = _large_writes(body)
+
+    async def main() -> None:
+        server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        server_ctx.load_cert_chain(cert, key)
+
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await _read_request(reader)
+            for data in writes:
+                writer.write(data)
+                await writer.drain()
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(5)
+
+        server = await asyncio.start_server(handler, "127.0.0.1", 0, ssl=server_ctx)
+        port = server.sockets[0].getsockname()[1]
+        client_ctx = ssl.create_default_context(cafile=str(ca.cert_path))
+        pool = h1client.ConnectionPool(
+            h1client.Server("https", "127.0.0.1", port), ssl_context=client_ctx
+        )
+        try:
+            response = await pool.request("GET", "/", [], connect_timeout=5, read_timeout=5)
+            assert await _into_file(response, tmp_path / "body", 1 << 20) == body
+            response.release()
+            assert len(pool.idle) == 1 and pool.idle[0].splicer() is None
+        finally:
+            await pool.close()
+            server.close()
+
+    run(main())
