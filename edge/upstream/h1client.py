@@ -348,6 +348,8 @@ class _Exchange:
             splicer = self.conn.splicer()
             if splicer is not None:
                 return await self._splice(splicer, fd, min(limit, self.body_left))
+        if not self.pieces:
+            self.conn.resume()  # reading paused for a splice: this one reads
         piece = await self.next_piece()
         if len(piece) > limit:
             rest, piece = piece[limit:], piece[:limit]

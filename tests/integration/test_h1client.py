@@ -429,6 +429,33 @@ def test_a_large_body_is_spliced_into_a_file_whole_and_the_connection_reused(
 
 
 @LOOPS
+def test_a_body_spliced_in_part_and_dropped_for_the_rest_ends_clean(
+    run: Runner, tmp_path: Path
+) -> None:
+    body = os.urandom(3 << 20)
+
+    async def main() -> None:
+        async for pool, _ in _in_writes(_large_writes(body)):
+            response = await pool.request("GET", "/", [], connect_timeout=5, read_timeout=5)
+            fd = os.open(tmp_path / "part", os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                got = 0
+                while got < 2 << 20:
+                    got += await response.read_into(fd, (2 << 20) - got)
+            finally:
+                os.close(fd)
+            dropped = 0
+            while n := await response.read_into(None, 1 << 20):  # reading resumes for it
+                dropped += n
+            assert dropped == len(body) - (2 << 20)
+            assert (tmp_path / "part").read_bytes() == body[: 2 << 20]
+            response.release()
+            assert len(pool.idle) == 1
+
+    run(main())
+
+
+@LOOPS
 def test_bytes_after_a_spliced_body_end_its_connection(run: Runner, tmp_path: Path) -> None:
     body = os.urandom(2 << 20)
     writes = [*_large_writes(body), b"HTTP/1.1 200 OK\r\n\r\nsmuggled"]
