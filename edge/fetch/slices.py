@@ -58,6 +58,11 @@ log = logging.getLogger("edge.fetch.slices")
 #: How many slices ahead of the stream a reader waits for it rather than fetching the
 #: slice by range (a reader just behind a stream should not race it to the origin).
 STREAM_LOOKAHEAD = 2
+#: How many slices past the one it reads a reader has fetched, within the range it
+#: asked for, when nobody brings them: the next slice's request and head overlap the
+#: delivery of this one, so a reader moving from slice to slice (one of a parallel
+#: downloader's ranges, a client resuming) does not wait a round trip at each.
+READ_AHEAD = 1
 #: How long a stream waits for its first reader before deciding nobody reads along.
 _FIRST_READER_WAIT = 5.0
 
@@ -407,6 +412,20 @@ class Slicer:
             # Joined: followed, or ended (its error is this reader's, as a local one's).
             return claim.fill
 
+    async def ahead(self, entry: Entry, index: int, headers: list[tuple[str, str]]) -> None:
+        """Start the fill of a slice a reader will need next, unless it is stored or
+        something brings it (a fill here or in another process, a stream about to
+        reach it). Never waits: a slice another process has locked is left to it."""
+        if index >= entry.slice_count or self.coming(entry, index) is not False:
+            return
+        if self._stream_elsewhere(entry, index):
+            return
+        claim = await self.inflight.join_or_start(
+            slice_fill_key(entry, index), None, unchanged=lambda: not self._have(entry, index)
+        )
+        if claim.kind == "started" and claim.fill is not None:
+            machine.start_slice(self.node, claim.fill, SliceOf(entry, index), headers)
+
     def _stream_elsewhere(self, entry: Entry, index: int) -> bool:
         """A live stream in another process is just before this slice."""
         record = self.inflight.coordination.read(stream_key(entry))
@@ -524,11 +543,14 @@ class SlicedSource:
             self.slicer.reading(ident, -1)
 
     async def _pieces(self, entry: Entry, start: int, end: int, index: int) -> AsyncIterator[Piece]:
+        last = (min(end, entry.size) - 1) // entry.slice_size
         while start < end:
             s_start, s_end = entry.slice_span(index)
             lo, hi = start - s_start, min(end, s_end) - s_start
             waited = time.monotonic()
             got = await self.slicer.slice(entry, index, self.headers)
+            for ahead in range(index + 1, min(index + READ_AHEAD, last) + 1):
+                await self.slicer.ahead(entry, ahead, self.headers)
             if isinstance(got, Fill):
                 await asyncio.shield(got.head)
             if isinstance(got, Fill) or index in self._missing:
