@@ -364,6 +364,7 @@ class _Exchange:
         there. The transport stops reading meanwhile (the bytes stay in the socket for
         the splice); the pool resumes it when the connection is put back."""
         self.conn.pause()
+        waited = False
         while True:
             if self.error is not None:
                 raise self.error
@@ -371,6 +372,7 @@ class _Exchange:
                 n = splicer.fill(want)
             except BlockingIOError:
                 await self._readable(splicer)
+                waited = True
                 continue
             except OSError as exc:
                 self._fail(BadResponse(f"upstream body broke: {exc}"))
@@ -392,6 +394,11 @@ class _Exchange:
         self.body_left -= n
         if self.body_left == 0:
             self._completed()
+        if not waited:
+            # The bytes were there already: a fast server would keep them coming, and
+            # a reader that never suspends would hold the loop (no accept, no client
+            # served) for the whole body. One turn of the loop per step.
+            await asyncio.sleep(0)
         return n
 
     async def _readable(self, splicer: _Splicer) -> None:

@@ -11,8 +11,11 @@ memory when chunked or over TLS.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import socket
 import ssl
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -569,3 +572,67 @@ def test_a_body_over_tls_is_never_spliced(run: Runner, tmp_path: Path) -> None:
             server.close()
 
     run(main())
+
+
+@LOOPS
+def test_a_fast_server_does_not_hold_the_loop_while_its_body_is_spliced(
+    run: Runner, tmp_path: Path
+) -> None:
+    """Bytes that are already there make a splice that never waits: each step still
+    gives the loop a turn, or a fast origin would hold it (no accept, no client
+    served) for a whole large body."""
+    body = os.urandom(8 << 20)
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:  # apart from the client's loop, as an origin is
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body))
+            conn.sendall(body)
+            with contextlib.suppress(OSError):
+                conn.recv(1)  # until the client closes (or resets)
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+
+    async def main() -> None:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0)
+                ticks += 1
+
+        pool = h1client.ConnectionPool(h1client.Server("http", "127.0.0.1", port))
+        ticking = asyncio.ensure_future(ticker())
+        try:
+            response = await pool.request("GET", "/", [], connect_timeout=5, read_timeout=5)
+            fd = os.open(tmp_path / "body", os.O_WRONLY | os.O_CREAT, 0o600)
+            held = longest = 0  # bytes read without the loop turning
+            try:
+                while True:
+                    before = ticks
+                    n = await response.read_into(fd, 64 << 10)
+                    if not n:
+                        break
+                    held = held + n if ticks == before else 0
+                    longest = max(longest, held)
+            finally:
+                os.close(fd)
+            response.release()
+            assert (tmp_path / "body").read_bytes() == body
+            # At most what was read into memory before the splices (the pool pauses
+            # reading at 1 MiB queued), never the body.
+            assert longest <= 2 << 20, longest
+        finally:
+            ticking.cancel()
+            await pool.close()
+
+    try:
+        run(main())
+    finally:
+        listener.close()
+        server.join(timeout=10)
