@@ -10,14 +10,17 @@ Slices arrive two ways:
     from the start) is cut into slices as it arrives, so a crowd reading a cold object
     front to back still makes one upstream request;
   - a *range fill*: one upstream range request for one slice, validated against the
-    manifest (If-Match), when a reader needs a slice nobody is bringing. It is a walk
-    of the fetch machine (edge.fetch.machine: bereq, headers, match, slice_body) on a
-    FetchRequest naming the slice (`SliceOf`, whose rules are here).
+    manifest (If-Match), when a reader needs a slice nobody is bringing, or will need
+    it next (READ_AHEAD, within the range it asked for). It is a walk of the fetch
+    machine (edge.fetch.machine: bereq, headers, match, slice_body) on a FetchRequest
+    naming the slice (`SliceOf`, whose rules are here).
 A stream stops at the first slice that is stored or another fill brings (a reader
 ahead of it, such as one of a parallel downloader's ranges, fetched it by range): it
 never reads bytes it would drop, so the origin sends each byte of the object once.
 Either way a slice in progress is an ordinary Fill in the in-flight table, so readers
-follow it byte by byte.
+follow it byte by byte: its bytes go from the upstream's socket into the slice's file
+in the kernel where the connection allows (splice), and readers send spans of that
+file (sendfile), as they send a stored slice.
 
 A slice fill is joined or started as a whole-object fill is (edge.fetch.fill.InFlight), so
 across the processes of one node (edge.multiproc.coordination) a reader in another process
