@@ -34,7 +34,7 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
 from edge.multiproc.coordination import Coordination, Record, alive
 from edge.store.disk import BodyReader, BodyWriter, Entry
@@ -146,11 +146,16 @@ class Fill:
 
 class FillReader:
     """Follows a fill's body from any offset: data written so far at once, the rest
-    as it arrives. Raises the fill's error if the upstream broke."""
+    as it arrives. Raises the fill's error if the upstream broke.
+
+    A reader is told of whole spans of the growing file (`spans`), so delivery can
+    sendfile them, without a read and a write per chunk in this process; `read_range`
+    reads them for whoever needs the bytes."""
 
     def __init__(self, fill: Fill, body: BodyReader) -> None:
         self.fill = fill
         self.body: BodyReader | None = body
+        self._file: IO[bytes] | None = None
 
     def ready(self, start: int, end: int) -> bytes | None:
         """Bytes [start, end) at once, if the fill already has them all (a small body
@@ -161,12 +166,26 @@ class FillReader:
         data = self.body.read(start, end - start)
         return data if len(data) == end - start else None
 
-    async def read_range(
-        self, start: int, end: int | None, chunk: int = 1 << 16
-    ) -> AsyncIterator[bytes]:
-        """Bytes [start, end) (end None: to the end of the body). May be called again
-        for another range (the parts of a multipart/byteranges response): the reader
-        stays open until its owner closes it."""
+    def read(self, offset: int, count: int) -> bytes:
+        """Up to `count` bytes at `offset`, as far as written (see `spans`)."""
+        assert self.body is not None, "read after close"
+        return self.body.read(offset, count)
+
+    @property
+    def file(self) -> IO[bytes] | None:
+        """The body's file as a file object for sendfile (the descriptor stays the
+        reader's: closed by `close`); None for a body kept in memory, which is `read`."""
+        if self._file is None:
+            fd = self.body.fileno() if self.body is not None else None
+            if fd is None:
+                return None
+            self._file = open(fd, "rb", buffering=0, closefd=False)  # noqa: SIM115
+        return self._file
+
+    async def spans(self, start: int, end: int | None) -> AsyncIterator[tuple[int, int]]:
+        """(offset, count) spans of the file covering [start, end) (end None: to the
+        end of the body), each as much as is written when it is asked for: one wait
+        and one span per arrival, however small the upstream's reads."""
         offset = start
         while end is None or offset < end:
             await self.fill.wait_beyond(offset)
@@ -177,16 +196,29 @@ class FillReader:
                 if self.fill.finished:
                     return
                 continue
-            want = min(available, chunk, (end - offset) if end is not None else chunk)
-            assert self.body is not None, "read after close"
-            data = self.body.read(offset, want)
-            if not data:
-                return
-            offset += len(data)
-            yield data
+            count = available if end is None else min(available, end - offset)
+            yield offset, count
+            offset += count
+
+    async def read_range(
+        self, start: int, end: int | None, chunk: int = 1 << 16
+    ) -> AsyncIterator[bytes]:
+        """Bytes [start, end) (end None: to the end of the body), in pieces of at most
+        `chunk`. May be called again for another range (the parts of a
+        multipart/byteranges response): the reader stays open until its owner closes it."""
+        async for offset, count in self.spans(start, end):
+            stop = offset + count
+            while offset < stop:
+                data = self.read(offset, min(chunk, stop - offset))
+                if not data:
+                    return
+                offset += len(data)
+                yield data
 
     def close(self) -> None:
         if self.body is not None:
+            if self._file is not None:
+                self._file.close()  # closefd=False: the descriptor is closed below
             self.body.close()
             self.body = None
             self.fill.readers -= 1

@@ -10,14 +10,17 @@ Slices arrive two ways:
     from the start) is cut into slices as it arrives, so a crowd reading a cold object
     front to back still makes one upstream request;
   - a *range fill*: one upstream range request for one slice, validated against the
-    manifest (If-Match), when a reader needs a slice nobody is bringing. It is a walk
-    of the fetch machine (edge.fetch.machine: bereq, headers, match, slice_body) on a
-    FetchRequest naming the slice (`SliceOf`, whose rules are here).
+    manifest (If-Match), when a reader needs a slice nobody is bringing, or will need
+    it next (READ_AHEAD, within the range it asked for). It is a walk of the fetch
+    machine (edge.fetch.machine: bereq, headers, match, slice_body) on a FetchRequest
+    naming the slice (`SliceOf`, whose rules are here).
 A stream stops at the first slice that is stored or another fill brings (a reader
 ahead of it, such as one of a parallel downloader's ranges, fetched it by range): it
 never reads bytes it would drop, so the origin sends each byte of the object once.
 Either way a slice in progress is an ordinary Fill in the in-flight table, so readers
-follow it byte by byte.
+follow it byte by byte: its bytes go from the upstream's socket into the slice's file
+in the kernel where the connection allows (splice), and readers send spans of that
+file (sendfile), as they send a stored slice.
 
 A slice fill is joined or started as a whole-object fill is (edge.fetch.fill.InFlight), so
 across the processes of one node (edge.multiproc.coordination) a reader in another process
@@ -58,6 +61,11 @@ log = logging.getLogger("edge.fetch.slices")
 #: How many slices ahead of the stream a reader waits for it rather than fetching the
 #: slice by range (a reader just behind a stream should not race it to the origin).
 STREAM_LOOKAHEAD = 2
+#: How many slices past the one it reads a reader has fetched, within the range it
+#: asked for, when nobody brings them: the next slice's request and head overlap the
+#: delivery of this one, so a reader moving from slice to slice (one of a parallel
+#: downloader's ranges, a client resuming) does not wait a round trip at each.
+READ_AHEAD = 1
 #: How long a stream waits for its first reader before deciding nobody reads along.
 _FIRST_READER_WAIT = 5.0
 
@@ -210,8 +218,6 @@ class Slicer:
         fill: Fill | None,
         stream: _Stream,
     ) -> None:
-        chunks = response.chunks(1 << 16)
-        carry = b""
         previous: Fill | None = None
         coordination = self.inflight.coordination
         began = time.time()
@@ -250,7 +256,7 @@ class Slicer:
                 )
                 start, end = entry.slice_span(index)
                 current = fill
-                carry = await self._pump(chunks, carry, end - start, fill, entry, index)
+                await self._pump(response, end - start, fill, entry, index)
                 previous = current if current is not None else previous
                 fill = None
         except (UpstreamError, OSError) as exc:
@@ -266,32 +272,32 @@ class Slicer:
 
     async def _pump(
         self,
-        chunks: AsyncIterator[bytes],
-        carry: bytes,
+        response: UpstreamResponse,
         want: int,
         fill: Fill | None,
         entry: Entry,
         index: int,
-    ) -> bytes:
-        """Move `want` bytes from the stream into `fill` (or drop them when another
-        fill brings this slice); return what was read beyond them."""
+    ) -> None:
+        """Move the next `want` bytes of `response` into `fill`'s file (or drop them
+        when another fill brings this slice), never reading beyond them: the next
+        slice's bytes stay with the response. They go from the socket to the file in
+        the kernel where the connection allows (UpstreamResponse.into); readers are
+        told of each step and send from the file."""
         writer = fill.writer if fill is not None else None
+        fd = writer.fileno() if writer is not None else None
         got = 0
         while got < want:
-            chunk = carry or await anext(chunks, b"")
-            carry = b""
-            if not chunk:
+            n = await response.into(fd, want - got)
+            if not n:
                 raise UpstreamError(f"upstream ended at {got} of {want} bytes of a slice")
-            take, carry = chunk[: want - got], chunk[want - got :]
-            got += len(take)
+            got += n
             if writer is not None and fill is not None:
-                writer.write(take)
-                fill.advance(len(take))
+                writer.wrote(n)
+                fill.advance(n)
         if fill is not None and writer is not None:
             self.store.commit_slice(entry, index, writer)
             fill.finish()
             self.inflight.done(fill)
-        return carry
 
     def reading(self, ident: tuple[str, str], change: int) -> None:
         """A reader starts (+1) or stops (-1) delivering a segmented entry."""
@@ -327,7 +333,7 @@ class Slicer:
         """A range fill's answer (edge.fetch.machine, st_slice_body) into `fill`, stored
         as the slice once whole; raises as the stream does when it breaks."""
         start, end = of.span
-        await self._pump(response.chunks(1 << 16), b"", end - start, fill, of.entry, of.index)
+        await self._pump(response, end - start, fill, of.entry, of.index)
 
     def _have(self, entry: Entry, index: int) -> bool:
         handle = self.store.open_slice(entry, index)
@@ -409,6 +415,20 @@ class Slicer:
             # Joined: followed, or ended (its error is this reader's, as a local one's).
             return claim.fill
 
+    async def ahead(self, entry: Entry, index: int, headers: list[tuple[str, str]]) -> None:
+        """Start the fill of a slice a reader will need next, unless it is stored or
+        something brings it (a fill here or in another process, a stream about to
+        reach it). Never waits: a slice another process has locked is left to it."""
+        if index >= entry.slice_count or self.coming(entry, index) is not False:
+            return
+        if self._stream_elsewhere(entry, index):
+            return
+        claim = await self.inflight.join_or_start(
+            slice_fill_key(entry, index), None, unchanged=lambda: not self._have(entry, index)
+        )
+        if claim.kind == "started" and claim.fill is not None:
+            machine.start_slice(self.node, claim.fill, SliceOf(entry, index), headers)
+
     def _stream_elsewhere(self, entry: Entry, index: int) -> bool:
         """A live stream in another process is just before this slice."""
         record = self.inflight.coordination.read(stream_key(entry))
@@ -459,17 +479,28 @@ class FileSource:
 
 
 class FillSource:
-    """A body still arriving (read-while-writer)."""
+    """A body still arriving (read-while-writer): each span already written goes out
+    as a file segment, by sendfile from the growing file, as a stored body does."""
 
     def __init__(self, reader: FillReader) -> None:
         self.reader = reader
 
     async def pieces(self, start: int, end: int | None) -> AsyncIterator[Piece]:
-        async for chunk in self.reader.read_range(start, end):
-            yield chunk
+        async for piece in _followed(self.reader, start, end):
+            yield piece
 
     def close(self) -> None:
         self.reader.close()
+
+
+async def _followed(reader: FillReader, start: int, end: int | None) -> AsyncIterator[Piece]:
+    """A fill's body [start, end) as file segments of its growing file, each as much as
+    has arrived: delivery sends them as it sends a stored body (sendfile), rather than
+    reading and writing each chunk here; a body kept in memory as its bytes."""
+    file = reader.file
+    async for offset, count in reader.spans(start, end):
+        # A body kept in memory (small) has no file: its bytes themselves.
+        yield reader.read(offset, count) if file is None else FileSegment(file, offset, count)
 
 
 class SlicedSource:
@@ -517,11 +548,14 @@ class SlicedSource:
             self.slicer.reading(ident, -1)
 
     async def _pieces(self, entry: Entry, start: int, end: int, index: int) -> AsyncIterator[Piece]:
+        last = (min(end, entry.size) - 1) // entry.slice_size
         while start < end:
             s_start, s_end = entry.slice_span(index)
             lo, hi = start - s_start, min(end, s_end) - s_start
             waited = time.monotonic()
             got = await self.slicer.slice(entry, index, self.headers)
+            for ahead in range(index + 1, min(index + READ_AHEAD, last) + 1):
+                await self.slicer.ahead(entry, ahead, self.headers)
             if isinstance(got, Fill):
                 await asyncio.shield(got.head)
             if isinstance(got, Fill) or index in self._missing:
@@ -535,8 +569,8 @@ class SlicedSource:
                     raise head.error or UpstreamError("slice fetch failed")
                 reader = got.reader()
                 try:
-                    async for chunk in reader.read_range(lo, hi):
-                        yield chunk
+                    async for piece in _followed(reader, lo, hi):
+                        yield piece
                 finally:
                     reader.close()
             else:

@@ -144,6 +144,11 @@ class BodyReader:
         # A whole bytes object sliced whole is that object: no copy for the usual read.
         return data[offset : offset + count]
 
+    def fileno(self) -> int | None:
+        """The descriptor a file's reader preads (its own: sendfile may use it);
+        None for a body kept in memory."""
+        return self._fd if self._chunks is None else None
+
     def dup(self) -> BodyReader:
         if self._chunks is not None:
             return BodyReader(chunks=self._chunks)
@@ -215,6 +220,20 @@ class BodyWriter:
                 self._small.append(bytes(chunk))
             else:
                 self._small = None
+
+    def fileno(self) -> int:
+        """The body file's descriptor, for bytes put in it without `write` (spliced
+        from the upstream's socket): each span so put in is then told to `wrote`."""
+        return self._fd
+
+    def wrote(self, count: int) -> None:
+        """`count` bytes went into the file at `fileno()` by another way than `write`.
+        They were never in memory, so the body is no longer kept for an inline commit;
+        a body kept in memory only ever takes `write`."""
+        if self.in_memory:
+            raise OSError("a body kept in memory takes its bytes by write")
+        self.written += count
+        self._small = None
 
     @property
     def small(self) -> bytes | None:

@@ -19,7 +19,9 @@ sent once the server says 100 (or has said nothing for `CONTINUE_WAIT` seconds),
 never if the server answers finally first (that connection is then never reused). The
 trailer fields of a chunked body are kept apart (`Response.trailers`), never merged into
 the head. Bodies are handed on as they arrive; reading from the socket pauses while too
-much is waiting for the reader.
+much is waiting for the reader. A reader that puts the body in a file (`read_into`) has
+a body of known length on plain TCP spliced there from the socket (splice(2) through a
+pipe): the kernel moves the bytes, and none of them passes through this process.
 
 It knows nothing of pools of members, health or retries across members (edge.upstream.pools)
 nor of caching (edge.pipeline.transaction).
@@ -29,6 +31,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import fcntl
+import os
 import re
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
@@ -42,6 +47,12 @@ from edge.rfc import policy
 #: Reading from a connection pauses while this much body waits for the reader.
 _HIGH_WATER = 1 << 20
 _LOW_WATER = 256 << 10
+
+#: What one splice moves at most: the pipe between a connection and a file is made
+#: this big where the system allows (Linux's default pipe-max-size), so a large body
+#: moves in 1 MiB steps, each one wake of its reader.
+_SPLICE_PIPE = 1 << 20
+_SPLICE = hasattr(os, "splice") and hasattr(fcntl, "F_SETPIPE_SZ")
 
 #: RFC 9110 Section 9.2.2: requests that may be sent again (here, on a fresh connection
 #: when a reused one turns out closed before any byte of the answer; edge.upstream.pools, on
@@ -130,6 +141,11 @@ class Response:
         broke or ReadTimeout if the server went quiet."""
         return await self._exchange.next_piece()
 
+    async def read_into(self, fd: int | None, limit: int) -> int:
+        """Up to `limit` bytes of the body written to the file `fd` (at its position;
+        None: read and dropped): how many, 0 at the body's end. Raises as `read`."""
+        return await self._exchange.next_into(fd, limit)
+
     def release(self) -> None:
         """Done with the response: the connection goes back to its pool if the body
         was read to its end and the connection is clean, else it is closed."""
@@ -166,6 +182,10 @@ class _Exchange:
         self.complete = False  # the response's last byte has arrived
         self.until_close = False  # the body ends when the server closes
         self.keep_alive = False
+        # Body bytes still to come of a response framed by Content-Length alone: once
+        # llhttp has parsed the head, the rest of such a body is counted here rather
+        # than parsed (see `feed`). None for any other framing.
+        self.body_left: int | None = None
         self.pieces: collections.deque[bytes] = collections.deque()
         self.buffered = 0
         self.error: ClientError | None = None
@@ -219,6 +239,10 @@ class _Exchange:
         # An answer before the body it waited for: whether the server reads that body
         # or takes its bytes for the next request is unknown, so no next request.
         self.keep_alive = persistent and not self.until_close and not self.body_unsent
+        if not bodyless and not codings:
+            lengths = headers.getall("Content-Length", [])
+            if len(lengths) == 1 and lengths[0].isdigit():
+                self.body_left = int(lengths[0])  # llhttp read it as this too
         self.head.set_result(response)
         if self.method == "HEAD":
             # llhttp does not know this answered a HEAD and would wait for the body
@@ -229,6 +253,11 @@ class _Exchange:
     def on_body(self, body: bytes) -> None:
         if self.complete:
             raise _Stop  # a body after HEAD
+        if self.body_left is not None:
+            self.body_left -= len(body)
+        self._body(body)
+
+    def _body(self, body: bytes) -> None:
         self.pieces.append(body)
         self.buffered += len(body)
         if self.buffered > _HIGH_WATER:
@@ -246,6 +275,22 @@ class _Exchange:
 
     def feed(self, data: bytes) -> None:
         self.received = True
+        left = self.body_left
+        if left is not None and not self.complete and self.error is None:
+            # Past the head of a body of known length: its bytes are the body as they
+            # came, with no parse and no copy (llhttp hands each piece of a body on
+            # as a copy of its own), up to the declared length. Anything after that
+            # is not this response: the connection ends, as a parse stopped would.
+            piece = data if len(data) <= left else data[:left]
+            self.body_left = left - len(piece)
+            if piece:
+                self._body(piece)
+            if self.body_left == 0:
+                self._completed()
+                if len(piece) < len(data):
+                    self.keep_alive = False
+                    self.conn.close()
+            return
         parser = self.parser
         if parser is None:
             self.conn.close()  # bytes after the exchange let go: never read
@@ -297,6 +342,89 @@ class _Exchange:
                 self.waiter = None
                 if timer is not None:
                     timer.cancel()
+
+    async def next_into(self, fd: int | None, limit: int) -> int:
+        """The next bytes of the body, at most `limit`, into `fd` (see Response.read_into).
+        What was already read is written from memory; the rest of a body of known
+        length on a plain TCP connection is spliced from the socket to the file
+        through a pipe, never copied into this process (nor parsed: see `feed`)."""
+        if limit <= 0:
+            return 0
+        if not self.pieces and fd is not None and self.body_left and self.error is None:
+            splicer = self.conn.splicer()
+            if splicer is not None:
+                return await self._splice(splicer, fd, min(limit, self.body_left))
+        if not self.pieces:
+            self.conn.resume()  # reading paused for a splice: this one reads
+        piece = await self.next_piece()
+        if len(piece) > limit:
+            rest, piece = piece[limit:], piece[:limit]
+            self.pieces.appendleft(rest)
+            self.buffered += len(rest)
+        if fd is not None:
+            write_all(fd, piece)
+        return len(piece)
+
+    async def _splice(self, splicer: _Splicer, fd: int, want: int) -> int:
+        """Move up to `want` (> 0) body bytes from the socket into `fd`, once any are
+        there. The transport stops reading meanwhile (the bytes stay in the socket for
+        the splice); the pool resumes it when the connection is put back."""
+        self.conn.pause()
+        waited = False
+        while True:
+            if self.error is not None:
+                raise self.error
+            try:
+                n = splicer.fill(want)
+            except BlockingIOError:
+                await self._readable(splicer)
+                waited = True
+                continue
+            except OSError as exc:
+                self._fail(BadResponse(f"upstream body broke: {exc}"))
+                self.conn.close()
+                raise self.error from exc  # type: ignore[misc]
+            break
+        if n == 0:
+            self._fail(BadResponse("connection closed before the response ended"))
+            self.conn.close()
+            raise self.error  # type: ignore[misc]
+        try:
+            splicer.drain(fd, n)
+        except OSError:
+            # What is left in the pipe is lost with the connection: the body breaks.
+            self._fail(BadResponse("the body could not be written"))
+            self.conn.close()
+            raise
+        assert self.body_left is not None
+        self.body_left -= n
+        if self.body_left == 0:
+            self._completed()
+        if not waited:
+            # The bytes were there already: a fast server would keep them coming, and
+            # a reader that never suspends would hold the loop (no accept, no client
+            # served) for the whole body. One turn of the loop per step.
+            await asyncio.sleep(0)
+        return n
+
+    async def _readable(self, splicer: _Splicer) -> None:
+        """Until the socket has bytes (or closed), or the read timeout fails the
+        exchange (its error is then raised by the caller)."""
+        loop = self.conn.loop
+        self.waiter = loop.create_future()
+        loop.add_reader(splicer.sock, self._wake)
+        splicer.watched = True
+        timer = self._deadline("upstream read timed out")
+        try:
+            await self.waiter
+        finally:
+            self.waiter = None
+            loop.remove_reader(splicer.sock)
+            splicer.watched = False
+            if splicer.closing:
+                splicer.close()  # the connection closed while the socket was watched
+            if timer is not None:
+                timer.cancel()
 
     async def wait_continue(self, seconds: float) -> bool:
         """RFC 9110 Section 10.1.1: whether to send the body: True once the server
@@ -382,6 +510,11 @@ class _Ended:
             raise self.error
         return b""
 
+    async def next_into(self, fd: int | None, limit: int) -> int:
+        if limit > 0 and self.error is not None:
+            raise self.error
+        return 0
+
     def abandon(self, close: bool = False) -> None:
         pass
 
@@ -411,6 +544,8 @@ class _Connection(asyncio.Protocol):
         self.paused = False
         self.holds_slot = False  # of its pool's limit, from the request until it is free
         self.idle_timer: asyncio.TimerHandle | None = None
+        self._splicer: _Splicer | None = None
+        self._no_splice = False
 
     # asyncio.Protocol
 
@@ -431,6 +566,7 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.is_closed = True
         self._cancel_idle()
+        self._close_splicer()
         exchange = self.exchange
         if exchange is not None:
             exchange.closed(exc)
@@ -478,15 +614,94 @@ class _Connection(asyncio.Protocol):
 
     def close(self) -> None:
         self._cancel_idle()
+        self._close_splicer()
         if self.transport is not None and not self.is_closed:
             self.is_closed = True
             self.transport.close()
             self.pool.forget(self)
 
+    def splicer(self) -> _Splicer | None:
+        """The connection's way to splice body bytes to a file, made on first use;
+        None where there is none (TLS, a transport without a socket, no splice)."""
+        if self._splicer is not None or self._no_splice:
+            return self._splicer
+        transport = self.transport
+        sock = None if transport is None else transport.get_extra_info("socket")
+        if (
+            not _SPLICE
+            or sock is None
+            or self.is_closed
+            or transport is None
+            or transport.get_extra_info("sslcontext") is not None
+        ):
+            self._no_splice = True
+            return None
+        try:
+            self._splicer = _Splicer(sock.fileno())
+        except OSError:
+            self._no_splice = True
+        return self._splicer
+
+    def _close_splicer(self) -> None:
+        splicer, self._splicer = self._splicer, None
+        if splicer is not None:
+            splicer.close()
+
     def _cancel_idle(self) -> None:
         if self.idle_timer is not None:
             self.idle_timer.cancel()
             self.idle_timer = None
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """All of `data` into the file `fd` (a write may take part of it)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+class _Splicer:
+    """A pipe, and a descriptor of the connection's socket of its own (readiness is
+    watched on it, apart from the transport's): bytes go socket -> pipe -> file by
+    splice(2), moved by the kernel without a copy into this process. The pipe is
+    empty between calls; a failure in between ends the connection."""
+
+    def __init__(self, sock: int) -> None:
+        self.sock = os.dup(sock)
+        try:
+            self.read_end, self.write_end = os.pipe2(os.O_CLOEXEC)
+        except OSError:
+            os.close(self.sock)
+            raise
+        with contextlib.suppress(OSError):  # a lower pipe-max-size: the default pipe
+            fcntl.fcntl(self.write_end, fcntl.F_SETPIPE_SZ, _SPLICE_PIPE)
+        self.size = fcntl.fcntl(self.write_end, fcntl.F_GETPIPE_SZ)
+        self.watched = False  # the loop watches `sock` for a reader
+        self.closing = False
+
+    def fill(self, want: int) -> int:
+        """Bytes from the socket into the pipe (BlockingIOError: none yet; 0: closed)."""
+        flags = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+        return os.splice(self.sock, self.write_end, min(want, self.size), flags=flags)
+
+    def drain(self, fd: int, count: int) -> None:
+        """All `count` bytes in the pipe into the file `fd`, at its position."""
+        while count:
+            moved = os.splice(self.read_end, fd, count, flags=os.SPLICE_F_MOVE)
+            if moved <= 0:
+                raise OSError("the body's file took no bytes")
+            count -= moved
+
+    def close(self) -> None:
+        """Close the descriptors; while the loop watches the socket's, once it stops
+        (a descriptor closed under a watch could be reused by another socket)."""
+        if self.watched:
+            self.closing = True
+            return
+        for fd in (self.sock, self.read_end, self.write_end):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.sock = self.read_end = self.write_end = -1
 
 
 class ConnectionPool:

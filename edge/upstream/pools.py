@@ -63,6 +63,12 @@ _ROUTES_REMEMBERED = 4096
 #: their head is handed on; larger ones, and those of unknown length, stream.
 WHOLE_BODY = 64 << 10
 
+#: The largest body piece handed on (`UpstreamResponse.chunks`). Above what one read
+#: of the connection brings (uvloop reads up to 256 KiB), so a piece is never cut and
+#: copied: each costs a write to the store and a wake of its readers, and a large object
+#: is cheaper in as few of them as the socket allows.
+PIECE_MAX = 1 << 20
+
 #: Latency sample recorded for a member that failed (pushes EWMA away from it).
 _FAILURE_PENALTY_MS = 5000.0
 
@@ -82,7 +88,7 @@ class UpstreamResponse:
     body: bytes | None = None
     _done: Callable[[bool], None] | None = field(default=None, repr=False)
 
-    async def chunks(self, size: int = 1 << 16) -> AsyncIterator[bytes]:
+    async def chunks(self, size: int = PIECE_MAX) -> AsyncIterator[bytes]:
         """The body in pieces of at most `size` bytes, as they arrive."""
         if self.body is not None:
             body, self.body = self.body, b""
@@ -104,6 +110,30 @@ class UpstreamResponse:
             self._finish(False)
             raise UpstreamError(f"upstream body broke: {exc}") from exc
         self._finish(True)
+
+    async def into(self, fd: int | None, limit: int) -> int:
+        """Up to `limit` bytes of the body written to the file `fd` (None: dropped),
+        as they arrive: how many, 0 at the end. Where the connection allows, a large
+        body's bytes go from the socket to the file in the kernel (h1client splices
+        them), never through this process."""
+        if self.body is not None:
+            piece, self.body = self.body[:limit], self.body[limit:]
+            if fd is not None:
+                h1client.write_all(fd, piece)
+            if not piece:
+                self._finish(True)
+            return len(piece)
+        try:
+            n = await self.raw.read_into(fd, limit)
+        except TimeoutError as exc:
+            self._finish(False)
+            raise UpstreamTimeout("upstream read timed out") from exc
+        except h1client.ClientError as exc:
+            self._finish(False)
+            raise UpstreamError(f"upstream body broke: {exc}") from exc
+        if n == 0:
+            self._finish(True)
+        return n
 
     @property
     def trailers(self) -> CIMultiDict[str]:

@@ -1,17 +1,28 @@
 """edge's upstream HTTP/1.1 client (edge.upstream.h1client) against raw-socket servers on
 loopback: read timeouts for a head and a body that never come, a response that overruns
-its Content-Length, a field with a line break refused before anything is sent, and
-bodies whose end is the server's close (RFC 9112 Section 6.3).
+its Content-Length (in the read that ends it, or in a later one), a body of known length
+arriving after its head, whole and in order, or cut short by the close, a field with a
+line break refused before anything is sent, bodies whose end is the server's close
+(RFC 9112 Section 6.3), and bodies read into a file (`read_into`): spliced from the socket
+on plain TCP, whole and in order, cut, stalled or overrun as a read body is, and read from
+memory when chunked or over TLS.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import socket
+import ssl
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import pytest
 
+from edge.server.tls import LocalCA
 from edge.upstream import h1client
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -102,6 +113,71 @@ async def test_an_overrun_is_cut_at_the_declared_length_and_ends_the_connection(
     assert body == b"hello"
     response.release()
     assert not overrun.idle  # never reused
+
+
+async def _in_writes(
+    writes: list[bytes], *, close: bool = False
+) -> AsyncIterator[tuple[h1client.ConnectionPool, list[int]]]:
+    """A server answering each request with `writes`, one write (and one segment on
+    the wire) at a time, so the client reads a body after its head; it counts the
+    connections it accepted."""
+    accepted: list[int] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(1)
+        while True:
+            try:
+                await _read_request(reader)
+            except asyncio.IncompleteReadError:
+                return
+            for data in writes:
+                writer.write(data)
+                await writer.drain()
+                await asyncio.sleep(0.05)  # the next write is a read of its own
+            if close:
+                writer.close()
+                return
+
+    async for pool in _serve(handler):
+        yield pool, accepted
+
+
+async def _body(response: h1client.Response) -> bytes:
+    got = b""
+    while piece := await response.read():
+        got += piece
+    return got
+
+
+async def test_a_body_that_comes_after_its_head_is_whole_and_the_connection_reused() -> None:
+    body = bytes(range(256)) * 1024
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
+    writes = [head, body[:1000], body[1000:100_000], body[100_000:]]
+    async for pool, accepted in _in_writes(writes):
+        for _ in range(2):
+            response = await pool.request("GET", "/", [], connect_timeout=5, read_timeout=5)
+            assert await _body(response) == body
+            response.release()
+        assert len(pool.idle) == 1 and len(accepted) == 1  # clean: reused, not redialled
+
+
+async def test_an_overrun_in_a_later_read_is_cut_at_the_declared_length() -> None:
+    writes = [b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", b"defghijEXTRA"]
+    async for pool, _ in _in_writes(writes):
+        response = await pool.request("GET", "/", [], connect_timeout=5, read_timeout=5)
+        assert await _body(response) == b"abcdefghij"
+        response.release()
+        assert not pool.idle and not pool.all  # never reused
+
+
+async def test_a_body_cut_short_by_the_close_is_a_broken_answer() -> None:
+    writes = [b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n", b"abcd"]
+    async for pool, _ in _in_writes(writes, close=True):
+        response = await pool.request("GET", "/", [], connect_timeout=5, read_timeout=5)
+        with pytest.raises(h1client.BadResponse, match="before the response ended"):
+            await _body(response)
+        response.release()
+        assert not pool.idle
 
 
 async def test_a_field_with_a_line_break_is_refused_before_sending(
@@ -366,3 +442,260 @@ async def test_an_abandoned_exchange_is_freed_at_once(quiet_body: h1client.Conne
             await response.read()  # broken, as before it let go
 
     await _freed_after(quiet_body, abandon)
+
+
+# -- bodies into a file (Response.read_into): spliced from the socket where it can be ------
+
+Runner = Callable[[Awaitable[None]], None]
+
+
+def _on_uvloop(coro: Awaitable[None]) -> None:
+    import uvloop  # the loop nodes run on
+
+    uvloop.run(coro)  # type: ignore[arg-type]
+
+
+# Nodes run on uvloop; the splice's readiness watch is the loop's, so both are tried.
+LOOPS = pytest.mark.parametrize("run", [asyncio.run, _on_uvloop], ids=["asyncio", "uvloop"])
+
+
+async def _into_file(response: h1client.Response, path: Path, step: int) -> bytes:
+    """The body read into a file `step` bytes at most at a time; the file's bytes."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        while await response.read_into(fd, step):
+            pass
+    finally:
+        os.close(fd)
+    return path.read_bytes()
+
+
+def _large_writes(body: bytes, head_extra: bytes = b"") -> list[bytes]:
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n" % (len(body), head_extra)
+    # Some of the body with the head (read from memory), the rest after it (spliced).
+    return [head + body[:5000], body[5000 : 1 << 20], body[1 << 20 :]]
+
+
+@LOOPS
+def test_a_large_body_is_spliced_into_a_file_whole_and_the_connection_reused(
+    run: Runner, tmp_path: Path
+) -> None:
+    body = os.urandom(3 << 20)
+
+    async def main() -> None:
+        async for pool, accepted in _in_writes(_large_writes(body)):
+            for step in (333_333, 1 << 22):  # limits across pieces and splices alike
+                response = await pool.request("GET", "/", [], connect_timeout=5, read_timeout=5)
+                assert await _into_file(response, tmp_path / "body", step) == body
+                response.release()
+            assert len(pool.idle) == 1 and len(accepted) == 1  # clean: reused
+            assert pool.idle[0].splicer() is not None  # the kernel moved the bytes
+
+    run(main())
+
+
+@LOOPS
+def test_a_body_spliced_in_part_and_dropped_for_the_rest_ends_clean(
+    run: Runner, tmp_path: Path
+) -> None:
+    body = os.urandom(3 << 20)
+
+    async def main() -> None:
+        async for pool, _ in _in_writes(_large_writes(body)):
+            response = await pool.request("GET", "/", [], connect_timeout=5, read_timeout=5)
+            fd = os.open(tmp_path / "part", os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                got = 0
+                while got < 2 << 20:
+                    got += await response.read_into(fd, (2 << 20) - got)
+            finally:
+                os.close(fd)
+            dropped = 0
+            while n := await response.read_into(None, 1 << 20):  # reading resumes for it
+                dropped += n
+            assert dropped == len(body) - (2 << 20)
+            assert (tmp_path / "part").read_bytes() == body[: 2 << 20]
+            response.release()
+            assert len(pool.idle) == 1
+
+    run(main())
+
+
+@LOOPS
+def test_bytes_after_a_spliced_body_end_its_connection(run: Runner, tmp_path: Path) -> None:
+    body = os.urandom(2 << 20)
+    writes = [*_large_writes(body), b"HTTP/1.1 200 OK\r\n\r\nsmuggled"]
+
+    async def main() -> None:
+        async for pool, _ in _in_writes(writes):
+            response = await pool.request("GET", "/", [], connect_timeout=5, read_timeout=5)
+            assert await _into_file(response, tmp_path / "body", 1 << 20) == body
+            response.release()
+            for _ in range(100):  # the extra bytes arrive once the pool reads again
+                if not pool.idle:
+                    break
+                await asyncio.sleep(0.02)
+            assert not pool.idle and not pool.all  # never reused
+
+    run(main())
+
+
+@LOOPS
+def test_a_spliced_body_cut_by_the_close_is_a_broken_answer(run: Runner, tmp_path: Path) -> None:
+    body = os.urandom(2 << 20)
+    writes = _large_writes(body)[:2]  # the last part never comes
+
+    async def main() -> None:
+        async for pool, _ in _in_writes(writes, close=True):
+            response = await pool.request("GET", "/", [], connect_timeout=5, read_timeout=5)
+            with pytest.raises(h1client.BadResponse, match="before the response ended"):
+                await _into_file(response, tmp_path / "body", 1 << 20)
+            response.release()
+            assert not pool.idle and not pool.all
+            assert (tmp_path / "body").read_bytes() == body[: 1 << 20]  # what came, in order
+
+    run(main())
+
+
+@LOOPS
+def test_a_spliced_body_that_stops_times_out(run: Runner, tmp_path: Path) -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 10000000\r\n\r\n"
+
+    async def main() -> None:
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await _read_request(reader)
+            writer.write(head)
+            await writer.drain()
+            await asyncio.sleep(0.1)
+            await _stall(writer, b"x" * 100_000)
+
+        async for pool in _serve(handler):
+            response = await pool.request("GET", "/", [], connect_timeout=5, read_timeout=0.5)
+            started = time.monotonic()
+            with pytest.raises(h1client.ReadTimeout):
+                await _into_file(response, tmp_path / "body", 1 << 20)
+            assert time.monotonic() - started < 10
+            response.release()
+            assert not pool.idle and not pool.all
+
+    run(main())
+
+
+@LOOPS
+def test_a_chunked_body_goes_into_a_file_from_memory(run: Runner, tmp_path: Path) -> None:
+    body = os.urandom(300_000)
+    chunked = b"".join(
+        b"%x\r\n%s\r\n" % (len(body[i : i + 70_000]), body[i : i + 70_000])
+        for i in range(0, len(body), 70_000)
+    )
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+    async def main() -> None:
+        async for pool, _ in _in_writes([head, chunked + b"0\r\n\r\n"]):
+            response = await pool.request("GET", "/", [], connect_timeout=5, read_timeout=5)
+            assert await _into_file(response, tmp_path / "body", 100_000) == body
+            response.release()
+            assert len(pool.idle) == 1
+
+    run(main())
+
+
+@LOOPS
+def test_a_body_over_tls_is_never_spliced(run: Runner, tmp_path: Path) -> None:
+    ca = LocalCA(tmp_path / "tls")
+    cert, key = ca.issue("origin", ["localhost"], ["127.0.0.1"])
+    body = os.urandom(2 << 20)
+    writes = _large_writes(body)
+
+    async def main() -> None:
+        server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        server_ctx.load_cert_chain(cert, key)
+
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await _read_request(reader)
+            for data in writes:
+                writer.write(data)
+                await writer.drain()
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(5)
+
+        server = await asyncio.start_server(handler, "127.0.0.1", 0, ssl=server_ctx)
+        port = server.sockets[0].getsockname()[1]
+        client_ctx = ssl.create_default_context(cafile=str(ca.cert_path))
+        pool = h1client.ConnectionPool(
+            h1client.Server("https", "127.0.0.1", port), ssl_context=client_ctx
+        )
+        try:
+            response = await pool.request("GET", "/", [], connect_timeout=5, read_timeout=5)
+            assert await _into_file(response, tmp_path / "body", 1 << 20) == body
+            response.release()
+            assert len(pool.idle) == 1 and pool.idle[0].splicer() is None
+        finally:
+            await pool.close()
+            server.close()
+
+    run(main())
+
+
+@LOOPS
+def test_a_fast_server_does_not_hold_the_loop_while_its_body_is_spliced(
+    run: Runner, tmp_path: Path
+) -> None:
+    """Bytes that are already there make a splice that never waits: each step still
+    gives the loop a turn, or a fast origin would hold it (no accept, no client
+    served) for a whole large body."""
+    body = os.urandom(8 << 20)
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:  # apart from the client's loop, as an origin is
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body))
+            conn.sendall(body)
+            with contextlib.suppress(OSError):
+                conn.recv(1)  # until the client closes (or resets)
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+
+    async def main() -> None:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0)
+                ticks += 1
+
+        pool = h1client.ConnectionPool(h1client.Server("http", "127.0.0.1", port))
+        ticking = asyncio.ensure_future(ticker())
+        try:
+            response = await pool.request("GET", "/", [], connect_timeout=5, read_timeout=5)
+            fd = os.open(tmp_path / "body", os.O_WRONLY | os.O_CREAT, 0o600)
+            held = longest = 0  # bytes read without the loop turning
+            try:
+                while True:
+                    before = ticks
+                    n = await response.read_into(fd, 64 << 10)
+                    if not n:
+                        break
+                    held = held + n if ticks == before else 0
+                    longest = max(longest, held)
+            finally:
+                os.close(fd)
+            response.release()
+            assert (tmp_path / "body").read_bytes() == body
+            # At most what was read into memory before the splices (the pool pauses
+            # reading at 1 MiB queued), never the body.
+            assert longest <= 2 << 20, longest
+        finally:
+            ticking.cancel()
+            await pool.close()
+
+    try:
+        run(main())
+    finally:
+        listener.close()
+        server.join(timeout=10)

@@ -326,6 +326,17 @@ class ScriptedBody:
         self.read_to_end = True
         return b""
 
+    async def read_into(self, fd: int | None, limit: int) -> int:
+        """As h1client's: the next piece, at most `limit` of it (the rest is the next
+        piece), written to `fd` (None: dropped)."""
+        piece = await self.read()
+        if len(piece) > limit:
+            self._pieces.insert(0, piece[limit:])
+            piece = piece[:limit]
+        if fd is not None:
+            h1client.write_all(fd, piece)
+        return len(piece)
+
     def release(self) -> None:
         self.released = True
 

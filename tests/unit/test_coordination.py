@@ -13,7 +13,7 @@ start a fill (edge.fetch.fill.InFlight.join_or_start) on each, and the slices' u
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -400,12 +400,9 @@ class StalledResponse:
     def __init__(self) -> None:
         self.closed = False
 
-    async def _never(self) -> AsyncIterator[bytes]:
+    async def into(self, fd: int | None, limit: int) -> int:
         await asyncio.Event().wait()
-        yield b""
-
-    def chunks(self, size: int) -> AsyncIterator[bytes]:
-        return self._never()
+        return 0
 
     def close(self) -> None:
         self.closed = True

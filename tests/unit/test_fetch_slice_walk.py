@@ -1,13 +1,17 @@
 """The fetch machine's slice walk (edge.fetch.machine.start_slice): one slice of an object
 already kept as slices, asked for by range under a precondition from its manifest
-(edge.fetch.slices.SliceOf), checked against the manifest and stored as that slice.
+(edge.fetch.slices.SliceOf), checked against the manifest and stored as that slice; and
+the read-ahead of a reader (edge.fetch.slices.SlicedSource): the next slice of its range
+asked for while it reads this one, never past the range, never twice.
 Driven against an in-memory store, a scripted upstream and a manual clock
 (tests/support/fakes.py): no socket, no process, no sleep."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
+import os
 from collections.abc import AsyncIterator
 
 import pytest
@@ -15,7 +19,7 @@ import pytest
 from edge.fetch import machine
 from edge.fetch.fill import Fill
 from edge.fetch.machine import Fetch, FetchStep, ObjectChanged
-from edge.fetch.slices import SliceOf, slice_fill_key
+from edge.fetch.slices import FileSegment, SlicedSource, SliceOf, slice_fill_key
 from edge.store.disk import Entry
 from edge.upstream.pools import UpstreamError
 from tests.support.fakes import (
@@ -226,3 +230,62 @@ async def test_a_client_reading_missing_slices_makes_one_sample_per_fetch(r: Rig
         f"bytes={2 * SLICE}-{3 * SLICE - 1}",
     ]
     assert latency_samples(r) == 2
+
+
+# -- read-ahead: the next slice of a reader's range is asked for as this one is read ----------
+
+
+async def _read(source: SlicedSource, start: int, end: int) -> bytes:
+    out = bytearray()
+    async for piece in source.pieces(start, end):
+        if isinstance(piece, FileSegment):
+            out += os.pread(piece.file.fileno(), piece.count, piece.offset)
+        else:
+            out += piece
+    return bytes(out)
+
+
+async def test_a_reader_has_the_next_slice_of_its_range_asked_for_while_it_reads_this_one(
+    r: Rig,
+) -> None:
+    entry = manifest(r, ETag='"big"')
+    hold = asyncio.Event()  # slice 0's head waits: the reader is still on slice 0
+    r.upstream.script("/big", dataclasses.replace(part(0, SLICE - 1), hold=hold))
+    r.upstream.script("/big", part(SLICE, 2 * SLICE - 1))
+    r.upstream.script("/big", part(2 * SLICE, 3 * SLICE - 1))
+    source = SlicedSource(r.engine.slicer, entry, FIELDS)
+    reading = asyncio.ensure_future(_read(source, 100, 2 * SLICE))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not reading.done()
+    ranges = [sent.headers["Range"] for sent in r.upstream.sent]
+    assert ranges == [f"bytes=0-{SLICE - 1}", f"bytes={SLICE}-{2 * SLICE - 1}"]
+    hold.set()
+    assert await reading == BIG[100 : 2 * SLICE]
+    await r.settle()
+    # Nothing past the range was asked for; each slice once; both stored.
+    assert len(r.upstream.sent) == 2 and r.upstream.pending("/big") == 1
+    assert stored_slice(r, entry, 0) == BIG[:SLICE]
+    assert stored_slice(r, entry, 1) == BIG[SLICE : 2 * SLICE]
+
+
+async def test_read_ahead_skips_a_slice_stored_or_already_coming(r: Rig) -> None:
+    entry = manifest(r, ETag='"big"')
+    r.upstream.script("/big", part(SLICE, 2 * SLICE - 1))
+    await walked(r, entry, 1)  # slice 1 stored
+    hold = asyncio.Event()
+    r.upstream.script("/big", dataclasses.replace(part(2 * SLICE, 3 * SLICE - 1), hold=hold))
+    claim = await r.engine.inflight.join_or_start(slice_fill_key(entry, 2), 0.0)
+    assert claim.fill is not None  # slice 2 comes by a fill of its own
+    machine.start_slice(r.engine.slicer.node, claim.fill, SliceOf(entry, 2), FIELDS)
+    r.upstream.script("/big", part(0, SLICE - 1))
+    source = SlicedSource(r.engine.slicer, entry, FIELDS)
+    reading = asyncio.ensure_future(_read(source, 0, 3 * SLICE))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    hold.set()
+    assert await reading == BIG[: 3 * SLICE]
+    await r.settle()
+    # Slice 0 was asked for once, by the reader; 1 and 2 never again.
+    ranges = sorted(sent.headers["Range"] for sent in r.upstream.sent)
+    assert ranges == sorted(f"bytes={i * SLICE}-{(i + 1) * SLICE - 1}" for i in range(3))

@@ -393,3 +393,27 @@ def test_an_entry_stored_as_a_body_file_is_the_entry_replace_would_make() -> Non
     made = entry("http://a.test/x", 10)
     assert made.stored_as("ab/cd.val") == replace(made, body_file="ab/cd.val")
     assert made.stored_as("ab/cd.val") is not made and made.body_file == ""
+
+
+def test_bytes_put_in_a_body_file_by_descriptor_are_counted_and_committed_whole(
+    store: DiskStore,
+) -> None:
+    """A body whose bytes go into its file without `write` (spliced from the upstream's
+    socket: edge.upstream.h1client) is told of them by `wrote`; even a small one is then
+    stored from its file, never from a partial copy in memory."""
+    body = os.urandom(5000)
+    writer = store.begin()
+    writer.write(body[:1000])
+    os.write(writer.fileno(), body[1000:])  # as a splice into the file would
+    writer.wrote(len(body) - 1000)
+    assert writer.written == len(body) and writer.small is None
+    stored = store.commit(entry("http://a.test/spliced", len(body)), writer)
+    assert read(store, stored) == body
+
+
+def test_a_body_kept_in_memory_takes_bytes_only_by_write(store: DiskStore) -> None:
+    writer = store.begin(100)
+    assert writer.in_memory
+    with pytest.raises(OSError, match="in memory"):
+        writer.wrote(10)
+    writer.discard()
