@@ -307,3 +307,34 @@ async def test_a_large_answer_cut_short_is_an_abort_never_a_short_whole(
     for query in ("cc=no-store", "keep=1"):
         with pytest.raises(aiohttp.ClientPayloadError):
             await ask(f"{edge.url}/cut-big?{query}&size={size}")
+
+
+async def test_a_medium_object_is_filed_whole_as_it_arrives_and_a_cut_one_never(
+    procs: list[Proc], tmp_path: Path, node: NodeFactory, upstream: Proc
+) -> None:
+    """Between the inline bound and the slicing threshold a body goes into a file of
+    its own as it arrives (spliced from the upstream's socket where it can be): two
+    clients reading it as it trickles in and the hit after it get the origin's bytes,
+    from one origin request; one cut short is read to its end by neither and stored
+    for nobody (the next asks the origin again)."""
+    from tests.support.upstream import body_for
+
+    edge = node("serve", "--origin", upstream.url, name="edge-medium")
+    size = 3 << 20
+    path = "/medium/filed"
+    url = f"{edge.url}{path}?size={size}&trickle=0.5"
+    answers = await asyncio.gather(ask(url), ask(url))
+    hit = await ask(url)
+    for status, _, body in [*answers, hit]:
+        assert status == 200 and body == body_for(path, size)
+    assert "hit" in hit[1].get("Cache-Status", "")
+    with urllib.request.urlopen(f"{upstream.url}/_count{path}", timeout=5) as resp:
+        assert json.load(resp)["count"] == 1
+
+    hostile = cut_origin(procs, tmp_path)
+    cut = node("serve", "--origin", hostile.url, name="edge-medium-cut")
+    for _ in range(2):
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await ask(f"{cut.url}/cut-medium?keep=1&size={size}")
+    asked = [row for row in origin_log(hostile) if str(row[2]).startswith("/cut-medium")]
+    assert len(asked) == 2, asked
