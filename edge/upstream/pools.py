@@ -28,7 +28,7 @@ import contextlib
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,19 +96,13 @@ class UpstreamResponse:
                 yield body[start : start + size]
             self._finish(True)
             return
-        try:
+        with self._broken():
             while piece := await self.raw.read():
                 if len(piece) <= size:
                     yield piece
                     continue
                 for start in range(0, len(piece), size):
                     yield piece[start : start + size]
-        except TimeoutError as exc:
-            self._finish(False)
-            raise UpstreamTimeout("upstream read timed out") from exc
-        except h1client.ClientError as exc:
-            self._finish(False)
-            raise UpstreamError(f"upstream body broke: {exc}") from exc
         self._finish(True)
 
     async def into(self, fd: int | None, limit: int) -> int:
@@ -123,17 +117,24 @@ class UpstreamResponse:
             if not piece:
                 self._finish(True)
             return len(piece)
-        try:
+        with self._broken():
             n = await self.raw.read_into(fd, limit)
+        if n == 0:
+            self._finish(True)
+        return n
+
+    @contextlib.contextmanager
+    def _broken(self) -> Iterator[None]:
+        """A body read that fails ends the response as failed, told as an upstream
+        error (a timeout as UpstreamTimeout)."""
+        try:
+            yield
         except TimeoutError as exc:
             self._finish(False)
             raise UpstreamTimeout("upstream read timed out") from exc
         except h1client.ClientError as exc:
             self._finish(False)
             raise UpstreamError(f"upstream body broke: {exc}") from exc
-        if n == 0:
-            self._finish(True)
-        return n
 
     @property
     def trailers(self) -> CIMultiDict[str]:

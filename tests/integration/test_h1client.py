@@ -69,18 +69,25 @@ async def quiet_body() -> AsyncIterator[h1client.ConnectionPool]:
         yield pool
 
 
-@pytest.fixture
-async def overrun() -> AsyncIterator[h1client.ConnectionPool]:
+def _answering(answer: bytes) -> Handler:
+    """A server that answers every request on a connection with `answer`."""
+
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while True:
             try:
                 await _read_request(reader)
             except asyncio.IncompleteReadError:
                 return
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloEXTRA BYTES")
+            writer.write(answer)
             await writer.drain()
 
-    async for pool in _serve(handler):
+    return handler
+
+
+@pytest.fixture
+async def overrun() -> AsyncIterator[h1client.ConnectionPool]:
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloEXTRA BYTES"
+    async for pool in _serve(_answering(answer)):
         yield pool
 
 
@@ -383,16 +390,7 @@ async def test_a_deferred_body_goes_after_a_silent_wait(monkeypatch: pytest.Monk
 
 @pytest.fixture
 async def keep_alive() -> AsyncIterator[h1client.ConnectionPool]:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            try:
-                await _read_request(reader)
-            except asyncio.IncompleteReadError:
-                return
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
-            await writer.drain()
-
-    async for pool in _serve(handler):
+    async for pool in _serve(_answering(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")):
         yield pool
 
 
