@@ -108,7 +108,7 @@ class Fill:
 
     def _hold(self, body: BodyReader) -> None:
         self._body = body
-        if self.writer is None or not self.writer.in_memory:
+        if body.fileno() is not None:
             # Closed when the last holder of this fill (a client still about to read)
             # lets go, not at finish: a waiter may wake after the body is complete.
             weakref.finalize(self, body.close)

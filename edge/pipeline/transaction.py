@@ -1323,11 +1323,8 @@ async def _gather(source: FillSource, parts: list[tuple[bytes | None, ByteRange 
         if data is not None:  # the usual small body: whole in memory already
             out.append(data)
             continue
-        async for piece in source.pieces(r.start, r.end + 1):
-            if isinstance(piece, FileSegment):
-                out.append(os.pread(piece.file.fileno(), piece.count, piece.offset))
-            else:
-                out.append(piece)
+        async for data in source.reader.read_range(r.start, r.end + 1):
+            out.append(data)
     return b"".join(out)
 
 

@@ -303,16 +303,10 @@ def parse_http_date(value: str | None, now: float | None = None) -> float | None
     if known is not None:
         return known
     text = value.strip(OWS)
+    fixdate = False
     if m := _IMF_FIXDATE.fullmatch(text):
         day, mon, year, hh, mm, ss = m.groups()
-        fixed = _moment(year, mon, day, hh, mm, ss)
-        if fixed is not None:
-            # An origin's dates repeat within each second: remembered (bounded), as
-            # IMF-fixdate's meaning does not depend on `now`.
-            if len(_FIXDATES) >= 1024:
-                _FIXDATES.clear()
-            _FIXDATES[value] = fixed
-        return fixed
+        fixdate = True
     elif m := _RFC850.fullmatch(text):
         day, mon, yy, hh, mm, ss = m.groups()
         if now is None:
@@ -325,15 +319,6 @@ def parse_http_date(value: str | None, now: float | None = None) -> float | None
         mon, day, hh, mm, ss, year = m.groups()
     else:
         return None
-    return _moment(year, mon, day, hh, mm, ss)
-
-
-#: parse_http_date's IMF-fixdate values as read before.
-_FIXDATES: dict[str, float] = {}
-
-
-def _moment(year: str, mon: str, day: str, hh: str, mm: str, ss: str) -> float | None:
-    """The time the fields of a date name, or None when there is no such day."""
     leap = ss == "60"
     try:
         moment = datetime(
@@ -344,10 +329,20 @@ def _moment(year: str, mon: str, day: str, hh: str, mm: str, ss: str) -> float |
             int(mm),
             59 if leap else int(ss),
             tzinfo=UTC,
-        )
+        ).timestamp() + (1 if leap else 0)
     except ValueError:
         return None
-    return moment.timestamp() + (1 if leap else 0)
+    if fixdate:
+        # An origin's dates repeat within each second: remembered (bounded), as
+        # IMF-fixdate's meaning, unlike rfc850's, does not depend on `now`.
+        if len(_FIXDATES) >= 1024:
+            _FIXDATES.clear()
+        _FIXDATES[value] = moment
+    return moment
+
+
+#: parse_http_date's IMF-fixdate values as read before.
+_FIXDATES: dict[str, float] = {}
 
 
 def _date_or(value: str | None, fallback: float) -> float:
